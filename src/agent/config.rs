@@ -1,0 +1,89 @@
+//! The unattended configure command line.
+//!
+//! `config.sh`/`config.cmd` with `--unattended --url U --auth pat --pool P --agent N --work W
+//! --replace` (and `--acceptTeeEula` off Windows), run from the agent root. The token is never an
+//! argument: it is put in the child's environment as `VSTS_AGENT_INPUT_TOKEN`, which the listener reads
+//! and deletes from its own environment (`agent.md` §2). `configure` is not passed: the script adds it.
+
+use std::path::{Path, PathBuf};
+
+use crate::os::Os;
+
+pub const TOKEN_ENV: &str = "VSTS_AGENT_INPUT_TOKEN";
+
+#[derive(Debug, Clone)]
+pub struct Configure {
+    pub url: String,
+    pub pool: String,
+    pub agent: String,
+    pub work: String,
+    /// Windows: let configure install and start the service itself (`--runAsService`).
+    pub windows_service: bool,
+}
+
+/// The script to run and its arguments.
+pub fn configure_command(os: &Os, root: &Path, c: &Configure) -> (PathBuf, Vec<String>) {
+    let mut args: Vec<String> = vec![
+        "--unattended".into(),
+        "--url".into(),
+        c.url.clone(),
+        // Explicit: an invalid --auth silently falls back, and PAT is what carries an Entra token.
+        "--auth".into(),
+        "pat".into(),
+        "--pool".into(),
+        c.pool.clone(),
+        "--agent".into(),
+        c.agent.clone(),
+        "--work".into(),
+        c.work.clone(),
+        "--replace".into(),
+    ];
+    if os.is_windows() {
+        if c.windows_service {
+            args.push("--runAsService".into());
+            args.push("--windowsLogonAccount".into());
+            args.push(r"NT AUTHORITY\NETWORK SERVICE".into());
+        }
+    } else {
+        args.push("--acceptTeeEula".into());
+    }
+    (root.join(os.config_script()), args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Configure {
+        Configure {
+            url: "https://dev.azure.com/myorg".into(),
+            pool: "Default".into(),
+            agent: "vm1".into(),
+            work: "_work".into(),
+            windows_service: true,
+        }
+    }
+
+    #[test]
+    fn linux_command_line() {
+        let (prog, args) = configure_command(&Os::linux_x64(), Path::new("/opt/a"), &sample());
+        assert_eq!(prog, Path::new("/opt/a/config.sh"));
+        assert_eq!(
+            args.join(" "),
+            "--unattended --url https://dev.azure.com/myorg --auth pat --pool Default --agent vm1 --work _work --replace --acceptTeeEula"
+        );
+        assert!(!args.iter().any(|a| a == "configure" || a == "--token"));
+    }
+
+    #[test]
+    fn windows_command_line_installs_the_service_itself() {
+        let (prog, args) = configure_command(&Os::windows_x64(), Path::new(r"C:\a"), &sample());
+        assert!(prog.ends_with("config.cmd"));
+        assert!(args.contains(&"--runAsService".to_string()));
+        assert!(!args.contains(&"--acceptTeeEula".to_string()));
+        let mut no_svc = sample();
+        no_svc.windows_service = false;
+        let (_, args) = configure_command(&Os::windows_x64(), Path::new(r"C:\a"), &no_svc);
+        assert!(!args.contains(&"--runAsService".to_string()));
+    }
+}

@@ -1,0 +1,180 @@
+//! The agent on disk and the agent's own scripts.
+//!
+//! What is in the agent root says what state the agent is in (`agent.md` §4): `.agent` means
+//! configured, `.credentials` + `.credentials_rsaparams` mean it has a key, `.service` means the Linux
+//! service is installed, `bin` as a symlink means it has updated itself. The JSON files start with a
+//! UTF-8 BOM and use camelCase keys. [`config`] builds the unattended `config.sh`/`config.cmd` command.
+
+pub mod config;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("could not read '{path}'")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("'{path}' is not valid agent settings JSON: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("could not remove '{path}'")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `.agent`, the keys agent-bootstrap needs (`AgentSettings` in the agent).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSettings {
+    #[serde(default)]
+    pub agent_id: u64,
+    pub agent_name: String,
+    #[serde(default)]
+    pub pool_id: u64,
+    #[serde(default)]
+    pub pool_name: Option<String>,
+    pub server_url: String,
+    #[serde(default)]
+    pub work_folder: Option<String>,
+}
+
+/// Strips the UTF-8 BOM the agent writes (`Encoding.UTF8`).
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Files whose presence is the local registration (what `config.sh remove` deletes locally).
+pub const REGISTRATION_FILES: &[&str] = &[".agent", ".credentials", ".credentials_rsaparams"];
+
+#[derive(Debug, Clone)]
+pub struct AgentDir {
+    pub root: PathBuf,
+    pub listener: &'static str,
+}
+
+impl AgentDir {
+    pub fn new(root: &Path, os: &crate::os::Os) -> Self {
+        Self {
+            root: root.to_owned(),
+            listener: os.listener_binary(),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.root.exists()
+    }
+
+    pub fn settings(&self) -> Result<Option<AgentSettings>, AgentError> {
+        let path = self.root.join(".agent");
+        let text = match fs_err::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(AgentError::Read { path, source }),
+        };
+        serde_json::from_str(strip_bom(&text))
+            .map(Some)
+            .map_err(|e| AgentError::Parse {
+                path,
+                detail: e.to_string(),
+            })
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.root.join(".agent").is_file()
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.root.join(".credentials").is_file()
+    }
+
+    /// A key or credential without `.agent`: configure failed after registering (§3.3).
+    pub fn has_stale_registration(&self) -> bool {
+        !self.is_configured()
+            && (self.has_credentials() || self.root.join(".credentials_rsaparams").is_file())
+    }
+
+    /// The service name from `.service`, if the service was installed.
+    pub fn service_name(&self) -> Option<String> {
+        fs_err::read_to_string(self.root.join(".service"))
+            .ok()
+            .map(|s| strip_bom(s.trim()).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// An extracted package: `bin/Agent.Listener` exists (`bin` is moved into place last).
+    pub fn package_present(&self) -> bool {
+        self.root.join(self.listener).exists()
+    }
+
+    /// The agent replaced `bin`/`externals` with links to `bin.<version>` (§5.3).
+    pub fn self_updated(&self) -> bool {
+        ["bin", "externals"].iter().any(|d| {
+            fs_err::symlink_metadata(self.root.join(d))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+        })
+    }
+
+    /// Deletes the local registration (as `config.sh remove` does locally), keeping everything else.
+    pub fn remove_registration(&self) -> Result<(), AgentError> {
+        for f in REGISTRATION_FILES {
+            let path = self.root.join(f);
+            match fs_err::remove_file(&path) {
+                Ok(()) => tracing::info!(file = %path.display(), "removed stale registration file"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(AgentError::Remove { path, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first path segment for dev.azure.com, else the first host label, as the agent names its
+/// service (`agent.md` §5.1) — used to compare organizations.
+pub fn same_server(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.trim().trim_end_matches('/').to_ascii_lowercase();
+    norm(a) == norm(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_agent_file_with_bom() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".agent"),
+            "\u{feff}{\n  \"agentId\": 42,\n  \"agentName\": \"vm-0001\",\n  \"poolId\": 9,\n  \"poolName\": \"MyPool\",\n  \"serverUrl\": \"https://dev.azure.com/myorg/\",\n  \"workFolder\": \"_work\",\n  \"acceptTeeEula\": true\n}",
+        )
+        .unwrap();
+        let a = AgentDir::new(dir.path(), &crate::os::Os::linux_x64());
+        let s = a.settings().unwrap().unwrap();
+        assert_eq!(s.agent_id, 42);
+        assert_eq!(s.pool_name.as_deref(), Some("MyPool"));
+        assert!(same_server(&s.server_url, "https://dev.azure.com/myorg"));
+        assert!(a.is_configured());
+        assert!(!a.has_stale_registration());
+    }
+
+    #[test]
+    fn partial_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = AgentDir::new(dir.path(), &crate::os::Os::linux_x64());
+        assert_eq!(a.settings().unwrap(), None);
+        std::fs::write(dir.path().join(".credentials_rsaparams"), "{}").unwrap();
+        assert!(a.has_stale_registration());
+        a.remove_registration().unwrap();
+        assert!(!a.has_stale_registration());
+        std::fs::create_dir(dir.path().join("bin.4.1.0")).unwrap();
+        std::os::unix::fs::symlink("bin.4.1.0", dir.path().join("bin")).unwrap();
+        assert!(a.self_updated());
+    }
+}

@@ -1,0 +1,108 @@
+//! The command line, as clap sees it.
+//!
+//! The flag names are a contract (scripts and tests outside this repository use them). Nothing here
+//! validates values or reads the environment: [`crate::settings`] turns these raw values into checked
+//! settings, so the rules live in one place and are unit-tested without a process.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-bootstrap",
+    version,
+    about = "Register this machine as a self-hosted Azure Pipelines agent using its managed identity",
+    long_about = None,
+    after_help = "Exit codes: 0 ok, 1 internal error, 2 invalid input, 3 no token from the identity, \
+4 Azure DevOps refused, 5 package download/verification failed, 6 agent configuration failed, \
+7 service installation failed."
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Download, configure and start an agent registered with the machine's managed identity.
+    Install(InstallArgs),
+    /// Print an Azure DevOps access token from the managed identity (stdout, nothing else).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args, Default, Clone)]
+#[group(id = "selector", multiple = false)]
+pub struct IdentityArgs {
+    /// Client (application) id of the user-assigned managed identity to use.
+    #[arg(long, group = "selector", value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Object (principal) id of the user-assigned managed identity to use.
+    #[arg(long, group = "selector", value_name = "ID")]
+    pub object_id: Option<String>,
+    /// Azure resource id of the user-assigned managed identity to use.
+    #[arg(long, group = "selector", value_name = "ARM_ID")]
+    pub resource_id: Option<String>,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct InstallArgs {
+    /// Organization name: means https://dev.azure.com/ORG.
+    #[arg(long, value_name = "ORG", conflicts_with = "url")]
+    pub org: Option<String>,
+    /// Organization or collection URL (env AZP_URL).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Agent pool (env AZP_POOL) [default: Default].
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Agent name (env AZP_AGENT_NAME) [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub agent_name: Option<String>,
+    /// Where the agent is installed [default: /opt/azure-pipelines-agent].
+    #[arg(long, value_name = "DIR")]
+    pub agent_dir: Option<PathBuf>,
+    /// The agent's work directory, relative to the agent dir or absolute (env AZP_WORK) [default: _work].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<String>,
+    /// Existing account to run the agent as; `root` is allowed explicitly. Default: a dedicated
+    /// system user `azpagent`, created if missing.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Do not install or start a service (containers: run ./run.sh yourself).
+    #[arg(long)]
+    pub no_service: bool,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Install this agent version instead of the newest one the organization offers.
+    #[arg(long, value_name = "X.Y.Z", conflicts_with = "package")]
+    pub agent_version: Option<String>,
+    /// Install this agent package (a file or an https URL) instead of asking Azure DevOps.
+    #[arg(long, value_name = "PATH|URL")]
+    pub package: Option<String>,
+    /// Expected SHA-256 (hex) of --package.
+    #[arg(long, value_name = "HEX", requires = "package")]
+    pub package_sha256: Option<String>,
+    /// Seconds config.sh may run before it is stopped (it can loop forever on some errors).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub config_timeout: u64,
+    /// Get a token and check access, then print every step without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}

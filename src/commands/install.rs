@@ -1,0 +1,669 @@
+//! `agent-bootstrap install`: managed identity → preflight → verified package → unattended
+//! configuration as an unprivileged user → service → saved settings.
+//!
+//! The order is chosen so that a mistake costs nothing: input is validated before anything else, the
+//! token and the organization/pool permissions are checked before the disk is touched, the package
+//! is verified before it is moved into place, and an agent that is already configured and known to
+//! the server is left alone (exit 0, no change).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::agent::config::{self, Configure, TOKEN_ENV};
+use crate::agent::{AgentDir, AgentSettings, same_server};
+use crate::clock::Clock;
+use crate::devops::{DevOpsClient, Pool};
+use crate::env::Env;
+use crate::error::Error;
+use crate::identity::{ImdsClient, Selector};
+use crate::package::{self, PackageError, Request, Source};
+use crate::process::{self, Child, RunAs};
+use crate::progress::Progress;
+use crate::secret::{Masker, Secret};
+use crate::service;
+use crate::settings::{AgentUser, InstallSettings, PackageChoice};
+use crate::state::{self, Saved};
+use crate::user;
+
+/// What will be installed, once the packages API (or `--package`) has been asked.
+#[derive(Debug, Clone)]
+enum PackagePlan {
+    /// The agent dir already has a usable package.
+    Keep { reason: String },
+    Fetch {
+        request: Request,
+        version: Option<String>,
+    },
+}
+
+pub async fn run(
+    s: &InstallSettings,
+    env: &Env,
+    clock: Clock,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let agent = AgentDir::new(&s.agent_dir, &s.os);
+
+    // 1. Input and local state that make the request impossible, before any network call.
+    let existing = agent.settings()?;
+    if let Some(cfg) = &existing {
+        check_same_agent(cfg, s)?;
+    }
+
+    // 2. Token.
+    let token = ImdsClient::from_env(env, clock.clone())?
+        .token(&s.selector)
+        .await?
+        .token;
+    let masker = Masker::with(&token);
+
+    // 3. Preflight against Azure DevOps.
+    let devops = DevOpsClient::new(&s.url, token.clone(), clock.clone());
+    let me = devops.connection_data().await?.authenticated_user;
+    let who = me
+        .provider_display_name
+        .clone()
+        .unwrap_or_else(|| me.id.clone());
+    tracing::info!(identity = %who, org = %s.url, "token accepted by Azure DevOps");
+    let pool = devops.manageable_pool(&s.pool, &who).await?;
+    tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
+
+    // 4. An existing registration: healthy → nothing to do; gone from the server → register again.
+    let mut reregister = false;
+    if let Some(cfg) = &existing {
+        match devops.find_agent(pool.id, &cfg.agent_name).await? {
+            Some(a) if a.id == cfg.agent_id => {
+                return already_installed(s, &agent, cfg, &pool, &masker).await;
+            }
+            Some(a) => {
+                tracing::warn!(
+                    local_id = cfg.agent_id,
+                    server_id = a.id,
+                    "the pool has another agent with this name; registering this one again (--replace)"
+                );
+                reregister = true;
+            }
+            None => {
+                tracing::warn!(
+                    agent = %cfg.agent_name,
+                    "the agent is configured here but unknown to the server (deleted?); registering it again"
+                );
+                reregister = true;
+            }
+        }
+    }
+
+    // 5. Which package.
+    let package = plan_package(s, &agent, &devops).await?;
+    let run_as_root = s.user.name() == "root";
+    if s.dry_run {
+        return print_plan(s, &agent, &who, &pool, &package, reregister);
+    }
+
+    // 6. The account, then the files.
+    let user = user::ensure(&s.user).await?;
+    if run_as_root {
+        tracing::warn!("the agent will run as root (--user root): jobs get full control of this machine");
+    }
+    let mut installed_version = None;
+    let mut package_sha256 = None;
+    match &package {
+        PackagePlan::Keep { reason } => {
+            tracing::info!("keeping the agent package in {}: {reason}", s.agent_dir.display());
+            ensure_owner(&s.agent_dir, &user)?;
+        }
+        PackagePlan::Fetch { request, version } => {
+            let fetched = fetch_into_place(s, request, &user, progress, &clock).await?;
+            package_sha256 = Some(fetched);
+            installed_version = version.clone();
+        }
+    }
+    if installed_version.is_none() {
+        installed_version = listener_version(&agent, &user, &masker).await;
+    }
+
+    // 7. Configure.
+    if reregister {
+        agent.remove_registration()?;
+    }
+    if agent.has_stale_registration() {
+        tracing::warn!("removing a registration left by an interrupted configuration");
+        agent.remove_registration()?;
+    }
+    configure(s, &agent, &user, &token, &masker).await?;
+    let settings = agent
+        .settings()?
+        .ok_or_else(|| Error::Configure {
+            message: format!(
+                "{} reported success but wrote no .agent file",
+                s.os.config_script()
+            ),
+        })?;
+
+    // 8. Service.
+    if s.service {
+        let steps = service::plan(&s.os, &user.name, agent.service_name().is_some());
+        service::install_and_start(&s.agent_dir, &steps, &masker).await?;
+    }
+
+    // 9. Remember, and report.
+    let saved = saved_settings(s, &settings, &pool, &agent, installed_version, package_sha256);
+    let path = state::save(&s.state_dir, &saved)?;
+    tracing::info!(file = %path.display(), "saved settings for later runs");
+    print_summary("installed", &saved)
+}
+
+fn check_same_agent(cfg: &AgentSettings, s: &InstallSettings) -> Result<(), Error> {
+    let same_pool = cfg
+        .pool_name
+        .as_deref()
+        .is_none_or(|p| p.eq_ignore_ascii_case(&s.pool));
+    if same_server(&cfg.server_url, s.url.as_str())
+        && same_pool
+        && cfg.agent_name.eq_ignore_ascii_case(&s.agent_name)
+    {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "--agent-dir {} already holds agent '{}' of pool '{}' at {}; \
+         remove it first (./config.sh remove, or agent-bootstrap remove) or choose another --agent-dir",
+        s.agent_dir.display(),
+        cfg.agent_name,
+        cfg.pool_name.as_deref().unwrap_or("?"),
+        cfg.server_url,
+    )))
+}
+
+async fn already_installed(
+    s: &InstallSettings,
+    agent: &AgentDir,
+    cfg: &AgentSettings,
+    pool: &Pool,
+    masker: &Masker,
+) -> Result<(), Error> {
+    tracing::info!(
+        agent = %cfg.agent_name,
+        id = cfg.agent_id,
+        "already configured and known to the server"
+    );
+    if s.dry_run {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "dry run: nothing would change");
+        let _ = writeln!(
+            out,
+            "agent '{}' (id {}) is already configured in {} and registered in pool '{}'",
+            cfg.agent_name,
+            cfg.agent_id,
+            s.agent_dir.display(),
+            pool.name
+        );
+        return Ok(());
+    }
+    // A configured agent whose service is missing (configure ran, the service step did not).
+    if s.service && !s.os.is_windows() && agent.service_name().is_none() {
+        let user = user::ensure(&s.user).await?;
+        let steps = service::plan(&s.os, &user.name, false);
+        service::install_and_start(&s.agent_dir, &steps, masker).await?;
+    }
+    let previous = state::load(&s.state_dir, &s.agent_dir)?;
+    let mut saved = saved_settings(
+        s,
+        cfg,
+        pool,
+        agent,
+        previous.as_ref().and_then(|p| p.agent_version.clone()),
+        previous.as_ref().and_then(|p| p.package_sha256.clone()),
+    );
+    saved.machine_id = previous
+        .as_ref()
+        .map_or(saved.machine_id.clone(), |p| p.machine_id.clone());
+    if previous.as_ref() != Some(&saved) {
+        state::save(&s.state_dir, &saved)?;
+    }
+    print_summary("already installed, nothing to do", &saved)
+}
+
+async fn plan_package(
+    s: &InstallSettings,
+    agent: &AgentDir,
+    devops: &DevOpsClient,
+) -> Result<PackagePlan, Error> {
+    if agent.is_configured() {
+        return Ok(PackagePlan::Keep {
+            reason: "the agent is configured (never re-extracted over)".into(),
+        });
+    }
+    if agent.self_updated() {
+        return Ok(PackagePlan::Keep {
+            reason: "the agent updated itself (bin is a link); never downgraded".into(),
+        });
+    }
+    let kind = s.os.archive_kind();
+    let (request, version) = match &s.package {
+        PackageChoice::Explicit { source, sha256 } => (
+            Request {
+                source: source.clone(),
+                sha256: sha256.clone(),
+                kind,
+            },
+            None,
+        ),
+        PackageChoice::Latest | PackageChoice::Version(_) => {
+            let wanted = match &s.package {
+                PackageChoice::Version(v) => Some(v.as_str()),
+                _ => None,
+            };
+            let meta = devops.agent_package(&s.os.rid(), wanted).await?;
+            let url = crate::settings::check_url("the packages API's downloadUrl", &meta.download_url)
+                .map_err(|e| PackageError::Download {
+                    url: meta.download_url.clone(),
+                    attempts: 0,
+                    detail: e.to_string(),
+                })?;
+            let sha = meta
+                .hash_value
+                .as_deref()
+                .and_then(package::normalize_sha256)
+                .ok_or_else(|| PackageError::Download {
+                    url: meta.download_url.clone(),
+                    attempts: 0,
+                    detail: "the packages API gave no SHA-256 for it; refusing to install an unverified agent".into(),
+                })?;
+            (
+                Request {
+                    source: Source::Url(url),
+                    sha256: Some(sha),
+                    kind,
+                },
+                Some(meta.version.to_string()),
+            )
+        }
+    };
+    // A package already extracted (an image with the agent baked in, a re-run after a failed
+    // configuration) is kept when it is the wanted version.
+    if agent.package_present()
+        && let Some(v) = &version
+        && let Some(have) = listener_version_as_is(agent).await
+        && &have == v
+    {
+        return Ok(PackagePlan::Keep {
+            reason: format!("version {v} is already extracted"),
+        });
+    }
+    Ok(PackagePlan::Fetch { request, version })
+}
+
+/// `bin/Agent.Listener --version` without switching user (used before the user exists; the files
+/// are then root's own).
+async fn listener_version_as_is(agent: &AgentDir) -> Option<String> {
+    let owner_is_root = {
+        use std::os::unix::fs::MetadataExt;
+        fs_err::metadata(agent.root.join(agent.listener))
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
+    };
+    let run_as = if owner_is_root {
+        None
+    } else {
+        // Never execute a file another account controls as root.
+        let meta = {
+            use std::os::unix::fs::MetadataExt;
+            fs_err::metadata(agent.root.join(agent.listener)).ok()?.uid()
+        };
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta)).ok()??;
+        Some(RunAs {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+        })
+    };
+    listener_version_with(agent, run_as, &Masker::new()).await
+}
+
+async fn listener_version(agent: &AgentDir, user: &RunAs, masker: &Masker) -> Option<String> {
+    listener_version_with(agent, run_as_unless_root(user), masker).await
+}
+
+async fn listener_version_with(
+    agent: &AgentDir,
+    run_as: Option<RunAs>,
+    masker: &Masker,
+) -> Option<String> {
+    let child = Child::new("Agent.Listener --version", agent.root.join(agent.listener))
+        .args(["--version"])
+        .cwd(&agent.root)
+        .run_as(run_as)
+        .timeout(std::time::Duration::from_secs(30));
+    let done = process::run_async(child, masker.clone()).await.ok()?;
+    if !done.success() {
+        return None;
+    }
+    done.stdout
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+fn run_as_unless_root(user: &RunAs) -> Option<RunAs> {
+    (user.uid != 0).then(|| user.clone())
+}
+
+fn ensure_owner(dir: &Path, user: &RunAs) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs_err::metadata(dir).map_err(|source| Error::Io {
+        action: "reading",
+        path: dir.to_owned(),
+        source,
+    })?;
+    if meta.uid() != user.uid {
+        user::chown_tree(dir, user)?;
+    }
+    Ok(())
+}
+
+/// Downloads and extracts into a staging directory beside the agent dir, then moves it into place.
+/// Returns the verified SHA-256.
+async fn fetch_into_place(
+    s: &InstallSettings,
+    request: &Request,
+    user: &RunAs,
+    progress: &Progress,
+    clock: &Clock,
+) -> Result<String, Error> {
+    let parent = s
+        .agent_dir
+        .parent()
+        .expect("validated: the agent dir has a parent");
+    fs_err::create_dir_all(parent).map_err(|source| Error::Io {
+        action: "creating",
+        path: parent.to_owned(),
+        source,
+    })?;
+    // Same file system as the agent dir, so moving it into place is a rename; removed on any error.
+    let staging = tempfile::Builder::new()
+        .prefix(".agent-bootstrap-staging-")
+        .tempdir_in(parent)
+        .map_err(|source| Error::Io {
+            action: "creating a staging directory in",
+            path: parent.to_owned(),
+            source,
+        })?;
+    tracing::info!(source = %request.source, "fetching the agent package");
+    let fetched =
+        package::fetch_and_extract(request, &s.cache_dir, staging.path(), progress, clock).await?;
+    if request.sha256.is_none() {
+        tracing::warn!(
+            sha256 = %fetched.sha256,
+            "no --package-sha256 given: the package was not verified; pass this digest next time"
+        );
+    }
+    tracing::info!(
+        sha256 = %fetched.sha256,
+        files = fetched.stats.files,
+        mb = fetched.bytes / 1_000_000,
+        cached = fetched.from_cache,
+        "package verified and extracted"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755)).map_err(
+            |source| Error::Io {
+                action: "setting permissions on",
+                path: staging.path().to_owned(),
+                source,
+            },
+        )?;
+    }
+    user::chown_tree(staging.path(), user)?;
+    let staged: PathBuf = staging.keep();
+    if let Err(e) = package::move_into_place(&staged, &s.agent_dir) {
+        let _ = fs_err::remove_dir_all(&staged);
+        return Err(e.into());
+    }
+    Ok(fetched.sha256)
+}
+
+fn configure_child(
+    s: &InstallSettings,
+    agent: &AgentDir,
+    user: &RunAs,
+    token: &Secret,
+    env: Option<&Env>,
+) -> Child {
+    let (program, args) = config::configure_command(
+        &s.os,
+        &agent.root,
+        &Configure {
+            url: s.url.to_string(),
+            pool: s.pool.clone(),
+            agent: s.agent_name.clone(),
+            work: s.work_dir.clone(),
+            windows_service: s.service,
+        },
+    );
+    let mut child = Child::new(s.os.config_script(), program)
+        .args(args)
+        .cwd(&agent.root)
+        .secret_env(TOKEN_ENV, token.clone())
+        .run_as(run_as_unless_root(user))
+        .timeout(s.config_timeout);
+    if user.uid == 0 {
+        child = child.env("AGENT_ALLOW_RUNASROOT", "1");
+    }
+    // Only our values reach the listener: a stray VSTS_AGENT_INPUT_* from the caller's environment
+    // would silently change the configuration.
+    if let Some(env) = env {
+        for (k, _) in env.vars() {
+            if k.to_ascii_uppercase().starts_with("VSTS_AGENT_INPUT_") {
+                child = child.env_remove(k);
+            }
+        }
+    }
+    child
+}
+
+async fn configure(
+    s: &InstallSettings,
+    agent: &AgentDir,
+    user: &RunAs,
+    token: &Secret,
+    masker: &Masker,
+) -> Result<(), Error> {
+    let env = Env::capture();
+    let child = configure_child(s, agent, user, token, Some(&env));
+    tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
+    match process::run_async(child, masker.clone()).await {
+        Ok(done) if done.success() => Ok(()),
+        Ok(done) => Err(Error::Configure {
+            message: format!(
+                "{} exited with code {}: {}",
+                s.os.config_script(),
+                done.code,
+                done.error_line().unwrap_or_else(|| "no error output".into())
+            ),
+        }),
+        Err(process::ProcessError::TimedOut {
+            timeout, output, ..
+        }) => Err(Error::Configure {
+            message: format!(
+                "{} did not finish within {}s and was stopped (--config-timeout); last output: {}",
+                s.os.config_script(),
+                timeout.as_secs(),
+                output.error_line().unwrap_or_else(|| "none".into())
+            ),
+        }),
+        Err(e) => Err(Error::ConfigureRun(e)),
+    }
+}
+
+fn identity_string(sel: &Selector) -> Option<String> {
+    match sel {
+        Selector::Default => None,
+        Selector::ClientId(v) => Some(format!("client_id={v}")),
+        Selector::ObjectId(v) => Some(format!("object_id={v}")),
+        Selector::ResourceId(v) => Some(format!("msi_res_id={v}")),
+    }
+}
+
+fn saved_settings(
+    s: &InstallSettings,
+    cfg: &AgentSettings,
+    pool: &Pool,
+    agent: &AgentDir,
+    agent_version: Option<String>,
+    package_sha256: Option<String>,
+) -> Saved {
+    Saved {
+        schema: 1,
+        url: s.url.to_string(),
+        pool: pool.name.clone(),
+        pool_id: pool.id,
+        agent_name: cfg.agent_name.clone(),
+        agent_id: cfg.agent_id,
+        agent_dir: s.agent_dir.clone(),
+        work_dir: s.work_dir.clone(),
+        user: s.user.name().to_owned(),
+        dedicated_user: matches!(s.user, AgentUser::Dedicated(_)),
+        service: s.service,
+        service_unit: agent.service_name(),
+        identity: identity_string(&s.selector),
+        agent_version,
+        package_sha256,
+        machine_id: state::machine_id(),
+    }
+}
+
+fn out_err(source: std::io::Error) -> Error {
+    Error::Io {
+        action: "writing to",
+        path: "stdout".into(),
+        source,
+    }
+}
+
+fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    let service = match (&saved.service_unit, saved.service) {
+        (Some(unit), _) => unit.clone(),
+        (None, true) => "installed by configure".into(),
+        (None, false) => "none (--no-service): start it with ./run.sh".into(),
+    };
+    writeln!(out, "{headline}").map_err(out_err)?;
+    writeln!(out, "  agent:        {} (id {})", saved.agent_name, saved.agent_id).map_err(out_err)?;
+    writeln!(out, "  pool:         {} (id {})", saved.pool, saved.pool_id).map_err(out_err)?;
+    writeln!(out, "  organization: {}", saved.url).map_err(out_err)?;
+    writeln!(
+        out,
+        "  version:      {}",
+        saved.agent_version.as_deref().unwrap_or("unknown")
+    )
+    .map_err(out_err)?;
+    writeln!(out, "  agent dir:    {}", saved.agent_dir.display()).map_err(out_err)?;
+    writeln!(out, "  runs as:      {}", saved.user).map_err(out_err)?;
+    writeln!(out, "  service:      {service}").map_err(out_err)?;
+    writeln!(out, "  logs:         {}", saved.agent_dir.join("_diag").display()).map_err(out_err)?;
+    Ok(())
+}
+
+fn print_plan(
+    s: &InstallSettings,
+    agent: &AgentDir,
+    who: &str,
+    pool: &Pool,
+    package: &PackagePlan,
+    reregister: bool,
+) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    let mut step = 0;
+    let mut line = |text: String| -> Result<(), Error> {
+        step += 1;
+        writeln!(out, "  {step}. {text}").map_err(out_err)
+    };
+    let user_exists = user::lookup(s.user.name()).ok().flatten().is_some();
+    {
+        let mut head = std::io::stdout().lock();
+        writeln!(head, "dry run: nothing was changed").map_err(out_err)?;
+        writeln!(head, "identity:     {who} (token accepted)").map_err(out_err)?;
+        writeln!(head, "organization: {}", s.url).map_err(out_err)?;
+        writeln!(head, "pool:         {} (id {}), Manage permission: yes", pool.name, pool.id)
+            .map_err(out_err)?;
+        writeln!(head, "agent:        {}", s.agent_name).map_err(out_err)?;
+        writeln!(head, "agent dir:    {}", s.agent_dir.display()).map_err(out_err)?;
+        match package {
+            PackagePlan::Keep { reason } => {
+                writeln!(head, "package:      keep the one in the agent dir ({reason})").map_err(out_err)?
+            }
+            PackagePlan::Fetch { request, version } => writeln!(
+                head,
+                "package:      {} from {} (sha256 {})",
+                version.as_deref().unwrap_or("as given"),
+                request.source,
+                request.sha256.as_deref().unwrap_or("not given: unverified")
+            )
+            .map_err(out_err)?,
+        }
+        writeln!(head, "steps:").map_err(out_err)?;
+    }
+    if !user_exists {
+        line(format!(
+            "create system user '{}' (useradd --system --create-home)",
+            s.user.name()
+        ))?;
+    }
+    if let PackagePlan::Fetch { request, .. } = package {
+        let parent = s.agent_dir.parent().unwrap_or(Path::new("/"));
+        let cached = request
+            .sha256
+            .as_ref()
+            .map(|h| package::cache_path(&s.cache_dir, h, request.kind))
+            .filter(|p| p.is_file());
+        match cached {
+            Some(p) => line(format!("read the cached package {}", p.display()))?,
+            None => line(format!(
+                "download {} into the cache {}, verifying its SHA-256",
+                request.source,
+                s.cache_dir.display()
+            ))?,
+        }
+        line(format!(
+            "extract into {}/.agent-bootstrap-staging-*, then move it to {}",
+            parent.display(),
+            s.agent_dir.display()
+        ))?;
+    }
+    line(format!("give {} to user '{}'", s.agent_dir.display(), s.user.name()))?;
+    if reregister || agent.has_stale_registration() {
+        line("remove the stale local registration (.agent, .credentials, .credentials_rsaparams)".into())?;
+    }
+    let fake_user = RunAs {
+        name: s.user.name().to_owned(),
+        uid: u32::from(s.user.name() != "root"),
+        gid: 0,
+        home: PathBuf::new(),
+    };
+    let child = configure_child(s, agent, &fake_user, &Secret::new("***"), None);
+    let as_root = if s.user.name() == "root" {
+        "AGENT_ALLOW_RUNASROOT=1 "
+    } else {
+        ""
+    };
+    line(format!(
+        "run as '{}' in {}: {as_root}{}",
+        s.user.name(),
+        s.agent_dir.display(),
+        child.display()
+    ))?;
+    if s.service {
+        for st in service::plan(&s.os, s.user.name(), agent.service_name().is_some()) {
+            line(format!("run as root: {} {}", st.program, st.args.join(" ")))?;
+        }
+    }
+    line(format!(
+        "save settings (no secret) to {}",
+        state::file_for(&s.state_dir, &s.agent_dir).display()
+    ))?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! The subcommands. Each takes resolved settings and an injected environment and clock, and returns
+//! a typed error that `main` turns into an exit code.
+
+pub mod install;
+pub mod token;
+
+use crate::cli::{Cli, Command};
+use crate::clock::Clock;
+use crate::env::Env;
+use crate::error::Error;
+use crate::os::Os;
+use crate::progress::Progress;
+
+pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
+    let clock = Clock::from_env(&env);
+    let os = Os::current();
+    match cli.command {
+        Command::Token(args) => {
+            let selector = crate::settings::selector(&args.identity)?;
+            token::run(&selector, &env, clock).await
+        }
+        Command::Install(args) => {
+            let settings = crate::settings::install(&args, &env, os)?;
+            let progress =
+                Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
+            install::run(&settings, &env, clock, &progress).await
+        }
+    }
+}

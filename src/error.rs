@@ -1,0 +1,90 @@
+//! Exit codes, mapped in one place.
+//!
+//! Scripts branch on these codes (README, "Exit codes"), so every module error is wrapped in
+//! [`Error`] and [`Error::exit_code`] is the only place that decides the number.
+
+use crate::{
+    agent::AgentError, devops::DevOpsError, identity::IdentityError, package::PackageError,
+    process::ProcessError, service::ServiceError, settings::SettingsError, state::StateError,
+    user::UserError,
+};
+
+pub mod code {
+    pub const OK: u8 = 0;
+    pub const INTERNAL: u8 = 1;
+    pub const INPUT: u8 = 2;
+    pub const NO_TOKEN: u8 = 3;
+    pub const REFUSED: u8 = 4;
+    pub const PACKAGE: u8 = 5;
+    pub const CONFIGURE: u8 = 6;
+    pub const SERVICE: u8 = 7;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    DevOps(#[from] DevOpsError),
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    #[error("agent configuration failed: {message}")]
+    Configure { message: String },
+    #[error("agent configuration failed")]
+    ConfigureRun(#[source] ProcessError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{action} '{path}' failed")]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        use code::*;
+        match self {
+            Self::Settings(_) | Self::Input(_) => INPUT,
+            Self::Identity(IdentityError::BadBaseUrl { .. }) => INPUT,
+            Self::Identity(_) => NO_TOKEN,
+            Self::DevOps(DevOpsError::NoPackage { .. }) => PACKAGE,
+            Self::DevOps(e) if e.is_refusal() => REFUSED,
+            // The server did not answer usefully (transport, 5xx): still "Azure DevOps refused us"
+            // from a script's point of view; nothing was changed.
+            Self::DevOps(_) => REFUSED,
+            Self::Package(_) => PACKAGE,
+            Self::Configure { .. } | Self::ConfigureRun(_) => CONFIGURE,
+            Self::Service(_) => SERVICE,
+            Self::User(UserError::Missing { .. }) => INPUT,
+            Self::User(_) | Self::Agent(_) | Self::State(_) | Self::Io { .. } => INTERNAL,
+        }
+    }
+}
+
+/// The message and its causes, one per line, as shown to the user.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let line = s.to_string();
+        if !text.contains(&line) {
+            text.push_str("\n  caused by: ");
+            text.push_str(&line);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,28 @@
+//! agent-bootstrap: a bare Azure VM, scale-set instance or container → a registered, running
+//! self-hosted Azure Pipelines agent, using the machine's managed identity and no stored secret.
+//!
+//! The flow is parse ([`cli`]) → resolve ([`settings`]) → act ([`commands`]). Each concern has its
+//! module: [`identity`] (IMDS tokens), [`devops`] (Azure DevOps REST), [`package`] (verified
+//! streaming download and extraction), [`agent`] (the agent's files and scripts), [`user`],
+//! [`service`], [`state`] (what later runs need), [`process`] (every child process). [`sim`] is the
+//! simulated Azure the tests, the demo and the benchmark run against.
+
+pub mod agent;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod devops;
+pub mod env;
+pub mod error;
+pub mod identity;
+pub mod logging;
+pub mod os;
+pub mod package;
+pub mod process;
+pub mod progress;
+pub mod secret;
+pub mod service;
+pub mod settings;
+pub mod sim;
+pub mod state;
+pub mod user;

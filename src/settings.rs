@@ -1,0 +1,541 @@
+//! Resolving and validating what the user asked for, before anything is touched.
+//!
+//! Flags win over the environment (`AZP_URL`, `AZP_POOL`, `AZP_AGENT_NAME`, `AZP_WORK`, the names of
+//! Microsoft's Docker sample), which wins over defaults. Every value is checked here and a bad one is
+//! reported with the flag (or variable) that carried it; nothing in this module does I/O beyond
+//! looking at a `--package` path, so every rule is a unit test.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use url::Url;
+
+use crate::cli::{IdentityArgs, InstallArgs};
+use crate::env::Env;
+use crate::identity::Selector;
+use crate::os::Os;
+use crate::package::{self, Source};
+
+pub const DEFAULT_POOL: &str = "Default";
+pub const DEFAULT_WORK: &str = "_work";
+pub const DEFAULT_USER: &str = "azpagent";
+/// Overrides for where install keeps its state and cache (tests, unusual layouts).
+pub const STATE_DIR_ENV: &str = "AGENT_BOOTSTRAP_STATE_DIR";
+pub const CACHE_DIR_ENV: &str = "AGENT_BOOTSTRAP_CACHE_DIR";
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {what}: {problem}")]
+pub struct SettingsError {
+    /// The flag or variable, e.g. `--url` or `AZP_URL`.
+    pub what: String,
+    pub problem: String,
+}
+
+fn bad(what: impl Into<String>, problem: impl Into<String>) -> SettingsError {
+    SettingsError {
+        what: what.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Who runs the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentUser {
+    /// The dedicated system user, created if missing.
+    Dedicated(String),
+    /// An account the user named; must exist.
+    Existing(String),
+}
+
+impl AgentUser {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Dedicated(n) | Self::Existing(n) => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PackageChoice {
+    /// The newest package the packages API offers.
+    Latest,
+    /// A version from the packages API.
+    Version(String),
+    /// `--package`, with an optional expected digest.
+    Explicit {
+        source: Source,
+        sha256: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct InstallSettings {
+    pub url: Url,
+    pub pool: String,
+    pub agent_name: String,
+    pub agent_dir: PathBuf,
+    pub work_dir: String,
+    pub user: AgentUser,
+    pub service: bool,
+    pub selector: Selector,
+    pub package: PackageChoice,
+    pub config_timeout: std::time::Duration,
+    pub dry_run: bool,
+    pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub os: Os,
+}
+
+pub fn selector(args: &IdentityArgs) -> Result<Selector, SettingsError> {
+    if let Some(id) = &args.client_id {
+        check_guid("--client-id", id)?;
+        return Ok(Selector::ClientId(id.trim().to_owned()));
+    }
+    if let Some(id) = &args.object_id {
+        check_guid("--object-id", id)?;
+        return Ok(Selector::ObjectId(id.trim().to_owned()));
+    }
+    if let Some(id) = &args.resource_id {
+        check_resource_id(id)?;
+        return Ok(Selector::ResourceId(id.trim().to_owned()));
+    }
+    Ok(Selector::Default)
+}
+
+fn check_guid(flag: &str, value: &str) -> Result<(), SettingsError> {
+    let v = value.trim();
+    let groups: Vec<&str> = v.split('-').collect();
+    let ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            flag,
+            format!("'{value}' is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+        ))
+    }
+}
+
+fn check_resource_id(value: &str) -> Result<(), SettingsError> {
+    let v = value.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = v.trim_start_matches('/').split('/').collect();
+    let ok = v.starts_with("/subscriptions/")
+        && parts.len() == 8
+        && parts[2] == "resourcegroups"
+        && parts[4] == "providers"
+        && parts[5] == "microsoft.managedidentity"
+        && parts[6] == "userassignedidentities"
+        && parts.iter().all(|p| !p.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            "--resource-id",
+            format!(
+                "'{value}' is not a user-assigned identity resource id \
+                 (/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME)"
+            ),
+        ))
+    }
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// An https URL (or http to a loopback host), without credentials, query or fragment.
+pub fn check_url(what: &str, raw: &str) -> Result<Url, SettingsError> {
+    let url = Url::parse(raw.trim()).map_err(|e| bad(what, format!("'{raw}' is not a URL ({e})")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback_host(&url) => {}
+        "http" => {
+            return Err(bad(
+                what,
+                format!("'{raw}' uses plain http; use https so the token is never sent in clear"),
+            ));
+        }
+        other => return Err(bad(what, format!("'{raw}': unsupported scheme '{other}'"))),
+    }
+    if url.host().is_none() {
+        return Err(bad(what, format!("'{raw}' has no host")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            what,
+            "credentials in the URL are not allowed (the managed identity provides them)",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(what, format!("'{raw}' must not have a query or fragment")));
+    }
+    Ok(url)
+}
+
+fn org_url(args: &InstallArgs, env: &Env) -> Result<Url, SettingsError> {
+    if let Some(org) = &args.org {
+        let o = org.trim();
+        let valid = !o.is_empty()
+            && o.len() <= 50
+            && o.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !o.starts_with('-')
+            && !o.ends_with('-');
+        if !valid {
+            return Err(bad(
+                "--org",
+                format!("'{org}' is not an organization name (letters, digits and '-'; use --url for a full URL)"),
+            ));
+        }
+        return Ok(Url::parse(&format!("https://dev.azure.com/{o}")).expect("valid by construction"));
+    }
+    let (what, raw) = match (&args.url, env.var("AZP_URL")) {
+        (Some(u), _) => ("--url", u.as_str()),
+        (None, Some(u)) => ("AZP_URL", u),
+        (None, None) => {
+            return Err(bad(
+                "--org/--url",
+                "say which organization: --org ORG or --url URL (or set AZP_URL)",
+            ));
+        }
+    };
+    let mut url = check_url(what, raw)?;
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&path);
+    Ok(url)
+}
+
+fn check_text(what: &str, value: &str, max: usize, forbidden: &str) -> Result<String, SettingsError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(bad(what, "must not be empty"));
+    }
+    if v.chars().count() > max {
+        return Err(bad(what, format!("'{v}' is longer than {max} characters")));
+    }
+    if let Some(c) = v.chars().find(|c| c.is_control() || forbidden.contains(*c)) {
+        return Err(bad(what, format!("'{v}' contains the character {c:?}")));
+    }
+    Ok(v.to_owned())
+}
+
+/// `name` if it is a valid Unix account name.
+pub fn check_user(value: &str) -> Result<String, SettingsError> {
+    let ok = !value.is_empty()
+        && value.len() <= 32
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(bad("--user", format!("'{value}' is not a valid account name")))
+    }
+}
+
+fn check_version(value: &str) -> Result<String, SettingsError> {
+    let v = value.trim().trim_start_matches('v');
+    let parts: Vec<&str> = v.split('.').collect();
+    if parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) {
+        Ok(v.to_owned())
+    } else {
+        Err(bad("--agent-version", format!("'{value}' is not a version X.Y.Z")))
+    }
+}
+
+fn package_choice(args: &InstallArgs) -> Result<PackageChoice, SettingsError> {
+    if let Some(v) = &args.agent_version {
+        return Ok(PackageChoice::Version(check_version(v)?));
+    }
+    let Some(raw) = &args.package else {
+        return Ok(PackageChoice::Latest);
+    };
+    let sha256 = match &args.package_sha256 {
+        Some(h) => Some(package::normalize_sha256(h).ok_or_else(|| {
+            bad("--package-sha256", format!("'{h}' is not a SHA-256 (64 hex digits)"))
+        })?),
+        None => None,
+    };
+    let source = if raw.contains("://") {
+        Source::Url(check_url("--package", raw)?)
+    } else {
+        let p = Path::new(raw);
+        if !p.is_file() {
+            return Err(bad("--package", format!("'{raw}' is not a file")));
+        }
+        Source::File(std::path::absolute(p).unwrap_or_else(|_| p.to_owned()))
+    };
+    Ok(PackageChoice::Explicit { source, sha256 })
+}
+
+pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings, SettingsError> {
+    let url = org_url(args, env)?;
+    let (pool_what, pool_raw) = match (&args.pool, env.var("AZP_POOL")) {
+        (Some(p), _) => ("--pool", p.as_str()),
+        (None, Some(p)) => ("AZP_POOL", p),
+        (None, None) => ("--pool", DEFAULT_POOL),
+    };
+    let pool = check_text(pool_what, pool_raw, 256, "\"/\\[]:|<>+=;?*")?;
+    let (name_what, name_raw) = match (&args.agent_name, env.var("AZP_AGENT_NAME")) {
+        (Some(n), _) => ("--agent-name", n.as_str()),
+        (None, Some(n)) => ("AZP_AGENT_NAME", n),
+        (None, None) => ("the host name (set --agent-name)", env.hostname()),
+    };
+    let agent_name = check_text(name_what, name_raw, 64, "\"/\\:<>|*?@")?;
+
+    let agent_dir = match &args.agent_dir {
+        Some(d) if !d.is_absolute() => {
+            return Err(bad("--agent-dir", format!("'{}' must be an absolute path", d.display())));
+        }
+        Some(d) if d.parent().is_none() => {
+            return Err(bad("--agent-dir", "must not be the file system root"));
+        }
+        Some(d) => d.components().collect(),
+        None => os.default_agent_dir(),
+    };
+    let (work_what, work_raw) = match (&args.work_dir, env.var("AZP_WORK")) {
+        (Some(w), _) => ("--work-dir", w.as_str()),
+        (None, Some(w)) => ("AZP_WORK", w),
+        (None, None) => ("--work-dir", DEFAULT_WORK),
+    };
+    let work_dir = check_text(work_what, work_raw, 4096, "")?;
+
+    let user = match &args.user {
+        Some(u) => AgentUser::Existing(check_user(u.trim())?),
+        None => AgentUser::Dedicated(DEFAULT_USER.to_owned()),
+    };
+    if !env.is_root() && !args.dry_run {
+        let me = env.var("USER").unwrap_or("");
+        if !args.no_service {
+            return Err(bad(
+                "--no-service",
+                "installing the service needs root: run as root, or pass --no-service to only configure the agent",
+            ));
+        }
+        if matches!(&user, AgentUser::Existing(u) if u != me) {
+            return Err(bad("--user", "only root can configure the agent as another user"));
+        }
+    }
+    if args.config_timeout == 0 {
+        return Err(bad("--config-timeout", "must be at least 1 second"));
+    }
+    let state_dir = env
+        .var(STATE_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| os.default_state_dir());
+    let cache_dir = env
+        .var(CACHE_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| os.default_cache_dir());
+    Ok(InstallSettings {
+        url,
+        pool,
+        agent_name,
+        agent_dir,
+        work_dir,
+        user,
+        service: !args.no_service,
+        selector: selector(&args.identity)?,
+        package: package_choice(args)?,
+        config_timeout: std::time::Duration::from_secs(args.config_timeout),
+        dry_run: args.dry_run,
+        state_dir,
+        cache_dir,
+        os,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Env {
+        Env::fake(vars, "vm-01", true)
+    }
+
+    fn args() -> InstallArgs {
+        InstallArgs {
+            org: Some("myorg".into()),
+            config_timeout: 600,
+            ..Default::default()
+        }
+    }
+
+    fn err(a: &InstallArgs, e: &Env) -> String {
+        install(a, e, Os::linux_x64()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = install(&args(), &env(&[]), Os::linux_x64()).unwrap();
+        assert_eq!(s.url.as_str(), "https://dev.azure.com/myorg");
+        assert_eq!(s.pool, "Default");
+        assert_eq!(s.agent_name, "vm-01");
+        assert_eq!(s.agent_dir, PathBuf::from("/opt/azure-pipelines-agent"));
+        assert_eq!(s.work_dir, "_work");
+        assert_eq!(s.user, AgentUser::Dedicated("azpagent".into()));
+        assert!(s.service);
+        assert_eq!(s.selector, Selector::Default);
+        assert!(matches!(s.package, PackageChoice::Latest));
+    }
+
+    #[test]
+    fn environment_fallbacks_and_flags_win() {
+        let e = env(&[
+            ("AZP_URL", "https://myorg.visualstudio.com/"),
+            ("AZP_POOL", "EnvPool"),
+            ("AZP_AGENT_NAME", "env-agent"),
+            ("AZP_WORK", "/mnt/work"),
+        ]);
+        let mut a = InstallArgs {
+            config_timeout: 600,
+            ..Default::default()
+        };
+        let s = install(&a, &e, Os::linux_x64()).unwrap();
+        assert_eq!(s.url.as_str(), "https://myorg.visualstudio.com/");
+        assert_eq!(s.pool, "EnvPool");
+        assert_eq!(s.agent_name, "env-agent");
+        assert_eq!(s.work_dir, "/mnt/work");
+        a.pool = Some("FlagPool".into());
+        a.agent_name = Some("flag-agent".into());
+        a.url = Some("https://dev.azure.com/other".into());
+        let s = install(&a, &e, Os::linux_x64()).unwrap();
+        assert_eq!(s.pool, "FlagPool");
+        assert_eq!(s.agent_name, "flag-agent");
+        assert_eq!(s.url.as_str(), "https://dev.azure.com/other");
+    }
+
+    #[test]
+    fn urls() {
+        let e = env(&[]);
+        let mut a = InstallArgs {
+            config_timeout: 600,
+            ..Default::default()
+        };
+        assert!(err(&a, &e).contains("--org/--url"));
+        a.url = Some("http://dev.azure.com/x".into());
+        let m = err(&a, &e);
+        assert!(m.contains("--url") && m.contains("plain http"), "{m}");
+        a.url = Some("http://127.0.0.1:8080/org".into());
+        assert!(install(&a, &e, Os::linux_x64()).is_ok());
+        a.url = Some("http://[::1]:8080/org".into());
+        assert!(install(&a, &e, Os::linux_x64()).is_ok());
+        a.url = Some("http://localhost:8080/org".into());
+        assert!(install(&a, &e, Os::linux_x64()).is_ok());
+        a.url = Some("https://user:pat@dev.azure.com/x".into());
+        assert!(err(&a, &e).contains("credentials"));
+        a.url = Some("ftp://x".into());
+        assert!(err(&a, &e).contains("scheme"));
+        a.url = Some("not a url".into());
+        assert!(err(&a, &e).contains("--url"));
+        let a = InstallArgs {
+            config_timeout: 600,
+            ..Default::default()
+        };
+        assert!(err(&a, &env(&[("AZP_URL", "http://evil.example")])).contains("AZP_URL"));
+        let a = InstallArgs {
+            org: Some("bad/org".into()),
+            config_timeout: 600,
+            ..Default::default()
+        };
+        assert!(err(&a, &e).contains("--org"));
+    }
+
+    #[test]
+    fn names_paths_and_users() {
+        let e = env(&[]);
+        let mut a = args();
+        a.agent_name = Some("bad/name".into());
+        assert!(err(&a, &e).contains("--agent-name"));
+        a.agent_name = Some("x".repeat(65));
+        assert!(err(&a, &e).contains("longer than 64"));
+        let mut a = args();
+        a.pool = Some("  ".into());
+        assert!(err(&a, &e).contains("--pool"));
+        let mut a = args();
+        a.agent_dir = Some("relative/dir".into());
+        assert!(err(&a, &e).contains("--agent-dir"));
+        let mut a = args();
+        a.agent_dir = Some("/".into());
+        assert!(err(&a, &e).contains("--agent-dir"));
+        let mut a = args();
+        a.user = Some("Bad User".into());
+        assert!(err(&a, &e).contains("--user"));
+        a.user = Some("root".into());
+        assert_eq!(
+            install(&a, &e, Os::linux_x64()).unwrap().user,
+            AgentUser::Existing("root".into())
+        );
+        let e2 = Env::fake(&[], "h", false);
+        let m = err(&args(), &e2);
+        assert!(m.contains("--no-service") && m.contains("root"), "{m}");
+        let mut a = args();
+        a.config_timeout = 0;
+        assert!(err(&a, &e).contains("--config-timeout"));
+    }
+
+    #[test]
+    fn hostname_that_is_not_a_valid_agent_name_points_at_the_flag() {
+        let e = Env::fake(&[], "", true);
+        assert!(err(&args(), &e).contains("--agent-name"));
+    }
+
+    #[test]
+    fn identity_selectors() {
+        let mut id = IdentityArgs {
+            client_id: Some("not-a-guid".into()),
+            ..Default::default()
+        };
+        assert!(selector(&id).unwrap_err().to_string().contains("--client-id"));
+        id.client_id = Some("12345678-1234-1234-1234-123456789abc".into());
+        assert!(matches!(selector(&id).unwrap(), Selector::ClientId(_)));
+        let id = IdentityArgs {
+            resource_id: Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mi".into()),
+            ..Default::default()
+        };
+        assert!(matches!(selector(&id).unwrap(), Selector::ResourceId(_)));
+        let id = IdentityArgs {
+            resource_id: Some("/subscriptions/s".into()),
+            ..Default::default()
+        };
+        assert!(selector(&id).unwrap_err().to_string().contains("--resource-id"));
+    }
+
+    #[test]
+    fn packages() {
+        let e = env(&[]);
+        let mut a = args();
+        a.agent_version = Some("4.x.1".into());
+        assert!(err(&a, &e).contains("--agent-version"));
+        a.agent_version = Some("4.264.2".into());
+        assert!(matches!(
+            install(&a, &e, Os::linux_x64()).unwrap().package,
+            PackageChoice::Version(v) if v == "4.264.2"
+        ));
+        let mut a = args();
+        a.package = Some("/definitely/not/here.tar.gz".into());
+        assert!(err(&a, &e).contains("--package"));
+        a.package = Some("http://mirror.example/agent.tar.gz".into());
+        assert!(err(&a, &e).contains("plain http"));
+        a.package = Some("https://mirror.example/agent.tar.gz".into());
+        a.package_sha256 = Some("xyz".into());
+        assert!(err(&a, &e).contains("--package-sha256"));
+        a.package_sha256 = Some("A".repeat(64));
+        match install(&a, &e, Os::linux_x64()).unwrap().package {
+            PackageChoice::Explicit { sha256, .. } => assert_eq!(sha256, Some("a".repeat(64))),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Simulated Azure (placeholder during bring-up).

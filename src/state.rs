@@ -1,0 +1,144 @@
+//! What install remembers for later runs, without any secret.
+//!
+//! The resolved settings (organization, pool, agent name, directories, user, identity selector,
+//! package) are saved as JSON under the state directory (`/var/lib/agent-bootstrap/agents/`), one
+//! file per agent dir. The file is root-owned and outside the agent dir on purpose: the agent user can
+//! write the agent dir, and must not be able to redirect where root later sends a token.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("could not write the saved settings '{path}'")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read the saved settings '{path}'")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the saved settings '{path}' are not valid: {detail}")]
+    Parse { path: PathBuf, detail: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Saved {
+    pub schema: u32,
+    pub url: String,
+    pub pool: String,
+    pub pool_id: u64,
+    pub agent_name: String,
+    pub agent_id: u64,
+    pub agent_dir: PathBuf,
+    pub work_dir: String,
+    pub user: String,
+    /// True when the user was created by install (the dedicated one).
+    pub dedicated_user: bool,
+    pub service: bool,
+    pub service_unit: Option<String>,
+    /// `client_id=…`, `object_id=…`, `msi_res_id=…`, or `None` for the default identity.
+    pub identity: Option<String>,
+    pub agent_version: Option<String>,
+    pub package_sha256: Option<String>,
+    /// `/etc/machine-id` at install time: a clone of the image has another one.
+    pub machine_id: Option<String>,
+}
+
+/// The file for an agent dir: a readable form of its path plus a short hash, so `/a-b` and `/a/b`
+/// never share a file.
+pub fn file_for(state_dir: &Path, agent_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let full = agent_dir.to_string_lossy();
+    let readable: String = full
+        .trim_matches('/')
+        .chars()
+        .map(|c| match c {
+            '/' | '\\' => '-',
+            c if c.is_ascii_alphanumeric() || "._-".contains(c) => c,
+            _ => '_',
+        })
+        .collect();
+    let hash = hex::encode(&sha2::Sha256::digest(full.as_bytes())[..4]);
+    state_dir
+        .join("agents")
+        .join(format!("{readable}-{hash}.json"))
+}
+
+pub fn save(state_dir: &Path, saved: &Saved) -> Result<PathBuf, StateError> {
+    let path = file_for(state_dir, &saved.agent_dir);
+    let write = |source| StateError::Write {
+        path: path.clone(),
+        source,
+    };
+    let dir = path.parent().expect("state file has a parent");
+    fs_err::create_dir_all(dir).map_err(write)?;
+    let json = serde_json::to_vec_pretty(saved).expect("settings serialize");
+    // Write to a temporary file, then rename: a crash never leaves half a file.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
+    std::io::Write::write_all(&mut tmp, &json).map_err(write)?;
+    tmp.as_file().sync_all().map_err(write)?;
+    tmp.persist(&path).map_err(|e| write(e.error))?;
+    Ok(path)
+}
+
+pub fn load(state_dir: &Path, agent_dir: &Path) -> Result<Option<Saved>, StateError> {
+    let path = file_for(state_dir, agent_dir);
+    let text = match fs_err::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StateError::Read { path, source }),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| StateError::Parse {
+            path,
+            detail: e.to_string(),
+        })
+}
+
+pub fn machine_id() -> Option<String> {
+    fs_err::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = Saved {
+            schema: 1,
+            url: "https://dev.azure.com/o".into(),
+            pool: "Default".into(),
+            pool_id: 1,
+            agent_name: "a".into(),
+            agent_id: 3,
+            agent_dir: "/opt/azure-pipelines-agent".into(),
+            work_dir: "_work".into(),
+            user: "azpagent".into(),
+            dedicated_user: true,
+            service: true,
+            service_unit: None,
+            identity: None,
+            agent_version: Some("4.1.0".into()),
+            package_sha256: None,
+            machine_id: None,
+        };
+        let path = save(dir.path(), &saved).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("opt-azure-pipelines-agent-") && name.ends_with(".json"), "{name}");
+        assert_ne!(file_for(dir.path(), Path::new("/a-b")), file_for(dir.path(), Path::new("/a/b")));
+        assert_eq!(load(dir.path(), &saved.agent_dir).unwrap(), Some(saved));
+        assert_eq!(load(dir.path(), Path::new("/other")).unwrap(), None);
+    }
+}

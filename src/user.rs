@@ -1,0 +1,108 @@
+//! The account the agent runs as.
+//!
+//! `config.sh` refuses root, and a build agent should not run as root anyway. By default install
+//! creates a dedicated system user (`azpagent`) with a home directory and gives it the agent dir;
+//! `--user NAME` uses an existing account. `--user root` is honoured, with a warning, by setting
+//! `AGENT_ALLOW_RUNASROOT` for the agent's scripts.
+
+use std::path::{Path, PathBuf};
+
+use crate::process::{self, Child, RunAs};
+use crate::secret::Masker;
+use crate::settings::AgentUser;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("user '{name}' does not exist (--user names an existing account; omit it to use a dedicated one)")]
+    Missing { name: String },
+    #[error("could not create the agent user '{name}': {detail}")]
+    Create { name: String, detail: String },
+    #[error("could not look up user '{name}'")]
+    Lookup {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("could not give '{path}' to user '{name}'")]
+    Chown {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn lookup(name: &str) -> Result<Option<RunAs>, UserError> {
+    let user = nix::unistd::User::from_name(name).map_err(|source| UserError::Lookup {
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(user.map(|u| RunAs {
+        name: u.name,
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        home: u.dir,
+    }))
+}
+
+/// Finds the account, creating the dedicated one if needed.
+pub async fn ensure(user: &AgentUser) -> Result<RunAs, UserError> {
+    let name = user.name().to_owned();
+    if let Some(found) = lookup(&name)? {
+        return Ok(found);
+    }
+    let AgentUser::Dedicated(_) = user else {
+        return Err(UserError::Missing { name });
+    };
+    let useradd = which::which("useradd").map_err(|_| UserError::Create {
+        name: name.clone(),
+        detail: "useradd was not found; create the account yourself and pass --user".to_owned(),
+    })?;
+    tracing::info!(user = %name, "creating the agent user");
+    let child = Child::new("useradd", useradd).args([
+        "--system",
+        "--create-home",
+        "--home-dir",
+        &format!("/home/{name}"),
+        "--shell",
+        "/bin/bash",
+        "--comment",
+        "Azure Pipelines agent",
+        &name,
+    ]);
+    let done = process::run_async(child, Masker::new())
+        .await
+        .map_err(|e| UserError::Create {
+            name: name.clone(),
+            detail: e.to_string(),
+        })?;
+    // Another run may have created it at the same moment (useradd then exits 9): look again.
+    if let Some(found) = lookup(&name)? {
+        return Ok(found);
+    }
+    Err(UserError::Create {
+        name,
+        detail: done
+            .error_line()
+            .unwrap_or_else(|| format!("useradd exited with {}", done.code)),
+    })
+}
+
+/// Gives every file under `root` to the user (not following links).
+pub fn chown_tree(root: &Path, user: &RunAs) -> Result<(), UserError> {
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.map_err(|e| UserError::Chown {
+            name: user.name.clone(),
+            path: root.to_owned(),
+            source: e.into(),
+        })?;
+        std::os::unix::fs::lchown(entry.path(), Some(user.uid), Some(user.gid)).map_err(
+            |source| UserError::Chown {
+                name: user.name.clone(),
+                path: entry.path().to_owned(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
