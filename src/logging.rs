@@ -9,8 +9,11 @@ use crate::env::Env;
 pub fn init(format: LogFormat, env: &Env) {
     let filter = EnvFilter::try_new(env.var("AGENT_BOOTSTRAP_LOG").unwrap_or("info"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let color = std::io::stderr().is_terminal() && env.var("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_target(false).compact().init(),

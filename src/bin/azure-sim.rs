@@ -1,1 +1,71 @@
-fn main() {}
+//! `azure-sim`: the simulated Azure on loopback, for the README demo and the benchmark; also the
+//! fake agent package's `Agent.Listener` (`azure-sim fake-listener …`).
+
+use std::path::PathBuf;
+
+use agent_bootstrap::sim::{SimConfig, Simulator};
+
+fn usage() -> ! {
+    eprintln!(
+        "usage:\n  azure-sim serve [--port N] [--work-dir DIR] [--package-mb N] [--package-files N] [--throttle-mbps N]\n  \
+         azure-sim fake-listener --root DIR --agent-version V -- ARGS"
+    );
+    std::process::exit(2);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("fake-listener") => std::process::exit(agent_bootstrap::sim::listener::main(&args[1..])),
+        Some("serve") => serve(&args[1..]),
+        _ => usage(),
+    }
+}
+
+fn serve(args: &[String]) {
+    let mut port = 0u16;
+    let mut work_dir = std::env::temp_dir().join("azure-sim");
+    let mut package_mb = None;
+    let mut package_files = None;
+    let mut throttle = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--port" => port = value().parse().unwrap_or_else(|_| usage()),
+            "--work-dir" => work_dir = PathBuf::from(value()),
+            "--package-mb" => package_mb = Some(value().parse::<u64>().unwrap_or_else(|_| usage())),
+            "--package-files" => package_files = Some(value().parse::<u32>().unwrap_or_else(|_| usage())),
+            "--throttle-mbps" => throttle = Some(value().parse::<f64>().unwrap_or_else(|_| usage())),
+            _ => usage(),
+        }
+    }
+    let exe = std::env::current_exe().expect("own path");
+    let _ = fs_err::create_dir_all(&work_dir);
+    let mut config = SimConfig::standard(&exe, &work_dir);
+    if let Some(mb) = package_mb {
+        config.package.filler_bytes = mb * 1_000_000;
+    }
+    if let Some(n) = package_files {
+        config.package.filler_files = n;
+    }
+    config.throttle = throttle.map(|mbps| (mbps * 1_000_000.0) as u64);
+    let sim = Simulator::start(config, port).unwrap_or_else(|e| {
+        eprintln!("azure-sim: {e}");
+        std::process::exit(1);
+    });
+    // Data for scripts on stdout, one KEY=VALUE per line.
+    println!("AZURE_POD_IDENTITY_AUTHORITY_HOST={}", sim.base_url());
+    println!("SIM_ORG_URL={}", sim.org_url());
+    println!("SIM_SYSTEMD_DIR={}", sim.systemd_dir().display());
+    println!("SIM_PACKAGE_SHA256={}", sim.package.sha256);
+    println!("SIM_PACKAGE_BYTES={}", sim.package.size);
+    println!("SIM_PACKAGE_PATH={}", sim.package.path.display());
+    println!("SIM_READY=1");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    eprintln!("azure-sim: serving on {} (Ctrl-C to stop)", sim.base_url());
+    loop {
+        std::thread::park();
+    }
+}

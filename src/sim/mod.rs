@@ -1,1 +1,314 @@
-//! Simulated Azure (placeholder during bring-up).
+//! The simulated Azure that the tests, the README demo and the benchmark run against.
+//!
+//! One HTTP server on loopback plays three parts: IMDS (managed-identity tokens, with scripted
+//! faults), the Azure DevOps REST endpoints agent-bootstrap and the agent use (organization
+//! membership, pools with Manage permission, agents, the packages API), and the package download
+//! server (Range, throttling, a connection cut mid-body, a corrupted body). The fake agent package
+//! ([`package`]) runs the fake listener ([`listener`]), which talks to this server the way the real
+//! agent talks to Azure DevOps (Basic auth with the token as password) and reports what it saw —
+//! including any process whose argv contains the token. Tests read and script the state directly.
+
+pub mod listener;
+pub mod package;
+mod server;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+pub use package::PackageSpec;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentitySpec {
+    pub display_name: String,
+    pub object_id: String,
+    pub client_id: String,
+    pub resource_id: String,
+    /// `true`: the VM's system-assigned identity; `false`: a user-assigned one.
+    pub system_assigned: bool,
+    /// Attached to the simulated VM.
+    pub assigned: bool,
+    /// Added to the organization as a user.
+    pub org_member: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolSpec {
+    pub id: u64,
+    pub name: String,
+    /// Object ids of identities that are Administrators of the pool (Manage permission).
+    pub admins: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub org: String,
+    pub identities: Vec<IdentitySpec>,
+    pub pools: Vec<PoolSpec>,
+    pub package: PackageSpec,
+    /// The simulator binary that `bin/Agent.Listener` runs as the fake listener.
+    pub listener_exe: PathBuf,
+    /// Where the package and the simulated systemd live.
+    pub work_dir: PathBuf,
+    /// Bytes per second for package downloads.
+    pub throttle: Option<u64>,
+    pub vm_id: String,
+}
+
+/// Well-known identities of the default world.
+pub mod ids {
+    pub const SYSTEM_OBJECT: &str = "11111111-1111-1111-1111-111111111111";
+    pub const SYSTEM_CLIENT: &str = "11111111-aaaa-aaaa-aaaa-111111111111";
+    pub const UAMI_OBJECT: &str = "22222222-2222-2222-2222-222222222222";
+    pub const UAMI_CLIENT: &str = "22222222-aaaa-aaaa-aaaa-222222222222";
+    pub const UAMI_RESOURCE: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/agents-mi";
+    pub const OUTSIDER_OBJECT: &str = "33333333-3333-3333-3333-333333333333";
+    pub const OUTSIDER_CLIENT: &str = "33333333-aaaa-aaaa-aaaa-333333333333";
+    pub const NO_MANAGE_OBJECT: &str = "44444444-4444-4444-4444-444444444444";
+    pub const NO_MANAGE_CLIENT: &str = "44444444-aaaa-aaaa-aaaa-444444444444";
+    pub const UNASSIGNED_CLIENT: &str = "55555555-aaaa-aaaa-aaaa-555555555555";
+}
+
+impl SimConfig {
+    /// Organization `myorg`, pools `Default` (id 1) and `Restricted` (id 2); the VM has a
+    /// system-assigned identity (member, Administrator of both pools) and three user-assigned ones:
+    /// one like it, one not added to the organization, one without Manage permission.
+    pub fn standard(listener_exe: &Path, work_dir: &Path) -> Self {
+        use ids::*;
+        let id = |name: &str, oid: &str, cid: &str, sys: bool, member: bool| IdentitySpec {
+            display_name: name.to_owned(),
+            object_id: oid.to_owned(),
+            client_id: cid.to_owned(),
+            resource_id: if sys {
+                String::new()
+            } else {
+                format!("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}")
+            },
+            system_assigned: sys,
+            assigned: true,
+            org_member: member,
+        };
+        let mut uami = id("agents-mi", UAMI_OBJECT, UAMI_CLIENT, false, true);
+        uami.resource_id = UAMI_RESOURCE.to_owned();
+        Self {
+            org: "myorg".to_owned(),
+            identities: vec![
+                id("vm-agent-01", SYSTEM_OBJECT, SYSTEM_CLIENT, true, true),
+                uami,
+                id("outsider-mi", OUTSIDER_OBJECT, OUTSIDER_CLIENT, false, false),
+                id("readonly-mi", NO_MANAGE_OBJECT, NO_MANAGE_CLIENT, false, true),
+            ],
+            pools: vec![
+                PoolSpec {
+                    id: 1,
+                    name: "Default".to_owned(),
+                    admins: vec![SYSTEM_OBJECT.to_owned(), UAMI_OBJECT.to_owned()],
+                },
+                PoolSpec {
+                    id: 2,
+                    name: "Restricted".to_owned(),
+                    admins: vec![SYSTEM_OBJECT.to_owned()],
+                },
+            ],
+            package: PackageSpec::small("4.264.2"),
+            listener_exe: listener_exe.to_owned(),
+            work_dir: work_dir.to_owned(),
+            throttle: None,
+            vm_id: "6f1c2d3e-0000-4000-8000-00000000a001".to_owned(),
+        }
+    }
+}
+
+/// A scripted answer, served before normal answers.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub body: String,
+}
+
+impl Scripted {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            retry_after: None,
+            body: format!(r#"{{"error":"simulated","error_description":"scripted {status}"}}"#),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PackageFaults {
+    /// Cut the connection after this many body bytes, for this many requests.
+    pub cut_after: Option<u64>,
+    pub cuts_left: u32,
+    /// Flip a byte in the middle of the body.
+    pub corrupt: bool,
+    /// Answer Range requests with the whole body (200).
+    pub ignore_range: bool,
+    /// Answer every download with this status.
+    pub fail_status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// The identity's object id, `invalid` for an unknown token, `none` without credentials.
+    pub caller: String,
+    pub range: Option<String>,
+    pub metadata_header: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerAgent {
+    pub id: u64,
+    pub name: String,
+    pub version: String,
+    pub status: String,
+    pub enabled: bool,
+    pub public_key: String,
+}
+
+/// What a fake listener run reported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerReport {
+    pub verb: String,
+    pub argv: Vec<String>,
+    pub uid: u32,
+    pub cwd: String,
+    pub token_from_env: bool,
+    /// Processes whose command line contained the token (pid and masked command line).
+    pub argv_leaks: Vec<String>,
+    pub unrecognized: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub requests: Vec<Request>,
+    pub imds_script: VecDeque<Scripted>,
+    pub package_faults: PackageFaults,
+    /// Tokens issued by IMDS → identity object id.
+    pub tokens: BTreeMap<String, String>,
+    pub agents: BTreeMap<u64, Vec<ServerAgent>>,
+    pub next_agent_id: u64,
+    /// Make agent updates (configure --replace) fail with 500: the real listener then loops forever.
+    pub fail_agent_update: bool,
+    /// Make agent deletion fail as if the agent were running a job.
+    pub agent_busy: u32,
+    pub listener_reports: Vec<ListenerReport>,
+    pub package_downloads: u32,
+}
+
+pub struct Simulator {
+    pub addr: SocketAddr,
+    pub config: SimConfig,
+    pub state: Arc<Mutex<State>>,
+    pub package: package::BuiltPackage,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Simulator {
+    /// Builds the package and serves on `127.0.0.1:port` (0: any free port) on its own thread.
+    pub fn start(config: SimConfig, port: u16) -> std::io::Result<Self> {
+        let package = package::build(&config.work_dir.join("packages"), &config.package, &config.listener_exe)?;
+        let systemd = config.work_dir.join("systemd");
+        fs_err::create_dir_all(systemd.join("bin"))?;
+        fs_err::create_dir_all(systemd.join("units"))?;
+        let recorder = systemd.join("bin/systemctl");
+        fs_err::write(&recorder, package::SYSTEMCTL_RECORDER)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs_err::set_permissions(&recorder, std::fs::Permissions::from_mode(0o755))?;
+            // The agent user's listener reads nothing here, but svc.sh (root) and tests do.
+            for d in [&config.work_dir, &systemd] {
+                fs_err::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        let state = Arc::new(Mutex::new(State {
+            next_agent_id: 1,
+            ..Default::default()
+        }));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = server::router(server::Shared {
+            config: Arc::new(config.clone()),
+            state: state.clone(),
+            package: package.clone(),
+        });
+        let thread = std::thread::Builder::new()
+            .name("azure-sim".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("simulator runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = rx.await;
+                        })
+                        .await;
+                });
+            })?;
+        Ok(Self {
+            addr,
+            config,
+            state,
+            package,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn org_url(&self) -> String {
+        format!("{}/{}", self.base_url(), self.config.org)
+    }
+
+    pub fn systemd_dir(&self) -> PathBuf {
+        self.config.work_dir.join("systemd")
+    }
+
+    /// The environment agent-bootstrap needs to use this simulator instead of Azure.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                crate::identity::IMDS_BASE_ENV.to_owned(),
+                self.base_url(),
+            ),
+            ("NO_PROXY".to_owned(), "127.0.0.1,localhost".to_owned()),
+        ]
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("simulator state poisoned")
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,719 @@
+//! The fake `Agent.Listener`: `configure`, `remove` and `reauth` as `agent.md` §1–§4 describe the
+//! real one, against the simulator.
+//!
+//! Faithful where agent-bootstrap depends on it: options are case-insensitive and may come from
+//! `VSTS_AGENT_INPUT_<NAME>` (argv wins; flags only accept `true`/`false`); unknown options print the
+//! "Unrecognized command-line input arguments" warning and are ignored; `.agent` stops configure
+//! ("already configured") even with `--replace`; a taken name without `--replace` fails with the
+//! real message; with `--replace` an update that fails loops forever, like the real listener; the RSA
+//! key file is written before registration; `.agent`, `.credentials` and `.credentials_rsaparams`
+//! carry a UTF-8 BOM (the key file mode 600); `svc.sh` is generated from the template; the token is
+//! sent as HTTP Basic with user `VstsAgent`. Each run reports to the simulator what it was given and
+//! any process whose argv contained the token.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const VALUE_OPTIONS: &[&str] = &[
+    "url", "auth", "token", "username", "password", "clientid", "tenantid", "clientsecret", "pool",
+    "agent", "work", "windowslogonaccount", "windowslogonpassword", "projectname",
+    "collectionname", "deploymentgroupname", "deploymentgrouptags", "machinegroupname",
+    "machinegrouptags", "deploymentpoolname", "environmentname", "virtualmachineresourcetags",
+    "proxyurl", "proxyusername", "proxypassword", "sslcacert", "sslclientcert",
+    "sslclientcertkey", "sslclientcertarchive", "sslclientcertpassword", "monitorsocketaddress",
+    "notificationpipename", "notificationsocketaddress", "startuptype",
+];
+const FLAGS: &[&str] = &[
+    "unattended", "acceptteeeula", "replace", "runasservice", "preventservicestart",
+    "enableservicesidtypeunrestricted", "runasautologon", "overwriteautologon", "norestart",
+    "deploymentgroup", "adddeploymentgrouptags", "machinegroup", "addmachinegrouptags",
+    "deploymentpool", "environment", "addvirtualmachineresourcetags", "gituseschannel",
+    "disableloguploads", "restreamlogstofiles", "alwaysextracttask", "usebasicauthforproxy",
+    "sslskipcertvalidation", "once", "launchbrowser", "commit", "diagnostics", "debug", "help",
+    "version",
+];
+const VERBS: &[&str] = &["configure", "remove", "run", "warmup", "reauth"];
+
+struct Parsed {
+    verb: String,
+    values: BTreeMap<String, String>,
+    flags: BTreeMap<String, bool>,
+    unrecognized: Vec<String>,
+    token_from_env: bool,
+}
+
+fn parse(args: &[String]) -> Parsed {
+    let mut rest = args.to_vec();
+    let verb = match rest.first() {
+        Some(v) if VERBS.contains(&v.to_ascii_lowercase().as_str()) => rest.remove(0).to_ascii_lowercase(),
+        _ => "run".to_owned(),
+    };
+    let mut values = BTreeMap::new();
+    let mut flags = BTreeMap::new();
+    let mut unrecognized = vec![];
+    let mut i = 0;
+    while i < rest.len() {
+        let arg = &rest[i];
+        let Some(name) = arg.strip_prefix("--") else {
+            unrecognized.push(arg.clone());
+            i += 1;
+            continue;
+        };
+        let (name, inline) = match name.split_once('=') {
+            Some((n, v)) => (n.to_ascii_lowercase(), Some(v.to_owned())),
+            None => (name.to_ascii_lowercase(), None),
+        };
+        if VALUE_OPTIONS.contains(&name.as_str()) {
+            let value = inline.or_else(|| {
+                i += 1;
+                rest.get(i).cloned()
+            });
+            match value {
+                Some(v) => {
+                    values.insert(name, v);
+                }
+                None => unrecognized.push(arg.clone()),
+            }
+        } else if FLAGS.contains(&name.as_str()) {
+            flags.insert(name, true);
+        } else {
+            unrecognized.push(arg.clone());
+        }
+        i += 1;
+    }
+    // VSTS_AGENT_INPUT_<NAME>: used only where argv has no value (CommandSettings.GetArg).
+    let mut token_from_env = false;
+    for (k, v) in std::env::vars() {
+        let upper = k.to_ascii_uppercase();
+        let Some(name) = upper.strip_prefix("VSTS_AGENT_INPUT_") else {
+            continue;
+        };
+        let name = name.to_ascii_lowercase();
+        let v = v.trim().to_owned();
+        if v.is_empty() {
+            continue;
+        }
+        if VALUE_OPTIONS.contains(&name.as_str()) && !values.contains_key(&name) {
+            if name == "token" {
+                token_from_env = true;
+            }
+            values.insert(name, v);
+        } else if FLAGS.contains(&name.as_str()) && !flags.contains_key(&name) {
+            // bool.TryParse: only true/false.
+            if v.eq_ignore_ascii_case("true") {
+                flags.insert(name, true);
+            }
+        }
+        // The listener deletes these from its own environment.
+        // SAFETY-free: the fake listener is single-threaded at this point.
+    }
+    Parsed {
+        verb,
+        values,
+        flags,
+        unrecognized,
+        token_from_env,
+    }
+}
+
+fn write_bom_json(path: &Path, value: &Value, mode: Option<u32>) -> std::io::Result<()> {
+    let mut text = String::from("\u{feff}");
+    text.push_str(&serde_json::to_string_pretty(value).unwrap_or_default());
+    fs_err::write(path, text)?;
+    if let Some(m) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::set_permissions(path, std::fs::Permissions::from_mode(m))?;
+    }
+    Ok(())
+}
+
+fn read_bom_json(path: &Path) -> Option<Value> {
+    let text = fs_err::read_to_string(path).ok()?;
+    serde_json::from_str(text.trim_start_matches('\u{feff}')).ok()
+}
+
+struct Ctx {
+    root: PathBuf,
+    version: String,
+    http: reqwest::Client,
+    diag: Vec<String>,
+}
+
+impl Ctx {
+    fn out(&mut self, line: &str) {
+        println!("{line}");
+        self.diag.push(format!("[INFO] {line}"));
+    }
+
+    fn err(&mut self, line: &str) {
+        eprintln!("{line}");
+        self.diag.push(format!("[ERR] {line}"));
+    }
+
+    fn save_diag(&self, token: Option<&str>) {
+        let dir = self.root.join("_diag");
+        if fs_err::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mut text = self.diag.join("\n");
+        if let Some(t) = token {
+            text = text.replace(t, "***");
+        }
+        let _ = fs_err::write(dir.join(format!("Agent_{stamp}-utc.log")), text);
+    }
+}
+
+/// Entry point: `azure-sim fake-listener --root R --agent-version V -- ARGS`.
+pub fn main(args: &[String]) -> i32 {
+    let mut root = PathBuf::from(".");
+    let mut version = "0.0.0".to_owned();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--root" => {
+                root = PathBuf::from(args.get(i + 1).cloned().unwrap_or_default());
+                i += 2;
+            }
+            "--agent-version" => {
+                version = args.get(i + 1).cloned().unwrap_or_default();
+                i += 2;
+            }
+            "--" => {
+                i += 1;
+                break;
+            }
+            _ => break,
+        }
+    }
+    let parsed = parse(&args[i..]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut ctx = Ctx {
+        root,
+        version,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        diag: vec![],
+    };
+    if !parsed.unrecognized.is_empty() {
+        ctx.err(&format!(
+            "Unrecognized command-line input arguments: '{}'. For usage refer to: .\\config.cmd --help or ./config.sh --help",
+            parsed.unrecognized.join(", ")
+        ));
+    }
+    if parsed.flags.contains_key("version") {
+        println!("{}", ctx.version);
+        return 0;
+    }
+    if parsed.flags.contains_key("help") {
+        println!("Simulated Azure Pipelines agent {}", ctx.version);
+        return 0;
+    }
+    let token = parsed.values.get("token").cloned();
+    let code = rt.block_on(async {
+        let code = match parsed.verb.as_str() {
+            "configure" => configure(&mut ctx, &parsed).await,
+            "remove" => remove(&mut ctx, &parsed).await,
+            "reauth" => reauth(&mut ctx, &parsed).await,
+            _ => {
+                if !ctx.root.join(".agent").is_file() {
+                    ctx.err("Agent is not configured.");
+                    1
+                } else {
+                    ctx.out("Listening for Jobs (simulated)");
+                    0
+                }
+            }
+        };
+        report(&ctx, &parsed, args).await;
+        code
+    });
+    ctx.save_diag(token.as_deref());
+    code
+}
+
+fn server_base(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    Some(format!("{}://{}", u.scheme(), u.host_str()?) + &u.port().map(|p| format!(":{p}")).unwrap_or_default())
+}
+
+/// Tells the simulator what this run was given, and whether the token was visible in any argv.
+async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String]) {
+    let url = parsed
+        .values
+        .get("url")
+        .cloned()
+        .or_else(|| {
+            read_bom_json(&ctx.root.join(".agent"))
+                .and_then(|a| a.get("serverUrl").and_then(|v| v.as_str()).map(str::to_owned))
+        });
+    let Some(base) = url.as_deref().and_then(server_base) else {
+        return;
+    };
+    let mut leaks = vec![];
+    if let Some(token) = parsed.values.get("token") {
+        if let Ok(entries) = fs_err::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if text.contains(token.as_str()) {
+                    leaks.push(format!(
+                        "pid {}: {}",
+                        e.file_name().to_string_lossy(),
+                        text.replace(token.as_str(), "<TOKEN>")
+                    ));
+                }
+            }
+        }
+    }
+    let token = parsed.values.get("token").cloned().unwrap_or_default();
+    let masked_args: Vec<String> = raw_args
+        .iter()
+        .map(|a| if !token.is_empty() { a.replace(&token, "<TOKEN>") } else { a.clone() })
+        .collect();
+    let body = json!({
+        "verb": parsed.verb,
+        "argv": masked_args,
+        "uid": nix::unistd::getuid().as_raw(),
+        "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+        "token_from_env": parsed.token_from_env,
+        "argv_leaks": leaks,
+        "unrecognized": parsed.unrecognized,
+    });
+    let _ = ctx
+        .http
+        .post(format!("{base}/_sim/report"))
+        .body(body.to_string())
+        .send()
+        .await;
+}
+
+struct Api<'a> {
+    http: &'a reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api<'_> {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/{path}", self.url.trim_end_matches('/')))
+            .basic_auth("VstsAgent", Some(&self.token));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, Value), String> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn message(v: &Value) -> String {
+    v.get("message").and_then(|m| m.as_str()).unwrap_or("unknown error").to_owned()
+}
+
+fn required(ctx: &mut Ctx, parsed: &Parsed, name: &str) -> Option<String> {
+    let v = parsed.values.get(name).cloned();
+    if v.is_none() {
+        ctx.err(&format!(
+            "Value cannot be null. (Parameter 'Invalid configuration provided for {name}. Terminating unattended configuration.')"
+        ));
+    }
+    v
+}
+
+/// Connects like the real listener: connection data with the token; a refused connection is a
+/// SocketException, which unattended configure retries forever (agent.md §3.3).
+async fn connect(ctx: &mut Ctx, api: &Api<'_>) -> Result<(), ()> {
+    ctx.out("Connecting to server ...");
+    loop {
+        match api.get("_apis/connectionData").await {
+            Ok((200, _)) => return Ok(()),
+            Ok((401 | 203, v)) => {
+                let m = message(&v);
+                ctx.err(&format!("VS30063: You are not authorized to access {}. {m}", api.url));
+                return Err(());
+            }
+            Ok((status, v)) => {
+                ctx.err(&format!("Failed to connect to the server: HTTP {status} {}", message(&v)));
+                return Err(());
+            }
+            Err(e) => {
+                ctx.err(&format!("Failed to connect: {e}. Retrying."));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn org_and_names(url: &str, pool: &str, agent: &str) -> (String, String) {
+    let u = url::Url::parse(url).ok();
+    let org = u
+        .as_ref()
+        .and_then(|u| {
+            if u.host_str() == Some("dev.azure.com") || u.host_str().is_some_and(|h| h.starts_with("127.") || h == "localhost") {
+                u.path_segments().and_then(|mut s| s.next().map(str::to_owned))
+            } else {
+                u.host_str().and_then(|h| h.split('.').next()).map(str::to_owned)
+            }
+        })
+        .unwrap_or_else(|| "org".into());
+    let name = format!("vsts.agent.{org}.{pool}.{agent}.service");
+    let description = format!("Azure Pipelines Agent ({org}.{pool}.{agent})");
+    (name, description)
+}
+
+fn public_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+fn ensure_key(ctx: &Ctx) -> std::io::Result<String> {
+    let path = ctx.root.join(".credentials_rsaparams");
+    if let Some(v) = read_bom_json(&path)
+        && let Some(m) = v.get("modulus").and_then(|m| m.as_str())
+    {
+        return Ok(m.to_owned());
+    }
+    let modulus = public_key();
+    let d: [u8; 32] = rand::random();
+    write_bom_json(
+        &path,
+        &json!({"ContainerName": null, "UseCng": false, "d": hex::encode(d), "dp": "", "dq": "",
+                "exponent": "AQAB", "inverseQ": "", "modulus": modulus, "p": "", "q": ""}),
+        Some(0o600),
+    )?;
+    Ok(modulus)
+}
+
+async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
+    if ctx.root.join(".agent").exists() {
+        ctx.err("Cannot configure the agent because it is already configured. To reconfigure the agent, run 'config.cmd remove' or './config.sh remove' first.");
+        return 1;
+    }
+    if !ctx.root.join("license.html").exists() {
+        ctx.err("license.html is missing from the agent root");
+        return 1;
+    }
+    ctx.out(">> Connect:");
+    let Some(url) = required(ctx, parsed, "url") else { return 1 };
+    let auth = parsed.values.get("auth").map(|a| a.to_ascii_lowercase()).unwrap_or_else(|| "pat".into());
+    if auth != "pat" {
+        ctx.err(&format!("Simulated agent supports only --auth pat, got '{auth}'"));
+        return 1;
+    }
+    let Some(token) = required(ctx, parsed, "token") else { return 1 };
+    let pool_name = parsed.values.get("pool").cloned().unwrap_or_else(|| "default".into());
+    let agent_name = parsed.values.get("agent").cloned().unwrap_or_else(|| {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+    });
+    let work = parsed.values.get("work").cloned().unwrap_or_else(|| "_work".into());
+    let replace = parsed.flags.contains_key("replace");
+    let api = Api { http: &ctx.http.clone(), url: url.clone(), token: token.clone() };
+    if connect(ctx, &api).await.is_err() {
+        return 1;
+    }
+    let modulus = match ensure_key(ctx) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.err(&format!("Failed to create the RSA key: {e}"));
+            return 1;
+        }
+    };
+    ctx.out(">> Register Agent:");
+    let pool = match api
+        .get(&format!("_apis/distributedtask/pools?poolName={}", urlencode(&pool_name)))
+        .await
+    {
+        Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
+        Ok((_, v)) => {
+            ctx.err(&message(&v));
+            return 1;
+        }
+        Err(e) => {
+            ctx.err(&e);
+            return 1;
+        }
+    };
+    let Some(pool) = pool else {
+        ctx.err(&format!("Agent pool not found: '{pool_name}'"));
+        return 1;
+    };
+    let pool_id = pool["id"].as_u64().unwrap_or(0);
+    let real_pool_name = pool["name"].as_str().unwrap_or(&pool_name).to_owned();
+    ctx.out("Scanning for tool capabilities.");
+    ctx.out("Connecting to the server.");
+    let body = json!({"name": agent_name, "version": ctx.version,
+                      "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
+    let agent = loop {
+        let existing = match api
+            .get(&format!("_apis/distributedtask/pools/{pool_id}/agents?agentName={}", urlencode(&agent_name)))
+            .await
+        {
+            Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
+            Ok((_, v)) => {
+                ctx.err(&message(&v));
+                return 1;
+            }
+            Err(e) => {
+                ctx.err(&e);
+                return 1;
+            }
+        };
+        match existing {
+            Some(found) if replace => {
+                let id = found["id"].as_u64().unwrap_or(0);
+                match api
+                    .call(reqwest::Method::PUT, &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"), Some(body.clone()))
+                    .await
+                {
+                    Ok((200, v)) => {
+                        ctx.out("Successfully replaced the agent");
+                        break v;
+                    }
+                    Ok((403, v)) => {
+                        ctx.err(&message(&v));
+                        return 1;
+                    }
+                    _ => {
+                        // PR #5210: any non-timeout failure reruns the whole loop, forever.
+                        ctx.err("Failed to replace the agent.  Try again or ctrl-c to quit");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            Some(_) => {
+                ctx.out(&format!("Pool {real_pool_name} already contains an agent with name {agent_name}."));
+                ctx.err(&format!("Pool {pool_id} already contains an agent with name {agent_name}."));
+                return 1;
+            }
+            None => match api
+                .call(reqwest::Method::POST, &format!("_apis/distributedtask/pools/{pool_id}/agents"), Some(body.clone()))
+                .await
+            {
+                Ok((200, v)) => {
+                    ctx.out("Successfully added the agent");
+                    break v;
+                }
+                Ok((_, v)) => {
+                    ctx.err(&message(&v));
+                    return 1;
+                }
+                Err(e) => {
+                    ctx.err(&e);
+                    return 1;
+                }
+            },
+        }
+    };
+    let agent_id = agent["id"].as_u64().unwrap_or(0);
+    let client_id = agent["authorization"]["clientId"].as_str().unwrap_or("").to_owned();
+    let base = server_base(&url).unwrap_or_default();
+    let auth_url = format!("{base}/_apis/oauth2/token/{client_id}");
+    if let Err(e) = write_bom_json(
+        &ctx.root.join(".credentials"),
+        &json!({"scheme": "OAuth", "data": {"clientId": client_id, "authorizationUrl": auth_url, "oauthEndpointUrl": auth_url}}),
+        None,
+    ) {
+        ctx.err(&format!("Failed to save credentials: {e}"));
+        return 1;
+    }
+    ctx.out("Testing agent connection.");
+    let mut settings = json!({
+        "agentId": agent_id, "agentName": agent_name, "poolId": pool_id, "poolName": real_pool_name,
+        "serverUrl": format!("{}/", url.trim_end_matches('/')), "workFolder": work,
+    });
+    if parsed.flags.contains_key("acceptteeeula") {
+        settings["acceptTeeEula"] = json!(true);
+    }
+    if let Err(e) = write_bom_json(&ctx.root.join(".agent"), &settings, None) {
+        ctx.err(&format!("Failed to save settings: {e}"));
+        return 1;
+    }
+    // Linux: generate svc.sh from the template.
+    let systemd_dir = match ctx.http.get(format!("{base}/_sim/config")).send().await {
+        Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["systemd_dir"].as_str().map(str::to_owned)),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| "/tmp/azure-sim-systemd".into());
+    let (svc_name, svc_desc) = org_and_names(&url, &real_pool_name, &agent_name);
+    if let Ok(template) = fs_err::read_to_string(ctx.root.join("bin/systemd.svc.sh.template")) {
+        let script = template
+            .replace("{{SvcNameVar}}", &svc_name)
+            .replace("{{SvcDescription}}", &svc_desc)
+            .replace("{{SimSystemdDir}}", &systemd_dir);
+        let path = ctx.root.join("svc.sh");
+        if fs_err::write(&path, script).is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    ctx.out(&format!("{stamp}: Settings Saved."));
+    let _ = std::io::stdout().flush();
+    0
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn remove(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
+    if ctx.root.join(".service").exists() {
+        ctx.err("Unconfigure service first according to https://www.visualstudio.com/en-us/docs/build/admin/agents/v2-linux");
+        return 1;
+    }
+    let settings = read_bom_json(&ctx.root.join(".agent"));
+    if let Some(settings) = settings.as_ref().filter(|_| ctx.root.join(".credentials").exists()) {
+        let Some(token) = required(ctx, parsed, "token") else { return 1 };
+        let url = settings["serverUrl"].as_str().unwrap_or("").to_owned();
+        let api = Api { http: &ctx.http.clone(), url, token };
+        if connect(ctx, &api).await.is_err() {
+            ctx.err("Failed: Removing agent from the server");
+            return 1;
+        }
+        let pool_id = settings["poolId"].as_u64().unwrap_or(0);
+        let name = settings["agentName"].as_str().unwrap_or("").to_owned();
+        let found = match api
+            .get(&format!("_apis/distributedtask/pools/{pool_id}/agents?agentName={}", urlencode(&name)))
+            .await
+        {
+            Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
+            Ok((_, v)) => {
+                ctx.err(&message(&v));
+                ctx.err("Failed: Removing agent from the server");
+                return 1;
+            }
+            Err(e) => {
+                ctx.err(&e);
+                return 1;
+            }
+        };
+        match found {
+            None => ctx.out("Does not exist. Skipping Removing agent from the server"),
+            Some(a) => {
+                let id = a["id"].as_u64().unwrap_or(0);
+                match api
+                    .call(reqwest::Method::DELETE, &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"), None)
+                    .await
+                {
+                    Ok((204 | 200, _)) => ctx.out("Succeeded: Removing agent from the server"),
+                    Ok((_, v)) => {
+                        ctx.err(&message(&v));
+                        ctx.err("Failed: Removing agent from the server");
+                        return 1;
+                    }
+                    Err(e) => {
+                        ctx.err(&e);
+                        return 1;
+                    }
+                }
+            }
+        }
+    } else {
+        ctx.out("Cannot connect to server, because config files are missing. Skipping removing agent from the server.");
+    }
+    ctx.out("Removing .credentials");
+    let _ = fs_err::remove_file(ctx.root.join(".credentials"));
+    let _ = fs_err::remove_file(ctx.root.join(".credentials_rsaparams"));
+    ctx.out("Removing .agent");
+    let _ = fs_err::remove_file(ctx.root.join(".agent"));
+    0
+}
+
+async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
+    let Some(mut settings) = read_bom_json(&ctx.root.join(".agent")) else {
+        ctx.err("Agent is not configured.");
+        return 1;
+    };
+    let Some(token) = required(ctx, parsed, "token") else { return 1 };
+    let url = settings["serverUrl"].as_str().unwrap_or("").to_owned();
+    let api = Api { http: &ctx.http.clone(), url: url.clone(), token };
+    if connect(ctx, &api).await.is_err() {
+        return 1;
+    }
+    let modulus = match ensure_key(ctx) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.err(&format!("Failed to create the RSA key: {e}"));
+            return 1;
+        }
+    };
+    let pool_id = settings["poolId"].as_u64().unwrap_or(0);
+    let name = settings["agentName"].as_str().unwrap_or("").to_owned();
+    let body = json!({"name": name, "version": ctx.version,
+                      "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
+    let found = match api
+        .get(&format!("_apis/distributedtask/pools/{pool_id}/agents?agentName={}", urlencode(&name)))
+        .await
+    {
+        Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
+        Ok((_, v)) => {
+            ctx.err(&message(&v));
+            return 1;
+        }
+        Err(e) => {
+            ctx.err(&e);
+            return 1;
+        }
+    };
+    let result = match found {
+        Some(a) => {
+            let id = a["id"].as_u64().unwrap_or(0);
+            api.call(reqwest::Method::PUT, &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"), Some(body)).await
+        }
+        None => api.call(reqwest::Method::POST, &format!("_apis/distributedtask/pools/{pool_id}/agents"), Some(body)).await,
+    };
+    let agent = match result {
+        Ok((200, v)) => v,
+        Ok((_, v)) => {
+            ctx.err(&message(&v));
+            return 1;
+        }
+        Err(e) => {
+            ctx.err(&e);
+            return 1;
+        }
+    };
+    settings["agentId"] = agent["id"].clone();
+    let client_id = agent["authorization"]["clientId"].as_str().unwrap_or("").to_owned();
+    let auth_url = format!("{}/_apis/oauth2/token/{client_id}", server_base(&url).unwrap_or_default());
+    if write_bom_json(&ctx.root.join(".agent"), &settings, None).is_err()
+        || write_bom_json(
+            &ctx.root.join(".credentials"),
+            &json!({"scheme": "OAuth", "data": {"clientId": client_id, "authorizationUrl": auth_url, "oauthEndpointUrl": auth_url}}),
+            None,
+        )
+        .is_err()
+    {
+        ctx.err("Failed to save settings");
+        return 1;
+    }
+    ctx.out("Successfully re-authenticated the agent");
+    0
+}

@@ -1,0 +1,464 @@
+//! The fake agent package: a `.tar.gz` laid out like the real `vsts-agent-linux-x64-<ver>.tar.gz`
+//! (`agent.md` §6.1: no top-level folder, entries start with `./`), whose scripts behave like the
+//! real ones where agent-bootstrap depends on them.
+//!
+//! `config.sh` keeps the real script's order (root check, the `ldd` dependency check with paths
+//! relative to the current directory, `cd`, `source ./env.sh`, dispatch with `nocasematch`);
+//! `bin/Agent.Listener` runs the simulator's fake listener ([`super::listener`]); the svc.sh template
+//! is the real one's logic with `systemctl` replaced by a recorder. Filler files bring the package to
+//! a realistic size and file count for the benchmark.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone)]
+pub struct PackageSpec {
+    pub version: String,
+    pub platform: String,
+    /// Filler files and their total size, to reach a realistic package.
+    pub filler_files: u32,
+    pub filler_bytes: u64,
+}
+
+impl PackageSpec {
+    pub fn small(version: &str) -> Self {
+        Self {
+            version: version.to_owned(),
+            platform: "linux-x64".to_owned(),
+            filler_files: 40,
+            filler_bytes: 2_000_000,
+        }
+    }
+
+    pub fn file_name(&self) -> String {
+        format!("vsts-agent-{}-{}.tar.gz", self.platform, self.version)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuiltPackage {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Builds (or reuses) the package in `dir`. `listener_exe` is the simulator binary the package's
+/// `bin/Agent.Listener` runs.
+pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Result<BuiltPackage> {
+    fs_err::create_dir_all(dir)?;
+    let key = {
+        let mut h = Sha256::new();
+        h.update(SCRIPTS_REVISION.as_bytes());
+        h.update(spec.version.as_bytes());
+        h.update(spec.platform.as_bytes());
+        h.update(spec.filler_files.to_le_bytes());
+        h.update(spec.filler_bytes.to_le_bytes());
+        h.update(listener_exe.as_os_str().as_encoded_bytes());
+        hex::encode(&h.finalize()[..8])
+    };
+    let path = dir.join(format!("{key}-{}", spec.file_name()));
+    let sha_file = path.with_extension("sha256");
+    if let (Ok(sha), Ok(meta)) = (fs_err::read_to_string(&sha_file), fs_err::metadata(&path)) {
+        return Ok(BuiltPackage {
+            path,
+            sha256: sha.trim().to_owned(),
+            size: meta.len(),
+        });
+    }
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    {
+        let file = std::io::BufWriter::with_capacity(1 << 20, tmp.reopen()?);
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::new(6));
+        let mut tar = tar::Builder::new(gz);
+        let mut add = |name: &str, mode: u32, data: &[u8]| -> std::io::Result<()> {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_mtime(1_700_000_000);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            tar.append_data(&mut h, format!("./{name}"), data)
+        };
+        let listener = format!(
+            "#!/bin/sh\n# Simulated Agent.Listener: the simulator's fake listener.\n\
+             root=\"$(cd \"$(dirname \"$0\")/..\" && pwd)\"\n\
+             exec '{}' fake-listener --root \"$root\" --agent-version '{}' -- \"$@\"\n",
+            listener_exe.display(),
+            spec.version
+        );
+        add("bin/Agent.Listener", 0o755, listener.as_bytes())?;
+        add("config.sh", 0o755, CONFIG_SH.as_bytes())?;
+        add("reauth.sh", 0o755, REAUTH_SH.as_bytes())?;
+        add("env.sh", 0o755, ENV_SH.as_bytes())?;
+        add("run.sh", 0o755, RUN_SH.as_bytes())?;
+        add("license.html", 0o644, b"<html><body>Simulated agent license</body></html>\n")?;
+        add("bin/systemd.svc.sh.template", 0o644, SVC_TEMPLATE.as_bytes())?;
+        add("bin/vsts.agent.service.template", 0o644, UNIT_TEMPLATE.as_bytes())?;
+        add("bin/runsvc.sh", 0o755, b"#!/bin/bash\n# simulated runsvc.sh\nexec ./bin/Agent.Listener run --startuptype service\n")?;
+        add("bin/AgentService.js", 0o644, b"// simulated AgentService.js\n")?;
+        add("bin/installdependencies.sh", 0o755, b"#!/bin/bash\necho simulated\n")?;
+        for so in [
+            "libcoreclr.so",
+            "libSystem.Security.Cryptography.Native.OpenSsl.so",
+            "libSystem.IO.Compression.Native.so",
+        ] {
+            add(&format!("bin/{so}"), 0o644, b"simulated runtime library\n")?;
+        }
+        // Filler: half incompressible, half text, about the real package's compression ratio.
+        let n = spec.filler_files.max(1);
+        let per = spec.filler_bytes / u64::from(n);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut buf = vec![0u8; per as usize];
+        for i in 0..n {
+            let half = buf.len() / 2;
+            for chunk in buf[..half].chunks_mut(8) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let bytes = rng.to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+            let text = format!("// agent runtime file {i}: simulated content for the benchmark\n");
+            for (j, b) in buf[half..].iter_mut().enumerate() {
+                *b = text.as_bytes()[j % text.len()];
+            }
+            let name = if i % 2 == 0 {
+                format!("bin/lib/System.Sim.{i:05}.dll")
+            } else {
+                format!("externals/node20_1/lib/node_modules/sim/{i:05}.js")
+            };
+            add(&name, 0o644, &buf)?;
+        }
+        let gz = tar.into_inner()?;
+        let mut file = gz.finish()?;
+        file.flush()?;
+    }
+    let mut f = fs_err::File::open(tmp.path())?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut f, &mut hasher)?;
+    let sha256 = hex::encode(hasher.finalize());
+    tmp.persist(&path).map_err(|e| e.error)?;
+    fs_err::write(&sha_file, &sha256)?;
+    Ok(BuiltPackage { path, sha256, size })
+}
+
+/// Bump when a script below changes, so cached packages are rebuilt.
+const SCRIPTS_REVISION: &str = "scripts-3";
+
+const CONFIG_SH: &str = r#"#!/bin/bash
+# Simulated config.sh: the real script's order (agent.md §3.1).
+
+user_id=`id -u`
+
+# we want to snapshot the environment of the config user
+if [ $user_id -eq 0 -a -z "$AGENT_ALLOW_RUNASROOT" ]; then
+    echo "Must not run with sudo"
+    exit 1
+fi
+
+# Check dotnet Core dependencies for Linux, relative to the current directory (as the real one)
+if [[ "$(uname)" == "Linux" ]]; then
+    command -v ldd > /dev/null
+    if [ $? -ne 0 ]; then
+        echo "Can not find 'ldd'. Please install 'ldd' and try again."
+        exit 1
+    fi
+    for lib in ./bin/libcoreclr.so ./bin/libSystem.Security.Cryptography.Native.OpenSsl.so ./bin/libSystem.IO.Compression.Native.so; do
+        ldd $lib 2>&1 | grep -E "not found|No such" > /dev/null
+        if [ $? -eq 0 ]; then
+            echo "Dependencies missing for .NET 8"
+            echo "Execute ./bin/installdependencies.sh to install any missing dependencies."
+            exit 1
+        fi
+    done
+fi
+
+# Change directory to the script root
+cd "$(dirname "$0")"
+
+source ./env.sh
+
+shopt -s nocasematch
+if [[ "$1" == "remove" ]]; then
+    ./bin/Agent.Listener "$@"
+else
+    ./bin/Agent.Listener configure "$@"
+fi
+"#;
+
+const REAUTH_SH: &str = r#"#!/bin/bash
+user_id=`id -u`
+if [ $user_id -eq 0 -a -z "$AGENT_ALLOW_RUNASROOT" ]; then
+    echo "Must not run with sudo"
+    exit 1
+fi
+cd "$(dirname "$0")"
+source ./env.sh
+./bin/Agent.Listener reauth "$@"
+"#;
+
+const ENV_SH: &str = r#"#!/bin/bash
+# Simulated env.sh: snapshots PATH into .path and selected variables into .env.
+varCheckList=('LANG' 'JAVA_HOME' 'ANT_HOME' 'M2_HOME' 'ANDROID_HOME' 'GRADLE_HOME' 'NVM_BIN' 'NVM_PATH' 'LD_LIBRARY_PATH' 'PERL5LIB' 'AGENT_TOOLSDIRECTORY')
+envContents=""
+if [ -f ".env" ]; then
+    envContents=`cat .env`
+else
+    touch .env
+fi
+function writeVar() {
+    checkVar="$1"
+    checkDelim="${1}="
+    if test "${envContents#*$checkDelim}" = "$envContents"
+    then
+        if [ ! -z "${!checkVar}" ]; then
+            echo "${checkVar}=${!checkVar}">>.env
+        fi
+    fi
+}
+echo $PATH>.path
+for var_name in ${varCheckList[@]}
+do
+    writeVar "${var_name}"
+done
+"#;
+
+const RUN_SH: &str = r#"#!/bin/bash
+user_id=`id -u`
+if [ $user_id -eq 0 -a -z "$AGENT_ALLOW_RUNASROOT" ]; then
+    echo "Must not run interactively with sudo"
+    exit 1
+fi
+cd "$(dirname "$0")"
+./bin/Agent.Listener run $*
+"#;
+
+/// The real `systemd.svc.sh.template` logic; configure renders `{{SvcNameVar}}`,
+/// `{{SvcDescription}}` and (simulator only) `{{SimSystemdDir}}`, where the recorder `systemctl`
+/// and the unit files live instead of `/etc/systemd/system`.
+const SVC_TEMPLATE: &str = r#"#!/bin/bash
+
+SVC_NAME="{{SvcNameVar}}"
+if command -v systemd-escape > /dev/null; then
+    SVC_NAME=`systemd-escape --path "${SVC_NAME}"`
+else
+    SVC_NAME=`echo "${SVC_NAME}" | sed 's/-/\\\\x2d/g'`
+fi
+SVC_DESCRIPTION="{{SvcDescription}}"
+SIM_SYSTEMD="{{SimSystemdDir}}"
+SYSTEMCTL="${SIM_SYSTEMD}/bin/systemctl"
+
+SVC_CMD=$1
+arg_2=${2}
+
+AGENT_ROOT=`pwd`
+
+UNIT_PATH=${SIM_SYSTEMD}/units/${SVC_NAME}
+TEMPLATE_PATH=./bin/vsts.agent.service.template
+TEMP_PATH=./bin/vsts.agent.service.temp
+CONFIG_PATH=.service
+
+user_id=`id -u`
+
+# systemctl must run as sudo
+# this script is a convenience wrapper around systemctl
+if [ $user_id -ne 0 ]; then
+    echo "Must run as sudo"
+    exit 1
+fi
+
+function failed()
+{
+   local error=${1:-Undefined error}
+   echo "Failed: $error" >&2
+   exit 1
+}
+
+if [ ! -f "${TEMPLATE_PATH}" ]; then
+    failed "Must run from agent root or install is corrupt"
+fi
+
+#check if we run as root
+if [[ $(id -u) != "0" ]]; then
+    echo "Failed: This script requires to run with sudo." >&2
+    exit 1
+fi
+
+function install()
+{
+    echo "Creating launch agent in ${UNIT_PATH}"
+    if [ -f "${UNIT_PATH}" ]; then
+        failed "error: exists ${UNIT_PATH}"
+    fi
+
+    if [ -f "${TEMP_PATH}" ]; then
+      rm "${TEMP_PATH}" || failed "failed to delete ${TEMP_PATH}"
+    fi
+
+    # can optionally use username supplied
+    run_as_user=${arg_2:-$SUDO_USER}
+    echo "Run as user: ${run_as_user}"
+
+    run_as_uid=$(id -u ${run_as_user}) || failed "User does not exist"
+    echo "Run as uid: ${run_as_uid}"
+
+    run_as_gid=$(id -g ${run_as_user}) || failed "Group not available"
+    echo "gid: ${run_as_gid}"
+
+    sed "s/{{User}}/${run_as_user}/g; s/{{Description}}/$(echo ${SVC_DESCRIPTION} | sed -e 's/[\/&]/\\&/g')/g; s/{{AgentRoot}}/$(echo ${AGENT_ROOT} | sed -e 's/[\/&]/\\&/g')/g;" "${TEMPLATE_PATH}" > "${TEMP_PATH}" || failed "failed to create replacement temp file"
+    mkdir -p "${SIM_SYSTEMD}/units"
+    mv "${TEMP_PATH}" "${UNIT_PATH}" || failed "failed to copy unit file"
+
+    # Recent Fedora based Linux (CentOS/Redhat) has SELinux enabled by default
+    # We need to restore security context on the unit file we added otherwise SystemD have no access to it.
+    command -v getenforce > /dev/null
+    if [ $? -eq 0 ]
+    then
+        selinuxEnabled=$(getenforce)
+        if [[ $selinuxEnabled == "Enforcing" ]]
+        then
+            # SELinux is enabled, we will need to Restore SELinux Context for the service file
+            restorecon -r -v "${UNIT_PATH}" || failed "failed to restore SELinux context on ${UNIT_PATH}"
+        fi
+    fi
+
+    # unit file should not be executable and world writable
+    chmod 664 "${UNIT_PATH}" || failed "failed to set permissions on ${UNIT_PATH}"
+    "${SYSTEMCTL}" daemon-reload || failed "failed to reload daemons"
+
+    # Since we started with sudo, runsvc.sh will be owned by root. Change this to current login user.
+    cp ./bin/runsvc.sh ./runsvc.sh || failed "failed to copy runsvc.sh"
+    chown ${run_as_uid}:${run_as_gid} ./runsvc.sh || failed "failed to set owner for runsvc.sh"
+    chmod 755 ./runsvc.sh || failed "failed to set permission for runsvc.sh"
+
+    "${SYSTEMCTL}" enable ${SVC_NAME} || failed "failed to enable ${SVC_NAME}"
+
+    echo "${SVC_NAME}" > ${CONFIG_PATH} || failed "failed to create .service file"
+    chown ${run_as_uid}:${run_as_gid} ${CONFIG_PATH} || failed "failed to set permission for ${CONFIG_PATH}"
+}
+
+function start()
+{
+    "${SYSTEMCTL}" start ${SVC_NAME} || failed "failed to start ${SVC_NAME}"
+    status
+}
+
+function stop()
+{
+    "${SYSTEMCTL}" stop ${SVC_NAME} || failed "failed to stop ${SVC_NAME}"
+    status
+}
+
+function uninstall()
+{
+    if service_exists; then
+        stop
+        "${SYSTEMCTL}" disable ${SVC_NAME} || failed "failed to disable ${SVC_NAME}"
+        rm "${UNIT_PATH}" || failed "failed to delete ${UNIT_PATH}"
+    else
+        echo "Service ${SVC_NAME} is not installed"
+    fi
+    if [ -f "${CONFIG_PATH}" ]; then
+      rm "${CONFIG_PATH}" || failed "failed to delete ${CONFIG_PATH}"
+    fi
+    "${SYSTEMCTL}" daemon-reload || failed "failed to reload daemons"
+}
+
+function service_exists() {
+    if [ -f "${UNIT_PATH}" ]; then
+        return 0
+    else
+        return 1
+    fi
+}
+
+function status()
+{
+    if service_exists; then
+        echo
+        echo "${UNIT_PATH}"
+    else
+        echo
+        echo "not installed"
+        echo
+        exit 1
+    fi
+
+    "${SYSTEMCTL}" --no-pager status ${SVC_NAME}
+}
+
+function usage()
+{
+    echo
+    echo Usage:
+    echo "./svc.sh [install, start, stop, status, uninstall]"
+    echo "Commands:"
+    echo "   install [user]: Install agent service as Root or specified user."
+    echo "   start: Manually start the agent service."
+    echo "   stop: Manually stop the agent service."
+    echo "   status: Display status of agent service."
+    echo "   uninstall: Uninstall agent service."
+    echo
+}
+
+case $SVC_CMD in
+   "install") install;;
+   "status") status;;
+   "uninstall") uninstall;;
+   "start") start;;
+   "stop") stop;;
+   "restart") stop; start;;
+   *) usage;;
+esac
+
+exit 0
+"#;
+
+const UNIT_TEMPLATE: &str = r#"[Unit]
+Description={{Description}}
+After=network.target
+
+[Service]
+ExecStart={{AgentRoot}}/runsvc.sh
+User={{User}}
+WorkingDirectory={{AgentRoot}}
+KillMode=process
+KillSignal=SIGTERM
+TimeoutStopSec=5min
+
+[Install]
+WantedBy=multi-user.target
+"#;
+
+/// The recorder that stands in for `systemctl`: appends each call to `systemctl.log` and keeps
+/// enabled/active state as files, answering `is-active`/`is-enabled` like systemd.
+pub const SYSTEMCTL_RECORDER: &str = r#"#!/bin/bash
+# Simulated systemctl: records calls, keeps state in files. Never touches the real systemd.
+DIR="$(cd "$(dirname "$0")/.." && pwd)"
+mkdir -p "$DIR/state"
+echo "$*" >> "$DIR/systemctl.log"
+args=()
+for a in "$@"; do
+    case "$a" in --*) ;; *) args+=("$a");; esac
+done
+cmd="${args[0]}"
+unit="${args[1]}"
+case "$cmd" in
+    daemon-reload) exit 0;;
+    enable)  [ -f "$DIR/units/$unit" ] || { echo "Failed to enable unit: Unit file $unit does not exist." >&2; exit 1; }
+             touch "$DIR/state/$unit.enabled";;
+    disable) rm -f "$DIR/state/$unit.enabled";;
+    start|restart)
+             [ -f "$DIR/units/$unit" ] || { echo "Failed to start $unit: Unit $unit not found." >&2; exit 5; }
+             [ -f "$DIR/fail-start" ] && { echo "Job for $unit failed because the control process exited with error code." >&2; exit 1; }
+             touch "$DIR/state/$unit.active";;
+    stop)    rm -f "$DIR/state/$unit.active";;
+    is-active)  if [ -f "$DIR/state/$unit.active" ]; then echo active; exit 0; else echo inactive; exit 3; fi;;
+    is-enabled) if [ -f "$DIR/state/$unit.enabled" ]; then echo enabled; exit 0; elif [ -f "$DIR/units/$unit" ]; then echo disabled; exit 1; else echo "Failed to get unit file state for $unit: No such file or directory" >&2; exit 1; fi;;
+    status)  if [ -f "$DIR/state/$unit.active" ]; then echo "● $unit - active (running)"; exit 0; else echo "○ $unit - inactive (dead)"; exit 3; fi;;
+    *) echo "simulated systemctl: unsupported command $cmd" >&2; exit 1;;
+esac
+exit 0
+"#;

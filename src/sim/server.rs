@@ -1,0 +1,710 @@
+//! The simulator's HTTP routes: IMDS, Azure DevOps, package downloads, and the simulator's own
+//! report endpoint for the fake listener.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::json;
+
+use super::{IdentitySpec, ListenerReport, Request, ServerAgent, SimConfig, State};
+use crate::identity::AZURE_DEVOPS_RESOURCE;
+
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<SimConfig>,
+    pub state: Arc<Mutex<State>>,
+    pub package: super::package::BuiltPackage,
+}
+
+type Q = Query<HashMap<String, String>>;
+
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/metadata/identity/oauth2/token", get(imds_token))
+        .route("/metadata/instance/compute/vmId", get(imds_vm_id))
+        .route("/{org}/_apis/connectionData", get(connection_data))
+        .route("/{org}/_apis/distributedtask/pools", get(pools))
+        .route(
+            "/{org}/_apis/distributedtask/pools/{pool}/agents",
+            get(list_agents).post(add_agent),
+        )
+        .route(
+            "/{org}/_apis/distributedtask/pools/{pool}/agents/{agent}",
+            put(update_agent).delete(delete_agent).get(get_agent),
+        )
+        .route("/{org}/_apis/distributedtask/packages/agent", get(packages))
+        .route("/_download/agent/{version}/{file}", get(download))
+        .route("/_sim/config", get(sim_config))
+        .route("/_sim/report", post(sim_report))
+        .with_state(shared)
+}
+
+fn record(s: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, caller: &str) {
+    s.state.lock().unwrap().requests.push(Request {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or("").to_owned(),
+        caller: caller.to_owned(),
+        range: headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        metadata_header: headers.get("metadata").is_some_and(|v| v == "true"),
+    });
+}
+
+fn json_response(status: u16, body: serde_json::Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn imds_error(status: u16, error: &str, description: &str) -> Response {
+    json_response(status, json!({"error": error, "error_description": description}))
+}
+
+async fn imds_token(
+    AxState(s): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    record(&s, &method, &uri, &headers, "imds");
+    if headers.get("metadata").is_none_or(|v| v != "true") {
+        return imds_error(400, "bad_request_102", "Required metadata header not specified");
+    }
+    if let Some(scripted) = s.state.lock().unwrap().imds_script.pop_front() {
+        let mut r = (
+            StatusCode::from_u16(scripted.status).unwrap(),
+            [(header::CONTENT_TYPE, "application/json")],
+            scripted.body,
+        )
+            .into_response();
+        if let Some(secs) = scripted.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
+        }
+        return r;
+    }
+    if q.get("api-version").is_none() {
+        return imds_error(400, "invalid_request", "Required query variable 'api-version' is missing");
+    }
+    if q.get("resource").map(String::as_str) != Some(AZURE_DEVOPS_RESOURCE) {
+        return imds_error(
+            400,
+            "invalid_resource",
+            "AADSTS500011: The resource principal was not found in the tenant",
+        );
+    }
+    let selectors: Vec<(&str, &String)> = ["client_id", "object_id", "msi_res_id", "mi_res_id"]
+        .iter()
+        .filter_map(|k| q.get(*k).map(|v| (*k, v)))
+        .collect();
+    if selectors.len() > 1 {
+        return imds_error(400, "invalid_request", "Multiple identity selectors");
+    }
+    let assigned: Vec<&IdentitySpec> = s.config.identities.iter().filter(|i| i.assigned).collect();
+    let chosen = match selectors.first() {
+        Some((kind, value)) => assigned.iter().copied().find(|i| {
+            let v = value.to_ascii_lowercase();
+            match *kind {
+                "client_id" => i.client_id.to_ascii_lowercase() == v,
+                "object_id" => i.object_id.to_ascii_lowercase() == v,
+                _ => !i.resource_id.is_empty() && i.resource_id.to_ascii_lowercase() == v,
+            }
+        }),
+        None => assigned
+            .iter()
+            .copied()
+            .find(|i| i.system_assigned)
+            .or_else(|| (assigned.len() == 1).then(|| assigned[0])),
+    };
+    let Some(identity) = chosen else {
+        return imds_error(400, "invalid_request", "Identity not found");
+    };
+    let token = issue_token(&s, identity);
+    let now = now_secs();
+    json_response(
+        200,
+        json!({
+            "access_token": token,
+            "refresh_token": "",
+            "expires_in": "86399",
+            "expires_on": (now + 86399).to_string(),
+            "not_before": now.to_string(),
+            "resource": AZURE_DEVOPS_RESOURCE,
+            "token_type": "Bearer",
+            "client_id": identity.client_id,
+        }),
+    )
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A JWT-shaped token, unique per request, remembered with its identity.
+fn issue_token(s: &Shared, identity: &IdentitySpec) -> String {
+    let payload = json!({
+        "aud": AZURE_DEVOPS_RESOURCE,
+        "oid": identity.object_id,
+        "appid": identity.client_id,
+        "exp": now_secs() + 86399,
+    })
+    .to_string();
+    let sig: [u8; 24] = rand::random();
+    let token = format!(
+        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{}.{}",
+        hex::encode(payload),
+        hex::encode(sig)
+    );
+    s.state
+        .lock()
+        .unwrap()
+        .tokens
+        .insert(token.clone(), identity.object_id.clone());
+    token
+}
+
+async fn imds_vm_id(AxState(s): AxState<Shared>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    record(&s, &method, &uri, &headers, "imds");
+    if headers.get("metadata").is_none_or(|v| v != "true") {
+        return imds_error(400, "bad_request_102", "Required metadata header not specified");
+    }
+    s.config.vm_id.clone().into_response()
+}
+
+fn ado_error(status: u16, type_key: &str, message: &str) -> Response {
+    json_response(
+        status,
+        json!({
+            "$id": "1",
+            "innerException": null,
+            "message": message,
+            "typeName": format!("Microsoft.TeamFoundation.DistributedTask.WebApi.{type_key}, Microsoft.TeamFoundation.DistributedTask.WebApi"),
+            "typeKey": type_key,
+            "errorCode": 0,
+            "eventId": 3000
+        }),
+    )
+}
+
+/// The caller of an Azure DevOps request: Bearer or Basic (any user name, token as password).
+fn authenticate(s: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<IdentitySpec, (String, Response)> {
+    let raw = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = if let Some(t) = raw.strip_prefix("Bearer ") {
+        Some(t.trim().to_owned())
+    } else if let Some(b) = raw.strip_prefix("Basic ") {
+        decode_basic(b.trim()).and_then(|up| up.split_once(':').map(|(_, p)| p.to_owned()))
+    } else {
+        None
+    };
+    let Some(token) = token else {
+        return Err((
+            "none".into(),
+            ado_error(401, "UnauthorizedRequestException", "TF400813: Resource not available for anonymous access. Client authentication required."),
+        ));
+    };
+    let oid = s.state.lock().unwrap().tokens.get(&token).cloned();
+    let Some(oid) = oid else {
+        return Err((
+            "invalid".into(),
+            ado_error(
+                401,
+                "VssUnauthorizedException",
+                &format!("VS30063: You are not authorized to access http://{}{}.", s.config.org, uri.path()),
+            ),
+        ));
+    };
+    let identity = s
+        .config
+        .identities
+        .iter()
+        .find(|i| i.object_id == oid)
+        .cloned()
+        .expect("tokens are issued for known identities");
+    if !identity.org_member {
+        return Err((
+            oid.clone(),
+            ado_error(
+                401,
+                "UnauthorizedRequestException",
+                &format!("TF400813: The user '{oid}' is not authorized to access this resource."),
+            ),
+        ));
+    }
+    Ok(identity)
+}
+
+fn decode_basic(b64: &str) -> Option<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut out = vec![];
+    for c in b64.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c)? as u32;
+        bits = (bits << 6) | v;
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Authenticates and records; on failure returns the error response.
+macro_rules! caller {
+    ($s:expr, $method:expr, $uri:expr, $headers:expr, $org:expr) => {{
+        if !$org.eq_ignore_ascii_case(&$s.config.org) {
+            record(&$s, &$method, &$uri, &$headers, "unknown-org");
+            return ado_error(404, "OrganizationNotFoundException", &format!("TF400898: organization '{}' was not found", $org));
+        }
+        match authenticate(&$s, &$headers, &$uri) {
+            Ok(id) => {
+                record(&$s, &$method, &$uri, &$headers, &id.object_id);
+                id
+            }
+            Err((who, response)) => {
+                record(&$s, &$method, &$uri, &$headers, &who);
+                return response;
+            }
+        }
+    }};
+}
+
+async fn connection_data(
+    AxState(s): AxState<Shared>,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let me = caller!(s, method, uri, headers, org);
+    let user = json!({
+        "id": me.object_id,
+        "descriptor": format!("Microsoft.VisualStudio.Services.Claims.AadServicePrincipal;{}", me.object_id),
+        "subjectDescriptor": format!("aadsp.{}", me.object_id),
+        "providerDisplayName": me.display_name,
+        "isActive": true,
+    });
+    json_response(
+        200,
+        json!({
+            "authenticatedUser": user,
+            "authorizedUser": user,
+            "instanceId": "00000000-0000-4000-8000-00000000beef",
+            "deploymentId": "00000000-0000-4000-8000-00000000cafe",
+            "deploymentType": "hosted",
+            "locationServiceData": {"serviceOwner": "00025394-6065-48ca-87d9-7f5672854ef7"}
+        }),
+    )
+}
+
+fn pool_json(p: &super::PoolSpec) -> serde_json::Value {
+    json!({"id": p.id, "name": p.name, "isHosted": false, "poolType": "automation", "size": 0, "isLegacy": false})
+}
+
+async fn pools(
+    AxState(s): AxState<Shared>,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    let me = caller!(s, method, uri, headers, org);
+    let manage = q
+        .get("actionFilter")
+        .is_some_and(|a| a.eq_ignore_ascii_case("manage"));
+    let value: Vec<serde_json::Value> = s
+        .config
+        .pools
+        .iter()
+        .filter(|p| {
+            q.get("poolName")
+                .is_none_or(|n| n.eq_ignore_ascii_case(&p.name))
+        })
+        .filter(|p| !manage || p.admins.contains(&me.object_id))
+        .map(pool_json)
+        .collect();
+    json_response(200, json!({"count": value.len(), "value": value}))
+}
+
+fn agent_json(a: &ServerAgent) -> serde_json::Value {
+    json!({
+        "id": a.id, "name": a.name, "version": a.version, "status": a.status, "enabled": a.enabled,
+        "osDescription": "Linux (simulated)", "provisioningState": "Provisioned",
+        "authorization": {"clientId": format!("00000000-0000-4000-8000-{:012}", a.id), "publicKey": {"exponent": "AQAB", "modulus": a.public_key}},
+    })
+}
+
+fn find_pool<'a>(s: &'a Shared, pool: &str) -> Option<&'a super::PoolSpec> {
+    let id: u64 = pool.parse().ok()?;
+    s.config.pools.iter().find(|p| p.id == id)
+}
+
+async fn list_agents(
+    AxState(s): AxState<Shared>,
+    Path((org, pool)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    let _me = caller!(s, method, uri, headers, org);
+    let Some(p) = find_pool(&s, &pool) else {
+        return ado_error(404, "TaskAgentPoolNotFoundException", &format!("Agent pool {pool} could not be found."));
+    };
+    let state = s.state.lock().unwrap();
+    let value: Vec<serde_json::Value> = state
+        .agents
+        .get(&p.id)
+        .into_iter()
+        .flatten()
+        .filter(|a| q.get("agentName").is_none_or(|n| n.eq_ignore_ascii_case(&a.name)))
+        .map(agent_json)
+        .collect();
+    json_response(200, json!({"count": value.len(), "value": value}))
+}
+
+async fn get_agent(
+    AxState(s): AxState<Shared>,
+    Path((org, pool, agent)): Path<(String, String, u64)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let _me = caller!(s, method, uri, headers, org);
+    let state = s.state.lock().unwrap();
+    let found = find_pool(&s, &pool)
+        .and_then(|p| state.agents.get(&p.id))
+        .and_then(|list| list.iter().find(|a| a.id == agent));
+    match found {
+        Some(a) => json_response(200, agent_json(a)),
+        None => ado_error(404, "TaskAgentNotFoundException", &format!("No agent found in pool {pool} having ID {agent}.")),
+    }
+}
+
+fn access_denied(me: &IdentitySpec, pool: &super::PoolSpec) -> Response {
+    ado_error(
+        403,
+        "AccessDeniedException",
+        &format!(
+            "Access denied. {} needs Manage permissions for pool {} to perform the action. For more information, contact the Azure DevOps Server administrator.",
+            me.display_name, pool.name
+        ),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct AgentBody {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    authorization: Option<serde_json::Value>,
+}
+
+fn public_key(body: &AgentBody) -> String {
+    body.authorization
+        .as_ref()
+        .and_then(|a| a.pointer("/publicKey/modulus"))
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn add_agent(
+    AxState(s): AxState<Shared>,
+    Path((org, pool)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let me = caller!(s, method, uri, headers, org);
+    let Some(p) = find_pool(&s, &pool) else {
+        return ado_error(404, "TaskAgentPoolNotFoundException", &format!("Agent pool {pool} could not be found."));
+    };
+    if !p.admins.contains(&me.object_id) {
+        return access_denied(&me, p);
+    }
+    let Ok(body) = serde_json::from_str::<AgentBody>(&body) else {
+        return ado_error(400, "ArgumentException", "Invalid agent");
+    };
+    let mut state = s.state.lock().unwrap();
+    let id = state.next_agent_id;
+    let list = state.agents.entry(p.id).or_default();
+    if list.iter().any(|a| a.name.eq_ignore_ascii_case(&body.name)) {
+        return ado_error(409, "TaskAgentExistsException", &format!("Pool {} already contains an agent with name {}.", p.id, body.name));
+    }
+    let agent = ServerAgent {
+        id,
+        name: body.name.clone(),
+        version: body.version.clone().unwrap_or_default(),
+        status: "offline".into(),
+        enabled: true,
+        public_key: public_key(&body),
+    };
+    list.push(agent.clone());
+    state.next_agent_id += 1;
+    json_response(200, agent_json(&agent))
+}
+
+async fn update_agent(
+    AxState(s): AxState<Shared>,
+    Path((org, pool, agent)): Path<(String, String, u64)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let me = caller!(s, method, uri, headers, org);
+    let Some(p) = find_pool(&s, &pool) else {
+        return ado_error(404, "TaskAgentPoolNotFoundException", &format!("Agent pool {pool} could not be found."));
+    };
+    if !p.admins.contains(&me.object_id) {
+        return access_denied(&me, p);
+    }
+    let Ok(body) = serde_json::from_str::<AgentBody>(&body) else {
+        return ado_error(400, "ArgumentException", "Invalid agent");
+    };
+    let mut state = s.state.lock().unwrap();
+    if state.fail_agent_update {
+        return ado_error(500, "InternalServerErrorException", "Simulated failure updating the agent.");
+    }
+    let Some(a) = state
+        .agents
+        .get_mut(&p.id)
+        .and_then(|l| l.iter_mut().find(|a| a.id == agent))
+    else {
+        return ado_error(404, "TaskAgentNotFoundException", &format!("No agent found in pool {pool} having ID {agent}."));
+    };
+    a.public_key = public_key(&body);
+    if let Some(v) = body.version {
+        a.version = v;
+    }
+    let a = a.clone();
+    json_response(200, agent_json(&a))
+}
+
+async fn delete_agent(
+    AxState(s): AxState<Shared>,
+    Path((org, pool, agent)): Path<(String, String, u64)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let me = caller!(s, method, uri, headers, org);
+    let Some(p) = find_pool(&s, &pool) else {
+        return ado_error(404, "TaskAgentPoolNotFoundException", &format!("Agent pool {pool} could not be found."));
+    };
+    if !p.admins.contains(&me.object_id) {
+        return access_denied(&me, p);
+    }
+    let mut state = s.state.lock().unwrap();
+    if state.agent_busy > 0 {
+        state.agent_busy -= 1;
+        return ado_error(400, "TaskAgentBusyException", &format!("The agent {agent} is running a job and cannot be deleted."));
+    }
+    if let Some(l) = state.agents.get_mut(&p.id) {
+        l.retain(|a| a.id != agent);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn packages(
+    AxState(s): AxState<Shared>,
+    Path(org): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    let _me = caller!(s, method, uri, headers, org);
+    let spec = &s.config.package;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let mut value = vec![];
+    if q.get("platform").is_none_or(|p| p.eq_ignore_ascii_case(&spec.platform)) {
+        let v: Vec<u64> = spec.version.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+        value.push(json!({
+            "type": "agent",
+            "platform": spec.platform,
+            "createdOn": "2026-08-12T00:00:00Z",
+            "version": {"major": v[0], "minor": v[1], "patch": v[2]},
+            "downloadUrl": format!("http://{host}/_download/agent/{}/{}", spec.version, spec.file_name()),
+            "infoUrl": "https://go.microsoft.com/fwlink/?LinkId=798199",
+            "hashValue": s.package.sha256,
+            "filename": spec.file_name(),
+        }));
+    }
+    json_response(200, json!({"count": value.len(), "value": value}))
+}
+
+async fn download(
+    AxState(s): AxState<Shared>,
+    Path((version, file)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    record(&s, &method, &uri, &headers, "download");
+    if headers.get(header::AUTHORIZATION).is_some() {
+        // The real download host is public; a credential here would be a leak.
+        return (StatusCode::BAD_REQUEST, "credentials must not be sent to the download host").into_response();
+    }
+    let spec = &s.config.package;
+    if version != spec.version || file != spec.file_name() {
+        return (StatusCode::NOT_FOUND, "BlobNotFound").into_response();
+    }
+    let (faults, throttle) = {
+        let mut st = s.state.lock().unwrap();
+        st.package_downloads += 1;
+        let f = st.package_faults.clone();
+        if f.cut_after.is_some() && st.package_faults.cuts_left > 0 {
+            st.package_faults.cuts_left -= 1;
+        }
+        (f, s.config.throttle)
+    };
+    if let Some(status) = faults.fail_status {
+        return (StatusCode::from_u16(status).unwrap(), "simulated failure").into_response();
+    }
+    let size = s.package.size;
+    let mut start = 0u64;
+    let mut partial = false;
+    if let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok())
+        && !faults.ignore_range
+        && let Some(from) = range
+            .strip_prefix("bytes=")
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse::<u64>().ok())
+    {
+        if from >= size {
+            return (StatusCode::RANGE_NOT_SATISFIABLE, "").into_response();
+        }
+        start = from;
+        partial = true;
+    }
+    let cut_at = (faults.cut_after.is_some() && faults.cuts_left > 0)
+        .then(|| start + faults.cut_after.unwrap_or(0));
+    let corrupt_at = faults.corrupt.then_some(size / 2);
+    let path = s.package.path.clone();
+    let stream = async_stream(path, start, size, throttle, cut_at, corrupt_at);
+    let mut response = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size - start)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if partial {
+        response = response
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", size - 1));
+    }
+    response.body(Body::from_stream(stream)).unwrap()
+}
+
+fn async_stream(
+    path: std::path::PathBuf,
+    start: u64,
+    size: u64,
+    throttle: Option<u64>,
+    cut_at: Option<u64>,
+    corrupt_at: Option<u64>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let result: std::io::Result<()> = async {
+            let mut f = tokio::fs::File::open(&path).await?;
+            f.seek(std::io::SeekFrom::Start(start)).await?;
+            let began = tokio::time::Instant::now();
+            let mut pos = start;
+            let mut sent = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            while pos < size {
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                let mut chunk = buf[..n].to_vec();
+                if let Some(c) = corrupt_at
+                    && c >= pos
+                    && c < pos + n as u64
+                {
+                    chunk[(c - pos) as usize] ^= 0xff;
+                }
+                if let Some(cut) = cut_at
+                    && pos + n as u64 > cut
+                {
+                    let keep = (cut.saturating_sub(pos)) as usize;
+                    if keep > 0 {
+                        let _ = tx.send(Ok(bytes::Bytes::copy_from_slice(&chunk[..keep]))).await;
+                    }
+                    let _ = tx
+                        .send(Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "simulated connection cut",
+                        )))
+                        .await;
+                    return Ok(());
+                }
+                pos += n as u64;
+                sent += n as u64;
+                if tx.send(Ok(bytes::Bytes::from(chunk))).await.is_err() {
+                    return Ok(());
+                }
+                if let Some(rate) = throttle {
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    let elapsed = began.elapsed();
+                    if due > elapsed {
+                        tokio::time::sleep(due - elapsed).await;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+async fn sim_config(AxState(s): AxState<Shared>) -> Response {
+    json_response(
+        200,
+        json!({"systemd_dir": s.config.work_dir.join("systemd"), "org": s.config.org}),
+    )
+}
+
+async fn sim_report(AxState(s): AxState<Shared>, body: String) -> Response {
+    match serde_json::from_str::<ListenerReport>(&body) {
+        Ok(r) => {
+            s.state.lock().unwrap().listener_reports.push(r);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
