@@ -198,6 +198,8 @@ pub struct State {
     pub next_agent_id: u64,
     /// Make agent updates (configure --replace) fail with 500: the real listener then loops forever.
     pub fail_agent_update: bool,
+    /// Make agent registration fail with 403 (permission revoked after the preflight).
+    pub fail_agent_add: bool,
     /// Make agent deletion fail as if the agent were running a job.
     pub agent_busy: u32,
     pub listener_reports: Vec<ListenerReport>,

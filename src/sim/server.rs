@@ -452,6 +452,9 @@ async fn add_agent(
         return ado_error(400, "ArgumentException", "Invalid agent");
     };
     let mut state = s.state.lock().unwrap();
+    if state.fail_agent_add {
+        return access_denied(&me, p);
+    }
     let id = state.next_agent_id;
     let list = state.agents.entry(p.id).or_default();
     if list.iter().any(|a| a.name.eq_ignore_ascii_case(&body.name)) {

@@ -1,0 +1,249 @@
+//! The test world: a simulated Azure on loopback, a private directory tree, and the real
+//! `agent-bootstrap` binary run against them, plus the checks every test makes (no token anywhere).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use agent_bootstrap::sim::{SimConfig, Simulator};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agent-bootstrap");
+const SIM_BIN: &str = env!("CARGO_BIN_EXE_azure-sim");
+
+/// The tests' root: world-traversable, because the agent runs as an unprivileged user.
+fn tests_root() -> PathBuf {
+    let root = std::env::temp_dir().join("agent-bootstrap-tests");
+    std::fs::create_dir_all(&root).unwrap();
+    set_mode(&root, 0o755);
+    root
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The simulator binary, copied where the agent user can execute it (the build tree may be under
+/// a directory it cannot enter).
+fn listener_exe() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir = tests_root().join(format!("bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        let dest = dir.join("azure-sim");
+        std::fs::copy(SIM_BIN, &dest).unwrap();
+        set_mode(&dest, 0o755);
+        dest
+    })
+    .clone()
+}
+
+pub struct World {
+    pub sim: Simulator,
+    pub dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(edit: impl FnOnce(&mut SimConfig)) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("w-")
+            .tempdir_in(tests_root())
+            .unwrap();
+        set_mode(dir.path(), 0o755);
+        let mut config = SimConfig::standard(&listener_exe(), &dir.path().join("sim"));
+        std::fs::create_dir_all(dir.path().join("sim")).unwrap();
+        edit(&mut config);
+        let sim = Simulator::start(config, 0).unwrap();
+        Self { sim, dir }
+    }
+
+    pub fn agent_dir(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    pub fn org_url(&self) -> String {
+        self.sim.org_url()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "AZP_URL", "AZP_POOL", "AZP_AGENT_NAME", "AZP_WORK", "RUST_LOG"] {
+            cmd.env_remove(var);
+        }
+        let path = format!(
+            "{}:{}",
+            self.sim.systemd_dir().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("PATH", path)
+            .env("NO_COLOR", "1")
+            .env("AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME", "1")
+            .env("AGENT_BOOTSTRAP_STATE_DIR", self.state_dir())
+            .env("AGENT_BOOTSTRAP_CACHE_DIR", self.cache_dir());
+        for (k, v) in self.sim.client_env() {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn run_cmd(&self, mut cmd: Command) -> Run {
+        let out = cmd.output().unwrap();
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        self.assert_no_token_leak(&run);
+        run
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_cmd(self.command(args))
+    }
+
+    /// `install --url <sim> --agent-dir <world>/agent --agent-name <name> EXTRA…`
+    pub fn install(&self, extra: &[&str]) -> Run {
+        let url = self.org_url();
+        let dir = self.agent_dir();
+        let mut args = vec![
+            "install",
+            "--url",
+            url.as_str(),
+            "--agent-dir",
+            dir.to_str().unwrap(),
+        ];
+        if !extra.contains(&"--agent-name") {
+            args.extend(["--agent-name", "test-agent"]);
+        }
+        args.extend(extra);
+        self.run(&args)
+    }
+
+    pub fn tokens(&self) -> Vec<String> {
+        self.sim.state().tokens.keys().cloned().collect()
+    }
+
+    /// No issued token in our output, in any file under the world, in any argv the fake listener
+    /// saw, or in the argv it was given.
+    pub fn assert_no_token_leak(&self, run: &Run) {
+        let tokens = self.tokens();
+        for t in &tokens {
+            // `token` prints the token on stdout by design; everything else must not.
+            let is_token_cmd = run.stdout.trim() == t.as_str();
+            assert!(is_token_cmd || !run.stdout.contains(t.as_str()), "token on stdout");
+            assert!(!run.stderr.contains(t.as_str()), "token on stderr:\n{}", run.stderr);
+        }
+        for entry in walkdir::WalkDir::new(self.dir.path()).follow_links(false) {
+            let entry = entry.unwrap();
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let data = std::fs::read(entry.path()).unwrap();
+            let text = String::from_utf8_lossy(&data);
+            for t in &tokens {
+                assert!(!text.contains(t.as_str()), "token written to {}", entry.path().display());
+            }
+        }
+        let state = self.sim.state();
+        for r in &state.listener_reports {
+            assert!(r.argv_leaks.is_empty(), "token visible in a process argv: {:?}", r.argv_leaks);
+            for t in &tokens {
+                assert!(!r.argv.iter().any(|a| a.contains(t.as_str())));
+            }
+        }
+    }
+
+    pub fn requests(&self) -> Vec<agent_bootstrap::sim::Request> {
+        self.sim.state().requests.clone()
+    }
+
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method == method && r.path.contains(path_contains))
+            .count()
+    }
+
+    pub fn downloads(&self) -> usize {
+        self.count("GET", "/_download/")
+    }
+
+    pub fn systemctl_log(&self) -> String {
+        std::fs::read_to_string(self.sim.systemd_dir().join("systemctl.log")).unwrap_or_default()
+    }
+
+    pub fn server_agents(&self, pool: u64) -> Vec<agent_bootstrap::sim::ServerAgent> {
+        self.sim.state().agents.get(&pool).cloned().unwrap_or_default()
+    }
+
+    /// Directories or files left beside the agent dir by a staging area.
+    pub fn staging_leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("staging"))
+            .collect()
+    }
+
+    pub fn cache_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.cache_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Reads a JSON file the agent wrote (BOM-prefixed).
+pub fn read_agent_json(path: &Path) -> serde_json::Value {
+    let raw = std::fs::read(path).unwrap();
+    assert!(raw.starts_with(&[0xEF, 0xBB, 0xBF]), "{} has no UTF-8 BOM", path.display());
+    serde_json::from_slice(&raw[3..]).unwrap()
+}
+
+pub fn owner(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().uid()
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
