@@ -36,7 +36,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Download, configure and start an agent registered with the machine's managed identity.
-    Install(InstallArgs),
+    Install(Box<InstallArgs>),
     /// Print an Azure DevOps access token from the managed identity (stdout, nothing else).
     Token(TokenArgs),
 }

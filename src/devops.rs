@@ -282,7 +282,11 @@ impl DevOpsClient {
             .get(self.api("_apis/distributedtask/pools", &query))
             .await
             .unwrap_or(List { value: vec![] });
-        let mut names: Vec<String> = all.value.into_iter().map(|p| format!("'{}'", p.name)).collect();
+        let mut names: Vec<String> = all
+            .value
+            .into_iter()
+            .map(|p| format!("'{}'", p.name))
+            .collect();
         names.truncate(20);
         Err(DevOpsError::PoolNotFound {
             pool: name.to_owned(),
@@ -331,13 +335,17 @@ impl DevOpsClient {
         found.ok_or_else(|| DevOpsError::NoPackage {
             org: self.org_url.to_string(),
             platform: platform.to_owned(),
-            version: version.map(|v| format!(" at version {v}")).unwrap_or_default(),
+            version: version
+                .map(|v| format!(" at version {v}"))
+                .unwrap_or_default(),
         })
     }
 }
 
 fn find_named(pools: Vec<Pool>, name: &str) -> Option<Pool> {
-    pools.into_iter().find(|p| p.name.eq_ignore_ascii_case(name))
+    pools
+        .into_iter()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
 }
 
 /// The `message` of an Azure DevOps error body, or a short form of the body.
@@ -381,8 +389,11 @@ mod tests {
             Clock::virtual_clock(),
         );
         assert_eq!(
-            c.api("_apis/distributedtask/packages/agent", &[("platform", "linux-x64"), ("$top", "1")])
-                .as_str(),
+            c.api(
+                "_apis/distributedtask/packages/agent",
+                &[("platform", "linux-x64"), ("$top", "1")]
+            )
+            .as_str(),
             "https://dev.azure.com/myorg/_apis/distributedtask/packages/agent?platform=linux-x64&%24top=1"
         );
     }

@@ -11,6 +11,7 @@ pub struct Env {
     vars: BTreeMap<String, String>,
     hostname: String,
     is_root: bool,
+    username: String,
 }
 
 impl Env {
@@ -23,10 +24,17 @@ impl Env {
             .ok()
             .and_then(|h: OsString| h.into_string().ok())
             .unwrap_or_default();
+        let uid = nix::unistd::geteuid();
+        let username = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_default();
         Self {
             vars,
             hostname,
-            is_root: nix::unistd::geteuid().is_root(),
+            is_root: uid.is_root(),
+            username,
         }
     }
 
@@ -39,6 +47,7 @@ impl Env {
                 .collect(),
             hostname: hostname.to_owned(),
             is_root,
+            username: if is_root { "root".into() } else { "builder".into() },
         }
     }
 
@@ -56,6 +65,11 @@ impl Env {
 
     pub fn hostname(&self) -> &str {
         &self.hostname
+    }
+
+    /// The account this process runs as.
+    pub fn username(&self) -> &str {
+        &self.username
     }
 
     pub fn is_root(&self) -> bool {

@@ -10,7 +10,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::capture();
     logging::init(cli.log_format, &env);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("could not start the async runtime: {e}");

@@ -101,8 +101,7 @@ impl Child {
 
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+".contains(c))
     {
         s.to_owned()
@@ -217,8 +216,8 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     let (tx, rx) = mpsc::channel::<(bool, String)>();
     let out_r: std::os::fd::OwnedFd = out_r.into();
     let err_r: std::os::fd::OwnedFd = err_r.into();
-    let readers = [(false, out_r), (true, err_r)].map(
-        |(is_err, fd): (bool, std::os::fd::OwnedFd)| {
+    let readers =
+        [(false, out_r), (true, err_r)].map(|(is_err, fd): (bool, std::os::fd::OwnedFd)| {
             let pipe = std::fs::File::from(fd);
             let tx = tx.clone();
             let masker = masker.clone();
@@ -238,8 +237,7 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
                     }
                 }
             })
-        },
-    );
+        });
     drop(tx);
 
     let waited = handle.wait_timeout(child.timeout);
@@ -328,10 +326,7 @@ mod tests {
     fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("grandchild-alive");
-        let script = format!(
-            "(sleep 3; touch {}) & sleep 30",
-            marker.display()
-        );
+        let script = format!("(sleep 3; touch {}) & sleep 30", marker.display());
         let child = Child::new("hang", "/bin/sh")
             .args(["-c", script.as_str()])
             .timeout(Duration::from_millis(300));

@@ -100,7 +100,10 @@ mod tests {
     fn masker_replaces_every_occurrence() {
         let secret = Secret::new("abcdefgh12345");
         let masker = Masker::with(&secret);
-        assert_eq!(masker.mask("x abcdefgh12345 y abcdefgh12345"), "x *** y ***");
+        assert_eq!(
+            masker.mask("x abcdefgh12345 y abcdefgh12345"),
+            "x *** y ***"
+        );
         assert_eq!(masker.mask("nothing here"), "nothing here");
     }
 

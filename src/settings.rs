@@ -154,7 +154,8 @@ fn is_loopback_host(url: &Url) -> bool {
 
 /// An https URL (or http to a loopback host), without credentials, query or fragment.
 pub fn check_url(what: &str, raw: &str) -> Result<Url, SettingsError> {
-    let url = Url::parse(raw.trim()).map_err(|e| bad(what, format!("'{raw}' is not a URL ({e})")))?;
+    let url =
+        Url::parse(raw.trim()).map_err(|e| bad(what, format!("'{raw}' is not a URL ({e})")))?;
     match url.scheme() {
         "https" => {}
         "http" if is_loopback_host(&url) => {}
@@ -176,7 +177,10 @@ pub fn check_url(what: &str, raw: &str) -> Result<Url, SettingsError> {
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad(what, format!("'{raw}' must not have a query or fragment")));
+        return Err(bad(
+            what,
+            format!("'{raw}' must not have a query or fragment"),
+        ));
     }
     Ok(url)
 }
@@ -192,10 +196,14 @@ fn org_url(args: &InstallArgs, env: &Env) -> Result<Url, SettingsError> {
         if !valid {
             return Err(bad(
                 "--org",
-                format!("'{org}' is not an organization name (letters, digits and '-'; use --url for a full URL)"),
+                format!(
+                    "'{org}' is not an organization name (letters, digits and '-'; use --url for a full URL)"
+                ),
             ));
         }
-        return Ok(Url::parse(&format!("https://dev.azure.com/{o}")).expect("valid by construction"));
+        return Ok(
+            Url::parse(&format!("https://dev.azure.com/{o}")).expect("valid by construction")
+        );
     }
     let (what, raw) = match (&args.url, env.var("AZP_URL")) {
         (Some(u), _) => ("--url", u.as_str()),
@@ -213,7 +221,12 @@ fn org_url(args: &InstallArgs, env: &Env) -> Result<Url, SettingsError> {
     Ok(url)
 }
 
-fn check_text(what: &str, value: &str, max: usize, forbidden: &str) -> Result<String, SettingsError> {
+fn check_text(
+    what: &str,
+    value: &str,
+    max: usize,
+    forbidden: &str,
+) -> Result<String, SettingsError> {
     let v = value.trim();
     if v.is_empty() {
         return Err(bad(what, "must not be empty"));
@@ -241,17 +254,27 @@ pub fn check_user(value: &str) -> Result<String, SettingsError> {
     if ok {
         Ok(value.to_owned())
     } else {
-        Err(bad("--user", format!("'{value}' is not a valid account name")))
+        Err(bad(
+            "--user",
+            format!("'{value}' is not a valid account name"),
+        ))
     }
 }
 
 fn check_version(value: &str) -> Result<String, SettingsError> {
     let v = value.trim().trim_start_matches('v');
     let parts: Vec<&str> = v.split('.').collect();
-    if parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) {
+    if parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    {
         Ok(v.to_owned())
     } else {
-        Err(bad("--agent-version", format!("'{value}' is not a version X.Y.Z")))
+        Err(bad(
+            "--agent-version",
+            format!("'{value}' is not a version X.Y.Z"),
+        ))
     }
 }
 
@@ -264,7 +287,10 @@ fn package_choice(args: &InstallArgs) -> Result<PackageChoice, SettingsError> {
     };
     let sha256 = match &args.package_sha256 {
         Some(h) => Some(package::normalize_sha256(h).ok_or_else(|| {
-            bad("--package-sha256", format!("'{h}' is not a SHA-256 (64 hex digits)"))
+            bad(
+                "--package-sha256",
+                format!("'{h}' is not a SHA-256 (64 hex digits)"),
+            )
         })?),
         None => None,
     };
@@ -297,7 +323,10 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
 
     let agent_dir = match &args.agent_dir {
         Some(d) if !d.is_absolute() => {
-            return Err(bad("--agent-dir", format!("'{}' must be an absolute path", d.display())));
+            return Err(bad(
+                "--agent-dir",
+                format!("'{}' must be an absolute path", d.display()),
+            ));
         }
         Some(d) if d.parent().is_none() => {
             return Err(bad("--agent-dir", "must not be the file system root"));
@@ -314,10 +343,12 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
 
     let user = match &args.user {
         Some(u) => AgentUser::Existing(check_user(u.trim())?),
+        // Not root (a container running as its own user): the agent runs as this account.
+        None if !env.is_root() => AgentUser::Existing(env.username().to_owned()),
         None => AgentUser::Dedicated(DEFAULT_USER.to_owned()),
     };
     if !env.is_root() && !args.dry_run {
-        let me = env.var("USER").unwrap_or("");
+        let me = env.username();
         if !args.no_service {
             return Err(bad(
                 "--no-service",
@@ -325,7 +356,10 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
             ));
         }
         if matches!(&user, AgentUser::Existing(u) if u != me) {
-            return Err(bad("--user", "only root can configure the agent as another user"));
+            return Err(bad(
+                "--user",
+                "only root can configure the agent as another user",
+            ));
         }
     }
     if args.config_timeout == 0 {
@@ -482,6 +516,14 @@ mod tests {
         let m = err(&args(), &e2);
         assert!(m.contains("--no-service") && m.contains("root"), "{m}");
         let mut a = args();
+        a.no_service = true;
+        assert_eq!(
+            install(&a, &e2, Os::linux_x64()).unwrap().user,
+            AgentUser::Existing("builder".into())
+        );
+        a.user = Some("someone-else".into());
+        assert!(err(&a, &e2).contains("--user"));
+        let mut a = args();
         a.config_timeout = 0;
         assert!(err(&a, &e).contains("--config-timeout"));
     }
@@ -498,7 +540,12 @@ mod tests {
             client_id: Some("not-a-guid".into()),
             ..Default::default()
         };
-        assert!(selector(&id).unwrap_err().to_string().contains("--client-id"));
+        assert!(
+            selector(&id)
+                .unwrap_err()
+                .to_string()
+                .contains("--client-id")
+        );
         id.client_id = Some("12345678-1234-1234-1234-123456789abc".into());
         assert!(matches!(selector(&id).unwrap(), Selector::ClientId(_)));
         let id = IdentityArgs {
@@ -510,7 +557,12 @@ mod tests {
             resource_id: Some("/subscriptions/s".into()),
             ..Default::default()
         };
-        assert!(selector(&id).unwrap_err().to_string().contains("--resource-id"));
+        assert!(
+            selector(&id)
+                .unwrap_err()
+                .to_string()
+                .contains("--resource-id")
+        );
     }
 
     #[test]

@@ -136,8 +136,14 @@ mod tests {
         };
         let path = save(dir.path(), &saved).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with("opt-azure-pipelines-agent-") && name.ends_with(".json"), "{name}");
-        assert_ne!(file_for(dir.path(), Path::new("/a-b")), file_for(dir.path(), Path::new("/a/b")));
+        assert!(
+            name.starts_with("opt-azure-pipelines-agent-") && name.ends_with(".json"),
+            "{name}"
+        );
+        assert_ne!(
+            file_for(dir.path(), Path::new("/a-b")),
+            file_for(dir.path(), Path::new("/a/b"))
+        );
         assert_eq!(load(dir.path(), &saved.agent_dir).unwrap(), Some(saved));
         assert_eq!(load(dir.path(), Path::new("/other")).unwrap(), None);
     }

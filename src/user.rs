@@ -13,7 +13,9 @@ use crate::settings::AgentUser;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    #[error("user '{name}' does not exist (--user names an existing account; omit it to use a dedicated one)")]
+    #[error(
+        "user '{name}' does not exist (--user names an existing account; omit it to use a dedicated one)"
+    )]
     Missing { name: String },
     #[error("could not create the agent user '{name}': {detail}")]
     Create { name: String, detail: String },

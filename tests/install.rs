@@ -17,7 +17,10 @@ fn happy_path_registers_and_starts_the_agent_as_an_unprivileged_user() {
     assert!(run.stdout.contains("agent:        test-agent (id 1)"));
     assert!(run.stdout.contains("pool:         Default (id 1)"));
     assert!(run.stdout.contains("version:      4.264.2"));
-    assert!(run.stdout.contains("vsts.agent.myorg.Default.test\\x2dagent.service"));
+    assert!(
+        run.stdout
+            .contains("vsts.agent.myorg.Default.test\\x2dagent.service")
+    );
     assert!(run.stderr.contains("token accepted by Azure DevOps"));
 
     // The agent's files, as the real agent writes them.
@@ -26,12 +29,17 @@ fn happy_path_registers_and_starts_the_agent_as_an_unprivileged_user() {
     assert_eq!(agent["poolId"], 1);
     assert_eq!(agent["workFolder"], "_work");
     assert_eq!(agent["acceptTeeEula"], true);
-    assert_eq!(read_agent_json(&dir.join(".credentials"))["scheme"], "OAuth");
+    assert_eq!(
+        read_agent_json(&dir.join(".credentials"))["scheme"],
+        "OAuth"
+    );
     assert_eq!(mode(&dir.join(".credentials_rsaparams")), 0o600);
     assert!(dir.join("svc.sh").is_file());
 
     // Run as the dedicated user, not root.
-    let user = nix::unistd::User::from_name("azpagent").unwrap().expect("azpagent was created");
+    let user = nix::unistd::User::from_name("azpagent")
+        .unwrap()
+        .expect("azpagent was created");
     assert_eq!(owner(&dir), user.uid.as_raw());
     assert_eq!(owner(&dir.join("bin/Agent.Listener")), user.uid.as_raw());
     assert_eq!(owner(&dir.join(".agent")), user.uid.as_raw());
@@ -40,28 +48,57 @@ fn happy_path_registers_and_starts_the_agent_as_an_unprivileged_user() {
     let r = &reports[0];
     assert_eq!(r.verb, "configure");
     assert_eq!(r.uid, user.uid.as_raw());
-    assert!(r.token_from_env, "the token must come from VSTS_AGENT_INPUT_TOKEN");
-    assert!(r.unrecognized.is_empty(), "we passed an argument the agent does not know: {:?}", r.unrecognized);
+    assert!(
+        r.token_from_env,
+        "the token must come from VSTS_AGENT_INPUT_TOKEN"
+    );
+    assert!(
+        r.unrecognized.is_empty(),
+        "we passed an argument the agent does not know: {:?}",
+        r.unrecognized
+    );
     assert_eq!(std::path::Path::new(&r.cwd), dir);
-    assert!(r.argv.iter().all(|a| a != "configure" || r.argv.iter().filter(|x| *x == "configure").count() == 1));
+    assert!(
+        r.argv
+            .iter()
+            .all(|a| a != "configure" || r.argv.iter().filter(|x| *x == "configure").count() == 1)
+    );
 
     // Registered on the server, service installed and started.
     let agents = w.server_agents(1);
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0].name, "test-agent");
     let log = w.systemctl_log();
-    assert!(log.contains("enable vsts.agent.myorg.Default.test\\x2dagent.service"), "{log}");
-    assert!(log.contains("start vsts.agent.myorg.Default.test\\x2dagent.service"), "{log}");
-    assert_eq!(std::fs::read_to_string(dir.join(".service")).unwrap().trim(), "vsts.agent.myorg.Default.test\\x2dagent.service");
+    assert!(
+        log.contains("enable vsts.agent.myorg.Default.test\\x2dagent.service"),
+        "{log}"
+    );
+    assert!(
+        log.contains("start vsts.agent.myorg.Default.test\\x2dagent.service"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".service"))
+            .unwrap()
+            .trim(),
+        "vsts.agent.myorg.Default.test\\x2dagent.service"
+    );
 
     // Remembered for later runs, and the package cached under its digest.
-    let state_files: Vec<_> = std::fs::read_dir(w.state_dir().join("agents")).unwrap().flatten().collect();
+    let state_files: Vec<_> = std::fs::read_dir(w.state_dir().join("agents"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert_eq!(state_files.len(), 1);
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(state_files[0].path()).unwrap()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_files[0].path()).unwrap()).unwrap();
     assert_eq!(saved["agent_name"], "test-agent");
     assert_eq!(saved["pool_id"], 1);
     assert_eq!(saved["user"], "azpagent");
-    assert_eq!(w.cache_files(), vec![format!("{}.tar.gz", w.sim.package.sha256)]);
+    assert_eq!(
+        w.cache_files(),
+        vec![format!("{}.tar.gz", w.sim.package.sha256)]
+    );
     assert!(w.staging_leftovers().is_empty());
 
     // Every Azure DevOps call carried the identity's token; the download carried none.
@@ -81,13 +118,29 @@ fn user_assigned_identity_is_selected_by_client_object_or_resource_id() {
     ] {
         let w = World::new();
         w.install(&[flag, value]).assert_code(0);
-        let imds: Vec<_> = w.requests().into_iter().filter(|r| r.path.contains("oauth2/token")).collect();
+        let imds: Vec<_> = w
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains("oauth2/token"))
+            .collect();
         assert_eq!(imds.len(), 1);
         assert!(imds[0].metadata_header);
-        assert!(imds[0].query.contains(&format!("{param}=")), "{}", imds[0].query);
-        assert!(imds[0].query.contains("resource=499b84ac-1321-427f-aa17-267ca6975798"));
+        assert!(
+            imds[0].query.contains(&format!("{param}=")),
+            "{}",
+            imds[0].query
+        );
+        assert!(
+            imds[0]
+                .query
+                .contains("resource=499b84ac-1321-427f-aa17-267ca6975798")
+        );
         assert!(imds[0].query.contains("api-version=2018-02-01"));
-        let ado: Vec<_> = w.requests().into_iter().filter(|r| r.path.starts_with("/myorg/")).collect();
+        let ado: Vec<_> = w
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/myorg/"))
+            .collect();
         assert!(ado.iter().all(|r| r.caller == ids::UAMI_OBJECT), "{ado:?}");
     }
 }
@@ -137,7 +190,12 @@ fn no_identity_exits_3_and_says_so() {
     let w = World::with(|c| c.identities.iter_mut().for_each(|i| i.assigned = false));
     let run = w.install(&[]);
     run.assert_code(3);
-    assert!(run.stderr.contains("no managed identity is assigned to this VM"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("no managed identity is assigned to this VM"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(w.count("GET", "oauth2/token"), 1, "400 is not retried");
     assert_eq!(w.count("GET", "/myorg/"), 0);
     assert!(!w.agent_dir().exists());
@@ -148,8 +206,16 @@ fn unassigned_selector_exits_3_naming_the_flag() {
     let w = World::new();
     let run = w.install(&["--client-id", ids::UNASSIGNED_CLIENT]);
     run.assert_code(3);
-    assert!(run.stderr.contains("the selected identity is not assigned to this VM"), "{}", run.stderr);
-    assert!(run.stderr.contains(&format!("--client-id {}", ids::UNASSIGNED_CLIENT)));
+    assert!(
+        run.stderr
+            .contains("the selected identity is not assigned to this VM"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("--client-id {}", ids::UNASSIGNED_CLIENT))
+    );
 }
 
 #[test]
@@ -158,7 +224,12 @@ fn identity_not_in_the_organization_exits_4_with_the_fix() {
     let run = w.install(&["--client-id", ids::OUTSIDER_CLIENT]);
     run.assert_code(4);
     assert!(run.stderr.contains("TF400813"), "{}", run.stderr);
-    assert!(run.stderr.contains("add the managed identity to the organization"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("add the managed identity to the organization"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(w.downloads(), 0);
     assert!(!w.agent_dir().exists());
     assert!(!w.state_dir().exists());
@@ -169,7 +240,11 @@ fn missing_pool_exits_4_and_lists_the_visible_pools() {
     let w = World::new();
     let run = w.install(&["--pool", "Nope"]);
     run.assert_code(4);
-    assert!(run.stderr.contains("agent pool 'Nope' was not found"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("agent pool 'Nope' was not found"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("'Default'"), "{}", run.stderr);
     assert_eq!(w.downloads(), 0);
     assert!(!w.agent_dir().exists());
@@ -180,7 +255,12 @@ fn no_manage_permission_exits_4_before_any_download() {
     let w = World::new();
     let run = w.install(&["--client-id", ids::NO_MANAGE_CLIENT]);
     run.assert_code(4);
-    assert!(run.stderr.contains("may not register agents in pool 'Default'"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("may not register agents in pool 'Default'"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("Administrator"), "{}", run.stderr);
     assert_eq!(w.downloads(), 0);
     assert_eq!(w.count("GET", "/packages/agent"), 0);
@@ -195,9 +275,16 @@ fn hash_mismatch_exits_5_and_installs_nothing() {
     let run = w.install(&[]);
     run.assert_code(5);
     assert!(run.stderr.contains("SHA-256 mismatch"), "{}", run.stderr);
-    assert!(run.stderr.contains(&w.sim.package.sha256), "the expected digest is named");
+    assert!(
+        run.stderr.contains(&w.sim.package.sha256),
+        "the expected digest is named"
+    );
     assert!(!w.agent_dir().exists(), "nothing was moved into place");
-    assert!(w.staging_leftovers().is_empty(), "{:?}", w.staging_leftovers());
+    assert!(
+        w.staging_leftovers().is_empty(),
+        "{:?}",
+        w.staging_leftovers()
+    );
     assert!(w.cache_files().is_empty(), "{:?}", w.cache_files());
     assert!(w.server_agents(1).is_empty());
     assert!(w.sim.state().listener_reports.is_empty());
@@ -213,7 +300,11 @@ fn a_connection_cut_mid_download_resumes_with_range() {
     }
     let run = w.install(&[]);
     run.assert_code(0);
-    let downloads: Vec<_> = w.requests().into_iter().filter(|r| r.path.contains("/_download/")).collect();
+    let downloads: Vec<_> = w
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/_download/"))
+        .collect();
     assert_eq!(downloads.len(), 3, "{downloads:?}");
     assert_eq!(downloads[0].range, None);
     // Each retry asks for the rest, from what had arrived (the client may have received a little
@@ -222,12 +313,23 @@ fn a_connection_cut_mid_download_resumes_with_range() {
         .iter()
         .map(|r| {
             let range = r.range.as_deref().expect("a resumed request carries Range");
-            range.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap()
+            range
+                .trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse()
+                .unwrap()
         })
         .collect();
     assert!(offsets[0] > 0 && offsets[0] <= 300_000, "{offsets:?}");
-    assert!(offsets[1] > offsets[0] && offsets[1] <= offsets[0] + 300_000, "{offsets:?}");
-    assert!(run.stderr.contains("download interrupted"), "{}", run.stderr);
+    assert!(
+        offsets[1] > offsets[0] && offsets[1] <= offsets[0] + 300_000,
+        "{offsets:?}"
+    );
+    assert!(
+        run.stderr.contains("download interrupted"),
+        "{}",
+        run.stderr
+    );
     assert!(w.agent_dir().join(".agent").is_file());
 }
 
@@ -261,12 +363,16 @@ fn config_failure_exits_6_with_the_agents_own_error_line() {
     let run = w.install(&[]);
     run.assert_code(6);
     assert!(
-        run.stderr.contains("Access denied. vm-agent-01 needs Manage permissions for pool Default"),
+        run.stderr
+            .contains("Access denied. vm-agent-01 needs Manage permissions for pool Default"),
         "{}",
         run.stderr
     );
     assert!(!w.agent_dir().join(".agent").exists());
-    assert!(w.systemctl_log().is_empty(), "no service step after a failed configure");
+    assert!(
+        w.systemctl_log().is_empty(),
+        "no service step after a failed configure"
+    );
 }
 
 #[test]
@@ -292,15 +398,26 @@ fn config_that_loops_forever_is_stopped_after_the_timeout() {
     let run = w.install(&["--config-timeout", "3"]);
     run.assert_code(6);
     assert!(start.elapsed() < std::time::Duration::from_secs(30));
-    assert!(run.stderr.contains("did not finish within 3s"), "{}", run.stderr);
-    assert!(run.stderr.contains("Failed to replace the agent"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("did not finish within 3s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Failed to replace the agent"),
+        "{}",
+        run.stderr
+    );
     // The whole process group is gone: no fake listener for this agent dir still runs.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let root = w.agent_dir().display().to_string();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            assert!(!(cmd.contains("fake-listener") && cmd.contains(&root)), "left running: {cmd}");
+            assert!(
+                !(cmd.contains("fake-listener") && cmd.contains(&root)),
+                "left running: {cmd}"
+            );
         }
     }
 }
@@ -314,15 +431,26 @@ fn a_second_install_is_a_quick_no_op() {
     let agent_before = std::fs::read(w.agent_dir().join(".agent")).unwrap();
     let run = w.install(&[]);
     run.assert_code(0);
-    assert!(run.stdout.starts_with("already installed, nothing to do"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("already installed, nothing to do"),
+        "{}",
+        run.stdout
+    );
     let new: Vec<_> = w.requests()[requests_before..].to_vec();
     // IMDS, connection data, pool (manage), the agent by name: nothing else.
     assert_eq!(new.len(), 4, "{new:?}");
     assert!(new.iter().all(|r| r.method == "GET"));
     assert_eq!(w.downloads(), 1);
     assert_eq!(w.systemctl_log(), log_before);
-    assert_eq!(std::fs::read(w.agent_dir().join(".agent")).unwrap(), agent_before);
-    assert_eq!(w.sim.state().listener_reports.len(), 1, "config.sh ran once");
+    assert_eq!(
+        std::fs::read(w.agent_dir().join(".agent")).unwrap(),
+        agent_before
+    );
+    assert_eq!(
+        w.sim.state().listener_reports.len(),
+        1,
+        "config.sh ran once"
+    );
 }
 
 #[test]
@@ -332,10 +460,17 @@ fn an_agent_deleted_on_the_server_is_registered_again() {
     w.sim.state().agents.clear();
     let run = w.install(&[]);
     run.assert_code(0);
-    assert!(run.stderr.contains("unknown to the server"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown to the server"),
+        "{}",
+        run.stderr
+    );
     let agents = w.server_agents(1);
     assert_eq!(agents.len(), 1);
-    assert_eq!(read_agent_json(&w.agent_dir().join(".agent"))["agentId"], agents[0].id);
+    assert_eq!(
+        read_agent_json(&w.agent_dir().join(".agent"))["agentId"],
+        agents[0].id
+    );
     assert_eq!(w.downloads(), 1, "the package is not downloaded again");
 }
 
@@ -346,7 +481,11 @@ fn an_agent_dir_configured_for_something_else_is_refused_with_exit_2() {
     let before = w.requests().len();
     let run = w.install(&["--agent-name", "other-name"]);
     run.assert_code(2);
-    assert!(run.stderr.contains("already holds agent 'test-agent'"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("already holds agent 'test-agent'"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(w.requests().len(), before, "nothing contacted");
 }
 
@@ -358,24 +497,187 @@ fn bad_input_exits_2_naming_the_flag_with_nothing_contacted() {
     let dir = dir.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["install"], "--org/--url"),
-        (vec!["install", "--url", "http://dev.azure.com/x", "--agent-dir", dir], "plain http"),
-        (vec!["install", "--url", "https://u:p@dev.azure.com/x", "--agent-dir", dir], "credentials"),
-        (vec!["install", "--org", "my org", "--agent-dir", dir], "--org"),
+        (
+            vec![
+                "install",
+                "--url",
+                "http://dev.azure.com/x",
+                "--agent-dir",
+                dir,
+            ],
+            "plain http",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                "https://u:p@dev.azure.com/x",
+                "--agent-dir",
+                dir,
+            ],
+            "credentials",
+        ),
+        (
+            vec!["install", "--org", "my org", "--agent-dir", dir],
+            "--org",
+        ),
         (vec!["install", "--org", "a", "--url", &url], "--url"),
-        (vec!["install", "--url", &url, "--agent-dir", "relative"], "--agent-dir"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--agent-name", "a/b"], "--agent-name"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--pool", " "], "--pool"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--client-id", "nope"], "--client-id"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--client-id", ids::UAMI_CLIENT, "--object-id", ids::UAMI_OBJECT], "--object-id"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--resource-id", "/subscriptions/x"], "--resource-id"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--agent-version", "4.x"], "--agent-version"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--package", "/no/such/file.tar.gz"], "--package"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--package-sha256", "ab"], "--package"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--package", "https://m.example/a.tar.gz", "--package-sha256", "xyz"], "--package-sha256"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--user", "Not Valid"], "--user"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--user", "no-such-user-xyz"], "does not exist"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--log-format", "xml"], "--log-format"),
-        (vec!["install", "--url", &url, "--agent-dir", dir, "--config-timeout", "0"], "--config-timeout"),
+        (
+            vec!["install", "--url", &url, "--agent-dir", "relative"],
+            "--agent-dir",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--agent-name",
+                "a/b",
+            ],
+            "--agent-name",
+        ),
+        (
+            vec!["install", "--url", &url, "--agent-dir", dir, "--pool", " "],
+            "--pool",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--client-id",
+                "nope",
+            ],
+            "--client-id",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--client-id",
+                ids::UAMI_CLIENT,
+                "--object-id",
+                ids::UAMI_OBJECT,
+            ],
+            "--object-id",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--resource-id",
+                "/subscriptions/x",
+            ],
+            "--resource-id",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--agent-version",
+                "4.x",
+            ],
+            "--agent-version",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--package",
+                "/no/such/file.tar.gz",
+            ],
+            "--package",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--package-sha256",
+                "ab",
+            ],
+            "--package",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--package",
+                "https://m.example/a.tar.gz",
+                "--package-sha256",
+                "xyz",
+            ],
+            "--package-sha256",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--user",
+                "Not Valid",
+            ],
+            "--user",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--user",
+                "no-such-user-xyz",
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--log-format",
+                "xml",
+            ],
+            "--log-format",
+        ),
+        (
+            vec![
+                "install",
+                "--url",
+                &url,
+                "--agent-dir",
+                dir,
+                "--config-timeout",
+                "0",
+            ],
+            "--config-timeout",
+        ),
         (vec!["token", "--client-id", "x"], "--client-id"),
         (vec!["frobnicate"], "frobnicate"),
     ];
@@ -383,7 +685,11 @@ fn bad_input_exits_2_naming_the_flag_with_nothing_contacted() {
         let before = w.requests().len();
         let run = w.run(&args);
         assert_eq!(run.code, 2, "{args:?}\n{}", run.stderr);
-        assert!(run.stderr.contains(needle), "{args:?}: {needle:?} not in\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "{args:?}: {needle:?} not in\n{}",
+            run.stderr
+        );
         let new: Vec<_> = w.requests()[before..].to_vec();
         // A missing --user is found only after the token and preflight; everything else before any
         // request at all.
@@ -407,7 +713,14 @@ fn token_prints_only_the_token() {
     assert!(!run.stderr.contains(&tokens[0]));
     let run = w.run(&["token", "--client-id", ids::UAMI_CLIENT]);
     run.assert_code(0);
-    assert_eq!(w.sim.state().tokens.get(run.stdout.trim()).map(String::as_str), Some(ids::UAMI_OBJECT));
+    assert_eq!(
+        w.sim
+            .state()
+            .tokens
+            .get(run.stdout.trim())
+            .map(String::as_str),
+        Some(ids::UAMI_OBJECT)
+    );
 }
 
 #[test]
@@ -423,10 +736,20 @@ fn dry_run_checks_access_prints_the_plan_and_changes_nothing() {
     let w = World::new();
     let run = w.install(&["--dry-run"]);
     run.assert_code(0);
-    assert!(run.stdout.starts_with("dry run: nothing was changed"), "{}", run.stdout);
-    assert!(run.stdout.contains("VSTS_AGENT_INPUT_TOKEN=*** "), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("dry run: nothing was changed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("VSTS_AGENT_INPUT_TOKEN=*** "),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("--unattended --url"), "{}", run.stdout);
-    assert!(run.stdout.contains("--auth pat --pool Default --agent test-agent --work _work --replace --acceptTeeEula"));
+    assert!(run.stdout.contains(
+        "--auth pat --pool Default --agent test-agent --work _work --replace --acceptTeeEula"
+    ));
     assert!(run.stdout.contains(&w.sim.package.sha256));
     assert!(run.stdout.contains("./svc.sh install azpagent"));
     assert!(run.stdout.contains("./svc.sh start"));
@@ -466,12 +789,22 @@ fn root_is_allowed_explicitly_with_a_warning() {
     let w = World::new();
     let run = w.install(&["--user", "root"]);
     run.assert_code(0);
-    assert!(run.stderr.contains("the agent will run as root"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the agent will run as root"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(w.sim.state().listener_reports[0].uid, 0);
     assert!(w.systemctl_log().contains("enable"));
-    assert!(std::fs::read_to_string(w.sim.systemd_dir().join("units/vsts.agent.myorg.Default.test\\x2dagent.service"))
+    assert!(
+        std::fs::read_to_string(
+            w.sim
+                .systemd_dir()
+                .join("units/vsts.agent.myorg.Default.test\\x2dagent.service")
+        )
         .unwrap()
-        .contains("User=root"));
+        .contains("User=root")
+    );
 }
 
 #[test]
@@ -479,9 +812,19 @@ fn explicit_package_file_with_and_without_digest() {
     let w = World::new();
     let pkg = w.sim.package.path.display().to_string();
     let sha = w.sim.package.sha256.clone();
-    w.install(&["--package", &pkg, "--package-sha256", &sha.to_uppercase(), "--no-service"])
-        .assert_code(0);
-    assert_eq!(w.count("GET", "/packages/agent"), 0, "the packages API is not asked");
+    w.install(&[
+        "--package",
+        &pkg,
+        "--package-sha256",
+        &sha.to_uppercase(),
+        "--no-service",
+    ])
+    .assert_code(0);
+    assert_eq!(
+        w.count("GET", "/packages/agent"),
+        0,
+        "the packages API is not asked"
+    );
     assert_eq!(w.downloads(), 0);
 
     let w2 = World::new();
@@ -491,7 +834,13 @@ fn explicit_package_file_with_and_without_digest() {
     assert!(run.stderr.contains(&sha));
 
     let w3 = World::new();
-    let run = w3.install(&["--package", &pkg, "--package-sha256", &"0".repeat(64), "--no-service"]);
+    let run = w3.install(&[
+        "--package",
+        &pkg,
+        "--package-sha256",
+        &"0".repeat(64),
+        "--no-service",
+    ]);
     run.assert_code(5);
     assert!(!w3.agent_dir().exists());
 }
@@ -506,7 +855,8 @@ fn explicit_package_url_is_downloaded_without_credentials() {
         w.sim.config.package.file_name()
     );
     let sha = w.sim.package.sha256.clone();
-    w.install(&["--package", &url, "--package-sha256", &sha]).assert_code(0);
+    w.install(&["--package", &url, "--package-sha256", &sha])
+        .assert_code(0);
     assert_eq!(w.downloads(), 1);
 }
 
@@ -525,15 +875,28 @@ fn a_baked_in_package_of_the_right_version_is_used_without_download() {
     // An image build extracted the package as root and never configured it.
     std::fs::create_dir_all(w.agent_dir()).unwrap();
     let status = std::process::Command::new("tar")
-        .args(["-xzf", w.sim.package.path.to_str().unwrap(), "-C", w.agent_dir().to_str().unwrap()])
+        .args([
+            "-xzf",
+            w.sim.package.path.to_str().unwrap(),
+            "-C",
+            w.agent_dir().to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     assert!(status.success());
     let run = w.install(&[]);
     run.assert_code(0);
-    assert!(run.stderr.contains("version 4.264.2 is already extracted"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("version 4.264.2 is already extracted"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(w.downloads(), 0);
-    let uid = nix::unistd::User::from_name("azpagent").unwrap().unwrap().uid.as_raw();
+    let uid = nix::unistd::User::from_name("azpagent")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
     assert_eq!(owner(&w.agent_dir().join("config.sh")), uid);
 }
 
@@ -543,7 +906,12 @@ fn a_self_updated_agent_is_never_re_extracted() {
     let dir = w.agent_dir();
     std::fs::create_dir_all(dir.join("bin.4.300.0")).unwrap();
     std::process::Command::new("tar")
-        .args(["-xzf", w.sim.package.path.to_str().unwrap(), "-C", dir.to_str().unwrap()])
+        .args([
+            "-xzf",
+            w.sim.package.path.to_str().unwrap(),
+            "-C",
+            dir.to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     // What the self-updater leaves: bin → bin.<new>.
@@ -554,7 +922,12 @@ fn a_self_updated_agent_is_never_re_extracted() {
     run.assert_code(0);
     assert!(run.stderr.contains("updated itself"), "{}", run.stderr);
     assert_eq!(w.downloads(), 0);
-    assert!(std::fs::symlink_metadata(dir.join("bin")).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(dir.join("bin"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
@@ -562,15 +935,27 @@ fn a_registration_left_by_an_interrupted_configure_is_cleaned_up() {
     let w = World::new();
     std::fs::create_dir_all(w.agent_dir()).unwrap();
     std::process::Command::new("tar")
-        .args(["-xzf", w.sim.package.path.to_str().unwrap(), "-C", w.agent_dir().to_str().unwrap()])
+        .args([
+            "-xzf",
+            w.sim.package.path.to_str().unwrap(),
+            "-C",
+            w.agent_dir().to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     std::fs::write(w.agent_dir().join(".credentials"), "\u{feff}{}").unwrap();
     std::fs::write(w.agent_dir().join(".credentials_rsaparams"), "\u{feff}{}").unwrap();
     let run = w.install(&[]);
     run.assert_code(0);
-    assert!(run.stderr.contains("interrupted configuration"), "{}", run.stderr);
-    assert_eq!(read_agent_json(&w.agent_dir().join(".credentials"))["scheme"], "OAuth");
+    assert!(
+        run.stderr.contains("interrupted configuration"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        read_agent_json(&w.agent_dir().join(".credentials"))["scheme"],
+        "OAuth"
+    );
 }
 
 #[test]
@@ -582,7 +967,12 @@ fn environment_variables_of_the_docker_sample_are_honoured() {
             admins: vec![ids::SYSTEM_OBJECT.into()],
         })
     });
-    let mut cmd = w.command(&["install", "--agent-dir", w.agent_dir().to_str().unwrap(), "--no-service"]);
+    let mut cmd = w.command(&[
+        "install",
+        "--agent-dir",
+        w.agent_dir().to_str().unwrap(),
+        "--no-service",
+    ]);
     cmd.env("AZP_URL", w.org_url())
         .env("AZP_POOL", "EnvPool")
         .env("AZP_AGENT_NAME", "env-agent")
@@ -603,7 +993,11 @@ fn json_logs_are_one_object_per_line() {
     let w = World::new();
     let run = w.install(&["--log-format", "json", "--no-service"]);
     run.assert_code(0);
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert!(lines.len() > 3);
     for l in lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));

@@ -16,7 +16,9 @@ fn usage() -> ! {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("fake-listener") => std::process::exit(agent_bootstrap::sim::listener::main(&args[1..])),
+        Some("fake-listener") => {
+            std::process::exit(agent_bootstrap::sim::listener::main(&args[1..]))
+        }
         Some("serve") => serve(&args[1..]),
         _ => usage(),
     }
@@ -35,8 +37,12 @@ fn serve(args: &[String]) {
             "--port" => port = value().parse().unwrap_or_else(|_| usage()),
             "--work-dir" => work_dir = PathBuf::from(value()),
             "--package-mb" => package_mb = Some(value().parse::<u64>().unwrap_or_else(|_| usage())),
-            "--package-files" => package_files = Some(value().parse::<u32>().unwrap_or_else(|_| usage())),
-            "--throttle-mbps" => throttle = Some(value().parse::<f64>().unwrap_or_else(|_| usage())),
+            "--package-files" => {
+                package_files = Some(value().parse::<u32>().unwrap_or_else(|_| usage()))
+            }
+            "--throttle-mbps" => {
+                throttle = Some(value().parse::<f64>().unwrap_or_else(|_| usage()))
+            }
             _ => usage(),
         }
     }

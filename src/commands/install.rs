@@ -103,13 +103,18 @@ pub async fn run(
     // 6. The account, then the files.
     let user = user::ensure(&s.user).await?;
     if run_as_root {
-        tracing::warn!("the agent will run as root (--user root): jobs get full control of this machine");
+        tracing::warn!(
+            "the agent will run as root (--user root): jobs get full control of this machine"
+        );
     }
     let mut installed_version = None;
     let mut package_sha256 = None;
     match &package {
         PackagePlan::Keep { reason } => {
-            tracing::info!("keeping the agent package in {}: {reason}", s.agent_dir.display());
+            tracing::info!(
+                "keeping the agent package in {}: {reason}",
+                s.agent_dir.display()
+            );
             ensure_owner(&s.agent_dir, &user)?;
         }
         PackagePlan::Fetch { request, version } => {
@@ -131,14 +136,12 @@ pub async fn run(
         agent.remove_registration()?;
     }
     configure(s, &agent, &user, &token, &masker).await?;
-    let settings = agent
-        .settings()?
-        .ok_or_else(|| Error::Configure {
-            message: format!(
-                "{} reported success but wrote no .agent file",
-                s.os.config_script()
-            ),
-        })?;
+    let settings = agent.settings()?.ok_or_else(|| Error::Configure {
+        message: format!(
+            "{} reported success but wrote no .agent file",
+            s.os.config_script()
+        ),
+    })?;
 
     // 8. Service.
     if s.service {
@@ -147,7 +150,14 @@ pub async fn run(
     }
 
     // 9. Remember, and report.
-    let saved = saved_settings(s, &settings, &pool, &agent, installed_version, package_sha256);
+    let saved = saved_settings(
+        s,
+        &settings,
+        &pool,
+        &agent,
+        installed_version,
+        package_sha256,
+    );
     let path = state::save(&s.state_dir, &saved)?;
     tracing::info!(file = %path.display(), "saved settings for later runs");
     print_summary("installed", &saved)
@@ -254,12 +264,13 @@ async fn plan_package(
                 _ => None,
             };
             let meta = devops.agent_package(&s.os.rid(), wanted).await?;
-            let url = crate::settings::check_url("the packages API's downloadUrl", &meta.download_url)
-                .map_err(|e| PackageError::Download {
-                    url: meta.download_url.clone(),
-                    attempts: 0,
-                    detail: e.to_string(),
-                })?;
+            let url =
+                crate::settings::check_url("the packages API's downloadUrl", &meta.download_url)
+                    .map_err(|e| PackageError::Download {
+                        url: meta.download_url.clone(),
+                        attempts: 0,
+                        detail: e.to_string(),
+                    })?;
             let sha = meta
                 .hash_value
                 .as_deref()
@@ -308,7 +319,9 @@ async fn listener_version_as_is(agent: &AgentDir) -> Option<String> {
         // Never execute a file another account controls as root.
         let meta = {
             use std::os::unix::fs::MetadataExt;
-            fs_err::metadata(agent.root.join(agent.listener)).ok()?.uid()
+            fs_err::metadata(agent.root.join(agent.listener))
+                .ok()?
+                .uid()
         };
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta)).ok()??;
         Some(RunAs {
@@ -482,7 +495,8 @@ async fn configure(
                 "{} exited with code {}: {}",
                 s.os.config_script(),
                 done.code,
-                done.error_line().unwrap_or_else(|| "no error output".into())
+                done.error_line()
+                    .unwrap_or_else(|| "no error output".into())
             ),
         }),
         Err(process::ProcessError::TimedOut {
@@ -552,7 +566,12 @@ fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
         (None, false) => "none (--no-service): start it with ./run.sh".into(),
     };
     writeln!(out, "{headline}").map_err(out_err)?;
-    writeln!(out, "  agent:        {} (id {})", saved.agent_name, saved.agent_id).map_err(out_err)?;
+    writeln!(
+        out,
+        "  agent:        {} (id {})",
+        saved.agent_name, saved.agent_id
+    )
+    .map_err(out_err)?;
     writeln!(out, "  pool:         {} (id {})", saved.pool, saved.pool_id).map_err(out_err)?;
     writeln!(out, "  organization: {}", saved.url).map_err(out_err)?;
     writeln!(
@@ -564,7 +583,12 @@ fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
     writeln!(out, "  agent dir:    {}", saved.agent_dir.display()).map_err(out_err)?;
     writeln!(out, "  runs as:      {}", saved.user).map_err(out_err)?;
     writeln!(out, "  service:      {service}").map_err(out_err)?;
-    writeln!(out, "  logs:         {}", saved.agent_dir.join("_diag").display()).map_err(out_err)?;
+    writeln!(
+        out,
+        "  logs:         {}",
+        saved.agent_dir.join("_diag").display()
+    )
+    .map_err(out_err)?;
     Ok(())
 }
 
@@ -588,14 +612,20 @@ fn print_plan(
         writeln!(head, "dry run: nothing was changed").map_err(out_err)?;
         writeln!(head, "identity:     {who} (token accepted)").map_err(out_err)?;
         writeln!(head, "organization: {}", s.url).map_err(out_err)?;
-        writeln!(head, "pool:         {} (id {}), Manage permission: yes", pool.name, pool.id)
-            .map_err(out_err)?;
+        writeln!(
+            head,
+            "pool:         {} (id {}), Manage permission: yes",
+            pool.name, pool.id
+        )
+        .map_err(out_err)?;
         writeln!(head, "agent:        {}", s.agent_name).map_err(out_err)?;
         writeln!(head, "agent dir:    {}", s.agent_dir.display()).map_err(out_err)?;
         match package {
-            PackagePlan::Keep { reason } => {
-                writeln!(head, "package:      keep the one in the agent dir ({reason})").map_err(out_err)?
-            }
+            PackagePlan::Keep { reason } => writeln!(
+                head,
+                "package:      keep the one in the agent dir ({reason})"
+            )
+            .map_err(out_err)?,
             PackagePlan::Fetch { request, version } => writeln!(
                 head,
                 "package:      {} from {} (sha256 {})",
@@ -634,9 +664,16 @@ fn print_plan(
             s.agent_dir.display()
         ))?;
     }
-    line(format!("give {} to user '{}'", s.agent_dir.display(), s.user.name()))?;
+    line(format!(
+        "give {} to user '{}'",
+        s.agent_dir.display(),
+        s.user.name()
+    ))?;
     if reregister || agent.has_stale_registration() {
-        line("remove the stale local registration (.agent, .credentials, .credentials_rsaparams)".into())?;
+        line(
+            "remove the stale local registration (.agent, .credentials, .credentials_rsaparams)"
+                .into(),
+        )?;
     }
     let fake_user = RunAs {
         name: s.user.name().to_owned(),

@@ -21,8 +21,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
         }
         Command::Install(args) => {
             let settings = crate::settings::install(&args, &env, os)?;
-            let progress =
-                Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
+            let progress = Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
             install::run(&settings, &env, clock, &progress).await
         }
     }

@@ -247,10 +247,7 @@ impl<T: Transport> ImdsClient<T> {
                 Err(e) => (Class::Backoff, None, e),
             };
             let elapsed = self.clock.elapsed(start);
-            match self
-                .policy
-                .next_delay(class, attempt, retry_after, elapsed)
-            {
+            match self.policy.next_delay(class, attempt, retry_after, elapsed) {
                 Some(delay) => {
                     tracing::warn!(
                         attempt,
@@ -355,11 +352,7 @@ fn parse_token(body: &str, url: &str) -> Result<AccessToken, IdentityError> {
             .duration_since(std::time::UNIX_EPOCH)
             .ok()?
             .as_secs();
-        parsed
-            .expires_in
-            .as_ref()
-            .and_then(number)
-            .map(|s| now + s)
+        parsed.expires_in.as_ref().and_then(number).map(|s| now + s)
     });
     Ok(AccessToken {
         token: Secret::new(token.trim()),

@@ -15,7 +15,9 @@ pub enum ExtractError {
     Traversal { entry: String },
     #[error("archive entry '{entry}' is a link to '{target}', outside the agent directory")]
     LinkOutside { entry: String, target: String },
-    #[error("archive entry '{entry}' has unsupported type {kind} (only files, directories and links)")]
+    #[error(
+        "archive entry '{entry}' has unsupported type {kind} (only files, directories and links)"
+    )]
     UnsupportedType { entry: String, kind: String },
     #[error("the archive is not a valid {format}")]
     Corrupt {
@@ -181,7 +183,8 @@ pub fn unzip(file: &Path, dest: &Path) -> Result<Stats, ExtractError> {
         path: file.to_owned(),
         source,
     })?;
-    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(ExtractError::Zip)?;
+    let mut archive =
+        zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(ExtractError::Zip)?;
     let mut stats = Stats::default();
     let mut saw_bin = false;
     for i in 0..archive.len() {
@@ -340,7 +343,10 @@ mod tests {
             });
             let dir = tempfile::tempdir().unwrap();
             let e = untar_gz(&data[..], dir.path()).unwrap_err();
-            assert!(matches!(e, ExtractError::LinkOutside { .. }), "{target}: {e:?}");
+            assert!(
+                matches!(e, ExtractError::LinkOutside { .. }),
+                "{target}: {e:?}"
+            );
         }
     }
 
@@ -349,7 +355,12 @@ mod tests {
         let data = tar_gz(|b| {
             file(b, "bin/real", b"x", 0o644);
             raw_entry(b, "bin/alias", tar::EntryType::Symlink, Some("real"));
-            raw_entry(b, "externals/node", tar::EntryType::Symlink, Some("../bin/real"));
+            raw_entry(
+                b,
+                "externals/node",
+                tar::EntryType::Symlink,
+                Some("../bin/real"),
+            );
         });
         let dir = tempfile::tempdir().unwrap();
         untar_gz(&data[..], dir.path()).unwrap();

@@ -50,7 +50,9 @@ pub enum PackageError {
         attempts: u32,
         detail: String,
     },
-    #[error("the server sent a byte range for {url} that does not continue the download ({detail})")]
+    #[error(
+        "the server sent a byte range for {url} that does not continue the download ({detail})"
+    )]
     BadRange { url: String, detail: String },
     #[error("could not extract {source_name}")]
     Extract {
@@ -207,12 +209,14 @@ pub async fn fetch_and_extract(
     };
     fed?;
     if let Some(f) = sink.file.as_mut() {
-        f.flush()
-            .await
-            .map_err(io_err("writing", sink.file_path.as_deref().unwrap_or(cache_dir)))?;
-        f.sync_data()
-            .await
-            .map_err(io_err("writing", sink.file_path.as_deref().unwrap_or(cache_dir)))?;
+        f.flush().await.map_err(io_err(
+            "writing",
+            sink.file_path.as_deref().unwrap_or(cache_dir),
+        ))?;
+        f.sync_data().await.map_err(io_err(
+            "writing",
+            sink.file_path.as_deref().unwrap_or(cache_dir),
+        ))?;
     }
     let actual = hex::encode(sink.hasher.finalize());
     if let Some(expected) = &req.sha256
@@ -342,7 +346,10 @@ async fn feed_url(
             request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }
         let outcome: Result<(), String> = async {
-            let response = request.send().await.map_err(|e| describe_reqwest_error(&e))?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| describe_reqwest_error(&e))?;
             let status = response.status().as_u16();
             let mut skip = 0u64;
             match status {
@@ -407,7 +414,10 @@ async fn feed_url(
         if let Some(range) = detail.strip_prefix("BADRANGE:") {
             return Err(PackageError::BadRange {
                 url: shown,
-                detail: format!("asked for bytes={}-, got Content-Range '{range}'", sink.bytes),
+                detail: format!(
+                    "asked for bytes={}-, got Content-Range '{range}'",
+                    sink.bytes
+                ),
             });
         }
         if let Some(e) = detail.strip_prefix("SINK:") {
@@ -480,7 +490,8 @@ impl Read for ChannelReader {
 pub fn move_into_place(staging: &Path, agent_dir: &Path) -> Result<(), PackageError> {
     if !agent_dir.exists() {
         // The common case: one rename.
-        return fs_err::rename(staging, agent_dir).map_err(io_err("moving the package to", agent_dir));
+        return fs_err::rename(staging, agent_dir)
+            .map_err(io_err("moving the package to", agent_dir));
     }
     let mut entries: Vec<PathBuf> = fs_err::read_dir(staging)
         .map_err(io_err("reading", staging))?
@@ -521,7 +532,8 @@ mod tests {
         h.set_size(data.len() as u64);
         h.set_mode(0o755);
         h.set_cksum();
-        b.append_data(&mut h, "./bin/Agent.Listener", &data[..]).unwrap();
+        b.append_data(&mut h, "./bin/Agent.Listener", &data[..])
+            .unwrap();
         let raw = b.into_inner().unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &raw).unwrap();
@@ -544,9 +556,15 @@ mod tests {
             sha256: Some(sha.clone()),
             kind: ArchiveKind::TarGz,
         };
-        let got = fetch_and_extract(&req, &cache, &staging, &Progress::hidden(), &Clock::virtual_clock())
-            .await
-            .unwrap();
+        let got = fetch_and_extract(
+            &req,
+            &cache,
+            &staging,
+            &Progress::hidden(),
+            &Clock::virtual_clock(),
+        )
+        .await
+        .unwrap();
         assert_eq!(got.sha256, sha);
         assert!(!got.from_cache);
         assert!(staging.join("bin/Agent.Listener").is_file());
@@ -556,9 +574,15 @@ mod tests {
         std::fs::remove_file(&pkg).unwrap();
         let staging2 = dir.path().join("staging2");
         std::fs::create_dir(&staging2).unwrap();
-        let got = fetch_and_extract(&req, &cache, &staging2, &Progress::hidden(), &Clock::virtual_clock())
-            .await
-            .unwrap();
+        let got = fetch_and_extract(
+            &req,
+            &cache,
+            &staging2,
+            &Progress::hidden(),
+            &Clock::virtual_clock(),
+        )
+        .await
+        .unwrap();
         assert!(got.from_cache);
         // No partial files are left behind.
         let leftovers: Vec<_> = std::fs::read_dir(&cache)
@@ -584,9 +608,15 @@ mod tests {
             sha256: Some(wrong.clone()),
             kind: ArchiveKind::TarGz,
         };
-        let e = fetch_and_extract(&req, &cache, &staging, &Progress::hidden(), &Clock::virtual_clock())
-            .await
-            .unwrap_err();
+        let e = fetch_and_extract(
+            &req,
+            &cache,
+            &staging,
+            &Progress::hidden(),
+            &Clock::virtual_clock(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, PackageError::HashMismatch { .. }), "{e:?}");
         assert!(e.to_string().contains(&wrong));
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
@@ -604,7 +634,10 @@ mod tests {
         std::fs::write(agent.join(".env"), "A=1").unwrap();
         move_into_place(&staging, &agent).unwrap();
         assert!(!agent.join("bin/old").exists());
-        assert_eq!(std::fs::read_to_string(agent.join("config.sh")).unwrap(), "new");
+        assert_eq!(
+            std::fs::read_to_string(agent.join("config.sh")).unwrap(),
+            "new"
+        );
         assert_eq!(std::fs::read_to_string(agent.join(".env")).unwrap(), "A=1");
         assert!(!staging.exists());
     }

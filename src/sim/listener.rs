@@ -19,21 +19,70 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 const VALUE_OPTIONS: &[&str] = &[
-    "url", "auth", "token", "username", "password", "clientid", "tenantid", "clientsecret", "pool",
-    "agent", "work", "windowslogonaccount", "windowslogonpassword", "projectname",
-    "collectionname", "deploymentgroupname", "deploymentgrouptags", "machinegroupname",
-    "machinegrouptags", "deploymentpoolname", "environmentname", "virtualmachineresourcetags",
-    "proxyurl", "proxyusername", "proxypassword", "sslcacert", "sslclientcert",
-    "sslclientcertkey", "sslclientcertarchive", "sslclientcertpassword", "monitorsocketaddress",
-    "notificationpipename", "notificationsocketaddress", "startuptype",
+    "url",
+    "auth",
+    "token",
+    "username",
+    "password",
+    "clientid",
+    "tenantid",
+    "clientsecret",
+    "pool",
+    "agent",
+    "work",
+    "windowslogonaccount",
+    "windowslogonpassword",
+    "projectname",
+    "collectionname",
+    "deploymentgroupname",
+    "deploymentgrouptags",
+    "machinegroupname",
+    "machinegrouptags",
+    "deploymentpoolname",
+    "environmentname",
+    "virtualmachineresourcetags",
+    "proxyurl",
+    "proxyusername",
+    "proxypassword",
+    "sslcacert",
+    "sslclientcert",
+    "sslclientcertkey",
+    "sslclientcertarchive",
+    "sslclientcertpassword",
+    "monitorsocketaddress",
+    "notificationpipename",
+    "notificationsocketaddress",
+    "startuptype",
 ];
 const FLAGS: &[&str] = &[
-    "unattended", "acceptteeeula", "replace", "runasservice", "preventservicestart",
-    "enableservicesidtypeunrestricted", "runasautologon", "overwriteautologon", "norestart",
-    "deploymentgroup", "adddeploymentgrouptags", "machinegroup", "addmachinegrouptags",
-    "deploymentpool", "environment", "addvirtualmachineresourcetags", "gituseschannel",
-    "disableloguploads", "restreamlogstofiles", "alwaysextracttask", "usebasicauthforproxy",
-    "sslskipcertvalidation", "once", "launchbrowser", "commit", "diagnostics", "debug", "help",
+    "unattended",
+    "acceptteeeula",
+    "replace",
+    "runasservice",
+    "preventservicestart",
+    "enableservicesidtypeunrestricted",
+    "runasautologon",
+    "overwriteautologon",
+    "norestart",
+    "deploymentgroup",
+    "adddeploymentgrouptags",
+    "machinegroup",
+    "addmachinegrouptags",
+    "deploymentpool",
+    "environment",
+    "addvirtualmachineresourcetags",
+    "gituseschannel",
+    "disableloguploads",
+    "restreamlogstofiles",
+    "alwaysextracttask",
+    "usebasicauthforproxy",
+    "sslskipcertvalidation",
+    "once",
+    "launchbrowser",
+    "commit",
+    "diagnostics",
+    "debug",
+    "help",
     "version",
 ];
 const VERBS: &[&str] = &["configure", "remove", "run", "warmup", "reauth"];
@@ -49,7 +98,9 @@ struct Parsed {
 fn parse(args: &[String]) -> Parsed {
     let mut rest = args.to_vec();
     let verb = match rest.first() {
-        Some(v) if VERBS.contains(&v.to_ascii_lowercase().as_str()) => rest.remove(0).to_ascii_lowercase(),
+        Some(v) if VERBS.contains(&v.to_ascii_lowercase().as_str()) => {
+            rest.remove(0).to_ascii_lowercase()
+        }
         _ => "run".to_owned(),
     };
     let mut values = BTreeMap::new();
@@ -247,25 +298,29 @@ pub fn main(args: &[String]) -> i32 {
 
 fn server_base(url: &str) -> Option<String> {
     let u = url::Url::parse(url).ok()?;
-    Some(format!("{}://{}", u.scheme(), u.host_str()?) + &u.port().map(|p| format!(":{p}")).unwrap_or_default())
+    Some(
+        format!("{}://{}", u.scheme(), u.host_str()?)
+            + &u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+    )
 }
 
 /// Tells the simulator what this run was given, and whether the token was visible in any argv.
 async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String]) {
-    let url = parsed
-        .values
-        .get("url")
-        .cloned()
-        .or_else(|| {
-            read_bom_json(&ctx.root.join(".agent"))
-                .and_then(|a| a.get("serverUrl").and_then(|v| v.as_str()).map(str::to_owned))
-        });
+    let url = parsed.values.get("url").cloned().or_else(|| {
+        read_bom_json(&ctx.root.join(".agent")).and_then(|a| {
+            a.get("serverUrl")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+    });
     let Some(base) = url.as_deref().and_then(server_base) else {
         return;
     };
     let mut leaks = vec![];
-    if let Some(token) = parsed.values.get("token") {
-        if let Ok(entries) = fs_err::read_dir("/proc") {
+    if let Some(token) = parsed.values.get("token")
+        && let Ok(entries) = fs_err::read_dir("/proc")
+    {
+        {
             for e in entries.flatten() {
                 let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
                     continue;
@@ -284,7 +339,13 @@ async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String]) {
     let token = parsed.values.get("token").cloned().unwrap_or_default();
     let masked_args: Vec<String> = raw_args
         .iter()
-        .map(|a| if !token.is_empty() { a.replace(&token, "<TOKEN>") } else { a.clone() })
+        .map(|a| {
+            if !token.is_empty() {
+                a.replace(&token, "<TOKEN>")
+            } else {
+                a.clone()
+            }
+        })
         .collect();
     let body = json!({
         "verb": parsed.verb,
@@ -310,7 +371,12 @@ struct Api<'a> {
 }
 
 impl Api<'_> {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
         let mut req = self
             .http
             .request(method, format!("{}/{path}", self.url.trim_end_matches('/')))
@@ -330,7 +396,10 @@ impl Api<'_> {
 }
 
 fn message(v: &Value) -> String {
-    v.get("message").and_then(|m| m.as_str()).unwrap_or("unknown error").to_owned()
+    v.get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("unknown error")
+        .to_owned()
 }
 
 fn required(ctx: &mut Ctx, parsed: &Parsed, name: &str) -> Option<String> {
@@ -352,11 +421,17 @@ async fn connect(ctx: &mut Ctx, api: &Api<'_>) -> Result<(), ()> {
             Ok((200, _)) => return Ok(()),
             Ok((401 | 203, v)) => {
                 let m = message(&v);
-                ctx.err(&format!("VS30063: You are not authorized to access {}. {m}", api.url));
+                ctx.err(&format!(
+                    "VS30063: You are not authorized to access {}. {m}",
+                    api.url
+                ));
                 return Err(());
             }
             Ok((status, v)) => {
-                ctx.err(&format!("Failed to connect to the server: HTTP {status} {}", message(&v)));
+                ctx.err(&format!(
+                    "Failed to connect to the server: HTTP {status} {}",
+                    message(&v)
+                ));
                 return Err(());
             }
             Err(e) => {
@@ -372,10 +447,16 @@ fn org_and_names(url: &str, pool: &str, agent: &str) -> (String, String) {
     let org = u
         .as_ref()
         .and_then(|u| {
-            if u.host_str() == Some("dev.azure.com") || u.host_str().is_some_and(|h| h.starts_with("127.") || h == "localhost") {
-                u.path_segments().and_then(|mut s| s.next().map(str::to_owned))
+            if u.host_str() == Some("dev.azure.com")
+                || u.host_str()
+                    .is_some_and(|h| h.starts_with("127.") || h == "localhost")
+            {
+                u.path_segments()
+                    .and_then(|mut s| s.next().map(str::to_owned))
             } else {
-                u.host_str().and_then(|h| h.split('.').next()).map(str::to_owned)
+                u.host_str()
+                    .and_then(|h| h.split('.').next())
+                    .map(str::to_owned)
             }
         })
         .unwrap_or_else(|| "org".into());
@@ -417,20 +498,44 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         return 1;
     }
     ctx.out(">> Connect:");
-    let Some(url) = required(ctx, parsed, "url") else { return 1 };
-    let auth = parsed.values.get("auth").map(|a| a.to_ascii_lowercase()).unwrap_or_else(|| "pat".into());
+    let Some(url) = required(ctx, parsed, "url") else {
+        return 1;
+    };
+    let auth = parsed
+        .values
+        .get("auth")
+        .map(|a| a.to_ascii_lowercase())
+        .unwrap_or_else(|| "pat".into());
     if auth != "pat" {
-        ctx.err(&format!("Simulated agent supports only --auth pat, got '{auth}'"));
+        ctx.err(&format!(
+            "Simulated agent supports only --auth pat, got '{auth}'"
+        ));
         return 1;
     }
-    let Some(token) = required(ctx, parsed, "token") else { return 1 };
-    let pool_name = parsed.values.get("pool").cloned().unwrap_or_else(|| "default".into());
+    let Some(token) = required(ctx, parsed, "token") else {
+        return 1;
+    };
+    let pool_name = parsed
+        .values
+        .get("pool")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
     let agent_name = parsed.values.get("agent").cloned().unwrap_or_else(|| {
-        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
     });
-    let work = parsed.values.get("work").cloned().unwrap_or_else(|| "_work".into());
+    let work = parsed
+        .values
+        .get("work")
+        .cloned()
+        .unwrap_or_else(|| "_work".into());
     let replace = parsed.flags.contains_key("replace");
-    let api = Api { http: &ctx.http.clone(), url: url.clone(), token: token.clone() };
+    let api = Api {
+        http: &ctx.http.clone(),
+        url: url.clone(),
+        token: token.clone(),
+    };
     if connect(ctx, &api).await.is_err() {
         return 1;
     }
@@ -443,7 +548,10 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     };
     ctx.out(">> Register Agent:");
     let pool = match api
-        .get(&format!("_apis/distributedtask/pools?poolName={}", urlencode(&pool_name)))
+        .get(&format!(
+            "_apis/distributedtask/pools?poolName={}",
+            urlencode(&pool_name)
+        ))
         .await
     {
         Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
@@ -468,7 +576,10 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
                       "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
     let agent = loop {
         let existing = match api
-            .get(&format!("_apis/distributedtask/pools/{pool_id}/agents?agentName={}", urlencode(&agent_name)))
+            .get(&format!(
+                "_apis/distributedtask/pools/{pool_id}/agents?agentName={}",
+                urlencode(&agent_name)
+            ))
             .await
         {
             Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
@@ -485,7 +596,11 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             Some(found) if replace => {
                 let id = found["id"].as_u64().unwrap_or(0);
                 match api
-                    .call(reqwest::Method::PUT, &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"), Some(body.clone()))
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"),
+                        Some(body.clone()),
+                    )
                     .await
                 {
                     Ok((200, v)) => {
@@ -505,12 +620,20 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
                 }
             }
             Some(_) => {
-                ctx.out(&format!("Pool {real_pool_name} already contains an agent with name {agent_name}."));
-                ctx.err(&format!("Pool {pool_id} already contains an agent with name {agent_name}."));
+                ctx.out(&format!(
+                    "Pool {real_pool_name} already contains an agent with name {agent_name}."
+                ));
+                ctx.err(&format!(
+                    "Pool {pool_id} already contains an agent with name {agent_name}."
+                ));
                 return 1;
             }
             None => match api
-                .call(reqwest::Method::POST, &format!("_apis/distributedtask/pools/{pool_id}/agents"), Some(body.clone()))
+                .call(
+                    reqwest::Method::POST,
+                    &format!("_apis/distributedtask/pools/{pool_id}/agents"),
+                    Some(body.clone()),
+                )
                 .await
             {
                 Ok((200, v)) => {
@@ -529,7 +652,10 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         }
     };
     let agent_id = agent["id"].as_u64().unwrap_or(0);
-    let client_id = agent["authorization"]["clientId"].as_str().unwrap_or("").to_owned();
+    let client_id = agent["authorization"]["clientId"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     let base = server_base(&url).unwrap_or_default();
     let auth_url = format!("{base}/_apis/oauth2/token/{client_id}");
     if let Err(e) = write_bom_json(
@@ -554,7 +680,11 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     }
     // Linux: generate svc.sh from the template.
     let systemd_dir = match ctx.http.get(format!("{base}/_sim/config")).send().await {
-        Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["systemd_dir"].as_str().map(str::to_owned)),
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["systemd_dir"].as_str().map(str::to_owned)),
         Err(_) => None,
     }
     .unwrap_or_else(|| "/tmp/azure-sim-systemd".into());
@@ -589,10 +719,19 @@ async fn remove(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         return 1;
     }
     let settings = read_bom_json(&ctx.root.join(".agent"));
-    if let Some(settings) = settings.as_ref().filter(|_| ctx.root.join(".credentials").exists()) {
-        let Some(token) = required(ctx, parsed, "token") else { return 1 };
+    if let Some(settings) = settings
+        .as_ref()
+        .filter(|_| ctx.root.join(".credentials").exists())
+    {
+        let Some(token) = required(ctx, parsed, "token") else {
+            return 1;
+        };
         let url = settings["serverUrl"].as_str().unwrap_or("").to_owned();
-        let api = Api { http: &ctx.http.clone(), url, token };
+        let api = Api {
+            http: &ctx.http.clone(),
+            url,
+            token,
+        };
         if connect(ctx, &api).await.is_err() {
             ctx.err("Failed: Removing agent from the server");
             return 1;
@@ -600,7 +739,10 @@ async fn remove(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         let pool_id = settings["poolId"].as_u64().unwrap_or(0);
         let name = settings["agentName"].as_str().unwrap_or("").to_owned();
         let found = match api
-            .get(&format!("_apis/distributedtask/pools/{pool_id}/agents?agentName={}", urlencode(&name)))
+            .get(&format!(
+                "_apis/distributedtask/pools/{pool_id}/agents?agentName={}",
+                urlencode(&name)
+            ))
             .await
         {
             Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
@@ -619,7 +761,11 @@ async fn remove(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             Some(a) => {
                 let id = a["id"].as_u64().unwrap_or(0);
                 match api
-                    .call(reqwest::Method::DELETE, &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"), None)
+                    .call(
+                        reqwest::Method::DELETE,
+                        &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"),
+                        None,
+                    )
                     .await
                 {
                     Ok((204 | 200, _)) => ctx.out("Succeeded: Removing agent from the server"),
@@ -651,9 +797,15 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         ctx.err("Agent is not configured.");
         return 1;
     };
-    let Some(token) = required(ctx, parsed, "token") else { return 1 };
+    let Some(token) = required(ctx, parsed, "token") else {
+        return 1;
+    };
     let url = settings["serverUrl"].as_str().unwrap_or("").to_owned();
-    let api = Api { http: &ctx.http.clone(), url: url.clone(), token };
+    let api = Api {
+        http: &ctx.http.clone(),
+        url: url.clone(),
+        token,
+    };
     if connect(ctx, &api).await.is_err() {
         return 1;
     }
@@ -669,7 +821,10 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     let body = json!({"name": name, "version": ctx.version,
                       "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
     let found = match api
-        .get(&format!("_apis/distributedtask/pools/{pool_id}/agents?agentName={}", urlencode(&name)))
+        .get(&format!(
+            "_apis/distributedtask/pools/{pool_id}/agents?agentName={}",
+            urlencode(&name)
+        ))
         .await
     {
         Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
@@ -685,9 +840,21 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     let result = match found {
         Some(a) => {
             let id = a["id"].as_u64().unwrap_or(0);
-            api.call(reqwest::Method::PUT, &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"), Some(body)).await
+            api.call(
+                reqwest::Method::PUT,
+                &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"),
+                Some(body),
+            )
+            .await
         }
-        None => api.call(reqwest::Method::POST, &format!("_apis/distributedtask/pools/{pool_id}/agents"), Some(body)).await,
+        None => {
+            api.call(
+                reqwest::Method::POST,
+                &format!("_apis/distributedtask/pools/{pool_id}/agents"),
+                Some(body),
+            )
+            .await
+        }
     };
     let agent = match result {
         Ok((200, v)) => v,
@@ -701,8 +868,14 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         }
     };
     settings["agentId"] = agent["id"].clone();
-    let client_id = agent["authorization"]["clientId"].as_str().unwrap_or("").to_owned();
-    let auth_url = format!("{}/_apis/oauth2/token/{client_id}", server_base(&url).unwrap_or_default());
+    let client_id = agent["authorization"]["clientId"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let auth_url = format!(
+        "{}/_apis/oauth2/token/{client_id}",
+        server_base(&url).unwrap_or_default()
+    );
     if write_bom_json(&ctx.root.join(".agent"), &settings, None).is_err()
         || write_bom_json(
             &ctx.root.join(".credentials"),

@@ -85,7 +85,9 @@ impl SimConfig {
             resource_id: if sys {
                 String::new()
             } else {
-                format!("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}")
+                format!(
+                    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+                )
             },
             system_assigned: sys,
             assigned: true,
@@ -98,8 +100,20 @@ impl SimConfig {
             identities: vec![
                 id("vm-agent-01", SYSTEM_OBJECT, SYSTEM_CLIENT, true, true),
                 uami,
-                id("outsider-mi", OUTSIDER_OBJECT, OUTSIDER_CLIENT, false, false),
-                id("readonly-mi", NO_MANAGE_OBJECT, NO_MANAGE_CLIENT, false, true),
+                id(
+                    "outsider-mi",
+                    OUTSIDER_OBJECT,
+                    OUTSIDER_CLIENT,
+                    false,
+                    false,
+                ),
+                id(
+                    "readonly-mi",
+                    NO_MANAGE_OBJECT,
+                    NO_MANAGE_CLIENT,
+                    false,
+                    true,
+                ),
             ],
             pools: vec![
                 PoolSpec {
@@ -218,7 +232,11 @@ pub struct Simulator {
 impl Simulator {
     /// Builds the package and serves on `127.0.0.1:port` (0: any free port) on its own thread.
     pub fn start(config: SimConfig, port: u16) -> std::io::Result<Self> {
-        let package = package::build(&config.work_dir.join("packages"), &config.package, &config.listener_exe)?;
+        let package = package::build(
+            &config.work_dir.join("packages"),
+            &config.package,
+            &config.listener_exe,
+        )?;
         let systemd = config.work_dir.join("systemd");
         fs_err::create_dir_all(systemd.join("bin"))?;
         fs_err::create_dir_all(systemd.join("units"))?;
@@ -287,10 +305,7 @@ impl Simulator {
     /// The environment agent-bootstrap needs to use this simulator instead of Azure.
     pub fn client_env(&self) -> Vec<(String, String)> {
         vec![
-            (
-                crate::identity::IMDS_BASE_ENV.to_owned(),
-                self.base_url(),
-            ),
+            (crate::identity::IMDS_BASE_ENV.to_owned(), self.base_url()),
             ("NO_PROXY".to_owned(), "127.0.0.1,localhost".to_owned()),
         ]
     }

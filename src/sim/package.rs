@@ -72,14 +72,49 @@ pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Re
         let file = std::io::BufWriter::with_capacity(1 << 20, tmp.reopen()?);
         let gz = flate2::write::GzEncoder::new(file, flate2::Compression::new(6));
         let mut tar = tar::Builder::new(gz);
-        let mut add = |name: &str, mode: u32, data: &[u8]| -> std::io::Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        // Entries are written as `tar -czf NAME -C layout .` writes them: `./`, `./bin/`, `./bin/x`.
+        // (The tar crate's own path setter would strip the leading `./`.)
+        let raw = |tar: &mut tar::Builder<_>,
+                   name: &str,
+                   mode: u32,
+                   kind: tar::EntryType,
+                   data: &[u8]|
+         -> std::io::Result<()> {
             let mut h = tar::Header::new_gnu();
+            let bytes = name.as_bytes();
+            assert!(bytes.len() < 100, "simulated package names stay short");
+            h.as_gnu_mut().expect("gnu header").name[..bytes.len()].copy_from_slice(bytes);
             h.set_size(data.len() as u64);
             h.set_mode(mode);
             h.set_mtime(1_700_000_000);
-            h.set_entry_type(tar::EntryType::Regular);
+            h.set_entry_type(kind);
             h.set_cksum();
-            tar.append_data(&mut h, format!("./{name}"), data)
+            tar.append(&h, data)
+        };
+        raw(&mut tar, "./", 0o755, tar::EntryType::Directory, &[])?;
+        let mut add = |name: &str, mode: u32, data: &[u8]| -> std::io::Result<()> {
+            let mut parent = String::from(".");
+            let parts: Vec<&str> = name.split('/').collect();
+            for p in &parts[..parts.len() - 1] {
+                parent = format!("{parent}/{p}");
+                if dirs.insert(parent.clone()) {
+                    raw(
+                        &mut tar,
+                        &format!("{parent}/"),
+                        0o755,
+                        tar::EntryType::Directory,
+                        &[],
+                    )?;
+                }
+            }
+            raw(
+                &mut tar,
+                &format!("./{name}"),
+                mode,
+                tar::EntryType::Regular,
+                data,
+            )
         };
         let listener = format!(
             "#!/bin/sh\n# Simulated Agent.Listener: the simulator's fake listener.\n\
@@ -93,12 +128,32 @@ pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Re
         add("reauth.sh", 0o755, REAUTH_SH.as_bytes())?;
         add("env.sh", 0o755, ENV_SH.as_bytes())?;
         add("run.sh", 0o755, RUN_SH.as_bytes())?;
-        add("license.html", 0o644, b"<html><body>Simulated agent license</body></html>\n")?;
-        add("bin/systemd.svc.sh.template", 0o644, SVC_TEMPLATE.as_bytes())?;
-        add("bin/vsts.agent.service.template", 0o644, UNIT_TEMPLATE.as_bytes())?;
+        add(
+            "license.html",
+            0o644,
+            b"<html><body>Simulated agent license</body></html>\n",
+        )?;
+        add(
+            "bin/systemd.svc.sh.template",
+            0o644,
+            SVC_TEMPLATE.as_bytes(),
+        )?;
+        add(
+            "bin/vsts.agent.service.template",
+            0o644,
+            UNIT_TEMPLATE.as_bytes(),
+        )?;
         add("bin/runsvc.sh", 0o755, b"#!/bin/bash\n# simulated runsvc.sh\nexec ./bin/Agent.Listener run --startuptype service\n")?;
-        add("bin/AgentService.js", 0o644, b"// simulated AgentService.js\n")?;
-        add("bin/installdependencies.sh", 0o755, b"#!/bin/bash\necho simulated\n")?;
+        add(
+            "bin/AgentService.js",
+            0o644,
+            b"// simulated AgentService.js\n",
+        )?;
+        add(
+            "bin/installdependencies.sh",
+            0o755,
+            b"#!/bin/bash\necho simulated\n",
+        )?;
         for so in [
             "libcoreclr.so",
             "libSystem.Security.Cryptography.Native.OpenSsl.so",
@@ -145,7 +200,7 @@ pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Re
 }
 
 /// Bump when a script below changes, so cached packages are rebuilt.
-const SCRIPTS_REVISION: &str = "scripts-3";
+const SCRIPTS_REVISION: &str = "scripts-4";
 
 const CONFIG_SH: &str = r#"#!/bin/bash
 # Simulated config.sh: the real script's order (agent.md §3.1).

@@ -70,7 +70,10 @@ fn json_response(status: u16, body: serde_json::Value) -> Response {
 }
 
 fn imds_error(status: u16, error: &str, description: &str) -> Response {
-    json_response(status, json!({"error": error, "error_description": description}))
+    json_response(
+        status,
+        json!({"error": error, "error_description": description}),
+    )
 }
 
 async fn imds_token(
@@ -82,7 +85,11 @@ async fn imds_token(
 ) -> Response {
     record(&s, &method, &uri, &headers, "imds");
     if headers.get("metadata").is_none_or(|v| v != "true") {
-        return imds_error(400, "bad_request_102", "Required metadata header not specified");
+        return imds_error(
+            400,
+            "bad_request_102",
+            "Required metadata header not specified",
+        );
     }
     if let Some(scripted) = s.state.lock().unwrap().imds_script.pop_front() {
         let mut r = (
@@ -97,8 +104,12 @@ async fn imds_token(
         }
         return r;
     }
-    if q.get("api-version").is_none() {
-        return imds_error(400, "invalid_request", "Required query variable 'api-version' is missing");
+    if !q.contains_key("api-version") {
+        return imds_error(
+            400,
+            "invalid_request",
+            "Required query variable 'api-version' is missing",
+        );
     }
     if q.get("resource").map(String::as_str) != Some(AZURE_DEVOPS_RESOURCE) {
         return imds_error(
@@ -180,10 +191,19 @@ fn issue_token(s: &Shared, identity: &IdentitySpec) -> String {
     token
 }
 
-async fn imds_vm_id(AxState(s): AxState<Shared>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn imds_vm_id(
+    AxState(s): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     record(&s, &method, &uri, &headers, "imds");
     if headers.get("metadata").is_none_or(|v| v != "true") {
-        return imds_error(400, "bad_request_102", "Required metadata header not specified");
+        return imds_error(
+            400,
+            "bad_request_102",
+            "Required metadata header not specified",
+        );
     }
     s.config.vm_id.clone().into_response()
 }
@@ -204,7 +224,11 @@ fn ado_error(status: u16, type_key: &str, message: &str) -> Response {
 }
 
 /// The caller of an Azure DevOps request: Bearer or Basic (any user name, token as password).
-fn authenticate(s: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<IdentitySpec, (String, Response)> {
+fn authenticate(
+    s: &Shared,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<IdentitySpec, Box<(String, Response)>> {
     let raw = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -217,21 +241,29 @@ fn authenticate(s: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<IdentitySp
         None
     };
     let Some(token) = token else {
-        return Err((
+        return Err(Box::new((
             "none".into(),
-            ado_error(401, "UnauthorizedRequestException", "TF400813: Resource not available for anonymous access. Client authentication required."),
-        ));
+            ado_error(
+                401,
+                "UnauthorizedRequestException",
+                "TF400813: Resource not available for anonymous access. Client authentication required.",
+            ),
+        )));
     };
     let oid = s.state.lock().unwrap().tokens.get(&token).cloned();
     let Some(oid) = oid else {
-        return Err((
+        return Err(Box::new((
             "invalid".into(),
             ado_error(
                 401,
                 "VssUnauthorizedException",
-                &format!("VS30063: You are not authorized to access http://{}{}.", s.config.org, uri.path()),
+                &format!(
+                    "VS30063: You are not authorized to access http://{}{}.",
+                    s.config.org,
+                    uri.path()
+                ),
             ),
-        ));
+        )));
     };
     let identity = s
         .config
@@ -241,14 +273,14 @@ fn authenticate(s: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<IdentitySp
         .cloned()
         .expect("tokens are issued for known identities");
     if !identity.org_member {
-        return Err((
+        return Err(Box::new((
             oid.clone(),
             ado_error(
                 401,
                 "UnauthorizedRequestException",
                 &format!("TF400813: The user '{oid}' is not authorized to access this resource."),
             ),
-        ));
+        )));
     }
     Ok(identity)
 }
@@ -276,14 +308,19 @@ macro_rules! caller {
     ($s:expr, $method:expr, $uri:expr, $headers:expr, $org:expr) => {{
         if !$org.eq_ignore_ascii_case(&$s.config.org) {
             record(&$s, &$method, &$uri, &$headers, "unknown-org");
-            return ado_error(404, "OrganizationNotFoundException", &format!("TF400898: organization '{}' was not found", $org));
+            return ado_error(
+                404,
+                "OrganizationNotFoundException",
+                &format!("TF400898: organization '{}' was not found", $org),
+            );
         }
         match authenticate(&$s, &$headers, &$uri) {
             Ok(id) => {
                 record(&$s, &$method, &$uri, &$headers, &id.object_id);
                 id
             }
-            Err((who, response)) => {
+            Err(boxed) => {
+                let (who, response) = *boxed;
                 record(&$s, &$method, &$uri, &$headers, &who);
                 return response;
             }
@@ -372,7 +409,11 @@ async fn list_agents(
 ) -> Response {
     let _me = caller!(s, method, uri, headers, org);
     let Some(p) = find_pool(&s, &pool) else {
-        return ado_error(404, "TaskAgentPoolNotFoundException", &format!("Agent pool {pool} could not be found."));
+        return ado_error(
+            404,
+            "TaskAgentPoolNotFoundException",
+            &format!("Agent pool {pool} could not be found."),
+        );
     };
     let state = s.state.lock().unwrap();
     let value: Vec<serde_json::Value> = state
@@ -380,7 +421,10 @@ async fn list_agents(
         .get(&p.id)
         .into_iter()
         .flatten()
-        .filter(|a| q.get("agentName").is_none_or(|n| n.eq_ignore_ascii_case(&a.name)))
+        .filter(|a| {
+            q.get("agentName")
+                .is_none_or(|n| n.eq_ignore_ascii_case(&a.name))
+        })
         .map(agent_json)
         .collect();
     json_response(200, json!({"count": value.len(), "value": value}))
@@ -400,7 +444,11 @@ async fn get_agent(
         .and_then(|list| list.iter().find(|a| a.id == agent));
     match found {
         Some(a) => json_response(200, agent_json(a)),
-        None => ado_error(404, "TaskAgentNotFoundException", &format!("No agent found in pool {pool} having ID {agent}.")),
+        None => ado_error(
+            404,
+            "TaskAgentNotFoundException",
+            &format!("No agent found in pool {pool} having ID {agent}."),
+        ),
     }
 }
 
@@ -443,7 +491,11 @@ async fn add_agent(
 ) -> Response {
     let me = caller!(s, method, uri, headers, org);
     let Some(p) = find_pool(&s, &pool) else {
-        return ado_error(404, "TaskAgentPoolNotFoundException", &format!("Agent pool {pool} could not be found."));
+        return ado_error(
+            404,
+            "TaskAgentPoolNotFoundException",
+            &format!("Agent pool {pool} could not be found."),
+        );
     };
     if !p.admins.contains(&me.object_id) {
         return access_denied(&me, p);
@@ -458,7 +510,14 @@ async fn add_agent(
     let id = state.next_agent_id;
     let list = state.agents.entry(p.id).or_default();
     if list.iter().any(|a| a.name.eq_ignore_ascii_case(&body.name)) {
-        return ado_error(409, "TaskAgentExistsException", &format!("Pool {} already contains an agent with name {}.", p.id, body.name));
+        return ado_error(
+            409,
+            "TaskAgentExistsException",
+            &format!(
+                "Pool {} already contains an agent with name {}.",
+                p.id, body.name
+            ),
+        );
     }
     let agent = ServerAgent {
         id,
@@ -483,7 +542,11 @@ async fn update_agent(
 ) -> Response {
     let me = caller!(s, method, uri, headers, org);
     let Some(p) = find_pool(&s, &pool) else {
-        return ado_error(404, "TaskAgentPoolNotFoundException", &format!("Agent pool {pool} could not be found."));
+        return ado_error(
+            404,
+            "TaskAgentPoolNotFoundException",
+            &format!("Agent pool {pool} could not be found."),
+        );
     };
     if !p.admins.contains(&me.object_id) {
         return access_denied(&me, p);
@@ -493,14 +556,22 @@ async fn update_agent(
     };
     let mut state = s.state.lock().unwrap();
     if state.fail_agent_update {
-        return ado_error(500, "InternalServerErrorException", "Simulated failure updating the agent.");
+        return ado_error(
+            500,
+            "InternalServerErrorException",
+            "Simulated failure updating the agent.",
+        );
     }
     let Some(a) = state
         .agents
         .get_mut(&p.id)
         .and_then(|l| l.iter_mut().find(|a| a.id == agent))
     else {
-        return ado_error(404, "TaskAgentNotFoundException", &format!("No agent found in pool {pool} having ID {agent}."));
+        return ado_error(
+            404,
+            "TaskAgentNotFoundException",
+            &format!("No agent found in pool {pool} having ID {agent}."),
+        );
     };
     a.public_key = public_key(&body);
     if let Some(v) = body.version {
@@ -519,7 +590,11 @@ async fn delete_agent(
 ) -> Response {
     let me = caller!(s, method, uri, headers, org);
     let Some(p) = find_pool(&s, &pool) else {
-        return ado_error(404, "TaskAgentPoolNotFoundException", &format!("Agent pool {pool} could not be found."));
+        return ado_error(
+            404,
+            "TaskAgentPoolNotFoundException",
+            &format!("Agent pool {pool} could not be found."),
+        );
     };
     if !p.admins.contains(&me.object_id) {
         return access_denied(&me, p);
@@ -527,7 +602,11 @@ async fn delete_agent(
     let mut state = s.state.lock().unwrap();
     if state.agent_busy > 0 {
         state.agent_busy -= 1;
-        return ado_error(400, "TaskAgentBusyException", &format!("The agent {agent} is running a job and cannot be deleted."));
+        return ado_error(
+            400,
+            "TaskAgentBusyException",
+            &format!("The agent {agent} is running a job and cannot be deleted."),
+        );
     }
     if let Some(l) = state.agents.get_mut(&p.id) {
         l.retain(|a| a.id != agent);
@@ -550,8 +629,14 @@ async fn packages(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
     let mut value = vec![];
-    if q.get("platform").is_none_or(|p| p.eq_ignore_ascii_case(&spec.platform)) {
-        let v: Vec<u64> = spec.version.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    if q.get("platform")
+        .is_none_or(|p| p.eq_ignore_ascii_case(&spec.platform))
+    {
+        let v: Vec<u64> = spec
+            .version
+            .split('.')
+            .map(|p| p.parse().unwrap_or(0))
+            .collect();
         value.push(json!({
             "type": "agent",
             "platform": spec.platform,
@@ -576,7 +661,11 @@ async fn download(
     record(&s, &method, &uri, &headers, "download");
     if headers.get(header::AUTHORIZATION).is_some() {
         // The real download host is public; a credential here would be a leak.
-        return (StatusCode::BAD_REQUEST, "credentials must not be sent to the download host").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "credentials must not be sent to the download host",
+        )
+            .into_response();
     }
     let spec = &s.config.package;
     if version != spec.version || file != spec.file_name() {
@@ -620,9 +709,10 @@ async fn download(
         .header(header::CONTENT_LENGTH, size - start)
         .header(header::ACCEPT_RANGES, "bytes");
     if partial {
-        response = response
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", size - 1));
+        response = response.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", size - 1),
+        );
     }
     response.body(Body::from_stream(stream)).unwrap()
 }
@@ -662,7 +752,9 @@ fn async_stream(
                 {
                     let keep = (cut.saturating_sub(pos)) as usize;
                     if keep > 0 {
-                        let _ = tx.send(Ok(bytes::Bytes::copy_from_slice(&chunk[..keep]))).await;
+                        let _ = tx
+                            .send(Ok(bytes::Bytes::copy_from_slice(&chunk[..keep])))
+                            .await;
                     }
                     let _ = tx
                         .send(Err(std::io::Error::new(
@@ -692,7 +784,9 @@ fn async_stream(
             let _ = tx.send(Err(e)).await;
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 async fn sim_config(AxState(s): AxState<Shared>) -> Response {

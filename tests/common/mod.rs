@@ -101,7 +101,18 @@ impl World {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(args);
-        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "AZP_URL", "AZP_POOL", "AZP_AGENT_NAME", "AZP_WORK", "RUST_LOG"] {
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "ALL_PROXY",
+            "AZP_URL",
+            "AZP_POOL",
+            "AZP_AGENT_NAME",
+            "AZP_WORK",
+            "RUST_LOG",
+        ] {
             cmd.env_remove(var);
         }
         let path = format!(
@@ -164,8 +175,15 @@ impl World {
         for t in &tokens {
             // `token` prints the token on stdout by design; everything else must not.
             let is_token_cmd = run.stdout.trim() == t.as_str();
-            assert!(is_token_cmd || !run.stdout.contains(t.as_str()), "token on stdout");
-            assert!(!run.stderr.contains(t.as_str()), "token on stderr:\n{}", run.stderr);
+            assert!(
+                is_token_cmd || !run.stdout.contains(t.as_str()),
+                "token on stdout"
+            );
+            assert!(
+                !run.stderr.contains(t.as_str()),
+                "token on stderr:\n{}",
+                run.stderr
+            );
         }
         for entry in walkdir::WalkDir::new(self.dir.path()).follow_links(false) {
             let entry = entry.unwrap();
@@ -175,12 +193,20 @@ impl World {
             let data = std::fs::read(entry.path()).unwrap();
             let text = String::from_utf8_lossy(&data);
             for t in &tokens {
-                assert!(!text.contains(t.as_str()), "token written to {}", entry.path().display());
+                assert!(
+                    !text.contains(t.as_str()),
+                    "token written to {}",
+                    entry.path().display()
+                );
             }
         }
         let state = self.sim.state();
         for r in &state.listener_reports {
-            assert!(r.argv_leaks.is_empty(), "token visible in a process argv: {:?}", r.argv_leaks);
+            assert!(
+                r.argv_leaks.is_empty(),
+                "token visible in a process argv: {:?}",
+                r.argv_leaks
+            );
             for t in &tokens {
                 assert!(!r.argv.iter().any(|a| a.contains(t.as_str())));
             }
@@ -207,7 +233,12 @@ impl World {
     }
 
     pub fn server_agents(&self, pool: u64) -> Vec<agent_bootstrap::sim::ServerAgent> {
-        self.sim.state().agents.get(&pool).cloned().unwrap_or_default()
+        self.sim
+            .state()
+            .agents
+            .get(&pool)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Directories or files left beside the agent dir by a staging area.
@@ -234,7 +265,11 @@ impl World {
 /// Reads a JSON file the agent wrote (BOM-prefixed).
 pub fn read_agent_json(path: &Path) -> serde_json::Value {
     let raw = std::fs::read(path).unwrap();
-    assert!(raw.starts_with(&[0xEF, 0xBB, 0xBF]), "{} has no UTF-8 BOM", path.display());
+    assert!(
+        raw.starts_with(&[0xEF, 0xBB, 0xBF]),
+        "{} has no UTF-8 BOM",
+        path.display()
+    );
     serde_json::from_slice(&raw[3..]).unwrap()
 }
 

@@ -1,0 +1,264 @@
+//! The simulator is only useful if a flow that passes against it passes against the real agent.
+//! These tests pin the fake agent package to the behaviour `agent.md` documents for the real one.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn extract(w: &World) -> std::path::PathBuf {
+    let dir = w.agent_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = Command::new("tar")
+        .args([
+            "-xzf",
+            w.sim.package.path.to_str().unwrap(),
+            "-C",
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    dir
+}
+
+fn token(w: &World) -> String {
+    let run = w.run(&["token"]);
+    run.assert_code(0);
+    run.stdout.trim().to_owned()
+}
+
+fn config(dir: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(dir.join("config.sh"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("AGENT_ALLOW_RUNASROOT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_sh_refuses_root_unless_allowed() {
+    let w = World::new();
+    let dir = extract(&w);
+    let o = config(&dir, &dir, &["--unattended"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).0.contains("Must not run with sudo"));
+}
+
+#[test]
+fn config_sh_must_run_from_the_agent_root() {
+    let w = World::new();
+    let dir = extract(&w);
+    let o = config(
+        &dir,
+        Path::new("/"),
+        &["--unattended"],
+        &[("AGENT_ALLOW_RUNASROOT", "1")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).0.contains("Dependencies missing"),
+        "{:?}",
+        text(&o)
+    );
+}
+
+#[test]
+fn options_are_case_insensitive_env_fills_gaps_and_unknown_ones_only_warn() {
+    let w = World::new();
+    let dir = extract(&w);
+    let t = token(&w);
+    let url = w.org_url();
+    let o = config(
+        &dir,
+        &dir,
+        &[
+            "--UNATTENDED",
+            "--Url",
+            &url,
+            "--AUTH",
+            "PAT",
+            "--agent",
+            "case-agent",
+            "--bogusFlag",
+            "--acceptTeeEula",
+        ],
+        &[
+            ("AGENT_ALLOW_RUNASROOT", "1"),
+            ("VSTS_AGENT_INPUT_TOKEN", &t),
+            ("VSTS_AGENT_INPUT_POOL", "Default"),
+            // Flags from the environment take only true/false.
+            ("VSTS_AGENT_INPUT_REPLACE", "1"),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("Unrecognized command-line input arguments: '--bogusFlag'"),
+        "{err}"
+    );
+    assert!(out.contains("Settings Saved."));
+    let agent = read_agent_json(&dir.join(".agent"));
+    assert_eq!(agent["agentName"], "case-agent");
+    assert_eq!(agent["poolName"], "Default");
+    assert_eq!(mode(&dir.join(".credentials_rsaparams")), 0o600);
+    assert!(
+        std::fs::read(dir.join(".credentials"))
+            .unwrap()
+            .starts_with(&[0xEF, 0xBB, 0xBF])
+    );
+    let report = w.sim.state().listener_reports.last().cloned().unwrap();
+    assert!(report.token_from_env);
+
+    // Configured: even --replace does not get past "already configured".
+    let o = config(
+        &dir,
+        &dir,
+        &["--unattended", "--url", &url, "--replace"],
+        &[
+            ("AGENT_ALLOW_RUNASROOT", "1"),
+            ("VSTS_AGENT_INPUT_TOKEN", &t),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o)
+            .1
+            .contains("Cannot configure the agent because it is already configured")
+    );
+}
+
+#[test]
+fn a_taken_name_without_replace_fails_like_the_real_agent() {
+    let w = World::new();
+    w.install(&["--no-service"]).assert_code(0);
+    let other = w.dir.path().join("second");
+    std::fs::create_dir_all(&other).unwrap();
+    Command::new("tar")
+        .args([
+            "-xzf",
+            w.sim.package.path.to_str().unwrap(),
+            "-C",
+            other.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    let t = token(&w);
+    let url = w.org_url();
+    let o = config(
+        &other,
+        &other,
+        &[
+            "--unattended",
+            "--url",
+            &url,
+            "--auth",
+            "pat",
+            "--pool",
+            "Default",
+            "--agent",
+            "test-agent",
+        ],
+        &[
+            ("AGENT_ALLOW_RUNASROOT", "1"),
+            ("VSTS_AGENT_INPUT_TOKEN", &t),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        out.contains("Pool Default already contains an agent with name test-agent."),
+        "{out}"
+    );
+    assert!(
+        err.contains("Pool 1 already contains an agent with name test-agent."),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_token_is_refused_with_vs30063() {
+    let w = World::new();
+    let dir = extract(&w);
+    let url = w.org_url();
+    let o = config(
+        &dir,
+        &dir,
+        &[
+            "--unattended",
+            "--url",
+            &url,
+            "--auth",
+            "pat",
+            "--pool",
+            "Default",
+        ],
+        &[
+            ("AGENT_ALLOW_RUNASROOT", "1"),
+            ("VSTS_AGENT_INPUT_TOKEN", "not-a-real-token-at-all"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("VS30063"));
+    assert!(!dir.join(".agent").exists());
+}
+
+#[test]
+fn remove_refuses_while_the_service_is_installed_and_svc_sh_needs_root() {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    let dir = w.agent_dir();
+    let o = config(
+        &dir,
+        &dir,
+        &["remove", "--unattended"],
+        &[("AGENT_ALLOW_RUNASROOT", "1")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("Unconfigure service first"));
+    // svc.sh as the agent user.
+    let uid = owner(&dir);
+    let mut cmd = Command::new("./svc.sh");
+    std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+    let o = cmd.arg("status").current_dir(&dir).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).0.contains("Must run as sudo"));
+}
+
+#[test]
+fn the_package_is_laid_out_like_the_real_one() {
+    let w = World::new();
+    let listing = Command::new("tar")
+        .args(["-tzf", w.sim.package.path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for expected in [
+        "./bin/Agent.Listener",
+        "./config.sh",
+        "./env.sh",
+        "./run.sh",
+        "./license.html",
+        "./bin/systemd.svc.sh.template",
+        "./bin/vsts.agent.service.template",
+    ] {
+        assert!(names.lines().any(|l| l == expected), "{expected} missing");
+    }
+    assert!(
+        !names.lines().any(|l| l == "./svc.sh"),
+        "svc.sh is generated by configure"
+    );
+}
