@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Benchmark: agent-bootstrap install vs. the documented shell ways, against the simulator.
+
+Installs a ~150 MB, ~3000-file agent-like package served by azure-sim on loopback, throttled to
+50 MB/s, three ways in the same run, each from an empty directory and cold cache:
+
+  ours        agent-bootstrap install --no-service (download, SHA-256, extract, configure)
+  ms-doc      Microsoft's documented way: curl URL | tar -xz, then ./config.sh (no verification)
+  verified    the careful sequential way: curl -o, sha256sum -c, tar -xzf, then ./config.sh
+
+Reports the median wall time of each, the ratios, and agent-bootstrap's peak RSS. The shell ways run
+as the agent user, as the documentation has users do; agent-bootstrap runs as root, as it is meant
+to (it also creates the user and hands it the files). Run as root: scripts/bench.sh [--rounds N].
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def timed(cmd, env=None):
+    """Wall seconds and peak RSS (KiB) of one command (its own process tree)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    err = proc.stderr.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.exit(f"command failed ({code}): {' '.join(cmd)}\n{err}")
+    return wall, usage.ru_maxrss
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--package-mb", type=int, default=290, help="uncompressed filler (about half compressible)")
+    ap.add_argument("--files", type=int, default=3000)
+    ap.add_argument("--mbps", type=float, default=50.0)
+    ap.add_argument("--work", default="/tmp/agent-bootstrap-bench")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root (the benchmark creates the agent user and runs config.sh as it)")
+
+    sh(["cargo", "build", "--quiet", "--release", "--bins"], cwd=ROOT)
+    work = args.work
+    os.makedirs(work, exist_ok=True)
+    os.chmod(work, 0o755)
+    sim_bin = os.path.join(work, "azure-sim")
+    shutil.copy(os.path.join(ROOT, "target/release/azure-sim"), sim_bin)
+    os.chmod(sim_bin, 0o755)
+    ours = os.path.join(ROOT, "target/release/agent-bootstrap")
+
+    sim = subprocess.Popen(
+        [sim_bin, "serve", "--work-dir", os.path.join(work, "sim"), "--package-mb", str(args.package_mb),
+         "--package-files", str(args.files), "--throttle-mbps", str(args.mbps)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env_vars = {}
+    for line in sim.stdout:
+        k, _, v = line.strip().partition("=")
+        env_vars[k] = v
+        if k == "SIM_READY":
+            break
+    try:
+        run(args, work, ours, env_vars)
+    finally:
+        sim.terminate()
+
+
+def run(args, work, ours, sim):
+    env = dict(os.environ)
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env.pop(k, None)
+    env.update({
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST": sim["AZURE_POD_IDENTITY_AUTHORITY_HOST"],
+        "AGENT_BOOTSTRAP_STATE_DIR": os.path.join(work, "state"),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "PATH": sim["SIM_SYSTEMD_DIR"] + "/bin:" + env.get("PATH", ""),
+    })
+    org = sim["SIM_ORG_URL"]
+    size_mb = int(sim["SIM_PACKAGE_BYTES"]) / 1e6
+    url = f"{org.rsplit('/', 1)[0]}/_download/agent/4.264.2/vsts-agent-linux-x64-4.264.2.tar.gz"
+    sha = sim["SIM_PACKAGE_SHA256"]
+    token = subprocess.run([ours, "token"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    # Make sure the agent user exists (agent-bootstrap creates it on first install).
+    subprocess.run(["useradd", "--system", "--create-home", "azpagent"], stderr=subprocess.DEVNULL)
+
+    files = int(sim.get("SIM_PACKAGE_FILES", args.files))
+    print(f"package: {size_mb:.0f} MB compressed, ~{files} files, link throttled to {args.mbps:.0f} MB/s, "
+          f"{args.rounds} rounds, cold cache each time")
+    results = {"ours": [], "ms-doc": [], "verified": [], "download-only": []}
+    rss = []
+    cfg = "./config.sh --unattended --url {org} --auth pat --pool Default --agent {name} --replace --acceptTeeEula >/dev/null"
+    for i in range(args.rounds):
+        for method in ("download-only", "ours", "ms-doc", "verified"):
+            d = os.path.join(work, f"agent-{method}-{i}")
+            shutil.rmtree(d, ignore_errors=True)
+            cache = os.path.join(work, f"cache-{method}-{i}")
+            shutil.rmtree(cache, ignore_errors=True)
+            name = f"bench-{method}-{i}-{int(time.time())}"
+            if method == "ours":
+                e = dict(env, AGENT_BOOTSTRAP_CACHE_DIR=cache)
+                wall, maxrss = timed([ours, "install", "--url", org, "--agent-name", name, "--agent-dir", d,
+                                      "--no-service"], env=e)
+                rss.append(maxrss)
+            else:
+                os.makedirs(d)
+                shutil.chown(d, "azpagent", "azpagent")
+                if method == "download-only":
+                    script = f"curl -fsS -o /dev/null {url}"
+                elif method == "ms-doc":
+                    script = f"cd {d} && curl -fsSL {url} | tar -xz && " + cfg.format(org=org, name=name)
+                else:
+                    script = (f"cd {d} && curl -fsS -o pkg.tar.gz {url} && echo '{sha}  pkg.tar.gz' | sha256sum -c --quiet"
+                              f" && tar -xzf pkg.tar.gz && rm pkg.tar.gz && " + cfg.format(org=org, name=name))
+                e = dict(env, VSTS_AGENT_INPUT_TOKEN=token)
+                wall, _ = timed(["runuser", "-u", "azpagent", "--", "bash", "-c", script], env=e)
+            results[method].append(wall)
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print()
+    print("| method | median wall time | vs agent-bootstrap |")
+    print("|---|---|---|")
+    for k, label in (("ours", "agent-bootstrap install (verified, streamed)"),
+                     ("ms-doc", "curl \\| tar -xz, then config.sh (unverified)"),
+                     ("verified", "curl -o, sha256sum -c, tar -xzf, then config.sh"),
+                     ("download-only", "curl -o /dev/null (the link alone)")):
+        print(f"| {label} | {med[k]:.2f} s | {med[k] / med['ours']:.2f}x |")
+    print()
+    print(f"agent-bootstrap peak RSS: {max(rss) / 1024:.1f} MiB (max over {len(rss)} runs)")
+
+
+if __name__ == "__main__":
+    main()
