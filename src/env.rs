@@ -47,7 +47,11 @@ impl Env {
                 .collect(),
             hostname: hostname.to_owned(),
             is_root,
-            username: if is_root { "root".into() } else { "builder".into() },
+            username: if is_root {
+                "root".into()
+            } else {
+                "builder".into()
+            },
         }
     }
 
