@@ -84,6 +84,7 @@ def run(args, work, ours, sim):
         env.pop(k, None)
     env.update({
         "AZURE_POD_IDENTITY_AUTHORITY_HOST": sim["AZURE_POD_IDENTITY_AUTHORITY_HOST"],
+        "AGENT_BOOTSTRAP_UNIT_DIR": sim["AGENT_BOOTSTRAP_UNIT_DIR"],
         "AGENT_BOOTSTRAP_STATE_DIR": os.path.join(work, "state"),
         "NO_PROXY": "127.0.0.1,localhost",
         "PATH": sim["SIM_SYSTEMD_DIR"] + "/bin:" + env.get("PATH", ""),
@@ -112,7 +113,7 @@ def run(args, work, ours, sim):
             if method == "ours":
                 e = dict(env, AGENT_BOOTSTRAP_CACHE_DIR=cache)
                 wall, maxrss = timed([ours, "install", "--url", org, "--agent-name", name, "--agent-dir", d,
-                                      "--no-service"], env=e)
+                                      "--no-service", "--no-boot"], env=e)
                 rss.append(maxrss)
             else:
                 os.makedirs(d)

@@ -39,6 +39,37 @@ pub enum Command {
     Install(Box<InstallArgs>),
     /// Print an Azure DevOps access token from the managed identity (stdout, nothing else).
     Token(TokenArgs),
+    /// Bring an installed agent back to registered and running (what the boot unit runs).
+    Reconcile(AgentDirArgs),
+    /// Unregister the agent and remove its service and boot unit.
+    Remove(RemoveArgs),
+    /// Show the agent's local state and, when a token can be had, the server's view.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct AgentDirArgs {
+    /// The agent dir install used [default: /opt/azure-pipelines-agent].
+    #[arg(long, value_name = "DIR")]
+    pub agent_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub dir: AgentDirArgs,
+    /// Also delete the agent dir and the package cache.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub dir: AgentDirArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -88,6 +119,9 @@ pub struct InstallArgs {
     /// Do not install or start a service (containers: run ./run.sh yourself).
     #[arg(long)]
     pub no_service: bool,
+    /// Do not install the boot unit that runs `agent-bootstrap reconcile` at every boot.
+    #[arg(long)]
+    pub no_boot: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
     /// Install this agent version instead of the newest one the organization offers.

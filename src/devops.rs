@@ -46,6 +46,16 @@ pub enum DevOpsError {
          {pool} → Security → Add → Role: Administrator)"
     )]
     NoManagePermission { pool: String, identity: String },
+    #[error(
+        "pool '{pool}' has another agent named '{name}' (this one was id {local_id}); it is not \
+         taken over unattended\n\
+         hint: run `agent-bootstrap install` to replace it, or remove this agent"
+    )]
+    NameTaken {
+        pool: String,
+        name: String,
+        local_id: u64,
+    },
     #[error("Azure DevOps request {url} failed with HTTP {status}: {message}")]
     Status {
         url: String,
@@ -72,7 +82,10 @@ impl DevOpsError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Self::Unauthorized { .. } | Self::PoolNotFound { .. } | Self::NoManagePermission { .. }
+            Self::Unauthorized { .. }
+                | Self::PoolNotFound { .. }
+                | Self::NoManagePermission { .. }
+                | Self::NameTaken { .. }
         ) || matches!(self, Self::Status { status, .. } if *status == 403 || *status == 404)
     }
 }
@@ -147,6 +160,8 @@ pub struct DevOpsClient {
     token: Secret,
     http: reqwest::Client,
     clock: Clock,
+    /// How long transient failures (transport, 5xx, 429) are retried.
+    budget: Duration,
 }
 
 impl DevOpsClient {
@@ -162,7 +177,14 @@ impl DevOpsClient {
             token,
             http,
             clock,
+            budget: Duration::from_secs(15),
         }
+    }
+
+    /// Retry transient failures for this long (reconcile at boot waits for the network longer).
+    pub fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
+        self
     }
 
     pub fn org_url(&self) -> &Url {
@@ -186,6 +208,7 @@ impl DevOpsClient {
     async fn get<T: serde::de::DeserializeOwned>(&self, url: Url) -> Result<T, DevOpsError> {
         let shown = url.to_string();
         let mut attempt = 0u32;
+        let start = self.clock.now();
         loop {
             attempt += 1;
             let result = self
@@ -240,10 +263,10 @@ impl DevOpsClient {
                     }
                 }
             };
-            if !retryable || attempt >= 4 {
+            let delay = Duration::from_secs(1 << (attempt - 1).min(5)).min(Duration::from_secs(30));
+            if !retryable || self.clock.elapsed(start) + delay > self.budget {
                 return Err(error);
             }
-            let delay = Duration::from_secs(1 << (attempt - 1));
             tracing::warn!(attempt, "{error}; retrying in {}s", delay.as_secs());
             self.clock.sleep(delay).await;
         }

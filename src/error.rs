@@ -44,6 +44,8 @@ pub enum Error {
     Agent(#[from] AgentError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("{action} '{path}' failed")]
     Io {
         action: &'static str,
@@ -69,7 +71,9 @@ impl Error {
             Self::Configure { .. } | Self::ConfigureRun(_) => CONFIGURE,
             Self::Service(_) => SERVICE,
             Self::User(UserError::Missing { .. }) => INPUT,
-            Self::User(_) | Self::Agent(_) | Self::State(_) | Self::Io { .. } => INTERNAL,
+            Self::User(_) | Self::Agent(_) | Self::State(_) | Self::Lock(_) | Self::Io { .. } => {
+                INTERNAL
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod devops;
 pub mod env;
 pub mod error;
 pub mod identity;
+pub mod lock;
 pub mod logging;
 pub mod os;
 pub mod package;

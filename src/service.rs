@@ -114,3 +114,183 @@ mod tests {
         assert!(plan(&Os::windows_x64(), "x", false).is_empty());
     }
 }
+
+/// Where unit files go; `AGENT_BOOTSTRAP_UNIT_DIR` overrides it (tests, image builds).
+pub const UNIT_DIR_ENV: &str = "AGENT_BOOTSTRAP_UNIT_DIR";
+const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// systemd is managing this machine (`sd_booted`: `/run/systemd/system` exists), or a unit dir was
+/// named explicitly.
+pub fn systemd_available(env: &crate::env::Env) -> bool {
+    env.var(UNIT_DIR_ENV).is_some() || Path::new("/run/systemd/system").is_dir()
+}
+
+pub fn unit_dir(env: &crate::env::Env) -> std::path::PathBuf {
+    env.var(UNIT_DIR_ENV)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_UNIT_DIR))
+}
+
+/// What systemd says about a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct UnitState {
+    /// The unit file exists (systemd knows the unit).
+    pub exists: bool,
+    pub enabled: bool,
+    pub active: bool,
+}
+
+/// `systemctl`, found on `PATH`.
+#[derive(Debug, Clone)]
+pub struct Systemctl {
+    program: std::path::PathBuf,
+}
+
+impl Systemctl {
+    pub fn find() -> Option<Self> {
+        which::which("systemctl")
+            .ok()
+            .map(|program| Self { program })
+    }
+
+    async fn call(&self, args: &[&str]) -> Result<process::Finished, ServiceError> {
+        let label = format!("systemctl {}", args.join(" "));
+        let child = Child::new(label.clone(), &self.program)
+            .args(args.iter().copied())
+            .timeout(Duration::from_secs(90));
+        process::run_async(child, Masker::new())
+            .await
+            .map_err(|source| ServiceError::Run {
+                step: label,
+                source,
+            })
+    }
+
+    /// Runs a state-changing command; failure is an error.
+    pub async fn run(&self, args: &[&str]) -> Result<(), ServiceError> {
+        let done = self.call(args).await?;
+        if done.success() {
+            Ok(())
+        } else {
+            Err(ServiceError::Failed {
+                step: format!("systemctl {}", args.join(" ")),
+                code: done.code,
+                line: done.error_line().unwrap_or_default(),
+            })
+        }
+    }
+
+    pub async fn state(&self, unit: &str) -> Result<UnitState, ServiceError> {
+        let enabled = self.call(&["is-enabled", unit]).await?;
+        let word = enabled
+            .stdout
+            .first()
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let (exists, enabled) = match word.as_str() {
+            "enabled" | "enabled-runtime" | "static" | "alias" | "linked" | "linked-runtime"
+            | "indirect" | "generated" => (true, true),
+            "disabled" | "masked" | "masked-runtime" => (true, false),
+            _ => (false, false),
+        };
+        let active = self.call(&["is-active", unit]).await?;
+        let active = active
+            .stdout
+            .first()
+            .is_some_and(|s| matches!(s.trim(), "active" | "activating" | "reloading"));
+        Ok(UnitState {
+            exists,
+            enabled,
+            active,
+        })
+    }
+}
+
+/// The boot unit's name for an agent dir, e.g. `agent-bootstrap-opt-azure-pipelines-agent-1a2b3c4d.service`.
+pub fn boot_unit_name(state_dir: &Path, agent_dir: &Path) -> String {
+    let file = crate::state::file_for(state_dir, agent_dir);
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "agent".into());
+    format!("agent-bootstrap-{stem}.service")
+}
+
+/// The oneshot unit that runs `reconcile` at boot: after the network is online, before the
+/// agent's own unit, so a clone never starts the original's registration.
+pub fn render_boot_unit(
+    exe: &Path,
+    agent_dir: &Path,
+    state_dir: &Path,
+    agent_unit: Option<&str>,
+) -> String {
+    let before = agent_unit
+        .map(|u| format!("Before={u}\n"))
+        .unwrap_or_default();
+    let quote = |p: &Path| {
+        let s = p.display().to_string();
+        if s.chars().any(|c| c.is_whitespace() || c == '"') {
+            format!("\"{}\"", s.replace('"', "\\\""))
+        } else {
+            s
+        }
+    };
+    format!(
+        "# Written by agent-bootstrap install; removed by agent-bootstrap remove.\n\
+         [Unit]\n\
+         Description=agent-bootstrap: keep the Azure Pipelines agent in {dir} registered\n\
+         Documentation=man:agent-bootstrap(1)\n\
+         Wants=network-online.target\n\
+         After=network-online.target\n\
+         {before}\
+         ConditionPathExists={dir}\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         Environment=AGENT_BOOTSTRAP_STATE_DIR={state}\n\
+         ExecStart={exe} reconcile --agent-dir {qdir}\n\
+         TimeoutStartSec=15min\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        dir = agent_dir.display(),
+        qdir = quote(agent_dir),
+        exe = quote(exe),
+        state = quote(state_dir),
+    )
+}
+
+#[cfg(test)]
+mod boot_tests {
+    use super::*;
+
+    #[test]
+    fn boot_unit_orders_after_network_and_before_the_agent() {
+        let u = render_boot_unit(
+            Path::new("/usr/local/bin/agent-bootstrap"),
+            Path::new("/opt/azure-pipelines-agent"),
+            Path::new("/var/lib/agent-bootstrap"),
+            Some("vsts.agent.o.p.a.service"),
+        );
+        assert!(u.contains("After=network-online.target\n"));
+        assert!(u.contains("Wants=network-online.target\n"));
+        assert!(u.contains("Before=vsts.agent.o.p.a.service\n"));
+        assert!(u.contains("Type=oneshot\n"));
+        assert!(u.contains(
+            "ExecStart=/usr/local/bin/agent-bootstrap reconcile --agent-dir /opt/azure-pipelines-agent\n"
+        ));
+        assert!(u.contains("WantedBy=multi-user.target"));
+    }
+
+    #[test]
+    fn unit_names_are_per_agent_dir() {
+        let s = Path::new("/var/lib/agent-bootstrap");
+        let a = boot_unit_name(s, Path::new("/opt/a"));
+        assert!(
+            a.starts_with("agent-bootstrap-opt-a-") && a.ends_with(".service"),
+            "{a}"
+        );
+        assert_ne!(a, boot_unit_name(s, Path::new("/opt/b")));
+    }
+}

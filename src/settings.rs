@@ -77,6 +77,8 @@ pub struct InstallSettings {
     pub work_dir: String,
     pub user: AgentUser,
     pub service: bool,
+    /// Install the boot unit that runs `reconcile` (unless `--no-boot`).
+    pub boot: bool,
     pub selector: Selector,
     pub package: PackageChoice,
     pub config_timeout: std::time::Duration,
@@ -365,14 +367,8 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
     if args.config_timeout == 0 {
         return Err(bad("--config-timeout", "must be at least 1 second"));
     }
-    let state_dir = env
-        .var(STATE_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| os.default_state_dir());
-    let cache_dir = env
-        .var(CACHE_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| os.default_cache_dir());
+    let state_dir = state_dir(env, &os);
+    let cache_dir = cache_dir(env, &os);
     Ok(InstallSettings {
         url,
         pool,
@@ -381,12 +377,78 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         work_dir,
         user,
         service: !args.no_service,
+        boot: !args.no_boot,
         selector: selector(&args.identity)?,
         package: package_choice(args)?,
         config_timeout: std::time::Duration::from_secs(args.config_timeout),
         dry_run: args.dry_run,
         state_dir,
         cache_dir,
+        os,
+    })
+}
+
+pub fn state_dir(env: &Env, os: &Os) -> PathBuf {
+    env.var(STATE_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| os.default_state_dir())
+}
+
+pub fn cache_dir(env: &Env, os: &Os) -> PathBuf {
+    env.var(CACHE_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| os.default_cache_dir())
+}
+
+/// `--agent-dir` of reconcile/remove/status: absolute, default per OS.
+pub fn agent_dir(arg: Option<&Path>, os: &Os) -> Result<PathBuf, SettingsError> {
+    match arg {
+        Some(d) if !d.is_absolute() => Err(bad(
+            "--agent-dir",
+            format!("'{}' must be an absolute path", d.display()),
+        )),
+        Some(d) => Ok(d.components().collect()),
+        None => Ok(os.default_agent_dir()),
+    }
+}
+
+/// The settings install saved, as install settings again (reconcile configures from them).
+pub fn from_saved(
+    saved: &crate::state::Saved,
+    env: &Env,
+    os: Os,
+) -> Result<InstallSettings, SettingsError> {
+    let url = check_url("the saved url", &saved.url)?;
+    let package = match &saved.package {
+        Some(p) if p.contains("://") => PackageChoice::Explicit {
+            source: Source::Url(check_url("the saved package", p)?),
+            sha256: saved.package_sha256.clone(),
+        },
+        Some(p) => PackageChoice::Explicit {
+            source: Source::File(PathBuf::from(p)),
+            sha256: saved.package_sha256.clone(),
+        },
+        None => PackageChoice::Latest,
+    };
+    Ok(InstallSettings {
+        url,
+        pool: saved.pool.clone(),
+        agent_name: saved.agent_name.clone(),
+        agent_dir: saved.agent_dir.clone(),
+        work_dir: saved.work_dir.clone(),
+        user: if saved.dedicated_user {
+            AgentUser::Dedicated(saved.user.clone())
+        } else {
+            AgentUser::Existing(saved.user.clone())
+        },
+        service: saved.service,
+        boot: saved.boot_unit.is_some(),
+        selector: Selector::from_saved(saved.identity.as_deref()),
+        package,
+        config_timeout: std::time::Duration::from_secs(600),
+        dry_run: false,
+        state_dir: state_dir(env, &os),
+        cache_dir: cache_dir(env, &os),
         os,
     })
 }

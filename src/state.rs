@@ -48,6 +48,36 @@ pub struct Saved {
     pub package_sha256: Option<String>,
     /// `/etc/machine-id` at install time: a clone of the image has another one.
     pub machine_id: Option<String>,
+    /// The Azure VM id (IMDS) at install time; preferred over the machine id to detect clones.
+    #[serde(default)]
+    pub vm_id: Option<String>,
+    /// `--package` as given (a path or URL), for reconfiguring without the packages API.
+    #[serde(default)]
+    pub package: Option<String>,
+    /// The boot unit that runs `reconcile`, if one was installed.
+    #[serde(default)]
+    pub boot_unit: Option<String>,
+}
+
+impl Saved {
+    /// Whether this machine is not the one that configured the agent: the VM id differs (when both
+    /// are known), else the machine id differs (when both are known).
+    pub fn is_clone(&self, vm_id: Option<&str>, machine_id: Option<&str>) -> bool {
+        match (self.vm_id.as_deref(), vm_id) {
+            (Some(a), Some(b)) => !a.eq_ignore_ascii_case(b),
+            _ => matches!((self.machine_id.as_deref(), machine_id), (Some(a), Some(b)) if a != b),
+        }
+    }
+}
+
+/// Removes the saved settings (remove, or a purge).
+pub fn delete(state_dir: &Path, agent_dir: &Path) -> Result<(), StateError> {
+    let path = file_for(state_dir, agent_dir);
+    match fs_err::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Write { path, source }),
+    }
 }
 
 /// The file for an agent dir: a readable form of its path plus a short hash, so `/a-b` and `/a/b`
@@ -133,6 +163,9 @@ mod tests {
             agent_version: Some("4.1.0".into()),
             package_sha256: None,
             machine_id: None,
+            vm_id: None,
+            package: None,
+            boot_unit: None,
         };
         let path = save(dir.path(), &saved).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -144,7 +177,33 @@ mod tests {
             file_for(dir.path(), Path::new("/a-b")),
             file_for(dir.path(), Path::new("/a/b"))
         );
-        assert_eq!(load(dir.path(), &saved.agent_dir).unwrap(), Some(saved));
+        assert_eq!(
+            load(dir.path(), &saved.agent_dir).unwrap(),
+            Some(saved.clone())
+        );
         assert_eq!(load(dir.path(), Path::new("/other")).unwrap(), None);
+        delete(dir.path(), &saved.agent_dir).unwrap();
+        assert_eq!(load(dir.path(), &saved.agent_dir).unwrap(), None);
+        delete(dir.path(), &saved.agent_dir).unwrap();
+    }
+
+    #[test]
+    fn clone_detection_prefers_the_vm_id() {
+        let mut s: Saved = serde_json::from_str(
+            r#"{"schema":1,"url":"u","pool":"p","pool_id":1,"agent_name":"a","agent_id":1,
+                "agent_dir":"/a","work_dir":"_work","user":"u","dedicated_user":true,"service":true,
+                "service_unit":null,"identity":null,"agent_version":null,"package_sha256":null,
+                "machine_id":"m1"}"#,
+        )
+        .unwrap();
+        assert!(!s.is_clone(None, Some("m1")));
+        assert!(s.is_clone(None, Some("m2")));
+        assert!(!s.is_clone(None, None));
+        s.vm_id = Some("VM-1".into());
+        assert!(
+            !s.is_clone(Some("vm-1"), Some("m2")),
+            "same VM, regenerated machine id"
+        );
+        assert!(s.is_clone(Some("vm-2"), Some("m1")));
     }
 }

@@ -61,7 +61,9 @@ fn serve(args: &[String]) {
         std::process::exit(1);
     });
     // Data for scripts on stdout, one KEY=VALUE per line.
-    println!("AZURE_POD_IDENTITY_AUTHORITY_HOST={}", sim.base_url());
+    for (k, v) in sim.client_env() {
+        println!("{k}={v}");
+    }
     println!("SIM_ORG_URL={}", sim.org_url());
     println!("SIM_SYSTEMD_DIR={}", sim.systemd_dir().display());
     println!("SIM_PACKAGE_SHA256={}", sim.package.sha256);

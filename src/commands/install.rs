@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::devops::{DevOpsClient, Pool};
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, Selector};
+use crate::identity::ImdsClient;
 use crate::package::{self, PackageError, Request, Source};
 use crate::process::{self, Child, RunAs};
 use crate::progress::Progress;
@@ -36,11 +36,29 @@ enum PackagePlan {
     },
 }
 
+/// How long a run waits for another one working on the same agent dir.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
 pub async fn run(
     s: &InstallSettings,
     env: &Env,
     clock: Clock,
     progress: &Progress,
+) -> Result<(), Error> {
+    if s.dry_run {
+        return run_locked(s, env, clock, progress, "installed").await;
+    }
+    let _lock = crate::lock::acquire(&s.state_dir, &s.agent_dir, LOCK_WAIT).await?;
+    run_locked(s, env, clock, progress, "installed").await
+}
+
+/// The install flow, with the agent dir's lock held by the caller (install or reconcile).
+pub async fn run_locked(
+    s: &InstallSettings,
+    env: &Env,
+    clock: Clock,
+    progress: &Progress,
+    headline: &str,
 ) -> Result<(), Error> {
     let agent = AgentDir::new(&s.agent_dir, &s.os);
 
@@ -51,10 +69,8 @@ pub async fn run(
     }
 
     // 2. Token.
-    let token = ImdsClient::from_env(env, clock.clone())?
-        .token(&s.selector)
-        .await?
-        .token;
+    let imds = ImdsClient::from_env(env, clock.clone())?;
+    let token = imds.token(&s.selector).await?.token;
     let masker = Masker::with(&token);
 
     // 3. Preflight against Azure DevOps.
@@ -73,7 +89,7 @@ pub async fn run(
     if let Some(cfg) = &existing {
         match devops.find_agent(pool.id, &cfg.agent_name).await? {
             Some(a) if a.id == cfg.agent_id => {
-                return already_installed(s, &agent, cfg, &pool, &masker).await;
+                return already_installed(s, env, &agent, cfg, &pool, &masker).await;
             }
             Some(a) => {
                 tracing::warn!(
@@ -149,8 +165,9 @@ pub async fn run(
         service::install_and_start(&s.agent_dir, &steps, &masker).await?;
     }
 
-    // 9. Remember, and report.
-    let saved = saved_settings(
+    // 9. Later boots, then remember and report.
+    let boot_unit = ensure_boot_unit(s, env, &agent).await?;
+    let mut saved = saved_settings(
         s,
         &settings,
         &pool,
@@ -158,9 +175,67 @@ pub async fn run(
         installed_version,
         package_sha256,
     );
+    saved.vm_id = imds.vm_id().await;
+    saved.boot_unit = boot_unit;
     let path = state::save(&s.state_dir, &saved)?;
     tracing::info!(file = %path.display(), "saved settings for later runs");
-    print_summary("installed", &saved)
+    print_summary(headline, &saved)
+}
+
+/// Writes and enables the unit that runs `reconcile` at boot (install's `--no-boot` skips it).
+/// Returns its name, or `None` where there is none.
+pub async fn ensure_boot_unit(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+) -> Result<Option<String>, Error> {
+    if !s.boot || s.os.is_windows() {
+        return Ok(None);
+    }
+    if !service::systemd_available(env) {
+        tracing::warn!(
+            "systemd is not running here: no boot unit installed; run `agent-bootstrap reconcile \
+             --agent-dir {}` at start yourself",
+            s.agent_dir.display()
+        );
+        return Ok(None);
+    }
+    let name = service::boot_unit_name(&s.state_dir, &s.agent_dir);
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        action: "finding",
+        path: "the agent-bootstrap binary".into(),
+        source,
+    })?;
+    let text = service::render_boot_unit(
+        &exe,
+        &s.agent_dir,
+        &s.state_dir,
+        agent.service_name().as_deref(),
+    );
+    let dir = service::unit_dir(env);
+    let path = dir.join(&name);
+    let unchanged = fs_err::read_to_string(&path).is_ok_and(|t| t == text);
+    let systemctl = service::Systemctl::find().ok_or_else(|| service::ServiceError::Failed {
+        step: "systemctl".into(),
+        code: -1,
+        line: "systemctl was not found on PATH".into(),
+    })?;
+    if !unchanged {
+        let write = |source| Error::Io {
+            action: "writing the boot unit",
+            path: path.clone(),
+            source,
+        };
+        fs_err::create_dir_all(&dir).map_err(write)?;
+        fs_err::write(&path, &text).map_err(write)?;
+        systemctl.run(&["daemon-reload"]).await?;
+        tracing::info!(unit = %name, "installed the boot unit that runs reconcile");
+    }
+    if unchanged && systemctl.state(&name).await?.enabled {
+        return Ok(Some(name));
+    }
+    systemctl.run(&["enable", &name]).await?;
+    Ok(Some(name))
 }
 
 fn check_same_agent(cfg: &AgentSettings, s: &InstallSettings) -> Result<(), Error> {
@@ -186,6 +261,7 @@ fn check_same_agent(cfg: &AgentSettings, s: &InstallSettings) -> Result<(), Erro
 
 async fn already_installed(
     s: &InstallSettings,
+    env: &Env,
     agent: &AgentDir,
     cfg: &AgentSettings,
     pool: &Pool,
@@ -227,6 +303,8 @@ async fn already_installed(
     saved.machine_id = previous
         .as_ref()
         .map_or(saved.machine_id.clone(), |p| p.machine_id.clone());
+    saved.vm_id = previous.as_ref().and_then(|p| p.vm_id.clone());
+    saved.boot_unit = ensure_boot_unit(s, env, agent).await?;
     if previous.as_ref() != Some(&saved) {
         state::save(&s.state_dir, &saved)?;
     }
@@ -334,7 +412,7 @@ async fn listener_version_as_is(agent: &AgentDir) -> Option<String> {
     listener_version_with(agent, run_as, &Masker::new()).await
 }
 
-async fn listener_version(agent: &AgentDir, user: &RunAs, masker: &Masker) -> Option<String> {
+pub async fn listener_version(agent: &AgentDir, user: &RunAs, masker: &Masker) -> Option<String> {
     listener_version_with(agent, run_as_unless_root(user), masker).await
 }
 
@@ -360,7 +438,7 @@ async fn listener_version_with(
         .map(str::to_owned)
 }
 
-fn run_as_unless_root(user: &RunAs) -> Option<RunAs> {
+pub fn run_as_unless_root(user: &RunAs) -> Option<RunAs> {
     (user.uid != 0).then(|| user.clone())
 }
 
@@ -478,7 +556,7 @@ fn configure_child(
     child
 }
 
-async fn configure(
+pub async fn configure(
     s: &InstallSettings,
     agent: &AgentDir,
     user: &RunAs,
@@ -513,15 +591,6 @@ async fn configure(
     }
 }
 
-fn identity_string(sel: &Selector) -> Option<String> {
-    match sel {
-        Selector::Default => None,
-        Selector::ClientId(v) => Some(format!("client_id={v}")),
-        Selector::ObjectId(v) => Some(format!("object_id={v}")),
-        Selector::ResourceId(v) => Some(format!("msi_res_id={v}")),
-    }
-}
-
 fn saved_settings(
     s: &InstallSettings,
     cfg: &AgentSettings,
@@ -543,10 +612,16 @@ fn saved_settings(
         dedicated_user: matches!(s.user, AgentUser::Dedicated(_)),
         service: s.service,
         service_unit: agent.service_name(),
-        identity: identity_string(&s.selector),
+        identity: s.selector.to_saved(),
         agent_version,
         package_sha256,
         machine_id: state::machine_id(),
+        vm_id: None,
+        package: match &s.package {
+            PackageChoice::Explicit { source, .. } => Some(source.to_string()),
+            _ => None,
+        },
+        boot_unit: None,
     }
 }
 
@@ -558,7 +633,7 @@ fn out_err(source: std::io::Error) -> Error {
     }
 }
 
-fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
+pub fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     let service = match (&saved.service_unit, saved.service) {
         (Some(unit), _) => unit.clone(),
@@ -697,6 +772,12 @@ fn print_plan(
         for st in service::plan(&s.os, s.user.name(), agent.service_name().is_some()) {
             line(format!("run as root: {} {}", st.program, st.args.join(" ")))?;
         }
+    }
+    if s.boot && s.service && !s.os.is_windows() {
+        line(format!(
+            "write and enable the boot unit {} (runs `agent-bootstrap reconcile` at boot), if systemd runs",
+            service::boot_unit_name(&s.state_dir, &s.agent_dir)
+        ))?;
     }
     line(format!(
         "save settings (no secret) to {}",

@@ -2,6 +2,9 @@
 //! a typed error that `main` turns into an exit code.
 
 pub mod install;
+pub mod reconcile;
+pub mod remove;
+pub mod status;
 pub mod token;
 
 use crate::cli::{Cli, Command};
@@ -23,6 +26,19 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
             let settings = crate::settings::install(&args, &env, os)?;
             let progress = Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
             install::run(&settings, &env, clock, &progress).await
+        }
+        Command::Reconcile(args) => {
+            let dir = crate::settings::agent_dir(args.agent_dir.as_deref(), &os)?;
+            let progress = Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
+            reconcile::run(&dir, &env, clock, &progress).await
+        }
+        Command::Remove(args) => {
+            let dir = crate::settings::agent_dir(args.dir.agent_dir.as_deref(), &os)?;
+            remove::run(&dir, args.purge, &env, clock).await
+        }
+        Command::Status(args) => {
+            let dir = crate::settings::agent_dir(args.dir.agent_dir.as_deref(), &os)?;
+            status::run(&dir, args.json, &env, clock).await
         }
     }
 }

@@ -44,6 +44,21 @@ impl Selector {
         }
     }
 
+    /// The IMDS parameter form saved for later runs (`client_id=…`), or `None` for the default.
+    pub fn to_saved(&self) -> Option<String> {
+        self.query().map(|(k, v)| format!("{k}={v}"))
+    }
+
+    /// The inverse of [`Selector::to_saved`].
+    pub fn from_saved(saved: Option<&str>) -> Self {
+        match saved.and_then(|s| s.split_once('=')) {
+            Some(("client_id", v)) => Self::ClientId(v.to_owned()),
+            Some(("object_id", v)) => Self::ObjectId(v.to_owned()),
+            Some(("msi_res_id", v)) => Self::ResourceId(v.to_owned()),
+            _ => Self::Default,
+        }
+    }
+
     /// How the selector is named to a user: the flag that set it.
     pub fn describe(&self) -> String {
         match self {
@@ -184,6 +199,21 @@ pub struct ImdsClient<T: Transport> {
 impl ImdsClient<ReqwestTransport> {
     pub fn from_env(env: &Env, clock: Clock) -> Result<Self, IdentityError> {
         Self::new(env, ReqwestTransport::new(), clock)
+    }
+
+    /// The VM's id from the instance metadata, or `None` (not on Azure, IMDS slow): one quick try,
+    /// used only to tell a clone from the machine that configured the agent.
+    pub async fn vm_id(&self) -> Option<String> {
+        let mut url = self.base.clone();
+        url.set_path("/metadata/instance/compute/vmId");
+        url.set_query(Some("api-version=2021-02-01&format=text"));
+        let get = self.transport.get(&url);
+        let r = tokio::time::timeout(Duration::from_secs(3), get)
+            .await
+            .ok()?
+            .ok()?;
+        let id = r.body.trim();
+        (r.status == 200 && !id.is_empty() && id.len() <= 64).then(|| id.to_owned())
     }
 }
 

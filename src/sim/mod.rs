@@ -218,6 +218,8 @@ pub struct State {
     pub agent_busy: u32,
     pub listener_reports: Vec<ListenerReport>,
     pub package_downloads: u32,
+    /// The VM id IMDS reports (tests change it to play a clone of the image).
+    pub vm_id: String,
 }
 
 pub struct Simulator {
@@ -252,6 +254,7 @@ impl Simulator {
         }
         let state = Arc::new(Mutex::new(State {
             next_agent_id: 1,
+            vm_id: config.vm_id.clone(),
             ..Default::default()
         }));
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
@@ -307,6 +310,10 @@ impl Simulator {
         vec![
             (crate::identity::IMDS_BASE_ENV.to_owned(), self.base_url()),
             ("NO_PROXY".to_owned(), "127.0.0.1,localhost".to_owned()),
+            (
+                crate::service::UNIT_DIR_ENV.to_owned(),
+                self.systemd_dir().join("units").display().to_string(),
+            ),
         ]
     }
 

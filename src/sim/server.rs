@@ -205,7 +205,7 @@ async fn imds_vm_id(
             "Required metadata header not specified",
         );
     }
-    s.config.vm_id.clone().into_response()
+    s.state.lock().unwrap().vm_id.clone().into_response()
 }
 
 fn ado_error(status: u16, type_key: &str, message: &str) -> Response {

@@ -232,6 +232,17 @@ impl World {
         std::fs::read_to_string(self.sim.systemd_dir().join("systemctl.log")).unwrap_or_default()
     }
 
+    /// The systemctl calls that change something (queries left out).
+    pub fn systemctl_changes(&self) -> Vec<String> {
+        self.systemctl_log()
+            .lines()
+            .filter(|l| {
+                !(l.starts_with("is-active") || l.starts_with("is-enabled") || l.contains("status"))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn server_agents(&self, pool: u64) -> Vec<agent_bootstrap::sim::ServerAgent> {
         self.sim
             .state()

@@ -1,0 +1,637 @@
+//! `agent-bootstrap reconcile`: what the boot unit runs. Brings the agent back to "registered and
+//! running" after whatever happened since the last boot, and never breaks a healthy agent.
+//!
+//! The decision is a pure function, [`decide`], from the observed state to a list of actions; it is
+//! unit-tested row by row. [`run`] observes (files, systemd, the saved machine identity, the
+//! server), asks [`decide`], and carries the actions out.
+//!
+//! | state found | actions |
+//! |---|---|
+//! | configured, the server knows the agent (same id), service installed | ensure the service is enabled and running; no agent command |
+//! | configured, deleted on the server, agent ≥ 3.246.0 | `reauth.sh`, then restart the service |
+//! | configured, deleted on the server, older agent | stop the service, remove the local registration, `config.sh --replace`, start |
+//! | not configured (reimaged data disk, baked image, interrupted run) | the install flow, from the saved settings |
+//! | a clone (saved VM id or machine id differs) | uninstall the original's service, remove the local registration, install under this machine's own name |
+//! | service unit missing / disabled / stopped | `svc.sh install` + start / enable / start |
+//! | `bin` is a link (self-updated) | never re-extracted (the install flow keeps it) |
+//! | IMDS or Azure DevOps unreachable | nothing is stopped or removed; the service is started if it is installed and stopped; exit 3 or 4 after the budget |
+
+use std::time::Duration;
+
+use crate::agent::config::TOKEN_ENV;
+use crate::agent::{AgentDir, AgentSettings};
+use crate::clock::Clock;
+use crate::commands::install;
+use crate::devops::DevOpsClient;
+use crate::env::Env;
+use crate::error::Error;
+use crate::identity::{ImdsClient, retry::Policy};
+use crate::os::Os;
+use crate::process::{self, Child};
+use crate::progress::Progress;
+use crate::secret::{Masker, Secret};
+use crate::service::{self, Systemctl, UnitState};
+use crate::settings;
+use crate::state::{self, Saved};
+
+/// How long reconcile waits, at boot, for the identity and for Azure DevOps to answer.
+pub const NETWORK_BUDGET: Duration = Duration::from_secs(300);
+/// The first agent version with `reauth` (agent.md §3.5).
+pub const REAUTH_SINCE: (u64, u64, u64) = (3, 246, 0);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// Not needed for the decision (not configured, or a clone).
+    NotAsked,
+    /// The server has this agent, with the id in `.agent`.
+    Known,
+    /// No agent of that name: it was deleted on the server.
+    Missing,
+    /// Another agent (another id) now has this name: not ours to take over unattended.
+    Conflict,
+    /// No token, or Azure DevOps did not answer, within the budget.
+    Unreachable,
+}
+
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub configured: bool,
+    pub clone: bool,
+    /// `.service` exists (svc.sh install ran).
+    pub service_installed: bool,
+    /// What systemd says about the agent's unit, when it is installed.
+    pub unit: Option<UnitState>,
+    /// The user wants a service (install without `--no-service`).
+    pub wants_service: bool,
+    pub server: Server,
+    pub reauth_supported: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Install the unit if missing, enable it if disabled, start it if stopped (`restart`: always
+    /// restart, after the registration changed).
+    EnsureService { restart: bool },
+    /// `reauth.sh`: re-adds or re-keys the agent without touching the service.
+    Reauth,
+    /// Older agents: stop the service, remove the local registration, configure `--replace`.
+    ReplaceRegistration,
+    /// `svc.sh stop` + `svc.sh uninstall`.
+    UninstallService,
+    /// Delete `.agent`, `.credentials`, `.credentials_rsaparams`.
+    RemoveRegistration,
+    /// The install flow from the saved settings, under a new name for a clone.
+    Install { new_name: bool },
+}
+
+/// The decision table.
+pub fn decide(o: &Observed) -> Vec<Action> {
+    use Action::*;
+    if o.clone {
+        let mut actions = vec![];
+        if o.service_installed {
+            actions.push(UninstallService);
+        }
+        actions.push(RemoveRegistration);
+        actions.push(Install { new_name: true });
+        return actions;
+    }
+    if !o.configured {
+        return vec![Install { new_name: false }];
+    }
+    let service = |restart| {
+        if o.wants_service {
+            vec![EnsureService { restart }]
+        } else {
+            vec![]
+        }
+    };
+    match o.server {
+        Server::Known | Server::NotAsked => service(false),
+        // Never stop or remove anything while we cannot tell; starting a stopped service is safe.
+        Server::Unreachable => {
+            if o.service_installed {
+                service(false)
+            } else {
+                vec![]
+            }
+        }
+        // Leave both alone; reconcile reports it (install --replace is the explicit way).
+        Server::Conflict => vec![],
+        Server::Missing if o.reauth_supported => {
+            let mut a = vec![Reauth];
+            a.extend(service(true));
+            a
+        }
+        Server::Missing => {
+            let mut a = vec![ReplaceRegistration];
+            a.extend(service(false));
+            a
+        }
+    }
+}
+
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let mut it = v.trim().trim_start_matches('v').split('.');
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    ))
+}
+
+/// The name a clone registers under: its host name, or the saved name with a machine suffix when
+/// the host name is the same (or unusable).
+pub fn clone_name(saved_name: &str, hostname: &str, machine: Option<&str>) -> String {
+    let host = hostname.trim();
+    let usable = !host.is_empty()
+        && host.len() <= 64
+        && !host.eq_ignore_ascii_case(saved_name)
+        && !host
+            .chars()
+            .any(|c| c.is_control() || "\"/\\:<>|*?@".contains(c));
+    if usable {
+        return host.to_owned();
+    }
+    let suffix: String = machine
+        .unwrap_or("clone")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
+    let base: String = saved_name.chars().take(64 - 1 - suffix.len()).collect();
+    format!("{base}-{suffix}")
+}
+
+pub async fn run(
+    agent_dir: &std::path::Path,
+    env: &Env,
+    clock: Clock,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let os = Os::current();
+    let state_dir = settings::state_dir(env, &os);
+    let _lock = crate::lock::acquire(&state_dir, agent_dir, install::LOCK_WAIT).await?;
+    // Read after the lock: a concurrent install may just have written it.
+    let saved = state::load(&state_dir, agent_dir)?.ok_or_else(|| {
+        Error::Input(format!(
+            "no saved settings for --agent-dir {} in {}: run `agent-bootstrap install` first",
+            agent_dir.display(),
+            state_dir.display()
+        ))
+    })?;
+    let agent = AgentDir::new(agent_dir, &os);
+    let local = agent.settings()?;
+    let imds = ImdsClient::from_env(env, clock.clone())?.with_policy(Policy {
+        budget: NETWORK_BUDGET,
+        ..Policy::default()
+    });
+
+    // Is this the machine that configured the agent?
+    let vm_id = imds.vm_id().await;
+    let machine_id = state::machine_id();
+    let clone = saved.is_clone(vm_id.as_deref(), machine_id.as_deref());
+    if clone {
+        tracing::warn!(
+            saved_vm_id = ?saved.vm_id,
+            vm_id = ?vm_id,
+            "this machine is a clone of the one that configured the agent; it gets its own registration"
+        );
+    }
+
+    let systemctl = Systemctl::find();
+    let unit_name = agent.service_name();
+    let unit = match (&systemctl, &unit_name) {
+        (Some(sc), Some(u)) => Some(sc.state(u).await?),
+        _ => None,
+    };
+
+    // The server's view, only when it decides something.
+    let mut token: Option<Secret> = None;
+    let mut network_error: Option<Error> = None;
+    let server = match local.as_ref().filter(|_| !clone) {
+        None => Server::NotAsked,
+        Some(cfg) => match server_view(&saved, cfg, &imds, &clock).await {
+            Ok((view, t)) => {
+                token = Some(t);
+                view
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "could not check the agent with Azure DevOps: {}",
+                    crate::error::report(&e)
+                );
+                network_error = Some(e);
+                Server::Unreachable
+            }
+        },
+    };
+    let reauth_supported = if server == Server::Missing {
+        let user = crate::user::lookup(&saved.user)?;
+        let version = match &user {
+            Some(u) => install::listener_version(&agent, u, &Masker::new()).await,
+            None => None,
+        }
+        .or_else(|| saved.agent_version.clone());
+        version
+            .as_deref()
+            .and_then(parse_version)
+            .is_some_and(|v| v >= REAUTH_SINCE)
+    } else {
+        false
+    };
+    let observed = Observed {
+        configured: local.is_some(),
+        clone,
+        service_installed: unit_name.is_some(),
+        unit,
+        wants_service: saved.service && !os.is_windows(),
+        server,
+        reauth_supported,
+    };
+    let actions = decide(&observed);
+    tracing::info!(?observed, ?actions, "reconcile plan");
+
+    let mut summary = vec![];
+    for action in &actions {
+        match action {
+            Action::EnsureService { restart } => {
+                let done = ensure_service(&saved, &agent, systemctl.as_ref(), *restart).await?;
+                summary.push(done);
+            }
+            Action::Reauth => {
+                let t = token
+                    .clone()
+                    .expect("the server was asked, so there is a token");
+                reauth(&saved, &agent, &t).await?;
+                summary.push("re-registered the agent (reauth)".to_owned());
+            }
+            Action::ReplaceRegistration => {
+                let t = token
+                    .clone()
+                    .expect("the server was asked, so there is a token");
+                replace_registration(&saved, env, &agent, systemctl.as_ref(), &t).await?;
+                summary.push("re-registered the agent (configure --replace)".to_owned());
+            }
+            Action::UninstallService => {
+                let steps = [("svc.sh stop", "stop"), ("svc.sh uninstall", "uninstall")];
+                for (label, arg) in steps {
+                    let child = Child::new(label, agent_dir.join("svc.sh"))
+                        .args([arg])
+                        .cwd(agent_dir)
+                        .timeout(Duration::from_secs(120));
+                    let done =
+                        process::run_async(child, Masker::new())
+                            .await
+                            .map_err(|source| service::ServiceError::Run {
+                                step: label.into(),
+                                source,
+                            })?;
+                    if !done.success() && arg == "uninstall" {
+                        return Err(service::ServiceError::Failed {
+                            step: label.into(),
+                            code: done.code,
+                            line: done.error_line().unwrap_or_default(),
+                        }
+                        .into());
+                    }
+                }
+                summary.push("removed the original machine's service".to_owned());
+            }
+            Action::RemoveRegistration => {
+                agent.remove_registration()?;
+            }
+            Action::Install { new_name } => {
+                let mut s = settings::from_saved(&saved, env, os)?;
+                if *new_name {
+                    s.agent_name = clone_name(
+                        &saved.agent_name,
+                        env.hostname(),
+                        vm_id.as_deref().or(machine_id.as_deref()),
+                    );
+                    tracing::info!(agent = %s.agent_name, "registering this machine under its own name");
+                }
+                let headline = if *new_name {
+                    "reconcile: registered this clone under its own name"
+                } else {
+                    "reconcile: configured the agent from the saved settings"
+                };
+                return install::run_locked(&s, env, clock, progress, headline).await;
+            }
+        }
+    }
+    if let Some(e) = network_error {
+        return Err(e);
+    }
+    if server == Server::Conflict {
+        let l = local.as_ref().expect("configured");
+        return Err(crate::devops::DevOpsError::NameTaken {
+            pool: saved.pool.clone(),
+            name: l.agent_name.clone(),
+            local_id: l.agent_id,
+        }
+        .into());
+    }
+    let agent_line = local
+        .map(|l| format!("agent '{}' (id {})", l.agent_name, l.agent_id))
+        .unwrap_or_default();
+    if summary.is_empty() {
+        summary.push("nothing to do".into());
+    }
+    println!("reconcile: {agent_line}: {}", summary.join("; "));
+    Ok(())
+}
+
+/// One token, one Azure DevOps request: is the agent still the server's?
+async fn server_view(
+    saved: &Saved,
+    local: &AgentSettings,
+    imds: &ImdsClient<crate::identity::ReqwestTransport>,
+    clock: &Clock,
+) -> Result<(Server, Secret), Error> {
+    let selector = crate::identity::Selector::from_saved(saved.identity.as_deref());
+    let token = imds.token(&selector).await?.token;
+    let url = settings::check_url("the saved url", &saved.url)?;
+    let client = DevOpsClient::new(&url, token.clone(), clock.clone()).with_budget(NETWORK_BUDGET);
+    let pool_id = if local.pool_id != 0 {
+        local.pool_id
+    } else {
+        saved.pool_id
+    };
+    let view = match client.find_agent(pool_id, &local.agent_name).await? {
+        Some(a) if a.id == local.agent_id => Server::Known,
+        Some(a) => {
+            tracing::warn!(
+                local_id = local.agent_id,
+                server_id = a.id,
+                "the pool has another agent with this name"
+            );
+            Server::Conflict
+        }
+        None => {
+            tracing::warn!(agent = %local.agent_name, "the agent was deleted on the server");
+            Server::Missing
+        }
+    };
+    Ok((view, token))
+}
+
+async fn ensure_service(
+    saved: &Saved,
+    agent: &AgentDir,
+    systemctl: Option<&Systemctl>,
+    restart: bool,
+) -> Result<String, Error> {
+    let sc = systemctl.ok_or_else(|| service::ServiceError::Failed {
+        step: "systemctl".into(),
+        code: -1,
+        line: "systemctl was not found on PATH".into(),
+    })?;
+    let unit = agent.service_name();
+    let state = match &unit {
+        Some(u) => Some(sc.state(u).await?),
+        None => None,
+    };
+    let missing = state.is_none_or(|s| !s.exists);
+    if missing {
+        // The unit file is gone (or was never installed): svc.sh writes it again.
+        if unit.is_some() {
+            let _ = fs_err::remove_file(agent.root.join(".service"));
+        }
+        let steps = service::plan(&Os::current(), &saved.user, false);
+        let install_only: Vec<_> = steps
+            .into_iter()
+            .filter(|s| s.args[0] == "install")
+            .collect();
+        service::install_and_start(&agent.root, &install_only, &Masker::new()).await?;
+    }
+    let unit = agent
+        .service_name()
+        .ok_or(service::ServiceError::NoScript)?;
+    let state = sc.state(&unit).await?;
+    let mut did = vec![];
+    if missing {
+        did.push("reinstalled the service");
+    }
+    if !state.enabled {
+        sc.run(&["enable", &unit]).await?;
+        did.push("enabled the service");
+    }
+    // --no-block: at boot our unit is ordered before the agent's; a blocking start would wait for
+    // ourselves.
+    if restart {
+        sc.run(&["restart", "--no-block", &unit]).await?;
+        did.push("restarted the service");
+    } else if !state.active {
+        sc.run(&["start", "--no-block", &unit]).await?;
+        did.push("started the service");
+    }
+    Ok(if did.is_empty() {
+        "healthy, service running".to_owned()
+    } else {
+        did.join(", ")
+    })
+}
+
+async fn reauth(saved: &Saved, agent: &AgentDir, token: &Secret) -> Result<(), Error> {
+    let user =
+        crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
+            name: saved.user.clone(),
+        })?;
+    let mut child = Child::new("reauth.sh", agent.root.join("reauth.sh"))
+        .args(["--unattended", "--auth", "pat"])
+        .cwd(&agent.root)
+        .secret_env(TOKEN_ENV, token.clone())
+        .run_as(install::run_as_unless_root(&user))
+        .timeout(Duration::from_secs(600));
+    if user.uid == 0 {
+        child = child.env("AGENT_ALLOW_RUNASROOT", "1");
+    }
+    match process::run_async(child, Masker::with(token)).await {
+        Ok(done) if done.success() => Ok(()),
+        Ok(done) => Err(Error::Configure {
+            message: format!(
+                "reauth.sh exited with code {}: {}",
+                done.code,
+                done.error_line().unwrap_or_default()
+            ),
+        }),
+        Err(process::ProcessError::TimedOut { timeout, .. }) => Err(Error::Configure {
+            message: format!(
+                "reauth.sh did not finish within {}s and was stopped",
+                timeout.as_secs()
+            ),
+        }),
+        Err(e) => Err(Error::ConfigureRun(e)),
+    }
+}
+
+async fn replace_registration(
+    saved: &Saved,
+    env: &Env,
+    agent: &AgentDir,
+    systemctl: Option<&Systemctl>,
+    token: &Secret,
+) -> Result<(), Error> {
+    if let (Some(sc), Some(unit)) = (systemctl, agent.service_name()) {
+        sc.run(&["stop", &unit]).await?;
+    }
+    agent.remove_registration()?;
+    let s = settings::from_saved(saved, env, Os::current())?;
+    let user = crate::user::ensure(&s.user).await?;
+    install::configure(&s, agent, &user, token, &Masker::with(token)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+
+    fn healthy() -> Observed {
+        Observed {
+            configured: true,
+            clone: false,
+            service_installed: true,
+            unit: Some(UnitState {
+                exists: true,
+                enabled: true,
+                active: true,
+            }),
+            wants_service: true,
+            server: Server::Known,
+            reauth_supported: true,
+        }
+    }
+
+    #[test]
+    fn row_healthy_only_ensures_the_service() {
+        assert_eq!(decide(&healthy()), vec![EnsureService { restart: false }]);
+        let no_service = Observed {
+            wants_service: false,
+            service_installed: false,
+            ..healthy()
+        };
+        assert_eq!(decide(&no_service), vec![]);
+    }
+
+    #[test]
+    fn row_deleted_on_the_server_reauths_when_the_agent_can() {
+        let o = Observed {
+            server: Server::Missing,
+            ..healthy()
+        };
+        assert_eq!(decide(&o), vec![Reauth, EnsureService { restart: true }]);
+    }
+
+    #[test]
+    fn row_deleted_on_the_server_old_agent_replaces_the_registration() {
+        let o = Observed {
+            server: Server::Missing,
+            reauth_supported: false,
+            ..healthy()
+        };
+        assert_eq!(
+            decide(&o),
+            vec![ReplaceRegistration, EnsureService { restart: false }]
+        );
+    }
+
+    #[test]
+    fn row_not_configured_runs_the_install_flow() {
+        let o = Observed {
+            configured: false,
+            service_installed: false,
+            unit: None,
+            server: Server::NotAsked,
+            ..healthy()
+        };
+        assert_eq!(decide(&o), vec![Install { new_name: false }]);
+    }
+
+    #[test]
+    fn row_clone_never_reuses_the_original_registration() {
+        let o = Observed {
+            clone: true,
+            server: Server::NotAsked,
+            ..healthy()
+        };
+        assert_eq!(
+            decide(&o),
+            vec![
+                UninstallService,
+                RemoveRegistration,
+                Install { new_name: true }
+            ]
+        );
+        let o = Observed {
+            clone: true,
+            configured: false,
+            service_installed: false,
+            ..healthy()
+        };
+        assert_eq!(
+            decide(&o),
+            vec![RemoveRegistration, Install { new_name: true }]
+        );
+    }
+
+    #[test]
+    fn row_service_missing_or_disabled_is_repaired_by_ensure_service() {
+        let o = Observed {
+            unit: Some(UnitState {
+                exists: false,
+                enabled: false,
+                active: false,
+            }),
+            ..healthy()
+        };
+        assert_eq!(decide(&o), vec![EnsureService { restart: false }]);
+        let o = Observed {
+            service_installed: false,
+            unit: None,
+            ..healthy()
+        };
+        assert_eq!(decide(&o), vec![EnsureService { restart: false }]);
+    }
+
+    #[test]
+    fn row_unreachable_never_stops_or_removes_anything() {
+        let o = Observed {
+            server: Server::Unreachable,
+            ..healthy()
+        };
+        let actions = decide(&o);
+        assert_eq!(actions, vec![EnsureService { restart: false }]);
+        assert!(!actions.iter().any(|a| matches!(
+            a,
+            Reauth | ReplaceRegistration | UninstallService | RemoveRegistration | Install { .. }
+        )));
+        let o = Observed {
+            server: Server::Unreachable,
+            service_installed: false,
+            unit: None,
+            ..healthy()
+        };
+        assert_eq!(decide(&o), vec![]);
+    }
+
+    #[test]
+    fn row_name_taken_by_another_agent_is_left_alone() {
+        let o = Observed {
+            server: Server::Conflict,
+            ..healthy()
+        };
+        assert_eq!(decide(&o), vec![]);
+    }
+
+    #[test]
+    fn versions_and_clone_names() {
+        assert!(parse_version("4.264.2").unwrap() >= REAUTH_SINCE);
+        assert!(parse_version("3.246.0").unwrap() >= REAUTH_SINCE);
+        assert!(parse_version("3.245.9").unwrap() < REAUTH_SINCE);
+        assert_eq!(parse_version("x"), None);
+        assert_eq!(clone_name("vm-golden", "vm-clone-7", None), "vm-clone-7");
+        assert_eq!(clone_name("vm", "VM", Some("6f1c2d3e-0000")), "vm-6f1c2d3e");
+        assert_eq!(clone_name("vm", "", None), "vm-clone");
+    }
+}

@@ -1,0 +1,111 @@
+//! One agent-bootstrap at a time per agent dir.
+//!
+//! cloud-init's `install` and the boot unit's `reconcile` can start together on a fresh instance;
+//! both would run the agent's configuration. An exclusive `flock` serializes them: the second waits
+//! (bounded) and then looks at the state afresh, finding the first one's result. The lock file sits
+//! beside the saved settings (root-owned), not in the agent dir: that dir may not exist yet and the
+//! agent user can write to it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("could not open the lock file '{path}'")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another agent-bootstrap run holds '{path}' and did not finish within {}s; try again later",
+        waited.as_secs()
+    )]
+    Busy { path: PathBuf, waited: Duration },
+}
+
+#[derive(Debug)]
+pub struct AgentLock {
+    _lock: Flock<std::fs::File>,
+}
+
+pub fn lock_path(state_dir: &Path, agent_dir: &Path) -> PathBuf {
+    let file = crate::state::file_for(state_dir, agent_dir);
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    state_dir.join("locks").join(format!("{stem}.lock"))
+}
+
+/// Takes the lock, waiting up to `wait` (real time: this is a local wait, not a retry policy).
+pub async fn acquire(
+    state_dir: &Path,
+    agent_dir: &Path,
+    wait: Duration,
+) -> Result<AgentLock, LockError> {
+    let path = lock_path(state_dir, agent_dir);
+    let open_err = |source| LockError::Open {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs_err::create_dir_all(dir).map_err(open_err)?;
+    }
+    let mut file = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(open_err)?
+        .into_parts()
+        .0;
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                if told {
+                    tracing::info!(waited_s = start.elapsed().as_secs(), "lock acquired");
+                }
+                return Ok(AgentLock { _lock: lock });
+            }
+            Err((f, _)) => file = f,
+        }
+        if start.elapsed() >= wait {
+            return Err(LockError::Busy { path, waited: wait });
+        }
+        if !told {
+            tracing::info!(
+                lock = %path.display(),
+                "another agent-bootstrap run is working on this agent; waiting for it"
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_holder_waits_then_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Path::new("/opt/agent");
+        let first = acquire(dir.path(), agent, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let e = acquire(dir.path(), agent, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LockError::Busy { .. }));
+        drop(first);
+        acquire(dir.path(), agent, Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+}
