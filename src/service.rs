@@ -62,6 +62,23 @@ pub fn plan(os: &Os, user: &str, installed: bool) -> Vec<Step> {
     }
 }
 
+async fn run_step(
+    root: &Path,
+    step: &Step,
+    masker: &Masker,
+) -> Result<process::Finished, ServiceError> {
+    let child = Child::new(step.label.clone(), root.join(&step.program))
+        .args(step.args.clone())
+        .cwd(root)
+        .timeout(Duration::from_secs(120));
+    process::run_async(child, masker.clone())
+        .await
+        .map_err(|source| ServiceError::Run {
+            step: step.label.clone(),
+            source,
+        })
+}
+
 /// Runs the plan as root from the agent root.
 pub async fn install_and_start(
     root: &Path,
@@ -72,23 +89,36 @@ pub async fn install_and_start(
         return Err(ServiceError::NoScript);
     }
     for step in steps {
-        let child = Child::new(step.label.clone(), root.join(&step.program))
-            .args(step.args.clone())
-            .cwd(root)
-            .timeout(Duration::from_secs(120));
-        let done = process::run_async(child, masker.clone())
-            .await
-            .map_err(|source| ServiceError::Run {
-                step: step.label.clone(),
-                source,
-            })?;
-        if !done.success() {
+        let done = run_step(root, step, masker).await?;
+        if done.success() {
+            continue;
+        }
+        let line = done.error_line().unwrap_or_default();
+        // The unit is still there from an earlier life of this agent dir (a reimaged data disk):
+        // svc.sh refuses to overwrite it, so uninstall it and install again.
+        if step.args.first().is_some_and(|a| a == "install") && line.contains("error: exists") {
+            tracing::warn!("the service unit already exists; reinstalling it");
+            let uninstall = Step {
+                label: "svc.sh uninstall".into(),
+                program: step.program.clone(),
+                args: vec!["uninstall".into()],
+            };
+            let _ = run_step(root, &uninstall, masker).await?;
+            let again = run_step(root, step, masker).await?;
+            if again.success() {
+                continue;
+            }
             return Err(ServiceError::Failed {
                 step: step.label.clone(),
-                code: done.code,
-                line: done.error_line().unwrap_or_default(),
+                code: again.code,
+                line: again.error_line().unwrap_or_default(),
             });
         }
+        return Err(ServiceError::Failed {
+            step: step.label.clone(),
+            code: done.code,
+            line,
+        });
     }
     Ok(())
 }
@@ -239,7 +269,6 @@ pub fn render_boot_unit(
         "# Written by agent-bootstrap install; removed by agent-bootstrap remove.\n\
          [Unit]\n\
          Description=agent-bootstrap: keep the Azure Pipelines agent in {dir} registered\n\
-         Documentation=man:agent-bootstrap(1)\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
          {before}\

@@ -274,6 +274,14 @@ pub fn main(args: &[String]) -> i32 {
         return 0;
     }
     let token = parsed.values.get("token").cloned();
+    // Where to report: known before the verb runs (remove deletes .agent).
+    let report_url = parsed.values.get("url").cloned().or_else(|| {
+        read_bom_json(&ctx.root.join(".agent")).and_then(|a| {
+            a.get("serverUrl")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+    });
     let code = rt.block_on(async {
         let code = match parsed.verb.as_str() {
             "configure" => configure(&mut ctx, &parsed).await,
@@ -289,7 +297,7 @@ pub fn main(args: &[String]) -> i32 {
                 }
             }
         };
-        report(&ctx, &parsed, args).await;
+        report(&ctx, &parsed, args, report_url.as_deref()).await;
         code
     });
     ctx.save_diag(token.as_deref());
@@ -305,15 +313,8 @@ fn server_base(url: &str) -> Option<String> {
 }
 
 /// Tells the simulator what this run was given, and whether the token was visible in any argv.
-async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String]) {
-    let url = parsed.values.get("url").cloned().or_else(|| {
-        read_bom_json(&ctx.root.join(".agent")).and_then(|a| {
-            a.get("serverUrl")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        })
-    });
-    let Some(base) = url.as_deref().and_then(server_base) else {
+async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String], url: Option<&str>) {
+    let Some(base) = url.and_then(server_base) else {
         return;
     };
     let mut leaks = vec![];

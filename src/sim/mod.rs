@@ -218,6 +218,8 @@ pub struct State {
     pub agent_busy: u32,
     pub listener_reports: Vec<ListenerReport>,
     pub package_downloads: u32,
+    /// Azure DevOps answers 503 to everything (an outage).
+    pub ado_down: bool,
     /// The VM id IMDS reports (tests change it to play a clone of the image).
     pub vm_id: String,
 }

@@ -306,6 +306,14 @@ fn decode_basic(b64: &str) -> Option<String> {
 /// Authenticates and records; on failure returns the error response.
 macro_rules! caller {
     ($s:expr, $method:expr, $uri:expr, $headers:expr, $org:expr) => {{
+        if $s.state.lock().unwrap().ado_down {
+            record(&$s, &$method, &$uri, &$headers, "outage");
+            return ado_error(
+                503,
+                "ServiceUnavailableException",
+                "TF400893: simulated outage",
+            );
+        }
         if !$org.eq_ignore_ascii_case(&$s.config.org) {
             record(&$s, &$method, &$uri, &$headers, "unknown-org");
             return ado_error(

@@ -1,0 +1,552 @@
+//! Later boots: `reconcile`, `remove`, `status`, the boot unit and the lock, end to end against the
+//! simulator. Each row of reconcile's decision table has a test here.
+
+mod common;
+
+use common::*;
+
+fn reconcile(w: &World) -> Run {
+    let dir = w.agent_dir();
+    w.run(&["reconcile", "--agent-dir", dir.to_str().unwrap()])
+}
+
+const UNIT: &str = "vsts.agent.myorg.Default.test\\x2dagent.service";
+
+fn units(w: &World) -> std::path::PathBuf {
+    w.sim.systemd_dir().join("units")
+}
+
+fn active(w: &World, unit: &str) -> bool {
+    w.sim
+        .systemd_dir()
+        .join("state")
+        .join(format!("{unit}.active"))
+        .exists()
+}
+
+fn enabled(w: &World, unit: &str) -> bool {
+    w.sim
+        .systemd_dir()
+        .join("state")
+        .join(format!("{unit}.enabled"))
+        .exists()
+}
+
+fn installed() -> World {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    w
+}
+
+fn ado_requests_since(w: &World, before: usize) -> Vec<agent_bootstrap::sim::Request> {
+    w.requests()[before..]
+        .iter()
+        .filter(|r| r.path.starts_with("/myorg/"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn healthy_agent_is_left_alone_with_one_request() {
+    let w = installed();
+    let before = w.requests().len();
+    let changes_before = w.systemctl_changes();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("healthy, service running"),
+        "{}",
+        run.stdout
+    );
+    let ado = ado_requests_since(&w, before);
+    assert_eq!(ado.len(), 1, "{ado:?}");
+    assert!(ado[0].path.ends_with("/agents"));
+    assert_eq!(
+        w.systemctl_changes(),
+        changes_before,
+        "nothing changed in systemd"
+    );
+    assert_eq!(w.sim.state().listener_reports.len(), 1, "no agent command");
+}
+
+#[test]
+fn a_stopped_or_disabled_service_is_started_and_enabled() {
+    let w = installed();
+    std::fs::remove_file(
+        w.sim
+            .systemd_dir()
+            .join("state")
+            .join(format!("{UNIT}.active")),
+    )
+    .unwrap();
+    std::fs::remove_file(
+        w.sim
+            .systemd_dir()
+            .join("state")
+            .join(format!("{UNIT}.enabled")),
+    )
+    .unwrap();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("enabled the service, started the service"),
+        "{}",
+        run.stdout
+    );
+    assert!(active(&w, UNIT) && enabled(&w, UNIT));
+    assert!(
+        w.systemctl_log()
+            .contains(&format!("start --no-block {UNIT}"))
+    );
+}
+
+#[test]
+fn a_missing_service_unit_is_reinstalled() {
+    let w = installed();
+    std::fs::remove_file(units(&w).join(UNIT)).unwrap();
+    for f in ["active", "enabled"] {
+        let _ = std::fs::remove_file(
+            w.sim
+                .systemd_dir()
+                .join("state")
+                .join(format!("{UNIT}.{f}")),
+        );
+    }
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("reinstalled the service"),
+        "{}",
+        run.stdout
+    );
+    assert!(units(&w).join(UNIT).is_file());
+    assert!(active(&w, UNIT) && enabled(&w, UNIT));
+}
+
+#[test]
+fn an_agent_deleted_on_the_server_is_reauthed_and_restarted() {
+    let w = installed();
+    w.sim.state().agents.clear();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("re-registered the agent (reauth)"),
+        "{}",
+        run.stdout
+    );
+    let reports = w.sim.state().listener_reports.clone();
+    assert_eq!(reports.last().unwrap().verb, "reauth");
+    assert!(reports.last().unwrap().token_from_env);
+    let agents = w.server_agents(1);
+    assert_eq!(agents.len(), 1);
+    assert_eq!(
+        read_agent_json(&w.agent_dir().join(".agent"))["agentId"],
+        agents[0].id
+    );
+    assert!(
+        w.systemctl_log()
+            .contains(&format!("restart --no-block {UNIT}"))
+    );
+}
+
+#[test]
+fn an_old_agent_deleted_on_the_server_is_configured_again_with_replace() {
+    let w = World::with(|c| c.package.version = "3.240.0".into());
+    w.install(&[]).assert_code(0);
+    w.sim.state().agents.clear();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(run.stdout.contains("configure --replace"), "{}", run.stdout);
+    let verbs: Vec<String> = w
+        .sim
+        .state()
+        .listener_reports
+        .iter()
+        .map(|r| r.verb.clone())
+        .collect();
+    assert_eq!(
+        verbs,
+        vec!["configure", "configure"],
+        "no reauth before 3.246.0"
+    );
+    let log = w.systemctl_log();
+    let stop = log
+        .find(&format!("stop {UNIT}"))
+        .expect("service stopped first");
+    let start = log
+        .rfind(&format!("start --no-block {UNIT}"))
+        .expect("and started after");
+    assert!(stop < start);
+    assert_eq!(w.server_agents(1).len(), 1);
+}
+
+#[test]
+fn an_unconfigured_agent_dir_is_configured_from_the_saved_settings() {
+    let w = installed();
+    // A reimaged data disk or an interrupted run: the package is there, the registration is not.
+    for f in [".agent", ".credentials", ".credentials_rsaparams"] {
+        std::fs::remove_file(w.agent_dir().join(f)).unwrap();
+    }
+    w.sim.state().agents.clear();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("configured the agent from the saved settings"),
+        "{}",
+        run.stdout
+    );
+    assert!(w.agent_dir().join(".agent").is_file());
+    assert_eq!(w.downloads(), 1, "the package in place was used");
+    assert_eq!(w.server_agents(1).len(), 1);
+}
+
+#[test]
+fn a_wiped_agent_dir_is_installed_again_from_the_cache() {
+    let w = installed();
+    std::fs::remove_dir_all(w.agent_dir()).unwrap();
+    w.sim.state().agents.clear();
+    reconcile(&w).assert_code(0);
+    assert!(w.agent_dir().join(".agent").is_file());
+    assert_eq!(w.downloads(), 1, "the verified package came from the cache");
+}
+
+#[test]
+fn a_clone_registers_under_its_own_name_and_leaves_the_original_alone() {
+    let w = installed();
+    let original = w.server_agents(1)[0].clone();
+    // The image was captured and this is another VM.
+    w.sim.state().vm_id = "6f1c2d3e-0000-4000-8000-00000000c10e".into();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(run.stderr.contains("is a clone"), "{}", run.stderr);
+    let agents = w.server_agents(1);
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    assert!(
+        agents
+            .iter()
+            .any(|a| a.id == original.id && a.public_key == original.public_key),
+        "the original is untouched"
+    );
+    let new = read_agent_json(&w.agent_dir().join(".agent"));
+    assert_ne!(new["agentId"], original.id);
+    assert_ne!(new["agentName"], "test-agent");
+    // The original's service went away; this machine's is installed and started.
+    assert!(w.systemctl_log().contains(&format!("disable {UNIT}")));
+    assert!(!units(&w).join(UNIT).exists());
+    let unit = std::fs::read_to_string(w.agent_dir().join(".service")).unwrap();
+    assert!(active(&w, unit.trim()));
+    // The saved settings follow: the next boot is healthy.
+    let before = w.requests().len();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(run.stdout.contains("healthy"), "{}", run.stdout);
+    assert_eq!(ado_requests_since(&w, before).len(), 1);
+}
+
+#[test]
+fn a_self_updated_agent_is_configured_without_re_extracting() {
+    let w = installed();
+    let dir = w.agent_dir();
+    std::fs::rename(dir.join("bin"), dir.join("bin.4.300.0")).unwrap();
+    std::os::unix::fs::symlink("bin.4.300.0", dir.join("bin")).unwrap();
+    for f in [".agent", ".credentials", ".credentials_rsaparams"] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    w.sim.state().agents.clear();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(run.stderr.contains("updated itself"), "{}", run.stderr);
+    assert!(
+        std::fs::symlink_metadata(dir.join("bin"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(dir.join(".agent").is_file());
+}
+
+#[test]
+fn with_imds_down_nothing_working_is_touched() {
+    let mut w = installed();
+    std::fs::remove_file(
+        w.sim
+            .systemd_dir()
+            .join("state")
+            .join(format!("{UNIT}.active")),
+    )
+    .unwrap();
+    let agent_before = std::fs::read(w.agent_dir().join(".agent")).unwrap();
+    w.sim.shutdown();
+    let run = reconcile(&w);
+    run.assert_code(3);
+    assert!(run.stderr.contains("no token from IMDS"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(w.agent_dir().join(".agent")).unwrap(),
+        agent_before
+    );
+    assert!(w.agent_dir().join(".credentials").is_file());
+    assert!(active(&w, UNIT), "the installed service was started anyway");
+    assert!(!w.systemctl_log().contains(&format!("stop {UNIT}")));
+}
+
+#[test]
+fn with_azure_devops_down_nothing_working_is_touched() {
+    let w = installed();
+    w.sim.state().ado_down = true;
+    let agent_before = std::fs::read(w.agent_dir().join(".agent")).unwrap();
+    let run = reconcile(&w);
+    run.assert_code(4);
+    assert!(run.stderr.contains("503"), "{}", run.stderr);
+    // Retried with backoff inside the budget (virtual time in tests).
+    assert!(w.requests().iter().filter(|r| r.caller == "outage").count() > 3);
+    assert_eq!(
+        std::fs::read(w.agent_dir().join(".agent")).unwrap(),
+        agent_before
+    );
+    assert!(active(&w, UNIT));
+    assert_eq!(w.sim.state().listener_reports.len(), 1);
+}
+
+#[test]
+fn a_name_taken_by_another_agent_is_not_taken_over() {
+    let w = installed();
+    {
+        let mut st = w.sim.state();
+        let list = st.agents.get_mut(&1).unwrap();
+        list[0].id = 999;
+    }
+    let run = reconcile(&w);
+    run.assert_code(4);
+    assert!(
+        run.stderr.contains("another agent named 'test-agent'"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.server_agents(1)[0].id, 999);
+    assert_eq!(w.sim.state().listener_reports.len(), 1);
+}
+
+#[test]
+fn reconcile_without_saved_settings_exits_2() {
+    let w = World::new();
+    let run = reconcile(&w);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("run `agent-bootstrap install` first"),
+        "{}",
+        run.stderr
+    );
+    assert!(w.requests().is_empty());
+}
+
+#[test]
+fn concurrent_install_and_reconcile_register_exactly_once() {
+    let w = installed();
+    for f in [".agent", ".credentials", ".credentials_rsaparams"] {
+        std::fs::remove_file(w.agent_dir().join(f)).unwrap();
+    }
+    w.sim.state().agents.clear();
+    let posts_before = w.count("POST", "/agents");
+    let configures_before = w.sim.state().listener_reports.len();
+    let url = w.org_url();
+    let dir = w.agent_dir();
+    let mut install = w.command(&[
+        "install",
+        "--url",
+        &url,
+        "--agent-dir",
+        dir.to_str().unwrap(),
+        "--agent-name",
+        "test-agent",
+    ]);
+    let mut reconcile = w.command(&["reconcile", "--agent-dir", dir.to_str().unwrap()]);
+    let a = install
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = reconcile
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let a = a.wait_with_output().unwrap();
+    let b = b.wait_with_output().unwrap();
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(
+        w.count("POST", "/agents") - posts_before,
+        1,
+        "exactly one registration"
+    );
+    assert_eq!(
+        w.sim.state().listener_reports.len() - configures_before,
+        1,
+        "config.sh ran once"
+    );
+    assert_eq!(w.server_agents(1).len(), 1);
+}
+
+#[test]
+fn install_writes_a_valid_boot_unit_ordered_before_the_agent() {
+    let w = installed();
+    let units: Vec<String> = std::fs::read_dir(units(&w))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("agent-bootstrap-"))
+        .collect();
+    assert_eq!(units.len(), 1, "{units:?}");
+    let path = w.sim.systemd_dir().join("units").join(&units[0]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("After=network-online.target"));
+    assert!(text.contains("Wants=network-online.target"));
+    assert!(text.contains(&format!("Before={UNIT}")));
+    assert!(text.contains(&format!(
+        "reconcile --agent-dir {}",
+        w.agent_dir().display()
+    )));
+    assert!(enabled(&w, &units[0]));
+    if let Ok(analyze) = which::which("systemd-analyze") {
+        let out = std::process::Command::new(analyze)
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "systemd-analyze verify failed: {err}");
+        assert!(
+            !err.contains(&units[0]),
+            "systemd-analyze complained about the unit: {err}"
+        );
+    } else {
+        eprintln!("systemd-analyze is not installed: the unit's text was checked, not verified");
+    }
+    // --no-boot installs none.
+    let w2 = World::new();
+    w2.install(&["--no-boot"]).assert_code(0);
+    assert!(
+        !std::fs::read_dir(w2.sim.systemd_dir().join("units"))
+            .unwrap()
+            .flatten()
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("agent-bootstrap-"))
+    );
+}
+
+#[test]
+fn remove_undoes_install_and_a_second_remove_is_fine() {
+    let w = installed();
+    let dir = w.agent_dir();
+    let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("unregistered agent 'test-agent'"),
+        "{}",
+        run.stdout
+    );
+    assert!(w.server_agents(1).is_empty());
+    assert!(
+        !dir.join(".agent").exists()
+            && !dir.join(".credentials").exists()
+            && !dir.join(".service").exists()
+    );
+    assert!(dir.join("bin").exists(), "without --purge the files stay");
+    let log = w.systemctl_log();
+    assert!(log.contains(&format!("stop {UNIT}")) && log.contains(&format!("disable {UNIT}")));
+    assert!(!std::fs::read_dir(units(&w)).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("agent-bootstrap-")
+    }));
+    assert!(
+        !std::fs::read_dir(w.state_dir().join("agents"))
+            .unwrap()
+            .flatten()
+            .any(|_| true)
+    );
+    let remove = w.sim.state().listener_reports.last().cloned().unwrap();
+    assert_eq!(remove.verb, "remove");
+    assert!(remove.token_from_env);
+    assert_ne!(remove.uid, 0);
+
+    let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("nothing to remove"), "{}", run.stdout);
+}
+
+#[test]
+fn remove_retries_while_the_agent_is_busy() {
+    let w = installed();
+    w.sim.state().agent_busy = 2;
+    let dir = w.agent_dir();
+    let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("retrying in 30s"), "{}", run.stderr);
+    assert!(w.server_agents(1).is_empty());
+}
+
+#[test]
+fn remove_purge_deletes_the_agent_dir_and_cache() {
+    let w = installed();
+    let dir = w.agent_dir();
+    w.run(&["remove", "--agent-dir", dir.to_str().unwrap(), "--purge"])
+        .assert_code(0);
+    assert!(!dir.exists());
+    assert!(!w.cache_dir().exists());
+    w.run(&["remove", "--agent-dir", dir.to_str().unwrap(), "--purge"])
+        .assert_code(0);
+}
+
+#[test]
+fn status_reports_local_and_server_state() {
+    let w = installed();
+    let dir = w.agent_dir();
+    let run = w.run(&["status", "--agent-dir", dir.to_str().unwrap(), "--json"]);
+    run.assert_code(0);
+    let s: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(s["configured"], true);
+    assert_eq!(s["agent_name"], "test-agent");
+    assert_eq!(s["agent_version"], "4.264.2");
+    assert_eq!(s["service_unit"], UNIT);
+    assert_eq!(s["service"]["active"], true);
+    assert_eq!(s["boot"]["enabled"], true);
+    assert_eq!(s["server"]["exists"], true);
+    assert_eq!(s["server"]["same_id"], true);
+
+    let run = w.run(&["status", "--agent-dir", dir.to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("configured:     yes: agent 'test-agent' (id 1)"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("(enabled, running)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("registered, offline, enabled"),
+        "{}",
+        run.stdout
+    );
+
+    w.sim.state().agents.clear();
+    let run = w.run(&["status", "--agent-dir", dir.to_str().unwrap()]);
+    assert!(
+        run.stdout.contains("does not exist on the server"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn status_of_nothing_says_so() {
+    let w = World::new();
+    let run = w.run(&["status", "--agent-dir", w.agent_dir().to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("not installed"), "{}", run.stdout);
+    assert!(run.stdout.contains("configured:     no"));
+}
