@@ -143,6 +143,31 @@ def run(args, work, ours, sim):
     print()
     print(f"agent-bootstrap peak RSS: {max(rss) / 1024:.1f} MiB (max over {len(rss)} runs)")
 
+    # reconcile on a healthy agent: what every boot costs.
+    d = os.path.join(work, "agent-reconcile")
+    shutil.rmtree(d, ignore_errors=True)
+    e = dict(env, AGENT_BOOTSTRAP_CACHE_DIR=os.path.join(work, "cache-reconcile"))
+    subprocess.run([ours, "install", "--url", org, "--agent-name", f"bench-reconcile-{int(time.time())}",
+                    "--agent-dir", d], env=e, check=True, capture_output=True)
+    stats_url = org.rsplit("/", 1)[0] + "/_sim/stats"
+    import json
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    def stats():
+        return json.load(opener.open(stats_url))
+    times = []
+    before = stats()
+    n = 10
+    for _ in range(n):
+        wall, _ = timed([ours, "reconcile", "--agent-dir", d], env=e)
+        times.append(wall)
+    after = stats()
+    print()
+    print(f"reconcile on a healthy agent ({n} runs): median {statistics.median(times) * 1000:.0f} ms, "
+          f"{(after['ado_requests'] - before['ado_requests']) / n:.0f} Azure DevOps request(s) and "
+          f"{(after['imds_requests'] - before['imds_requests']) / n:.0f} IMDS requests per run")
+    subprocess.run([ours, "remove", "--agent-dir", d, "--purge"], env=e, capture_output=True)
+
 
 if __name__ == "__main__":
     main()

@@ -84,11 +84,24 @@ pub async fn install_and_start(
     root: &Path,
     steps: &[Step],
     masker: &Masker,
+    no_block_start: bool,
 ) -> Result<(), ServiceError> {
     if !steps.is_empty() && !root.join("svc.sh").is_file() {
         return Err(ServiceError::NoScript);
     }
     for step in steps {
+        if no_block_start && step.args.first().is_some_and(|a| a == "start") {
+            let unit = fs_err::read_to_string(root.join(".service"))
+                .map(|u| u.trim().to_owned())
+                .map_err(|_| ServiceError::NoScript)?;
+            let sc = Systemctl::find().ok_or_else(|| ServiceError::Failed {
+                step: "systemctl".into(),
+                code: -1,
+                line: "systemctl was not found on PATH".into(),
+            })?;
+            sc.run(&["start", "--no-block", &unit]).await?;
+            continue;
+        }
         let done = run_step(root, step, masker).await?;
         if done.success() {
             continue;

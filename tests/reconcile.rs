@@ -199,6 +199,16 @@ fn an_unconfigured_agent_dir_is_configured_from_the_saved_settings() {
     );
     assert!(w.agent_dir().join(".agent").is_file());
     assert_eq!(w.downloads(), 1, "the package in place was used");
+    // At boot the agent's unit waits for ours: the start must not block on it.
+    let log = w.systemctl_log();
+    assert!(
+        log.lines()
+            .filter(|l| l.starts_with("start"))
+            .last()
+            .unwrap()
+            .starts_with("start --no-block"),
+        "{log}"
+    );
     assert_eq!(w.server_agents(1).len(), 1);
 }
 
@@ -549,4 +559,35 @@ fn status_of_nothing_says_so() {
     run.assert_code(0);
     assert!(run.stdout.contains("not installed"), "{}", run.stdout);
     assert!(run.stdout.contains("configured:     no"));
+}
+
+#[test]
+fn without_systemd_install_says_so_and_skips_the_boot_unit() {
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        eprintln!("systemd runs on this machine: the no-systemd path cannot be exercised here");
+        return;
+    }
+    let w = World::new();
+    let url = w.org_url();
+    let dir = w.agent_dir();
+    let mut cmd = w.command(&[
+        "install",
+        "--url",
+        &url,
+        "--agent-dir",
+        dir.to_str().unwrap(),
+        "--agent-name",
+        "c1",
+        "--no-service",
+    ]);
+    cmd.env_remove("AGENT_BOOTSTRAP_UNIT_DIR");
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("systemd is not running here: no boot unit installed"),
+        "{}",
+        run.stderr
+    );
+    assert!(w.systemctl_log().is_empty());
 }

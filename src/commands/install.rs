@@ -151,7 +151,7 @@ pub async fn run_locked(
         tracing::warn!("removing a registration left by an interrupted configuration");
         agent.remove_registration()?;
     }
-    configure(s, &agent, &user, &token, &masker).await?;
+    configure(s, env, &agent, &user, &token, &masker).await?;
     let settings = agent.settings()?.ok_or_else(|| Error::Configure {
         message: format!(
             "{} reported success but wrote no .agent file",
@@ -162,7 +162,7 @@ pub async fn run_locked(
     // 8. Service.
     if s.service {
         let steps = service::plan(&s.os, &user.name, agent.service_name().is_some());
-        service::install_and_start(&s.agent_dir, &steps, &masker).await?;
+        service::install_and_start(&s.agent_dir, &steps, &masker, s.no_block_start).await?;
     }
 
     // 9. Later boots, then remember and report.
@@ -289,7 +289,7 @@ async fn already_installed(
     if s.service && !s.os.is_windows() && agent.service_name().is_none() {
         let user = user::ensure(&s.user).await?;
         let steps = service::plan(&s.os, &user.name, false);
-        service::install_and_start(&s.agent_dir, &steps, masker).await?;
+        service::install_and_start(&s.agent_dir, &steps, masker, s.no_block_start).await?;
     }
     let previous = state::load(&s.state_dir, &s.agent_dir)?;
     let mut saved = saved_settings(
@@ -558,13 +558,13 @@ fn configure_child(
 
 pub async fn configure(
     s: &InstallSettings,
+    env: &Env,
     agent: &AgentDir,
     user: &RunAs,
     token: &Secret,
     masker: &Masker,
 ) -> Result<(), Error> {
-    let env = Env::capture();
-    let child = configure_child(s, agent, user, token, Some(&env));
+    let child = configure_child(s, agent, user, token, Some(env));
     tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
     match process::run_async(child, masker.clone()).await {
         Ok(done) if done.success() => Ok(()),

@@ -30,15 +30,15 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
         Command::Reconcile(args) => {
             let dir = crate::settings::agent_dir(args.agent_dir.as_deref(), &os)?;
             let progress = Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
-            reconcile::run(&dir, &env, clock, &progress).await
+            reconcile::run(&dir, &env, os, clock, &progress).await
         }
         Command::Remove(args) => {
             let dir = crate::settings::agent_dir(args.dir.agent_dir.as_deref(), &os)?;
-            remove::run(&dir, args.purge, &env, clock).await
+            remove::run(&dir, args.purge, &env, os, clock).await
         }
         Command::Status(args) => {
             let dir = crate::settings::agent_dir(args.dir.agent_dir.as_deref(), &os)?;
-            status::run(&dir, args.json, &env, clock).await
+            status::run(&dir, args.json, &env, os, clock).await
         }
     }
 }

@@ -166,10 +166,10 @@ pub fn clone_name(saved_name: &str, hostname: &str, machine: Option<&str>) -> St
 pub async fn run(
     agent_dir: &std::path::Path,
     env: &Env,
+    os: Os,
     clock: Clock,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let os = Os::current();
     let state_dir = settings::state_dir(env, &os);
     let _lock = crate::lock::acquire(&state_dir, agent_dir, install::LOCK_WAIT).await?;
     // Read after the lock: a concurrent install may just have written it.
@@ -256,7 +256,7 @@ pub async fn run(
     for action in &actions {
         match action {
             Action::EnsureService { restart } => {
-                let done = ensure_service(&saved, &agent, systemctl.as_ref(), *restart).await?;
+                let done = ensure_service(os, &saved, &agent, systemctl.as_ref(), *restart).await?;
                 summary.push(done);
             }
             Action::Reauth => {
@@ -270,7 +270,7 @@ pub async fn run(
                 let t = token
                     .clone()
                     .expect("the server was asked, so there is a token");
-                replace_registration(&saved, env, &agent, systemctl.as_ref(), &t).await?;
+                replace_registration(&saved, env, os, &agent, systemctl.as_ref(), &t).await?;
                 summary.push("re-registered the agent (configure --replace)".to_owned());
             }
             Action::UninstallService => {
@@ -377,6 +377,7 @@ async fn server_view(
 }
 
 async fn ensure_service(
+    os: Os,
     saved: &Saved,
     agent: &AgentDir,
     systemctl: Option<&Systemctl>,
@@ -398,12 +399,12 @@ async fn ensure_service(
         if unit.is_some() {
             let _ = fs_err::remove_file(agent.root.join(".service"));
         }
-        let steps = service::plan(&Os::current(), &saved.user, false);
+        let steps = service::plan(&os, &saved.user, false);
         let install_only: Vec<_> = steps
             .into_iter()
             .filter(|s| s.args[0] == "install")
             .collect();
-        service::install_and_start(&agent.root, &install_only, &Masker::new()).await?;
+        service::install_and_start(&agent.root, &install_only, &Masker::new(), true).await?;
     }
     let unit = agent
         .service_name()
@@ -469,6 +470,7 @@ async fn reauth(saved: &Saved, agent: &AgentDir, token: &Secret) -> Result<(), E
 async fn replace_registration(
     saved: &Saved,
     env: &Env,
+    os: Os,
     agent: &AgentDir,
     systemctl: Option<&Systemctl>,
     token: &Secret,
@@ -477,9 +479,9 @@ async fn replace_registration(
         sc.run(&["stop", &unit]).await?;
     }
     agent.remove_registration()?;
-    let s = settings::from_saved(saved, env, Os::current())?;
+    let s = settings::from_saved(saved, env, os)?;
     let user = crate::user::ensure(&s.user).await?;
-    install::configure(&s, agent, &user, token, &Masker::with(token)).await
+    install::configure(&s, env, agent, &user, token, &Masker::with(token)).await
 }
 
 #[cfg(test)]

@@ -25,8 +25,13 @@ use crate::state;
 const REMOVE_ATTEMPTS: u32 = 10;
 const REMOVE_DELAY: Duration = Duration::from_secs(30);
 
-pub async fn run(agent_dir: &Path, purge: bool, env: &Env, clock: Clock) -> Result<(), Error> {
-    let os = Os::current();
+pub async fn run(
+    agent_dir: &Path,
+    purge: bool,
+    env: &Env,
+    os: Os,
+    clock: Clock,
+) -> Result<(), Error> {
     let state_dir = settings::state_dir(env, &os);
     let cache_dir = settings::cache_dir(env, &os);
     let _lock = crate::lock::acquire(&state_dir, agent_dir, install::LOCK_WAIT).await?;

@@ -50,8 +50,13 @@ pub struct ServerStatus {
     pub error: Option<String>,
 }
 
-pub async fn run(agent_dir: &Path, json: bool, env: &Env, clock: Clock) -> Result<(), Error> {
-    let os = Os::current();
+pub async fn run(
+    agent_dir: &Path,
+    json: bool,
+    env: &Env,
+    os: Os,
+    clock: Clock,
+) -> Result<(), Error> {
     let state_dir = settings::state_dir(env, &os);
     let saved = state::load(&state_dir, agent_dir)?;
     let agent = AgentDir::new(agent_dir, &os);

@@ -43,6 +43,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/_download/agent/{version}/{file}", get(download))
         .route("/_sim/config", get(sim_config))
         .route("/_sim/report", post(sim_report))
+        .route("/_sim/stats", get(sim_stats))
         .with_state(shared)
 }
 
@@ -812,4 +813,23 @@ async fn sim_report(AxState(s): AxState<Shared>, body: String) -> Response {
         }
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
+}
+
+/// Request counts, for the benchmark (which runs the simulator as a separate process).
+async fn sim_stats(AxState(s): AxState<Shared>) -> Response {
+    let st = s.state.lock().unwrap();
+    let ado = st
+        .requests
+        .iter()
+        .filter(|r| r.path.starts_with(&format!("/{}/", s.config.org)))
+        .count();
+    let imds = st
+        .requests
+        .iter()
+        .filter(|r| r.path.starts_with("/metadata/"))
+        .count();
+    json_response(
+        200,
+        json!({"requests": st.requests.len(), "ado_requests": ado, "imds_requests": imds}),
+    )
 }
