@@ -203,8 +203,7 @@ fn an_unconfigured_agent_dir_is_configured_from_the_saved_settings() {
     let log = w.systemctl_log();
     assert!(
         log.lines()
-            .filter(|l| l.starts_with("start"))
-            .last()
+            .rfind(|l| l.starts_with("start"))
             .unwrap()
             .starts_with("start --no-block"),
         "{log}"
