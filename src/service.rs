@@ -79,6 +79,26 @@ async fn run_step(
         })
 }
 
+/// `svc.sh stop` then `svc.sh uninstall` (a failed stop is fine: the unit may be stopped already).
+pub async fn uninstall(root: &Path) -> Result<(), ServiceError> {
+    for arg in ["stop", "uninstall"] {
+        let step = Step {
+            label: format!("svc.sh {arg}"),
+            program: "./svc.sh".into(),
+            args: vec![arg.into()],
+        };
+        let done = run_step(root, &step, &Masker::new()).await?;
+        if !done.success() && arg == "uninstall" {
+            return Err(ServiceError::Failed {
+                step: step.label,
+                code: done.code,
+                line: done.error_line().unwrap_or_default(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Runs the plan as root from the agent root.
 pub async fn install_and_start(
     root: &Path,
@@ -94,12 +114,9 @@ pub async fn install_and_start(
             let unit = fs_err::read_to_string(root.join(".service"))
                 .map(|u| u.trim().to_owned())
                 .map_err(|_| ServiceError::NoScript)?;
-            let sc = Systemctl::find().ok_or_else(|| ServiceError::Failed {
-                step: "systemctl".into(),
-                code: -1,
-                line: "systemctl was not found on PATH".into(),
-            })?;
-            sc.run(&["start", "--no-block", &unit]).await?;
+            Systemctl::require()?
+                .run(&["start", "--no-block", &unit])
+                .await?;
             continue;
         }
         let done = run_step(root, step, masker).await?;
@@ -194,6 +211,15 @@ impl Systemctl {
         which::which("systemctl")
             .ok()
             .map(|program| Self { program })
+    }
+
+    /// [`Systemctl::find`], or an error saying it is missing.
+    pub fn require() -> Result<Self, ServiceError> {
+        Self::find().ok_or_else(|| ServiceError::Failed {
+            step: "systemctl".into(),
+            code: -1,
+            line: "systemctl was not found on PATH".into(),
+        })
     }
 
     async fn call(&self, args: &[&str]) -> Result<process::Finished, ServiceError> {

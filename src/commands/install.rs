@@ -215,11 +215,7 @@ pub async fn ensure_boot_unit(
     let dir = service::unit_dir(env);
     let path = dir.join(&name);
     let unchanged = fs_err::read_to_string(&path).is_ok_and(|t| t == text);
-    let systemctl = service::Systemctl::find().ok_or_else(|| service::ServiceError::Failed {
-        step: "systemctl".into(),
-        code: -1,
-        line: "systemctl was not found on PATH".into(),
-    })?;
+    let systemctl = service::Systemctl::require()?;
     if !unchanged {
         let write = |source| Error::Io {
             action: "writing the boot unit",
@@ -566,29 +562,7 @@ pub async fn configure(
 ) -> Result<(), Error> {
     let child = configure_child(s, agent, user, token, Some(env));
     tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
-    match process::run_async(child, masker.clone()).await {
-        Ok(done) if done.success() => Ok(()),
-        Ok(done) => Err(Error::Configure {
-            message: format!(
-                "{} exited with code {}: {}",
-                s.os.config_script(),
-                done.code,
-                done.error_line()
-                    .unwrap_or_else(|| "no error output".into())
-            ),
-        }),
-        Err(process::ProcessError::TimedOut {
-            timeout, output, ..
-        }) => Err(Error::Configure {
-            message: format!(
-                "{} did not finish within {}s and was stopped (--config-timeout); last output: {}",
-                s.os.config_script(),
-                timeout.as_secs(),
-                output.error_line().unwrap_or_else(|| "none".into())
-            ),
-        }),
-        Err(e) => Err(Error::ConfigureRun(e)),
-    }
+    super::agent_script(child, masker).await
 }
 
 fn saved_settings(

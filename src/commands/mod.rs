@@ -42,3 +42,34 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
         }
     }
 }
+
+/// Runs one of the agent's own scripts (`config.sh`, `config.sh remove`, `reauth.sh`) and turns a
+/// failure into exit 6 carrying the agent's own error line, or the last output before a timeout.
+pub(crate) async fn agent_script(
+    child: crate::process::Child,
+    masker: &crate::secret::Masker,
+) -> Result<(), Error> {
+    use crate::process::{self, ProcessError};
+    let label = child.label.clone();
+    match process::run_async(child, masker.clone()).await {
+        Ok(done) if done.success() => Ok(()),
+        Ok(done) => Err(Error::Configure {
+            message: format!(
+                "{label} exited with code {}: {}",
+                done.code,
+                done.error_line()
+                    .unwrap_or_else(|| "no error output".into())
+            ),
+        }),
+        Err(ProcessError::TimedOut {
+            timeout, output, ..
+        }) => Err(Error::Configure {
+            message: format!(
+                "{label} did not finish within {}s and was stopped; last output: {}",
+                timeout.as_secs(),
+                output.error_line().unwrap_or_else(|| "none".into())
+            ),
+        }),
+        Err(e) => Err(Error::ConfigureRun(e)),
+    }
+}

@@ -27,7 +27,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::identity::{ImdsClient, retry::Policy};
 use crate::os::Os;
-use crate::process::{self, Child};
+use crate::process::Child;
 use crate::progress::Progress;
 use crate::secret::{Masker, Secret};
 use crate::service::{self, Systemctl, UnitState};
@@ -274,28 +274,7 @@ pub async fn run(
                 summary.push("re-registered the agent (configure --replace)".to_owned());
             }
             Action::UninstallService => {
-                let steps = [("svc.sh stop", "stop"), ("svc.sh uninstall", "uninstall")];
-                for (label, arg) in steps {
-                    let child = Child::new(label, agent_dir.join("svc.sh"))
-                        .args([arg])
-                        .cwd(agent_dir)
-                        .timeout(Duration::from_secs(120));
-                    let done =
-                        process::run_async(child, Masker::new())
-                            .await
-                            .map_err(|source| service::ServiceError::Run {
-                                step: label.into(),
-                                source,
-                            })?;
-                    if !done.success() && arg == "uninstall" {
-                        return Err(service::ServiceError::Failed {
-                            step: label.into(),
-                            code: done.code,
-                            line: done.error_line().unwrap_or_default(),
-                        }
-                        .into());
-                    }
-                }
+                service::uninstall(agent_dir).await?;
                 summary.push("removed the original machine's service".to_owned());
             }
             Action::RemoveRegistration => {
@@ -383,11 +362,10 @@ async fn ensure_service(
     systemctl: Option<&Systemctl>,
     restart: bool,
 ) -> Result<String, Error> {
-    let sc = systemctl.ok_or_else(|| service::ServiceError::Failed {
-        step: "systemctl".into(),
-        code: -1,
-        line: "systemctl was not found on PATH".into(),
-    })?;
+    let sc = match systemctl {
+        Some(sc) => sc.clone(),
+        None => Systemctl::require()?,
+    };
     let unit = agent.service_name();
     let state = match &unit {
         Some(u) => Some(sc.state(u).await?),
@@ -448,23 +426,7 @@ async fn reauth(saved: &Saved, agent: &AgentDir, token: &Secret) -> Result<(), E
     if user.uid == 0 {
         child = child.env("AGENT_ALLOW_RUNASROOT", "1");
     }
-    match process::run_async(child, Masker::with(token)).await {
-        Ok(done) if done.success() => Ok(()),
-        Ok(done) => Err(Error::Configure {
-            message: format!(
-                "reauth.sh exited with code {}: {}",
-                done.code,
-                done.error_line().unwrap_or_default()
-            ),
-        }),
-        Err(process::ProcessError::TimedOut { timeout, .. }) => Err(Error::Configure {
-            message: format!(
-                "reauth.sh did not finish within {}s and was stopped",
-                timeout.as_secs()
-            ),
-        }),
-        Err(e) => Err(Error::ConfigureRun(e)),
-    }
+    super::agent_script(child, &Masker::with(token)).await
 }
 
 async fn replace_registration(

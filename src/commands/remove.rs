@@ -15,7 +15,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::identity::{ImdsClient, Selector};
 use crate::os::Os;
-use crate::process::{self, Child, RunAs};
+use crate::process::{Child, RunAs};
 use crate::secret::Masker;
 use crate::service::{self, Systemctl};
 use crate::settings;
@@ -42,27 +42,7 @@ pub async fn run(
 
     // 1. The service (config.sh remove refuses while .service exists).
     if agent.service_name().is_some() && agent.root.join("svc.sh").is_file() {
-        for step in ["stop", "uninstall"] {
-            let label = format!("svc.sh {step}");
-            let child = Child::new(label.clone(), agent.root.join("svc.sh"))
-                .args([step])
-                .cwd(&agent.root)
-                .timeout(Duration::from_secs(180));
-            let out = process::run_async(child, Masker::new())
-                .await
-                .map_err(|source| service::ServiceError::Run {
-                    step: label.clone(),
-                    source,
-                })?;
-            if !out.success() && step == "uninstall" {
-                return Err(service::ServiceError::Failed {
-                    step: label,
-                    code: out.code,
-                    line: out.error_line().unwrap_or_default(),
-                }
-                .into());
-            }
-        }
+        service::uninstall(&agent.root).await?;
         done.push("uninstalled the service".into());
     }
 
@@ -87,25 +67,14 @@ pub async fn run(
             if user.as_ref().is_none_or(|u| u.uid == 0) {
                 child = child.env("AGENT_ALLOW_RUNASROOT", "1");
             }
-            let out = match process::run_async(child, masker.clone()).await {
-                Ok(out) => out,
-                Err(process::ProcessError::TimedOut { timeout, .. }) => {
-                    return Err(Error::Configure {
-                        message: format!(
-                            "config.sh remove did not finish within {}s and was stopped",
-                            timeout.as_secs()
-                        ),
-                    });
-                }
-                Err(e) => return Err(Error::ConfigureRun(e)),
+            let line = match super::agent_script(child, &masker).await {
+                Ok(()) => break,
+                Err(Error::Configure { message }) => message,
+                Err(e) => return Err(e),
             };
-            if out.success() {
-                break;
-            }
-            let line = out.error_line().unwrap_or_default();
             if attempt >= REMOVE_ATTEMPTS {
                 return Err(Error::Configure {
-                    message: format!("config.sh remove failed {attempt} times; last error: {line}"),
+                    message: format!("gave up after {attempt} attempts; last: {line}"),
                 });
             }
             // The agent may be running a job (Microsoft's Docker sample retries every 30 s too).

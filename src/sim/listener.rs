@@ -394,6 +394,18 @@ impl Api<'_> {
     async fn get(&self, path: &str) -> Result<(u16, Value), String> {
         self.call(reqwest::Method::GET, path, None).await
     }
+
+    /// `GetAgentsAsync(poolId, name)`: the agent with this name, if any.
+    async fn agent_by_name(&self, pool_id: u64, name: &str) -> Result<Option<Value>, String> {
+        let path = format!(
+            "_apis/distributedtask/pools/{pool_id}/agents?agentName={}",
+            urlencode(name)
+        );
+        match self.get(&path).await? {
+            (200, v) => Ok(v["value"].as_array().and_then(|a| a.first().cloned())),
+            (_, v) => Err(message(&v)),
+        }
+    }
 }
 
 fn message(v: &Value) -> String {
@@ -576,18 +588,8 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     let body = json!({"name": agent_name, "version": ctx.version,
                       "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
     let agent = loop {
-        let existing = match api
-            .get(&format!(
-                "_apis/distributedtask/pools/{pool_id}/agents?agentName={}",
-                urlencode(&agent_name)
-            ))
-            .await
-        {
-            Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
-            Ok((_, v)) => {
-                ctx.err(&message(&v));
-                return 1;
-            }
+        let existing = match api.agent_by_name(pool_id, &agent_name).await {
+            Ok(found) => found,
             Err(e) => {
                 ctx.err(&e);
                 return 1;
@@ -739,19 +741,8 @@ async fn remove(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         }
         let pool_id = settings["poolId"].as_u64().unwrap_or(0);
         let name = settings["agentName"].as_str().unwrap_or("").to_owned();
-        let found = match api
-            .get(&format!(
-                "_apis/distributedtask/pools/{pool_id}/agents?agentName={}",
-                urlencode(&name)
-            ))
-            .await
-        {
-            Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
-            Ok((_, v)) => {
-                ctx.err(&message(&v));
-                ctx.err("Failed: Removing agent from the server");
-                return 1;
-            }
+        let found = match api.agent_by_name(pool_id, &name).await {
+            Ok(found) => found,
             Err(e) => {
                 ctx.err(&e);
                 return 1;
@@ -821,18 +812,8 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     let name = settings["agentName"].as_str().unwrap_or("").to_owned();
     let body = json!({"name": name, "version": ctx.version,
                       "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
-    let found = match api
-        .get(&format!(
-            "_apis/distributedtask/pools/{pool_id}/agents?agentName={}",
-            urlencode(&name)
-        ))
-        .await
-    {
-        Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
-        Ok((_, v)) => {
-            ctx.err(&message(&v));
-            return 1;
-        }
+    let found = match api.agent_by_name(pool_id, &name).await {
+        Ok(found) => found,
         Err(e) => {
             ctx.err(&e);
             return 1;

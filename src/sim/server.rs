@@ -418,11 +418,7 @@ async fn list_agents(
 ) -> Response {
     let _me = caller!(s, method, uri, headers, org);
     let Some(p) = find_pool(&s, &pool) else {
-        return ado_error(
-            404,
-            "TaskAgentPoolNotFoundException",
-            &format!("Agent pool {pool} could not be found."),
-        );
+        return pool_not_found(&pool);
     };
     let state = s.state.lock().unwrap();
     let value: Vec<serde_json::Value> = state
@@ -459,6 +455,28 @@ async fn get_agent(
             &format!("No agent found in pool {pool} having ID {agent}."),
         ),
     }
+}
+
+fn pool_not_found(pool: &str) -> Response {
+    ado_error(
+        404,
+        "TaskAgentPoolNotFoundException",
+        &format!("Agent pool {pool} could not be found."),
+    )
+}
+
+/// The pool, if the caller may manage it (Administrator); else the server's error.
+#[allow(clippy::result_large_err)]
+fn managed_pool<'a>(
+    s: &'a Shared,
+    pool: &str,
+    me: &IdentitySpec,
+) -> Result<&'a super::PoolSpec, Response> {
+    let p = find_pool(s, pool).ok_or_else(|| pool_not_found(pool))?;
+    if !p.admins.contains(&me.object_id) {
+        return Err(access_denied(me, p));
+    }
+    Ok(p)
 }
 
 fn access_denied(me: &IdentitySpec, pool: &super::PoolSpec) -> Response {
@@ -499,16 +517,10 @@ async fn add_agent(
     body: String,
 ) -> Response {
     let me = caller!(s, method, uri, headers, org);
-    let Some(p) = find_pool(&s, &pool) else {
-        return ado_error(
-            404,
-            "TaskAgentPoolNotFoundException",
-            &format!("Agent pool {pool} could not be found."),
-        );
+    let p = match managed_pool(&s, &pool, &me) {
+        Ok(p) => p,
+        Err(response) => return response,
     };
-    if !p.admins.contains(&me.object_id) {
-        return access_denied(&me, p);
-    }
     let Ok(body) = serde_json::from_str::<AgentBody>(&body) else {
         return ado_error(400, "ArgumentException", "Invalid agent");
     };
@@ -550,16 +562,10 @@ async fn update_agent(
     body: String,
 ) -> Response {
     let me = caller!(s, method, uri, headers, org);
-    let Some(p) = find_pool(&s, &pool) else {
-        return ado_error(
-            404,
-            "TaskAgentPoolNotFoundException",
-            &format!("Agent pool {pool} could not be found."),
-        );
+    let p = match managed_pool(&s, &pool, &me) {
+        Ok(p) => p,
+        Err(response) => return response,
     };
-    if !p.admins.contains(&me.object_id) {
-        return access_denied(&me, p);
-    }
     let Ok(body) = serde_json::from_str::<AgentBody>(&body) else {
         return ado_error(400, "ArgumentException", "Invalid agent");
     };
@@ -598,16 +604,10 @@ async fn delete_agent(
     headers: HeaderMap,
 ) -> Response {
     let me = caller!(s, method, uri, headers, org);
-    let Some(p) = find_pool(&s, &pool) else {
-        return ado_error(
-            404,
-            "TaskAgentPoolNotFoundException",
-            &format!("Agent pool {pool} could not be found."),
-        );
+    let p = match managed_pool(&s, &pool, &me) {
+        Ok(p) => p,
+        Err(response) => return response,
     };
-    if !p.admins.contains(&me.object_id) {
-        return access_denied(&me, p);
-    }
     let mut state = s.state.lock().unwrap();
     if state.agent_busy > 0 {
         state.agent_busy -= 1;
