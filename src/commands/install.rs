@@ -206,6 +206,16 @@ pub async fn ensure_boot_unit(
         path: "the agent-bootstrap binary".into(),
         source,
     })?;
+    if ["/tmp/", "/var/tmp/", "/dev/shm/"]
+        .iter()
+        .any(|t| exe.starts_with(t))
+    {
+        tracing::warn!(
+            exe = %exe.display(),
+            "the boot unit runs agent-bootstrap from a temporary directory, which may be gone at the \
+             next boot; install it in /usr/local/bin"
+        );
+    }
     let text = service::render_boot_unit(
         &exe,
         &s.agent_dir,

@@ -41,6 +41,19 @@ fn listener_exe() -> PathBuf {
     .clone()
 }
 
+/// The agent-bootstrap binary, copied where an unprivileged user can execute it.
+pub fn bin_for_any_user() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir = listener_exe().parent().unwrap().to_owned();
+        let dest = dir.join("agent-bootstrap");
+        std::fs::copy(BIN, &dest).unwrap();
+        set_mode(&dest, 0o755);
+        dest
+    })
+    .clone()
+}
+
 pub struct World {
     pub sim: Simulator,
     pub dir: tempfile::TempDir,
