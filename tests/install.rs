@@ -1020,9 +1020,7 @@ fn without_root_it_configures_as_the_current_user_with_no_service() {
         .expect("nobody exists");
     let home = w.dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    for d in [&home] {
-        std::os::unix::fs::chown(d, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
-    }
+    std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
     let url = w.org_url();
     let agent_dir = home.join("agent");
     let state = home.join("state");
