@@ -145,6 +145,13 @@ pub async fn run_locked(
 
     // 7. Configure.
     if reregister {
+        // A listener still running with the old key would not pick up the new one.
+        if s.service
+            && let Some(unit) = agent.service_name()
+            && let Some(sc) = service::Systemctl::find()
+        {
+            sc.run(&["stop", &unit]).await?;
+        }
         agent.remove_registration()?;
     }
     if agent.has_stale_registration() {
