@@ -19,7 +19,7 @@ fn happy_path_registers_and_starts_the_agent_as_an_unprivileged_user() {
     assert!(run.stdout.contains("version:      4.264.2"));
     assert!(
         run.stdout
-            .contains("vsts.agent.myorg.Default.test\\x2dagent.service")
+            .contains("vsts.agent.127.Default.test\\x2dagent.service")
     );
     assert!(run.stderr.contains("token accepted by Azure DevOps"));
 
@@ -70,18 +70,18 @@ fn happy_path_registers_and_starts_the_agent_as_an_unprivileged_user() {
     assert_eq!(agents[0].name, "test-agent");
     let log = w.systemctl_log();
     assert!(
-        log.contains("enable vsts.agent.myorg.Default.test\\x2dagent.service"),
+        log.contains("enable vsts.agent.127.Default.test\\x2dagent.service"),
         "{log}"
     );
     assert!(
-        log.contains("start vsts.agent.myorg.Default.test\\x2dagent.service"),
+        log.contains("start vsts.agent.127.Default.test\\x2dagent.service"),
         "{log}"
     );
     assert_eq!(
         std::fs::read_to_string(dir.join(".service"))
             .unwrap()
             .trim(),
-        "vsts.agent.myorg.Default.test\\x2dagent.service"
+        "vsts.agent.127.Default.test\\x2dagent.service"
     );
 
     // Remembered for later runs, and the package cached under its digest.
@@ -804,7 +804,7 @@ fn root_is_allowed_explicitly_with_a_warning() {
         std::fs::read_to_string(
             w.sim
                 .systemd_dir()
-                .join("units/vsts.agent.myorg.Default.test\\x2dagent.service")
+                .join("units/vsts.agent.127.Default.test\\x2dagent.service")
         )
         .unwrap()
         .contains("User=root")

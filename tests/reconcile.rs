@@ -10,7 +10,7 @@ fn reconcile(w: &World) -> Run {
     w.run(&["reconcile", "--agent-dir", dir.to_str().unwrap()])
 }
 
-const UNIT: &str = "vsts.agent.myorg.Default.test\\x2dagent.service";
+const UNIT: &str = "vsts.agent.127.Default.test\\x2dagent.service";
 
 fn units(w: &World) -> std::path::PathBuf {
     w.sim.systemd_dir().join("units")
@@ -589,4 +589,57 @@ fn without_systemd_install_says_so_and_skips_the_boot_unit() {
         run.stderr
     );
     assert!(w.systemctl_log().is_empty());
+}
+
+#[test]
+fn later_runs_never_execute_the_agent_users_scripts_as_root() {
+    // Pipeline jobs run as the agent user and can rewrite anything in the agent dir.
+    let w = installed();
+    let dir = w.agent_dir();
+    let marker = w.dir.path().join("ran-as-root");
+    let evil = format!("#!/bin/sh\ntouch {}\n", marker.display());
+    for script in ["svc.sh", "bin/runsvc.sh"] {
+        std::fs::write(dir.join(script), &evil).unwrap();
+    }
+    // Force a service reinstall on reconcile, then a removal.
+    std::fs::remove_file(units(&w).join(UNIT)).unwrap();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("reinstalled the service"),
+        "{}",
+        run.stdout
+    );
+    assert!(units(&w).join(UNIT).is_file());
+    let unit = std::fs::read_to_string(units(&w).join(UNIT)).unwrap();
+    assert!(unit.contains("User=azpagent"), "{unit}");
+    w.run(&["remove", "--agent-dir", dir.to_str().unwrap()])
+        .assert_code(0);
+    assert!(
+        !marker.exists(),
+        "root ran a script the agent user controls"
+    );
+}
+
+#[test]
+fn remove_leaves_a_unit_that_is_not_this_agents_alone() {
+    let w = installed();
+    let dir = w.agent_dir();
+    // A job points .service at another agent's unit.
+    let other = "vsts.agent.127.Default.other.service";
+    std::fs::write(
+        units(&w).join(other),
+        "[Service]\nWorkingDirectory=/opt/someone-else\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join(".service"), format!("{other}\n")).unwrap();
+    let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
+    run.assert_code(7);
+    assert!(
+        run.stderr.contains("is not the unit of the agent"),
+        "{}",
+        run.stderr
+    );
+    assert!(units(&w).join(other).is_file());
+    assert!(!w.systemctl_log().contains(&format!("disable {other}")));
 }

@@ -50,6 +50,28 @@ pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
+/// Reads a file in the agent dir, which the agent user (and so any pipeline job) can write, while we
+/// may be root: a regular file only (a symlink is not followed, so it cannot make root read
+/// `/etc/shadow`), and at most `limit` bytes.
+pub fn read_untrusted(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not a regular file of at most {limit} bytes"),
+        ));
+    }
+    let mut text = String::new();
+    file.take(limit).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Files whose presence is the local registration (what `config.sh remove` deletes locally).
 pub const REGISTRATION_FILES: &[&str] = &[".agent", ".credentials", ".credentials_rsaparams"];
 
@@ -73,7 +95,7 @@ impl AgentDir {
 
     pub fn settings(&self) -> Result<Option<AgentSettings>, AgentError> {
         let path = self.root.join(".agent");
-        let text = match fs_err::read_to_string(&path) {
+        let text = match read_untrusted(&path, 64 * 1024) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(AgentError::Read { path, source }),
@@ -101,11 +123,12 @@ impl AgentDir {
     }
 
     /// The service name from `.service`, if the service was installed.
+    /// Only a name of the agent's own form is returned (`vsts.agent.….service`): root acts on it.
     pub fn service_name(&self) -> Option<String> {
-        fs_err::read_to_string(self.root.join(".service"))
+        read_untrusted(&self.root.join(".service"), 1024)
             .ok()
             .map(|s| strip_bom(s.trim()).trim().to_owned())
-            .filter(|s| !s.is_empty())
+            .filter(|s| crate::service::is_agent_unit_name(s))
     }
 
     /// An extracted package: `bin/Agent.Listener` exists (`bin` is moved into place last).
@@ -162,6 +185,29 @@ mod tests {
         assert!(same_server(&s.server_url, "https://dev.azure.com/myorg"));
         assert!(a.is_configured());
         assert!(!a.has_stale_registration());
+    }
+
+    #[test]
+    fn links_and_foreign_unit_names_are_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = AgentDir::new(dir.path(), &crate::os::Os::linux_x64());
+        std::fs::write(dir.path().join("target"), "vsts.agent.o.p.a.service").unwrap();
+        std::os::unix::fs::symlink("target", dir.path().join(".service")).unwrap();
+        assert_eq!(a.service_name(), None, "a symlink is not followed");
+        std::fs::remove_file(dir.path().join(".service")).unwrap();
+        std::fs::write(dir.path().join(".service"), "sshd.service\n").unwrap();
+        assert_eq!(a.service_name(), None, "only the agent's own units");
+        std::fs::write(
+            dir.path().join(".service"),
+            "vsts.agent.o.p.a\\x2d1.service\n",
+        )
+        .unwrap();
+        assert_eq!(
+            a.service_name().as_deref(),
+            Some("vsts.agent.o.p.a\\x2d1.service")
+        );
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join(".agent")).unwrap();
+        assert!(a.settings().is_err());
     }
 
     #[test]

@@ -166,10 +166,20 @@ pub async fn run_locked(
         ),
     })?;
 
-    // 8. Service.
-    if s.service {
-        let steps = service::plan(&s.os, &user.name, agent.service_name().is_some());
-        service::install_and_start(&s.agent_dir, &steps, &masker, s.no_block_start).await?;
+    // 8. Service (Windows: configure installed it, --runAsService).
+    if s.service && !s.os.is_windows() {
+        let fresh = matches!(package, PackagePlan::Fetch { .. });
+        service::install_and_start_agent(
+            env,
+            &s.os,
+            &s.agent_dir,
+            &user,
+            fresh,
+            s.no_block_start,
+            &settings,
+            &masker,
+        )
+        .await?;
     }
 
     // 9. Later boots, then remember and report.
@@ -301,8 +311,17 @@ async fn already_installed(
     // A configured agent whose service is missing (configure ran, the service step did not).
     if s.service && !s.os.is_windows() && agent.service_name().is_none() {
         let user = user::ensure(&s.user).await?;
-        let steps = service::plan(&s.os, &user.name, false);
-        service::install_and_start(&s.agent_dir, &steps, masker, s.no_block_start).await?;
+        service::install_and_start_agent(
+            env,
+            &s.os,
+            &s.agent_dir,
+            &user,
+            false,
+            s.no_block_start,
+            cfg,
+            masker,
+        )
+        .await?;
     }
     let previous = state::load(&s.state_dir, &s.agent_dir)?;
     let mut saved = saved_settings(

@@ -256,7 +256,8 @@ pub async fn run(
     for action in &actions {
         match action {
             Action::EnsureService { restart } => {
-                let done = ensure_service(os, &saved, &agent, systemctl.as_ref(), *restart).await?;
+                let done =
+                    ensure_service(env, &saved, &agent, systemctl.as_ref(), *restart).await?;
                 summary.push(done);
             }
             Action::Reauth => {
@@ -274,7 +275,9 @@ pub async fn run(
                 summary.push("re-registered the agent (configure --replace)".to_owned());
             }
             Action::UninstallService => {
-                service::uninstall(agent_dir).await?;
+                if let Some(unit) = agent.service_name() {
+                    service::native_uninstall(env, agent_dir, &unit).await?;
+                }
                 summary.push("removed the original machine's service".to_owned());
             }
             Action::RemoveRegistration => {
@@ -356,7 +359,7 @@ async fn server_view(
 }
 
 async fn ensure_service(
-    os: Os,
+    env: &Env,
     saved: &Saved,
     agent: &AgentDir,
     systemctl: Option<&Systemctl>,
@@ -373,16 +376,25 @@ async fn ensure_service(
     };
     let missing = state.is_none_or(|s| !s.exists);
     if missing {
-        // The unit file is gone (or was never installed): svc.sh writes it again.
-        if unit.is_some() {
-            let _ = fs_err::remove_file(agent.root.join(".service"));
-        }
-        let steps = service::plan(&os, &saved.user, false);
-        let install_only: Vec<_> = steps
-            .into_iter()
-            .filter(|s| s.args[0] == "install")
-            .collect();
-        service::install_and_start(&agent.root, &install_only, &Masker::new(), true).await?;
+        // The unit file is gone (or was never installed): write it again, as svc.sh would.
+        let local = agent.settings()?.ok_or(service::ServiceError::NoScript)?;
+        let user =
+            crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
+                name: saved.user.clone(),
+            })?;
+        let pool = local
+            .pool_name
+            .clone()
+            .unwrap_or_else(|| saved.pool.clone());
+        service::native_install(
+            env,
+            &agent.root,
+            &user,
+            &local.server_url,
+            &pool,
+            &local.agent_name,
+        )
+        .await?;
     }
     let unit = agent
         .service_name()

@@ -41,8 +41,8 @@ pub async fn run(
     let mut done: Vec<String> = vec![];
 
     // 1. The service (config.sh remove refuses while .service exists).
-    if agent.service_name().is_some() && agent.root.join("svc.sh").is_file() {
-        service::uninstall(&agent.root).await?;
+    if let Some(unit) = agent.service_name() {
+        service::native_uninstall(env, &agent.root, &unit).await?;
         done.push("uninstalled the service".into());
     }
 

@@ -455,27 +455,9 @@ async fn connect(ctx: &mut Ctx, api: &Api<'_>) -> Result<(), ()> {
     }
 }
 
+/// The service name and description, as the agent computes them (`agent.md` §5.1).
 fn org_and_names(url: &str, pool: &str, agent: &str) -> (String, String) {
-    let u = url::Url::parse(url).ok();
-    let org = u
-        .as_ref()
-        .and_then(|u| {
-            if u.host_str() == Some("dev.azure.com")
-                || u.host_str()
-                    .is_some_and(|h| h.starts_with("127.") || h == "localhost")
-            {
-                u.path_segments()
-                    .and_then(|mut s| s.next().map(str::to_owned))
-            } else {
-                u.host_str()
-                    .and_then(|h| h.split('.').next())
-                    .map(str::to_owned)
-            }
-        })
-        .unwrap_or_else(|| "org".into());
-    let name = format!("vsts.agent.{org}.{pool}.{agent}.service");
-    let description = format!("Azure Pipelines Agent ({org}.{pool}.{agent})");
-    (name, description)
+    crate::service::agent_unit_name(url, pool, agent)
 }
 
 fn public_key() -> String {

@@ -511,7 +511,7 @@ case "$cmd" in
              touch "$DIR/state/$unit.active";;
     stop)    rm -f "$DIR/state/$unit.active";;
     is-active)  if [ -f "$DIR/state/$unit.active" ]; then echo active; exit 0; else echo inactive; exit 3; fi;;
-    is-enabled) if [ -f "$DIR/state/$unit.enabled" ]; then echo enabled; exit 0; elif [ -f "$DIR/units/$unit" ]; then echo disabled; exit 1; else echo "Failed to get unit file state for $unit: No such file or directory" >&2; exit 1; fi;;
+    is-enabled) if [ ! -f "$DIR/units/$unit" ]; then echo "Failed to get unit file state for $unit: No such file or directory" >&2; exit 1; elif [ -f "$DIR/state/$unit.enabled" ]; then echo enabled; exit 0; else echo disabled; exit 1; fi;;
     status)  if [ -f "$DIR/state/$unit.active" ]; then echo "● $unit - active (running)"; exit 0; else echo "○ $unit - inactive (dead)"; exit 3; fi;;
     *) echo "simulated systemctl: unsupported command $cmd" >&2; exit 1;;
 esac
