@@ -5,7 +5,8 @@
 #   scripts/demo.sh            # as another user: configures as that user, --no-service
 #
 # Nothing leaves this machine: IMDS, Azure DevOps and the package server are `azure-sim` on
-# 127.0.0.1, and the agent's systemctl calls go to a recorder in the demo directory.
+# 127.0.0.1, and the agent's systemctl calls (and the boot unit) go to a recorder in the demo
+# directory, never to this machine's systemd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +48,14 @@ echo
 echo "== running it again changes nothing"
 "$BIN/agent-bootstrap" install --url "$SIM_ORG_URL" --pool Default --agent-name demo-agent \
     --agent-dir "$DEMO/agent" "${EXTRA[@]}" 2>/dev/null
+
+echo
+echo "== agent-bootstrap reconcile (what the boot unit runs at every boot)"
+"$BIN/agent-bootstrap" reconcile --agent-dir "$DEMO/agent" 2>/dev/null
+
+echo
+echo "== agent-bootstrap status"
+"$BIN/agent-bootstrap" status --agent-dir "$DEMO/agent" 2>/dev/null
 
 echo
 echo "== agent-bootstrap token | cut -c1-40"

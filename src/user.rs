@@ -72,22 +72,27 @@ pub async fn ensure(user: &AgentUser) -> Result<RunAs, UserError> {
         "Azure Pipelines agent",
         &name,
     ]);
-    let done = process::run_async(child, Masker::new())
-        .await
-        .map_err(|e| UserError::Create {
-            name: name.clone(),
-            detail: e.to_string(),
-        })?;
-    // Another run may have created it at the same moment (useradd then exits 9): look again.
-    if let Some(found) = lookup(&name)? {
-        return Ok(found);
-    }
-    Err(UserError::Create {
-        name,
-        detail: done
+    // Another run may be creating it at the same moment: useradd then exits 9 (exists) or 10 (the
+    // password file is locked). Look again, and try again a few times.
+    let mut last = String::new();
+    for attempt in 0..5u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(300 * attempt)).await;
+        }
+        let done = process::run_async(child.clone(), Masker::new())
+            .await
+            .map_err(|e| UserError::Create {
+                name: name.clone(),
+                detail: e.to_string(),
+            })?;
+        if let Some(found) = lookup(&name)? {
+            return Ok(found);
+        }
+        last = done
             .error_line()
-            .unwrap_or_else(|| format!("useradd exited with {}", done.code)),
-    })
+            .unwrap_or_else(|| format!("useradd exited with {}", done.code));
+    }
+    Err(UserError::Create { name, detail: last })
 }
 
 /// Gives every file under `root` to the user (not following links).
