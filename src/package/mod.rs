@@ -138,17 +138,39 @@ pub async fn fetch_and_extract(
 ) -> Result<Fetched, PackageError> {
     fs_err::create_dir_all(cache_dir).map_err(io_err("creating the cache directory", cache_dir))?;
 
-    // A verified copy in the cache beats the network.
-    let mut source = req.source.clone();
-    let mut from_cache = false;
+    // A verified copy in the cache beats the network; it is verified again as it is read.
     if let Some(sha) = &req.sha256 {
         let cached = cache_path(cache_dir, sha, req.kind);
         if cached.is_file() {
             tracing::info!(path = %cached.display(), "using the cached agent package");
-            source = Source::File(cached);
-            from_cache = true;
+            let source = Source::File(cached.clone());
+            match fetch_once(req, &source, true, cache_dir, staging, progress, clock).await {
+                Ok(f) => return Ok(f),
+                Err(e) => {
+                    // A damaged cache entry must not fail every later run: drop it, fetch again.
+                    tracing::warn!(
+                        "the cached package is unusable ({}); removing it and fetching again",
+                        crate::error::report(&e)
+                    );
+                    fs_err::remove_file(&cached).map_err(io_err("removing", &cached))?;
+                    fs_err::remove_dir_all(staging).map_err(io_err("emptying", staging))?;
+                    fs_err::create_dir(staging).map_err(io_err("creating", staging))?;
+                }
+            }
         }
     }
+    fetch_once(req, &req.source, false, cache_dir, staging, progress, clock).await
+}
+
+async fn fetch_once(
+    req: &Request,
+    source: &Source,
+    from_cache: bool,
+    cache_dir: &Path,
+    staging: &Path,
+    progress: &Progress,
+    clock: &Clock,
+) -> Result<Fetched, PackageError> {
     let source_name = source.to_string();
 
     // Tee into the cache unless we are reading the cache.
@@ -196,7 +218,7 @@ pub async fn fetch_and_extract(
         tx: Some(tx),
     };
 
-    let fed = match &source {
+    let fed = match source {
         Source::File(path) => feed_file(path, &mut sink, progress).await,
         Source::Url(url) => feed_url(url, &mut sink, progress, clock).await,
     };
@@ -240,7 +262,7 @@ pub async fn fetch_and_extract(
             })?;
             Some(dest)
         }
-        None => match &source {
+        None => match source {
             Source::File(p) => Some(p.clone()),
             Source::Url(_) => None,
         },
@@ -591,6 +613,37 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_cache_entry_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, sha) = package_bytes();
+        let pkg = dir.path().join("agent.tar.gz");
+        std::fs::write(&pkg, &bytes).unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let cached = cache_path(&cache, &sha, ArchiveKind::TarGz);
+        std::fs::write(&cached, b"bit rot").unwrap();
+        let staging = dir.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let req = Request {
+            source: Source::File(pkg),
+            sha256: Some(sha.clone()),
+            kind: ArchiveKind::TarGz,
+        };
+        let got = fetch_and_extract(
+            &req,
+            &cache,
+            &staging,
+            &Progress::hidden(),
+            &Clock::virtual_clock(),
+        )
+        .await
+        .unwrap();
+        assert!(!got.from_cache);
+        assert_eq!(std::fs::read(&cached).unwrap(), bytes);
+        assert!(staging.join("bin/Agent.Listener").is_file());
     }
 
     #[tokio::test]
