@@ -178,6 +178,17 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     if let Some(dir) = &child.cwd {
         expr = expr.dir(dir);
     }
+    // Agent input variables reach a child only when set here on purpose: one inherited from the
+    // caller (cloud-init, a CI variable) would silently change a configuration, and a token must
+    // never reach a service step.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("VSTS_AGENT_INPUT_")
+        {
+            expr = expr.env_remove(k);
+        }
+    }
     for k in &child.env_remove {
         expr = expr.env_remove(k);
     }

@@ -1074,3 +1074,41 @@ fn without_root_it_configures_as_the_current_user_with_no_service() {
     assert_eq!(w.sim.state().listener_reports[0].uid, user.uid.as_raw());
     assert_eq!(owner(&agent_dir.join(".agent")), user.uid.as_raw());
 }
+
+#[test]
+fn a_hostile_package_is_refused_and_nothing_escapes() {
+    let w = World::new();
+    let evil = w.dir.path().join("evil.tar.gz");
+    {
+        let f = std::fs::File::create(&evil).unwrap();
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, "bin/Agent.Listener", &b"#!"[..])
+            .unwrap();
+        // An entry that climbs out of the agent dir, written raw as an attacker would.
+        let mut h = tar::Header::new_old();
+        let name = b"../escaped-file";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let run = w.install(&["--package", evil.to_str().unwrap()]);
+    run.assert_code(5);
+    assert!(
+        run.stderr.contains("outside the agent directory"),
+        "{}",
+        run.stderr
+    );
+    assert!(!w.dir.path().join("escaped-file").exists());
+    assert!(!w.agent_dir().exists());
+    assert!(w.staging_leftovers().is_empty());
+    assert!(w.server_agents(1).is_empty());
+}

@@ -158,7 +158,7 @@ pub async fn run_locked(
         tracing::warn!("removing a registration left by an interrupted configuration");
         agent.remove_registration()?;
     }
-    configure(s, env, &agent, &user, &token, &masker).await?;
+    configure(s, &agent, &user, &token, &masker).await?;
     let settings = agent.settings()?.ok_or_else(|| Error::Configure {
         message: format!(
             "{} reported success but wrote no .agent file",
@@ -549,13 +549,7 @@ async fn fetch_into_place(
     Ok(fetched.sha256)
 }
 
-fn configure_child(
-    s: &InstallSettings,
-    agent: &AgentDir,
-    user: &RunAs,
-    token: &Secret,
-    env: Option<&Env>,
-) -> Child {
+fn configure_child(s: &InstallSettings, agent: &AgentDir, user: &RunAs, token: &Secret) -> Child {
     let (program, args) = config::configure_command(
         &s.os,
         &agent.root,
@@ -576,27 +570,17 @@ fn configure_child(
     if user.uid == 0 {
         child = child.env("AGENT_ALLOW_RUNASROOT", "1");
     }
-    // Only our values reach the listener: a stray VSTS_AGENT_INPUT_* from the caller's environment
-    // would silently change the configuration.
-    if let Some(env) = env {
-        for (k, _) in env.vars() {
-            if k.to_ascii_uppercase().starts_with("VSTS_AGENT_INPUT_") {
-                child = child.env_remove(k);
-            }
-        }
-    }
     child
 }
 
 pub async fn configure(
     s: &InstallSettings,
-    env: &Env,
     agent: &AgentDir,
     user: &RunAs,
     token: &Secret,
     masker: &Masker,
 ) -> Result<(), Error> {
-    let child = configure_child(s, agent, user, token, Some(env));
+    let child = configure_child(s, agent, user, token);
     tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
     super::agent_script(child, masker).await
 }
@@ -766,7 +750,7 @@ fn print_plan(
         gid: 0,
         home: PathBuf::new(),
     };
-    let child = configure_child(s, agent, &fake_user, &Secret::new("***"), None);
+    let child = configure_child(s, agent, &fake_user, &Secret::new("***"));
     let as_root = if s.user.name() == "root" {
         "AGENT_ALLOW_RUNASROOT=1 "
     } else {

@@ -455,7 +455,7 @@ async fn replace_registration(
     agent.remove_registration()?;
     let s = settings::from_saved(saved, env, os)?;
     let user = crate::user::ensure(&s.user).await?;
-    install::configure(&s, env, agent, &user, token, &Masker::with(token)).await
+    install::configure(&s, agent, &user, token, &Masker::with(token)).await
 }
 
 #[cfg(test)]

@@ -213,6 +213,12 @@ impl World {
                 );
             }
         }
+        let leaks = self.sim.systemd_dir().join("env-leaks.log");
+        assert!(
+            !leaks.exists(),
+            "a service step saw the token variable: {}",
+            std::fs::read_to_string(&leaks).unwrap_or_default()
+        );
         let state = self.sim.state();
         for r in &state.listener_reports {
             assert!(
