@@ -1,0 +1,108 @@
+//! Asking and telling systemd, through `systemctl` on `PATH` (the simulator's recorder in tests).
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::ServiceError;
+use crate::process::{self, Child};
+use crate::secret::Masker;
+
+/// Where unit files go; `AGENT_BOOTSTRAP_UNIT_DIR` overrides it (tests, image builds).
+pub const UNIT_DIR_ENV: &str = "AGENT_BOOTSTRAP_UNIT_DIR";
+const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// systemd is managing this machine (`sd_booted`: `/run/systemd/system` exists), or a unit dir was
+/// named explicitly.
+pub fn systemd_available(env: &crate::env::Env) -> bool {
+    env.var(UNIT_DIR_ENV).is_some() || Path::new("/run/systemd/system").is_dir()
+}
+
+pub fn unit_dir(env: &crate::env::Env) -> std::path::PathBuf {
+    env.var(UNIT_DIR_ENV)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_UNIT_DIR))
+}
+
+/// What systemd says about a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct UnitState {
+    /// The unit file exists (systemd knows the unit).
+    pub exists: bool,
+    pub enabled: bool,
+    pub active: bool,
+}
+
+/// `systemctl`, found on `PATH`.
+#[derive(Debug, Clone)]
+pub struct Systemctl {
+    program: std::path::PathBuf,
+}
+
+impl Systemctl {
+    pub fn find() -> Option<Self> {
+        which::which("systemctl")
+            .ok()
+            .map(|program| Self { program })
+    }
+
+    /// [`Systemctl::find`], or an error saying it is missing.
+    pub fn require() -> Result<Self, ServiceError> {
+        Self::find().ok_or_else(|| ServiceError::Failed {
+            step: "systemctl".into(),
+            code: -1,
+            line: "systemctl was not found on PATH".into(),
+        })
+    }
+
+    async fn call(&self, args: &[&str]) -> Result<process::Finished, ServiceError> {
+        let label = format!("systemctl {}", args.join(" "));
+        let child = Child::new(label.clone(), &self.program)
+            .args(args.iter().copied())
+            .timeout(Duration::from_secs(90));
+        process::run_async(child, Masker::new())
+            .await
+            .map_err(|source| ServiceError::Run {
+                step: label,
+                source,
+            })
+    }
+
+    /// Runs a state-changing command; failure is an error.
+    pub async fn run(&self, args: &[&str]) -> Result<(), ServiceError> {
+        let done = self.call(args).await?;
+        if done.success() {
+            Ok(())
+        } else {
+            Err(ServiceError::Failed {
+                step: format!("systemctl {}", args.join(" ")),
+                code: done.code,
+                line: done.error_line().unwrap_or_default(),
+            })
+        }
+    }
+
+    pub async fn state(&self, unit: &str) -> Result<UnitState, ServiceError> {
+        let enabled = self.call(&["is-enabled", unit]).await?;
+        let word = enabled
+            .stdout
+            .first()
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let (exists, enabled) = match word.as_str() {
+            "enabled" | "enabled-runtime" | "static" | "alias" | "linked" | "linked-runtime"
+            | "indirect" | "generated" => (true, true),
+            "disabled" | "masked" | "masked-runtime" => (true, false),
+            _ => (false, false),
+        };
+        let active = self.call(&["is-active", unit]).await?;
+        let active = active
+            .stdout
+            .first()
+            .is_some_and(|s| matches!(s.trim(), "active" | "activating" | "reloading"));
+        Ok(UnitState {
+            exists,
+            enabled,
+            active,
+        })
+    }
+}
