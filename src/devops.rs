@@ -13,7 +13,6 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::clock::Clock;
-use crate::identity::describe_reqwest_error;
 use crate::secret::Secret;
 
 const API_VERSION: &str = "7.1";
@@ -223,7 +222,7 @@ impl DevOpsClient {
                     true,
                     DevOpsError::Transport {
                         url: shown.clone(),
-                        detail: describe_reqwest_error(&e),
+                        detail: crate::error::one_line(&e),
                     },
                 ),
                 Ok(response) => {

@@ -32,12 +32,9 @@ pub struct AgentLock {
 }
 
 pub fn lock_path(state_dir: &Path, agent_dir: &Path) -> PathBuf {
-    let file = crate::state::file_for(state_dir, agent_dir);
-    let stem = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    state_dir.join("locks").join(format!("{stem}.lock"))
+    state_dir
+        .join("locks")
+        .join(format!("{}.lock", crate::state::key(agent_dir)))
 }
 
 /// Takes the lock, waiting up to `wait` (real time: this is a local wait, not a retry policy).

@@ -22,6 +22,13 @@ pub struct RunAs {
     pub home: PathBuf,
 }
 
+impl RunAs {
+    /// The account to switch to: none when it is root already.
+    pub fn unless_root(&self) -> Option<RunAs> {
+        (self.uid != 0).then(|| self.clone())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Child {
     /// Short name for logs and errors ("config.sh", "svc.sh install").

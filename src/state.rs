@@ -80,9 +80,16 @@ pub fn delete(state_dir: &Path, agent_dir: &Path) -> Result<(), StateError> {
     }
 }
 
-/// The file for an agent dir: a readable form of its path plus a short hash, so `/a-b` and `/a/b`
-/// never share a file.
+/// The saved-settings file for an agent dir.
 pub fn file_for(state_dir: &Path, agent_dir: &Path) -> PathBuf {
+    state_dir
+        .join("agents")
+        .join(format!("{}.json", key(agent_dir)))
+}
+
+/// The name this agent dir goes by in file and unit names: its path made readable, plus a short
+/// hash, e.g. `opt-azure-pipelines-agent-1a2b3c4d` (the settings file, the lock, the boot unit).
+pub fn key(agent_dir: &Path) -> String {
     use sha2::Digest;
     let full = agent_dir.to_string_lossy();
     let readable: String = full
@@ -95,9 +102,7 @@ pub fn file_for(state_dir: &Path, agent_dir: &Path) -> PathBuf {
         })
         .collect();
     let hash = hex::encode(&sha2::Sha256::digest(full.as_bytes())[..4]);
-    state_dir
-        .join("agents")
-        .join(format!("{readable}-{hash}.json"))
+    format!("{readable}-{hash}")
 }
 
 pub fn save(state_dir: &Path, saved: &Saved) -> Result<PathBuf, StateError> {

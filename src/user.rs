@@ -34,17 +34,33 @@ pub enum UserError {
     },
 }
 
+impl From<nix::unistd::User> for RunAs {
+    fn from(u: nix::unistd::User) -> Self {
+        Self {
+            name: u.name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            home: u.dir,
+        }
+    }
+}
+
 pub fn lookup(name: &str) -> Result<Option<RunAs>, UserError> {
     let user = nix::unistd::User::from_name(name).map_err(|source| UserError::Lookup {
         name: name.to_owned(),
         source,
     })?;
-    Ok(user.map(|u| RunAs {
-        name: u.name,
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-        home: u.dir,
-    }))
+    Ok(user.map(RunAs::from))
+}
+
+/// The account that owns `path` (not following a link), if it has a name.
+pub fn owner_of(path: &Path) -> Option<RunAs> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = fs_err::symlink_metadata(path).ok()?.uid();
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(RunAs::from)
 }
 
 /// Finds the account, creating the dedicated one if needed.

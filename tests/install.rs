@@ -877,17 +877,7 @@ fn pinned_version_that_the_api_does_not_offer_exits_5() {
 fn a_baked_in_package_of_the_right_version_is_used_without_download() {
     let w = World::new();
     // An image build extracted the package as root and never configured it.
-    std::fs::create_dir_all(w.agent_dir()).unwrap();
-    let status = std::process::Command::new("tar")
-        .args([
-            "-xzf",
-            w.sim.package.path.to_str().unwrap(),
-            "-C",
-            w.agent_dir().to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    w.extract_package_into(&w.agent_dir());
     let run = w.install(&[]);
     run.assert_code(0);
     assert!(
@@ -909,15 +899,7 @@ fn a_self_updated_agent_is_never_re_extracted() {
     let w = World::new();
     let dir = w.agent_dir();
     std::fs::create_dir_all(dir.join("bin.4.300.0")).unwrap();
-    std::process::Command::new("tar")
-        .args([
-            "-xzf",
-            w.sim.package.path.to_str().unwrap(),
-            "-C",
-            dir.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
+    w.extract_package_into(&dir);
     // What the self-updater leaves: bin → bin.<new>.
     std::fs::rename(dir.join("bin"), dir.join("bin.4.300.0-real")).unwrap();
     std::fs::remove_dir(dir.join("bin.4.300.0")).unwrap();
@@ -937,16 +919,7 @@ fn a_self_updated_agent_is_never_re_extracted() {
 #[test]
 fn a_registration_left_by_an_interrupted_configure_is_cleaned_up() {
     let w = World::new();
-    std::fs::create_dir_all(w.agent_dir()).unwrap();
-    std::process::Command::new("tar")
-        .args([
-            "-xzf",
-            w.sim.package.path.to_str().unwrap(),
-            "-C",
-            w.agent_dir().to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
+    w.extract_package_into(&w.agent_dir());
     std::fs::write(w.agent_dir().join(".credentials"), "\u{feff}{}").unwrap();
     std::fs::write(w.agent_dir().join(".credentials_rsaparams"), "\u{feff}{}").unwrap();
     let run = w.install(&[]);

@@ -10,18 +10,7 @@ use common::*;
 
 fn extract(w: &World) -> std::path::PathBuf {
     let dir = w.agent_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let ok = Command::new("tar")
-        .args([
-            "-xzf",
-            w.sim.package.path.to_str().unwrap(),
-            "-C",
-            dir.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    w.extract_package_into(&dir);
     dir
 }
 
@@ -146,16 +135,7 @@ fn a_taken_name_without_replace_fails_like_the_real_agent() {
     let w = World::new();
     w.install(&["--no-service"]).assert_code(0);
     let other = w.dir.path().join("second");
-    std::fs::create_dir_all(&other).unwrap();
-    Command::new("tar")
-        .args([
-            "-xzf",
-            w.sim.package.path.to_str().unwrap(),
-            "-C",
-            other.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
+    w.extract_package_into(&other);
     let t = token(&w);
     let url = w.org_url();
     let o = config(

@@ -159,8 +159,7 @@ impl AgentDir {
     }
 }
 
-/// The first path segment for dev.azure.com, else the first host label, as the agent names its
-/// service (`agent.md` §5.1) — used to compare organizations.
+/// Whether two organization URLs are the same one (`.agent` keeps a trailing `/`, case may differ).
 pub fn same_server(a: &str, b: &str) -> bool {
     let norm = |s: &str| s.trim().trim_end_matches('/').to_ascii_lowercase();
     norm(a) == norm(b)

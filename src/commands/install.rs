@@ -217,7 +217,7 @@ pub async fn ensure_boot_unit(
         );
         return Ok(None);
     }
-    let name = service::boot_unit_name(&s.state_dir, &s.agent_dir);
+    let name = service::boot_unit_name(&s.agent_dir);
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         action: "finding",
         path: "the agent-bootstrap binary".into(),
@@ -376,19 +376,17 @@ async fn plan_package(
             let meta = devops.agent_package(&s.os.rid(), wanted).await?;
             let url =
                 crate::settings::check_url("the packages API's downloadUrl", &meta.download_url)
-                    .map_err(|e| PackageError::Download {
+                    .map_err(|e| PackageError::Refused {
                         url: meta.download_url.clone(),
-                        attempts: 0,
-                        detail: e.to_string(),
+                        reason: e.to_string(),
                     })?;
             let sha = meta
                 .hash_value
                 .as_deref()
                 .and_then(package::normalize_sha256)
-                .ok_or_else(|| PackageError::Download {
+                .ok_or_else(|| PackageError::Refused {
                     url: meta.download_url.clone(),
-                    attempts: 0,
-                    detail: "the packages API gave no SHA-256 for it; refusing to install an unverified agent".into(),
+                    reason: "the packages API gave no SHA-256 for it, and an unverified agent is never installed".into(),
                 })?;
             (
                 Request {
@@ -417,35 +415,13 @@ async fn plan_package(
 /// `bin/Agent.Listener --version` without switching user (used before the user exists; the files
 /// are then root's own).
 async fn listener_version_as_is(agent: &AgentDir) -> Option<String> {
-    let owner_is_root = {
-        use std::os::unix::fs::MetadataExt;
-        fs_err::metadata(agent.root.join(agent.listener))
-            .map(|m| m.uid() == 0)
-            .unwrap_or(false)
-    };
-    let run_as = if owner_is_root {
-        None
-    } else {
-        // Never execute a file another account controls as root.
-        let meta = {
-            use std::os::unix::fs::MetadataExt;
-            fs_err::metadata(agent.root.join(agent.listener))
-                .ok()?
-                .uid()
-        };
-        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta)).ok()??;
-        Some(RunAs {
-            name: user.name,
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            home: user.dir,
-        })
-    };
-    listener_version_with(agent, run_as, &Masker::new()).await
+    // Never execute a file another account controls as root: run it as its owner.
+    let owner = crate::user::owner_of(&agent.root.join(agent.listener))?;
+    listener_version_with(agent, owner.unless_root(), &Masker::new()).await
 }
 
 pub async fn listener_version(agent: &AgentDir, user: &RunAs, masker: &Masker) -> Option<String> {
-    listener_version_with(agent, run_as_unless_root(user), masker).await
+    listener_version_with(agent, user.unless_root(), masker).await
 }
 
 async fn listener_version_with(
@@ -468,10 +444,6 @@ async fn listener_version_with(
         .map(|l| l.trim())
         .find(|l| !l.is_empty())
         .map(str::to_owned)
-}
-
-pub fn run_as_unless_root(user: &RunAs) -> Option<RunAs> {
-    (user.uid != 0).then(|| user.clone())
 }
 
 fn ensure_owner(dir: &Path, user: &RunAs) -> Result<(), Error> {
@@ -549,8 +521,9 @@ async fn fetch_into_place(
     Ok(fetched.sha256)
 }
 
-fn configure_child(s: &InstallSettings, agent: &AgentDir, user: &RunAs, token: &Secret) -> Child {
-    let (program, args) = config::configure_command(
+/// The unattended configure command line for these settings.
+fn configure_command(s: &InstallSettings, agent: &AgentDir) -> (PathBuf, Vec<String>) {
+    config::configure_command(
         &s.os,
         &agent.root,
         &Configure {
@@ -560,17 +533,7 @@ fn configure_child(s: &InstallSettings, agent: &AgentDir, user: &RunAs, token: &
             work: s.work_dir.clone(),
             windows_service: s.service,
         },
-    );
-    let mut child = Child::new(s.os.config_script(), program)
-        .args(args)
-        .cwd(&agent.root)
-        .secret_env(TOKEN_ENV, token.clone())
-        .run_as(run_as_unless_root(user))
-        .timeout(s.config_timeout);
-    if user.uid == 0 {
-        child = child.env("AGENT_ALLOW_RUNASROOT", "1");
-    }
-    child
+    )
 }
 
 pub async fn configure(
@@ -580,7 +543,16 @@ pub async fn configure(
     token: &Secret,
     masker: &Masker,
 ) -> Result<(), Error> {
-    let child = configure_child(s, agent, user, token);
+    let (program, args) = configure_command(s, agent);
+    let child = super::agent_child(
+        s.os.config_script(),
+        program,
+        &agent.root,
+        Some(user),
+        token,
+        s.config_timeout,
+    )
+    .args(args);
     tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
     super::agent_script(child, masker).await
 }
@@ -744,13 +716,10 @@ fn print_plan(
                 .into(),
         )?;
     }
-    let fake_user = RunAs {
-        name: s.user.name().to_owned(),
-        uid: u32::from(s.user.name() != "root"),
-        gid: 0,
-        home: PathBuf::new(),
-    };
-    let child = configure_child(s, agent, &fake_user, &Secret::new("***"));
+    let (program, args) = configure_command(s, agent);
+    let child = Child::new(s.os.config_script(), program)
+        .args(args)
+        .secret_env(TOKEN_ENV, Secret::new(String::new()));
     let as_root = if s.user.name() == "root" {
         "AGENT_ALLOW_RUNASROOT=1 "
     } else {
@@ -770,7 +739,7 @@ fn print_plan(
     if s.boot && s.service && !s.os.is_windows() {
         line(format!(
             "write and enable the boot unit {} (runs `agent-bootstrap reconcile` at boot), if systemd runs",
-            service::boot_unit_name(&s.state_dir, &s.agent_dir)
+            service::boot_unit_name(&s.agent_dir)
         ))?;
     }
     line(format!(

@@ -43,6 +43,31 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
     }
 }
 
+/// One of the agent's own scripts (`config.sh`, `config.sh remove`, `reauth.sh`), set up as all of
+/// them must be: from the agent root, as the agent user, the token only in
+/// `VSTS_AGENT_INPUT_TOKEN`. As root only when root is the account (`user` is root or unknown), and
+/// then with `AGENT_ALLOW_RUNASROOT`, without which config.sh refuses.
+pub(crate) fn agent_child(
+    label: &str,
+    program: std::path::PathBuf,
+    root: &std::path::Path,
+    user: Option<&crate::process::RunAs>,
+    token: &crate::secret::Secret,
+    timeout: std::time::Duration,
+) -> crate::process::Child {
+    let run_as = user.and_then(crate::process::RunAs::unless_root);
+    let as_root = run_as.is_none();
+    let mut child = crate::process::Child::new(label, program)
+        .cwd(root)
+        .secret_env(crate::agent::config::TOKEN_ENV, token.clone())
+        .run_as(run_as)
+        .timeout(timeout);
+    if as_root {
+        child = child.env("AGENT_ALLOW_RUNASROOT", "1");
+    }
+    child
+}
+
 /// Runs one of the agent's own scripts (`config.sh`, `config.sh remove`, `reauth.sh`) and turns a
 /// failure into exit 6 carrying the agent's own error line, or the last output before a timeout.
 pub(crate) async fn agent_script(

@@ -18,7 +18,6 @@
 
 use std::time::Duration;
 
-use crate::agent::config::TOKEN_ENV;
 use crate::agent::{AgentDir, AgentSettings};
 use crate::clock::Clock;
 use crate::commands::install;
@@ -27,7 +26,6 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::identity::{ImdsClient, retry::Policy};
 use crate::os::Os;
-use crate::process::Child;
 use crate::progress::Progress;
 use crate::secret::{Masker, Secret};
 use crate::service::{self, Systemctl, UnitState};
@@ -369,52 +367,30 @@ async fn ensure_service(
         Some(sc) => sc.clone(),
         None => Systemctl::require()?,
     };
-    let unit = agent.service_name();
-    let state = match &unit {
-        Some(u) => Some(sc.state(u).await?),
-        None => None,
-    };
-    let missing = state.is_none_or(|s| !s.exists);
-    if missing {
-        // The unit file is gone (or was never installed): write it again, as svc.sh would.
-        let local = agent.settings()?.ok_or(service::ServiceError::NoScript)?;
-        let user =
-            crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
-                name: saved.user.clone(),
-            })?;
-        let pool = local
-            .pool_name
-            .clone()
-            .unwrap_or_else(|| saved.pool.clone());
-        service::native_install(
-            env,
-            &agent.root,
-            &user,
-            &local.server_url,
-            &pool,
-            &local.agent_name,
-        )
-        .await?;
-    }
-    let unit = agent
-        .service_name()
-        .ok_or(service::ServiceError::NoScript)?;
-    let state = sc.state(&unit).await?;
+    let local = agent.settings()?.ok_or(service::ServiceError::NoScript)?;
+    let user =
+        crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
+            name: saved.user.clone(),
+        })?;
+    let pool = local
+        .pool_name
+        .clone()
+        .unwrap_or_else(|| saved.pool.clone());
+    let ready = service::ensure_unit(env, &sc, agent, &user, &local, &pool).await?;
     let mut did = vec![];
-    if missing {
+    if ready.reinstalled {
         did.push("reinstalled the service");
     }
-    if !state.enabled {
-        sc.run(&["enable", &unit]).await?;
+    if ready.enabled_now {
         did.push("enabled the service");
     }
     // --no-block: at boot our unit is ordered before the agent's; a blocking start would wait for
     // ourselves.
     if restart {
-        sc.run(&["restart", "--no-block", &unit]).await?;
+        sc.run(&["restart", "--no-block", &ready.unit]).await?;
         did.push("restarted the service");
-    } else if !state.active {
-        sc.run(&["start", "--no-block", &unit]).await?;
+    } else if !ready.active {
+        sc.run(&["start", "--no-block", &ready.unit]).await?;
         did.push("started the service");
     }
     Ok(if did.is_empty() {
@@ -429,15 +405,15 @@ async fn reauth(saved: &Saved, agent: &AgentDir, token: &Secret) -> Result<(), E
         crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
             name: saved.user.clone(),
         })?;
-    let mut child = Child::new("reauth.sh", agent.root.join("reauth.sh"))
-        .args(["--unattended", "--auth", "pat"])
-        .cwd(&agent.root)
-        .secret_env(TOKEN_ENV, token.clone())
-        .run_as(install::run_as_unless_root(&user))
-        .timeout(Duration::from_secs(600));
-    if user.uid == 0 {
-        child = child.env("AGENT_ALLOW_RUNASROOT", "1");
-    }
+    let child = super::agent_child(
+        "reauth.sh",
+        agent.root.join("reauth.sh"),
+        &agent.root,
+        Some(&user),
+        token,
+        Duration::from_secs(600),
+    )
+    .args(["--unattended", "--auth", "pat"]);
     super::agent_script(child, &Masker::with(token)).await
 }
 

@@ -8,14 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::agent::AgentDir;
-use crate::agent::config::TOKEN_ENV;
 use crate::clock::Clock;
 use crate::commands::install;
 use crate::env::Env;
 use crate::error::Error;
 use crate::identity::{ImdsClient, Selector};
 use crate::os::Os;
-use crate::process::{Child, RunAs};
+use crate::process::RunAs;
 use crate::secret::Masker;
 use crate::service::{self, Systemctl};
 use crate::settings;
@@ -58,15 +57,15 @@ pub async fn run(
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut child = Child::new("config.sh remove", agent.root.join(os.config_script()))
-                .args(["remove", "--unattended", "--auth", "pat"])
-                .cwd(&agent.root)
-                .secret_env(TOKEN_ENV, token.clone())
-                .run_as(user.as_ref().and_then(install::run_as_unless_root))
-                .timeout(Duration::from_secs(300));
-            if user.as_ref().is_none_or(|u| u.uid == 0) {
-                child = child.env("AGENT_ALLOW_RUNASROOT", "1");
-            }
+            let child = super::agent_child(
+                "config.sh remove",
+                agent.root.join(os.config_script()),
+                &agent.root,
+                user.as_ref(),
+                &token,
+                Duration::from_secs(300),
+            )
+            .args(["remove", "--unattended", "--auth", "pat"]);
             let line = match super::agent_script(child, &masker).await {
                 Ok(()) => break,
                 Err(Error::Configure { message }) => message,
@@ -98,7 +97,7 @@ pub async fn run(
     let unit_name = saved
         .as_ref()
         .and_then(|s| s.boot_unit.clone())
-        .unwrap_or_else(|| service::boot_unit_name(&state_dir, agent_dir));
+        .unwrap_or_else(|| service::boot_unit_name(agent_dir));
     let unit_path = service::unit_dir(env).join(&unit_name);
     if unit_path.is_file() {
         if let Some(sc) = Systemctl::find() {
@@ -146,17 +145,5 @@ fn agent_owner(agent: &AgentDir, saved_user: Option<&str>) -> Result<Option<RunA
     {
         return Ok(Some(u));
     }
-    use std::os::unix::fs::MetadataExt;
-    let uid = fs_err::metadata(agent.root.join(".agent"))
-        .map(|m| m.uid())
-        .unwrap_or(0);
-    Ok(nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| RunAs {
-            name: u.name,
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-            home: u.dir,
-        }))
+    Ok(crate::user::owner_of(&agent.root.join(".agent")))
 }

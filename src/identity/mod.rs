@@ -157,7 +157,7 @@ impl Transport for ReqwestTransport {
             .header("Metadata", "true")
             .send()
             .await
-            .map_err(|e| describe_reqwest_error(&e))?;
+            .map_err(|e| crate::error::one_line(&e))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -167,26 +167,13 @@ impl Transport for ReqwestTransport {
         let body = response
             .text()
             .await
-            .map_err(|e| describe_reqwest_error(&e))?;
+            .map_err(|e| crate::error::one_line(&e))?;
         Ok(RawResponse {
             status,
             retry_after,
             body,
         })
     }
-}
-
-/// A short, secret-free description of a transport failure (reqwest's own Display includes the URL,
-/// which for IMDS carries no secret).
-pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 pub struct ImdsClient<T: Transport> {

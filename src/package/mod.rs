@@ -21,7 +21,6 @@ use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use crate::clock::Clock;
-use crate::identity::describe_reqwest_error;
 use crate::os::ArchiveKind;
 use crate::progress::Progress;
 use extract::{ExtractError, Stats};
@@ -42,6 +41,8 @@ pub enum PackageError {
         expected: String,
         actual: String,
     },
+    #[error("not installing the agent package at {url}: {reason}")]
+    Refused { url: String, reason: String },
     #[error("downloading {url} failed with HTTP {status}")]
     Http { url: String, status: u16 },
     #[error("downloading {url} failed after {attempts} attempts: {detail}")]
@@ -344,6 +345,13 @@ async fn feed_file(path: &Path, sink: &mut Sink, progress: &Progress) -> Result<
 }
 
 /// Downloads `url` into the sink, resuming after dropped connections.
+/// How one download attempt ended, when it did not finish.
+enum Attempt {
+    /// Worth another try (resuming from what arrived): a dropped or refused connection, 429, 5xx.
+    Transient(String),
+    Fatal(PackageError),
+}
+
 async fn feed_url(
     url: &Url,
     sink: &mut Sink,
@@ -357,6 +365,7 @@ async fn feed_url(
         .build()
         .expect("static reqwest configuration is valid");
     let shown = url.to_string();
+    let transient = |e: reqwest::Error| Attempt::Transient(crate::error::one_line(&e));
     let mut attempts = 0u32;
     let mut stalled = 0u32;
     let mut total: Option<u64> = None;
@@ -367,11 +376,8 @@ async fn feed_url(
         if offset > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }
-        let outcome: Result<(), String> = async {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| describe_reqwest_error(&e))?;
+        let outcome: Result<(), Attempt> = async {
+            let response = request.send().await.map_err(transient)?;
             let status = response.status().as_u16();
             let mut skip = 0u64;
             match status {
@@ -388,18 +394,27 @@ async fn feed_url(
                         .headers()
                         .get(reqwest::header::CONTENT_RANGE)
                         .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
+                        .unwrap_or("");
                     if !range.starts_with(&format!("bytes {offset}-")) {
-                        return Err(format!("BADRANGE:{range}"));
+                        return Err(Attempt::Fatal(PackageError::BadRange {
+                            url: shown.clone(),
+                            detail: format!(
+                                "asked for bytes={offset}-, got Content-Range '{range}'"
+                            ),
+                        }));
                     }
                 }
-                429 | 500..=599 => return Err(format!("HTTP {status}")),
-                _ => return Err(format!("FATAL:{status}")),
+                429 | 500..=599 => return Err(Attempt::Transient(format!("HTTP {status}"))),
+                _ => {
+                    return Err(Attempt::Fatal(PackageError::Http {
+                        url: shown.clone(),
+                        status,
+                    }));
+                }
             }
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let mut chunk = chunk.map_err(|e| describe_reqwest_error(&e))?;
+                let mut chunk = chunk.map_err(transient)?;
                 if skip > 0 {
                     let drop_n = skip.min(chunk.len() as u64) as usize;
                     skip -= drop_n as u64;
@@ -409,46 +424,23 @@ async fn feed_url(
                     }
                 }
                 let n = chunk.len() as u64;
-                sink.push(chunk).await.map_err(|e| format!("SINK:{e}"))?;
+                sink.push(chunk).await.map_err(Attempt::Fatal)?;
                 progress.advance(n);
             }
-            if let Some(t) = total
-                && sink.bytes < t
-            {
-                return Err(format!(
+            match total {
+                Some(t) if sink.bytes < t => Err(Attempt::Transient(format!(
                     "connection closed after {} of {t} bytes",
                     sink.bytes
-                ));
+                ))),
+                _ => Ok(()),
             }
-            Ok(())
         }
         .await;
         let detail = match outcome {
             Ok(()) => return Ok(()),
-            Err(d) => d,
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Transient(d)) => d,
         };
-        if let Some(status) = detail.strip_prefix("FATAL:") {
-            return Err(PackageError::Http {
-                url: shown,
-                status: status.parse().unwrap_or(0),
-            });
-        }
-        if let Some(range) = detail.strip_prefix("BADRANGE:") {
-            return Err(PackageError::BadRange {
-                url: shown,
-                detail: format!(
-                    "asked for bytes={}-, got Content-Range '{range}'",
-                    sink.bytes
-                ),
-            });
-        }
-        if let Some(e) = detail.strip_prefix("SINK:") {
-            return Err(PackageError::Download {
-                url: shown,
-                attempts,
-                detail: e.to_owned(),
-            });
-        }
         if sink.bytes > offset {
             stalled = 0;
         } else {
@@ -547,6 +539,17 @@ mod tests {
         assert_eq!(normalize_sha256(&"zz".repeat(32)), None);
     }
 
+    async fn fetch(req: &Request, cache: &Path, staging: &Path) -> Result<Fetched, PackageError> {
+        fetch_and_extract(
+            req,
+            cache,
+            staging,
+            &Progress::hidden(),
+            &Clock::virtual_clock(),
+        )
+        .await
+    }
+
     fn package_bytes() -> (Vec<u8>, String) {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
@@ -578,15 +581,7 @@ mod tests {
             sha256: Some(sha.clone()),
             kind: ArchiveKind::TarGz,
         };
-        let got = fetch_and_extract(
-            &req,
-            &cache,
-            &staging,
-            &Progress::hidden(),
-            &Clock::virtual_clock(),
-        )
-        .await
-        .unwrap();
+        let got = fetch(&req, &cache, &staging).await.unwrap();
         assert_eq!(got.sha256, sha);
         assert!(!got.from_cache);
         assert!(staging.join("bin/Agent.Listener").is_file());
@@ -596,15 +591,7 @@ mod tests {
         std::fs::remove_file(&pkg).unwrap();
         let staging2 = dir.path().join("staging2");
         std::fs::create_dir(&staging2).unwrap();
-        let got = fetch_and_extract(
-            &req,
-            &cache,
-            &staging2,
-            &Progress::hidden(),
-            &Clock::virtual_clock(),
-        )
-        .await
-        .unwrap();
+        let got = fetch(&req, &cache, &staging2).await.unwrap();
         assert!(got.from_cache);
         // No partial files are left behind.
         let leftovers: Vec<_> = std::fs::read_dir(&cache)
@@ -632,15 +619,7 @@ mod tests {
             sha256: Some(sha.clone()),
             kind: ArchiveKind::TarGz,
         };
-        let got = fetch_and_extract(
-            &req,
-            &cache,
-            &staging,
-            &Progress::hidden(),
-            &Clock::virtual_clock(),
-        )
-        .await
-        .unwrap();
+        let got = fetch(&req, &cache, &staging).await.unwrap();
         assert!(!got.from_cache);
         assert_eq!(std::fs::read(&cached).unwrap(), bytes);
         assert!(staging.join("bin/Agent.Listener").is_file());
@@ -661,15 +640,7 @@ mod tests {
             sha256: Some(wrong.clone()),
             kind: ArchiveKind::TarGz,
         };
-        let e = fetch_and_extract(
-            &req,
-            &cache,
-            &staging,
-            &Progress::hidden(),
-            &Clock::virtual_clock(),
-        )
-        .await
-        .unwrap_err();
+        let e = fetch(&req, &cache, &staging).await.unwrap_err();
         assert!(matches!(e, PackageError::HashMismatch { .. }), "{e:?}");
         assert!(e.to_string().contains(&wrong));
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);

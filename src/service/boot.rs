@@ -4,13 +4,8 @@
 use std::path::Path;
 
 /// The boot unit's name for an agent dir, e.g. `agent-bootstrap-opt-azure-pipelines-agent-1a2b3c4d.service`.
-pub fn boot_unit_name(state_dir: &Path, agent_dir: &Path) -> String {
-    let file = crate::state::file_for(state_dir, agent_dir);
-    let stem = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "agent".into());
-    format!("agent-bootstrap-{stem}.service")
+pub fn boot_unit_name(agent_dir: &Path) -> String {
+    format!("agent-bootstrap-{}.service", crate::state::key(agent_dir))
 }
 
 /// The oneshot unit that runs `reconcile` at boot: after the network is online, before the
@@ -81,12 +76,11 @@ mod boot_tests {
 
     #[test]
     fn unit_names_are_per_agent_dir() {
-        let s = Path::new("/var/lib/agent-bootstrap");
-        let a = boot_unit_name(s, Path::new("/opt/a"));
+        let a = boot_unit_name(Path::new("/opt/a"));
         assert!(
             a.starts_with("agent-bootstrap-opt-a-") && a.ends_with(".service"),
             "{a}"
         );
-        assert_ne!(a, boot_unit_name(s, Path::new("/opt/b")));
+        assert_ne!(a, boot_unit_name(Path::new("/opt/b")));
     }
 }

@@ -163,35 +163,69 @@ pub async fn install_and_start_agent(
     agent: &crate::agent::AgentSettings,
     masker: &Masker,
 ) -> Result<(), ServiceError> {
-    let dir = crate::agent::AgentDir {
-        root: root.to_owned(),
-        listener: "bin/Agent.Listener",
-    };
+    let dir = crate::agent::AgentDir::new(root, os);
     if fresh {
         let steps = plan(os, &user.name, dir.service_name().is_some());
         return install_and_start(root, &steps, masker, no_block_start).await;
     }
     let sc = Systemctl::require()?;
+    let pool = agent.pool_name.clone().unwrap_or_default();
+    let ready = ensure_unit(env, &sc, &dir, user, agent, &pool).await?;
+    if no_block_start {
+        sc.run(&["start", "--no-block", &ready.unit]).await
+    } else {
+        sc.run(&["start", &ready.unit]).await
+    }
+}
+
+/// The agent's unit after [`ensure_unit`], and what it took.
+#[derive(Debug)]
+pub struct ReadyUnit {
+    pub unit: String,
+    pub reinstalled: bool,
+    pub enabled_now: bool,
+    pub active: bool,
+}
+
+/// Makes sure the agent's unit exists (written natively if it is gone or was never installed) and
+/// is enabled. Starting it is the caller's choice.
+pub async fn ensure_unit(
+    env: &crate::env::Env,
+    sc: &Systemctl,
+    dir: &crate::agent::AgentDir,
+    user: &process::RunAs,
+    agent: &crate::agent::AgentSettings,
+    pool: &str,
+) -> Result<ReadyUnit, ServiceError> {
     let existing = match dir.service_name() {
         Some(u) if sc.state(&u).await?.exists => Some(u),
         _ => None,
     };
+    let reinstalled = existing.is_none();
     let unit = match existing {
         Some(u) => u,
         None => {
-            let pool = agent.pool_name.clone().unwrap_or_default();
-            native_install(env, root, user, &agent.server_url, &pool, &agent.agent_name).await?
+            native_install(
+                env,
+                &dir.root,
+                user,
+                &agent.server_url,
+                pool,
+                &agent.agent_name,
+            )
+            .await?
         }
     };
     let state = sc.state(&unit).await?;
     if !state.enabled {
         sc.run(&["enable", &unit]).await?;
     }
-    if no_block_start {
-        sc.run(&["start", "--no-block", &unit]).await
-    } else {
-        sc.run(&["start", &unit]).await
-    }
+    Ok(ReadyUnit {
+        unit,
+        reinstalled,
+        enabled_now: !state.enabled,
+        active: state.active,
+    })
 }
 
 #[cfg(test)]

@@ -455,11 +455,6 @@ async fn connect(ctx: &mut Ctx, api: &Api<'_>) -> Result<(), ()> {
     }
 }
 
-/// The service name and description, as the agent computes them (`agent.md` §5.1).
-fn org_and_names(url: &str, pool: &str, agent: &str) -> (String, String) {
-    crate::service::agent_unit_name(url, pool, agent)
-}
-
 fn public_key() -> String {
     let bytes: [u8; 32] = rand::random();
     hex::encode(bytes)
@@ -673,7 +668,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         Err(_) => None,
     }
     .unwrap_or_else(|| "/tmp/azure-sim-systemd".into());
-    let (svc_name, svc_desc) = org_and_names(&url, &real_pool_name, &agent_name);
+    let (svc_name, svc_desc) = crate::service::agent_unit_name(&url, &real_pool_name, &agent_name);
     if let Ok(template) = fs_err::read_to_string(ctx.root.join("bin/systemd.svc.sh.template")) {
         let script = template
             .replace("{{SvcNameVar}}", &svc_name)

@@ -177,6 +177,23 @@ impl World {
         self.run(&args)
     }
 
+    /// Extracts the simulator's agent package into `dir` with the system tar, as an image build or
+    /// a hand-made setup would.
+    pub fn extract_package_into(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("tar")
+            .args([
+                "-xzf",
+                self.sim.package.path.to_str().unwrap(),
+                "-C",
+                dir.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tar failed");
+    }
+
     pub fn tokens(&self) -> Vec<String> {
         self.sim.state().tokens.keys().cloned().collect()
     }
