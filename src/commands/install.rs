@@ -123,7 +123,7 @@ pub async fn run_locked(
             "the agent will run as root (--user root): jobs get full control of this machine"
         );
     }
-    let mut installed_version = None;
+    let mut agent_version = None;
     let mut package_sha256 = None;
     match &package {
         PackagePlan::Keep { reason } => {
@@ -136,11 +136,11 @@ pub async fn run_locked(
         PackagePlan::Fetch { request, version } => {
             let fetched = fetch_into_place(s, request, &user, progress, &clock).await?;
             package_sha256 = Some(fetched);
-            installed_version = version.clone();
+            agent_version = version.clone();
         }
     }
-    if installed_version.is_none() {
-        installed_version = listener_version(&agent, &user, &masker).await;
+    if agent_version.is_none() {
+        agent_version = installed_version(&agent).await;
     }
 
     // 7. Configure.
@@ -184,14 +184,7 @@ pub async fn run_locked(
 
     // 9. Later boots, then remember and report.
     let boot_unit = ensure_boot_unit(s, env, &agent).await?;
-    let mut saved = saved_settings(
-        s,
-        &settings,
-        &pool,
-        &agent,
-        installed_version,
-        package_sha256,
-    );
+    let mut saved = saved_settings(s, &settings, &pool, &agent, agent_version, package_sha256);
     saved.vm_id = imds.vm_id().await;
     saved.boot_unit = boot_unit;
     let path = state::save(&s.state_dir, &saved)?;
@@ -402,7 +395,7 @@ async fn plan_package(
     // configuration) is kept when it is the wanted version.
     if agent.package_present()
         && let Some(v) = &version
-        && let Some(have) = listener_version_as_is(agent).await
+        && let Some(have) = installed_version(agent).await
         && &have == v
     {
         return Ok(PackagePlan::Keep {
@@ -414,27 +407,16 @@ async fn plan_package(
 
 /// `bin/Agent.Listener --version` without switching user (used before the user exists; the files
 /// are then root's own).
-async fn listener_version_as_is(agent: &AgentDir) -> Option<String> {
-    // Never execute a file another account controls as root: run it as its owner.
+/// The extracted agent's version (`bin/Agent.Listener --version`), run as the account that owns
+/// it: root never executes a file another account controls.
+pub async fn installed_version(agent: &AgentDir) -> Option<String> {
     let owner = crate::user::owner_of(&agent.root.join(agent.listener))?;
-    listener_version_with(agent, owner.unless_root(), &Masker::new()).await
-}
-
-pub async fn listener_version(agent: &AgentDir, user: &RunAs, masker: &Masker) -> Option<String> {
-    listener_version_with(agent, user.unless_root(), masker).await
-}
-
-async fn listener_version_with(
-    agent: &AgentDir,
-    run_as: Option<RunAs>,
-    masker: &Masker,
-) -> Option<String> {
     let child = Child::new("Agent.Listener --version", agent.root.join(agent.listener))
         .args(["--version"])
         .cwd(&agent.root)
-        .run_as(run_as)
+        .run_as(owner.unless_root())
         .timeout(std::time::Duration::from_secs(30));
-    let done = process::run_async(child, masker.clone()).await.ok()?;
+    let done = process::run_async(child, Masker::new()).await.ok()?;
     if !done.success() {
         return None;
     }

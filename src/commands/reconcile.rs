@@ -225,13 +225,9 @@ pub async fn run(
         },
     };
     let reauth_supported = if server == Server::Missing {
-        let user = crate::user::lookup(&saved.user)?;
-        let version = match &user {
-            Some(u) => install::listener_version(&agent, u, &Masker::new()).await,
-            None => None,
-        }
-        .or_else(|| saved.agent_version.clone());
-        version
+        install::installed_version(&agent)
+            .await
+            .or_else(|| saved.agent_version.clone())
             .as_deref()
             .and_then(parse_version)
             .is_some_and(|v| v >= REAUTH_SINCE)

@@ -72,26 +72,9 @@ pub async fn run(
         (Some(sc), Some(u)) => sc.state(u).await.ok(),
         _ => None,
     };
-    let agent_version = match (&saved, agent.package_present()) {
-        (Some(s), _) if s.agent_version.is_some() && !agent.self_updated() => {
-            s.agent_version.clone()
-        }
-        (_, true) => {
-            let owner = saved
-                .as_ref()
-                .and_then(|s| crate::user::lookup(&s.user).ok().flatten());
-            match owner {
-                Some(u) => {
-                    crate::commands::install::listener_version(
-                        &agent,
-                        &u,
-                        &crate::secret::Masker::new(),
-                    )
-                    .await
-                }
-                None => None,
-            }
-        }
+    let agent_version = match &saved {
+        Some(s) if s.agent_version.is_some() && !agent.self_updated() => s.agent_version.clone(),
+        _ if agent.package_present() => crate::commands::install::installed_version(&agent).await,
         _ => None,
     };
 
