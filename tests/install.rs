@@ -680,6 +680,19 @@ fn bad_input_exits_2_naming_the_flag_with_nothing_contacted() {
         ),
         (vec!["token", "--client-id", "x"], "--client-id"),
         (vec!["frobnicate"], "frobnicate"),
+        (
+            vec!["reconcile", "--agent-dir", "relative/dir"],
+            "--agent-dir",
+        ),
+        (
+            vec!["remove", "--agent-dir", "relative/dir", "--purge"],
+            "--agent-dir",
+        ),
+        (
+            vec!["status", "--agent-dir", "relative/dir", "--json"],
+            "--agent-dir",
+        ),
+        (vec!["status", "--format", "xml"], "--format"),
     ];
     for (args, needle) in cases {
         let before = w.requests().len();
