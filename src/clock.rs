@@ -1,39 +1,63 @@
 //! Time, injected.
 //!
 //! Retry loops ask a [`Clock`] for the time and to sleep, so tests drive them with a virtual clock and
-//! never really wait. The binary uses the system clock, or a virtual one when
-//! `AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME=1` (the integration tests' knob, like uv's
-//! `UV_TEST_NO_HTTP_RETRY_DELAY`): delays are then logged and accounted but not slept.
+//! never really wait. The binary uses the system clock. A debug build (what `cargo test` runs) also
+//! honours `AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME=1`, the integration tests' knob (like uv's
+//! `UV_TEST_NO_HTTP_RETRY_DELAY`): delays are then logged and counted but not slept. A release build
+//! ignores it: a variable in root's environment must never change how the shipped tool waits.
+//!
+//! [`Budget`] is a time limit for one operation (all retries of a token request, all Azure DevOps
+//! calls of a boot), measured on the clock, so budgets nest and add up the same in tests and in
+//! production.
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The test knob; read only by debug builds.
+pub const VIRTUAL_TIME_ENV: &str = "AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME";
 
 #[derive(Clone, Debug)]
 pub enum Clock {
     System,
-    Virtual(Arc<Mutex<Duration>>),
+    Virtual {
+        elapsed: Arc<Mutex<Duration>>,
+        /// Wall-clock seconds when the virtual clock started.
+        epoch: u64,
+    },
+}
+
+fn real_unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Clock {
     pub fn virtual_clock() -> Self {
-        Self::Virtual(Arc::new(Mutex::new(Duration::ZERO)))
+        Self::Virtual {
+            elapsed: Arc::new(Mutex::new(Duration::ZERO)),
+            epoch: real_unix_now(),
+        }
     }
 
-    /// Picks the clock for the binary.
+    /// Picks the clock for the binary: virtual only in a debug build with the test knob set.
     pub fn from_env(env: &crate::env::Env) -> Self {
-        if env.flag("AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME") {
+        if cfg!(debug_assertions) && env.flag(VIRTUAL_TIME_ENV) {
             Self::virtual_clock()
         } else {
             Self::System
         }
     }
 
-    /// Monotonic time elapsed since `start` (a value from [`Clock::now`]).
+    /// A point on this clock's monotonic time line.
     pub fn now(&self) -> Moment {
         match self {
             Self::System => Moment::Real(Instant::now()),
-            Self::Virtual(t) => Moment::Virtual(*t.lock().expect("clock poisoned")),
+            Self::Virtual { elapsed, .. } => {
+                Moment::Virtual(*elapsed.lock().expect("clock poisoned"))
+            }
         }
     }
 
@@ -45,16 +69,34 @@ impl Clock {
         }
     }
 
+    /// Wall-clock time in Unix seconds (token expiry, `Retry-After` dates); virtual time counts.
+    pub fn unix_now(&self) -> u64 {
+        match self {
+            Self::System => real_unix_now(),
+            Self::Virtual { elapsed, epoch } => {
+                epoch + elapsed.lock().expect("clock poisoned").as_secs()
+            }
+        }
+    }
+
     pub async fn sleep(&self, d: Duration) {
         match self {
             Self::System => tokio::time::sleep(d).await,
-            Self::Virtual(t) => *t.lock().expect("clock poisoned") += d,
+            Self::Virtual { elapsed, .. } => *elapsed.lock().expect("clock poisoned") += d,
         }
     }
 
     /// Wall-clock time is only simulated for sleeping; timeouts on real I/O stay real.
     pub fn is_virtual(&self) -> bool {
-        matches!(self, Self::Virtual(_))
+        matches!(self, Self::Virtual { .. })
+    }
+
+    /// A budget of `limit` starting now.
+    pub fn budget(&self, limit: Duration) -> Budget {
+        Budget {
+            start: self.now(),
+            limit,
+        }
     }
 }
 
@@ -62,6 +104,42 @@ impl Clock {
 pub enum Moment {
     Real(Instant),
     Virtual(Duration),
+}
+
+/// A time limit for one operation, started at a moment on a [`Clock`].
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    start: Moment,
+    limit: Duration,
+}
+
+impl Budget {
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    pub fn spent(&self, clock: &Clock) -> Duration {
+        clock.elapsed(self.start)
+    }
+
+    pub fn remaining(&self, clock: &Clock) -> Duration {
+        self.limit.saturating_sub(self.spent(clock))
+    }
+
+    pub fn is_spent(&self, clock: &Clock) -> bool {
+        self.remaining(clock).is_zero()
+    }
+
+    /// A budget of at most `limit` from now that also ends no later than this one: a step inside
+    /// an operation never outlives it.
+    pub fn sub(&self, clock: &Clock, limit: Duration) -> Budget {
+        clock.budget(limit.min(self.remaining(clock)))
+    }
+
+    /// The same budget restarted now (a download that made progress gets its full stall budget).
+    pub fn restart(&mut self, clock: &Clock) {
+        self.start = clock.now();
+    }
 }
 
 #[cfg(test)]
@@ -72,9 +150,30 @@ mod tests {
     async fn virtual_clock_advances_without_sleeping() {
         let clock = Clock::virtual_clock();
         let start = clock.now();
+        let wall = clock.unix_now();
         let real = Instant::now();
         clock.sleep(Duration::from_secs(3600)).await;
         assert_eq!(clock.elapsed(start), Duration::from_secs(3600));
+        assert_eq!(clock.unix_now(), wall + 3600);
         assert!(real.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_virtual_time_knob_only_works_in_debug_builds() {
+        let env = crate::env::Env::fake(&[(VIRTUAL_TIME_ENV, "1")], "h", true);
+        assert_eq!(Clock::from_env(&env).is_virtual(), cfg!(debug_assertions));
+        let env = crate::env::Env::fake(&[], "h", true);
+        assert!(!Clock::from_env(&env).is_virtual());
+    }
+
+    #[tokio::test]
+    async fn budgets_nest_inside_each_other() {
+        let clock = Clock::virtual_clock();
+        let outer = clock.budget(Duration::from_secs(100));
+        clock.sleep(Duration::from_secs(70)).await;
+        let inner = outer.sub(&clock, Duration::from_secs(60));
+        assert_eq!(inner.limit(), Duration::from_secs(30));
+        clock.sleep(Duration::from_secs(30)).await;
+        assert!(inner.is_spent(&clock) && outer.is_spent(&clock));
     }
 }

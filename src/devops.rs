@@ -5,15 +5,19 @@
 //! `actionFilter=manage` (does it exist, may I register agents in it), the agent by name (is an
 //! existing registration still known), and the packages API (which agent package, and its SHA-256).
 //! The token is sent as `Authorization: Bearer`, never logged, and never sent anywhere but the
-//! organization URL the user gave.
+//! organization URL the user gave (or root's saved settings hold). Requests go through
+//! [`crate::net`]: one retry table, one budget per operation, `Retry-After` honoured, and a token
+//! from [`Tokens`] that is renewed before it expires.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
 
-use crate::clock::Clock;
-use crate::secret::Secret;
+use crate::clock::Budget;
+use crate::identity::{IdentityError, Tokens};
+use crate::net::{Answer, Judged, Net, Service, Try};
 
 const API_VERSION: &str = "7.1";
 
@@ -61,8 +65,18 @@ pub enum DevOpsError {
         status: u16,
         message: String,
     },
-    #[error("could not reach Azure DevOps at {url}: {detail}")]
-    Transport { url: String, detail: String },
+    #[error(
+        "Azure DevOps at {url} did not answer usefully after {attempts} attempts in {}s: {last}",
+        elapsed.as_secs()
+    )]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        elapsed: Duration,
+        last: String,
+    },
+    #[error(transparent)]
+    Token(#[from] IdentityError),
     #[error("unexpected answer from {url}: {detail}")]
     Decode { url: String, detail: String },
     #[error(
@@ -156,34 +170,17 @@ struct List<T> {
 
 pub struct DevOpsClient {
     org_url: Url,
-    token: Secret,
-    http: reqwest::Client,
-    clock: Clock,
-    /// How long transient failures (transport, 5xx, 429) are retried.
-    budget: Duration,
+    tokens: Arc<Tokens>,
+    net: Net,
 }
 
 impl DevOpsClient {
-    pub fn new(org_url: &Url, token: Secret, clock: Clock) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .user_agent(concat!("agent-bootstrap/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("static reqwest configuration is valid");
+    pub fn new(org_url: &Url, tokens: Arc<Tokens>, net: &Net) -> Self {
         Self {
             org_url: org_url.clone(),
-            token,
-            http,
-            clock,
-            budget: Duration::from_secs(15),
+            tokens,
+            net: net.clone(),
         }
-    }
-
-    /// Retry transient failures for this long (reconcile at boot waits for the network longer).
-    pub fn with_budget(mut self, budget: Duration) -> Self {
-        self.budget = budget;
-        self
     }
 
     pub fn org_url(&self) -> &Url {
@@ -191,117 +188,122 @@ impl DevOpsClient {
     }
 
     fn api(&self, path: &str, query: &[(&str, &str)]) -> Url {
-        let mut url = self.org_url.clone();
-        let base = url.path().trim_end_matches('/').to_owned();
-        url.set_path(&format!("{base}/{path}"));
-        if !query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in query {
-                q.append_pair(k, v);
-            }
-        }
-        url
+        api_url(&self.org_url, path, query)
     }
 
-    /// GET with the token, retrying transient failures (5xx, 429, transport) a few times.
-    async fn get<T: serde::de::DeserializeOwned>(&self, url: Url) -> Result<T, DevOpsError> {
+    /// One call with the token, retried per the table within `budget` (which also pays for
+    /// renewing the token). Fatal answers become the matching [`DevOpsError`].
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        budget: &Budget,
+    ) -> Result<Answer, DevOpsError> {
         let shown = url.to_string();
-        let mut attempt = 0u32;
-        let start = self.clock.now();
-        loop {
-            attempt += 1;
-            let result = self
-                .http
-                .get(url.clone())
-                .bearer_auth(self.token.expose())
-                .header("Accept", "application/json")
-                .send()
-                .await;
-            let (retryable, error) = match result {
-                Err(e) => (
-                    true,
-                    DevOpsError::Transport {
-                        url: shown.clone(),
-                        detail: crate::error::one_line(&e),
-                    },
-                ),
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let body = response.text().await.unwrap_or_default();
-                    match status {
-                        200 => {
-                            return serde_json::from_str(&body).map_err(|e| DevOpsError::Decode {
-                                url: shown,
-                                detail: e.to_string(),
-                            });
-                        }
-                        // 203 is what Azure DevOps answers to a bad credential from a non-browser
-                        // client: an HTML sign-in page.
-                        401 | 203 => {
-                            return Err(DevOpsError::Unauthorized {
-                                url: shown,
-                                status,
-                                message: server_message(&body),
-                            });
-                        }
-                        429 | 500..=599 => (
-                            true,
-                            DevOpsError::Status {
-                                url: shown.clone(),
-                                status,
-                                message: server_message(&body),
-                            },
-                        ),
-                        _ => {
-                            return Err(DevOpsError::Status {
-                                url: shown,
-                                status,
-                                message: server_message(&body),
-                            });
-                        }
-                    }
+        let what = format!("Azure DevOps {method} {}", url.path());
+        let outcome = self
+            .net
+            .retry(&what, *budget, async |_| {
+                let token = match self.tokens.get(budget).await {
+                    Ok(t) => t,
+                    Err(e) => return Try::Done(Err(DevOpsError::Token(e))),
+                };
+                let request = self
+                    .net
+                    .client(Service::DevOps)
+                    .request(method.clone(), url.clone())
+                    .bearer_auth(token.expose())
+                    .header("Accept", "application/json")
+                    .timeout(Duration::from_secs(60));
+                let answer = self.net.fetch(request).await;
+                match self.net.judge(Service::DevOps, &answer) {
+                    Judged::Success => Try::Done(Ok(answer.expect("judged a success"))),
+                    Judged::Fatal => Try::Done(Err(refusal(answer.expect("judged"), &shown))),
+                    Judged::Retry {
+                        class,
+                        wait_hint,
+                        detail,
+                    } => Judged::again(class, wait_hint, detail),
                 }
-            };
-            let delay = Duration::from_secs(1 << (attempt - 1).min(5)).min(Duration::from_secs(30));
-            if !retryable || self.clock.elapsed(start) + delay > self.budget {
-                return Err(error);
-            }
-            tracing::warn!(attempt, "{error}; retrying in {}s", delay.as_secs());
-            self.clock.sleep(delay).await;
+            })
+            .await;
+        match outcome {
+            Ok(result) => result,
+            Err(g) => Err(DevOpsError::GaveUp {
+                url: shown,
+                attempts: g.attempts,
+                elapsed: g.elapsed,
+                last: g.last,
+            }),
         }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        url: Url,
+        budget: &Budget,
+    ) -> Result<T, DevOpsError> {
+        let shown = url.to_string();
+        let answer = self.call(reqwest::Method::GET, url, budget).await?;
+        serde_json::from_str(&answer.body).map_err(|e| DevOpsError::Decode {
+            url: shown,
+            detail: e.to_string(),
+        })
     }
 
     /// Who the token belongs to; fails with [`DevOpsError::Unauthorized`] when it is not accepted.
-    pub async fn connection_data(&self) -> Result<ConnectionData, DevOpsError> {
-        self.get(self.api("_apis/connectionData", &[])).await
+    pub async fn connection_data(&self, budget: &Budget) -> Result<ConnectionData, DevOpsError> {
+        self.get(self.api("_apis/connectionData", &[]), budget)
+            .await
     }
 
-    async fn pools(&self, name: &str, manage: bool) -> Result<Vec<Pool>, DevOpsError> {
+    async fn pools(
+        &self,
+        name: &str,
+        manage: bool,
+        budget: &Budget,
+    ) -> Result<Vec<Pool>, DevOpsError> {
         let mut query = vec![("poolName", name)];
         if manage {
             query.push(("actionFilter", "manage"));
         }
         query.push(("api-version", API_VERSION));
         let list: List<Pool> = self
-            .get(self.api("_apis/distributedtask/pools", &query))
+            .get(self.api("_apis/distributedtask/pools", &query), budget)
             .await?;
         Ok(list.value)
     }
 
-    /// The pool, checked for Manage permission: distinguishes "missing" from "not allowed".
-    pub async fn manageable_pool(&self, name: &str, identity: &str) -> Result<Pool, DevOpsError> {
-        if let Some(pool) = find_named(self.pools(name, true).await?, name) {
-            return Ok(pool);
-        }
-        if find_named(self.pools(name, false).await?, name).is_some() {
-            return Err(DevOpsError::NoManagePermission {
-                pool: name.to_owned(),
-                identity: identity.to_owned(),
-            });
+    /// The pool if this identity may manage it (`actionFilter=manage`): one request.
+    pub async fn pool_if_manageable(
+        &self,
+        name: &str,
+        budget: &Budget,
+    ) -> Result<Option<Pool>, DevOpsError> {
+        Ok(find_named(self.pools(name, true, budget).await?, name))
+    }
+
+    /// Why a pool is not manageable: it exists without Manage permission, or it does not exist
+    /// (the error lists the pools the identity can see).
+    pub async fn explain_unmanageable(
+        &self,
+        name: &str,
+        identity: &str,
+        budget: &Budget,
+    ) -> DevOpsError {
+        match self.pools(name, false, budget).await {
+            Err(e) => return e,
+            Ok(pools) if find_named(pools.clone(), name).is_some() => {
+                return DevOpsError::NoManagePermission {
+                    pool: name.to_owned(),
+                    identity: identity.to_owned(),
+                };
+            }
+            Ok(_) => {}
         }
         let query = [("api-version", API_VERSION)];
         let all: List<Pool> = self
-            .get(self.api("_apis/distributedtask/pools", &query))
+            .get(self.api("_apis/distributedtask/pools", &query), budget)
             .await
             .unwrap_or(List { value: vec![] });
         let mut names: Vec<String> = all
@@ -310,7 +312,7 @@ impl DevOpsClient {
             .map(|p| format!("'{}'", p.name))
             .collect();
         names.truncate(20);
-        Err(DevOpsError::PoolNotFound {
+        DevOpsError::PoolNotFound {
             pool: name.to_owned(),
             org: self.org_url.to_string(),
             visible: if names.is_empty() {
@@ -318,7 +320,7 @@ impl DevOpsClient {
             } else {
                 names.join(", ")
             },
-        })
+        }
     }
 
     /// The agent with this name in the pool, if the server knows it.
@@ -326,10 +328,14 @@ impl DevOpsClient {
         &self,
         pool_id: u64,
         name: &str,
+        budget: &Budget,
     ) -> Result<Option<ServerAgent>, DevOpsError> {
         let path = format!("_apis/distributedtask/pools/{pool_id}/agents");
         let list: List<ServerAgent> = self
-            .get(self.api(&path, &[("agentName", name), ("api-version", API_VERSION)]))
+            .get(
+                self.api(&path, &[("agentName", name), ("api-version", API_VERSION)]),
+                budget,
+            )
             .await?;
         Ok(list
             .value
@@ -337,18 +343,41 @@ impl DevOpsClient {
             .find(|a| a.name.eq_ignore_ascii_case(name)))
     }
 
+    /// Deletes an agent from its pool (`config.sh remove` does the same call). A busy agent (it runs
+    /// a job) is refused by the server with a 400 `TaskAgentBusyException`: returned as
+    /// [`DevOpsError::Status`] for the caller to wait and try again.
+    pub async fn delete_agent(
+        &self,
+        pool_id: u64,
+        agent_id: u64,
+        budget: &Budget,
+    ) -> Result<(), DevOpsError> {
+        let path = format!("_apis/distributedtask/pools/{pool_id}/agents/{agent_id}");
+        let url = self.api(&path, &[("api-version", API_VERSION)]);
+        match self.call(reqwest::Method::DELETE, url, budget).await {
+            Ok(_) => Ok(()),
+            // Already gone: what we wanted.
+            Err(DevOpsError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The newest package for `platform`, or the given version (`agent.md` §6.2).
     pub async fn agent_package(
         &self,
         platform: &str,
         version: Option<&str>,
+        budget: &Budget,
     ) -> Result<PackageMetadata, DevOpsError> {
         let mut query = vec![("platform", platform)];
         if version.is_none() {
             query.push(("$top", "1"));
         }
         let list: List<PackageMetadata> = self
-            .get(self.api("_apis/distributedtask/packages/agent", &query))
+            .get(
+                self.api("_apis/distributedtask/packages/agent", &query),
+                budget,
+            )
             .await?;
         let found = match version {
             None => list.value.into_iter().next(),
@@ -364,6 +393,37 @@ impl DevOpsClient {
     }
 }
 
+fn api_url(org_url: &Url, path: &str, query: &[(&str, &str)]) -> Url {
+    let mut url = org_url.clone();
+    let base = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("{base}/{path}"));
+    if !query.is_empty() {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in query {
+            q.append_pair(k, v);
+        }
+    }
+    url
+}
+
+/// The error for an answer the table calls fatal.
+fn refusal(a: Answer, url: &str) -> DevOpsError {
+    match a.status {
+        // 203 is what Azure DevOps answers to a bad credential from a non-browser client: an HTML
+        // sign-in page.
+        401 | 203 => DevOpsError::Unauthorized {
+            url: url.to_owned(),
+            status: a.status,
+            message: server_message(&a.body),
+        },
+        status => DevOpsError::Status {
+            url: url.to_owned(),
+            status,
+            message: server_message(&a.body),
+        },
+    }
+}
+
 fn find_named(pools: Vec<Pool>, name: &str) -> Option<Pool> {
     pools
         .into_iter()
@@ -372,21 +432,12 @@ fn find_named(pools: Vec<Pool>, name: &str) -> Option<Pool> {
 
 /// The `message` of an Azure DevOps error body, or a short form of the body.
 fn server_message(body: &str) -> String {
-    #[derive(Deserialize)]
-    struct Wrapped {
-        message: Option<String>,
-    }
-    if let Ok(Wrapped { message: Some(m) }) = serde_json::from_str::<Wrapped>(body) {
-        return m;
-    }
-    let t = body.trim();
-    if t.starts_with('<') {
-        return "an HTML page (a sign-in page: the credential was not accepted)".to_owned();
-    }
-    if t.is_empty() {
-        "empty body".to_owned()
-    } else {
-        t.chars().take(300).collect()
+    match crate::net::short_body(body) {
+        m if m == "an HTML page" => {
+            "an HTML page (a sign-in page: the credential was not accepted)".to_owned()
+        }
+        m if m.is_empty() => "empty body".to_owned(),
+        m => m,
     }
 }
 
@@ -396,22 +447,15 @@ mod tests {
 
     #[test]
     fn api_urls_keep_collection_paths() {
-        let c = DevOpsClient::new(
-            &Url::parse("https://tfs.example.com/tfs/DefaultCollection").unwrap(),
-            Secret::new("t"),
-            Clock::virtual_clock(),
-        );
+        let tfs = Url::parse("https://tfs.example.com/tfs/DefaultCollection").unwrap();
         assert_eq!(
-            c.api("_apis/connectionData", &[]).as_str(),
+            api_url(&tfs, "_apis/connectionData", &[]).as_str(),
             "https://tfs.example.com/tfs/DefaultCollection/_apis/connectionData"
         );
-        let c = DevOpsClient::new(
-            &Url::parse("https://dev.azure.com/myorg").unwrap(),
-            Secret::new("t"),
-            Clock::virtual_clock(),
-        );
+        let org = Url::parse("https://dev.azure.com/myorg").unwrap();
         assert_eq!(
-            c.api(
+            api_url(
+                &org,
                 "_apis/distributedtask/packages/agent",
                 &[("platform", "linux-x64"), ("$top", "1")]
             )

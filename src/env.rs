@@ -1,23 +1,66 @@
 //! The process environment, read once and passed down.
 //!
 //! Deep logic never calls `std::env`: `main` captures an [`Env`] and every function that needs a
-//! variable, the host name or "am I root" takes it as a value, so tests build one by hand.
+//! variable, the host name, "am I root" or "does systemd run here" takes it as a value, so tests
+//! build one by hand. [`Env::for_children`] is the short list of variables a child process may
+//! inherit: root's environment at provisioning holds whatever cloud-init or the extension put there
+//! (secrets included), and none of it has any business in the agent's scripts.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Debug builds only: `yes`/`no` overrides "does systemd run here", so the suite behaves the same
+/// on machines with and without systemd.
+pub const SYSTEMD_ENV: &str = "AGENT_BOOTSTRAP_TEST_SYSTEMD";
+
+/// Variables children inherit: locale, time zone, proxies, and what the agent's `env.sh` snapshots
+/// for its jobs (`VSTS_HTTP_PROXY_PASSWORD` excluded: env.sh would write it into `.env`).
+const CHILD_VARS: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "VSTS_HTTP_PROXY",
+    "VSTS_HTTP_PROXY_USERNAME",
+    "JAVA_HOME",
+    "ANT_HOME",
+    "M2_HOME",
+    "ANDROID_HOME",
+    "GRADLE_HOME",
+    "NVM_BIN",
+    "NVM_PATH",
+    "LD_LIBRARY_PATH",
+    "PERL5LIB",
+    "AGENT_TOOLSDIRECTORY",
+    "VSO_AGENT_IGNORE",
+];
+const CHILD_PREFIXES: &[&str] = &["LC_"];
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     vars: BTreeMap<String, String>,
     hostname: String,
     is_root: bool,
+    uid: u32,
     username: String,
+    home: Option<PathBuf>,
+    systemd: bool,
 }
 
 impl Env {
     /// Snapshot of the real process environment.
     pub fn capture() -> Self {
-        let vars = std::env::vars_os()
+        let vars: BTreeMap<String, String> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
         let hostname = nix::unistd::gethostname()
@@ -25,16 +68,34 @@ impl Env {
             .and_then(|h: OsString| h.into_string().ok())
             .unwrap_or_default();
         let uid = nix::unistd::geteuid();
-        let username = nix::unistd::User::from_uid(uid)
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_default();
+        let user = nix::unistd::User::from_uid(uid).ok().flatten();
+        let username = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+        let home = vars
+            .get("HOME")
+            .filter(|h| h.starts_with('/'))
+            .map(PathBuf::from)
+            .or_else(|| user.map(|u| u.dir));
+        // sd_booted(): systemd manages this machine.
+        let mut systemd = std::path::Path::new("/run/systemd/system").is_dir();
+        if cfg!(debug_assertions) {
+            match vars
+                .get(SYSTEMD_ENV)
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                Some("yes" | "1" | "true") => systemd = true,
+                Some("no" | "0" | "false") => systemd = false,
+                _ => {}
+            }
+        }
         Self {
             vars,
             hostname,
             is_root: uid.is_root(),
+            uid: uid.as_raw(),
             username,
+            home,
+            systemd,
         }
     }
 
@@ -47,12 +108,25 @@ impl Env {
                 .collect(),
             hostname: hostname.to_owned(),
             is_root,
+            uid: if is_root { 0 } else { 1000 },
             username: if is_root {
                 "root".into()
             } else {
                 "builder".into()
             },
+            home: Some(if is_root {
+                "/root".into()
+            } else {
+                "/home/builder".into()
+            }),
+            systemd: true,
         }
+    }
+
+    /// The same environment, with systemd running or not (tests).
+    pub fn with_systemd(mut self, systemd: bool) -> Self {
+        self.systemd = systemd;
+        self
     }
 
     /// A variable's value; empty values count as unset.
@@ -76,8 +150,22 @@ impl Env {
         &self.username
     }
 
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
     pub fn is_root(&self) -> bool {
         self.is_root
+    }
+
+    /// The home directory of the account this process runs as.
+    pub fn home(&self) -> Option<&std::path::Path> {
+        self.home.as_deref()
+    }
+
+    /// systemd manages this machine (`/run/systemd/system` exists).
+    pub fn systemd_running(&self) -> bool {
+        self.systemd
     }
 
     pub fn flag(&self, name: &str) -> bool {
@@ -85,5 +173,48 @@ impl Env {
             self.var(name).map(str::to_ascii_lowercase).as_deref(),
             Some("1" | "true" | "yes")
         )
+    }
+
+    /// The variables a child process starts with (nothing else of ours is inherited).
+    pub fn for_children(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .vars
+            .iter()
+            .filter(|(k, _)| {
+                CHILD_VARS.contains(&k.as_str()) || CHILD_PREFIXES.iter().any(|p| k.starts_with(p))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !out.iter().any(|(k, _)| k == "PATH") {
+            out.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_get_only_the_allowlist() {
+        let env = Env::fake(
+            &[
+                ("PATH", "/usr/bin"),
+                ("LANG", "C.UTF-8"),
+                ("LC_ALL", "C"),
+                ("HTTPS_PROXY", "http://proxy:3128"),
+                ("CUSTOM_SCRIPT_SECRET", "hunter2"),
+                ("AZP_TOKEN", "pat"),
+                ("VSTS_AGENT_INPUT_TOKEN", "t"),
+                ("VSTS_HTTP_PROXY_PASSWORD", "p"),
+            ],
+            "h",
+            true,
+        );
+        let names: Vec<String> = env.for_children().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, vec!["HTTPS_PROXY", "LANG", "LC_ALL", "PATH"]);
+        let bare = Env::fake(&[], "h", true);
+        assert_eq!(bare.for_children()[0].0, "PATH");
     }
 }

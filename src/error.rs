@@ -18,6 +18,8 @@ pub mod code {
     pub const PACKAGE: u8 = 5;
     pub const CONFIGURE: u8 = 6;
     pub const SERVICE: u8 = 7;
+    /// Stopped by a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM), as shells report.
+    pub const SIGNALLED: u8 = 128;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,7 @@ impl Error {
             Self::Settings(_) | Self::Input(_) => INPUT,
             Self::Identity(IdentityError::BadBaseUrl { .. }) => INPUT,
             Self::Identity(_) => NO_TOKEN,
+            Self::DevOps(DevOpsError::Token(_)) => NO_TOKEN,
             Self::DevOps(DevOpsError::NoPackage { .. }) => PACKAGE,
             Self::DevOps(e) if e.is_refusal() => REFUSED,
             // The server did not answer usefully (transport, 5xx): still "Azure DevOps refused us"

@@ -2,10 +2,12 @@
 //! self-hosted Azure Pipelines agent, using the machine's managed identity and no stored secret.
 //!
 //! The flow is parse ([`cli`]) → resolve ([`settings`]) → act ([`commands`]). Each concern has its
-//! module: [`identity`] (IMDS tokens), [`devops`] (Azure DevOps REST), [`package`] (verified
-//! streaming download and extraction), [`agent`] (the agent's files and scripts), [`user`],
-//! [`service`], [`state`] (what later runs need), [`process`] (every child process). [`sim`] is the
-//! simulated Azure the tests, the demo and the benchmark run against.
+//! module: [`identity`] (IMDS tokens), [`devops`] (Azure DevOps REST), [`net`] (the one network
+//! policy: transport, retry table, budgets), [`package`] (verified streaming download and
+//! extraction), [`agent`] (the agent's files and scripts), [`fsx`] (file operations next to files
+//! the agent user controls), [`user`], [`service`], [`state`] (what later runs need), [`process`]
+//! (every child process), [`interrupt`] (SIGTERM/SIGINT). [`sim`] is the simulated Azure the tests,
+//! the demo and the benchmark run against.
 
 pub mod agent;
 pub mod cli;
@@ -14,9 +16,12 @@ pub mod commands;
 pub mod devops;
 pub mod env;
 pub mod error;
+pub mod fsx;
 pub mod identity;
+pub mod interrupt;
 pub mod lock;
 pub mod logging;
+pub mod net;
 pub mod os;
 pub mod package;
 pub mod process;

@@ -1,10 +1,16 @@
 //! The `agent-bootstrap` binary: parse, set up logging, run, map the error to an exit code.
+//!
+//! SIGTERM (systemd stopping a slow boot) and SIGINT (Ctrl-C) end the run within seconds: the
+//! command is dropped, the agent's scripts are stopped with everything they started, staging
+//! directories and partial downloads are removed ([`interrupt`]), and the exit code is 128 + the
+//! signal's number.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
-use agent_bootstrap::{cli::Cli, commands, env::Env, error, logging};
+use agent_bootstrap::{cli::Cli, commands, env::Env, error, interrupt, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,11 +26,35 @@ fn main() -> ExitCode {
             return ExitCode::from(error::code::INTERNAL);
         }
     };
-    match runtime.block_on(commands::run(cli, env)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = commands::run(cli, env) => Ok(result),
+            signal = interrupt::wait_for_signal() => Err(signal),
+        }
+    });
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             tracing::error!("{}", error::report(&e));
             ExitCode::from(e.exit_code())
+        }
+        Err(signal) => {
+            // The command is dropped by now; stop its children, let blocking threads see the
+            // stop, then delete what they were writing.
+            interrupt::request(signal);
+            runtime.shutdown_timeout(interrupt::CHILD_GRACE + Duration::from_secs(1));
+            let removed = interrupt::sweep();
+            let name = match signal {
+                2 => "SIGINT",
+                15 => "SIGTERM",
+                _ => "a signal",
+            };
+            tracing::error!(
+                removed = removed.len(),
+                "stopped by {name}: the agent's scripts were stopped and partial files removed; \
+                 nothing was left half-installed (run the same command again to finish)"
+            );
+            ExitCode::from(error::code::SIGNALLED + signal as u8)
         }
     }
 }

@@ -5,12 +5,17 @@
 //! listener), with stdin closed, stdout and stderr streamed line by line into our log with every known
 //! secret masked, stderr kept for the error message, and optionally as another user. Secrets go only
 //! into the child's environment ([`Child::secret_env`]); `argv` is world-readable in `/proc`.
+//!
+//! A child starts from a cleared environment: the allowlist of [`Env::for_children`] plus what the
+//! step sets on purpose. Its process group is registered with [`crate::interrupt`], so SIGTERM to
+//! agent-bootstrap stops it too.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::env::Env;
 use crate::secret::{Masker, Secret};
 
 /// An account to run a child as (Unix).
@@ -36,24 +41,28 @@ pub struct Child {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub cwd: Option<PathBuf>,
+    /// The inherited allowlist ([`Env::for_children`]), then what this step sets.
+    pub base_env: Vec<(String, String)>,
     pub env: Vec<(String, String)>,
     pub secret_env: Vec<(String, Secret)>,
-    pub env_remove: Vec<String>,
     pub run_as: Option<RunAs>,
+    /// `HOME` for a child that runs as ourselves.
+    pub home: Option<PathBuf>,
     pub timeout: Duration,
 }
 
 impl Child {
-    pub fn new(label: impl Into<String>, program: impl Into<PathBuf>) -> Self {
+    pub fn new(label: impl Into<String>, program: impl Into<PathBuf>, env: &Env) -> Self {
         Self {
             label: label.into(),
             program: program.into(),
             args: vec![],
             cwd: None,
+            base_env: env.for_children(),
             env: vec![],
             secret_env: vec![],
-            env_remove: vec![],
             run_as: None,
+            home: env.home().map(PathBuf::from),
             timeout: Duration::from_secs(120),
         }
     }
@@ -75,11 +84,6 @@ impl Child {
 
     pub fn secret_env(mut self, k: impl Into<String>, v: Secret) -> Self {
         self.secret_env.push((k.into(), v));
-        self
-    }
-
-    pub fn env_remove(mut self, k: impl Into<String>) -> Self {
-        self.env_remove.push(k.into());
         self
     }
 
@@ -154,6 +158,8 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{label} was stopped: agent-bootstrap is being stopped")]
+    Interrupted { label: String },
     #[error("{label} did not finish within {}s and was stopped", timeout.as_secs())]
     TimedOut {
         label: String,
@@ -185,32 +191,30 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     if let Some(dir) = &child.cwd {
         expr = expr.dir(dir);
     }
-    // Agent input variables reach a child only when set here on purpose: one inherited from the
-    // caller (cloud-init, a CI variable) would silently change a configuration, and a token must
-    // never reach a service step.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("VSTS_AGENT_INPUT_")
-        {
-            expr = expr.env_remove(k);
+    // A cleared environment: the allowlist, then what this step sets. Nothing else of root's
+    // environment (cloud-init's or the extension's variables, a stray VSTS_AGENT_INPUT_*) reaches
+    // a child.
+    let mut vars: std::collections::BTreeMap<String, String> =
+        child.base_env.iter().cloned().collect();
+    match &child.run_as {
+        Some(user) => {
+            vars.insert("HOME".into(), user.home.display().to_string());
+            vars.insert("USER".into(), user.name.clone());
+            vars.insert("LOGNAME".into(), user.name.clone());
+        }
+        None => {
+            if let Some(home) = &child.home {
+                vars.insert("HOME".into(), home.display().to_string());
+            }
         }
     }
-    for k in &child.env_remove {
-        expr = expr.env_remove(k);
-    }
     for (k, v) in &child.env {
-        expr = expr.env(k, v);
+        vars.insert(k.clone(), v.clone());
     }
     for (k, v) in &child.secret_env {
-        expr = expr.env(k, v.expose());
+        vars.insert(k.clone(), v.expose().to_owned());
     }
-    if let Some(user) = &child.run_as {
-        expr = expr
-            .env("HOME", &user.home)
-            .env("USER", &user.name)
-            .env("LOGNAME", &user.name);
-    }
+    expr = expr.full_env(vars);
     let run_as = child.run_as.clone();
     expr = expr.before_spawn(move |cmd| {
         #[cfg(unix)]
@@ -230,6 +234,7 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     // The expression holds our copies of the pipes' write ends: drop it so the readers see EOF.
     drop(expr);
     let pid = handle.pids().first().copied();
+    let _group = pid.map(|p| crate::interrupt::ChildGroup::register(p as i32));
 
     let (tx, rx) = mpsc::channel::<(bool, String)>();
     let out_r: std::os::fd::OwnedFd = out_r.into();
@@ -258,9 +263,21 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
         });
     drop(tx);
 
-    let waited = handle.wait_timeout(child.timeout);
-    let timed_out = !matches!(waited, Ok(Some(_)));
-    if timed_out {
+    // Wait in short steps: a stop request must end the child within the grace period.
+    let deadline = std::time::Instant::now() + child.timeout;
+    let (timed_out, interrupted) = loop {
+        match handle.wait_timeout(Duration::from_millis(100)) {
+            Ok(Some(_)) | Err(_) => break (false, false),
+            Ok(None) => {}
+        }
+        if crate::interrupt::requested() {
+            break (false, true);
+        }
+        if std::time::Instant::now() >= deadline {
+            break (true, false);
+        }
+    };
+    if timed_out || interrupted {
         if let Some(pid) = pid {
             kill_group(pid);
         }
@@ -289,6 +306,11 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
         stdout,
         stderr,
     };
+    if interrupted {
+        return Err(ProcessError::Interrupted {
+            label: child.label.clone(),
+        });
+    }
     if timed_out {
         tracing::warn!(timeout_s = child.timeout.as_secs(), "timed out; stopped");
         return Err(ProcessError::TimedOut {
@@ -325,10 +347,31 @@ pub async fn run_async(child: Child, masker: Masker) -> Result<Finished, Process
 mod tests {
     use super::*;
 
+    fn env() -> Env {
+        Env::fake(
+            &[("PATH", "/usr/bin:/bin"), ("CLOUD_INIT_SECRET", "hunter2")],
+            "h",
+            true,
+        )
+    }
+
+    #[test]
+    fn children_start_from_the_allowlist_only() {
+        let child = Child::new("env", "/usr/bin/env", &env()).env("STEP_VAR", "1");
+        let done = run(&child, &Masker::new()).unwrap();
+        let mut names: Vec<&str> = done
+            .stdout
+            .iter()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["HOME", "PATH", "STEP_VAR"]);
+    }
+
     #[test]
     fn captures_output_and_masks_secrets() {
         let secret = Secret::new("s3cr3t-value-123");
-        let child = Child::new("sh", "/bin/sh")
+        let child = Child::new("sh", "/bin/sh", &env())
             .args(["-c", "echo out $TOKEN; echo err $TOKEN >&2; exit 3"])
             .secret_env("TOKEN", secret.clone());
         let done = run(&child, &Masker::with(&secret)).unwrap();
@@ -345,7 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("grandchild-alive");
         let script = format!("(sleep 3; touch {}) & sleep 30", marker.display());
-        let child = Child::new("hang", "/bin/sh")
+        let child = Child::new("hang", "/bin/sh", &env())
             .args(["-c", script.as_str()])
             .timeout(Duration::from_millis(300));
         let start = std::time::Instant::now();
@@ -358,13 +401,17 @@ mod tests {
 
     #[test]
     fn missing_program_is_a_spawn_error() {
-        let e = run(&Child::new("nope", "/nonexistent/prog"), &Masker::new()).unwrap_err();
+        let e = run(
+            &Child::new("nope", "/nonexistent/prog", &env()),
+            &Masker::new(),
+        )
+        .unwrap_err();
         assert!(matches!(e, ProcessError::Spawn { .. }));
     }
 
     #[test]
     fn display_quotes_arguments() {
-        let c = Child::new("x", "./config.sh").args(["--pool", "My Pool"]);
+        let c = Child::new("x", "./config.sh", &env()).args(["--pool", "My Pool"]);
         assert_eq!(c.display(), "./config.sh --pool 'My Pool'");
     }
 }

@@ -43,14 +43,17 @@ impl fmt::Display for Secret {
 }
 
 /// Replaces every occurrence of known secrets in text (child output, server bodies) with `***`.
+///
+/// Clones share one list: a token fetched later (a refresh) is masked by every copy.
 #[derive(Clone, Default)]
 pub struct Masker {
-    secrets: Vec<String>,
+    secrets: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 impl fmt::Debug for Masker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Masker({} secrets)", self.secrets.len())
+        let n = self.secrets.read().map(|s| s.len()).unwrap_or(0);
+        write!(f, "Masker({n} secrets)")
     }
 }
 
@@ -60,21 +63,27 @@ impl Masker {
     }
 
     pub fn with(secret: &Secret) -> Self {
-        let mut masker = Self::new();
+        let masker = Self::new();
         masker.add(secret);
         masker
     }
 
-    pub fn add(&mut self, secret: &Secret) {
+    pub fn add(&self, secret: &Secret) {
         // Very short values would mask ordinary words; tokens are long.
-        if secret.expose().len() >= 8 {
-            self.secrets.push(secret.expose().to_owned());
+        if secret.expose().len() >= 8
+            && let Ok(mut list) = self.secrets.write()
+            && !list.iter().any(|s| s == secret.expose())
+        {
+            list.push(secret.expose().to_owned());
         }
     }
 
     pub fn mask(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for secret in &self.secrets {
+        let Ok(list) = self.secrets.read() else {
+            return String::from(REDACTED);
+        };
+        for secret in list.iter() {
             if out.contains(secret.as_str()) {
                 out = out.replace(secret.as_str(), REDACTED);
             }
@@ -105,6 +114,14 @@ mod tests {
             "x *** y ***"
         );
         assert_eq!(masker.mask("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn clones_share_secrets_added_later() {
+        let masker = Masker::new();
+        let copy = masker.clone();
+        masker.add(&Secret::new("refreshed-token-2"));
+        assert_eq!(copy.mask("x refreshed-token-2"), "x ***");
     }
 
     #[test]

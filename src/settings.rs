@@ -4,6 +4,17 @@
 //! Microsoft's Docker sample), which wins over defaults. Every value is checked here and a bad one is
 //! reported with the flag (or variable) that carried it; nothing in this module does I/O beyond
 //! looking at a `--package` path, so every rule is a unit test.
+//!
+//! Values that end up in a unit file, a unit name or a command line are held to the strictest rule
+//! any of those places needs: no control characters anywhere; no shell metacharacters in pool and
+//! agent names (the agent's own `svc.sh` pastes them into a shell string); no whitespace, `%`,
+//! quotes, `$` or backslash in the agent dir (systemd expands `%` and `$`, splits on whitespace).
+//! Saved settings are checked again when they are loaded.
+//!
+//! Where state lives: as root, `/var/lib/agent-bootstrap` and `/var/cache/agent-bootstrap`; as any
+//! other account, its XDG directories (`~/.local/state/agent-bootstrap`, `~/.cache/agent-bootstrap`)
+//! and `~/azure-pipelines-agent` as the default agent dir, so a person trying the tool without root
+//! gets a working setup instead of `Permission denied` half-way.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -70,6 +81,8 @@ pub enum PackageChoice {
 
 #[derive(Debug, Clone)]
 pub struct InstallSettings {
+    /// The account running agent-bootstrap is root (otherwise everything runs as that account).
+    pub as_root: bool,
     pub url: Url,
     pub pool: String,
     pub agent_name: String,
@@ -226,6 +239,32 @@ fn org_url(args: &InstallArgs, env: &Env) -> Result<Url, SettingsError> {
     Ok(url)
 }
 
+/// What the agent's `svc.sh` would put into a shell string (`SVC_NAME="…"`, `$(echo …)`).
+const SHELL_CHARS: &str = "$`()'\"\\";
+/// Azure DevOps' own rules for pool names, plus [`SHELL_CHARS`].
+const POOL_FORBIDDEN: &str = "\"/\\[]:|<>+=;?*$`()'";
+/// Azure DevOps' own rules for agent names, plus [`SHELL_CHARS`].
+const AGENT_FORBIDDEN: &str = "\"/\\:<>|*?@$`()'";
+/// Characters refused in an agent dir: systemd splits on whitespace and expands `%` and `$` in unit
+/// files, and quotes or a backslash would need escaping every place the path is written.
+const PATH_FORBIDDEN: &str = "%$`'\"\\";
+
+/// A pool or agent name: [`check_text`], naming the shell when that is the reason.
+fn check_name(
+    what: &str,
+    value: &str,
+    max: usize,
+    forbidden: &str,
+) -> Result<String, SettingsError> {
+    check_text(what, value, max, forbidden).map_err(|mut e| {
+        if value.chars().any(|c| SHELL_CHARS.contains(c)) {
+            e.problem
+                .push_str(" (the agent's svc.sh would paste it into a shell command run as root)");
+        }
+        e
+    })
+}
+
 fn check_text(
     what: &str,
     value: &str,
@@ -318,27 +357,16 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         (None, Some(p)) => ("AZP_POOL", p),
         (None, None) => ("--pool", DEFAULT_POOL),
     };
-    let pool = check_text(pool_what, pool_raw, 256, "\"/\\[]:|<>+=;?*")?;
+    let pool = check_name(pool_what, pool_raw, 256, POOL_FORBIDDEN)?;
     let (name_what, name_raw) = match (&args.agent_name, env.var("AZP_AGENT_NAME")) {
         (Some(n), _) => ("--agent-name", n.as_str()),
         (None, Some(n)) => ("AZP_AGENT_NAME", n),
         (None, None) => ("the host name (set --agent-name)", env.hostname()),
     };
-    let agent_name = check_text(name_what, name_raw, 64, "\"/\\:<>|*?@")?;
+    let agent_name = check_name(name_what, name_raw, 64, AGENT_FORBIDDEN)?;
 
-    let agent_dir = match &args.agent_dir {
-        Some(d) if !d.is_absolute() => {
-            return Err(bad(
-                "--agent-dir",
-                format!("'{}' must be an absolute path", d.display()),
-            ));
-        }
-        Some(d) if d.parent().is_none() => {
-            return Err(bad("--agent-dir", "must not be the file system root"));
-        }
-        Some(d) => d.components().collect(),
-        None => os.default_agent_dir(),
-    };
+    let paths = paths(env, &os)?;
+    let agent_dir = agent_dir(args.agent_dir.as_deref(), &paths)?;
     let (work_what, work_raw) = match (&args.work_dir, env.var("AZP_WORK")) {
         (Some(w), _) => ("--work-dir", w.as_str()),
         (None, Some(w)) => ("AZP_WORK", w),
@@ -370,9 +398,8 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
     if args.config_timeout == 0 {
         return Err(bad("--config-timeout", "must be at least 1 second"));
     }
-    let state_dir = state_dir(env, &os);
-    let cache_dir = cache_dir(env, &os);
     Ok(InstallSettings {
+        as_root: env.is_root(),
         url,
         pool,
         agent_name,
@@ -386,34 +413,112 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         config_timeout: std::time::Duration::from_secs(args.config_timeout),
         dry_run: args.dry_run,
         no_block_start: false,
-        state_dir,
-        cache_dir,
+        state_dir: paths.state_dir,
+        cache_dir: paths.cache_dir,
         os,
     })
 }
 
-pub fn state_dir(env: &Env, os: &Os) -> PathBuf {
-    env.var(STATE_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| os.default_state_dir())
+/// Where agent-bootstrap keeps its state and cache, and the default agent dir, for this account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub default_agent_dir: PathBuf,
 }
 
-pub fn cache_dir(env: &Env, os: &Os) -> PathBuf {
-    env.var(CACHE_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| os.default_cache_dir())
-}
-
-/// `--agent-dir` of reconcile/remove/status: absolute, default per OS.
-pub fn agent_dir(arg: Option<&Path>, os: &Os) -> Result<PathBuf, SettingsError> {
-    match arg {
-        Some(d) if !d.is_absolute() => Err(bad(
-            "--agent-dir",
-            format!("'{}' must be an absolute path", d.display()),
-        )),
-        Some(d) => Ok(d.components().collect()),
-        None => Ok(os.default_agent_dir()),
+/// Root: the system locations of [`Os`]; another account: its XDG directories and home. The
+/// variables `AGENT_BOOTSTRAP_STATE_DIR` / `AGENT_BOOTSTRAP_CACHE_DIR` win either way.
+pub fn paths(env: &Env, os: &Os) -> Result<Paths, SettingsError> {
+    let override_dir = |name: &str| -> Result<Option<PathBuf>, SettingsError> {
+        match env.var(name) {
+            Some(v) if Path::new(v).is_absolute() => Ok(Some(PathBuf::from(v))),
+            Some(v) => Err(bad(name, format!("'{v}' must be an absolute path"))),
+            None => Ok(None),
+        }
+    };
+    let state = override_dir(STATE_DIR_ENV)?;
+    let cache = override_dir(CACHE_DIR_ENV)?;
+    if env.is_root() || os.is_windows() {
+        return Ok(Paths {
+            state_dir: state.unwrap_or_else(|| os.default_state_dir()),
+            cache_dir: cache.unwrap_or_else(|| os.default_cache_dir()),
+            default_agent_dir: os.default_agent_dir(),
+        });
     }
+    let home = env.home().map(Path::to_owned);
+    let xdg = |var: &str, fallback: &str| -> Option<PathBuf> {
+        env.var(var)
+            .filter(|v| Path::new(v).is_absolute())
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(fallback)))
+            .map(|d| d.join("agent-bootstrap"))
+    };
+    let no_home = || {
+        bad(
+            "HOME",
+            "is not set: without root, agent-bootstrap keeps its state in your home directory \
+             (or set AGENT_BOOTSTRAP_STATE_DIR and AGENT_BOOTSTRAP_CACHE_DIR, and pass --agent-dir)",
+        )
+    };
+    Ok(Paths {
+        state_dir: match state {
+            Some(s) => s,
+            None => xdg("XDG_STATE_HOME", ".local/state").ok_or_else(no_home)?,
+        },
+        cache_dir: match cache {
+            Some(c) => c,
+            None => xdg("XDG_CACHE_HOME", ".cache").ok_or_else(no_home)?,
+        },
+        default_agent_dir: home
+            .map(|h| h.join("azure-pipelines-agent"))
+            .unwrap_or_else(|| os.default_agent_dir()),
+    })
+}
+
+/// `--agent-dir` (or the default): absolute, not `/`, no `..`, and nothing a unit file or a shell
+/// would read differently (see [`PATH_FORBIDDEN`]).
+pub fn agent_dir(arg: Option<&Path>, paths: &Paths) -> Result<PathBuf, SettingsError> {
+    let Some(d) = arg else {
+        return Ok(paths.default_agent_dir.clone());
+    };
+    check_agent_dir("--agent-dir", d)
+}
+
+fn check_agent_dir(what: &str, d: &Path) -> Result<PathBuf, SettingsError> {
+    if !d.is_absolute() {
+        return Err(bad(
+            what,
+            format!("'{}' must be an absolute path", d.display()),
+        ));
+    }
+    let Some(text) = d.to_str() else {
+        return Err(bad(what, format!("'{}' is not valid UTF-8", d.display())));
+    };
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || PATH_FORBIDDEN.contains(*c))
+    {
+        return Err(bad(
+            what,
+            format!(
+                "'{}' contains the character {c:?}; systemd units and the agent's scripts cannot \
+                 name such a path safely",
+                text.escape_debug()
+            ),
+        ));
+    }
+    let normal: PathBuf = d.components().collect();
+    if normal
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(bad(what, format!("'{text}' must not contain '..'")));
+    }
+    if normal.parent().is_none() {
+        return Err(bad(what, "must not be the file system root"));
+    }
+    Ok(normal)
 }
 
 /// The settings install saved, as install settings again (reconcile configures from them).
@@ -423,6 +528,8 @@ pub fn from_saved(
     os: Os,
 ) -> Result<InstallSettings, SettingsError> {
     let url = check_url("the saved url", &saved.url)?;
+    check_saved(saved)?;
+    let paths = paths(env, &os)?;
     let package = match &saved.package {
         Some(p) if p.contains("://") => PackageChoice::Explicit {
             source: Source::Url(check_url("the saved package", p)?),
@@ -445,6 +552,7 @@ pub fn from_saved(
         } else {
             AgentUser::Existing(saved.user.clone())
         },
+        as_root: env.is_root(),
         service: saved.service,
         boot: saved.boot_unit.is_some(),
         selector: Selector::from_saved(saved.identity.as_deref()),
@@ -452,10 +560,32 @@ pub fn from_saved(
         config_timeout: std::time::Duration::from_secs(600),
         dry_run: false,
         no_block_start: true,
-        state_dir: state_dir(env, &os),
-        cache_dir: cache_dir(env, &os),
+        state_dir: paths.state_dir,
+        cache_dir: paths.cache_dir,
         os,
     })
+}
+
+/// The saved settings pass the same rules as the flags they came from (the file is root's, but a
+/// value that reaches a unit file or a command line is checked wherever it comes from).
+pub fn check_saved(saved: &crate::state::Saved) -> Result<(), SettingsError> {
+    check_url("the saved url", &saved.url)?;
+    check_name("the saved pool", &saved.pool, 256, POOL_FORBIDDEN)?;
+    check_name(
+        "the saved agent name",
+        &saved.agent_name,
+        64,
+        AGENT_FORBIDDEN,
+    )?;
+    check_agent_dir("the saved agent dir", &saved.agent_dir)?;
+    check_text("the saved work dir", &saved.work_dir, 4096, "")?;
+    check_user(&saved.user).map_err(|_| {
+        bad(
+            "the saved user",
+            format!("'{}' is not a valid account name", saved.user),
+        )
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -593,6 +723,111 @@ mod tests {
         let mut a = args();
         a.config_timeout = 0;
         assert!(err(&a, &e).contains("--config-timeout"));
+    }
+
+    #[test]
+    fn names_that_a_shell_or_a_unit_file_would_read_differently_are_refused() {
+        let e = env(&[]);
+        for bad_pool in [
+            "a$(id)",
+            "a`id`",
+            "a(b)",
+            "it's",
+            "a\"b",
+            "a\\b",
+            "Default\n[Service]",
+        ] {
+            let mut a = args();
+            a.pool = Some(bad_pool.into());
+            let m = err(&a, &e);
+            assert!(m.contains("--pool"), "{bad_pool}: {m}");
+        }
+        let mut a = args();
+        a.pool = Some("a$b".into());
+        assert!(err(&a, &e).contains("shell"));
+        for bad_name in ["vm$1", "vm`x`", "vm(1)", "vm'1", "vm\u{7}"] {
+            let mut a = args();
+            a.agent_name = Some(bad_name.into());
+            assert!(err(&a, &e).contains("--agent-name"), "{bad_name}");
+        }
+        for bad_dir in [
+            "/opt/my agent",
+            "/opt/a%i",
+            "/opt/a\tb",
+            "/opt/a\nb",
+            "/opt/$HOME",
+            "/opt/a\"b",
+            "/opt/a/../../etc",
+        ] {
+            let mut a = args();
+            a.agent_dir = Some(bad_dir.into());
+            let m = err(&a, &e);
+            assert!(m.contains("--agent-dir"), "{bad_dir}: {m}");
+        }
+        let mut a = args();
+        a.agent_dir = Some("/opt/./agents/a1/".into());
+        assert_eq!(
+            install(&a, &e, Os::linux_x64()).unwrap().agent_dir,
+            PathBuf::from("/opt/agents/a1")
+        );
+    }
+
+    #[test]
+    fn without_root_state_and_agent_live_in_the_home_directory() {
+        let e = Env::fake(&[], "h", false);
+        let p = paths(&e, &Os::linux_x64()).unwrap();
+        assert_eq!(
+            p.state_dir,
+            PathBuf::from("/home/builder/.local/state/agent-bootstrap")
+        );
+        assert_eq!(
+            p.cache_dir,
+            PathBuf::from("/home/builder/.cache/agent-bootstrap")
+        );
+        assert_eq!(
+            p.default_agent_dir,
+            PathBuf::from("/home/builder/azure-pipelines-agent")
+        );
+        let e = Env::fake(
+            &[
+                ("XDG_STATE_HOME", "/x/state"),
+                ("XDG_CACHE_HOME", "relative"),
+            ],
+            "h",
+            false,
+        );
+        let p = paths(&e, &Os::linux_x64()).unwrap();
+        assert_eq!(p.state_dir, PathBuf::from("/x/state/agent-bootstrap"));
+        assert_eq!(
+            p.cache_dir,
+            PathBuf::from("/home/builder/.cache/agent-bootstrap")
+        );
+        let root = paths(&env(&[]), &Os::linux_x64()).unwrap();
+        assert_eq!(root.state_dir, PathBuf::from("/var/lib/agent-bootstrap"));
+        let e = env(&[(STATE_DIR_ENV, "relative/state")]);
+        assert!(
+            paths(&e, &Os::linux_x64())
+                .unwrap_err()
+                .to_string()
+                .contains(STATE_DIR_ENV)
+        );
+    }
+
+    #[test]
+    fn saved_settings_are_checked_again() {
+        let mut saved: crate::state::Saved = serde_json::from_str(
+            r#"{"schema":1,"url":"https://dev.azure.com/o","pool":"Default","pool_id":1,
+                "agent_name":"a","agent_id":1,"agent_dir":"/opt/a","work_dir":"_work","user":"azpagent",
+                "dedicated_user":true,"service":true,"service_unit":null,"identity":null,
+                "agent_version":null,"package_sha256":null,"machine_id":null}"#,
+        )
+        .unwrap();
+        assert!(from_saved(&saved, &env(&[]), Os::linux_x64()).is_ok());
+        saved.pool = "Default\n[Service]\nExecStartPre=+/bin/sh".into();
+        let m = from_saved(&saved, &env(&[]), Os::linux_x64())
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("the saved pool"), "{m}");
     }
 
     #[test]

@@ -90,7 +90,6 @@ pub fn file_for(state_dir: &Path, agent_dir: &Path) -> PathBuf {
 /// The name this agent dir goes by in file and unit names: its path made readable, plus a short
 /// hash, e.g. `opt-azure-pipelines-agent-1a2b3c4d` (the settings file, the lock, the boot unit).
 pub fn key(agent_dir: &Path) -> String {
-    use sha2::Digest;
     let full = agent_dir.to_string_lossy();
     let readable: String = full
         .trim_matches('/')
@@ -101,8 +100,14 @@ pub fn key(agent_dir: &Path) -> String {
             _ => '_',
         })
         .collect();
-    let hash = hex::encode(&sha2::Sha256::digest(full.as_bytes())[..4]);
-    format!("{readable}-{hash}")
+    format!("{readable}-{}", tag(agent_dir))
+}
+
+/// A short name for an agent dir (8 hex digits of its path's SHA-256): marks the temporary files a
+/// run on that agent dir creates, so a later run cleans up only its own.
+pub fn tag(agent_dir: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(agent_dir.to_string_lossy().as_bytes())[..4])
 }
 
 pub fn save(state_dir: &Path, saved: &Saved) -> Result<PathBuf, StateError> {

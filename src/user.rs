@@ -5,7 +5,7 @@
 //! `--user NAME` uses an existing account. `--user root` is honoured, with a warning, by setting
 //! `AGENT_ALLOW_RUNASROOT` for the agent's scripts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::process::{self, Child, RunAs};
 use crate::secret::Masker;
@@ -24,13 +24,6 @@ pub enum UserError {
         name: String,
         #[source]
         source: nix::Error,
-    },
-    #[error("could not give '{path}' to user '{name}'")]
-    Chown {
-        name: String,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
     },
 }
 
@@ -53,18 +46,8 @@ pub fn lookup(name: &str) -> Result<Option<RunAs>, UserError> {
     Ok(user.map(RunAs::from))
 }
 
-/// The account that owns `path` (not following a link), if it has a name.
-pub fn owner_of(path: &Path) -> Option<RunAs> {
-    use std::os::unix::fs::MetadataExt;
-    let uid = fs_err::symlink_metadata(path).ok()?.uid();
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(RunAs::from)
-}
-
 /// Finds the account, creating the dedicated one if needed.
-pub async fn ensure(user: &AgentUser) -> Result<RunAs, UserError> {
+pub async fn ensure(user: &AgentUser, env: &crate::env::Env) -> Result<RunAs, UserError> {
     let name = user.name().to_owned();
     if let Some(found) = lookup(&name)? {
         return Ok(found);
@@ -72,12 +55,14 @@ pub async fn ensure(user: &AgentUser) -> Result<RunAs, UserError> {
     let AgentUser::Dedicated(_) = user else {
         return Err(UserError::Missing { name });
     };
-    let useradd = which::which("useradd").map_err(|_| UserError::Create {
-        name: name.clone(),
-        detail: "useradd was not found; create the account yourself and pass --user".to_owned(),
-    })?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let useradd =
+        which::which_in("useradd", env.var("PATH"), cwd).map_err(|_| UserError::Create {
+            name: name.clone(),
+            detail: "useradd was not found; create the account yourself and pass --user".to_owned(),
+        })?;
     tracing::info!(user = %name, "creating the agent user");
-    let child = Child::new("useradd", useradd).args([
+    let child = Child::new("useradd", useradd, env).args([
         "--system",
         "--create-home",
         "--home-dir",
@@ -109,23 +94,4 @@ pub async fn ensure(user: &AgentUser) -> Result<RunAs, UserError> {
             .unwrap_or_else(|| format!("useradd exited with {}", done.code));
     }
     Err(UserError::Create { name, detail: last })
-}
-
-/// Gives every file under `root` to the user (not following links).
-pub fn chown_tree(root: &Path, user: &RunAs) -> Result<(), UserError> {
-    for entry in walkdir::WalkDir::new(root).follow_links(false) {
-        let entry = entry.map_err(|e| UserError::Chown {
-            name: user.name.clone(),
-            path: root.to_owned(),
-            source: e.into(),
-        })?;
-        std::os::unix::fs::lchown(entry.path(), Some(user.uid), Some(user.gid)).map_err(
-            |source| UserError::Chown {
-                name: user.name.clone(),
-                path: entry.path().to_owned(),
-                source,
-            },
-        )?;
-    }
-    Ok(())
 }

@@ -201,13 +201,11 @@ fn an_unconfigured_agent_dir_is_configured_from_the_saved_settings() {
     assert_eq!(w.downloads(), 1, "the package in place was used");
     // At boot the agent's unit waits for ours: the start must not block on it.
     let log = w.systemctl_log();
-    assert!(
-        log.lines()
-            .rfind(|l| l.starts_with("start"))
-            .unwrap()
-            .starts_with("start --no-block"),
-        "{log}"
-    );
+    let last = log
+        .lines()
+        .rfind(|l| l.starts_with("start") || l.starts_with("restart"))
+        .unwrap();
+    assert!(last.contains(" --no-block "), "{log}");
     assert_eq!(w.server_agents(1).len(), 1);
 }
 
@@ -478,10 +476,27 @@ fn remove_undoes_install_and_a_second_remove_is_fine() {
             .flatten()
             .any(|_| true)
     );
-    let remove = w.sim.state().listener_reports.last().cloned().unwrap();
-    assert_eq!(remove.verb, "remove");
-    assert!(remove.token_from_env);
-    assert_ne!(remove.uid, 0);
+    // Root unregistered the agent itself, at the saved organization: no agent script ran with
+    // the token (the agent user can rewrite them).
+    let verbs: Vec<String> = w
+        .sim
+        .state()
+        .listener_reports
+        .iter()
+        .map(|r| r.verb.clone())
+        .collect();
+    assert_eq!(verbs, vec!["configure"]);
+    let deletes: Vec<_> = w
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 1);
+    assert!(
+        deletes[0].path.ends_with("/pools/1/agents/1"),
+        "{deletes:?}"
+    );
+    assert_eq!(deletes[0].caller, agent_bootstrap::sim::ids::SYSTEM_OBJECT);
 
     let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
     run.assert_code(0);
@@ -622,10 +637,10 @@ fn later_runs_never_execute_the_agent_users_scripts_as_root() {
 }
 
 #[test]
-fn remove_leaves_a_unit_that_is_not_this_agents_alone() {
+fn remove_acts_only_on_the_unit_its_settings_name() {
     let w = installed();
     let dir = w.agent_dir();
-    // A job points .service at another agent's unit.
+    // A job points .service at another agent's unit: root does not read .service.
     let other = "vsts.agent.127.Default.other.service";
     std::fs::write(
         units(&w).join(other),
@@ -634,12 +649,33 @@ fn remove_leaves_a_unit_that_is_not_this_agents_alone() {
     .unwrap();
     std::fs::write(dir.join(".service"), format!("{other}\n")).unwrap();
     let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(units(&w).join(other).is_file());
+    let log = w.systemctl_log();
+    assert!(!log.contains(&format!("stop {other}")) && !log.contains(&format!("disable {other}")));
+    assert!(log.contains(&format!("disable {UNIT}")), "{log}");
+    assert!(!units(&w).join(UNIT).exists());
+}
+
+#[test]
+fn a_unit_file_of_another_agent_dir_is_left_alone() {
+    let w = installed();
+    let dir = w.agent_dir();
+    // Our unit's name now belongs to a unit running another agent dir.
+    std::fs::write(
+        units(&w).join(UNIT),
+        "[Service]\nWorkingDirectory=/opt/someone-else\n",
+    )
+    .unwrap();
+    let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
     run.assert_code(7);
     assert!(
-        run.stderr.contains("is not the unit of the agent"),
+        run.stderr
+            .contains("belongs to the agent in /opt/someone-else"),
         "{}",
         run.stderr
     );
-    assert!(units(&w).join(other).is_file());
-    assert!(!w.systemctl_log().contains(&format!("disable {other}")));
+    assert!(units(&w).join(UNIT).is_file());
+    assert!(!w.systemctl_log().contains(&format!("disable {UNIT}")));
+    assert_eq!(w.server_agents(1).len(), 1, "nothing unregistered");
 }

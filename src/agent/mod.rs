@@ -50,30 +50,19 @@ pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
-/// Reads a file in the agent dir, which the agent user (and so any pipeline job) can write, while we
-/// may be root: a regular file only (a symlink is not followed, so it cannot make root read
-/// `/etc/shadow`), and at most `limit` bytes.
-pub fn read_untrusted(path: &Path, limit: u64) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("not a regular file of at most {limit} bytes"),
-        ));
-    }
-    let mut text = String::new();
-    file.take(limit).read_to_string(&mut text)?;
-    Ok(text)
-}
-
 /// Files whose presence is the local registration (what `config.sh remove` deletes locally).
 pub const REGISTRATION_FILES: &[&str] = &[".agent", ".credentials", ".credentials_rsaparams"];
+
+/// What else `config.sh remove` deletes (`agent.md` §3.4): proxy and certificate settings, the
+/// credential store, the options file.
+pub const CONFIG_FILES: &[&str] = &[
+    ".proxy",
+    ".proxycredentials",
+    ".proxybypass",
+    ".certificates",
+    ".options",
+    ".credential_store",
+];
 
 #[derive(Debug, Clone)]
 pub struct AgentDir {
@@ -95,7 +84,7 @@ impl AgentDir {
 
     pub fn settings(&self) -> Result<Option<AgentSettings>, AgentError> {
         let path = self.root.join(".agent");
-        let text = match read_untrusted(&path, 64 * 1024) {
+        let text = match crate::fsx::read_untrusted(&path, 64 * 1024) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(AgentError::Read { path, source }),
@@ -108,24 +97,23 @@ impl AgentDir {
             })
     }
 
+    /// `.agent` exists (whatever it holds: [`AgentDir::settings`] reads it).
     pub fn is_configured(&self) -> bool {
-        self.root.join(".agent").is_file()
-    }
-
-    pub fn has_credentials(&self) -> bool {
-        self.root.join(".credentials").is_file()
+        fs_err::symlink_metadata(self.root.join(".agent")).is_ok()
     }
 
     /// A key or credential without `.agent`: configure failed after registering (§3.3).
     pub fn has_stale_registration(&self) -> bool {
         !self.is_configured()
-            && (self.has_credentials() || self.root.join(".credentials_rsaparams").is_file())
+            && [".credentials", ".credentials_rsaparams"]
+                .iter()
+                .any(|f| fs_err::symlink_metadata(self.root.join(f)).is_ok())
     }
 
-    /// The service name from `.service`, if the service was installed.
-    /// Only a name of the agent's own form is returned (`vsts.agent.….service`): root acts on it.
-    pub fn service_name(&self) -> Option<String> {
-        read_untrusted(&self.root.join(".service"), 1024)
+    /// The unit name `.service` holds, for display only (root acts on names it computes from its
+    /// own saved settings): a name of the agent's form, read without following links or blocking.
+    pub fn service_file_hint(&self) -> Option<String> {
+        crate::fsx::read_untrusted(&self.root.join(".service"), 1024)
             .ok()
             .map(|s| strip_bom(s.trim()).trim().to_owned())
             .filter(|s| crate::service::is_agent_unit_name(s))
@@ -138,19 +126,30 @@ impl AgentDir {
 
     /// The agent replaced `bin`/`externals` with links to `bin.<version>` (§5.3).
     pub fn self_updated(&self) -> bool {
-        ["bin", "externals"].iter().any(|d| {
-            fs_err::symlink_metadata(self.root.join(d))
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false)
-        })
+        ["bin", "externals"]
+            .iter()
+            .any(|d| crate::fsx::is_symlink(&self.root.join(d)))
     }
 
     /// Deletes the local registration (as `config.sh remove` does locally), keeping everything else.
+    /// `unlink` never follows a link, so this is safe in a directory the agent user owns.
     pub fn remove_registration(&self) -> Result<(), AgentError> {
-        for f in REGISTRATION_FILES {
+        self.remove_files(REGISTRATION_FILES)
+    }
+
+    /// Deletes everything `config.sh remove` deletes locally: the registration, then the proxy,
+    /// certificate and credential-store files, `.agent` last.
+    pub fn remove_configuration(&self) -> Result<(), AgentError> {
+        self.remove_files(&[".credentials", ".credentials_rsaparams"])?;
+        self.remove_files(CONFIG_FILES)?;
+        self.remove_files(&[".agent"])
+    }
+
+    fn remove_files(&self, files: &[&str]) -> Result<(), AgentError> {
+        for f in files {
             let path = self.root.join(f);
             match fs_err::remove_file(&path) {
-                Ok(()) => tracing::info!(file = %path.display(), "removed stale registration file"),
+                Ok(()) => tracing::info!(file = %path.display(), "removed"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(AgentError::Remove { path, source }),
             }
@@ -192,17 +191,17 @@ mod tests {
         let a = AgentDir::new(dir.path(), &crate::os::Os::linux_x64());
         std::fs::write(dir.path().join("target"), "vsts.agent.o.p.a.service").unwrap();
         std::os::unix::fs::symlink("target", dir.path().join(".service")).unwrap();
-        assert_eq!(a.service_name(), None, "a symlink is not followed");
+        assert_eq!(a.service_file_hint(), None, "a symlink is not followed");
         std::fs::remove_file(dir.path().join(".service")).unwrap();
         std::fs::write(dir.path().join(".service"), "sshd.service\n").unwrap();
-        assert_eq!(a.service_name(), None, "only the agent's own units");
+        assert_eq!(a.service_file_hint(), None, "only the agent's own units");
         std::fs::write(
             dir.path().join(".service"),
             "vsts.agent.o.p.a\\x2d1.service\n",
         )
         .unwrap();
         assert_eq!(
-            a.service_name().as_deref(),
+            a.service_file_hint().as_deref(),
             Some("vsts.agent.o.p.a\\x2d1.service")
         );
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join(".agent")).unwrap();

@@ -1,29 +1,42 @@
 //! `agent-bootstrap install`: managed identity → preflight → verified package → unattended
-//! configuration as an unprivileged user → service → saved settings.
+//! configuration as an unprivileged user → service → saved settings → boot unit.
 //!
-//! The order is chosen so that a mistake costs nothing: input is validated before anything else, the
-//! token and the organization/pool permissions are checked before the disk is touched, the package
-//! is verified before it is moved into place, and an agent that is already configured and known to
-//! the server is left alone (exit 0, no change).
+//! The order is chosen so that a mistake costs nothing: input is validated before anything else,
+//! the token and the organization/pool permissions are checked before the disk is touched (the
+//! three preflight requests run at once), the package is verified before it is moved into place,
+//! and an agent that is already configured and known to the server is left alone (exit 0, no
+//! change). What will happen is computed once as a [`Plan`]: `--dry-run` prints it, a real run
+//! carries it out, step by step, so the two cannot disagree.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::agent::config::{self, Configure, TOKEN_ENV};
 use crate::agent::{AgentDir, AgentSettings, same_server};
-use crate::clock::Clock;
-use crate::devops::{DevOpsClient, Pool};
+use crate::clock::Budget;
+use crate::devops::{DevOpsClient, PackageMetadata, Pool};
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::ImdsClient;
-use crate::package::{self, PackageError, Request, Source};
+use crate::identity::{ImdsClient, Tokens};
+use crate::net::Net;
+use crate::package::{self, Limits, Owner, PackageError, Request, Source};
 use crate::process::{self, Child, RunAs};
 use crate::progress::Progress;
-use crate::secret::{Masker, Secret};
-use crate::service;
+use crate::secret::Secret;
+use crate::service::{self, AgentUnit, Systemctl};
 use crate::settings::{AgentUser, InstallSettings, PackageChoice};
 use crate::state::{self, Saved};
 use crate::user;
+
+/// How long install waits for another run working on the same agent dir (cloud-init's install
+/// waits out the boot unit's reconcile, which ends within [`service::BOOT_TIMEOUT`]).
+pub const LOCK_WAIT: Duration = Duration::from_secs(20 * 60);
+/// All of install's talking to IMDS and Azure DevOps (preflight, packages API, the agent lookup):
+/// one budget, so a throttled scale set waits out `Retry-After` instead of giving up after a few
+/// seconds, and a dead network still ends the run in bounded time.
+pub const NETWORK_BUDGET: Duration = Duration::from_secs(300);
 
 /// What will be installed, once the packages API (or `--package`) has been asked.
 #[derive(Debug, Clone)]
@@ -36,60 +49,186 @@ enum PackagePlan {
     },
 }
 
-/// How long a run waits for another one working on the same agent dir.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+/// One step of an install, as `--dry-run` prints it and the executor runs it.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Something a person should know (no boot unit here, and why).
+    Note(String),
+    CreateUser {
+        name: String,
+    },
+    KeepPackage {
+        reason: String,
+    },
+    /// Give a package root extracted (an image build) to the agent user, by descriptor.
+    GiveAgentDir {
+        user: String,
+    },
+    Fetch {
+        request: Request,
+        version: Option<String>,
+        cached: Option<PathBuf>,
+    },
+    StopService {
+        unit: String,
+    },
+    RemoveRegistration,
+    Configure {
+        program: PathBuf,
+        args: Vec<String>,
+        user: String,
+    },
+    InstallUnit {
+        unit: AgentUnit,
+        user: String,
+    },
+    StartService {
+        unit: String,
+        no_block: bool,
+    },
+    SaveSettings {
+        path: PathBuf,
+    },
+    BootUnit {
+        name: String,
+        path: PathBuf,
+    },
+}
+
+/// The steps of one install, in order.
+#[derive(Debug, Clone)]
+struct Plan {
+    steps: Vec<Step>,
+}
+
+/// What the preflight found, for planning and for the saved settings.
+struct Checked {
+    who: String,
+    pool: Pool,
+    /// The agent is configured here and the server has lost it (or another agent took the name).
+    reregister: bool,
+}
 
 pub async fn run(
     s: &InstallSettings,
     env: &Env,
-    clock: Clock,
+    net: &Net,
     progress: &Progress,
 ) -> Result<(), Error> {
+    check_location(s, env)?;
     if s.dry_run {
-        return run_locked(s, env, clock, progress, "installed").await;
+        return run_locked(s, env, net, progress, "installed").await;
     }
     let _lock = crate::lock::acquire(&s.state_dir, &s.agent_dir, LOCK_WAIT).await?;
-    run_locked(s, env, clock, progress, "installed").await
+    run_locked(s, env, net, progress, "installed").await
+}
+
+/// Refuses, before anything is contacted, an agent dir that root could be tricked into acting on
+/// through a path another account controls, or (without root) one this account cannot create.
+pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
+    let agent_uid = user::lookup(s.user.name()).ok().flatten().map(|u| u.uid);
+    crate::fsx::check_agent_dir_location(&s.agent_dir, env.uid(), agent_uid).map_err(|e| {
+        Error::Input(format!(
+            "invalid --agent-dir {}: {}",
+            s.agent_dir.display(),
+            e.0
+        ))
+    })?;
+    if !s.as_root {
+        let mut existing = s.agent_dir.as_path();
+        while !existing.exists() {
+            existing = existing.parent().unwrap_or(Path::new("/"));
+        }
+        if nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).is_err() {
+            return Err(Error::Input(format!(
+                "invalid --agent-dir {}: {} is not writable by {}; choose a directory you can \
+                 write (the default is ~/azure-pipelines-agent), or run as root",
+                s.agent_dir.display(),
+                existing.display(),
+                env.username()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The install flow, with the agent dir's lock held by the caller (install or reconcile).
 pub async fn run_locked(
     s: &InstallSettings,
     env: &Env,
-    clock: Clock,
+    net: &Net,
     progress: &Progress,
     headline: &str,
 ) -> Result<(), Error> {
     let agent = AgentDir::new(&s.agent_dir, &s.os);
+    let clock = net.clock().clone();
 
-    // 1. Input and local state that make the request impossible, before any network call.
+    // 0. What a killed run left (staging trees, partial downloads), under the lock.
+    if !s.dry_run
+        && let Some(parent) = s.agent_dir.parent()
+    {
+        for p in package::remove_stale(parent, &s.cache_dir, &state::tag(&s.agent_dir)) {
+            tracing::info!(path = %p.display(), "removed what an interrupted run left");
+        }
+    }
+
+    // 1. Local state that makes the request impossible, before any network call.
     let existing = agent.settings()?;
     if let Some(cfg) = &existing {
         check_same_agent(cfg, s)?;
     }
 
-    // 2. Token.
-    let imds = ImdsClient::from_env(env, clock.clone())?;
-    let token = imds.token(&s.selector).await?.token;
-    let masker = Masker::with(&token);
-
-    // 3. Preflight against Azure DevOps.
-    let devops = DevOpsClient::new(&s.url, token.clone(), clock.clone());
-    let me = devops.connection_data().await?.authenticated_user;
+    // 2. Token, then the preflight requests at once.
+    let budget = clock.budget(NETWORK_BUDGET);
+    let tokens = Arc::new(Tokens::new(
+        ImdsClient::from_env(env, net)?,
+        s.selector.clone(),
+    ));
+    tokens.get(&budget).await?;
+    let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
+    let wants_api = existing.is_none()
+        && !agent.self_updated()
+        && matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_));
+    let wanted_version = match &s.package {
+        PackageChoice::Version(v) => Some(v.as_str()),
+        _ => None,
+    };
+    let rid = s.os.rid();
+    let (me, pool, meta) = tokio::join!(
+        devops.connection_data(&budget),
+        devops.pool_if_manageable(&s.pool, &budget),
+        async {
+            if wants_api {
+                Some(devops.agent_package(&rid, wanted_version, &budget).await)
+            } else {
+                None
+            }
+        },
+    );
+    let me = me?.authenticated_user;
     let who = me
         .provider_display_name
         .clone()
         .unwrap_or_else(|| me.id.clone());
     tracing::info!(identity = %who, org = %s.url, "token accepted by Azure DevOps");
-    let pool = devops.manageable_pool(&s.pool, &who).await?;
+    let pool = match pool? {
+        Some(p) => p,
+        None => {
+            return Err(devops
+                .explain_unmanageable(&s.pool, &who, &budget)
+                .await
+                .into());
+        }
+    };
     tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
+    let meta = meta.transpose()?;
 
-    // 4. An existing registration: healthy → nothing to do; gone from the server → register again.
+    // 3. An existing registration: healthy → nothing to do; gone from the server → register again.
     let mut reregister = false;
     if let Some(cfg) = &existing {
-        match devops.find_agent(pool.id, &cfg.agent_name).await? {
+        match devops.find_agent(pool.id, &s.agent_name, &budget).await? {
             Some(a) if a.id == cfg.agent_id => {
-                return already_installed(s, env, &agent, cfg, &pool, &masker).await;
+                return already_installed(s, env, &agent, cfg, &pool, a.id).await;
             }
             Some(a) => {
                 tracing::warn!(
@@ -108,109 +247,397 @@ pub async fn run_locked(
             }
         }
     }
+    let checked = Checked {
+        who,
+        pool,
+        reregister,
+    };
 
-    // 5. Which package.
-    let package = plan_package(s, &agent, &devops).await?;
-    let run_as_root = s.user.name() == "root";
+    // 4. The account (a real run creates it now: the version check below runs as it).
+    let account = match user::lookup(s.user.name())? {
+        Some(u) => Some(u),
+        None if s.dry_run => None,
+        None => Some(user::ensure(&s.user, env).await?),
+    };
+
+    // 5. Which package, then the whole plan.
+    let package = plan_package(s, &agent, meta, account.as_ref(), env).await?;
+    let plan = make_plan(s, env, &agent, &checked, &package, account.as_ref());
     if s.dry_run {
-        return print_plan(s, &agent, &who, &pool, &package, reregister);
+        return print_plan(s, &checked, &package, &plan);
     }
+    let account = account.expect("a real run has created the account");
+    execute(
+        s, env, net, progress, &agent, &checked, &devops, &tokens, &budget, &plan, account,
+        headline,
+    )
+    .await
+}
 
-    // 6. The account, then the files.
-    let user = user::ensure(&s.user).await?;
-    if run_as_root {
+/// The unit the agent's service gets, from root's own settings.
+pub fn agent_unit(s: &InstallSettings, pool: &str) -> AgentUnit {
+    AgentUnit::new(s.url.as_str(), pool, &s.agent_name)
+}
+
+/// Whether install writes units here (root, systemd, not Windows).
+fn manages_units(s: &InstallSettings, env: &Env) -> bool {
+    s.as_root && !s.os.is_windows() && service::systemd_available(env)
+}
+
+fn make_plan(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    c: &Checked,
+    package: &PackagePlan,
+    account: Option<&RunAs>,
+) -> Plan {
+    let mut steps = vec![];
+    if account.is_none() {
+        steps.push(Step::CreateUser {
+            name: s.user.name().to_owned(),
+        });
+    }
+    match package {
+        PackagePlan::Keep { reason } => {
+            steps.push(Step::KeepPackage {
+                reason: reason.clone(),
+            });
+            let owned_by_user = account.is_some_and(|u| {
+                use std::os::unix::fs::MetadataExt;
+                fs_err::symlink_metadata(&s.agent_dir).is_ok_and(|m| m.uid() == u.uid)
+            });
+            if s.as_root && !owned_by_user {
+                steps.push(Step::GiveAgentDir {
+                    user: s.user.name().to_owned(),
+                });
+            }
+        }
+        PackagePlan::Fetch { request, version } => steps.push(Step::Fetch {
+            request: request.clone(),
+            version: version.clone(),
+            cached: request
+                .sha256
+                .as_ref()
+                .map(|h| package::cache_path(&s.cache_dir, h, request.kind))
+                .filter(|p| p.is_file()),
+        }),
+    }
+    let unit = agent_unit(s, &c.pool.name);
+    let units = manages_units(s, env);
+    if c.reregister {
+        if s.service && units {
+            steps.push(Step::StopService {
+                unit: unit.name.clone(),
+            });
+        }
+        steps.push(Step::RemoveRegistration);
+    } else if agent.has_stale_registration() {
+        steps.push(Step::RemoveRegistration);
+    }
+    let (program, args) = configure_command(s, agent);
+    steps.push(Step::Configure {
+        program,
+        args,
+        user: s.user.name().to_owned(),
+    });
+    // Saved as soon as the agent is registered: whatever fails after, reconcile and remove know it.
+    steps.push(Step::SaveSettings {
+        path: state::file_for(&s.state_dir, &s.agent_dir),
+    });
+    if s.service && !s.os.is_windows() {
+        if units {
+            steps.push(Step::InstallUnit {
+                unit: unit.clone(),
+                user: s.user.name().to_owned(),
+            });
+            steps.push(Step::StartService {
+                unit: unit.name.clone(),
+                no_block: s.no_block_start,
+            });
+        } else {
+            steps.push(Step::Note(
+                "systemd is not running here: the agent's service is not installed; start \
+                 ./run.sh yourself"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(step) = boot_step(s, env) {
+        steps.push(step);
+    }
+    Plan { steps }
+}
+
+/// The boot unit step, or the note saying why there is none.
+fn boot_step(s: &InstallSettings, env: &Env) -> Option<Step> {
+    if !s.boot || s.os.is_windows() {
+        return None;
+    }
+    let by_hand = format!(
+        "run `agent-bootstrap reconcile --agent-dir {}` at start yourself",
+        s.agent_dir.display()
+    );
+    if !s.as_root {
+        return Some(Step::Note(format!(
+            "not running as root: no boot unit (it would run as root); {by_hand}"
+        )));
+    }
+    if !service::systemd_available(env) {
+        return Some(Step::Note(format!(
+            "systemd is not running here: no boot unit installed; {by_hand}"
+        )));
+    }
+    let name = service::boot_unit_name(&s.agent_dir);
+    Some(Step::BootUnit {
+        path: service::unit_dir(env).join(&name),
+        name,
+    })
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Note(text) => write!(f, "note: {text}"),
+            Step::CreateUser { name } => write!(
+                f,
+                "create system user '{name}' (useradd --system --create-home)"
+            ),
+            Step::KeepPackage { reason } => {
+                write!(f, "keep the agent package in the agent dir ({reason})")
+            }
+            Step::GiveAgentDir { user } => write!(
+                f,
+                "give the agent dir to '{user}' (through directory descriptors, children first)"
+            ),
+            Step::Fetch {
+                request, cached, ..
+            } => {
+                match cached {
+                    Some(p) => write!(f, "read the cached package {}", p.display())?,
+                    None => write!(f, "download {} into the cache", request.source)?,
+                }
+                write!(
+                    f,
+                    ", verifying its SHA-256 ({}), extracting it into a private staging \
+                     directory, then swap it in as the agent dir (its _work and _diag kept)",
+                    request.sha256.as_deref().unwrap_or("not given: unverified")
+                )
+            }
+            Step::StopService { unit } => write!(f, "run as root: systemctl stop {unit}"),
+            Step::RemoveRegistration => write!(
+                f,
+                "remove the local registration (.agent, .credentials, .credentials_rsaparams)"
+            ),
+            Step::Configure {
+                program,
+                args,
+                user,
+            } => {
+                let child = Child::new("configure", program, &Env::default())
+                    .args(args.clone())
+                    .secret_env(TOKEN_ENV, Secret::new(String::new()));
+                let as_root = if user == "root" {
+                    "AGENT_ALLOW_RUNASROOT=1 "
+                } else {
+                    ""
+                };
+                write!(f, "run as '{user}': {as_root}{}", child.display())
+            }
+            Step::InstallUnit { unit, user } => write!(
+                f,
+                "write the unit {} (the agent's template, User={user}), systemctl daemon-reload, \
+                 systemctl enable {}",
+                unit.name, unit.name
+            ),
+            Step::StartService { unit, no_block } => write!(
+                f,
+                "systemctl start{} {unit} (restart if it runs)",
+                if *no_block { " --no-block" } else { "" }
+            ),
+            Step::SaveSettings { path } => {
+                write!(f, "save settings (no secret) to {}", path.display())
+            }
+            Step::BootUnit { name, path } => write!(
+                f,
+                "write {} and enable {name} (runs `agent-bootstrap reconcile` at every boot)",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// What the executor learned along the way.
+#[derive(Default)]
+struct Progressed {
+    package_sha256: Option<String>,
+    agent_version: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    s: &InstallSettings,
+    env: &Env,
+    net: &Net,
+    progress: &Progress,
+    agent: &AgentDir,
+    c: &Checked,
+    devops: &DevOpsClient,
+    tokens: &Tokens,
+    budget: &Budget,
+    plan: &Plan,
+    user: RunAs,
+    headline: &str,
+) -> Result<(), Error> {
+    if user.uid == 0 && s.user.name() == "root" {
         tracing::warn!(
             "the agent will run as root (--user root): jobs get full control of this machine"
         );
     }
-    let mut agent_version = None;
-    let mut package_sha256 = None;
-    match &package {
-        PackagePlan::Keep { reason } => {
-            tracing::info!(
+    let owner = (s.as_root && user.uid != 0).then_some(Owner {
+        uid: user.uid,
+        gid: user.gid,
+    });
+    let mut done = Progressed::default();
+    let mut saved: Option<Saved> = None;
+    for step in &plan.steps {
+        match step {
+            Step::Note(text) => tracing::warn!("{text}"),
+            Step::CreateUser { .. } => {}
+            Step::KeepPackage { reason } => tracing::info!(
                 "keeping the agent package in {}: {reason}",
                 s.agent_dir.display()
-            );
-            ensure_owner(&s.agent_dir, &user)?;
+            ),
+            Step::GiveAgentDir { .. } => {
+                crate::fsx::give_tree(&s.agent_dir, user.uid, user.gid).map_err(|e| {
+                    Error::Input(format!(
+                        "invalid --agent-dir {}: {e}",
+                        s.agent_dir.display()
+                    ))
+                })?;
+            }
+            Step::Fetch {
+                request, version, ..
+            } => {
+                done.package_sha256 =
+                    Some(fetch_into_place(s, request, owner, net, progress).await?);
+                done.agent_version = version.clone();
+            }
+            Step::StopService { unit } => {
+                // A listener still running with the old key would not pick up the new one.
+                Systemctl::require(env)?.run(&["stop", unit]).await?;
+            }
+            Step::RemoveRegistration => {
+                if !c.reregister {
+                    tracing::warn!("removing a registration left by an interrupted configuration");
+                }
+                agent.remove_registration()?;
+            }
+            Step::Configure { program, args, .. } => {
+                let token = tokens.get(budget).await?;
+                let child = super::agent_child(
+                    env,
+                    s.os.config_script(),
+                    program.clone(),
+                    &agent.root,
+                    Some(&user),
+                    &token,
+                    s.config_timeout,
+                )
+                .args(args.clone());
+                tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
+                super::agent_script(child, &tokens.masker()).await?;
+                let local = agent.settings()?.ok_or_else(|| Error::Configure {
+                    message: format!(
+                        "{} reported success but wrote no .agent file",
+                        s.os.config_script()
+                    ),
+                })?;
+                // The server says which agent now has our name; `.agent` is the agent user's.
+                let server = devops
+                    .find_agent(c.pool.id, &s.agent_name, budget)
+                    .await?
+                    .ok_or_else(|| Error::Configure {
+                        message: format!(
+                            "{} reported success but the pool has no agent '{}'",
+                            s.os.config_script(),
+                            s.agent_name
+                        ),
+                    })?;
+                if done.agent_version.is_none() {
+                    done.agent_version = installed_version(agent, Some(&user), env).await;
+                }
+                let mut record = saved_settings(
+                    s,
+                    &c.pool,
+                    server.id,
+                    done.agent_version.clone(),
+                    done.package_sha256.clone(),
+                );
+                if local.agent_id != server.id {
+                    tracing::warn!(
+                        local = local.agent_id,
+                        server = server.id,
+                        "the agent's .agent names another id than the server; the server's is saved"
+                    );
+                }
+                record.vm_id = tokens.imds().vm_id().await;
+                saved = Some(record);
+            }
+            Step::InstallUnit { unit, .. } => {
+                let sc = Systemctl::require(env)?;
+                service::install_agent_unit(env, &sc, unit, &s.agent_dir, &user).await?;
+            }
+            Step::StartService { unit, no_block } => {
+                start_service(env, unit, *no_block).await?;
+            }
+            Step::SaveSettings { .. } => {
+                let record = saved
+                    .as_mut()
+                    .expect("configure ran before the settings are saved");
+                record.boot_unit = plan.steps.iter().find_map(|st| match st {
+                    Step::BootUnit { name, .. } => Some(name.clone()),
+                    _ => None,
+                });
+                let path = state::save(&s.state_dir, record)?;
+                tracing::info!(file = %path.display(), "saved settings for later runs");
+            }
+            Step::BootUnit { .. } => {
+                ensure_boot_unit(s, env, &c.pool.name).await?;
+            }
         }
-        PackagePlan::Fetch { request, version } => {
-            let fetched = fetch_into_place(s, request, &user, progress, &clock).await?;
-            package_sha256 = Some(fetched);
-            agent_version = version.clone();
-        }
     }
-    if agent_version.is_none() {
-        agent_version = installed_version(&agent).await;
-    }
-
-    // 7. Configure.
-    if reregister {
-        // A listener still running with the old key would not pick up the new one.
-        if s.service
-            && let Some(unit) = agent.service_name()
-            && let Some(sc) = service::Systemctl::find()
-        {
-            sc.run(&["stop", &unit]).await?;
-        }
-        agent.remove_registration()?;
-    }
-    if agent.has_stale_registration() {
-        tracing::warn!("removing a registration left by an interrupted configuration");
-        agent.remove_registration()?;
-    }
-    configure(s, &agent, &user, &token, &masker).await?;
-    let settings = agent.settings()?.ok_or_else(|| Error::Configure {
-        message: format!(
-            "{} reported success but wrote no .agent file",
-            s.os.config_script()
-        ),
-    })?;
-
-    // 8. Service (Windows: configure installed it, --runAsService).
-    if s.service && !s.os.is_windows() {
-        let fresh = matches!(package, PackagePlan::Fetch { .. });
-        service::install_and_start_agent(
-            env,
-            &s.os,
-            &s.agent_dir,
-            &user,
-            fresh,
-            s.no_block_start,
-            &settings,
-            &masker,
-        )
-        .await?;
-    }
-
-    // 9. Later boots, then remember and report.
-    let boot_unit = ensure_boot_unit(s, env, &agent).await?;
-    let mut saved = saved_settings(s, &settings, &pool, &agent, agent_version, package_sha256);
-    saved.vm_id = imds.vm_id().await;
-    saved.boot_unit = boot_unit;
-    let path = state::save(&s.state_dir, &saved)?;
-    tracing::info!(file = %path.display(), "saved settings for later runs");
-    print_summary(headline, &saved)
+    print_summary(headline, saved.as_ref().expect("configure ran"))
 }
 
-/// Writes and enables the unit that runs `reconcile` at boot (install's `--no-boot` skips it).
-/// Returns its name, or `None` where there is none.
+/// `systemctl start` the unit, or `restart` it when it already runs (it must pick up a new
+/// registration). `--no-block` at boot: the agent's unit is ordered after ours.
+pub async fn start_service(env: &Env, unit: &str, no_block: bool) -> Result<(), Error> {
+    let sc = Systemctl::require(env)?;
+    let verb = if sc.state(unit).await?.active {
+        "restart"
+    } else {
+        "start"
+    };
+    let mut args = vec![verb];
+    if no_block {
+        args.push("--no-block");
+    }
+    args.push(unit);
+    sc.run(&args).await?;
+    Ok(())
+}
+
+/// Writes and enables the unit that runs `reconcile` at boot. Returns its name, or `None` where
+/// there is none (not root, no systemd, `--no-boot`).
 pub async fn ensure_boot_unit(
     s: &InstallSettings,
     env: &Env,
-    agent: &AgentDir,
+    pool: &str,
 ) -> Result<Option<String>, Error> {
-    if !s.boot || s.os.is_windows() {
+    let Some(Step::BootUnit { name, path }) = boot_step(s, env) else {
         return Ok(None);
-    }
-    if !service::systemd_available(env) {
-        tracing::warn!(
-            "systemd is not running here: no boot unit installed; run `agent-bootstrap reconcile \
-             --agent-dir {}` at start yourself",
-            s.agent_dir.display()
-        );
-        return Ok(None);
-    }
-    let name = service::boot_unit_name(&s.agent_dir);
+    };
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         action: "finding",
         path: "the agent-bootstrap binary".into(),
@@ -226,24 +653,12 @@ pub async fn ensure_boot_unit(
              next boot; install it in /usr/local/bin"
         );
     }
-    let text = service::render_boot_unit(
-        &exe,
-        &s.agent_dir,
-        &s.state_dir,
-        agent.service_name().as_deref(),
-    );
-    let dir = service::unit_dir(env);
-    let path = dir.join(&name);
+    let before = (s.service && s.as_root).then(|| agent_unit(s, pool).name);
+    let text = service::render_boot_unit(&exe, &s.agent_dir, &s.state_dir, before.as_deref())?;
     let unchanged = fs_err::read_to_string(&path).is_ok_and(|t| t == text);
-    let systemctl = service::Systemctl::require()?;
+    let systemctl = Systemctl::require(env)?;
     if !unchanged {
-        let write = |source| Error::Io {
-            action: "writing the boot unit",
-            path: path.clone(),
-            source,
-        };
-        fs_err::create_dir_all(&dir).map_err(write)?;
-        fs_err::write(&path, &text).map_err(write)?;
+        service::write_unit_file(&path, &text)?;
         systemctl.run(&["daemon-reload"]).await?;
         tracing::info!(unit = %name, "installed the boot unit that runs reconcile");
     }
@@ -269,9 +684,9 @@ fn check_same_agent(cfg: &AgentSettings, s: &InstallSettings) -> Result<(), Erro
         "--agent-dir {} already holds agent '{}' of pool '{}' at {}; \
          remove it first (./config.sh remove, or agent-bootstrap remove) or choose another --agent-dir",
         s.agent_dir.display(),
-        cfg.agent_name,
-        cfg.pool_name.as_deref().unwrap_or("?"),
-        cfg.server_url,
+        cfg.agent_name.escape_debug(),
+        cfg.pool_name.as_deref().unwrap_or("?").escape_debug(),
+        cfg.server_url.escape_debug(),
     )))
 }
 
@@ -281,10 +696,10 @@ async fn already_installed(
     agent: &AgentDir,
     cfg: &AgentSettings,
     pool: &Pool,
-    masker: &Masker,
+    server_id: u64,
 ) -> Result<(), Error> {
     tracing::info!(
-        agent = %cfg.agent_name,
+        agent = %s.agent_name,
         id = cfg.agent_id,
         "already configured and known to the server"
     );
@@ -294,52 +709,56 @@ async fn already_installed(
         let _ = writeln!(
             out,
             "agent '{}' (id {}) is already configured in {} and registered in pool '{}'",
-            cfg.agent_name,
-            cfg.agent_id,
+            s.agent_name,
+            server_id,
             s.agent_dir.display(),
             pool.name
         );
         return Ok(());
     }
-    // A configured agent whose service is missing (configure ran, the service step did not).
-    if s.service && !s.os.is_windows() && agent.service_name().is_none() {
-        let user = user::ensure(&s.user).await?;
-        service::install_and_start_agent(
-            env,
-            &s.os,
-            &s.agent_dir,
-            &user,
-            false,
-            s.no_block_start,
-            cfg,
-            masker,
-        )
-        .await?;
+    // A configured agent whose service is missing or stopped (configure ran, the service step did not).
+    if s.service && manages_units(s, env) {
+        let user = user::ensure(&s.user, env).await?;
+        let sc = Systemctl::require(env)?;
+        let unit = agent_unit(s, &pool.name);
+        let ready = service::install_agent_unit(env, &sc, &unit, &s.agent_dir, &user).await?;
+        if !ready.active {
+            start_service(env, &unit.name, s.no_block_start).await?;
+        }
     }
     let previous = state::load(&s.state_dir, &s.agent_dir)?;
+    let agent_version = match previous.as_ref().and_then(|p| p.agent_version.clone()) {
+        Some(v) => Some(v),
+        None => installed_version(agent, user::lookup(s.user.name())?.as_ref(), env).await,
+    };
     let mut saved = saved_settings(
         s,
-        cfg,
         pool,
-        agent,
-        previous.as_ref().and_then(|p| p.agent_version.clone()),
+        server_id,
+        agent_version,
         previous.as_ref().and_then(|p| p.package_sha256.clone()),
     );
     saved.machine_id = previous
         .as_ref()
         .map_or(saved.machine_id.clone(), |p| p.machine_id.clone());
     saved.vm_id = previous.as_ref().and_then(|p| p.vm_id.clone());
-    saved.boot_unit = ensure_boot_unit(s, env, agent).await?;
+    saved.boot_unit = match boot_step(s, env) {
+        Some(Step::BootUnit { name, .. }) => Some(name),
+        _ => None,
+    };
     if previous.as_ref() != Some(&saved) {
         state::save(&s.state_dir, &saved)?;
     }
+    ensure_boot_unit(s, env, &pool.name).await?;
     print_summary("already installed, nothing to do", &saved)
 }
 
 async fn plan_package(
     s: &InstallSettings,
     agent: &AgentDir,
-    devops: &DevOpsClient,
+    meta: Option<PackageMetadata>,
+    account: Option<&RunAs>,
+    env: &Env,
 ) -> Result<PackagePlan, Error> {
     if agent.is_configured() {
         return Ok(PackagePlan::Keep {
@@ -352,8 +771,8 @@ async fn plan_package(
         });
     }
     let kind = s.os.archive_kind();
-    let (request, version) = match &s.package {
-        PackageChoice::Explicit { source, sha256 } => (
+    let (request, version) = match (&s.package, meta) {
+        (PackageChoice::Explicit { source, sha256 }, _) => (
             Request {
                 source: source.clone(),
                 sha256: sha256.clone(),
@@ -361,12 +780,7 @@ async fn plan_package(
             },
             None,
         ),
-        PackageChoice::Latest | PackageChoice::Version(_) => {
-            let wanted = match &s.package {
-                PackageChoice::Version(v) => Some(v.as_str()),
-                _ => None,
-            };
-            let meta = devops.agent_package(&s.os.rid(), wanted).await?;
+        (_, Some(meta)) => {
             let url =
                 crate::settings::check_url("the packages API's downloadUrl", &meta.download_url)
                     .map_err(|e| PackageError::Refused {
@@ -390,12 +804,13 @@ async fn plan_package(
                 Some(meta.version.to_string()),
             )
         }
+        (_, None) => unreachable!("the packages API is asked whenever no package was given"),
     };
     // A package already extracted (an image with the agent baked in, a re-run after a failed
     // configuration) is kept when it is the wanted version.
     if agent.package_present()
         && let Some(v) = &version
-        && let Some(have) = installed_version(agent).await
+        && let Some(have) = installed_version(agent, account, env).await
         && &have == v
     {
         return Ok(PackagePlan::Keep {
@@ -405,18 +820,27 @@ async fn plan_package(
     Ok(PackagePlan::Fetch { request, version })
 }
 
-/// `bin/Agent.Listener --version` without switching user (used before the user exists; the files
-/// are then root's own).
-/// The extracted agent's version (`bin/Agent.Listener --version`), run as the account that owns
-/// it: root never executes a file another account controls.
-pub async fn installed_version(agent: &AgentDir) -> Option<String> {
-    let owner = crate::user::owner_of(&agent.root.join(agent.listener))?;
-    let child = Child::new("Agent.Listener --version", agent.root.join(agent.listener))
-        .args(["--version"])
-        .cwd(&agent.root)
-        .run_as(owner.unless_root())
-        .timeout(std::time::Duration::from_secs(30));
-    let done = process::run_async(child, Masker::new()).await.ok()?;
+/// The extracted agent's version (`bin/Agent.Listener --version`), run as the agent user, never as
+/// root, whoever owns the file: the agent user controls `bin`. `None` without an account to run it
+/// as (a dry run before the user exists) or when it does not answer.
+pub async fn installed_version(
+    agent: &AgentDir,
+    user: Option<&RunAs>,
+    env: &Env,
+) -> Option<String> {
+    let user = user?;
+    let child = Child::new(
+        "Agent.Listener --version",
+        agent.root.join(agent.listener),
+        env,
+    )
+    .args(["--version"])
+    .cwd(&agent.root)
+    .run_as(user.unless_root())
+    .timeout(Duration::from_secs(30));
+    let done = process::run_async(child, crate::secret::Masker::new())
+        .await
+        .ok()?;
     if !done.success() {
         return None;
     }
@@ -424,31 +848,33 @@ pub async fn installed_version(agent: &AgentDir) -> Option<String> {
         .iter()
         .rev()
         .map(|l| l.trim())
-        .find(|l| !l.is_empty())
+        .find(|l| !l.is_empty() && l.len() <= 64 && !l.chars().any(char::is_control))
         .map(str::to_owned)
 }
 
-fn ensure_owner(dir: &Path, user: &RunAs) -> Result<(), Error> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs_err::metadata(dir).map_err(|source| Error::Io {
-        action: "reading",
-        path: dir.to_owned(),
-        source,
-    })?;
-    if meta.uid() != user.uid {
-        user::chown_tree(dir, user)?;
+/// The directories of the agent user that survive a fresh extraction: the work folder (when it is
+/// inside the agent dir) and the logs.
+fn carried_dirs(work_dir: &str) -> Vec<String> {
+    let mut carry = vec!["_diag".to_owned()];
+    let work = Path::new(work_dir);
+    if !work.is_absolute()
+        && let Some(std::path::Component::Normal(first)) = work.components().next()
+        && let Some(name) = first.to_str()
+        && name != "_diag"
+    {
+        carry.push(name.to_owned());
     }
-    Ok(())
+    carry
 }
 
-/// Downloads and extracts into a staging directory beside the agent dir, then moves it into place.
-/// Returns the verified SHA-256.
+/// Downloads and extracts into a private staging directory beside the agent dir, then moves it
+/// into place. Returns the verified SHA-256.
 async fn fetch_into_place(
     s: &InstallSettings,
     request: &Request,
-    user: &RunAs,
+    owner: Option<Owner>,
+    net: &Net,
     progress: &Progress,
-    clock: &Clock,
 ) -> Result<String, Error> {
     let parent = s
         .agent_dir
@@ -459,18 +885,16 @@ async fn fetch_into_place(
         path: parent.to_owned(),
         source,
     })?;
-    // Same file system as the agent dir, so moving it into place is a rename; removed on any error.
-    let staging = tempfile::Builder::new()
-        .prefix(".agent-bootstrap-staging-")
-        .tempdir_in(parent)
-        .map_err(|source| Error::Io {
-            action: "creating a staging directory in",
-            path: parent.to_owned(),
-            source,
-        })?;
     tracing::info!(source = %request.source, "fetching the agent package");
-    let fetched =
-        package::fetch_and_extract(request, &s.cache_dir, staging.path(), progress, clock).await?;
+    let tag = state::tag(&s.agent_dir);
+    let target = package::Target {
+        cache_dir: &s.cache_dir,
+        tag: &tag,
+        owner,
+        limits: Limits::default(),
+    };
+    let (staging, fetched) =
+        package::fetch_and_extract(request, parent, target, net, progress).await?;
     if request.sha256.is_none() {
         tracing::warn!(
             sha256 = %fetched.sha256,
@@ -484,22 +908,7 @@ async fn fetch_into_place(
         cached = fetched.from_cache,
         "package verified and extracted"
     );
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs_err::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755)).map_err(
-            |source| Error::Io {
-                action: "setting permissions on",
-                path: staging.path().to_owned(),
-                source,
-            },
-        )?;
-    }
-    user::chown_tree(staging.path(), user)?;
-    let staged: PathBuf = staging.keep();
-    if let Err(e) = package::move_into_place(&staged, &s.agent_dir) {
-        let _ = fs_err::remove_dir_all(&staged);
-        return Err(e.into());
-    }
+    package::place(staging, &s.agent_dir, &carried_dirs(&s.work_dir), owner)?;
     Ok(fetched.sha256)
 }
 
@@ -518,32 +927,35 @@ fn configure_command(s: &InstallSettings, agent: &AgentDir) -> (PathBuf, Vec<Str
     )
 }
 
+/// Configures the agent (reconcile's re-registration of an old agent uses it too).
 pub async fn configure(
     s: &InstallSettings,
+    env: &Env,
     agent: &AgentDir,
     user: &RunAs,
-    token: &Secret,
-    masker: &Masker,
+    tokens: &Tokens,
+    budget: &Budget,
 ) -> Result<(), Error> {
     let (program, args) = configure_command(s, agent);
+    let token = tokens.get(budget).await?;
     let child = super::agent_child(
+        env,
         s.os.config_script(),
         program,
         &agent.root,
         Some(user),
-        token,
+        &token,
         s.config_timeout,
     )
     .args(args);
     tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
-    super::agent_script(child, masker).await
+    super::agent_script(child, &tokens.masker()).await
 }
 
 fn saved_settings(
     s: &InstallSettings,
-    cfg: &AgentSettings,
     pool: &Pool,
-    agent: &AgentDir,
+    agent_id: u64,
     agent_version: Option<String>,
     package_sha256: Option<String>,
 ) -> Saved {
@@ -552,14 +964,15 @@ fn saved_settings(
         url: s.url.to_string(),
         pool: pool.name.clone(),
         pool_id: pool.id,
-        agent_name: cfg.agent_name.clone(),
-        agent_id: cfg.agent_id,
+        agent_name: s.agent_name.clone(),
+        agent_id,
         agent_dir: s.agent_dir.clone(),
         work_dir: s.work_dir.clone(),
         user: s.user.name().to_owned(),
         dedicated_user: matches!(s.user, AgentUser::Dedicated(_)),
         service: s.service,
-        service_unit: agent.service_name(),
+        service_unit: (s.service && s.as_root && !s.os.is_windows())
+            .then(|| agent_unit(s, &pool.name).name),
         identity: s.selector.to_saved(),
         agent_version,
         package_sha256,
@@ -617,116 +1030,53 @@ pub fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
 
 fn print_plan(
     s: &InstallSettings,
-    agent: &AgentDir,
-    who: &str,
-    pool: &Pool,
+    c: &Checked,
     package: &PackagePlan,
-    reregister: bool,
+    plan: &Plan,
 ) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
-    let mut step = 0;
-    let mut line = |text: String| -> Result<(), Error> {
-        step += 1;
-        writeln!(out, "  {step}. {text}").map_err(out_err)
-    };
-    let user_exists = user::lookup(s.user.name()).ok().flatten().is_some();
-    {
-        let mut head = std::io::stdout().lock();
-        writeln!(head, "dry run: nothing was changed").map_err(out_err)?;
-        writeln!(head, "identity:     {who} (token accepted)").map_err(out_err)?;
-        writeln!(head, "organization: {}", s.url).map_err(out_err)?;
-        writeln!(
-            head,
-            "pool:         {} (id {}), Manage permission: yes",
-            pool.name, pool.id
+    writeln!(out, "dry run: nothing was changed").map_err(out_err)?;
+    writeln!(out, "identity:     {} (token accepted)", c.who).map_err(out_err)?;
+    writeln!(out, "organization: {}", s.url).map_err(out_err)?;
+    writeln!(
+        out,
+        "pool:         {} (id {}), Manage permission: yes",
+        c.pool.name, c.pool.id
+    )
+    .map_err(out_err)?;
+    writeln!(out, "agent:        {}", s.agent_name).map_err(out_err)?;
+    writeln!(out, "agent dir:    {}", s.agent_dir.display()).map_err(out_err)?;
+    match package {
+        PackagePlan::Keep { reason } => writeln!(
+            out,
+            "package:      keep the one in the agent dir ({reason})"
         )
-        .map_err(out_err)?;
-        writeln!(head, "agent:        {}", s.agent_name).map_err(out_err)?;
-        writeln!(head, "agent dir:    {}", s.agent_dir.display()).map_err(out_err)?;
-        match package {
-            PackagePlan::Keep { reason } => writeln!(
-                head,
-                "package:      keep the one in the agent dir ({reason})"
-            )
-            .map_err(out_err)?,
-            PackagePlan::Fetch { request, version } => writeln!(
-                head,
-                "package:      {} from {} (sha256 {})",
-                version.as_deref().unwrap_or("as given"),
-                request.source,
-                request.sha256.as_deref().unwrap_or("not given: unverified")
-            )
-            .map_err(out_err)?,
-        }
-        writeln!(head, "steps:").map_err(out_err)?;
+        .map_err(out_err)?,
+        PackagePlan::Fetch { request, version } => writeln!(
+            out,
+            "package:      {} from {} (sha256 {})",
+            version.as_deref().unwrap_or("as given"),
+            request.source,
+            request.sha256.as_deref().unwrap_or("not given: unverified")
+        )
+        .map_err(out_err)?,
     }
-    if !user_exists {
-        line(format!(
-            "create system user '{}' (useradd --system --create-home)",
-            s.user.name()
-        ))?;
+    writeln!(out, "steps:").map_err(out_err)?;
+    for (i, step) in plan.steps.iter().enumerate() {
+        writeln!(out, "  {}. {step}", i + 1).map_err(out_err)?;
     }
-    if let PackagePlan::Fetch { request, .. } = package {
-        let parent = s.agent_dir.parent().unwrap_or(Path::new("/"));
-        let cached = request
-            .sha256
-            .as_ref()
-            .map(|h| package::cache_path(&s.cache_dir, h, request.kind))
-            .filter(|p| p.is_file());
-        match cached {
-            Some(p) => line(format!("read the cached package {}", p.display()))?,
-            None => line(format!(
-                "download {} into the cache {}, verifying its SHA-256",
-                request.source,
-                s.cache_dir.display()
-            ))?,
-        }
-        line(format!(
-            "extract into {}/.agent-bootstrap-staging-*, then move it to {}",
-            parent.display(),
-            s.agent_dir.display()
-        ))?;
-    }
-    line(format!(
-        "give {} to user '{}'",
-        s.agent_dir.display(),
-        s.user.name()
-    ))?;
-    if reregister || agent.has_stale_registration() {
-        line(
-            "remove the stale local registration (.agent, .credentials, .credentials_rsaparams)"
-                .into(),
-        )?;
-    }
-    let (program, args) = configure_command(s, agent);
-    let child = Child::new(s.os.config_script(), program)
-        .args(args)
-        .secret_env(TOKEN_ENV, Secret::new(String::new()));
-    let as_root = if s.user.name() == "root" {
-        "AGENT_ALLOW_RUNASROOT=1 "
-    } else {
-        ""
-    };
-    line(format!(
-        "run as '{}' in {}: {as_root}{}",
-        s.user.name(),
-        s.agent_dir.display(),
-        child.display()
-    ))?;
-    if s.service {
-        for st in service::plan(&s.os, s.user.name(), agent.service_name().is_some()) {
-            line(format!("run as root: {} {}", st.program, st.args.join(" ")))?;
-        }
-    }
-    if s.boot && s.service && !s.os.is_windows() {
-        line(format!(
-            "write and enable the boot unit {} (runs `agent-bootstrap reconcile` at boot), if systemd runs",
-            service::boot_unit_name(&s.agent_dir)
-        ))?;
-    }
-    line(format!(
-        "save settings (no secret) to {}",
-        state::file_for(&s.state_dir, &s.agent_dir).display()
-    ))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_and_log_directories_are_carried_over() {
+        assert_eq!(carried_dirs("_work"), vec!["_diag", "_work"]);
+        assert_eq!(carried_dirs("builds/w"), vec!["_diag", "builds"]);
+        assert_eq!(carried_dirs("/mnt/work"), vec!["_diag"]);
+        assert_eq!(carried_dirs("../work"), vec!["_diag"]);
+    }
 }

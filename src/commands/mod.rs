@@ -11,34 +11,51 @@ use crate::cli::{Cli, Command};
 use crate::clock::Clock;
 use crate::env::Env;
 use crate::error::Error;
+use crate::net::Net;
 use crate::os::Os;
 use crate::progress::Progress;
+use crate::settings::{self, Paths};
+
+/// An agent dir named on the command line of reconcile, remove or status, with where
+/// agent-bootstrap keeps its state for it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub agent_dir: std::path::PathBuf,
+    pub paths: Paths,
+}
+
+fn target(arg: Option<&std::path::Path>, env: &Env, os: &Os) -> Result<Target, Error> {
+    let paths = settings::paths(env, os)?;
+    Ok(Target {
+        agent_dir: settings::agent_dir(arg, &paths)?,
+        paths,
+    })
+}
 
 pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
-    let clock = Clock::from_env(&env);
+    let net = Net::new(Clock::from_env(&env));
     let os = Os::current();
-    match cli.command {
+    let progress = || Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
+    match &cli.command {
         Command::Token(args) => {
-            let selector = crate::settings::selector(&args.identity)?;
-            token::run(&selector, &env, clock).await
+            let selector = settings::selector(&args.identity)?;
+            token::run(&selector, &env, &net).await
         }
         Command::Install(args) => {
-            let settings = crate::settings::install(&args, &env, os)?;
-            let progress = Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
-            install::run(&settings, &env, clock, &progress).await
+            let settings = settings::install(args, &env, os)?;
+            install::run(&settings, &env, &net, &progress()).await
         }
         Command::Reconcile(args) => {
-            let dir = crate::settings::agent_dir(args.agent_dir.as_deref(), &os)?;
-            let progress = Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
-            reconcile::run(&dir, &env, os, clock, &progress).await
+            let t = target(args.agent_dir.as_deref(), &env, &os)?;
+            reconcile::run(&t, &env, os, &net, &progress()).await
         }
         Command::Remove(args) => {
-            let dir = crate::settings::agent_dir(args.dir.agent_dir.as_deref(), &os)?;
-            remove::run(&dir, args.purge, &env, os, clock).await
+            let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
+            remove::run(&t, args.purge, &env, os, &net).await
         }
         Command::Status(args) => {
-            let dir = crate::settings::agent_dir(args.dir.agent_dir.as_deref(), &os)?;
-            status::run(&dir, args.json, &env, os, clock).await
+            let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
+            status::run(&t, args.json, &env, os, &net).await
         }
     }
 }
@@ -48,6 +65,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
 /// `VSTS_AGENT_INPUT_TOKEN`. As root only when root is the account (`user` is root or unknown), and
 /// then with `AGENT_ALLOW_RUNASROOT`, without which config.sh refuses.
 pub(crate) fn agent_child(
+    env: &Env,
     label: &str,
     program: std::path::PathBuf,
     root: &std::path::Path,
@@ -57,7 +75,7 @@ pub(crate) fn agent_child(
 ) -> crate::process::Child {
     let run_as = user.and_then(crate::process::RunAs::unless_root);
     let as_root = run_as.is_none();
-    let mut child = crate::process::Child::new(label, program)
+    let mut child = crate::process::Child::new(label, program, env)
         .cwd(root)
         .secret_env(crate::agent::config::TOKEN_ENV, token.clone())
         .run_as(run_as)

@@ -11,29 +11,43 @@
 //! | configured, deleted on the server, agent ≥ 3.246.0 | `reauth.sh`, then restart the service |
 //! | configured, deleted on the server, older agent | stop the service, remove the local registration, `config.sh --replace`, start |
 //! | not configured (reimaged data disk, baked image, interrupted run) | the install flow, from the saved settings |
+//! | `.agent` names another organization, pool or agent than the saved settings (a job changed it) | remove the local registration, the install flow from the saved settings |
 //! | a clone (saved VM id or machine id differs) | uninstall the original's service, remove the local registration, install under this machine's own name |
-//! | service unit missing / disabled / stopped | `svc.sh install` + start / enable / start |
+//! | service unit missing / damaged / disabled / stopped | write the unit + start / rewrite / enable / start |
 //! | `bin` is a link (self-updated) | never re-extracted (the install flow keeps it) |
 //! | IMDS or Azure DevOps unreachable | nothing is stopped or removed; the service is started if it is installed and stopped; exit 3 or 4 after the budget |
+//!
+//! Root trusts only its saved settings: the unit name, the organization URL the token goes to,
+//! the pool and agent looked up on the server all come from them; `.agent` only says whether the
+//! agent is configured and with which id. Every wait fits in [`DEADLINE`], inside the boot unit's
+//! `TimeoutStartSec`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{AgentDir, AgentSettings};
-use crate::clock::Clock;
-use crate::commands::install;
+use crate::agent::{AgentDir, AgentSettings, same_server};
+use crate::clock::Budget;
+use crate::commands::{Target, install};
 use crate::devops::DevOpsClient;
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, retry::Policy};
+use crate::identity::{ImdsClient, Selector, Tokens};
+use crate::net::Net;
 use crate::os::Os;
 use crate::progress::Progress;
-use crate::secret::{Masker, Secret};
-use crate::service::{self, Systemctl, UnitState};
+use crate::service::{self, AgentUnit, Systemctl, UnitState};
 use crate::settings;
 use crate::state::{self, Saved};
 
-/// How long reconcile waits, at boot, for the identity and for Azure DevOps to answer.
-pub const NETWORK_BUDGET: Duration = Duration::from_secs(300);
+/// Everything reconcile does ends this long after it starts: a minute inside the boot unit's
+/// `TimeoutStartSec`, so systemd never kills it half-way. Each wait below takes at most its own
+/// limit and never more than what is left of this.
+pub const DEADLINE: Duration = Duration::from_secs(service::BOOT_TIMEOUT.as_secs() - 60);
+/// Waiting for another run (cloud-init's install) on the same agent dir.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5 * 60);
+/// All IMDS and Azure DevOps requests of one reconcile, together (the network comes up late at
+/// boot; a throttled fleet waits out `Retry-After`).
+pub const NETWORK_BUDGET: Duration = Duration::from_secs(5 * 60);
 /// The first agent version with `reauth` (agent.md §3.5).
 pub const REAUTH_SINCE: (u64, u64, u64) = (3, 246, 0);
 
@@ -54,6 +68,9 @@ pub enum Server {
 #[derive(Debug, Clone)]
 pub struct Observed {
     pub configured: bool,
+    /// `.agent` names another organization, pool or agent than root's saved settings (a job
+    /// changed it): nothing in it is used, the agent is configured again from the saved settings.
+    pub tampered: bool,
     pub clone: bool,
     /// `.service` exists (svc.sh install ran).
     pub service_installed: bool,
@@ -96,6 +113,9 @@ pub fn decide(o: &Observed) -> Vec<Action> {
     }
     if !o.configured {
         return vec![Install { new_name: false }];
+    }
+    if o.tampered {
+        return vec![RemoveRegistration, Install { new_name: false }];
     }
     let service = |restart| {
         if o.wants_service {
@@ -162,28 +182,38 @@ pub fn clone_name(saved_name: &str, hostname: &str, machine: Option<&str>) -> St
 }
 
 pub async fn run(
-    agent_dir: &std::path::Path,
+    t: &Target,
     env: &Env,
     os: Os,
-    clock: Clock,
+    net: &Net,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let state_dir = settings::state_dir(env, &os);
-    let _lock = crate::lock::acquire(&state_dir, agent_dir, install::LOCK_WAIT).await?;
+    let clock = net.clock().clone();
+    let deadline = clock.budget(DEADLINE);
+    let agent_dir = t.agent_dir.as_path();
+    let state_dir = &t.paths.state_dir;
+    let lock_wait = LOCK_WAIT.min(deadline.remaining(&clock));
+    let _lock = crate::lock::acquire(state_dir, agent_dir, lock_wait).await?;
     // Read after the lock: a concurrent install may just have written it.
-    let saved = state::load(&state_dir, agent_dir)?.ok_or_else(|| {
+    let saved = state::load(state_dir, agent_dir)?.ok_or_else(|| {
         Error::Input(format!(
             "no saved settings for --agent-dir {} in {}: run `agent-bootstrap install` first",
             agent_dir.display(),
             state_dir.display()
         ))
     })?;
+    settings::check_saved(&saved)?;
     let agent = AgentDir::new(agent_dir, &os);
     let local = agent.settings()?;
-    let imds = ImdsClient::from_env(env, clock.clone())?.with_policy(Policy {
-        budget: NETWORK_BUDGET,
-        ..Policy::default()
-    });
+    let tampered = local.as_ref().is_some_and(|l| !matches_saved(l, &saved));
+    if tampered {
+        tracing::warn!(
+            "the agent's .agent does not match the saved settings (changed by a job?); \
+             configuring the agent again from the saved settings"
+        );
+    }
+    let network = deadline.sub(&clock, NETWORK_BUDGET);
+    let imds = ImdsClient::from_env(env, net)?;
 
     // Is this the machine that configured the agent?
     let vm_id = imds.vm_id().await;
@@ -196,36 +226,48 @@ pub async fn run(
             "this machine is a clone of the one that configured the agent; it gets its own registration"
         );
     }
+    let tokens = Arc::new(Tokens::new(
+        imds,
+        Selector::from_saved(saved.identity.as_deref()),
+    ));
 
-    let systemctl = Systemctl::find();
-    let unit_name = agent.service_name();
-    let unit = match (&systemctl, &unit_name) {
-        (Some(sc), Some(u)) => Some(sc.state(u).await?),
-        _ => None,
+    let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name);
+    let manage_units = env.is_root() && saved.service && !os.is_windows();
+    let systemctl = Systemctl::find(env).filter(|_| manage_units);
+    let unit_state = match &systemctl {
+        Some(sc) => Some(sc.state(&unit.name).await?),
+        None => None,
     };
 
     // The server's view, only when it decides something.
-    let mut token: Option<Secret> = None;
     let mut network_error: Option<Error> = None;
-    let server = match local.as_ref().filter(|_| !clone) {
+    let mut devops = None;
+    let server = match local.as_ref().filter(|_| !clone && !tampered) {
         None => Server::NotAsked,
-        Some(cfg) => match server_view(&saved, cfg, &imds, &clock).await {
-            Ok((view, t)) => {
-                token = Some(t);
-                view
+        Some(cfg) => {
+            let client = DevOpsClient::new(
+                &settings::check_url("the saved url", &saved.url)?,
+                tokens.clone(),
+                net,
+            );
+            let view = server_view(&saved, cfg, &client, &network).await;
+            devops = Some(client);
+            match view {
+                Ok(view) => view,
+                Err(e) => {
+                    tracing::warn!(
+                        "could not check the agent with Azure DevOps: {}",
+                        crate::error::report(&e)
+                    );
+                    network_error = Some(e);
+                    Server::Unreachable
+                }
             }
-            Err(e) => {
-                tracing::warn!(
-                    "could not check the agent with Azure DevOps: {}",
-                    crate::error::report(&e)
-                );
-                network_error = Some(e);
-                Server::Unreachable
-            }
-        },
+        }
     };
+    let user = crate::user::lookup(&saved.user)?;
     let reauth_supported = if server == Server::Missing {
-        install::installed_version(&agent)
+        install::installed_version(&agent, user.as_ref(), env)
             .await
             .or_else(|| saved.agent_version.clone())
             .as_deref()
@@ -236,10 +278,11 @@ pub async fn run(
     };
     let observed = Observed {
         configured: local.is_some(),
+        tampered,
         clone,
-        service_installed: unit_name.is_some(),
-        unit,
-        wants_service: saved.service && !os.is_windows(),
+        service_installed: unit_state.is_some_and(|u| u.exists),
+        unit: unit_state,
+        wants_service: manage_units,
         server,
         reauth_supported,
     };
@@ -250,27 +293,39 @@ pub async fn run(
     for action in &actions {
         match action {
             Action::EnsureService { restart } => {
-                let done =
-                    ensure_service(env, &saved, &agent, systemctl.as_ref(), *restart).await?;
+                let done = ensure_service(env, &saved, &agent, &unit, *restart).await?;
                 summary.push(done);
             }
             Action::Reauth => {
-                let t = token
-                    .clone()
-                    .expect("the server was asked, so there is a token");
-                reauth(&saved, &agent, &t).await?;
+                let devops = devops.as_ref().expect("the server was asked");
+                reauth(
+                    env,
+                    &saved,
+                    &agent,
+                    &tokens,
+                    &network,
+                    deadline_left(&deadline, &clock),
+                )
+                .await?;
+                record_new_id(state_dir, &saved, devops, &network).await?;
                 summary.push("re-registered the agent (reauth)".to_owned());
             }
             Action::ReplaceRegistration => {
-                let t = token
-                    .clone()
-                    .expect("the server was asked, so there is a token");
-                replace_registration(&saved, env, os, &agent, systemctl.as_ref(), &t).await?;
+                let devops = devops.as_ref().expect("the server was asked");
+                let mut s = settings::from_saved(&saved, env, os)?;
+                s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
+                if let Some(sc) = &systemctl {
+                    sc.run(&["stop", &unit.name]).await?;
+                }
+                agent.remove_registration()?;
+                let user = crate::user::ensure(&s.user, env).await?;
+                install::configure(&s, env, &agent, &user, &tokens, &network).await?;
+                record_new_id(state_dir, &saved, devops, &network).await?;
                 summary.push("re-registered the agent (configure --replace)".to_owned());
             }
             Action::UninstallService => {
-                if let Some(unit) = agent.service_name() {
-                    service::native_uninstall(env, agent_dir, &unit).await?;
+                if let Some(sc) = &systemctl {
+                    service::uninstall_agent_unit(env, sc, &unit.name, agent_dir).await?;
                 }
                 summary.push("removed the original machine's service".to_owned());
             }
@@ -279,6 +334,7 @@ pub async fn run(
             }
             Action::Install { new_name } => {
                 let mut s = settings::from_saved(&saved, env, os)?;
+                s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
                 if *new_name {
                     s.agent_name = clone_name(
                         &saved.agent_name,
@@ -292,7 +348,7 @@ pub async fn run(
                 } else {
                     "reconcile: configured the agent from the saved settings"
                 };
-                return install::run_locked(&s, env, clock, progress, headline).await;
+                return install::run_locked(&s, env, net, progress, headline).await;
             }
         }
     }
@@ -303,38 +359,50 @@ pub async fn run(
         let l = local.as_ref().expect("configured");
         return Err(crate::devops::DevOpsError::NameTaken {
             pool: saved.pool.clone(),
-            name: l.agent_name.clone(),
+            name: saved.agent_name.clone(),
             local_id: l.agent_id,
         }
         .into());
     }
-    let agent_line = local
-        .map(|l| format!("agent '{}' (id {})", l.agent_name, l.agent_id))
-        .unwrap_or_default();
     if summary.is_empty() {
         summary.push("nothing to do".into());
     }
-    println!("reconcile: {agent_line}: {}", summary.join("; "));
+    println!(
+        "reconcile: agent '{}' (id {}): {}",
+        saved.agent_name,
+        local.map(|l| l.agent_id).unwrap_or(saved.agent_id),
+        summary.join("; ")
+    );
     Ok(())
 }
 
-/// One token, one Azure DevOps request: is the agent still the server's?
+/// What is left of the run's deadline, for the agent's scripts (at least a minute).
+fn deadline_left(deadline: &Budget, clock: &crate::clock::Clock) -> Duration {
+    deadline.remaining(clock).max(Duration::from_secs(60))
+}
+
+/// `.agent` is about the agent root's saved settings describe (same organization, pool, name).
+fn matches_saved(local: &AgentSettings, saved: &Saved) -> bool {
+    same_server(&local.server_url, &saved.url)
+        && local
+            .pool_name
+            .as_deref()
+            .is_none_or(|p| p.eq_ignore_ascii_case(&saved.pool))
+        && local.agent_name.eq_ignore_ascii_case(&saved.agent_name)
+}
+
+/// One Azure DevOps request (and the token it needs): is the agent still the server's? Asked with
+/// root's saved organization, pool and name, never with what `.agent` says.
 async fn server_view(
     saved: &Saved,
     local: &AgentSettings,
-    imds: &ImdsClient<crate::identity::ReqwestTransport>,
-    clock: &Clock,
-) -> Result<(Server, Secret), Error> {
-    let selector = crate::identity::Selector::from_saved(saved.identity.as_deref());
-    let token = imds.token(&selector).await?.token;
-    let url = settings::check_url("the saved url", &saved.url)?;
-    let client = DevOpsClient::new(&url, token.clone(), clock.clone()).with_budget(NETWORK_BUDGET);
-    let pool_id = if local.pool_id != 0 {
-        local.pool_id
-    } else {
-        saved.pool_id
-    };
-    let view = match client.find_agent(pool_id, &local.agent_name).await? {
+    client: &DevOpsClient,
+    budget: &Budget,
+) -> Result<Server, Error> {
+    let view = match client
+        .find_agent(saved.pool_id, &saved.agent_name, budget)
+        .await?
+    {
         Some(a) if a.id == local.agent_id => Server::Known,
         Some(a) => {
             tracing::warn!(
@@ -345,34 +413,45 @@ async fn server_view(
             Server::Conflict
         }
         None => {
-            tracing::warn!(agent = %local.agent_name, "the agent was deleted on the server");
+            tracing::warn!(agent = %saved.agent_name, "the agent was deleted on the server");
             Server::Missing
         }
     };
-    Ok((view, token))
+    Ok(view)
+}
+
+/// After a re-registration: the id the server gave the agent, saved for later runs.
+async fn record_new_id(
+    state_dir: &std::path::Path,
+    saved: &Saved,
+    devops: &DevOpsClient,
+    budget: &Budget,
+) -> Result<(), Error> {
+    if let Some(a) = devops
+        .find_agent(saved.pool_id, &saved.agent_name, budget)
+        .await?
+        && a.id != saved.agent_id
+    {
+        let mut updated = saved.clone();
+        updated.agent_id = a.id;
+        state::save(state_dir, &updated)?;
+    }
+    Ok(())
 }
 
 async fn ensure_service(
     env: &Env,
     saved: &Saved,
     agent: &AgentDir,
-    systemctl: Option<&Systemctl>,
+    unit: &AgentUnit,
     restart: bool,
 ) -> Result<String, Error> {
-    let sc = match systemctl {
-        Some(sc) => sc.clone(),
-        None => Systemctl::require()?,
-    };
-    let local = agent.settings()?.ok_or(service::ServiceError::NoScript)?;
+    let sc = Systemctl::require(env)?;
     let user =
         crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
             name: saved.user.clone(),
         })?;
-    let pool = local
-        .pool_name
-        .clone()
-        .unwrap_or_else(|| saved.pool.clone());
-    let ready = service::ensure_unit(env, &sc, agent, &user, &local, &pool).await?;
+    let ready = service::install_agent_unit(env, &sc, unit, &agent.root, &user).await?;
     let mut did = vec![];
     if ready.reinstalled {
         did.push("reinstalled the service");
@@ -396,38 +475,30 @@ async fn ensure_service(
     })
 }
 
-async fn reauth(saved: &Saved, agent: &AgentDir, token: &Secret) -> Result<(), Error> {
+async fn reauth(
+    env: &Env,
+    saved: &Saved,
+    agent: &AgentDir,
+    tokens: &Tokens,
+    budget: &Budget,
+    timeout: Duration,
+) -> Result<(), Error> {
     let user =
         crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
             name: saved.user.clone(),
         })?;
+    let token = tokens.get(budget).await?;
     let child = super::agent_child(
+        env,
         "reauth.sh",
         agent.root.join("reauth.sh"),
         &agent.root,
         Some(&user),
-        token,
-        Duration::from_secs(600),
+        &token,
+        timeout.min(Duration::from_secs(600)),
     )
     .args(["--unattended", "--auth", "pat"]);
-    super::agent_script(child, &Masker::with(token)).await
-}
-
-async fn replace_registration(
-    saved: &Saved,
-    env: &Env,
-    os: Os,
-    agent: &AgentDir,
-    systemctl: Option<&Systemctl>,
-    token: &Secret,
-) -> Result<(), Error> {
-    if let (Some(sc), Some(unit)) = (systemctl, agent.service_name()) {
-        sc.run(&["stop", &unit]).await?;
-    }
-    agent.remove_registration()?;
-    let s = settings::from_saved(saved, env, os)?;
-    let user = crate::user::ensure(&s.user).await?;
-    install::configure(&s, agent, &user, token, &Masker::with(token)).await
+    super::agent_script(child, &tokens.masker()).await
 }
 
 #[cfg(test)]
@@ -438,6 +509,7 @@ mod tests {
     fn healthy() -> Observed {
         Observed {
             configured: true,
+            tampered: false,
             clone: false,
             service_installed: true,
             unit: Some(UnitState {
@@ -561,6 +633,39 @@ mod tests {
             ..healthy()
         };
         assert_eq!(decide(&o), vec![]);
+    }
+
+    #[test]
+    fn row_agent_settings_changed_by_a_job_are_not_believed() {
+        let o = Observed {
+            tampered: true,
+            server: Server::NotAsked,
+            ..healthy()
+        };
+        assert_eq!(
+            decide(&o),
+            vec![RemoveRegistration, Install { new_name: false }]
+        );
+    }
+
+    #[test]
+    fn reconciles_waits_fit_inside_the_boot_units_timeout() {
+        assert!(LOCK_WAIT + NETWORK_BUDGET < DEADLINE);
+        assert!(DEADLINE < service::BOOT_TIMEOUT);
+        let unit = service::render_boot_unit(
+            std::path::Path::new("/usr/local/bin/agent-bootstrap"),
+            std::path::Path::new("/opt/a"),
+            std::path::Path::new("/var/lib/agent-bootstrap"),
+            None,
+        )
+        .unwrap();
+        let timeout: u64 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStartSec="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(DEADLINE.as_secs() + 30 <= timeout);
     }
 
     #[test]

@@ -1,106 +1,158 @@
-//! `agent-bootstrap remove`: unregister the agent and undo what install did, in the order the
-//! agent requires (`agent.md` §3.4, §5.1): `svc.sh stop` and `uninstall` first (`config.sh remove`
-//! refuses while `.service` exists), then `config.sh remove` with a fresh token (it needs one),
-//! retried while the agent is busy with a job, then the boot unit and the saved settings.
-//! `--purge` also deletes the agent dir and the package cache. Running it twice is fine.
+//! `agent-bootstrap remove`: unregister the agent and undo what install did: stop and delete the
+//! agent's unit, delete the agent on the server (retried while it runs a job), delete the local
+//! registration, then the boot unit and the saved settings. `--purge` also deletes the agent dir
+//! and the package cache. Running it twice is fine.
+//!
+//! Root does the server side itself, with the organization, pool and agent from its saved settings
+//! (`DELETE …/pools/{pool}/agents/{id}`, the call `config.sh remove` makes), and deletes the local
+//! files `config.sh remove` deletes (`agent.md` §3.4) by unlinking them. It does not run
+//! `config.sh remove`: that would hand the token to scripts the agent user can rewrite, and the
+//! listener would send it to whatever server `.agent` names. Without saved settings nothing is
+//! unregistered: `.agent` alone is not trusted with a token.
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::AgentDir;
-use crate::clock::Clock;
-use crate::commands::install;
+use crate::commands::{Target, install};
+use crate::devops::{DevOpsClient, DevOpsError};
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, Selector};
+use crate::identity::{ImdsClient, Selector, Tokens};
+use crate::net::Net;
 use crate::os::Os;
-use crate::process::RunAs;
-use crate::secret::Masker;
-use crate::service::{self, Systemctl};
+use crate::service::{self, AgentUnit, Systemctl};
 use crate::settings;
 use crate::state;
 
-/// `config.sh remove` fails while the agent runs a job; try again this often, this long apart.
+/// The server refuses to delete an agent that runs a job; try again this often, this long apart
+/// (Microsoft's Docker sample retries every 30 s too).
 const REMOVE_ATTEMPTS: u32 = 10;
 const REMOVE_DELAY: Duration = Duration::from_secs(30);
+/// IMDS and Azure DevOps, for one attempt of the deletion.
+const NETWORK_BUDGET: Duration = Duration::from_secs(300);
 
-pub async fn run(
-    agent_dir: &Path,
-    purge: bool,
-    env: &Env,
-    os: Os,
-    clock: Clock,
-) -> Result<(), Error> {
-    let state_dir = settings::state_dir(env, &os);
-    let cache_dir = settings::cache_dir(env, &os);
-    let _lock = crate::lock::acquire(&state_dir, agent_dir, install::LOCK_WAIT).await?;
-    let saved = state::load(&state_dir, agent_dir)?;
+pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Result<(), Error> {
+    let clock = net.clock().clone();
+    let agent_dir = t.agent_dir.as_path();
+    let (state_dir, cache_dir) = (&t.paths.state_dir, &t.paths.cache_dir);
+    let _lock = crate::lock::acquire(state_dir, agent_dir, install::LOCK_WAIT).await?;
+    let saved = state::load(state_dir, agent_dir)?;
     let agent = AgentDir::new(agent_dir, &os);
-    let local = agent.settings()?;
+    let agent_uid = saved
+        .as_ref()
+        .and_then(|s| crate::user::lookup(&s.user).ok().flatten())
+        .map(|u| u.uid);
+    crate::fsx::check_agent_dir_location(agent_dir, env.uid(), agent_uid).map_err(|e| {
+        Error::Input(format!(
+            "invalid --agent-dir {}: {}",
+            agent_dir.display(),
+            e.0
+        ))
+    })?;
     let mut done: Vec<String> = vec![];
 
-    // 1. The service (config.sh remove refuses while .service exists).
-    if let Some(unit) = agent.service_name() {
-        service::native_uninstall(env, &agent.root, &unit).await?;
-        done.push("uninstalled the service".into());
-    }
-
-    // 2. The registration, on the server and locally.
-    if let Some(cfg) = &local {
-        let selector = Selector::from_saved(saved.as_ref().and_then(|s| s.identity.as_deref()));
-        let token = ImdsClient::from_env(env, clock.clone())?
-            .token(&selector)
-            .await?
-            .token;
-        let masker = Masker::with(&token);
-        let user = agent_owner(&agent, saved.as_ref().map(|s| s.user.as_str()))?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let child = super::agent_child(
-                "config.sh remove",
-                agent.root.join(os.config_script()),
-                &agent.root,
-                user.as_ref(),
-                &token,
-                Duration::from_secs(300),
-            )
-            .args(["remove", "--unattended", "--auth", "pat"]);
-            let line = match super::agent_script(child, &masker).await {
-                Ok(()) => break,
-                Err(Error::Configure { message }) => message,
-                Err(e) => return Err(e),
-            };
-            if attempt >= REMOVE_ATTEMPTS {
-                return Err(Error::Configure {
-                    message: format!("gave up after {attempt} attempts; last: {line}"),
-                });
-            }
-            // The agent may be running a job (Microsoft's Docker sample retries every 30 s too).
-            tracing::warn!(
-                attempt,
-                "config.sh remove failed ({line}); retrying in {}s",
-                REMOVE_DELAY.as_secs()
-            );
-            clock.sleep(REMOVE_DELAY).await;
+    match &saved {
+        None if agent.is_configured() || agent.has_stale_registration() => {
+            return Err(Error::Input(format!(
+                "no saved settings for --agent-dir {} in {}: agent-bootstrap did not install this \
+                 agent (or removed it already), so it does not know where to unregister it, and \
+                 the agent dir's own settings are not trusted with a token; remove it as its user \
+                 with ./config.sh remove",
+                agent_dir.display(),
+                state_dir.display()
+            )));
         }
-        done.push(format!(
-            "unregistered agent '{}' (id {})",
-            cfg.agent_name, cfg.agent_id
-        ));
-    } else if agent.has_stale_registration() {
-        agent.remove_registration()?;
-        done.push("removed a stale local registration".into());
+        None => {}
+        Some(saved) => {
+            settings::check_saved(saved)?;
+            // 1. The service first: no new job may start while the agent is being deleted.
+            if saved.service
+                && env.is_root()
+                && !os.is_windows()
+                && let Some(sc) = Systemctl::find(env)
+            {
+                let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name);
+                if service::uninstall_agent_unit(env, &sc, &unit.name, agent_dir).await? {
+                    done.push("uninstalled the service".into());
+                }
+            }
+            // 2. The registration on the server.
+            let tokens = Arc::new(Tokens::new(
+                ImdsClient::from_env(env, net)?,
+                Selector::from_saved(saved.identity.as_deref()),
+            ));
+            let url = settings::check_url("the saved url", &saved.url)?;
+            let devops = DevOpsClient::new(&url, tokens.clone(), net);
+            let local_id = agent.settings().ok().flatten().map(|l| l.agent_id);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let budget = clock.budget(NETWORK_BUDGET);
+                let found = devops
+                    .find_agent(saved.pool_id, &saved.agent_name, &budget)
+                    .await?;
+                let Some(server) = found else {
+                    done.push(format!(
+                        "agent '{}' was not registered on the server any more",
+                        saved.agent_name
+                    ));
+                    break;
+                };
+                if server.id != saved.agent_id && Some(server.id) != local_id {
+                    tracing::warn!(
+                        server_id = server.id,
+                        saved_id = saved.agent_id,
+                        "the pool's agent of this name is another one; it is left alone"
+                    );
+                    done.push(format!(
+                        "left agent '{}' (id {}) alone: it is not this machine's",
+                        server.name, server.id
+                    ));
+                    break;
+                }
+                match devops.delete_agent(saved.pool_id, server.id, &budget).await {
+                    Ok(()) => {
+                        done.push(format!(
+                            "unregistered agent '{}' (id {})",
+                            saved.agent_name, server.id
+                        ));
+                        break;
+                    }
+                    Err(e) if is_busy(&e) && attempt < REMOVE_ATTEMPTS => {
+                        tracing::warn!(
+                            attempt,
+                            "the agent is running a job ({e}); retrying in {}s",
+                            REMOVE_DELAY.as_secs()
+                        );
+                        clock.sleep(REMOVE_DELAY).await;
+                    }
+                    Err(e) if is_busy(&e) => {
+                        return Err(Error::Configure {
+                            message: format!("gave up after {attempt} attempts: {e}"),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
     }
 
-    // 3. The boot unit.
+    // 3. The local registration, as `config.sh remove` deletes it.
+    if agent.is_configured() || agent.has_stale_registration() {
+        agent.remove_configuration()?;
+        done.push("removed the local registration".into());
+    }
+
+    // 4. The boot unit.
     let unit_name = saved
         .as_ref()
         .and_then(|s| s.boot_unit.clone())
         .unwrap_or_else(|| service::boot_unit_name(agent_dir));
     let unit_path = service::unit_dir(env).join(&unit_name);
-    if unit_path.is_file() {
-        if let Some(sc) = Systemctl::find() {
+    if env.is_root() && unit_path.is_file() {
+        let sc = Systemctl::find(env);
+        if let Some(sc) = &sc {
             sc.run(&["disable", &unit_name]).await?;
         }
         fs_err::remove_file(&unit_path).map_err(|source| Error::Io {
@@ -108,20 +160,21 @@ pub async fn run(
             path: unit_path.clone(),
             source,
         })?;
-        if let Some(sc) = Systemctl::find() {
+        if let Some(sc) = &sc {
             sc.run(&["daemon-reload"]).await?;
         }
         done.push(format!("removed the boot unit {unit_name}"));
     }
 
-    // 4. What install remembered, and with --purge the files.
+    // 5. What install remembered, and with --purge the files.
     if saved.is_some() {
-        state::delete(&state_dir, agent_dir)?;
+        state::delete(state_dir, agent_dir)?;
     }
     if purge {
         for dir in [agent_dir, cache_dir.as_path()] {
-            if dir.exists() {
-                fs_err::remove_dir_all(dir).map_err(|source| Error::Io {
+            if fs_err::symlink_metadata(dir).is_ok() {
+                // Does not follow links inside the agent user's tree.
+                std::fs::remove_dir_all(dir).map_err(|source| Error::Io {
                     action: "deleting",
                     path: dir.to_owned(),
                     source,
@@ -138,12 +191,9 @@ pub async fn run(
     Ok(())
 }
 
-/// The account that owns the agent's files (the one that configured it).
-fn agent_owner(agent: &AgentDir, saved_user: Option<&str>) -> Result<Option<RunAs>, Error> {
-    if let Some(name) = saved_user
-        && let Some(u) = crate::user::lookup(name)?
-    {
-        return Ok(Some(u));
-    }
-    Ok(crate::user::owner_of(&agent.root.join(".agent")))
+/// The server refused because the agent runs a job (`TaskAgentBusyException`).
+fn is_busy(e: &DevOpsError) -> bool {
+    matches!(e, DevOpsError::Status { status: 400 | 409, message, .. }
+        if message.to_ascii_lowercase().contains("running a job")
+            || message.to_ascii_lowercase().contains("busy"))
 }

@@ -3,20 +3,25 @@
 //! Local facts come from the agent's files, systemd and the saved settings; the server's view needs
 //! a token and is given up quickly (status must not hang a terminal for minutes) and reported as
 //! unknown with the reason. Human-readable by default, `--json` for scripts.
+//!
+//! The token goes only to the organization in root's saved settings: without them the server is
+//! not asked (the agent dir's `.agent` could name any server). A broken `.agent` (a FIFO, a link,
+//! garbage) is reported, not fatal.
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::agent::AgentDir;
-use crate::clock::Clock;
+use crate::commands::Target;
 use crate::devops::DevOpsClient;
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, Selector, retry::Policy};
+use crate::identity::{ImdsClient, Selector, Tokens};
+use crate::net::Net;
 use crate::os::Os;
-use crate::service::{Systemctl, UnitState};
+use crate::service::{AgentUnit, Systemctl, UnitState};
 use crate::settings;
 use crate::state;
 
@@ -25,6 +30,8 @@ pub struct Status {
     pub agent_dir: String,
     pub installed: bool,
     pub configured: bool,
+    /// Why `.agent` could not be read, when it could not.
+    pub agent_file_error: Option<String>,
     pub agent_name: Option<String>,
     pub agent_id: Option<u64>,
     pub pool: Option<String>,
@@ -50,19 +57,23 @@ pub struct ServerStatus {
     pub error: Option<String>,
 }
 
-pub async fn run(
-    agent_dir: &Path,
-    json: bool,
-    env: &Env,
-    os: Os,
-    clock: Clock,
-) -> Result<(), Error> {
-    let state_dir = settings::state_dir(env, &os);
-    let saved = state::load(&state_dir, agent_dir)?;
+pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result<(), Error> {
+    let agent_dir = t.agent_dir.as_path();
+    let state_dir = &t.paths.state_dir;
+    let saved = state::load(state_dir, agent_dir)?;
     let agent = AgentDir::new(agent_dir, &os);
-    let local = agent.settings()?;
-    let systemctl = Systemctl::find();
-    let service_unit = agent.service_name();
+    let (local, agent_file_error) = match agent.settings() {
+        Ok(l) => (l, None),
+        Err(e) => (None, Some(crate::error::one_line(&e))),
+    };
+    let systemctl = Systemctl::find(env);
+    let service_unit = match &saved {
+        Some(s) if s.service && !os.is_windows() => {
+            Some(AgentUnit::new(&s.url, &s.pool, &s.agent_name).name)
+        }
+        Some(_) => None,
+        None => agent.service_file_hint(),
+    };
     let service = match (&systemctl, &service_unit) {
         (Some(sc), Some(u)) => sc.state(u).await.ok(),
         _ => None,
@@ -74,7 +85,10 @@ pub async fn run(
     };
     let agent_version = match &saved {
         Some(s) if s.agent_version.is_some() && !agent.self_updated() => s.agent_version.clone(),
-        _ if agent.package_present() => crate::commands::install::installed_version(&agent).await,
+        Some(s) if agent.package_present() => {
+            let user = crate::user::lookup(&s.user).ok().flatten();
+            crate::commands::install::installed_version(&agent, user.as_ref(), env).await
+        }
         _ => None,
     };
 
@@ -86,42 +100,50 @@ pub async fn run(
         enabled: None,
         error: None,
     };
-    if let Some(cfg) = &local {
-        let selector = Selector::from_saved(saved.as_ref().and_then(|s| s.identity.as_deref()));
-        let url = saved
-            .as_ref()
-            .map(|s| s.url.clone())
-            .unwrap_or_else(|| cfg.server_url.clone());
-        let result: Result<_, Error> = async {
-            let imds = ImdsClient::from_env(env, clock.clone())?.with_policy(Policy {
-                budget: Duration::from_secs(10),
-                ..Policy::default()
-            });
-            let token = imds.token(&selector).await?.token;
-            let url = settings::check_url("the agent's server url", &url)?;
-            let client =
-                DevOpsClient::new(&url, token, clock.clone()).with_budget(Duration::from_secs(10));
-            Ok(client.find_agent(cfg.pool_id, &cfg.agent_name).await?)
-        }
-        .await;
-        match result {
-            Ok(found) => {
-                server.checked = true;
-                server.exists = Some(found.is_some());
-                if let Some(a) = found {
-                    server.same_id = Some(a.id == cfg.agent_id);
-                    server.status = a.status;
-                    server.enabled = a.enabled;
-                }
+    match (&saved, &local) {
+        (Some(saved), Some(cfg)) => {
+            let result: Result<_, Error> = async {
+                let clock = net.clock();
+                let budget = clock.budget(Duration::from_secs(10));
+                let tokens = Arc::new(Tokens::new(
+                    ImdsClient::from_env(env, net)?,
+                    Selector::from_saved(saved.identity.as_deref()),
+                ));
+                let url = settings::check_url("the saved url", &saved.url)?;
+                let client = DevOpsClient::new(&url, tokens, net);
+                Ok(client
+                    .find_agent(saved.pool_id, &saved.agent_name, &budget)
+                    .await?)
             }
-            Err(e) => server.error = Some(crate::error::report(&e)),
+            .await;
+            match result {
+                Ok(found) => {
+                    server.checked = true;
+                    server.exists = Some(found.is_some());
+                    if let Some(a) = found {
+                        server.same_id = Some(a.id == cfg.agent_id);
+                        server.status = a.status;
+                        server.enabled = a.enabled;
+                    }
+                }
+                Err(e) => server.error = Some(crate::error::report(&e)),
+            }
         }
+        (None, Some(_)) => {
+            server.error = Some(
+                "not asked: no saved settings (agent-bootstrap did not install this agent), and \
+                 the agent dir's own settings are not trusted with a token"
+                    .into(),
+            );
+        }
+        _ => {}
     }
 
     let status = Status {
         agent_dir: agent_dir.display().to_string(),
         installed: agent.package_present() || agent.self_updated(),
         configured: local.is_some(),
+        agent_file_error,
         agent_name: local.as_ref().map(|l| l.agent_name.clone()),
         agent_id: local.as_ref().map(|l| l.agent_id),
         pool: local
@@ -138,7 +160,7 @@ pub async fn run(
         boot,
         saved_settings: saved
             .as_ref()
-            .map(|_| state::file_for(&state_dir, agent_dir).display().to_string()),
+            .map(|_| state::file_for(state_dir, agent_dir).display().to_string()),
         server,
     };
     if json {
@@ -182,13 +204,15 @@ fn human(s: &Status) -> String {
     );
     line(
         "configured:",
-        if s.configured {
+        if let Some(e) = &s.agent_file_error {
+            format!("unreadable .agent: {e}")
+        } else if s.configured {
             format!(
                 "yes: agent '{}' (id {}) in pool '{}' at {}",
-                s.agent_name.as_deref().unwrap_or("?"),
+                s.agent_name.as_deref().unwrap_or("?").escape_debug(),
                 s.agent_id.unwrap_or(0),
-                s.pool.as_deref().unwrap_or("?"),
-                s.url.as_deref().unwrap_or("?")
+                s.pool.as_deref().unwrap_or("?").escape_debug(),
+                s.url.as_deref().unwrap_or("?").escape_debug()
             )
         } else {
             "no".into()

@@ -3,13 +3,16 @@
 
 use std::io::Write;
 
-use crate::clock::Clock;
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, Selector};
+use crate::identity::{IMDS_BUDGET, ImdsClient, Selector};
+use crate::net::Net;
 
-pub async fn run(selector: &Selector, env: &Env, clock: Clock) -> Result<(), Error> {
-    let token = ImdsClient::from_env(env, clock)?.token(selector).await?;
+pub async fn run(selector: &Selector, env: &Env, net: &Net) -> Result<(), Error> {
+    let budget = net.clock().budget(IMDS_BUDGET);
+    let token = ImdsClient::from_env(env, net)?
+        .token(selector, budget)
+        .await?;
     let mut out = std::io::stdout().lock();
     // The one place the token is meant to be seen.
     writeln!(out, "{}", token.token.expose()).map_err(|source| Error::Io {

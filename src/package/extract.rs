@@ -1,24 +1,76 @@
-//! Unpacking agent archives as hostile input.
+//! Unpacking agent archives as hostile input, into a directory only root can reach.
 //!
-//! The archive comes from the network. Every entry is checked before it is written: paths must be
-//! relative and stay inside the root (no `..`, no absolute paths), symbolic links must point inside the
-//! root, hard links must name an entry inside it, and device files or FIFOs are refused. Permissions
-//! keep only the `rwx` bits (no setuid). Extraction always goes into a private staging directory; the
-//! caller moves it into place only after the SHA-256 matched.
+//! The archive comes from the network (or from a `--package` nobody verified). Every entry is
+//! checked before it is written: paths must be relative and stay inside the root (no `..`, no
+//! absolute paths); device files and FIFOs are refused; hard links must name a regular file
+//! extracted before; symbolic links must stay inside the root once every link in the archive is
+//! followed (`b/c -> ..` then `a -> b/c/..` is refused, checked again after the last entry, since a
+//! later link changes what an earlier one means). Permissions keep only `rwxr-xr-x` (no setuid, no
+//! group or other write). The number of entries and the bytes written are capped ([`Limits`]).
+//!
+//! Files are created through directory descriptors (`openat`/`mkdirat`/`symlinkat`), never
+//! following a link on the way, with `O_EXCL`, and given to the agent user on the open descriptor
+//! as they are created: there is no second pass over the tree by path. The staging root stays
+//! `0700 root` until the caller moves it into place, so no other account can reach anything inside
+//! while it is being written.
 
-use std::io::Read;
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, fchmod, mkdirat};
+use nix::unistd::{UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
+
+/// The account that will own what is extracted (the agent user), when that is not us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Caps on what an archive may unpack to. A real agent package has a few thousand entries and a
+/// few hundred MB; these leave ample room and stop a decompression bomb.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Longest entry path accepted (bytes).
+const MAX_PATH: usize = 4096;
+/// Links followed while resolving one link target (the kernel's own limit is 40).
+const MAX_HOPS: u32 = 40;
+/// Directory descriptors kept open while extracting.
+const DIR_CACHE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error("archive entry '{entry}' would be written outside the agent directory")]
     Traversal { entry: String },
+    #[error("archive entry '{entry}' is written through a link or a file ('{through}')")]
+    ThroughLink { entry: String, through: String },
     #[error("archive entry '{entry}' is a link to '{target}', outside the agent directory")]
     LinkOutside { entry: String, target: String },
     #[error(
         "archive entry '{entry}' has unsupported type {kind} (only files, directories and links)"
     )]
     UnsupportedType { entry: String, kind: String },
+    #[error("the archive has more than {max} entries; not an agent package")]
+    TooManyEntries { max: u64 },
+    #[error("the archive unpacks to more than {max} bytes; not an agent package")]
+    TooLarge { max: u64 },
     #[error("the archive is not a valid {format}")]
     Corrupt {
         format: &'static str,
@@ -35,6 +87,8 @@ pub enum ExtractError {
     Zip(#[source] zip::result::ZipError),
     #[error("the archive contains no agent (no entry under bin/)")]
     NotAnAgent,
+    #[error("extraction stopped: agent-bootstrap is being stopped")]
+    Interrupted,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -56,52 +110,399 @@ pub fn safe_relative(raw: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Whether a symlink at `entry` (relative to the root) pointing to `target` stays inside the root.
-pub fn link_stays_inside(entry: &Path, target: &Path) -> bool {
-    if target.is_absolute() || target.has_root() {
+/// Whether the link at `entry` (relative to the root) pointing to `target` resolves inside the
+/// root, following the archive's other links (`links`: entry → target) wherever the path goes
+/// through one.
+pub fn link_resolves_inside(
+    links: &HashMap<PathBuf, PathBuf>,
+    entry: &Path,
+    target: &Path,
+) -> bool {
+    use std::collections::VecDeque;
+    if target.has_root() {
         return false;
     }
-    let mut depth: Vec<&std::ffi::OsStr> = entry
+    let mut at: Vec<std::ffi::OsString> = entry
         .parent()
         .map(|p| {
             p.components()
                 .filter_map(|c| match c {
-                    Component::Normal(n) => Some(n),
+                    Component::Normal(n) => Some(n.to_owned()),
                     _ => None,
                 })
                 .collect()
         })
         .unwrap_or_default();
+    let mut pending: VecDeque<std::ffi::OsString> = VecDeque::new();
     for c in target.components() {
         match c {
-            Component::Normal(n) => depth.push(n),
+            Component::Normal(n) => pending.push_back(n.to_owned()),
+            Component::ParentDir => pending.push_back("..".into()),
             Component::CurDir => {}
-            Component::ParentDir => {
-                if depth.pop().is_none() {
-                    return false;
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    let mut hops = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            if at.pop().is_none() {
+                return false;
+            }
+            continue;
+        }
+        at.push(c);
+        let here: PathBuf = at.iter().collect();
+        if let Some(next) = links.get(&here) {
+            hops += 1;
+            if hops > MAX_HOPS || next.has_root() {
+                return false;
+            }
+            at.pop();
+            let mut prefix = vec![];
+            for c in next.components() {
+                match c {
+                    Component::Normal(n) => prefix.push(n.to_owned()),
+                    Component::ParentDir => prefix.push("..".into()),
+                    Component::CurDir => {}
+                    Component::RootDir | Component::Prefix(_) => return false,
                 }
             }
-            Component::RootDir | Component::Prefix(_) => return false,
+            for c in prefix.into_iter().rev() {
+                pending.push_front(c);
+            }
         }
     }
     true
 }
 
-/// Streams a `.tar.gz` into `dest`, checking every entry. `reader` is consumed only as far as the
-/// archive goes; the caller drains the rest.
-pub fn untar_gz(reader: impl Read, dest: &Path) -> Result<Stats, ExtractError> {
+/// Permission bits kept: `rwxr-xr-x` at most (no setuid/setgid/sticky, no group or other write).
+fn safe_mode(mode: u32, dir: bool) -> Mode {
+    let m = mode & 0o755;
+    Mode::from_bits_truncate(if dir { m | 0o700 } else { m | 0o600 })
+}
+
+/// Writes archive entries under a directory descriptor.
+struct Unpacker<'a> {
+    root: &'a OwnedFd,
+    root_path: &'a Path,
+    owner: Option<Owner>,
+    limits: Limits,
+    dirs: HashMap<PathBuf, OwnedFd>,
+    links: HashMap<PathBuf, PathBuf>,
+    files: HashSet<PathBuf>,
+    stats: Stats,
+    entries: u64,
+    saw_bin: bool,
+    buf: Vec<u8>,
+}
+
+impl<'a> Unpacker<'a> {
+    fn new(root: &'a OwnedFd, root_path: &'a Path, owner: Option<Owner>, limits: Limits) -> Self {
+        Self {
+            root,
+            root_path,
+            owner,
+            limits,
+            dirs: HashMap::new(),
+            links: HashMap::new(),
+            files: HashSet::new(),
+            stats: Stats::default(),
+            entries: 0,
+            saw_bin: false,
+            buf: vec![0; 256 * 1024],
+        }
+    }
+
+    fn write_err(&self, rel: &Path) -> impl Fn(Errno) -> ExtractError + use<> {
+        let path = self.root_path.join(rel);
+        move |e| ExtractError::Write {
+            path: path.clone(),
+            source: e.into(),
+        }
+    }
+
+    fn give(&self, fd: impl AsFd, rel: &Path) -> Result<(), ExtractError> {
+        if let Some(o) = self.owner {
+            fchown(fd, Some(o.uid.into()), Some(o.gid.into())).map_err(self.write_err(rel))?;
+        }
+        Ok(())
+    }
+
+    /// Counts an entry against the limits, and notices a stop request.
+    fn count(&mut self, rel: &Path, bytes: u64) -> Result<(), ExtractError> {
+        if crate::interrupt::requested() {
+            return Err(ExtractError::Interrupted);
+        }
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ExtractError::TooManyEntries {
+                max: self.limits.max_entries,
+            });
+        }
+        if self.stats.bytes + bytes > self.limits.max_bytes {
+            return Err(ExtractError::TooLarge {
+                max: self.limits.max_bytes,
+            });
+        }
+        if rel.as_os_str().len() > MAX_PATH {
+            return Err(ExtractError::Traversal {
+                entry: rel.display().to_string(),
+            });
+        }
+        if rel.starts_with("bin") {
+            self.saw_bin = true;
+        }
+        Ok(())
+    }
+
+    /// The directory at `rel`, opened (and created with its parents if missing) without following
+    /// a link at any step.
+    fn dir(&mut self, rel: &Path, entry: &str) -> Result<&OwnedFd, ExtractError> {
+        if rel.as_os_str().is_empty() {
+            return Ok(self.root);
+        }
+        if !self.dirs.contains_key(rel) {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let name = rel.file_name().expect("a normal component");
+            let owner = self.owner;
+            let err = self.write_err(rel);
+            let opened = {
+                let pfd = self.dir(parent, entry)?;
+                open_or_make_dir(pfd, Path::new(name), owner).map_err(|e| match e {
+                    Errno::ELOOP | Errno::ENOTDIR => ExtractError::ThroughLink {
+                        entry: entry.to_owned(),
+                        through: rel.display().to_string(),
+                    },
+                    e => err(e),
+                })?
+            };
+            if self.dirs.len() >= DIR_CACHE {
+                self.dirs.clear();
+            }
+            self.dirs.insert(rel.to_owned(), opened);
+        }
+        Ok(&self.dirs[rel])
+    }
+
+    fn split(rel: &Path) -> (&Path, &Path) {
+        (
+            rel.parent().unwrap_or(Path::new("")),
+            Path::new(rel.file_name().expect("a normal component")),
+        )
+    }
+
+    /// Creates `name` in `parent` with `create`, replacing a non-directory already there (an archive
+    /// may repeat an entry; the last one wins, as with tar).
+    fn create<T>(
+        &mut self,
+        rel: &Path,
+        entry: &str,
+        create: impl Fn(&OwnedFd, &Path) -> nix::Result<T>,
+    ) -> Result<T, ExtractError> {
+        let (parent, name) = Self::split(rel);
+        let err = self.write_err(rel);
+        let pfd = self.dir(parent, entry)?;
+        match create(pfd, name) {
+            Err(Errno::EEXIST) => {
+                unlinkat(pfd, name, UnlinkatFlags::NoRemoveDir).map_err(|e| match e {
+                    Errno::EISDIR | Errno::EPERM => ExtractError::Write {
+                        path: PathBuf::from(entry),
+                        source: std::io::Error::other("a directory of that name already exists"),
+                    },
+                    e => err(e),
+                })?;
+                create(pfd, name).map_err(err)
+            }
+            r => r.map_err(err),
+        }
+    }
+
+    fn file(
+        &mut self,
+        rel: &Path,
+        entry: &str,
+        mode: u32,
+        data: &mut dyn Read,
+    ) -> Result<(), ExtractError> {
+        let fd = self.create(rel, entry, |dir, name| {
+            openat(
+                dir,
+                name,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        })?;
+        self.give(&fd, rel)?;
+        let mut file = std::fs::File::from(fd);
+        let path = self.root_path.join(rel);
+        let mut written = 0u64;
+        loop {
+            let n = data
+                .read(&mut self.buf)
+                .map_err(|source| read_error(source, &path))?;
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            if self.stats.bytes + written > self.limits.max_bytes {
+                return Err(ExtractError::TooLarge {
+                    max: self.limits.max_bytes,
+                });
+            }
+            file.write_all(&self.buf[..n])
+                .map_err(|source| ExtractError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        fchmod(&file, safe_mode(mode, false)).map_err(self.write_err(rel))?;
+        self.stats.bytes += written;
+        self.stats.files += 1;
+        self.files.insert(rel.to_owned());
+        Ok(())
+    }
+
+    fn directory(&mut self, rel: &Path, entry: &str, mode: u32) -> Result<(), ExtractError> {
+        let err = self.write_err(rel);
+        let fd = self.dir(rel, entry)?;
+        fchmod(fd, safe_mode(mode, true)).map_err(err)
+    }
+
+    fn symlink(&mut self, rel: &Path, entry: &str, target: &Path) -> Result<(), ExtractError> {
+        if target.has_root() || target.as_os_str().is_empty() {
+            return Err(ExtractError::LinkOutside {
+                entry: entry.to_owned(),
+                target: target.display().to_string(),
+            });
+        }
+        self.links.insert(rel.to_owned(), target.to_owned());
+        if !link_resolves_inside(&self.links, rel, target) {
+            return Err(ExtractError::LinkOutside {
+                entry: entry.to_owned(),
+                target: target.display().to_string(),
+            });
+        }
+        self.create(rel, entry, |dir, name| symlinkat(target, dir, name))?;
+        if let Some(o) = self.owner {
+            let (parent, name) = Self::split(rel);
+            let err = self.write_err(rel);
+            let pfd = self.dir(parent, entry)?;
+            fchownat(
+                pfd,
+                name,
+                Some(o.uid.into()),
+                Some(o.gid.into()),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(err)?;
+        }
+        self.stats.files += 1;
+        Ok(())
+    }
+
+    fn hard_link(&mut self, rel: &Path, entry: &str, target: &Path) -> Result<(), ExtractError> {
+        let target = safe_relative(target)
+            .filter(|t| self.files.contains(t))
+            .ok_or_else(|| ExtractError::LinkOutside {
+                entry: entry.to_owned(),
+                target: target.display().to_string(),
+            })?;
+        let (tparent, tname) = Self::split(&target);
+        let root_path = self.root_path;
+        let tdir = self
+            .dir(tparent, entry)?
+            .try_clone()
+            .map_err(|source| ExtractError::Write {
+                path: root_path.join(tparent),
+                source,
+            })?;
+        self.create(rel, entry, |dir, name| {
+            linkat(&tdir, tname, dir, name, AtFlags::empty())
+        })?;
+        self.stats.files += 1;
+        self.files.insert(rel.to_owned());
+        Ok(())
+    }
+
+    /// Every link checked once more against the final set of links.
+    fn finish(self) -> Result<Stats, ExtractError> {
+        for (entry, target) in &self.links {
+            if !link_resolves_inside(&self.links, entry, target) {
+                return Err(ExtractError::LinkOutside {
+                    entry: entry.display().to_string(),
+                    target: target.display().to_string(),
+                });
+            }
+        }
+        if !self.saw_bin {
+            return Err(ExtractError::NotAnAgent);
+        }
+        Ok(self.stats)
+    }
+}
+
+fn open_or_make_dir(parent: &OwnedFd, name: &Path, owner: Option<Owner>) -> nix::Result<OwnedFd> {
+    let open = || {
+        openat(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    match open() {
+        Err(Errno::ENOENT) => {
+            match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+            let fd = open()?;
+            if let Some(o) = owner {
+                fchown(&fd, Some(o.uid.into()), Some(o.gid.into()))?;
+            }
+            fchmod(&fd, Mode::from_bits_truncate(0o755))?;
+            Ok(fd)
+        }
+        r => r,
+    }
+}
+
+fn read_error(source: std::io::Error, path: &Path) -> ExtractError {
+    // A broken gzip stream or a cut download shows up as InvalidData/InvalidInput/UnexpectedEof.
+    match source.kind() {
+        std::io::ErrorKind::InvalidData
+        | std::io::ErrorKind::InvalidInput
+        | std::io::ErrorKind::UnexpectedEof => ExtractError::Corrupt {
+            format: "gzip-compressed tar archive",
+            source,
+        },
+        _ => ExtractError::Write {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Streams a `.tar.gz` into the directory `root` (at `root_path`, for messages), checking every
+/// entry. `reader` is consumed only as far as the archive goes; the caller drains the rest.
+pub fn untar_gz(
+    reader: impl Read,
+    root: &OwnedFd,
+    root_path: &Path,
+    owner: Option<Owner>,
+    limits: Limits,
+) -> Result<Stats, ExtractError> {
     let gz = flate2::read::GzDecoder::new(reader);
     let mut archive = tar::Archive::new(gz);
-    archive.set_preserve_permissions(false);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(false);
-    archive.set_overwrite(true);
     let corrupt = |source| ExtractError::Corrupt {
         format: "gzip-compressed tar archive",
         source,
     };
-    let mut stats = Stats::default();
-    let mut saw_bin = false;
+    let mut u = Unpacker::new(root, root_path, owner, limits);
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let raw = entry.path().map_err(corrupt)?.into_owned();
@@ -112,38 +513,38 @@ pub fn untar_gz(reader: impl Read, dest: &Path) -> Result<Stats, ExtractError> {
         if rel.as_os_str().is_empty() {
             continue; // the archive root "./"
         }
-        if rel.starts_with("bin") {
-            saw_bin = true;
-        }
+        let header = entry.header();
+        let mode = header.mode().unwrap_or(0o644);
+        let size = header.size().unwrap_or(0);
+        let link_target = || -> Result<PathBuf, ExtractError> {
+            Ok(entry
+                .link_name()
+                .map_err(corrupt)?
+                .map(|t| t.into_owned())
+                .unwrap_or_default())
+        };
         use tar::EntryType as T;
-        match entry.header().entry_type() {
-            T::Regular | T::Continuous | T::Directory | T::GNUSparse => {}
+        match header.entry_type() {
+            T::Regular | T::Continuous | T::GNUSparse => {
+                u.count(&rel, size)?;
+                u.file(&rel, &shown, mode, &mut entry)?;
+            }
+            T::Directory => {
+                u.count(&rel, 0)?;
+                u.directory(&rel, &shown, mode)?;
+            }
             T::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(corrupt)?
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                if !link_stays_inside(&rel, &target) {
-                    return Err(ExtractError::LinkOutside {
-                        entry: shown,
-                        target: target.display().to_string(),
-                    });
-                }
+                let target = link_target()?;
+                u.count(&rel, 0)?;
+                u.symlink(&rel, &shown, &target)?;
             }
             T::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(corrupt)?
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                if safe_relative(&target).is_none_or(|t| t.as_os_str().is_empty()) {
-                    return Err(ExtractError::LinkOutside {
-                        entry: shown,
-                        target: target.display().to_string(),
-                    });
-                }
+                let target = link_target()?;
+                u.count(&rel, 0)?;
+                u.hard_link(&rel, &shown, &target)?;
             }
+            // Metadata the tar reader already applied to the next entry.
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
             other => {
                 return Err(ExtractError::UnsupportedType {
                     entry: shown,
@@ -151,44 +552,30 @@ pub fn untar_gz(reader: impl Read, dest: &Path) -> Result<Stats, ExtractError> {
                 });
             }
         }
-        let size = entry.header().size().unwrap_or(0);
-        let unpacked = entry.unpack_in(dest).map_err(|source| {
-            // tar reports both I/O on our side and a broken stream as io::Error; a broken gzip
-            // stream shows up as InvalidData/InvalidInput/UnexpectedEof.
-            match source.kind() {
-                std::io::ErrorKind::InvalidData
-                | std::io::ErrorKind::InvalidInput
-                | std::io::ErrorKind::UnexpectedEof => corrupt(source),
-                _ => ExtractError::Write {
-                    path: dest.join(&rel),
-                    source,
-                },
-            }
-        })?;
-        if !unpacked {
-            return Err(ExtractError::Traversal { entry: shown });
-        }
-        stats.files += 1;
-        stats.bytes += size;
     }
-    if !saw_bin {
-        return Err(ExtractError::NotAnAgent);
-    }
-    Ok(stats)
+    u.finish()
 }
 
-/// Unpacks a `.zip` (the Windows agent package) from a file, checking every entry.
-pub fn unzip(file: &Path, dest: &Path) -> Result<Stats, ExtractError> {
+/// Unpacks a `.zip` (the Windows agent package) from a file into `dest`, checking every entry.
+pub fn unzip(file: &Path, dest: &Path, limits: Limits) -> Result<Stats, ExtractError> {
     let f = fs_err::File::open(file).map_err(|source| ExtractError::Write {
         path: file.to_owned(),
         source,
     })?;
     let mut archive =
         zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(ExtractError::Zip)?;
+    if archive.len() as u64 > limits.max_entries {
+        return Err(ExtractError::TooManyEntries {
+            max: limits.max_entries,
+        });
+    }
     let mut stats = Stats::default();
     let mut saw_bin = false;
     for i in 0..archive.len() {
-        let mut entry = archive.by_index(i).map_err(ExtractError::Zip)?;
+        if crate::interrupt::requested() {
+            return Err(ExtractError::Interrupted);
+        }
+        let entry = archive.by_index(i).map_err(ExtractError::Zip)?;
         let shown = String::from_utf8_lossy(entry.name_raw()).into_owned();
         // Windows packages use backslashes in some tools' output; treat both as separators.
         let normalized = shown.replace('\\', "/");
@@ -221,8 +608,10 @@ pub fn unzip(file: &Path, dest: &Path) -> Result<Stats, ExtractError> {
         if let Some(parent) = out.parent() {
             fs_err::create_dir_all(parent).map_err(write_err)?;
         }
+        let mode = entry.unix_mode();
         let mut w = fs_err::File::create(&out).map_err(write_err)?;
-        let n = std::io::copy(&mut entry, &mut w).map_err(|source| {
+        let left = limits.max_bytes.saturating_sub(stats.bytes);
+        let n = std::io::copy(&mut entry.take(left + 1), &mut w).map_err(|source| {
             if source.kind() == std::io::ErrorKind::InvalidData {
                 ExtractError::Corrupt {
                     format: "zip archive",
@@ -232,11 +621,19 @@ pub fn unzip(file: &Path, dest: &Path) -> Result<Stats, ExtractError> {
                 write_err(source)
             }
         })?;
+        if n > left {
+            return Err(ExtractError::TooLarge {
+                max: limits.max_bytes,
+            });
+        }
         #[cfg(unix)]
-        if let Some(mode) = entry.unix_mode() {
+        if let Some(mode) = mode {
             use std::os::unix::fs::PermissionsExt;
-            fs_err::set_permissions(&out, std::fs::Permissions::from_mode(mode & 0o777))
-                .map_err(write_err)?;
+            fs_err::set_permissions(
+                &out,
+                std::fs::Permissions::from_mode(safe_mode(mode, false).bits()),
+            )
+            .map_err(write_err)?;
         }
         stats.files += 1;
         stats.bytes += n;
@@ -250,6 +647,7 @@ pub fn unzip(file: &Path, dest: &Path) -> Result<Stats, ExtractError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tar_gz(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -282,28 +680,75 @@ mod tests {
             h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
         }
         h.set_size(0);
-        h.set_mode(0o644);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
         h.set_entry_type(kind);
         h.set_cksum();
         b.append(&h, std::io::empty()).unwrap();
     }
 
+    fn untar(data: &[u8], dir: &Path) -> Result<Stats, ExtractError> {
+        untar_limited(data, dir, Limits::default())
+    }
+
+    fn untar_limited(data: &[u8], dir: &Path, limits: Limits) -> Result<Stats, ExtractError> {
+        let fd = crate::fsx::open_dir(dir).unwrap();
+        untar_gz(data, &fd, dir, None, limits)
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
     #[test]
-    fn extracts_agent_layout_with_exec_bits_and_no_setuid() {
-        use std::os::unix::fs::PermissionsExt;
+    fn extracts_agent_layout_with_safe_modes() {
         let data = tar_gz(|b| {
-            file(b, "./bin/Agent.Listener", b"#!/bin/sh\n", 0o4755);
-            file(b, "./config.sh", b"#!/bin/sh\n", 0o755);
-            file(b, "./license.html", b"x", 0o644);
+            file(b, "./bin/Agent.Listener", b"#!/bin/sh\n", 0o4775);
+            file(b, "./config.sh", b"#!/bin/sh\n", 0o777);
+            file(b, "./license.html", b"x", 0o666);
+            raw_entry(b, "./externals/", tar::EntryType::Directory, None);
         });
         let dir = tempfile::tempdir().unwrap();
-        let stats = untar_gz(&data[..], dir.path()).unwrap();
+        let stats = untar(&data, dir.path()).unwrap();
         assert_eq!(stats.files, 3);
-        let mode = std::fs::metadata(dir.path().join("bin/Agent.Listener"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o7777, 0o755);
+        assert_eq!(mode(&dir.path().join("bin/Agent.Listener")), 0o755);
+        assert_eq!(mode(&dir.path().join("config.sh")), 0o755);
+        assert_eq!(mode(&dir.path().join("license.html")), 0o644);
+        assert_eq!(mode(&dir.path().join("bin")), 0o755);
+        assert_eq!(mode(&dir.path().join("externals")), 0o755);
+    }
+
+    #[test]
+    fn owners_are_set_as_files_are_created() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let data = tar_gz(|b| {
+            file(b, "bin/Agent.Listener", b"x", 0o755);
+            raw_entry(
+                b,
+                "bin/alias",
+                tar::EntryType::Symlink,
+                Some("Agent.Listener"),
+            );
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let fd = crate::fsx::open_dir(dir.path()).unwrap();
+        let owner = Owner {
+            uid: 65534,
+            gid: 65534,
+        };
+        untar_gz(&data[..], &fd, dir.path(), Some(owner), Limits::default()).unwrap();
+        for p in ["bin", "bin/Agent.Listener", "bin/alias"] {
+            let m = std::fs::symlink_metadata(dir.path().join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p}");
+        }
+        // The root itself is left to the caller (it stays root's until it is moved into place).
+        assert_eq!(std::fs::metadata(dir.path()).unwrap().uid(), 0);
     }
 
     #[test]
@@ -315,7 +760,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = dir.path().join("root");
         std::fs::create_dir(&inner).unwrap();
-        let e = untar_gz(&data[..], &inner).unwrap_err();
+        let e = untar(&data, &inner).unwrap_err();
         assert!(matches!(e, ExtractError::Traversal { .. }), "{e:?}");
         assert!(!dir.path().join("evil").exists());
     }
@@ -325,7 +770,7 @@ mod tests {
         let data = tar_gz(|b| raw_entry(b, "/tmp/evil-abs", tar::EntryType::Regular, None));
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            untar_gz(&data[..], dir.path()).unwrap_err(),
+            untar(&data, dir.path()).unwrap_err(),
             ExtractError::Traversal { .. }
         ));
     }
@@ -336,18 +781,66 @@ mod tests {
             (tar::EntryType::Symlink, "/etc/passwd"),
             (tar::EntryType::Symlink, "../../outside"),
             (tar::EntryType::Link, "../outside"),
+            (tar::EntryType::Link, "bin/not-extracted"),
         ] {
             let data = tar_gz(|b| {
                 file(b, "bin/x", b"", 0o644);
                 raw_entry(b, "bin/link", kind, Some(target));
             });
             let dir = tempfile::tempdir().unwrap();
-            let e = untar_gz(&data[..], dir.path()).unwrap_err();
+            let e = untar(&data, dir.path()).unwrap_err();
             assert!(
                 matches!(e, ExtractError::LinkOutside { .. }),
                 "{target}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn link_chains_are_followed_to_the_end() {
+        // b/c -> .. is inside; a -> b/c/.. then climbs out through it.
+        let data = tar_gz(|b| {
+            file(b, "bin/x", b"", 0o644);
+            raw_entry(b, "b/", tar::EntryType::Directory, None);
+            raw_entry(b, "b/c", tar::EntryType::Symlink, Some(".."));
+            raw_entry(b, "a", tar::EntryType::Symlink, Some("b/c/.."));
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("root");
+        std::fs::create_dir(&inner).unwrap();
+        let e = untar(&data, &inner).unwrap_err();
+        assert!(matches!(e, ExtractError::LinkOutside { .. }), "{e:?}");
+        // The same chain in the other order: a is checked again once b/c exists.
+        let data = tar_gz(|b| {
+            file(b, "bin/x", b"", 0o644);
+            raw_entry(b, "b/", tar::EntryType::Directory, None);
+            raw_entry(b, "a", tar::EntryType::Symlink, Some("b/c/.."));
+            raw_entry(b, "b/c", tar::EntryType::Symlink, Some(".."));
+        });
+        let inner2 = dir.path().join("root2");
+        std::fs::create_dir(&inner2).unwrap();
+        let e = untar(&data, &inner2).unwrap_err();
+        assert!(matches!(e, ExtractError::LinkOutside { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn entries_are_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        // A link inside the root that points at a directory inside it, then a file "through" it:
+        // written through a link, which is refused even though the link is harmless.
+        let data = tar_gz(|b| {
+            file(b, "bin/x", b"", 0o644);
+            raw_entry(b, "lib/", tar::EntryType::Directory, None);
+            raw_entry(b, "alias", tar::EntryType::Symlink, Some("lib"));
+            raw_entry(b, "alias/evil", tar::EntryType::Regular, None);
+        });
+        let inner = dir.path().join("root");
+        std::fs::create_dir(&inner).unwrap();
+        let e = untar(&data, &inner).unwrap_err();
+        assert!(matches!(e, ExtractError::ThroughLink { .. }), "{e:?}");
+        assert!(!inner.join("lib/evil").exists());
     }
 
     #[test]
@@ -361,10 +854,33 @@ mod tests {
                 tar::EntryType::Symlink,
                 Some("../bin/real"),
             );
+            raw_entry(b, "bin/hard", tar::EntryType::Link, Some("bin/real"));
         });
         let dir = tempfile::tempdir().unwrap();
-        untar_gz(&data[..], dir.path()).unwrap();
+        untar(&data, dir.path()).unwrap();
         assert_eq!(std::fs::read(dir.path().join("bin/alias")).unwrap(), b"x");
+        assert_eq!(
+            std::fs::read(dir.path().join("externals/node")).unwrap(),
+            b"x"
+        );
+        assert_eq!(std::fs::read(dir.path().join("bin/hard")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn repeated_entries_replace_files_but_not_directories() {
+        let data = tar_gz(|b| {
+            file(b, "bin/x", b"old", 0o644);
+            file(b, "bin/x", b"new", 0o644);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        untar(&data, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("bin/x")).unwrap(), b"new");
+        let data = tar_gz(|b| {
+            file(b, "bin/x/y", b"", 0o644);
+            file(b, "bin/x", b"file over a dir", 0o644);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        assert!(untar(&data, dir.path()).is_err());
     }
 
     #[test]
@@ -372,21 +888,55 @@ mod tests {
         let data = tar_gz(|b| raw_entry(b, "bin/dev", tar::EntryType::Char, None));
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            untar_gz(&data[..], dir.path()).unwrap_err(),
+            untar(&data, dir.path()).unwrap_err(),
             ExtractError::UnsupportedType { .. }
         ));
+    }
+
+    #[test]
+    fn entry_count_and_size_are_capped() {
+        let data = tar_gz(|b| {
+            for i in 0..20 {
+                file(b, &format!("bin/f{i}"), &[1u8; 1000], 0o644);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let e = untar_limited(
+            &data,
+            dir.path(),
+            Limits {
+                max_entries: 10,
+                max_bytes: 1 << 30,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ExtractError::TooManyEntries { max: 10 }),
+            "{e:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = untar_limited(
+            &data,
+            dir.path(),
+            Limits {
+                max_entries: 1000,
+                max_bytes: 5000,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, ExtractError::TooLarge { max: 5000 }), "{e:?}");
     }
 
     #[test]
     fn refuses_garbage_and_non_agents() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            untar_gz(&b"not a gzip stream at all"[..], dir.path()).unwrap_err(),
+            untar(b"not a gzip stream at all", dir.path()).unwrap_err(),
             ExtractError::Corrupt { .. }
         ));
         let data = tar_gz(|b| file(b, "readme.txt", b"x", 0o644));
         assert!(matches!(
-            untar_gz(&data[..], dir.path()).unwrap_err(),
+            untar(&data, dir.path()).unwrap_err(),
             ExtractError::NotAnAgent
         ));
     }
@@ -407,7 +957,7 @@ mod tests {
         }
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        assert_eq!(unzip(&good, &out).unwrap().files, 2);
+        assert_eq!(unzip(&good, &out, Limits::default()).unwrap().files, 2);
         assert_eq!(std::fs::read(out.join("config.cmd")).unwrap(), b"@echo off");
 
         let bad = dir.path().join("bad.zip");
@@ -421,7 +971,7 @@ mod tests {
         let out2 = dir.path().join("out2");
         std::fs::create_dir(&out2).unwrap();
         assert!(matches!(
-            unzip(&bad, &out2).unwrap_err(),
+            unzip(&bad, &out2, Limits::default()).unwrap_err(),
             ExtractError::Traversal { .. }
         ));
         assert!(!dir.path().join("evil.txt").exists());
@@ -429,9 +979,47 @@ mod tests {
 
     #[test]
     fn link_logic() {
-        assert!(link_stays_inside(Path::new("a/b"), Path::new("c")));
-        assert!(link_stays_inside(Path::new("a/b"), Path::new("../c")));
-        assert!(!link_stays_inside(Path::new("a/b"), Path::new("../../c")));
-        assert!(!link_stays_inside(Path::new("b"), Path::new("/abs")));
+        let none = HashMap::new();
+        assert!(link_resolves_inside(
+            &none,
+            Path::new("a/b"),
+            Path::new("c")
+        ));
+        assert!(link_resolves_inside(
+            &none,
+            Path::new("a/b"),
+            Path::new("../c")
+        ));
+        assert!(!link_resolves_inside(
+            &none,
+            Path::new("a/b"),
+            Path::new("../../c")
+        ));
+        assert!(!link_resolves_inside(
+            &none,
+            Path::new("b"),
+            Path::new("/abs")
+        ));
+        let mut links = HashMap::new();
+        links.insert(PathBuf::from("b/c"), PathBuf::from(".."));
+        assert!(link_resolves_inside(
+            &links,
+            Path::new("b/c"),
+            Path::new("..")
+        ));
+        assert!(!link_resolves_inside(
+            &links,
+            Path::new("a"),
+            Path::new("b/c/..")
+        ));
+        // A loop is refused, not followed forever.
+        let mut looped = HashMap::new();
+        looped.insert(PathBuf::from("x"), PathBuf::from("y"));
+        looped.insert(PathBuf::from("y"), PathBuf::from("x"));
+        assert!(!link_resolves_inside(
+            &looped,
+            Path::new("z"),
+            Path::new("x/q")
+        ));
     }
 }

@@ -1,16 +1,23 @@
 //! Getting the agent package onto the disk, verified, without ever using a half-written one.
 //!
 //! Bytes flow once through a pipeline while they arrive: SHA-256 → a `.partial` file in the cache →
-//! a bounded channel → gunzip → tar, unpacking into a staging directory beside the agent dir (same
-//! file system, so the final move is a rename). A dropped connection resumes with `Range` (a `206` is
-//! required; a `200` restarts and the already-seen prefix is skipped), so the extractor sees one
-//! continuous stream. Only when the digest matches is the staging directory moved into place and the
-//! archive kept in the cache as `<sha256>.<ext>`, so a re-run does not download again. Memory use is
-//! bounded by the channel, not by the package size.
+//! a bounded channel → gunzip → tar, unpacking into a [`Staging`] directory beside the agent dir
+//! (same file system, so the final move is a rename). A dropped connection resumes with `Range` (a
+//! `206` is required; a `200` restarts and the already-seen prefix is skipped), so the extractor
+//! sees one continuous stream; retries follow [`crate::net`]'s table, with a budget that starts over
+//! whenever bytes arrive. Only when the digest matches is the staging directory moved into place
+//! ([`place`]) and the archive kept in the cache as `<sha256>.<ext>`, so a re-run does not download
+//! again. Memory use is bounded by the channel, not by the package size.
+//!
+//! Staging is `0700 root` until it is complete, and files inside get their owner as they are
+//! created ([`extract`]). An existing agent dir is never extracted into: the fresh tree takes its
+//! place by rename, carrying over only the agent user's work and log directories, by rename too.
+//! Nothing is written into a directory the agent user could have written to.
 
 pub mod extract;
 
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,16 +27,23 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use crate::clock::Clock;
+use crate::interrupt::Debris;
+use crate::net::{Class, Net, Service, Try};
 use crate::os::ArchiveKind;
 use crate::progress::Progress;
 use extract::{ExtractError, Stats};
+pub use extract::{Limits, Owner};
 
 /// Chunks in flight between the downloader and the extractor.
 const CHANNEL_DEPTH: usize = 32;
 const READ_CHUNK: usize = 256 * 1024;
-/// Consecutive attempts that make no progress before the download is given up.
-const MAX_STALLED_ATTEMPTS: u32 = 5;
+/// A download is given up when this long passes without a byte arriving (across retries).
+pub const DOWNLOAD_STALL_BUDGET: Duration = Duration::from_secs(120);
+/// Names of what a run leaves beside the agent dir and in the cache while it works; `<tag>` is
+/// the agent dir's own ([`crate::state::tag`]), so a run cleans up only after its own agent dir.
+const STAGING_PREFIX: &str = ".agent-bootstrap-staging-";
+const OLD_PREFIX: &str = ".agent-bootstrap-old-";
+const PARTIAL_PREFIX: &str = ".download-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -51,6 +65,8 @@ pub enum PackageError {
         attempts: u32,
         detail: String,
     },
+    #[error("{path} is not a directory agent-bootstrap can replace ({detail})")]
+    NotReplaceable { path: PathBuf, detail: String },
     #[error(
         "the server sent a byte range for {url} that does not continue the download ({detail})"
     )]
@@ -128,16 +144,76 @@ pub fn normalize_sha256(raw: &str) -> Option<String> {
     (cleaned.len() == 64 && cleaned.chars().all(|c| c.is_ascii_hexdigit())).then_some(cleaned)
 }
 
-/// Downloads (or reads) the package and extracts it into `staging`, verifying the SHA-256.
-/// On error, `staging` may hold partial content: the caller deletes it.
+/// Where a package is extracted before it is moved into place: a directory beside the agent dir,
+/// `0700` and owned by us until [`place`] moves it, deleted if the run ends any other way.
+#[derive(Debug)]
+pub struct Staging {
+    debris: Debris,
+    fd: OwnedFd,
+}
+
+impl Staging {
+    /// A fresh, empty staging directory in `parent` (the agent dir's parent, so moving it into
+    /// place is a rename).
+    pub fn create(parent: &Path, tag: &str) -> Result<Self, PackageError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{STAGING_PREFIX}{tag}-"))
+            .tempdir_in(parent)
+            .map_err(io_err("creating a staging directory in", parent))?
+            .keep();
+        let debris = Debris::track(&dir);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err("setting permissions on", &dir))?;
+        }
+        let fd = crate::fsx::open_dir(&dir).map_err(|e| PackageError::Io {
+            action: "opening",
+            path: dir.clone(),
+            source: e.into(),
+        })?;
+        Ok(Self { debris, fd })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.debris.path()
+    }
+
+    /// Empties it (after a damaged cache entry was extracted half-way).
+    fn reset(self, tag: &str) -> Result<Self, PackageError> {
+        let parent = self
+            .path()
+            .parent()
+            .expect("staging has a parent")
+            .to_owned();
+        drop(self);
+        Self::create(&parent, tag)
+    }
+}
+
+/// What to fetch and where to put it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub cache_dir: &'a Path,
+    /// The agent dir's tag: names this run's temporary files.
+    pub tag: &'a str,
+    /// Who gets the extracted files (`None`: whoever runs us).
+    pub owner: Option<Owner>,
+    pub limits: Limits,
+}
+
+/// Downloads (or reads) the package and extracts it into a new [`Staging`] beside `parent`,
+/// verifying the SHA-256. On error nothing is left behind.
 pub async fn fetch_and_extract(
     req: &Request,
-    cache_dir: &Path,
-    staging: &Path,
+    parent: &Path,
+    target: Target<'_>,
+    net: &Net,
     progress: &Progress,
-    clock: &Clock,
-) -> Result<Fetched, PackageError> {
+) -> Result<(Staging, Fetched), PackageError> {
+    let cache_dir = target.cache_dir;
     fs_err::create_dir_all(cache_dir).map_err(io_err("creating the cache directory", cache_dir))?;
+    let mut staging = Staging::create(parent, target.tag)?;
 
     // A verified copy in the cache beats the network; it is verified again as it is read.
     if let Some(sha) = &req.sha256 {
@@ -145,8 +221,8 @@ pub async fn fetch_and_extract(
         if cached.is_file() {
             tracing::info!(path = %cached.display(), "using the cached agent package");
             let source = Source::File(cached.clone());
-            match fetch_once(req, &source, true, cache_dir, staging, progress, clock).await {
-                Ok(f) => return Ok(f),
+            match fetch_once(req, &source, true, target, &staging, net, progress).await {
+                Ok(f) => return Ok((staging, f)),
                 Err(e) => {
                     // A damaged cache entry must not fail every later run: drop it, fetch again.
                     tracing::warn!(
@@ -154,25 +230,26 @@ pub async fn fetch_and_extract(
                         crate::error::report(&e)
                     );
                     fs_err::remove_file(&cached).map_err(io_err("removing", &cached))?;
-                    fs_err::remove_dir_all(staging).map_err(io_err("emptying", staging))?;
-                    fs_err::create_dir(staging).map_err(io_err("creating", staging))?;
+                    staging = staging.reset(target.tag)?;
                 }
             }
         }
     }
-    fetch_once(req, &req.source, false, cache_dir, staging, progress, clock).await
+    let fetched = fetch_once(req, &req.source, false, target, &staging, net, progress).await?;
+    Ok((staging, fetched))
 }
 
 async fn fetch_once(
     req: &Request,
     source: &Source,
     from_cache: bool,
-    cache_dir: &Path,
-    staging: &Path,
+    target: Target<'_>,
+    staging: &Staging,
+    net: &Net,
     progress: &Progress,
-    clock: &Clock,
 ) -> Result<Fetched, PackageError> {
     let source_name = source.to_string();
+    let cache_dir = target.cache_dir;
 
     // Tee into the cache unless we are reading the cache.
     let partial = if from_cache {
@@ -180,7 +257,7 @@ async fn fetch_once(
     } else {
         Some(
             tempfile::Builder::new()
-                .prefix(".download-")
+                .prefix(&format!("{PARTIAL_PREFIX}{}-", target.tag))
                 .suffix(".partial")
                 .tempfile_in(cache_dir)
                 .map_err(io_err("creating a download file in", cache_dir))?,
@@ -190,10 +267,15 @@ async fn fetch_once(
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let extractor = match req.kind {
         ArchiveKind::TarGz => {
-            let staging = staging.to_owned();
+            let root = staging
+                .fd
+                .try_clone()
+                .map_err(io_err("opening", staging.path()))?;
+            let root_path = staging.path().to_owned();
+            let (owner, limits) = (target.owner, target.limits);
             Some(tokio::task::spawn_blocking(move || {
                 let mut reader = ChannelReader::new(rx);
-                let result = extract::untar_gz(&mut reader, &staging);
+                let result = extract::untar_gz(&mut reader, &root, &root_path, owner, limits);
                 reader.drain();
                 result
             }))
@@ -221,7 +303,7 @@ async fn fetch_once(
 
     let fed = match source {
         Source::File(path) => feed_file(path, &mut sink, progress).await,
-        Source::Url(url) => feed_url(url, &mut sink, progress, clock).await,
+        Source::Url(url) => feed_url(url, &mut sink, progress, net).await,
     };
     progress.finish();
     // Close the channel so the extractor sees the end, whatever happened.
@@ -275,8 +357,9 @@ async fn fetch_once(
         })?,
         None => {
             let file = cache_file.clone().expect("zip packages are always on disk");
-            let staging = staging.to_owned();
-            tokio::task::spawn_blocking(move || extract::unzip(&file, &staging))
+            let staging = staging.path().to_owned();
+            let limits = target.limits;
+            tokio::task::spawn_blocking(move || extract::unzip(&file, &staging, limits))
                 .await
                 .expect("unzip thread panicked")
                 .map_err(|source| PackageError::Extract {
@@ -344,51 +427,49 @@ async fn feed_file(path: &Path, sink: &mut Sink, progress: &Progress) -> Result<
     }
 }
 
-/// Downloads `url` into the sink, resuming after dropped connections.
-/// How one download attempt ended, when it did not finish.
-enum Attempt {
-    /// Worth another try (resuming from what arrived): a dropped or refused connection, 429, 5xx.
-    Transient(String),
-    Fatal(PackageError),
-}
-
+/// Downloads `url` into the sink, resuming after dropped connections, retrying per the table.
 async fn feed_url(
     url: &Url,
     sink: &mut Sink,
     progress: &Progress,
-    clock: &Clock,
+    net: &Net,
 ) -> Result<(), PackageError> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(60))
-        .user_agent(concat!("agent-bootstrap/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("static reqwest configuration is valid");
     let shown = url.to_string();
-    let transient = |e: reqwest::Error| Attempt::Transient(crate::error::one_line(&e));
-    let mut attempts = 0u32;
-    let mut stalled = 0u32;
     let mut total: Option<u64> = None;
-    loop {
-        attempts += 1;
-        let offset = sink.bytes;
-        let mut request = http.get(url.clone());
-        if offset > 0 {
-            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
-        }
-        let outcome: Result<(), Attempt> = async {
-            let response = request.send().await.map_err(transient)?;
+    let budget = net.clock().budget(DOWNLOAD_STALL_BUDGET);
+    let again = |class, wait_hint, detail, progress| Try::Again {
+        class,
+        wait_hint,
+        detail,
+        progress,
+    };
+    let outcome = net
+        .retry(&format!("downloading {shown}"), budget, async |_| {
+            let offset = sink.bytes;
+            let mut request = net.client(Service::Download).get(url.clone());
+            if offset > 0 {
+                request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) => return again(Class::Backoff, None, crate::error::one_line(&e), false),
+            };
             let status = response.status().as_u16();
+            match crate::net::retry::classify(Service::Download, status) {
+                Class::Success => {}
+                Class::Fatal => {
+                    return Try::Done(Err(PackageError::Http {
+                        url: shown.clone(),
+                        status,
+                    }));
+                }
+                class => {
+                    let hint = net.wait_hint(status, response.headers());
+                    return again(class, hint, format!("HTTP {status}"), false);
+                }
+            }
             let mut skip = 0u64;
             match status {
-                200 => {
-                    total = response.content_length();
-                    // The server ignored Range: read past what we already have.
-                    skip = offset;
-                    if offset == 0 {
-                        progress.start(total);
-                    }
-                }
                 206 if offset > 0 => {
                     let range = response
                         .headers()
@@ -396,7 +477,7 @@ async fn feed_url(
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
                     if !range.starts_with(&format!("bytes {offset}-")) {
-                        return Err(Attempt::Fatal(PackageError::BadRange {
+                        return Try::Done(Err(PackageError::BadRange {
                             url: shown.clone(),
                             detail: format!(
                                 "asked for bytes={offset}-, got Content-Range '{range}'"
@@ -404,17 +485,30 @@ async fn feed_url(
                         }));
                     }
                 }
-                429 | 500..=599 => return Err(Attempt::Transient(format!("HTTP {status}"))),
-                _ => {
-                    return Err(Attempt::Fatal(PackageError::Http {
+                206 => {
+                    return Try::Done(Err(PackageError::BadRange {
                         url: shown.clone(),
-                        status,
+                        detail: "a partial answer to a request for the whole file".into(),
                     }));
+                }
+                _ => {
+                    total = response.content_length();
+                    // The server ignored Range: read past what we already have.
+                    skip = offset;
+                    if offset == 0 {
+                        progress.start(total);
+                    }
                 }
             }
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let mut chunk = chunk.map_err(transient)?;
+                let mut chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let moved = sink.bytes > offset;
+                        return again(Class::Backoff, None, crate::error::one_line(&e), moved);
+                    }
+                };
                 if skip > 0 {
                     let drop_n = skip.min(chunk.len() as u64) as usize;
                     skip -= drop_n as u64;
@@ -424,42 +518,29 @@ async fn feed_url(
                     }
                 }
                 let n = chunk.len() as u64;
-                sink.push(chunk).await.map_err(Attempt::Fatal)?;
+                if let Err(e) = sink.push(chunk).await {
+                    return Try::Done(Err(e));
+                }
                 progress.advance(n);
             }
             match total {
-                Some(t) if sink.bytes < t => Err(Attempt::Transient(format!(
-                    "connection closed after {} of {t} bytes",
-                    sink.bytes
-                ))),
-                _ => Ok(()),
+                Some(t) if sink.bytes < t => again(
+                    Class::Backoff,
+                    None,
+                    format!("connection closed after {} of {t} bytes", sink.bytes),
+                    sink.bytes > offset,
+                ),
+                _ => Try::Done(Ok(())),
             }
-        }
+        })
         .await;
-        let detail = match outcome {
-            Ok(()) => return Ok(()),
-            Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Transient(d)) => d,
-        };
-        if sink.bytes > offset {
-            stalled = 0;
-        } else {
-            stalled += 1;
-        }
-        if stalled >= MAX_STALLED_ATTEMPTS {
-            return Err(PackageError::Download {
-                url: shown,
-                attempts,
-                detail,
-            });
-        }
-        let delay = Duration::from_secs(1 << stalled.min(4));
-        tracing::warn!(
-            received = sink.bytes,
-            "download interrupted ({detail}); resuming in {}s",
-            delay.as_secs()
-        );
-        clock.sleep(delay).await;
+    match outcome {
+        Ok(result) => result,
+        Err(g) => Err(PackageError::Download {
+            url: shown,
+            attempts: g.attempts,
+            detail: g.last,
+        }),
     }
 }
 
@@ -499,37 +580,132 @@ impl Read for ChannelReader {
     }
 }
 
-/// Moves an extracted package from `staging` into `agent_dir`, `bin` last, so a present `bin` always
-/// means a complete package. Entries of an older, unconfigured package are replaced.
-pub fn move_into_place(staging: &Path, agent_dir: &Path) -> Result<(), PackageError> {
-    if !agent_dir.exists() {
-        // The common case: one rename.
-        return fs_err::rename(staging, agent_dir)
-            .map_err(io_err("moving the package to", agent_dir));
-    }
-    let mut entries: Vec<PathBuf> = fs_err::read_dir(staging)
-        .map_err(io_err("reading", staging))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort_by_key(|p| p.file_name().is_some_and(|n| n == "bin"));
-    for from in entries {
-        let to = agent_dir.join(from.file_name().expect("read_dir entries have names"));
-        if let Ok(meta) = fs_err::symlink_metadata(&to) {
-            if meta.is_dir() {
-                fs_err::remove_dir_all(&to).map_err(io_err("replacing", &to))?;
-            } else {
-                fs_err::remove_file(&to).map_err(io_err("replacing", &to))?;
+/// Moves a complete staging tree into place as `agent_dir` and hands it to `owner`.
+///
+/// An existing `agent_dir` (unconfigured: a reimaged disk, an interrupted run, a wiped `bin`) is
+/// never extracted into: each name in `carry` (the work and log directories) that is a real
+/// directory there is moved into the new tree by rename, then the two trees are exchanged by rename
+/// and the old one is deleted (without following any link in it). Safety in one sentence: root
+/// writes only into its own `0700` staging tree, and the agent user's files reach the new tree
+/// only as whole directories moved by rename, which root never opens.
+pub fn place(
+    staging: Staging,
+    agent_dir: &Path,
+    carry: &[String],
+    owner: Option<Owner>,
+) -> Result<(), PackageError> {
+    use nix::fcntl::{AtFlags, renameat};
+    let not_replaceable = |detail: String| PackageError::NotReplaceable {
+        path: agent_dir.to_owned(),
+        detail,
+    };
+    let exists = match fs_err::symlink_metadata(agent_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err("reading", agent_dir)(e)),
+        Ok(m) if m.file_type().is_dir() => true,
+        Ok(_) => return Err(not_replaceable("it is a link or a file".into())),
+    };
+    if exists {
+        let old = crate::fsx::open_dir(agent_dir)
+            .map_err(|e| not_replaceable(std::io::Error::from(e).to_string()))?;
+        for name in carry {
+            let is_dir = nix::sys::stat::fstatat(&old, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR);
+            if !is_dir {
+                continue;
+            }
+            match renameat(&old, name.as_str(), &staging.fd, name.as_str()) {
+                Ok(()) => tracing::info!(dir = %name, "kept the agent's {name} directory"),
+                Err(e) => tracing::warn!(dir = %name, "could not keep {name}: {e}"),
             }
         }
-        fs_err::rename(&from, &to).map_err(io_err("moving the package to", &to))?;
     }
-    fs_err::remove_dir(staging).map_err(io_err("removing", staging))?;
+    let give = |fd: &OwnedFd| -> Result<(), PackageError> {
+        let path = agent_dir.to_owned();
+        let err = |e: nix::Error| PackageError::Io {
+            action: "handing over",
+            path: path.clone(),
+            source: e.into(),
+        };
+        if let Some(o) = owner {
+            nix::unistd::fchown(fd, Some(o.uid.into()), Some(o.gid.into())).map_err(err)?;
+        }
+        nix::sys::stat::fchmod(fd, nix::sys::stat::Mode::from_bits_truncate(0o755)).map_err(err)
+    };
+    if !exists {
+        fs_err::rename(staging.path(), agent_dir)
+            .map_err(io_err("moving the package to", agent_dir))?;
+        give(&staging.fd)?;
+        staging.debris.keep();
+        return Ok(());
+    }
+    // Swap the trees; the staging path then names the old tree, which the drop below deletes.
+    if exchange(staging.path(), agent_dir).is_err() {
+        let parent = agent_dir
+            .parent()
+            .expect("validated: the agent dir has a parent");
+        let tag = staging
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+            .unwrap_or("x")
+            .to_owned();
+        let trash = parent.join(format!("{OLD_PREFIX}{tag}"));
+        let _trash = Debris::track(&trash);
+        fs_err::rename(agent_dir, &trash).map_err(io_err("moving aside", agent_dir))?;
+        fs_err::rename(staging.path(), agent_dir)
+            .map_err(io_err("moving the package to", agent_dir))?;
+        give(&staging.fd)?;
+        staging.debris.keep();
+        return Ok(());
+    }
+    give(&staging.fd)?;
     Ok(())
+}
+
+/// Atomically exchanges two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange(a: &Path, b: &Path) -> nix::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange(_a: &Path, _b: &Path) -> nix::Result<()> {
+    Err(nix::errno::Errno::ENOSYS)
+}
+
+/// Removes what an earlier run on this agent dir left when it was killed (`kill -9`, a power
+/// cut): staging and swapped-out trees beside the agent dir, partial downloads in the cache. Call
+/// with the agent dir's lock held. Returns what was removed.
+pub fn remove_stale(parent: &Path, cache_dir: &Path, tag: &str) -> Vec<PathBuf> {
+    let mut removed = vec![];
+    let mut sweep = |dir: &Path, matches: &dyn Fn(&str) -> bool| {
+        let Ok(entries) = fs_err::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if matches(&name) && crate::interrupt::remove_path(&e.path()) {
+                removed.push(e.path());
+            }
+        }
+    };
+    let staging = format!("{STAGING_PREFIX}{tag}-");
+    let old = format!("{OLD_PREFIX}{tag}");
+    sweep(parent, &|n| n.starts_with(&staging) || n.starts_with(&old));
+    let partial = format!("{PARTIAL_PREFIX}{tag}-");
+    sweep(cache_dir, &|n| {
+        n.starts_with(&partial) && n.ends_with(".partial")
+    });
+    removed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
     #[test]
     fn sha256_normalization() {
@@ -539,13 +715,22 @@ mod tests {
         assert_eq!(normalize_sha256(&"zz".repeat(32)), None);
     }
 
-    async fn fetch(req: &Request, cache: &Path, staging: &Path) -> Result<Fetched, PackageError> {
+    async fn fetch(
+        req: &Request,
+        cache: &Path,
+        parent: &Path,
+    ) -> Result<(Staging, Fetched), PackageError> {
         fetch_and_extract(
             req,
-            cache,
-            staging,
+            parent,
+            Target {
+                cache_dir: cache,
+                tag: "t1",
+                owner: None,
+                limits: Limits::default(),
+            },
+            &Net::new(Clock::virtual_clock()),
             &Progress::hidden(),
-            &Clock::virtual_clock(),
         )
         .await
     }
@@ -567,6 +752,15 @@ mod tests {
         (bytes, sha)
     }
 
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("staging") || n.ends_with(".partial"))
+            .collect()
+    }
+
     #[tokio::test]
     async fn file_source_is_verified_cached_and_extracted() {
         let dir = tempfile::tempdir().unwrap();
@@ -574,32 +768,39 @@ mod tests {
         let pkg = dir.path().join("agent.tar.gz");
         std::fs::write(&pkg, &bytes).unwrap();
         let cache = dir.path().join("cache");
-        let staging = dir.path().join("staging");
-        std::fs::create_dir(&staging).unwrap();
         let req = Request {
             source: Source::File(pkg.clone()),
             sha256: Some(sha.clone()),
             kind: ArchiveKind::TarGz,
         };
-        let got = fetch(&req, &cache, &staging).await.unwrap();
+        let (staging, got) = fetch(&req, &cache, dir.path()).await.unwrap();
         assert_eq!(got.sha256, sha);
         assert!(!got.from_cache);
-        assert!(staging.join("bin/Agent.Listener").is_file());
+        assert!(staging.path().join("bin/Agent.Listener").is_file());
         assert!(cache_path(&cache, &sha, ArchiveKind::TarGz).is_file());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(staging.path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o700,
+                "staging stays private until it is placed"
+            );
+        }
+        drop(staging);
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "dropped staging is removed"
+        );
 
         // The second time the cache is used, even if the original is gone.
         std::fs::remove_file(&pkg).unwrap();
-        let staging2 = dir.path().join("staging2");
-        std::fs::create_dir(&staging2).unwrap();
-        let got = fetch(&req, &cache, &staging2).await.unwrap();
+        let (_staging, got) = fetch(&req, &cache, dir.path()).await.unwrap();
         assert!(got.from_cache);
-        // No partial files are left behind.
-        let leftovers: Vec<_> = std::fs::read_dir(&cache)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-            .collect();
-        assert!(leftovers.is_empty());
+        assert!(leftovers(&cache).is_empty());
     }
 
     #[tokio::test]
@@ -612,57 +813,99 @@ mod tests {
         std::fs::create_dir(&cache).unwrap();
         let cached = cache_path(&cache, &sha, ArchiveKind::TarGz);
         std::fs::write(&cached, b"bit rot").unwrap();
-        let staging = dir.path().join("staging");
-        std::fs::create_dir(&staging).unwrap();
         let req = Request {
             source: Source::File(pkg),
             sha256: Some(sha.clone()),
             kind: ArchiveKind::TarGz,
         };
-        let got = fetch(&req, &cache, &staging).await.unwrap();
+        let (staging, got) = fetch(&req, &cache, dir.path()).await.unwrap();
         assert!(!got.from_cache);
         assert_eq!(std::fs::read(&cached).unwrap(), bytes);
-        assert!(staging.join("bin/Agent.Listener").is_file());
+        assert!(staging.path().join("bin/Agent.Listener").is_file());
+        drop(staging);
+        assert!(leftovers(dir.path()).is_empty());
     }
 
     #[tokio::test]
-    async fn mismatch_reports_both_digests_and_caches_nothing() {
+    async fn mismatch_reports_both_digests_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (bytes, _) = package_bytes();
         let pkg = dir.path().join("agent.tar.gz");
         std::fs::write(&pkg, &bytes).unwrap();
         let cache = dir.path().join("cache");
-        let staging = dir.path().join("staging");
-        std::fs::create_dir(&staging).unwrap();
         let wrong = "0".repeat(64);
         let req = Request {
             source: Source::File(pkg),
             sha256: Some(wrong.clone()),
             kind: ArchiveKind::TarGz,
         };
-        let e = fetch(&req, &cache, &staging).await.unwrap_err();
+        let e = fetch(&req, &cache, dir.path()).await.unwrap_err();
         assert!(matches!(e, PackageError::HashMismatch { .. }), "{e:?}");
         assert!(e.to_string().contains(&wrong));
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+        assert!(leftovers(dir.path()).is_empty());
     }
 
-    #[test]
-    fn move_into_existing_dir_keeps_user_files_and_moves_bin_last() {
+    #[tokio::test]
+    async fn placing_replaces_an_old_tree_and_keeps_only_work_and_logs() {
         let dir = tempfile::tempdir().unwrap();
-        let staging = dir.path().join("s");
-        std::fs::create_dir_all(staging.join("bin")).unwrap();
-        std::fs::write(staging.join("config.sh"), "new").unwrap();
+        let (bytes, sha) = package_bytes();
+        let pkg = dir.path().join("agent.tar.gz");
+        std::fs::write(&pkg, &bytes).unwrap();
         let agent = dir.path().join("agent");
         std::fs::create_dir_all(agent.join("bin")).unwrap();
         std::fs::write(agent.join("bin/old"), "").unwrap();
-        std::fs::write(agent.join(".env"), "A=1").unwrap();
-        move_into_place(&staging, &agent).unwrap();
+        std::fs::write(agent.join("planted"), "x").unwrap();
+        std::fs::create_dir_all(agent.join("_work/1")).unwrap();
+        std::fs::write(agent.join("_work/1/build.log"), "job").unwrap();
+        std::fs::create_dir_all(agent.join("_diag")).unwrap();
+        // A link where a kept directory would be is not carried over.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, agent.join("_custom")).unwrap();
+        let req = Request {
+            source: Source::File(pkg),
+            sha256: Some(sha),
+            kind: ArchiveKind::TarGz,
+        };
+        let (staging, _) = fetch(&req, &dir.path().join("cache"), dir.path())
+            .await
+            .unwrap();
+        let carry = vec!["_work".to_owned(), "_diag".to_owned(), "_custom".to_owned()];
+        place(staging, &agent, &carry, None).unwrap();
+        assert!(agent.join("bin/Agent.Listener").is_file());
         assert!(!agent.join("bin/old").exists());
+        assert!(!agent.join("planted").exists());
         assert_eq!(
-            std::fs::read_to_string(agent.join("config.sh")).unwrap(),
-            "new"
+            std::fs::read_to_string(agent.join("_work/1/build.log")).unwrap(),
+            "job"
         );
-        assert_eq!(std::fs::read_to_string(agent.join(".env")).unwrap(), "A=1");
-        assert!(!staging.exists());
+        assert!(agent.join("_diag").is_dir());
+        assert!(!agent.join("_custom").exists());
+        assert!(outside.exists());
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+    }
+
+    #[test]
+    fn stale_debris_of_this_agent_dir_only_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let mine = dir.path().join(".agent-bootstrap-staging-t1-abc");
+        let other = dir.path().join(".agent-bootstrap-staging-t2-abc");
+        let old = dir.path().join(".agent-bootstrap-old-t1-x");
+        for d in [&mine, &other, &old] {
+            std::fs::create_dir_all(d.join("bin")).unwrap();
+        }
+        let partial = cache.join(".download-t1-xyz.partial");
+        std::fs::write(&partial, "half").unwrap();
+        let removed = remove_stale(dir.path(), &cache, "t1");
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(!mine.exists() && !old.exists() && !partial.exists());
+        assert!(other.exists());
     }
 }

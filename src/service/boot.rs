@@ -2,6 +2,13 @@
 //! network is online and before the agent's own unit.
 
 use std::path::Path;
+use std::time::Duration;
+
+use super::{ServiceError, exec_word, unit_value};
+
+/// `TimeoutStartSec=` of the boot unit. `reconcile` plans its waits (lock, network, configure) to
+/// end before it, so systemd never has to kill it half-way (`commands::reconcile::DEADLINE`).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// The boot unit's name for an agent dir, e.g. `agent-bootstrap-opt-azure-pipelines-agent-1a2b3c4d.service`.
 pub fn boot_unit_name(agent_dir: &Path) -> String {
@@ -15,41 +22,41 @@ pub fn render_boot_unit(
     agent_dir: &Path,
     state_dir: &Path,
     agent_unit: Option<&str>,
-) -> String {
-    let before = agent_unit
-        .map(|u| format!("Before={u}\n"))
-        .unwrap_or_default();
-    let quote = |p: &Path| {
-        let s = p.display().to_string();
-        if s.chars().any(|c| c.is_whitespace() || c == '"') {
-            format!("\"{}\"", s.replace('"', "\\\""))
-        } else {
-            s
-        }
+) -> Result<String, ServiceError> {
+    let before = match agent_unit {
+        Some(u) => format!("Before={}\n", unit_value("the agent's unit name", u)?),
+        None => String::new(),
     };
-    format!(
+    let dir = agent_dir.display().to_string();
+    let state = state_dir.display().to_string();
+    let env = exec_word(
+        "the state directory",
+        &format!("AGENT_BOOTSTRAP_STATE_DIR={state}"),
+    )?;
+    Ok(format!(
         "# Written by agent-bootstrap install; removed by agent-bootstrap remove.\n\
          [Unit]\n\
-         Description=agent-bootstrap: keep the Azure Pipelines agent in {dir} registered\n\
+         Description=agent-bootstrap: keep the Azure Pipelines agent in {desc} registered\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
          {before}\
-         ConditionPathExists={dir}\n\
+         ConditionPathExists={cond}\n\
          \n\
          [Service]\n\
          Type=oneshot\n\
          RemainAfterExit=yes\n\
-         Environment=AGENT_BOOTSTRAP_STATE_DIR={state}\n\
+         Environment={env}\n\
          ExecStart={exe} reconcile --agent-dir {qdir}\n\
-         TimeoutStartSec=15min\n\
+         TimeoutStartSec={timeout}\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
-        dir = agent_dir.display(),
-        qdir = quote(agent_dir),
-        exe = quote(exe),
-        state = quote(state_dir),
-    )
+        desc = unit_value("the agent dir", &dir)?,
+        cond = unit_value("the agent dir", &dir)?,
+        qdir = exec_word("the agent dir", &dir)?,
+        exe = exec_word("the agent-bootstrap binary", &exe.display().to_string())?,
+        timeout = BOOT_TIMEOUT.as_secs(),
+    ))
 }
 
 #[cfg(test)]
@@ -63,7 +70,8 @@ mod boot_tests {
             Path::new("/opt/azure-pipelines-agent"),
             Path::new("/var/lib/agent-bootstrap"),
             Some("vsts.agent.o.p.a.service"),
-        );
+        )
+        .unwrap();
         assert!(u.contains("After=network-online.target\n"));
         assert!(u.contains("Wants=network-online.target\n"));
         assert!(u.contains("Before=vsts.agent.o.p.a.service\n"));
@@ -71,7 +79,37 @@ mod boot_tests {
         assert!(u.contains(
             "ExecStart=/usr/local/bin/agent-bootstrap reconcile --agent-dir /opt/azure-pipelines-agent\n"
         ));
+        assert!(u.contains("Environment=AGENT_BOOTSTRAP_STATE_DIR=/var/lib/agent-bootstrap\n"));
+        assert!(u.contains("TimeoutStartSec=900\n"));
         assert!(u.contains("WantedBy=multi-user.target"));
+    }
+
+    #[test]
+    fn paths_with_spaces_and_specifiers_are_escaped() {
+        let u = render_boot_unit(
+            Path::new("/opt/my tools/agent-bootstrap"),
+            Path::new("/opt/a"),
+            Path::new("/var/lib/state 100%"),
+            None,
+        )
+        .unwrap();
+        assert!(
+            u.contains("ExecStart=\"/opt/my tools/agent-bootstrap\" reconcile"),
+            "{u}"
+        );
+        assert!(
+            u.contains("Environment=\"AGENT_BOOTSTRAP_STATE_DIR=/var/lib/state 100%%\"\n"),
+            "{u}"
+        );
+        assert!(
+            render_boot_unit(
+                Path::new("/a\nb"),
+                Path::new("/opt/a"),
+                Path::new("/s"),
+                None
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -1,26 +1,27 @@
 //! Asking and telling systemd, through `systemctl` on `PATH` (the simulator's recorder in tests).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ServiceError;
+use crate::env::Env;
 use crate::process::{self, Child};
 use crate::secret::Masker;
 
-/// Where unit files go; `AGENT_BOOTSTRAP_UNIT_DIR` overrides it (tests, image builds).
+/// Where unit files go; `AGENT_BOOTSTRAP_UNIT_DIR` overrides it (tests, image builds) and then
+/// also means "systemd is available".
 pub const UNIT_DIR_ENV: &str = "AGENT_BOOTSTRAP_UNIT_DIR";
 const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 
-/// systemd is managing this machine (`sd_booted`: `/run/systemd/system` exists), or a unit dir was
-/// named explicitly.
-pub fn systemd_available(env: &crate::env::Env) -> bool {
-    env.var(UNIT_DIR_ENV).is_some() || Path::new("/run/systemd/system").is_dir()
+/// systemd is managing this machine, or a unit dir was named explicitly.
+pub fn systemd_available(env: &Env) -> bool {
+    env.var(UNIT_DIR_ENV).is_some() || env.systemd_running()
 }
 
-pub fn unit_dir(env: &crate::env::Env) -> std::path::PathBuf {
+pub fn unit_dir(env: &Env) -> PathBuf {
     env.var(UNIT_DIR_ENV)
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_UNIT_DIR))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_UNIT_DIR))
 }
 
 /// What systemd says about a unit.
@@ -35,28 +36,29 @@ pub struct UnitState {
 /// `systemctl`, found on `PATH`.
 #[derive(Debug, Clone)]
 pub struct Systemctl {
-    program: std::path::PathBuf,
+    program: PathBuf,
+    env: Env,
 }
 
 impl Systemctl {
-    pub fn find() -> Option<Self> {
-        which::which("systemctl")
+    pub fn find(env: &Env) -> Option<Self> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        which::which_in("systemctl", env.var("PATH"), cwd)
             .ok()
-            .map(|program| Self { program })
+            .map(|program| Self {
+                program,
+                env: env.clone(),
+            })
     }
 
     /// [`Systemctl::find`], or an error saying it is missing.
-    pub fn require() -> Result<Self, ServiceError> {
-        Self::find().ok_or_else(|| ServiceError::Failed {
-            step: "systemctl".into(),
-            code: -1,
-            line: "systemctl was not found on PATH".into(),
-        })
+    pub fn require(env: &Env) -> Result<Self, ServiceError> {
+        Self::find(env).ok_or(ServiceError::NoSystemctl)
     }
 
     async fn call(&self, args: &[&str]) -> Result<process::Finished, ServiceError> {
         let label = format!("systemctl {}", args.join(" "));
-        let child = Child::new(label.clone(), &self.program)
+        let child = Child::new(label.clone(), &self.program, &self.env)
             .args(args.iter().copied())
             .timeout(Duration::from_secs(90));
         process::run_async(child, Masker::new())

@@ -136,6 +136,8 @@ impl World {
         cmd.env("PATH", path)
             .env("NO_COLOR", "1")
             .env("AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME", "1")
+            // Hermetic on machines with and without systemd: the simulated unit dir stands in.
+            .env("AGENT_BOOTSTRAP_TEST_SYSTEMD", "no")
             .env("AGENT_BOOTSTRAP_STATE_DIR", self.state_dir())
             .env("AGENT_BOOTSTRAP_CACHE_DIR", self.cache_dir());
         for (k, v) in self.sim.client_env() {
@@ -307,6 +309,17 @@ impl World {
             })
             .unwrap_or_default()
     }
+}
+
+/// The waits the log announced ("retrying in 10.4s"), in seconds, in order.
+pub fn retry_waits(log: &str) -> Vec<f64> {
+    log.match_indices("retrying in ")
+        .filter_map(|(i, m)| {
+            let rest = &log[i + m.len()..];
+            let end = rest.find('s')?;
+            rest[..end].parse().ok()
+        })
+        .collect()
 }
 
 /// Reads a JSON file the agent wrote (BOM-prefixed).

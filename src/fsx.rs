@@ -1,0 +1,369 @@
+//! File operations root performs next to files another account controls.
+//!
+//! Pipeline jobs run as the agent user and can rewrite anything in the agent dir: swap a file for a
+//! link to `/etc/shadow`, a directory for a link to `/etc`, put a FIFO where a JSON file was. Root
+//! reads, stats and changes ownership there only through this module, whose rules are:
+//!
+//! - reads open with `O_NOFOLLOW | O_NONBLOCK`, require a regular file and cap the size
+//!   ([`read_untrusted`]), so a link is not followed and a FIFO cannot block the run;
+//! - ownership is changed through directory descriptors, never following a link, children before
+//!   their directory, and only inside directories no other account can write ([`give_tree`]), so
+//!   nothing can be swapped in while the walk is under way;
+//! - an agent dir must sit where only root (or, run without root, the caller) can rename it
+//!   ([`check_agent_dir_location`]), so a path root computed keeps naming the same directory.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
+
+/// Reads a file in a directory another account can write, as root may: a regular file only (a link
+/// is not followed, a FIFO or device is refused without blocking), at most `limit` bytes.
+pub fn read_untrusted(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// `lstat` says: a regular file (not a link to one).
+pub fn is_regular(path: &Path) -> bool {
+    fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// `lstat` says: a symbolic link.
+pub fn is_symlink(path: &Path) -> bool {
+    fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Opens a directory without following a link at its last component.
+pub fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Opens `name` inside `dir` as a directory, never following a link.
+pub fn open_dir_at(dir: impl AsFd, name: &Path) -> nix::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error(
+        "'{path}' can be changed by an account other than root (mode {mode:o}, owner uid {uid}); not changing ownership through it"
+    )]
+    Writable { path: PathBuf, mode: u32, uid: u32 },
+    #[error("'{path}': {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn tree_err(path: &Path) -> impl Fn(Errno) -> TreeError + '_ {
+    move |e| TreeError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::from(e),
+    }
+}
+
+fn writable_by_others(st: &FileStat) -> bool {
+    st.st_uid != 0 || st.st_mode & 0o022 != 0
+}
+
+/// Gives the directory tree at `root` to `uid:gid`, safely, when root owns it (a package an image
+/// build extracted as root). Returns `false` without touching anything when the top directory
+/// already belongs to `uid` (it was given before; what the account did inside since is its own).
+///
+/// Every directory is opened by descriptor without following links and must be writable by root
+/// only; its entries are given away first (links themselves, never their targets) and the directory
+/// last, so the account cannot add or swap an entry in a directory that is still being walked.
+pub fn give_tree(root: &Path, uid: u32, gid: u32) -> Result<bool, TreeError> {
+    let fd = open_dir(root).map_err(tree_err(root))?;
+    let st = fstat(&fd).map_err(tree_err(root))?;
+    if st.st_uid == uid {
+        return Ok(false);
+    }
+    give_dir(&fd, root, uid, gid, 0)?;
+    Ok(true)
+}
+
+fn give_dir(fd: &OwnedFd, path: &Path, uid: u32, gid: u32, depth: u32) -> Result<(), TreeError> {
+    let st = fstat(fd).map_err(tree_err(path))?;
+    if writable_by_others(&st) {
+        return Err(TreeError::Writable {
+            path: path.to_owned(),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+        });
+    }
+    if depth > 64 {
+        return Err(TreeError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other("directory tree is deeper than 64 levels"),
+        });
+    }
+    let dup = fd.try_clone().map_err(|source| TreeError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut dir = nix::dir::Dir::from_fd(dup).map_err(tree_err(path))?;
+    let names: Vec<std::ffi::OsString> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| {
+            use std::os::unix::ffi::OsStrExt;
+            std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_owned()
+        })
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    for name in names {
+        let child = path.join(&name);
+        let cst = fstatat(fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(tree_err(&child))?;
+        if SFlag::from_bits_truncate(cst.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR {
+            let sub = open_dir_at(fd, Path::new(&name)).map_err(tree_err(&child))?;
+            give_dir(&sub, &child, uid, gid, depth + 1)?;
+        } else {
+            nix::unistd::fchownat(
+                fd,
+                name.as_os_str(),
+                Some(uid.into()),
+                Some(gid.into()),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(tree_err(&child))?;
+        }
+    }
+    nix::unistd::fchown(fd, Some(uid.into()), Some(gid.into())).map_err(tree_err(path))
+}
+
+/// Why an agent dir's location is refused: a directory on its path that another account could
+/// change, so the path root computed might name another directory by the time root uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsafeLocation(pub String);
+
+/// Checks that only root (run as root) or root and the caller (run as another account) can rename
+/// or replace the agent dir or any directory above it: every existing ancestor belongs to one of
+/// them and is not writable by group or others (a sticky directory such as `/tmp` is accepted above
+/// the parent, never as the parent: staging directories are created beside the agent dir). An
+/// existing agent dir must be a directory, not a link, and (when the agent user is known) owned by
+/// root, the caller or `agent_uid`.
+pub fn check_agent_dir_location(
+    agent_dir: &Path,
+    caller_uid: u32,
+    agent_uid: Option<u32>,
+) -> Result<(), UnsafeLocation> {
+    use std::os::unix::fs::MetadataExt;
+    let trusted = |uid: u32| uid == 0 || uid == caller_uid;
+    let name_of = |uid: u32| {
+        nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| format!("uid {uid}"))
+    };
+    match fs_err::symlink_metadata(agent_dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(UnsafeLocation(format!(
+                "{} is a symbolic link; give the real directory",
+                agent_dir.display()
+            )));
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(UnsafeLocation(format!(
+                "{} exists and is not a directory",
+                agent_dir.display()
+            )));
+        }
+        Ok(m) if agent_uid.is_some() && !(trusted(m.uid()) || Some(m.uid()) == agent_uid) => {
+            return Err(UnsafeLocation(format!(
+                "{} belongs to {}, not to root or the agent user",
+                agent_dir.display(),
+                name_of(m.uid())
+            )));
+        }
+        _ => {}
+    }
+    let parent = agent_dir.parent().unwrap_or(Path::new("/"));
+    // The nearest existing ancestor, with links resolved (links above the agent dir are root's).
+    let mut existing = parent.to_owned();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p.to_owned(),
+            None => break,
+        }
+    }
+    let real = std::fs::canonicalize(&existing).unwrap_or(existing.clone());
+    let mut dir = Some(real.as_path());
+    let mut is_parent = existing == parent;
+    while let Some(d) = dir {
+        let m = fs_err::metadata(d).map_err(|e| UnsafeLocation(e.to_string()))?;
+        let mode = m.mode();
+        let sticky = mode & 0o1000 != 0;
+        if !trusted(m.uid()) {
+            return Err(UnsafeLocation(format!(
+                "{} belongs to {}, who could move the agent dir away and make root act on another \
+                 path; choose a directory only root can change, e.g. /opt/azure-pipelines-agent",
+                d.display(),
+                name_of(m.uid())
+            )));
+        }
+        if mode & 0o022 != 0 && (is_parent || !sticky) {
+            return Err(UnsafeLocation(format!(
+                "{} is writable by other accounts (mode {:o}); choose a directory only root can \
+                 change, e.g. /opt/azure-pipelines-agent",
+                d.display(),
+                mode & 0o7777
+            )));
+        }
+        is_parent = false;
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_reads_refuse_links_fifos_and_big_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, "hello").unwrap();
+        assert_eq!(read_untrusted(&f, 10).unwrap(), "hello");
+        assert!(read_untrusted(&f, 4).is_err());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(read_untrusted(&link, 10).is_err());
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let start = std::time::Instant::now();
+        assert!(read_untrusted(&fifo, 10).is_err());
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert!(!is_regular(&link) && is_symlink(&link) && is_regular(&f));
+    }
+
+    #[test]
+    fn give_tree_changes_links_not_their_targets() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "root's").unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("bin/sub")).unwrap();
+        std::fs::write(tree.join("bin/sub/x"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("bin/link")).unwrap();
+        assert!(give_tree(&tree, 65534, 65534).unwrap());
+        assert_eq!(
+            std::fs::metadata(tree.join("bin/sub/x")).unwrap().uid(),
+            65534
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(tree.join("bin/link"))
+                .unwrap()
+                .uid(),
+            65534
+        );
+        assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0);
+        // Already theirs: not walked again.
+        assert!(!give_tree(&tree, 65534, 65534).unwrap());
+    }
+
+    #[test]
+    fn give_tree_refuses_directories_others_can_write() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("open")).unwrap();
+        std::fs::set_permissions(tree.join("open"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let e = give_tree(&tree, 65534, 65534).unwrap_err();
+        assert!(matches!(e, TreeError::Writable { .. }), "{e}");
+    }
+
+    #[test]
+    fn agent_dirs_must_sit_where_only_root_can_change_them() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            check_agent_dir_location(&dir.path().join("agent"), 0, None),
+            Ok(())
+        );
+        assert_eq!(
+            check_agent_dir_location(&dir.path().join("not/yet/agent"), 0, None),
+            Ok(())
+        );
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+        let e = check_agent_dir_location(&home.join("agent"), 0, None).unwrap_err();
+        assert!(e.0.contains("could move the agent dir"), "{}", e.0);
+        // The same place is fine for that account itself.
+        assert_eq!(
+            check_agent_dir_location(&home.join("agent"), 65534, None),
+            Ok(())
+        );
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = check_agent_dir_location(&open.join("agent"), 0, None).unwrap_err();
+        assert!(e.0.contains("writable by other accounts"), "{}", e.0);
+        // A sticky directory higher up (like /tmp) is fine.
+        std::fs::create_dir(open.join("root-only")).unwrap();
+        assert_eq!(
+            check_agent_dir_location(&open.join("root-only/agent"), 0, None),
+            Ok(())
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&home, &link).unwrap();
+        assert!(check_agent_dir_location(&link, 0, None).is_err());
+    }
+}

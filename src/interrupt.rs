@@ -1,0 +1,223 @@
+//! Stopping cleanly when systemd or a person says stop (SIGTERM, SIGINT).
+//!
+//! A boot that takes too long gets SIGTERM from systemd; an operator presses Ctrl-C. Either way the
+//! run must end within seconds and leave nothing half-done: the agent's scripts (with everything
+//! they started) are stopped, and staging directories and partial downloads are removed.
+//!
+//! Signals are process-wide, so is this module's state: the process groups of running children
+//! (registered by [`crate::process`]), the temporary paths in flight ([`Debris`], owned by the
+//! package code), and a flag long loops check ([`requested`]). `main` waits for a signal next to the
+//! command; when one arrives it calls [`request`], drops the command, lets blocking threads finish
+//! and calls [`sweep`]. Paths that a `kill -9` leaves behind are found by the next run instead
+//! (`package::remove_stale`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+static GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+static DEBRIS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// How long children get between SIGTERM and SIGKILL when the run is stopped.
+pub const CHILD_GRACE: Duration = Duration::from_millis(1500);
+
+/// Whether a stop was requested (long loops check this between steps).
+pub fn requested() -> bool {
+    SIGNAL.load(Ordering::SeqCst) != 0
+}
+
+/// The signal that stopped the run, if any.
+pub fn signal() -> Option<i32> {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+/// Records the stop and sends SIGTERM to every running child's process group, then SIGKILL to
+/// whatever is left after [`CHILD_GRACE`] (on a thread, so the caller is not held up).
+pub fn request(signal: i32) {
+    SIGNAL.store(signal, Ordering::SeqCst);
+    let groups: Vec<i32> = GROUPS
+        .lock()
+        .map(|g| g.iter().copied().collect())
+        .unwrap_or_default();
+    if groups.is_empty() {
+        return;
+    }
+    for g in &groups {
+        kill_group(*g, false);
+    }
+    std::thread::spawn(move || {
+        std::thread::sleep(CHILD_GRACE);
+        for g in groups {
+            kill_group(g, true);
+        }
+    });
+}
+
+#[cfg(unix)]
+fn kill_group(pgid: i32, hard: bool) {
+    use nix::sys::signal::{Signal, killpg};
+    let sig = if hard {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGTERM
+    };
+    let _ = killpg(nix::unistd::Pid::from_raw(pgid), sig);
+}
+
+#[cfg(not(unix))]
+fn kill_group(_pgid: i32, _hard: bool) {}
+
+/// A child's process group, registered while it runs.
+pub struct ChildGroup(i32);
+
+impl ChildGroup {
+    pub fn register(pgid: i32) -> Self {
+        if let Ok(mut g) = GROUPS.lock() {
+            g.insert(pgid);
+        }
+        // A stop that arrived while the child was starting.
+        if requested() {
+            kill_group(pgid, false);
+        }
+        Self(pgid)
+    }
+}
+
+impl Drop for ChildGroup {
+    fn drop(&mut self) {
+        if let Ok(mut g) = GROUPS.lock() {
+            g.remove(&self.0);
+        }
+    }
+}
+
+/// A temporary path (a staging directory, a partial download) that must not outlive the run.
+///
+/// Dropped without [`Debris::keep`], it is deleted. If that fails (a thread was still writing
+/// into it), it stays registered and [`sweep`] deletes it once the threads have ended.
+#[derive(Debug)]
+pub struct Debris {
+    path: Option<PathBuf>,
+}
+
+impl Debris {
+    pub fn track(path: &Path) -> Self {
+        if let Ok(mut d) = DEBRIS.lock() {
+            d.insert(path.to_owned());
+        }
+        Self {
+            path: Some(path.to_owned()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().expect("debris path is set until kept")
+    }
+
+    /// The path became part of the result (moved into place, kept in the cache): forget it.
+    pub fn keep(mut self) {
+        if let Some(p) = self.path.take() {
+            untrack(&p);
+        }
+    }
+}
+
+impl Drop for Debris {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take()
+            && remove_path(&p)
+        {
+            untrack(&p);
+        }
+    }
+}
+
+fn untrack(path: &Path) {
+    if let Ok(mut d) = DEBRIS.lock() {
+        d.remove(path);
+    }
+}
+
+/// Deletes a file or a directory tree without following links; true when nothing is left.
+pub fn remove_path(path: &Path) -> bool {
+    let result = match fs_err::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(_) => return false,
+        // std's remove_dir_all does not follow links (CVE-2022-21658).
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+    };
+    result.is_ok() || !path.exists()
+}
+
+/// Deletes every registered path that is still there; returns what it removed.
+pub fn sweep() -> Vec<PathBuf> {
+    let paths: Vec<PathBuf> = DEBRIS
+        .lock()
+        .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
+        .unwrap_or_default();
+    paths.into_iter().filter(|p| remove_path(p)).collect()
+}
+
+/// Waits for SIGTERM or SIGINT and returns its number.
+#[cfg(unix)]
+pub async fn wait_for_signal() -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // No signal handling: never resolve, the command runs to its end.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => nix::libc::SIGTERM,
+        _ = int.recv() => nix::libc::SIGINT,
+    }
+}
+
+#[cfg(not(unix))]
+pub async fn wait_for_signal() -> i32 {
+    let _ = tokio::signal::ctrl_c().await;
+    2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debris_is_removed_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("staging");
+        std::fs::create_dir_all(a.join("bin")).unwrap();
+        std::fs::write(a.join("bin/x"), "x").unwrap();
+        drop(Debris::track(&a));
+        assert!(!a.exists());
+
+        let b = dir.path().join("kept");
+        std::fs::write(&b, "x").unwrap();
+        Debris::track(&b).keep();
+        assert!(b.exists());
+        assert!(!sweep().contains(&b));
+    }
+
+    #[test]
+    fn removal_never_follows_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("keep-me"), "x").unwrap();
+        let staging = dir.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        std::os::unix::fs::symlink(&victim, staging.join("link")).unwrap();
+        assert!(remove_path(&staging));
+        assert!(victim.join("keep-me").exists());
+    }
+}

@@ -1,0 +1,385 @@
+//! One network policy for every HTTP request agent-bootstrap makes.
+//!
+//! IMDS, Azure DevOps and the download host are reached through one [`Net`]: two HTTP clients
+//! built in one place (one that never uses a proxy, for identity endpoints on the machine; one for
+//! the internet) and one retry driver ([`Net::retry`]) that applies the table in [`retry`] within a
+//! [`Budget`] for the whole operation, not per request. Throttling answers are honoured: a
+//! `Retry-After` (seconds or a date) is waited out, else `X-RateLimit-Reset`; the rate-limit headers
+//! Azure DevOps sends are shown in the log. Waits get jitter so a scale set booting a hundred
+//! instances does not retry in lockstep.
+
+pub mod retry;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+
+use crate::clock::{Budget, Clock};
+pub use retry::{Class, Policy, Service};
+
+/// One HTTP answer, read to the end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+/// What one attempt of a retried operation came to.
+pub enum Try<T> {
+    /// Finished: a result or an error that retrying cannot fix.
+    Done(T),
+    /// Worth another try.
+    Again {
+        class: Class,
+        /// What the server asked for (`Retry-After`).
+        wait_hint: Option<Duration>,
+        detail: String,
+        /// The attempt got somewhere (bytes of a download): the budget starts over.
+        progress: bool,
+    },
+}
+
+/// Retries ran out of budget.
+#[derive(Debug, Clone)]
+pub struct GaveUp {
+    pub attempts: u32,
+    pub elapsed: Duration,
+    pub last: String,
+}
+
+#[derive(Clone)]
+pub struct Net {
+    direct: reqwest::Client,
+    web: reqwest::Client,
+    clock: Clock,
+    policy: Policy,
+    rng: Arc<Mutex<fastrand::Rng>>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net").finish_non_exhaustive()
+    }
+}
+
+const USER_AGENT: &str = concat!("agent-bootstrap/", env!("CARGO_PKG_VERSION"));
+
+impl Net {
+    pub fn new(clock: Clock) -> Self {
+        let direct = reqwest::Client::builder()
+            // "IMDS isn't intended to be used behind a proxy" (identity.md §1.1).
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT)
+            .build()
+            .expect("static reqwest configuration is valid");
+        let web = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // Per read, not per request: a package download takes as long as it takes.
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(USER_AGENT)
+            .build()
+            .expect("static reqwest configuration is valid");
+        // Seeded from the OS in production; fixed under a virtual clock so tests are repeatable.
+        let rng = if clock.is_virtual() {
+            fastrand::Rng::with_seed(0x5eed)
+        } else {
+            fastrand::Rng::new()
+        };
+        Self {
+            direct,
+            web,
+            clock,
+            policy: Policy::default(),
+            rng: Arc::new(Mutex::new(rng)),
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The client for a service: identity endpoints never go through a proxy.
+    pub fn client(&self, service: Service) -> &reqwest::Client {
+        match service {
+            Service::Imds => &self.direct,
+            Service::DevOps | Service::Download => &self.web,
+        }
+    }
+
+    /// Sends a request and reads the whole answer (JSON APIs). A transport failure is `Err` with
+    /// its message and causes on one line.
+    pub async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<Answer, String> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| crate::error::one_line(&e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| crate::error::one_line(&e))?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// What a server asked us to wait: `Retry-After` (seconds or a date), else the time until
+    /// `X-RateLimit-Reset` when the answer is a throttling one.
+    pub fn wait_hint(&self, status: u16, headers: &HeaderMap) -> Option<Duration> {
+        let now = self.clock.unix_now();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(d) = header("retry-after").and_then(|v| retry::parse_retry_after(v, now)) {
+            return Some(d);
+        }
+        if status == 429 {
+            return header("x-ratelimit-reset")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|reset| Duration::from_secs(reset.saturating_sub(now)));
+        }
+        None
+    }
+
+    /// The retry decision for an answer (or a transport failure) from `service`.
+    pub fn judge(&self, service: Service, answer: &Result<Answer, String>) -> Judged {
+        match answer {
+            Err(e) => Judged::Retry {
+                class: Class::Backoff,
+                wait_hint: None,
+                detail: e.clone(),
+            },
+            Ok(a) => match retry::classify(service, a.status) {
+                Class::Success => Judged::Success,
+                Class::Fatal => Judged::Fatal,
+                class => Judged::Retry {
+                    class,
+                    wait_hint: self.wait_hint(a.status, &a.headers),
+                    detail: describe(a),
+                },
+            },
+        }
+    }
+
+    /// Runs `attempt` until it is done, retrying per the table within `budget`.
+    pub async fn retry<T>(
+        &self,
+        what: &str,
+        budget: Budget,
+        mut attempt: impl AsyncFnMut(u32) -> Try<T>,
+    ) -> Result<T, GaveUp> {
+        let mut budget = budget;
+        let mut attempts = 0u32;
+        let mut since_progress = 0u32;
+        loop {
+            attempts += 1;
+            since_progress += 1;
+            let (class, wait_hint, detail, progress) = match attempt(attempts).await {
+                Try::Done(t) => return Ok(t),
+                Try::Again {
+                    class,
+                    wait_hint,
+                    detail,
+                    progress,
+                } => (class, wait_hint, detail, progress),
+            };
+            if progress {
+                since_progress = 1;
+                budget.restart(&self.clock);
+            }
+            let spent = budget.spent(&self.clock);
+            let delay = {
+                let mut rng = self.rng.lock().expect("jitter poisoned");
+                self.policy.next_delay(
+                    class,
+                    since_progress,
+                    wait_hint,
+                    spent,
+                    budget.limit(),
+                    &mut *rng,
+                )
+            };
+            let Some(delay) = delay else {
+                return Err(GaveUp {
+                    attempts,
+                    elapsed: spent,
+                    last: detail,
+                });
+            };
+            tracing::warn!(
+                attempt = attempts,
+                "{what}: {detail}; retrying in {:.1}s",
+                delay.as_secs_f32()
+            );
+            self.clock.sleep(delay).await;
+        }
+    }
+}
+
+/// [`Net::judge`]'s verdict.
+pub enum Judged {
+    Success,
+    Fatal,
+    Retry {
+        class: Class,
+        wait_hint: Option<Duration>,
+        detail: String,
+    },
+}
+
+impl Judged {
+    /// The [`Try`] for a retryable verdict.
+    pub fn again<T>(class: Class, wait_hint: Option<Duration>, detail: String) -> Try<T> {
+        Try::Again {
+            class,
+            wait_hint,
+            detail,
+            progress: false,
+        }
+    }
+}
+
+/// "HTTP 429 (rate limited: resource Core, delay 2.5 s, 0 left): <server message>" for logs.
+fn describe(a: &Answer) -> String {
+    let header = |name: &str| a.headers.get(name).and_then(|v| v.to_str().ok());
+    let mut limits = vec![];
+    if let Some(r) = header("x-ratelimit-resource") {
+        limits.push(format!("resource {r}"));
+    }
+    if let Some(d) = header("x-ratelimit-delay") {
+        limits.push(format!("delay {d} s"));
+    }
+    if let Some(r) = header("x-ratelimit-remaining") {
+        limits.push(format!("{r} left"));
+    }
+    let mut text = format!("HTTP {}", a.status);
+    if !limits.is_empty() {
+        text.push_str(&format!(" (rate limited: {})", limits.join(", ")));
+    }
+    let body = short_body(&a.body);
+    if !body.is_empty() {
+        text.push_str(": ");
+        text.push_str(&body);
+    }
+    text
+}
+
+/// A readable piece of an error body: the `message` / `error_description` of a JSON body, else
+/// the body's first 300 characters (HTML becomes a note, not markup).
+pub fn short_body(body: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        message: Option<String>,
+        error: Option<String>,
+        error_description: Option<String>,
+    }
+    if let Ok(s) = serde_json::from_str::<Shape>(body) {
+        if let Some(m) = s.message {
+            return m;
+        }
+        let parts: Vec<String> = [s.error, s.error_description]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !parts.is_empty() {
+            return parts.join(": ");
+        }
+    }
+    let t = body.trim();
+    if t.starts_with('<') {
+        return "an HTML page".to_owned();
+    }
+    t.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn retries_follow_the_table_within_one_budget() {
+        let clock = Clock::virtual_clock();
+        let net = Net::new(clock.clone());
+        let start = clock.now();
+        let mut calls = 0;
+        let got = net
+            .retry("test", clock.budget(Duration::from_secs(300)), async |n| {
+                calls += 1;
+                if n < 4 {
+                    Try::Again {
+                        class: Class::Throttled,
+                        wait_hint: Some(Duration::from_secs(20)),
+                        detail: "HTTP 429".into(),
+                        progress: false,
+                    }
+                } else {
+                    Try::Done(n)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, 4);
+        assert_eq!(calls, 4);
+        let waited = clock.elapsed(start);
+        // Three Retry-After waits of 20 s, each lengthened by at most 2 s of jitter.
+        assert!(
+            waited >= Duration::from_secs(60) && waited <= Duration::from_secs(66),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_for_the_operation_not_per_request() {
+        let clock = Clock::virtual_clock();
+        let net = Net::new(clock.clone());
+        let e = net
+            .retry::<()>("test", clock.budget(Duration::from_secs(60)), async |_| {
+                Try::Again {
+                    class: Class::Backoff,
+                    wait_hint: None,
+                    detail: "HTTP 503".into(),
+                    progress: false,
+                }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.elapsed, Duration::from_secs(60));
+        assert!(e.attempts > 3);
+    }
+
+    #[test]
+    fn hints_come_from_retry_after_or_the_rate_limit_reset() {
+        let clock = Clock::virtual_clock();
+        let net = Net::new(clock.clone());
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "12".parse().unwrap());
+        assert_eq!(net.wait_hint(429, &h), Some(Duration::from_secs(12)));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset",
+            (clock.unix_now() + 30).to_string().parse().unwrap(),
+        );
+        assert_eq!(net.wait_hint(429, &h), Some(Duration::from_secs(30)));
+        assert_eq!(net.wait_hint(503, &h), None);
+        let a = Answer {
+            status: 429,
+            headers: {
+                let mut h = HeaderMap::new();
+                h.insert("x-ratelimit-resource", "Core".parse().unwrap());
+                h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+                h
+            },
+            body: r#"{"message":"TF400733: slow down"}"#.into(),
+        };
+        assert_eq!(
+            describe(&a),
+            "HTTP 429 (rate limited: resource Core, 0 left): TF400733: slow down"
+        );
+    }
+}
