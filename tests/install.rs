@@ -167,6 +167,7 @@ fn imds_429_honours_retry_after() {
         status: 429,
         retry_after: Some(7),
         body: r#"{"error":"too_many_requests"}"#.into(),
+        headers: vec![],
     });
     w.sim.state().imds_script.push_back(Scripted::status(503));
     let run = w.install(&[]);

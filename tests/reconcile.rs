@@ -6,36 +6,19 @@ mod common;
 use common::*;
 
 fn reconcile(w: &World) -> Run {
-    let dir = w.agent_dir();
-    w.run(&["reconcile", "--agent-dir", dir.to_str().unwrap()])
+    w.reconcile()
 }
 
-const UNIT: &str = "vsts.agent.127.Default.test\\x2dagent.service";
-
 fn units(w: &World) -> std::path::PathBuf {
-    w.sim.systemd_dir().join("units")
+    w.units_dir()
 }
 
 fn active(w: &World, unit: &str) -> bool {
-    w.sim
-        .systemd_dir()
-        .join("state")
-        .join(format!("{unit}.active"))
-        .exists()
+    w.unit_active(unit)
 }
 
 fn enabled(w: &World, unit: &str) -> bool {
-    w.sim
-        .systemd_dir()
-        .join("state")
-        .join(format!("{unit}.enabled"))
-        .exists()
-}
-
-fn installed() -> World {
-    let w = World::new();
-    w.install(&[]).assert_code(0);
-    w
+    w.unit_enabled(unit)
 }
 
 fn ado_requests_since(w: &World, before: usize) -> Vec<agent_bootstrap::sim::Request> {

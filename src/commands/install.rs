@@ -101,6 +101,13 @@ struct Plan {
     steps: Vec<Step>,
 }
 
+/// The agent dir as it was seen once, before the network.
+struct Seen {
+    configured: bool,
+    self_updated: bool,
+    package_present: bool,
+}
+
 /// What the preflight found, for planning and for the saved settings.
 struct Checked {
     who: String,
@@ -186,8 +193,15 @@ pub async fn run_locked(
     ));
     tokens.get(&budget).await?;
     let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
-    let wants_api = existing.is_none()
-        && !agent.self_updated()
+    // Looked at once: the agent user can change the dir at any time, and every decision below must
+    // rest on the same view.
+    let seen = Seen {
+        configured: existing.is_some() || agent.is_configured(),
+        self_updated: agent.self_updated(),
+        package_present: agent.package_present(),
+    };
+    let wants_api = !seen.configured
+        && !seen.self_updated
         && matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_));
     let wanted_version = match &s.package {
         PackageChoice::Version(v) => Some(v.as_str()),
@@ -261,7 +275,7 @@ pub async fn run_locked(
     };
 
     // 5. Which package, then the whole plan.
-    let package = plan_package(s, &agent, meta, account.as_ref(), env).await?;
+    let package = plan_package(s, &agent, &seen, meta, account.as_ref(), env).await?;
     let plan = make_plan(s, env, &agent, &checked, &package, account.as_ref());
     if s.dry_run {
         return print_plan(s, &checked, &package, &plan);
@@ -756,16 +770,17 @@ async fn already_installed(
 async fn plan_package(
     s: &InstallSettings,
     agent: &AgentDir,
+    seen: &Seen,
     meta: Option<PackageMetadata>,
     account: Option<&RunAs>,
     env: &Env,
 ) -> Result<PackagePlan, Error> {
-    if agent.is_configured() {
+    if seen.configured {
         return Ok(PackagePlan::Keep {
             reason: "the agent is configured (never re-extracted over)".into(),
         });
     }
-    if agent.self_updated() {
+    if seen.self_updated {
         return Ok(PackagePlan::Keep {
             reason: "the agent updated itself (bin is a link); never downgraded".into(),
         });
@@ -804,11 +819,17 @@ async fn plan_package(
                 Some(meta.version.to_string()),
             )
         }
-        (_, None) => unreachable!("the packages API is asked whenever no package was given"),
+        (_, None) => {
+            return Err(Error::Input(
+                "the packages API was not asked for a package (internal: the agent dir changed \
+                 while it was being looked at); run again"
+                    .into(),
+            ));
+        }
     };
     // A package already extracted (an image with the agent baked in, a re-run after a failed
     // configuration) is kept when it is the wanted version.
-    if agent.package_present()
+    if seen.package_present
         && let Some(v) = &version
         && let Some(have) = installed_version(agent, account, env).await
         && &have == v

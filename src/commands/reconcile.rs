@@ -204,8 +204,17 @@ pub async fn run(
     })?;
     settings::check_saved(&saved)?;
     let agent = AgentDir::new(agent_dir, &os);
-    let local = agent.settings()?;
-    let tampered = local.as_ref().is_some_and(|l| !matches_saved(l, &saved));
+    // An `.agent` that cannot be read (a FIFO, a link, garbage) or that names another
+    // organization, pool or agent was changed behind our back: it is not believed, and the agent
+    // is configured again from the saved settings.
+    let (local, unreadable) = match agent.settings() {
+        Ok(l) => (l, false),
+        Err(e) => {
+            tracing::warn!("{}", crate::error::one_line(&e));
+            (None, true)
+        }
+    };
+    let tampered = unreadable || local.as_ref().is_some_and(|l| !matches_saved(l, &saved));
     if tampered {
         tracing::warn!(
             "the agent's .agent does not match the saved settings (changed by a job?); \
@@ -277,7 +286,7 @@ pub async fn run(
         false
     };
     let observed = Observed {
-        configured: local.is_some(),
+        configured: local.is_some() || unreadable,
         tampered,
         clone,
         service_installed: unit_state.is_some_and(|u| u.exists),
@@ -370,7 +379,7 @@ pub async fn run(
     println!(
         "reconcile: agent '{}' (id {}): {}",
         saved.agent_name,
-        local.map(|l| l.agent_id).unwrap_or(saved.agent_id),
+        local.as_ref().map(|l| l.agent_id).unwrap_or(saved.agent_id),
         summary.join("; ")
     );
     Ok(())

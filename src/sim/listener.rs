@@ -356,6 +356,7 @@ async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String], url: Option<&st
         "token_from_env": parsed.token_from_env,
         "argv_leaks": leaks,
         "unrecognized": parsed.unrecognized,
+        "env_names": std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned()).collect::<Vec<_>>(),
     });
     let _ = ctx
         .http
@@ -668,7 +669,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         Err(_) => None,
     }
     .unwrap_or_else(|| "/tmp/azure-sim-systemd".into());
-    let (svc_name, svc_desc) = crate::service::agent_unit_name(&url, &real_pool_name, &agent_name);
+    let (svc_name, svc_desc) = super::naming::service_name(&url, &real_pool_name, &agent_name);
     if let Ok(template) = fs_err::read_to_string(ctx.root.join("bin/systemd.svc.sh.template")) {
         let script = template
             .replace("{{SvcNameVar}}", &svc_name)

@@ -9,6 +9,7 @@
 //! including any process whose argv contains the token. Tests read and script the state directly.
 
 pub mod listener;
+pub mod naming;
 pub mod package;
 mod server;
 
@@ -142,6 +143,7 @@ pub struct Scripted {
     pub status: u16,
     pub retry_after: Option<u64>,
     pub body: String,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Scripted {
@@ -150,6 +152,23 @@ impl Scripted {
             status,
             retry_after: None,
             body: format!(r#"{{"error":"simulated","error_description":"scripted {status}"}}"#),
+            headers: vec![],
+        }
+    }
+
+    /// Azure DevOps throttling a client (`TF400733`), with `Retry-After` and the rate-limit
+    /// headers it sends.
+    pub fn throttled(retry_after: u64) -> Self {
+        Self {
+            status: 429,
+            retry_after: Some(retry_after),
+            body: r#"{"$id":"1","message":"TF400733: The request has been canceled: the request was throttled.","typeKey":"RequestBlockedException"}"#.into(),
+            headers: vec![
+                ("X-RateLimit-Resource".into(), "Core".into()),
+                ("X-RateLimit-Delay".into(), "2.5".into()),
+                ("X-RateLimit-Limit".into(), "200".into()),
+                ("X-RateLimit-Remaining".into(), "0".into()),
+            ],
         }
     }
 }
@@ -174,6 +193,8 @@ pub struct Request {
     pub query: String,
     /// The identity's object id, `invalid` for an unknown token, `none` without credentials.
     pub caller: String,
+    /// Which issued token was used (0 = the first IMDS issued), if one was.
+    pub token: Option<usize>,
     pub range: Option<String>,
     pub metadata_header: bool,
 }
@@ -199,12 +220,21 @@ pub struct ListenerReport {
     /// Processes whose command line contained the token (pid and masked command line).
     pub argv_leaks: Vec<String>,
     pub unrecognized: Vec<String>,
+    /// The names of the variables in the listener's environment (not their values).
+    #[serde(default)]
+    pub env_names: Vec<String>,
 }
 
 #[derive(Debug, Default)]
 pub struct State {
     pub requests: Vec<Request>,
     pub imds_script: VecDeque<Scripted>,
+    /// Answers Azure DevOps gives before its normal ones (throttling, outages).
+    pub ado_script: VecDeque<Scripted>,
+    /// Tokens in the order IMDS issued them.
+    pub token_order: Vec<String>,
+    /// Seconds an issued token lives (`expires_on`); default a day.
+    pub token_lifetime: u64,
     pub package_faults: PackageFaults,
     /// Tokens issued by IMDS → identity object id.
     pub tokens: BTreeMap<String, String>,
@@ -256,6 +286,7 @@ impl Simulator {
         }
         let state = Arc::new(Mutex::new(State {
             next_agent_id: 1,
+            token_lifetime: 86399,
             vm_id: config.vm_id.clone(),
             ..Default::default()
         }));

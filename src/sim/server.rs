@@ -48,17 +48,56 @@ pub fn router(shared: Shared) -> Router {
 }
 
 fn record(s: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, caller: &str) {
-    s.state.lock().unwrap().requests.push(Request {
+    let token = presented_token(headers);
+    let mut state = s.state.lock().unwrap();
+    let token = token.and_then(|t| state.token_order.iter().position(|x| *x == t));
+    state.requests.push(Request {
         method: method.to_string(),
         path: uri.path().to_owned(),
         query: uri.query().unwrap_or("").to_owned(),
         caller: caller.to_owned(),
+        token,
         range: headers
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         metadata_header: headers.get("metadata").is_some_and(|v| v == "true"),
     });
+}
+
+/// The token a request carries, as Bearer or as the password of Basic.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let raw = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(t) = raw.strip_prefix("Bearer ") {
+        Some(t.trim().to_owned())
+    } else if let Some(b) = raw.strip_prefix("Basic ") {
+        decode_basic(b.trim()).and_then(|up| up.split_once(':').map(|(_, p)| p.to_owned()))
+    } else {
+        None
+    }
+}
+
+fn scripted_response(scripted: super::Scripted) -> Response {
+    let mut r = (
+        StatusCode::from_u16(scripted.status).unwrap(),
+        [(header::CONTENT_TYPE, "application/json")],
+        scripted.body,
+    )
+        .into_response();
+    if let Some(secs) = scripted.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
+    }
+    for (k, v) in scripted.headers {
+        r.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    r
 }
 
 fn json_response(status: u16, body: serde_json::Value) -> Response {
@@ -92,18 +131,9 @@ async fn imds_token(
             "Required metadata header not specified",
         );
     }
-    if let Some(scripted) = s.state.lock().unwrap().imds_script.pop_front() {
-        let mut r = (
-            StatusCode::from_u16(scripted.status).unwrap(),
-            [(header::CONTENT_TYPE, "application/json")],
-            scripted.body,
-        )
-            .into_response();
-        if let Some(secs) = scripted.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
-        }
-        return r;
+    let scripted = s.state.lock().unwrap().imds_script.pop_front();
+    if let Some(scripted) = scripted {
+        return scripted_response(scripted);
     }
     if !q.contains_key("api-version") {
         return imds_error(
@@ -147,13 +177,14 @@ async fn imds_token(
     };
     let token = issue_token(&s, identity);
     let now = now_secs();
+    let lifetime = s.state.lock().unwrap().token_lifetime;
     json_response(
         200,
         json!({
             "access_token": token,
             "refresh_token": "",
-            "expires_in": "86399",
-            "expires_on": (now + 86399).to_string(),
+            "expires_in": lifetime.to_string(),
+            "expires_on": (now + lifetime).to_string(),
             "not_before": now.to_string(),
             "resource": AZURE_DEVOPS_RESOURCE,
             "token_type": "Bearer",
@@ -184,11 +215,11 @@ fn issue_token(s: &Shared, identity: &IdentitySpec) -> String {
         hex::encode(payload),
         hex::encode(sig)
     );
-    s.state
-        .lock()
-        .unwrap()
+    let mut state = s.state.lock().unwrap();
+    state
         .tokens
         .insert(token.clone(), identity.object_id.clone());
+    state.token_order.push(token.clone());
     token
 }
 
@@ -230,18 +261,7 @@ fn authenticate(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<IdentitySpec, Box<(String, Response)>> {
-    let raw = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let token = if let Some(t) = raw.strip_prefix("Bearer ") {
-        Some(t.trim().to_owned())
-    } else if let Some(b) = raw.strip_prefix("Basic ") {
-        decode_basic(b.trim()).and_then(|up| up.split_once(':').map(|(_, p)| p.to_owned()))
-    } else {
-        None
-    };
-    let Some(token) = token else {
+    let Some(token) = presented_token(headers) else {
         return Err(Box::new((
             "none".into(),
             ado_error(
@@ -314,6 +334,11 @@ macro_rules! caller {
                 "ServiceUnavailableException",
                 "TF400893: simulated outage",
             );
+        }
+        let scripted = $s.state.lock().unwrap().ado_script.pop_front();
+        if let Some(scripted) = scripted {
+            record(&$s, &$method, &$uri, &$headers, "scripted");
+            return scripted_response(scripted);
         }
         if !$org.eq_ignore_ascii_case(&$s.config.org) {
             record(&$s, &$method, &$uri, &$headers, "unknown-org");

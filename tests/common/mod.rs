@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 use agent_bootstrap::sim::{SimConfig, Simulator};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agent-bootstrap");
+/// The agent's unit for `test-agent` in pool `Default` of the simulator (host 127.0.0.1).
+pub const UNIT: &str = "vsts.agent.127.Default.test\\x2dagent.service";
 const SIM_BIN: &str = env!("CARGO_BIN_EXE_azure-sim");
 
 /// The tests' root: world-traversable, because the agent runs as an unprivileged user.
@@ -179,6 +181,48 @@ impl World {
         self.run(&args)
     }
 
+    /// `reconcile --agent-dir <world>/agent`
+    pub fn reconcile(&self) -> Run {
+        let dir = self.agent_dir();
+        self.run(&["reconcile", "--agent-dir", dir.to_str().unwrap()])
+    }
+
+    /// `status --agent-dir <world>/agent EXTRA…`
+    pub fn status(&self, extra: &[&str]) -> Run {
+        let dir = self.agent_dir();
+        let mut args = vec!["status", "--agent-dir", dir.to_str().unwrap()];
+        args.extend(extra);
+        self.run(&args)
+    }
+
+    /// Where the simulated systemd keeps unit files.
+    pub fn units_dir(&self) -> PathBuf {
+        self.sim.systemd_dir().join("units")
+    }
+
+    pub fn unit_active(&self, unit: &str) -> bool {
+        self.sim
+            .systemd_dir()
+            .join("state")
+            .join(format!("{unit}.active"))
+            .exists()
+    }
+
+    pub fn unit_enabled(&self, unit: &str) -> bool {
+        self.sim
+            .systemd_dir()
+            .join("state")
+            .join(format!("{unit}.enabled"))
+            .exists()
+    }
+
+    /// The saved-settings file install wrote for the world's agent dir.
+    pub fn saved_settings_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.state_dir().join("agents"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
     /// Extracts the simulator's agent package into `dir` with the system tar, as an image build or
     /// a hand-made setup would.
     pub fn extract_package_into(&self, dir: &Path) {
@@ -309,6 +353,110 @@ impl World {
             })
             .unwrap_or_default()
     }
+}
+
+/// A world with the agent installed (as root, the dedicated user, the simulated service).
+pub fn installed() -> World {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    w
+}
+
+/// The dedicated agent user install creates.
+pub fn agent_user() -> nix::unistd::User {
+    nix::unistd::User::from_name("azpagent")
+        .unwrap()
+        .expect("install created azpagent")
+}
+
+/// Runs a shell script as the agent user, the way a pipeline job would: its own uid and gid, no
+/// supplementary groups, a bare environment.
+pub fn as_agent_user(script: &str) -> std::process::Output {
+    let user = agent_user();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(script)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &user.dir)
+        .current_dir("/");
+    std::os::unix::process::CommandExt::uid(&mut cmd, user.uid.as_raw());
+    std::os::unix::process::CommandExt::gid(&mut cmd, user.gid.as_raw());
+    cmd.output().unwrap()
+}
+
+/// Like [`as_agent_user`], asserting the script succeeded.
+pub fn as_agent_user_ok(script: &str) {
+    let out = as_agent_user(script);
+    assert!(
+        out.status.success(),
+        "as the agent user: {script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A root-owned file and directory for an attack to aim at; [`Decoy::assert_untouched`] checks
+/// that nothing about them changed (owner, mode, content, entries).
+pub struct Decoy {
+    pub file: PathBuf,
+    pub dir: PathBuf,
+    snapshot: Vec<(PathBuf, u32, u32, u32, Vec<u8>)>,
+}
+
+impl Decoy {
+    pub fn new(w: &World) -> Self {
+        let root = w.dir.path().join("root-owned");
+        let dir = root.join("etc");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        set_mode(&root, 0o755);
+        set_mode(&dir, 0o755);
+        let file = root.join("passwd");
+        std::fs::write(&file, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        set_mode(&file, 0o644);
+        std::fs::write(dir.join("shadow"), "root:*:1::::::\n").unwrap();
+        set_mode(&dir.join("shadow"), 0o600);
+        std::fs::write(dir.join("sub/x"), "x").unwrap();
+        let mut d = Self {
+            file,
+            dir,
+            snapshot: vec![],
+        };
+        d.snapshot = d.take();
+        d
+    }
+
+    fn take(&self) -> Vec<(PathBuf, u32, u32, u32, Vec<u8>)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = vec![];
+        for p in [self.file.clone(), self.dir.clone()] {
+            for e in walkdir::WalkDir::new(&p).sort_by_file_name() {
+                let e = e.unwrap();
+                let m = std::fs::symlink_metadata(e.path()).unwrap();
+                let data = if m.is_file() {
+                    std::fs::read(e.path()).unwrap()
+                } else {
+                    vec![]
+                };
+                out.push((e.path().to_owned(), m.uid(), m.gid(), m.mode(), data));
+            }
+        }
+        out
+    }
+
+    pub fn assert_untouched(&self) {
+        assert_eq!(self.take(), self.snapshot, "a root-owned file was changed");
+    }
+}
+
+/// Whether any process's command line contains all of `needles`.
+pub fn process_running(needles: &[&str]) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            needles.iter().all(|n| c.contains(n))
+        })
+    })
 }
 
 /// The waits the log announced ("retrying in 10.4s"), in seconds, in order.

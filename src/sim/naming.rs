@@ -1,0 +1,76 @@
+//! The fake agent's service name, written from the agent's C# (`CalculateServiceName`) on its own,
+//! not with the product's code: the simulator is what the product is checked against, so it must
+//! not share the product's mistakes. Pinned by the agent's own unit-test vectors below.
+
+/// `(serviceName, serviceDisplayName)` for the pattern `vsts.agent.{0}.{1}.{2}.service` and
+/// `Azure Pipelines Agent ({0}.{1}.{2})`.
+pub fn service_name(server_url: &str, pool: &str, agent: &str) -> (String, String) {
+    let url = url::Url::parse(server_url).expect("the agent only stores absolute URLs");
+    let host = url.host_str().unwrap_or_default();
+    let account: String = if host.eq_ignore_ascii_case("dev.azure.com") {
+        url.path()
+            .split('/')
+            .find(|s| !s.is_empty())
+            .unwrap_or_default()
+            .to_owned()
+    } else {
+        host.split('.').next().unwrap_or_default().to_owned()
+    };
+    // C#'s string.Length and Substring count UTF-16 code units.
+    let units = |s: &str| s.encode_utf16().count();
+    let substring = |s: &str, n: usize| -> String {
+        let v: Vec<u16> = s.encode_utf16().take(n).collect();
+        String::from_utf16_lossy(&v)
+    };
+    let pattern = |a: &str, p: &str, n: &str| format!("vsts.agent.{a}.{p}.{n}.service");
+    let mut name = pattern(&account, pool, agent);
+    if units(&name) > 80 {
+        let mut exceeded = units(&name) as isize - 80;
+        let account_sub = substring(&account, 25);
+        exceeded -= units(&account) as isize - units(&account_sub) as isize;
+        let pool_sub = substring(pool, 25);
+        exceeded -= units(pool) as isize - units(&pool_sub) as isize;
+        let mut agent_sub = agent.to_owned();
+        if exceeded > 0 {
+            agent_sub = substring(agent, (units(agent) as isize - exceeded).max(0) as usize);
+        }
+        name = pattern(&account_sub, &pool_sub, &agent_sub);
+    }
+    let display = format!("Azure Pipelines Agent ({account}.{pool}.{agent})");
+    (name, display)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `src/Test/L0/Listener/Configuration/ServiceControlManagerL0.cs`, `CalculateServiceNameL0`.
+    #[test]
+    fn the_agents_own_vectors() {
+        let (n, d) = service_name("https://dev.azure.com/bar", "pool1", "foo");
+        assert_eq!(n, "vsts.agent.bar.pool1.foo.service");
+        assert_eq!(d, "Azure Pipelines Agent (bar.pool1.foo)");
+        let (n, d) = service_name(
+            "https://dev.azure.com/bar",
+            &"Y".repeat(40),
+            &"X".repeat(40),
+        );
+        assert_eq!(
+            n,
+            "vsts.agent.bar.YYYYYYYYYYYYYYYYYYYYYYYYY.XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX.service"
+        );
+        assert_eq!(
+            d,
+            format!(
+                "Azure Pipelines Agent (bar.{}.{})",
+                "Y".repeat(40),
+                "X".repeat(40)
+            )
+        );
+        let (n, _) = service_name("https://dev.azure.com/bar", "pool\u{002D}1", "foo");
+        assert_eq!(n, "vsts.agent.bar.pool-1.foo.service");
+        // Not dev.azure.com: the first label of the host.
+        let (n, _) = service_name("https://myorg.visualstudio.com/", "P", "a");
+        assert_eq!(n, "vsts.agent.myorg.P.a.service");
+    }
+}
