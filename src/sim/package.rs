@@ -488,7 +488,9 @@ WantedBy=multi-user.target
 "#;
 
 /// The recorder that stands in for `systemctl`: appends each call to `systemctl.log` and keeps
-/// enabled/active state as files, answering `is-active`/`is-enabled` like systemd.
+/// enabled/active state as files, answering `is-active`/`is-enabled` like systemd. Tests make it
+/// fail: `fail-start` fails every start, `fail-enable` fails enabling units whose name starts with
+/// the file's content.
 pub const SYSTEMCTL_RECORDER: &str = r#"#!/bin/bash
 # Simulated systemctl: records calls, keeps state in files. Never touches the real systemd.
 DIR="$(cd "$(dirname "$0")/.." && pwd)"
@@ -505,6 +507,9 @@ unit="${args[1]}"
 case "$cmd" in
     daemon-reload) exit 0;;
     enable)  [ -f "$DIR/units/$unit" ] || { echo "Failed to enable unit: Unit file $unit does not exist." >&2; exit 1; }
+             if [ -f "$DIR/fail-enable" ]; then
+                 case "$unit" in "$(cat "$DIR/fail-enable")"*) echo "Failed to enable unit: simulated failure" >&2; exit 1;; esac
+             fi
              touch "$DIR/state/$unit.enabled";;
     disable) rm -f "$DIR/state/$unit.enabled";;
     start|restart)
