@@ -314,11 +314,9 @@ async fn fetch_once(
     };
     fed?;
     if let Some(f) = sink.file.as_mut() {
+        // Flushed, not fsynced: a cache entry is verified again whenever it is read (a torn one
+        // after a power cut is dropped and fetched again), so waiting for the disk buys nothing.
         f.flush().await.map_err(io_err(
-            "writing",
-            sink.file_path.as_deref().unwrap_or(cache_dir),
-        ))?;
-        f.sync_data().await.map_err(io_err(
             "writing",
             sink.file_path.as_deref().unwrap_or(cache_dir),
         ))?;
