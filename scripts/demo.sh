@@ -40,7 +40,7 @@ echo "== the agent's own settings file ($DEMO/agent/.agent)"
 sed '1s/^\xEF\xBB\xBF//' "$DEMO/agent/.agent"
 echo
 if [ -f "$SIM_SYSTEMD_DIR/systemctl.log" ]; then
-    echo "== systemctl calls made by svc.sh (recorded)"
+    echo "== systemctl calls agent-bootstrap made (recorded, not this machine's systemd)"
     cat "$SIM_SYSTEMD_DIR/systemctl.log"
 fi
 

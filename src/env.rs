@@ -57,6 +57,23 @@ pub struct Env {
     systemd: bool,
 }
 
+/// Whether systemd runs here: what the machine says, unless a debug build is told otherwise by
+/// [`SYSTEMD_ENV`] (a release build ignores it).
+fn systemd_from(vars: &BTreeMap<String, String>, booted: bool) -> bool {
+    if !cfg!(debug_assertions) {
+        return booted;
+    }
+    match vars
+        .get(SYSTEMD_ENV)
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("yes" | "1" | "true") => true,
+        Some("no" | "0" | "false") => false,
+        _ => booted,
+    }
+}
+
 impl Env {
     /// Snapshot of the real process environment.
     pub fn capture() -> Self {
@@ -76,18 +93,7 @@ impl Env {
             .map(PathBuf::from)
             .or_else(|| user.map(|u| u.dir));
         // sd_booted(): systemd manages this machine.
-        let mut systemd = std::path::Path::new("/run/systemd/system").is_dir();
-        if cfg!(debug_assertions) {
-            match vars
-                .get(SYSTEMD_ENV)
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref()
-            {
-                Some("yes" | "1" | "true") => systemd = true,
-                Some("no" | "0" | "false") => systemd = false,
-                _ => {}
-            }
-        }
+        let systemd = systemd_from(&vars, std::path::Path::new("/run/systemd/system").is_dir());
         Self {
             vars,
             hostname,
@@ -195,6 +201,15 @@ impl Env {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_systemd_knob_only_works_in_debug_builds() {
+        let told = |v: &str| BTreeMap::from([(SYSTEMD_ENV.to_owned(), v.to_owned())]);
+        assert_eq!(systemd_from(&told("yes"), false), cfg!(debug_assertions));
+        assert_eq!(systemd_from(&told("no"), true), !cfg!(debug_assertions));
+        assert!(systemd_from(&BTreeMap::new(), true));
+        assert!(!systemd_from(&BTreeMap::new(), false));
+    }
 
     #[test]
     fn children_get_only_the_allowlist() {

@@ -1,6 +1,6 @@
 //! The one place child processes are started.
 //!
-//! Every child (config.sh, svc.sh, useradd, the agent's `--version`) runs through [`run`]: inside a
+//! Every child (config.sh, reauth.sh, systemctl, useradd, the agent's `--version`) runs through [`run`]: inside a
 //! tracing span, in its own process group so a timeout kills the whole tree (config.sh starts the
 //! listener), with stdin closed, stdout and stderr streamed line by line into our log with every known
 //! secret masked, stderr kept for the error message, and optionally as another user. Secrets go only
@@ -36,7 +36,7 @@ impl RunAs {
 
 #[derive(Debug, Clone)]
 pub struct Child {
-    /// Short name for logs and errors ("config.sh", "svc.sh install").
+    /// Short name for logs and errors ("config.sh", "systemctl enable …").
     pub label: String,
     pub program: PathBuf,
     pub args: Vec<String>,

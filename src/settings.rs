@@ -96,7 +96,7 @@ pub struct InstallSettings {
     pub package: PackageChoice,
     pub config_timeout: std::time::Duration,
     pub dry_run: bool,
-    /// Start the service with `systemctl start --no-block` instead of `svc.sh start`: at boot the
+    /// Start the service with `systemctl start --no-block`: at boot the
     /// agent's unit is ordered after ours, and a blocking start would wait for ourselves.
     pub no_block_start: bool,
     pub state_dir: PathBuf,

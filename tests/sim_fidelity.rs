@@ -256,7 +256,10 @@ fn root_names_the_unit_as_the_agents_svc_sh_would() {
             admins: vec![agent_bootstrap::sim::ids::SYSTEM_OBJECT.into()],
         })
     });
-    for (pool, agent) in [("Default", "test-agent"), (long_pool.as_str(), long_agent.as_str())] {
+    for (pool, agent) in [
+        ("Default", "test-agent"),
+        (long_pool.as_str(), long_agent.as_str()),
+    ] {
         let dir = w.dir.path().join(format!("agent-{}", agent.len()));
         let url = w.org_url();
         w.run(&[

@@ -114,6 +114,8 @@ struct Checked {
     pool: Pool,
     /// The agent is configured here and the server has lost it (or another agent took the name).
     reregister: bool,
+    /// The VM id, when it was asked for alongside the preflight.
+    vm_id: Option<String>,
 }
 
 pub async fn run(
@@ -208,12 +210,20 @@ pub async fn run_locked(
         _ => None,
     };
     let rid = s.os.rid();
-    let (me, pool, meta) = tokio::join!(
+    let (me, pool, meta, vm_id) = tokio::join!(
         devops.connection_data(&budget),
         devops.pool_if_manageable(&s.pool, &budget),
         async {
             if wants_api {
                 Some(devops.agent_package(&rid, wanted_version, &budget).await)
+            } else {
+                None
+            }
+        },
+        // Saved to tell a clone of this machine later; only a fresh install needs it.
+        async {
+            if existing.is_none() && !s.dry_run {
+                tokens.imds().vm_id().await
             } else {
                 None
             }
@@ -265,6 +275,7 @@ pub async fn run_locked(
         who,
         pool,
         reregister,
+        vm_id,
     };
 
     // 4. The account (a real run creates it now: the version check below runs as it).
@@ -595,7 +606,10 @@ async fn execute(
                         "the agent's .agent names another id than the server; the server's is saved"
                     );
                 }
-                record.vm_id = tokens.imds().vm_id().await;
+                record.vm_id = match &c.vm_id {
+                    Some(id) => Some(id.clone()),
+                    None => tokens.imds().vm_id().await,
+                };
                 saved = Some(record);
             }
             Step::InstallUnit { unit, .. } => {

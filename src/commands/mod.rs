@@ -43,6 +43,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
         }
         Command::Install(args) => {
             let settings = settings::install(args, &env, os)?;
+            net.prewarm();
             install::run(&settings, &env, &net, &progress()).await
         }
         Command::Reconcile(args) => {

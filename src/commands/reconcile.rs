@@ -72,7 +72,7 @@ pub struct Observed {
     /// changed it): nothing in it is used, the agent is configured again from the saved settings.
     pub tampered: bool,
     pub clone: bool,
-    /// `.service` exists (svc.sh install ran).
+    /// systemd knows the agent's unit (as root's settings name it).
     pub service_installed: bool,
     /// What systemd says about the agent's unit, when it is installed.
     pub unit: Option<UnitState>,
@@ -91,7 +91,7 @@ pub enum Action {
     Reauth,
     /// Older agents: stop the service, remove the local registration, configure `--replace`.
     ReplaceRegistration,
-    /// `svc.sh stop` + `svc.sh uninstall`.
+    /// Stop, disable and delete the agent's unit (what `svc.sh uninstall` does).
     UninstallService,
     /// Delete `.agent`, `.credentials`, `.credentials_rsaparams`.
     RemoveRegistration,

@@ -52,7 +52,9 @@ pub struct GaveUp {
 #[derive(Clone)]
 pub struct Net {
     direct: reqwest::Client,
-    web: reqwest::Client,
+    /// Built on first use: loading the system's root certificates takes a few milliseconds that
+    /// `token` never needs.
+    web: Arc<std::sync::OnceLock<reqwest::Client>>,
     clock: Clock,
     policy: Policy,
     rng: Arc<Mutex<fastrand::Rng>>,
@@ -71,16 +73,11 @@ impl Net {
         let direct = reqwest::Client::builder()
             // "IMDS isn't intended to be used behind a proxy" (identity.md §1.1).
             .no_proxy()
+            // Plain http on the machine itself: no certificate is ever trusted through it.
+            .tls_certs_only([])
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(20))
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
-            .build()
-            .expect("static reqwest configuration is valid");
-        let web = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // Per read, not per request: a package download takes as long as it takes.
-            .read_timeout(Duration::from_secs(60))
             .user_agent(USER_AGENT)
             .build()
             .expect("static reqwest configuration is valid");
@@ -92,7 +89,7 @@ impl Net {
         };
         Self {
             direct,
-            web,
+            web: Arc::new(std::sync::OnceLock::new()),
             clock,
             policy: Policy::default(),
             rng: Arc::new(Mutex::new(rng)),
@@ -103,11 +100,28 @@ impl Net {
         &self.clock
     }
 
+    /// Builds the internet client on a thread now, so it is ready when the first Azure DevOps
+    /// request needs it (loading the root certificates overlaps the IMDS request).
+    pub fn prewarm(&self) {
+        let net = self.clone();
+        std::thread::spawn(move || {
+            net.client(Service::DevOps);
+        });
+    }
+
     /// The client for a service: identity endpoints never go through a proxy.
     pub fn client(&self, service: Service) -> &reqwest::Client {
         match service {
             Service::Imds => &self.direct,
-            Service::DevOps | Service::Download => &self.web,
+            Service::DevOps | Service::Download => self.web.get_or_init(|| {
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    // Per read, not per request: a package download takes as long as it takes.
+                    .read_timeout(Duration::from_secs(60))
+                    .user_agent(USER_AGENT)
+                    .build()
+                    .expect("static reqwest configuration is valid")
+            }),
         }
     }
 
