@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::clock::Budget;
 use crate::identity::{IdentityError, Tokens};
-use crate::net::{Answer, Judged, Net, Service, Try};
+use crate::net::{Answer, Net, Service, Try};
 
 const API_VERSION: &str = "7.1";
 
@@ -216,15 +216,8 @@ impl DevOpsClient {
                     .header("Accept", "application/json")
                     .timeout(Duration::from_secs(60));
                 let answer = self.net.fetch(request).await;
-                match self.net.judge(Service::DevOps, &answer) {
-                    Judged::Success => Try::Done(Ok(answer.expect("judged a success"))),
-                    Judged::Fatal => Try::Done(Err(refusal(answer.expect("judged"), &shown))),
-                    Judged::Retry {
-                        class,
-                        wait_hint,
-                        detail,
-                    } => Judged::again(class, wait_hint, detail),
-                }
+                self.net
+                    .settle(Service::DevOps, answer, Ok, |a| Err(refusal(a, &shown)))
             })
             .await;
         match outcome {

@@ -361,17 +361,7 @@ fn reconcile_reregisters_from_saved_settings_when_agent_points_elsewhere() {
 #[test]
 fn children_do_not_inherit_roots_environment() {
     let w = World::new();
-    let url = w.org_url();
-    let dir = w.agent_dir();
-    let mut cmd = w.command(&[
-        "install",
-        "--url",
-        &url,
-        "--agent-dir",
-        dir.to_str().unwrap(),
-        "--agent-name",
-        "test-agent",
-    ]);
+    let mut cmd = w.install_command(&[]);
     cmd.env("CUSTOM_SCRIPT_PROTECTED_SETTING", "hunter2")
         .env("AZP_TOKEN", "a-pat-from-somewhere")
         .env("LANG", "C.UTF-8");

@@ -2,7 +2,7 @@
 
 mod common;
 
-use agent_bootstrap::sim::{PoolSpec, Scripted, ServerAgent, ids};
+use agent_bootstrap::sim::{PoolSpec, Scripted, ids};
 use common::*;
 
 #[test]
@@ -380,22 +380,7 @@ fn config_failure_exits_6_with_the_agents_own_error_line() {
 #[test]
 fn config_that_loops_forever_is_stopped_after_the_timeout() {
     let w = World::new();
-    {
-        let mut st = w.sim.state();
-        st.agents.insert(
-            1,
-            vec![ServerAgent {
-                id: 77,
-                name: "test-agent".into(),
-                version: "4.1.0".into(),
-                status: "offline".into(),
-                enabled: true,
-                public_key: String::new(),
-            }],
-        );
-        st.next_agent_id = 78;
-        st.fail_agent_update = true;
-    }
+    w.make_configure_loop();
     let start = std::time::Instant::now();
     let run = w.install(&["--config-timeout", "3"]);
     run.assert_code(6);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_bootstrap::sim::{Scripted, ServerAgent};
+use agent_bootstrap::sim::Scripted;
 use common::*;
 
 fn spawn(mut cmd: Command) -> Child {
@@ -16,22 +16,6 @@ fn spawn(mut cmd: Command) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn install_cmd(w: &World, extra: &[&str]) -> Command {
-    let url = w.org_url();
-    let dir = w.agent_dir();
-    let mut args = vec![
-        "install",
-        "--url",
-        url.as_str(),
-        "--agent-dir",
-        dir.to_str().unwrap(),
-        "--agent-name",
-        "test-agent",
-    ];
-    args.extend(extra);
-    w.command(&args)
 }
 
 /// Waits until `cond` holds (checked every 50 ms), or panics after `limit`.
@@ -173,7 +157,7 @@ fn the_token_is_renewed_before_it_expires_during_a_long_remove() {
 #[test]
 fn sigterm_during_the_download_stops_at_once_and_leaves_nothing() {
     let w = World::with(|c| c.throttle = Some(250_000));
-    let child = spawn(install_cmd(&w, &[]));
+    let child = spawn(w.install_command(&[]));
     wait_for(Duration::from_secs(20), "the download to start", || {
         staging_exists(&w) && !partials(&w).is_empty()
     });
@@ -195,25 +179,9 @@ fn sigterm_during_the_download_stops_at_once_and_leaves_nothing() {
 #[test]
 fn ctrl_c_during_configuration_stops_the_agents_whole_process_group() {
     let w = World::new();
-    {
-        // config.sh --replace against a server that fails the update loops forever.
-        let mut st = w.sim.state();
-        st.agents.insert(
-            1,
-            vec![ServerAgent {
-                id: 77,
-                name: "test-agent".into(),
-                version: "4.1.0".into(),
-                status: "offline".into(),
-                enabled: true,
-                public_key: String::new(),
-            }],
-        );
-        st.next_agent_id = 78;
-        st.fail_agent_update = true;
-    }
+    w.make_configure_loop();
     let root = w.agent_dir().display().to_string();
-    let child = spawn(install_cmd(&w, &["--config-timeout", "600"]));
+    let child = spawn(w.install_command(&["--config-timeout", "600"]));
     wait_for(Duration::from_secs(30), "config.sh to run", || {
         process_running(&["fake-listener", &root])
     });
@@ -231,7 +199,7 @@ fn ctrl_c_during_configuration_stops_the_agents_whole_process_group() {
 #[test]
 fn what_kill_9_leaves_is_cleaned_up_by_the_next_run() {
     let w = World::with(|c| c.throttle = Some(500_000));
-    let child = spawn(install_cmd(&w, &[]));
+    let child = spawn(w.install_command(&[]));
     wait_for(Duration::from_secs(20), "the download to start", || {
         staging_exists(&w) && !partials(&w).is_empty()
     });

@@ -141,15 +141,8 @@ fn an_old_agent_deleted_on_the_server_is_configured_again_with_replace() {
     let run = reconcile(&w);
     run.assert_code(0);
     assert!(run.stdout.contains("configure --replace"), "{}", run.stdout);
-    let verbs: Vec<String> = w
-        .sim
-        .state()
-        .listener_reports
-        .iter()
-        .map(|r| r.verb.clone())
-        .collect();
     assert_eq!(
-        verbs,
+        w.listener_verbs(),
         vec!["configure", "configure"],
         "no reauth before 3.246.0"
     );
@@ -461,14 +454,7 @@ fn remove_undoes_install_and_a_second_remove_is_fine() {
     );
     // Root unregistered the agent itself, at the saved organization: no agent script ran with
     // the token (the agent user can rewrite them).
-    let verbs: Vec<String> = w
-        .sim
-        .state()
-        .listener_reports
-        .iter()
-        .map(|r| r.verb.clone())
-        .collect();
-    assert_eq!(verbs, vec!["configure"]);
+    assert_eq!(w.listener_verbs(), vec!["configure"]);
     let deletes: Vec<_> = w
         .requests()
         .into_iter()
@@ -561,18 +547,7 @@ fn status_of_nothing_says_so() {
 #[test]
 fn without_systemd_install_says_so_and_skips_the_boot_unit() {
     let w = World::new();
-    let url = w.org_url();
-    let dir = w.agent_dir();
-    let mut cmd = w.command(&[
-        "install",
-        "--url",
-        &url,
-        "--agent-dir",
-        dir.to_str().unwrap(),
-        "--agent-name",
-        "c1",
-        "--no-service",
-    ]);
+    let mut cmd = w.install_command(&["--agent-name", "c1", "--no-service"]);
     // A container: no systemd (whatever the machine running the tests has).
     cmd.env_remove("AGENT_BOOTSTRAP_UNIT_DIR")
         .env("AGENT_BOOTSTRAP_TEST_SYSTEMD", "no");

@@ -16,7 +16,7 @@ use url::Url;
 
 use crate::clock::Budget;
 use crate::env::Env;
-use crate::net::{Answer, Judged, Net, Service, Try};
+use crate::net::{Answer, Net, Service};
 use crate::secret::{Masker, Secret};
 
 /// How long one token request may retry when the caller's budget allows it (`identity.md` §1.4:
@@ -205,23 +205,13 @@ impl<T: Transport> ImdsClient<T> {
             .net
             .retry("IMDS token", budget, async |_| {
                 let answer = self.transport.get(&url).await;
-                match self.net.judge(Service::Imds, &answer) {
-                    Judged::Success => Try::Done(parse_token(
-                        &answer.expect("judged a success").body,
-                        &shown,
-                        self.net.clock().unix_now(),
-                    )),
-                    Judged::Fatal => Try::Done(Err(fatal_error(
-                        answer.expect("judged an answer"),
-                        selector,
-                        &shown,
-                    ))),
-                    Judged::Retry {
-                        class,
-                        wait_hint,
-                        detail,
-                    } => Judged::again(class, wait_hint, detail),
-                }
+                let now = self.net.clock().unix_now();
+                self.net.settle(
+                    Service::Imds,
+                    answer,
+                    |a| parse_token(&a.body, &shown, now),
+                    |a| Err(fatal_error(a, selector, &shown)),
+                )
             })
             .await;
         match outcome {

@@ -161,22 +161,34 @@ impl Net {
         None
     }
 
-    /// The retry decision for an answer (or a transport failure) from `service`.
-    pub fn judge(&self, service: Service, answer: &Result<Answer, String>) -> Judged {
-        match answer {
-            Err(e) => Judged::Retry {
-                class: Class::Backoff,
-                wait_hint: None,
-                detail: e.clone(),
-            },
-            Ok(a) => match retry::classify(service, a.status) {
-                Class::Success => Judged::Success,
-                Class::Fatal => Judged::Fatal,
-                class => Judged::Retry {
-                    class,
-                    wait_hint: self.wait_hint(a.status, &a.headers),
-                    detail: describe(a),
-                },
+    /// What one attempt came to, by the table: `ok` turns a success into the result, `refused` a
+    /// fatal answer; anything else (a transport failure included) is worth another try.
+    pub fn settle<T>(
+        &self,
+        service: Service,
+        answer: Result<Answer, String>,
+        ok: impl FnOnce(Answer) -> T,
+        refused: impl FnOnce(Answer) -> T,
+    ) -> Try<T> {
+        let a = match answer {
+            Ok(a) => a,
+            Err(detail) => {
+                return Try::Again {
+                    class: Class::Backoff,
+                    wait_hint: None,
+                    detail,
+                    progress: false,
+                };
+            }
+        };
+        match retry::classify(service, a.status) {
+            Class::Success => Try::Done(ok(a)),
+            Class::Fatal => Try::Done(refused(a)),
+            class => Try::Again {
+                class,
+                wait_hint: self.wait_hint(a.status, &a.headers),
+                detail: describe(&a),
+                progress: false,
             },
         }
     }
@@ -232,29 +244,6 @@ impl Net {
                 delay.as_secs_f32()
             );
             self.clock.sleep(delay).await;
-        }
-    }
-}
-
-/// [`Net::judge`]'s verdict.
-pub enum Judged {
-    Success,
-    Fatal,
-    Retry {
-        class: Class,
-        wait_hint: Option<Duration>,
-        detail: String,
-    },
-}
-
-impl Judged {
-    /// The [`Try`] for a retryable verdict.
-    pub fn again<T>(class: Class, wait_hint: Option<Duration>, detail: String) -> Try<T> {
-        Try::Again {
-            class,
-            wait_hint,
-            detail,
-            progress: false,
         }
     }
 }

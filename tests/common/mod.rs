@@ -163,8 +163,8 @@ impl World {
         self.run_cmd(self.command(args))
     }
 
-    /// `install --url <sim> --agent-dir <world>/agent --agent-name <name> EXTRA…`
-    pub fn install(&self, extra: &[&str]) -> Run {
+    /// `install --url <sim> --agent-dir <world>/agent --agent-name test-agent EXTRA…`, to run.
+    pub fn install_command(&self, extra: &[&str]) -> Command {
         let url = self.org_url();
         let dir = self.agent_dir();
         let mut args = vec![
@@ -178,7 +178,41 @@ impl World {
             args.extend(["--agent-name", "test-agent"]);
         }
         args.extend(extra);
-        self.run(&args)
+        self.command(&args)
+    }
+
+    /// `install --url <sim> --agent-dir <world>/agent --agent-name test-agent EXTRA…`
+    pub fn install(&self, extra: &[&str]) -> Run {
+        self.run_cmd(self.install_command(extra))
+    }
+
+    /// The pool already has a `test-agent` and every update of it fails: `config.sh --replace`
+    /// then loops forever, like the real listener.
+    pub fn make_configure_loop(&self) {
+        let mut st = self.sim.state();
+        st.agents.insert(
+            1,
+            vec![agent_bootstrap::sim::ServerAgent {
+                id: 77,
+                name: "test-agent".into(),
+                version: "4.1.0".into(),
+                status: "offline".into(),
+                enabled: true,
+                public_key: String::new(),
+            }],
+        );
+        st.next_agent_id = 78;
+        st.fail_agent_update = true;
+    }
+
+    /// The verbs the fake listener ran, in order (configure, reauth, remove).
+    pub fn listener_verbs(&self) -> Vec<String> {
+        self.sim
+            .state()
+            .listener_reports
+            .iter()
+            .map(|r| r.verb.clone())
+            .collect()
     }
 
     /// `reconcile --agent-dir <world>/agent`
