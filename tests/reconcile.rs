@@ -636,3 +636,28 @@ fn a_unit_file_of_another_agent_dir_is_left_alone() {
     assert!(!w.systemctl_log().contains(&format!("disable {UNIT}")));
     assert_eq!(w.server_agents(1).len(), 1, "nothing unregistered");
 }
+
+#[test]
+fn reconcile_refuses_an_agent_dir_others_could_move() {
+    let w = installed();
+    // The directory above the agent dir became writable by every account.
+    let parent = w.dir.path();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let before = w.requests().len();
+    let run = w.reconcile();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("--agent-dir") && run.stderr.contains("writable by other accounts"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.requests().len(), before, "nothing contacted");
+    w.reconcile().assert_code(0);
+}
