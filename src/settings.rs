@@ -147,7 +147,8 @@ fn check_resource_id(value: &str) -> Result<(), SettingsError> {
         && parts[4] == "providers"
         && parts[5] == "microsoft.managedidentity"
         && parts[6] == "userassignedidentities"
-        && parts.iter().all(|p| !p.is_empty());
+        && parts.iter().all(|p| !p.is_empty())
+        && v.chars().all(|c| c.is_ascii_graphic());
     if ok {
         Ok(())
     } else {

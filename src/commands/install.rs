@@ -549,8 +549,11 @@ async fn execute(
                 done.agent_version = version.clone();
             }
             Step::StopService { unit } => {
-                // A listener still running with the old key would not pick up the new one.
-                Systemctl::require(env)?.run(&["stop", unit]).await?;
+                // A listener still running with the old key would not pick up the new one. A unit
+                // that is not there (never installed) has nothing to stop.
+                if let Err(e) = Systemctl::require(env)?.run(&["stop", unit]).await {
+                    tracing::warn!("{e}");
+                }
             }
             Step::RemoveRegistration => {
                 if !c.reregister {

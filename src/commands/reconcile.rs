@@ -249,7 +249,8 @@ pub async fn run(
     ));
 
     let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name);
-    let manage_units = env.is_root() && saved.service && !os.is_windows();
+    let manage_units =
+        env.is_root() && saved.service && !os.is_windows() && service::systemd_available(env);
     let systemctl = Systemctl::find(env).filter(|_| manage_units);
     let unit_state = match &systemctl {
         Some(sc) => Some(sc.state(&unit.name).await?),
@@ -331,8 +332,10 @@ pub async fn run(
                 let devops = devops.as_ref().expect("the server was asked");
                 let mut s = settings::from_saved(&saved, env, os)?;
                 s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
-                if let Some(sc) = &systemctl {
-                    sc.run(&["stop", &unit.name]).await?;
+                if let Some(sc) = &systemctl
+                    && let Err(e) = sc.run(&["stop", &unit.name]).await
+                {
+                    tracing::warn!("{e}");
                 }
                 agent.remove_registration()?;
                 let user = crate::user::ensure(&s.user, env).await?;

@@ -511,12 +511,14 @@ case "$cmd" in
                  case "$unit" in "$(cat "$DIR/fail-enable")"*) echo "Failed to enable unit: simulated failure" >&2; exit 1;; esac
              fi
              touch "$DIR/state/$unit.enabled";;
-    disable) rm -f "$DIR/state/$unit.enabled";;
+    disable) [ -f "$DIR/units/$unit" ] || { echo "Failed to disable unit: Unit file $unit does not exist." >&2; exit 1; }
+             rm -f "$DIR/state/$unit.enabled";;
     start|restart)
              [ -f "$DIR/units/$unit" ] || { echo "Failed to start $unit: Unit $unit not found." >&2; exit 5; }
              [ -f "$DIR/fail-start" ] && { echo "Job for $unit failed because the control process exited with error code." >&2; exit 1; }
              touch "$DIR/state/$unit.active";;
-    stop)    rm -f "$DIR/state/$unit.active";;
+    stop)    [ -f "$DIR/units/$unit" ] || [ -f "$DIR/state/$unit.active" ] || { echo "Failed to stop $unit: Unit $unit not loaded." >&2; exit 5; }
+             rm -f "$DIR/state/$unit.active";;
     is-active)  if [ -f "$DIR/state/$unit.active" ]; then echo active; exit 0; else echo inactive; exit 3; fi;;
     is-enabled) if [ ! -f "$DIR/units/$unit" ]; then echo "Failed to get unit file state for $unit: No such file or directory" >&2; exit 1; elif [ -f "$DIR/state/$unit.enabled" ]; then echo enabled; exit 0; else echo disabled; exit 1; fi;;
     status)  if [ -f "$DIR/state/$unit.active" ]; then echo "● $unit - active (running)"; exit 0; else echo "○ $unit - inactive (dead)"; exit 3; fi;;
