@@ -1142,3 +1142,20 @@ fn a_hostile_package_is_refused_and_nothing_escapes() {
     assert!(w.staging_leftovers().is_empty());
     assert!(w.server_agents(1).is_empty());
 }
+
+#[test]
+fn re_registering_an_agent_whose_unit_is_gone_installs_the_unit_again() {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    std::fs::remove_file(w.units_dir().join(UNIT)).unwrap();
+    for s in ["active", "enabled"] {
+        let _ = std::fs::remove_file(w.sim.systemd_dir().join(format!("state/{UNIT}.{s}")));
+    }
+    w.sim.state().agents.clear();
+    let run = w.install(&[]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("not loaded"), "{}", run.stderr);
+    assert!(w.units_dir().join(UNIT).is_file());
+    assert!(w.unit_active(UNIT) && w.unit_enabled(UNIT));
+    assert_eq!(w.server_agents(1).len(), 1);
+}

@@ -528,6 +528,8 @@ async fn execute(
     for step in &plan.steps {
         match step {
             Step::Note(text) => tracing::warn!("{text}"),
+            // A real run creates the account before planning (the version check runs as it), so
+            // only a dry run's plan shows this step.
             Step::CreateUser { .. } => {}
             Step::KeepPackage { reason } => tracing::info!(
                 "keeping the agent package in {}: {reason}",
