@@ -1045,12 +1045,7 @@ fn json_logs_are_one_object_per_line() {
 fn without_root_it_configures_as_the_current_user_with_no_service() {
     // A container image running as its own user (no root, no systemd).
     let w = World::new();
-    let user = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("nobody exists");
-    let home = w.dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+    let (user, home) = w.nobody_home();
     let url = w.org_url();
     let agent_dir = home.join("agent");
     let state = home.join("state");
@@ -1068,33 +1063,14 @@ fn without_root_it_configures_as_the_current_user_with_no_service() {
         .env("AGENT_BOOTSTRAP_CACHE_DIR", &cache)
         .env("HOME", &home)
         .env_remove("AGENT_BOOTSTRAP_UNIT_DIR");
-    let mut as_user = std::process::Command::new(bin_for_any_user());
-    as_user.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => as_user.env(k, v),
-            None => as_user.env_remove(k),
-        };
-    }
-    std::os::unix::process::CommandExt::uid(&mut as_user, user.uid.as_raw());
-    std::os::unix::process::CommandExt::gid(&mut as_user, user.gid.as_raw());
-    let run = w.run_cmd(as_user);
+    let run = w.run_cmd(as_user(&cmd, &user));
     // Without --no-service: refused, naming the flag, before anything is contacted.
     run.assert_code(2);
     assert!(run.stderr.contains("--no-service"), "{}", run.stderr);
     assert!(w.requests().is_empty());
 
-    let mut cmd2 = std::process::Command::new(bin_for_any_user());
-    cmd2.args(cmd.get_args()).arg("--no-service");
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => cmd2.env(k, v),
-            None => cmd2.env_remove(k),
-        };
-    }
-    std::os::unix::process::CommandExt::uid(&mut cmd2, user.uid.as_raw());
-    std::os::unix::process::CommandExt::gid(&mut cmd2, user.gid.as_raw());
-    let run = w.run_cmd(cmd2);
+    cmd.arg("--no-service");
+    let run = w.run_cmd(as_user(&cmd, &user));
     run.assert_code(0);
     assert!(
         run.stdout.contains("runs as:      nobody"),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -266,36 +266,10 @@ fn settings_are_saved_before_the_boot_unit_is_enabled() {
     w.reconcile().assert_code(0);
 }
 
-/// The user `nobody`, with a home directory of its own inside the world.
-fn nobody_home(w: &World) -> (nix::unistd::User, PathBuf) {
-    let user = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("nobody exists");
-    let home = w.dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
-    (user, home)
-}
-
-/// The same command, run as `user` by the copy of the binary any account can execute.
-fn as_user(cmd: &Command, user: &nix::unistd::User) -> Command {
-    let mut c = Command::new(bin_for_any_user());
-    c.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    std::os::unix::process::CommandExt::uid(&mut c, user.uid.as_raw());
-    std::os::unix::process::CommandExt::gid(&mut c, user.gid.as_raw());
-    c
-}
-
 #[test]
 fn without_root_on_a_systemd_machine_everything_lives_in_the_home_directory() {
     let w = World::new();
-    let (user, home) = nobody_home(&w);
+    let (user, home) = w.nobody_home();
     let url = w.org_url();
     let mut cmd = w.command(&[
         "install",
@@ -348,7 +322,7 @@ fn without_root_on_a_systemd_machine_everything_lives_in_the_home_directory() {
 #[test]
 fn without_root_an_agent_dir_it_cannot_write_is_refused_before_anything_is_contacted() {
     let w = World::new();
-    let (user, home) = nobody_home(&w);
+    let (user, home) = w.nobody_home();
     let url = w.org_url();
     let root_owned = w.dir.path().join("opt-agent");
     let mut cmd = w.command(&[

@@ -136,13 +136,7 @@ pub async fn run(
 /// through a path another account controls, or (without root) one this account cannot create.
 pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
     let agent_uid = user::lookup(s.user.name()).ok().flatten().map(|u| u.uid);
-    crate::fsx::check_agent_dir_location(&s.agent_dir, env.uid(), agent_uid).map_err(|e| {
-        Error::Input(format!(
-            "invalid --agent-dir {}: {}",
-            s.agent_dir.display(),
-            e.0
-        ))
-    })?;
+    super::check_agent_dir(&s.agent_dir, env, agent_uid)?;
     if !s.as_root {
         let mut existing = s.agent_dir.as_path();
         while !existing.exists() {

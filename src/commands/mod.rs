@@ -61,6 +61,22 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
     }
 }
 
+/// Refuses (exit 2, naming `--agent-dir`) an agent dir another account could move or replace:
+/// [`crate::fsx::check_agent_dir_location`].
+pub(crate) fn check_agent_dir(
+    agent_dir: &std::path::Path,
+    env: &Env,
+    agent_uid: Option<u32>,
+) -> Result<(), Error> {
+    crate::fsx::check_agent_dir_location(agent_dir, env.uid(), agent_uid).map_err(|e| {
+        Error::Input(format!(
+            "invalid --agent-dir {}: {}",
+            agent_dir.display(),
+            e.0
+        ))
+    })
+}
+
 /// One of the agent's own scripts (`config.sh`, `config.sh remove`, `reauth.sh`), set up as all of
 /// them must be: from the agent root, as the agent user, the token only in
 /// `VSTS_AGENT_INPUT_TOKEN`. As root only when root is the account (`user` is root or unknown), and

@@ -204,13 +204,7 @@ pub async fn run(
     })?;
     settings::check_saved(&saved)?;
     let agent_uid = crate::user::lookup(&saved.user)?.map(|u| u.uid);
-    crate::fsx::check_agent_dir_location(agent_dir, env.uid(), agent_uid).map_err(|e| {
-        Error::Input(format!(
-            "invalid --agent-dir {}: {}",
-            agent_dir.display(),
-            e.0
-        ))
-    })?;
+    super::check_agent_dir(agent_dir, env, agent_uid)?;
     let agent = AgentDir::new(agent_dir, &os);
     // An `.agent` that cannot be read (a FIFO, a link, garbage) or that names another
     // organization, pool or agent was changed behind our back: it is not believed, and the agent

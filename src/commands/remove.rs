@@ -43,13 +43,7 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
         .as_ref()
         .and_then(|s| crate::user::lookup(&s.user).ok().flatten())
         .map(|u| u.uid);
-    crate::fsx::check_agent_dir_location(agent_dir, env.uid(), agent_uid).map_err(|e| {
-        Error::Input(format!(
-            "invalid --agent-dir {}: {}",
-            agent_dir.display(),
-            e.0
-        ))
-    })?;
+    super::check_agent_dir(agent_dir, env, agent_uid)?;
     let mut done: Vec<String> = vec![];
 
     match &saved {

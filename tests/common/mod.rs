@@ -186,6 +186,17 @@ impl World {
         self.run_cmd(self.install_command(extra))
     }
 
+    /// The user `nobody`, with a home directory of its own inside the world.
+    pub fn nobody_home(&self) -> (nix::unistd::User, PathBuf) {
+        let user = nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .expect("nobody exists");
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+        (user, home)
+    }
+
     /// The pool already has a `test-agent` and every update of it fails: `config.sh --replace`
     /// then loops forever, like the real listener.
     pub fn make_configure_loop(&self) {
@@ -387,6 +398,21 @@ impl World {
             })
             .unwrap_or_default()
     }
+}
+
+/// The same command, run as `user` by the copy of the binary any account can execute.
+pub fn as_user(cmd: &Command, user: &nix::unistd::User) -> Command {
+    let mut c = Command::new(bin_for_any_user());
+    c.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    std::os::unix::process::CommandExt::uid(&mut c, user.uid.as_raw());
+    std::os::unix::process::CommandExt::gid(&mut c, user.gid.as_raw());
+    c
 }
 
 /// A world with the agent installed (as root, the dedicated user, the simulated service).
