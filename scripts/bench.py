@@ -53,12 +53,12 @@ def main():
     if os.geteuid() != 0:
         sys.exit("run as root (the benchmark creates the agent user and runs config.sh as it)")
 
-    sh(["cargo", "build", "--quiet", "--release", "--bins"], cwd=ROOT)
+    sh(["cargo", "build", "--quiet", "--release", "--bins", "--example", "azure-sim"], cwd=ROOT)
     work = args.work
     os.makedirs(work, exist_ok=True)
     os.chmod(work, 0o755)
     sim_bin = os.path.join(work, "azure-sim")
-    shutil.copy(os.path.join(ROOT, "target/release/azure-sim"), sim_bin)
+    shutil.copy(os.path.join(ROOT, "target/release/examples/azure-sim"), sim_bin)
     os.chmod(sim_bin, 0o755)
     ours = os.path.join(ROOT, "target/release/agent-bootstrap")
 

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet --bins
+cargo build --quiet --bins --example azure-sim
 BIN=target/debug
 
 DEMO=$(mktemp -d /tmp/agent-bootstrap-demo.XXXXXX)
@@ -19,7 +19,7 @@ cleanup() { [ -n "${SIM_PID:-}" ] && kill "$SIM_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
 # The agent user must be able to run the simulator's fake listener.
-cp "$BIN/azure-sim" "$DEMO/azure-sim" && chmod 755 "$DEMO/azure-sim"
+cp "$BIN/examples/azure-sim" "$DEMO/azure-sim" && chmod 755 "$DEMO/azure-sim"
 "$DEMO/azure-sim" serve --work-dir "$DEMO/sim" > "$DEMO/sim.env" 2> "$DEMO/sim.log" &
 SIM_PID=$!
 for _ in $(seq 1 100); do grep -q SIM_READY "$DEMO/sim.env" 2>/dev/null && break; sleep 0.1; done

@@ -6,8 +6,8 @@
 //! policy: transport, retry table, budgets), [`package`] (verified streaming download and
 //! extraction), [`agent`] (the agent's files and scripts), [`fsx`] (file operations next to files
 //! the agent user controls), [`user`], [`service`], [`state`] (what later runs need), [`process`]
-//! (every child process), [`interrupt`] (SIGTERM/SIGINT). [`sim`] is the simulated Azure the tests,
-//! the demo and the benchmark run against.
+//! (every child process), [`interrupt`] (SIGTERM/SIGINT). The simulated Azure the tests, the demo and
+//! the benchmark run against is a crate of its own (`sim/`, `azure-sim`).
 
 pub mod agent;
 pub mod cli;
@@ -29,6 +29,5 @@ pub mod progress;
 pub mod secret;
 pub mod service;
 pub mod settings;
-pub mod sim;
 pub mod state;
 pub mod user;

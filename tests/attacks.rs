@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_bootstrap::sim::SimConfig;
+use azure_sim::SimConfig;
 use common::*;
 
 fn agent_json(w: &World) -> serde_json::Value {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use agent_bootstrap::sim::{PoolSpec, Scripted, ids};
+use azure_sim::{PoolSpec, Scripted, ids};
 use common::*;
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_bootstrap::sim::Scripted;
+use azure_sim::Scripted;
 use common::*;
 
 fn spawn(mut cmd: Command) -> Child {

@@ -21,7 +21,7 @@ fn enabled(w: &World, unit: &str) -> bool {
     w.unit_enabled(unit)
 }
 
-fn ado_requests_since(w: &World, before: usize) -> Vec<agent_bootstrap::sim::Request> {
+fn ado_requests_since(w: &World, before: usize) -> Vec<azure_sim::Request> {
     w.requests()[before..]
         .iter()
         .filter(|r| r.path.starts_with("/myorg/"))
@@ -465,7 +465,7 @@ fn remove_undoes_install_and_a_second_remove_is_fine() {
         deletes[0].path.ends_with("/pools/1/agents/1"),
         "{deletes:?}"
     );
-    assert_eq!(deletes[0].caller, agent_bootstrap::sim::ids::SYSTEM_OBJECT);
+    assert_eq!(deletes[0].caller, azure_sim::ids::SYSTEM_OBJECT);
 
     let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
     run.assert_code(0);

@@ -250,10 +250,10 @@ fn root_names_the_unit_as_the_agents_svc_sh_would() {
     let long_pool = "Y".repeat(40);
     let long_agent = "X".repeat(40);
     let w = World::with(|c| {
-        c.pools.push(agent_bootstrap::sim::PoolSpec {
+        c.pools.push(azure_sim::PoolSpec {
             id: 3,
             name: long_pool.clone(),
-            admins: vec![agent_bootstrap::sim::ids::SYSTEM_OBJECT.into()],
+            admins: vec![azure_sim::ids::SYSTEM_OBJECT.into()],
         })
     });
     for (pool, agent) in [
@@ -299,4 +299,36 @@ fn root_names_the_unit_as_the_agents_svc_sh_would() {
                 .collect::<Vec<_>>()
         );
     }
+}
+
+/// The simulated agent names its service with the agent's own unit-test vectors
+/// (`src/Test/L0/Listener/Configuration/ServiceControlManagerL0.cs`, `CalculateServiceNameL0`).
+#[test]
+fn the_simulated_agent_names_services_by_the_agents_own_vectors() {
+    use azure_sim::naming::service_name;
+    let (n, d) = service_name("https://dev.azure.com/bar", "pool1", "foo");
+    assert_eq!(n, "vsts.agent.bar.pool1.foo.service");
+    assert_eq!(d, "Azure Pipelines Agent (bar.pool1.foo)");
+    let (n, d) = service_name(
+        "https://dev.azure.com/bar",
+        &"Y".repeat(40),
+        &"X".repeat(40),
+    );
+    assert_eq!(
+        n,
+        "vsts.agent.bar.YYYYYYYYYYYYYYYYYYYYYYYYY.XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX.service"
+    );
+    assert_eq!(
+        d,
+        format!(
+            "Azure Pipelines Agent (bar.{}.{})",
+            "Y".repeat(40),
+            "X".repeat(40)
+        )
+    );
+    let (n, _) = service_name("https://dev.azure.com/bar", "pool\u{002D}1", "foo");
+    assert_eq!(n, "vsts.agent.bar.pool-1.foo.service");
+    // Not dev.azure.com: the first label of the host.
+    let (n, _) = service_name("https://myorg.visualstudio.com/", "P", "a");
+    assert_eq!(n, "vsts.agent.myorg.P.a.service");
 }

@@ -68,8 +68,18 @@ impl std::fmt::Debug for Net {
 
 const USER_AGENT: &str = concat!("agent-bootstrap/", env!("CARGO_PKG_VERSION"));
 
+/// Makes ring rustls' process-wide crypto provider (reqwest is built without one: see
+/// `Cargo.toml`). Idempotent.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl Net {
     pub fn new(clock: Clock) -> Self {
+        install_crypto_provider();
         let direct = reqwest::Client::builder()
             // "IMDS isn't intended to be used behind a proxy" (identity.md §1.1).
             .no_proxy()

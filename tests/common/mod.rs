@@ -7,12 +7,39 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use agent_bootstrap::sim::{SimConfig, Simulator};
+use azure_sim::{SimConfig, Simulator};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agent-bootstrap");
 /// The agent's unit for `test-agent` in pool `Default` of the simulator (host 127.0.0.1).
 pub const UNIT: &str = "vsts.agent.127.Default.test\\x2dagent.service";
-const SIM_BIN: &str = env!("CARGO_BIN_EXE_azure-sim");
+
+/// The simulator program (`examples/azure-sim.rs`, built by `cargo test` with the tests). Built
+/// here when a single test target was asked for (`cargo test --test install` builds no examples).
+fn sim_bin() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        // target/<profile>/deps/<test> → target/<profile>/examples/azure-sim
+        let profile_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .to_owned();
+        let exe = profile_dir.join("examples").join("azure-sim");
+        if !exe.is_file() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let ok = Command::new(cargo)
+                .args(["build", "--quiet", "--example", "azure-sim"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok && exe.is_file(), "could not build the simulator");
+        }
+        exe
+    })
+    .clone()
+}
 
 /// The tests' root: world-traversable, because the agent runs as an unprivileged user.
 fn tests_root() -> PathBuf {
@@ -36,7 +63,7 @@ fn listener_exe() -> PathBuf {
         std::fs::create_dir_all(&dir).unwrap();
         set_mode(&dir, 0o755);
         let dest = dir.join("azure-sim");
-        std::fs::copy(SIM_BIN, &dest).unwrap();
+        std::fs::copy(sim_bin(), &dest).unwrap();
         set_mode(&dest, 0o755);
         dest
     })
@@ -203,7 +230,7 @@ impl World {
         let mut st = self.sim.state();
         st.agents.insert(
             1,
-            vec![agent_bootstrap::sim::ServerAgent {
+            vec![azure_sim::ServerAgent {
                 id: 77,
                 name: "test-agent".into(),
                 version: "4.1.0".into(),
@@ -340,7 +367,7 @@ impl World {
         }
     }
 
-    pub fn requests(&self) -> Vec<agent_bootstrap::sim::Request> {
+    pub fn requests(&self) -> Vec<azure_sim::Request> {
         self.sim.state().requests.clone()
     }
 
@@ -370,7 +397,7 @@ impl World {
             .collect()
     }
 
-    pub fn server_agents(&self, pool: u64) -> Vec<agent_bootstrap::sim::ServerAgent> {
+    pub fn server_agents(&self, pool: u64) -> Vec<azure_sim::ServerAgent> {
         self.sim
             .state()
             .agents

@@ -1,6 +1,7 @@
 //! The fake agent's service name, written from the agent's C# (`CalculateServiceName`) on its own,
 //! not with the product's code: the simulator is what the product is checked against, so it must
-//! not share the product's mistakes. Pinned by the agent's own unit-test vectors below.
+//! not share the product's mistakes. Pinned by the agent's own unit-test vectors
+//! (`tests/sim_fidelity.rs` in agent-bootstrap).
 
 /// `(serviceName, serviceDisplayName)` for the pattern `vsts.agent.{0}.{1}.{2}.service` and
 /// `Azure Pipelines Agent ({0}.{1}.{2})`.
@@ -38,39 +39,4 @@ pub fn service_name(server_url: &str, pool: &str, agent: &str) -> (String, Strin
     }
     let display = format!("Azure Pipelines Agent ({account}.{pool}.{agent})");
     (name, display)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `src/Test/L0/Listener/Configuration/ServiceControlManagerL0.cs`, `CalculateServiceNameL0`.
-    #[test]
-    fn the_agents_own_vectors() {
-        let (n, d) = service_name("https://dev.azure.com/bar", "pool1", "foo");
-        assert_eq!(n, "vsts.agent.bar.pool1.foo.service");
-        assert_eq!(d, "Azure Pipelines Agent (bar.pool1.foo)");
-        let (n, d) = service_name(
-            "https://dev.azure.com/bar",
-            &"Y".repeat(40),
-            &"X".repeat(40),
-        );
-        assert_eq!(
-            n,
-            "vsts.agent.bar.YYYYYYYYYYYYYYYYYYYYYYYYY.XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX.service"
-        );
-        assert_eq!(
-            d,
-            format!(
-                "Azure Pipelines Agent (bar.{}.{})",
-                "Y".repeat(40),
-                "X".repeat(40)
-            )
-        );
-        let (n, _) = service_name("https://dev.azure.com/bar", "pool\u{002D}1", "foo");
-        assert_eq!(n, "vsts.agent.bar.pool-1.foo.service");
-        // Not dev.azure.com: the first label of the host.
-        let (n, _) = service_name("https://myorg.visualstudio.com/", "P", "a");
-        assert_eq!(n, "vsts.agent.myorg.P.a.service");
-    }
 }

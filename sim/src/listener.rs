@@ -245,6 +245,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     }
     let parsed = parse(&args[i..]);
+    crate::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -669,7 +670,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         Err(_) => None,
     }
     .unwrap_or_else(|| "/tmp/azure-sim-systemd".into());
-    let (svc_name, svc_desc) = super::naming::service_name(&url, &real_pool_name, &agent_name);
+    let (svc_name, svc_desc) = crate::naming::service_name(&url, &real_pool_name, &agent_name);
     if let Ok(template) = fs_err::read_to_string(ctx.root.join("bin/systemd.svc.sh.template")) {
         let script = template
             .replace("{{SvcNameVar}}", &svc_name)

@@ -14,7 +14,7 @@ use axum::routing::{get, post, put};
 use serde_json::json;
 
 use super::{IdentitySpec, ListenerReport, Request, ServerAgent, SimConfig, State};
-use crate::identity::AZURE_DEVOPS_RESOURCE;
+use crate::AZURE_DEVOPS_RESOURCE;
 
 #[derive(Clone)]
 pub struct Shared {

@@ -1,4 +1,7 @@
-//! The simulated Azure that the tests, the README demo and the benchmark run against.
+//! `azure-sim`: the simulated Azure that agent-bootstrap's tests, the README demo and the benchmark
+//! run against. A crate of its own, a dev-dependency of agent-bootstrap: the shipped binary and
+//! its dependency tree carry none of it. It shares no code with the product on purpose: what it
+//! checks the product against must not inherit the product's mistakes.
 //!
 //! One HTTP server on loopback plays three parts: IMDS (managed-identity tokens, with scripted
 //! faults), the Azure DevOps REST endpoints agent-bootstrap and the agent use (organization
@@ -8,10 +11,26 @@
 //! agent talks to Azure DevOps (Basic auth with the token as password) and reports what it saw —
 //! including any process whose argv contains the token. Tests read and script the state directly.
 
+pub mod cli;
 pub mod listener;
 pub mod naming;
 pub mod package;
 mod server;
+
+/// Azure DevOps' application id: the `resource` IMDS must be asked for.
+pub const AZURE_DEVOPS_RESOURCE: &str = "499b84ac-1321-427f-aa17-267ca6975798";
+/// Where MSAL, azure-identity and agent-bootstrap look for an IMDS other than 169.254.169.254.
+pub const IMDS_BASE_ENV: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
+/// agent-bootstrap's unit directory variable: the simulated systemd's units go there.
+pub const UNIT_DIR_ENV: &str = "AGENT_BOOTSTRAP_UNIT_DIR";
+
+/// Installs ring as rustls' crypto provider (the simulator's HTTP clients are built without one).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -341,10 +360,10 @@ impl Simulator {
     /// The environment agent-bootstrap needs to use this simulator instead of Azure.
     pub fn client_env(&self) -> Vec<(String, String)> {
         vec![
-            (crate::identity::IMDS_BASE_ENV.to_owned(), self.base_url()),
+            (IMDS_BASE_ENV.to_owned(), self.base_url()),
             ("NO_PROXY".to_owned(), "127.0.0.1,localhost".to_owned()),
             (
-                crate::service::UNIT_DIR_ENV.to_owned(),
+                UNIT_DIR_ENV.to_owned(),
                 self.systemd_dir().join("units").display().to_string(),
             ),
         ]

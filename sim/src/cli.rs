@@ -1,9 +1,9 @@
-//! `azure-sim`: the simulated Azure on loopback, for the README demo and the benchmark; also the
-//! fake agent package's `Agent.Listener` (`azure-sim fake-listener …`).
+//! The `azure-sim` program: the simulated Azure on loopback, for the README demo and the benchmark;
+//! also the fake agent package's `Agent.Listener` (`azure-sim fake-listener …`).
 
 use std::path::PathBuf;
 
-use agent_bootstrap::sim::{SimConfig, Simulator};
+use crate::{SimConfig, Simulator};
 
 fn usage() -> ! {
     eprintln!(
@@ -13,12 +13,11 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-fn main() {
+/// `azure-sim serve …` or `azure-sim fake-listener …`.
+pub fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("fake-listener") => {
-            std::process::exit(agent_bootstrap::sim::listener::main(&args[1..]))
-        }
+        Some("fake-listener") => std::process::exit(crate::listener::main(&args[1..])),
         Some("serve") => serve(&args[1..]),
         _ => usage(),
     }
