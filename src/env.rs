@@ -7,7 +7,6 @@
 //! (secrets included), and none of it has any business in the agent's scripts.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Debug builds only: `yes`/`no` overrides "does systemd run here", so the suite behaves the same
@@ -44,6 +43,32 @@ const CHILD_VARS: &[&str] = &[
     "VSO_AGENT_IGNORE",
 ];
 const CHILD_PREFIXES: &[&str] = &["LC_"];
+/// What a Windows program needs to start at all (and what `config.cmd` and the listener use).
+const WINDOWS_CHILD_VARS: &[&str] = &[
+    "SystemRoot",
+    "SystemDrive",
+    "windir",
+    "ComSpec",
+    "PATHEXT",
+    "TEMP",
+    "TMP",
+    "USERPROFILE",
+    "ProgramData",
+    "ProgramFiles",
+    "ProgramFiles(x86)",
+    "ProgramW6432",
+    "CommonProgramFiles",
+    "APPDATA",
+    "LOCALAPPDATA",
+    "ALLUSERSPROFILE",
+    "PUBLIC",
+    "COMPUTERNAME",
+    "USERNAME",
+    "USERDOMAIN",
+    "NUMBER_OF_PROCESSORS",
+    "PROCESSOR_ARCHITECTURE",
+    "OS",
+];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, Default)]
@@ -80,26 +105,21 @@ impl Env {
         let vars: BTreeMap<String, String> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h: OsString| h.into_string().ok())
-            .unwrap_or_default();
-        let uid = nix::unistd::geteuid();
-        let user = nix::unistd::User::from_uid(uid).ok().flatten();
-        let username = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+        let account = crate::platform::current_account();
         let home = vars
             .get("HOME")
-            .filter(|h| h.starts_with('/'))
+            .filter(|h| std::path::Path::new(h).is_absolute())
             .map(PathBuf::from)
-            .or_else(|| user.map(|u| u.dir));
+            .or(account.home);
         // sd_booted(): systemd manages this machine.
-        let systemd = systemd_from(&vars, std::path::Path::new("/run/systemd/system").is_dir());
+        let systemd =
+            cfg!(unix) && systemd_from(&vars, std::path::Path::new("/run/systemd/system").is_dir());
         Self {
             vars,
-            hostname,
-            is_root: uid.is_root(),
-            uid: uid.as_raw(),
-            username,
+            hostname: crate::platform::hostname(),
+            is_root: account.privileged,
+            uid: account.id,
+            username: account.name,
             home,
             systemd,
         }
@@ -187,11 +207,21 @@ impl Env {
             .vars
             .iter()
             .filter(|(k, _)| {
-                CHILD_VARS.contains(&k.as_str()) || CHILD_PREFIXES.iter().any(|p| k.starts_with(p))
+                // Windows variable names are case-insensitive (`Path`, `PATH`).
+                let is = |name: &&str| {
+                    if cfg!(windows) {
+                        name.eq_ignore_ascii_case(k)
+                    } else {
+                        *name == k.as_str()
+                    }
+                };
+                CHILD_VARS.iter().any(is)
+                    || CHILD_PREFIXES.iter().any(|p| k.starts_with(p))
+                    || (cfg!(windows) && WINDOWS_CHILD_VARS.iter().any(is))
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if !out.iter().any(|(k, _)| k == "PATH") {
+        if cfg!(unix) && !out.iter().any(|(k, _)| k == "PATH") {
             out.push(("PATH".into(), DEFAULT_PATH.into()));
         }
         out
@@ -229,7 +259,16 @@ mod tests {
         );
         let names: Vec<String> = env.for_children().into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, vec!["HTTPS_PROXY", "LANG", "LC_ALL", "PATH"]);
+        // Unix children always get a PATH; Windows ones only what they had (and what Windows
+        // programs need to start: SystemRoot and the like).
         let bare = Env::fake(&[], "h", true);
-        assert_eq!(bare.for_children()[0].0, "PATH");
+        assert_eq!(
+            bare.for_children().first().map(|(k, _)| k.as_str()),
+            cfg!(unix).then_some("PATH")
+        );
+        let win = Env::fake(&[("SystemRoot", "C:\\windows"), ("SECRET", "x")], "h", true);
+        let names: Vec<String> = win.for_children().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names.contains(&"SystemRoot".to_owned()), cfg!(windows));
+        assert!(!names.contains(&"SECRET".to_owned()));
     }
 }

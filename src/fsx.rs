@@ -12,22 +12,42 @@
 //! - an agent dir must sit where only root (or, run without root, the caller) can rename it
 //!   ([`check_agent_dir_location`]), so a path root computed keeps naming the same directory.
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+#[cfg(unix)]
 use nix::errno::Errno;
+#[cfg(unix)]
 use nix::fcntl::{AtFlags, OFlag, openat};
+#[cfg(unix)]
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
+#[cfg(unix)]
+use std::os::fd::{AsFd, OwnedFd};
+
+/// Opens a file in a directory another account can write without following a link at its last
+/// component, and without blocking on a FIFO (Unix: `O_NOFOLLOW | O_NONBLOCK`; Windows: the
+/// reparse point itself is opened, not its target).
+fn open_untrusted(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits());
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+        options.custom_flags(FILE_FLAG_OPEN_REPARSE_POINT);
+    }
+    options.open(path)
+}
 
 /// Reads a file in a directory another account can write, as root may: a regular file only (a link
 /// is not followed, a FIFO or device is refused without blocking), at most `limit` bytes.
 pub fn read_untrusted(path: &Path, limit: u64) -> std::io::Result<String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
-        .open(path)?;
+    let file = open_untrusted(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::new(
@@ -64,6 +84,7 @@ pub fn is_symlink(path: &Path) -> bool {
 }
 
 /// Opens a directory without following a link at its last component.
+#[cfg(unix)]
 pub fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
     nix::fcntl::open(
         path,
@@ -73,6 +94,7 @@ pub fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
 }
 
 /// Opens `name` inside `dir` as a directory, never following a link.
+#[cfg(unix)]
 pub fn open_dir_at(dir: impl AsFd, name: &Path) -> nix::Result<OwnedFd> {
     openat(
         dir,
@@ -96,6 +118,7 @@ pub enum TreeError {
     },
 }
 
+#[cfg(unix)]
 fn tree_err(path: &Path) -> impl Fn(Errno) -> TreeError + '_ {
     move |e| TreeError::Io {
         path: path.to_owned(),
@@ -103,6 +126,7 @@ fn tree_err(path: &Path) -> impl Fn(Errno) -> TreeError + '_ {
     }
 }
 
+#[cfg(unix)]
 fn writable_by_others(st: &FileStat) -> bool {
     st.st_uid != 0 || st.st_mode & 0o022 != 0
 }
@@ -114,6 +138,7 @@ fn writable_by_others(st: &FileStat) -> bool {
 /// Every directory is opened by descriptor without following links and must be writable by root
 /// only; its entries are given away first (links themselves, never their targets) and the directory
 /// last, so the account cannot add or swap an entry in a directory that is still being walked.
+#[cfg(unix)]
 pub fn give_tree(root: &Path, uid: u32, gid: u32) -> Result<bool, TreeError> {
     let fd = open_dir(root).map_err(tree_err(root))?;
     let st = fstat(&fd).map_err(tree_err(root))?;
@@ -124,6 +149,7 @@ pub fn give_tree(root: &Path, uid: u32, gid: u32) -> Result<bool, TreeError> {
     Ok(true)
 }
 
+#[cfg(unix)]
 fn give_dir(fd: &OwnedFd, path: &Path, uid: u32, gid: u32, depth: u32) -> Result<(), TreeError> {
     let st = fstat(fd).map_err(tree_err(path))?;
     if writable_by_others(&st) {
@@ -174,6 +200,13 @@ fn give_dir(fd: &OwnedFd, path: &Path, uid: u32, gid: u32, depth: u32) -> Result
     nix::unistd::fchown(fd, Some(uid.into()), Some(gid.into())).map_err(tree_err(path))
 }
 
+/// Windows has no owner to hand a tree to: who may write the agent dir is its ACL, which install
+/// sets (`crate::service::windows`). Nothing to do here.
+#[cfg(windows)]
+pub fn give_tree(_root: &Path, _uid: u32, _gid: u32) -> Result<bool, TreeError> {
+    Ok(false)
+}
+
 /// Why an agent dir's location is refused: a directory on its path that another account could
 /// change, so the path root computed might name another directory by the time root uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +218,7 @@ pub struct UnsafeLocation(pub String);
 /// the parent, never as the parent: staging directories are created beside the agent dir). An
 /// existing agent dir must be a directory, not a link, and (when the agent user is known) owned by
 /// root, the caller or `agent_uid`.
+#[cfg(unix)]
 pub fn check_agent_dir_location(
     agent_dir: &Path,
     caller_uid: u32,
@@ -259,7 +293,34 @@ pub fn check_agent_dir_location(
     Ok(())
 }
 
-#[cfg(test)]
+/// Windows: the agent dir and every directory above it must be real directories, not junctions or
+/// symbolic links (a reparse point would let whoever made it redirect where SYSTEM writes). Who
+/// may write the agent dir is settled by the ACL install sets on it (`crate::service::windows`).
+#[cfg(windows)]
+pub fn check_agent_dir_location(
+    agent_dir: &Path,
+    _caller_uid: u32,
+    _agent_uid: Option<u32>,
+) -> Result<(), UnsafeLocation> {
+    use std::os::windows::fs::MetadataExt;
+    const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
+    let mut dir = Some(agent_dir);
+    while let Some(d) = dir {
+        if let Ok(m) = fs_err::symlink_metadata(d)
+            && (m.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0
+                || m.file_type().is_symlink())
+        {
+            return Err(UnsafeLocation(format!(
+                "{} is a junction or symbolic link; give a real directory",
+                d.display()
+            )));
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

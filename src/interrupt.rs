@@ -13,12 +13,15 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::platform::ProcessTree;
+
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
-static GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+static NEXT: AtomicU64 = AtomicU64::new(0);
+static GROUPS: Mutex<Vec<(u64, Arc<ProcessTree>)>> = Mutex::new(Vec::new());
 static DEBRIS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 /// How long children get between SIGTERM and SIGKILL when the run is stopped.
@@ -37,62 +40,49 @@ pub fn signal() -> Option<i32> {
     }
 }
 
-/// Records the stop and sends SIGTERM to every running child's process group, then SIGKILL to
+/// Records the stop and stops every running child's process tree: SIGTERM, then SIGKILL to
 /// whatever is left after [`CHILD_GRACE`] (on a thread, so the caller is not held up).
 pub fn request(signal: i32) {
     SIGNAL.store(signal, Ordering::SeqCst);
-    let groups: Vec<i32> = GROUPS
+    let trees: Vec<Arc<ProcessTree>> = GROUPS
         .lock()
-        .map(|g| g.iter().copied().collect())
+        .map(|g| g.iter().map(|(_, t)| t.clone()).collect())
         .unwrap_or_default();
-    if groups.is_empty() {
+    if trees.is_empty() {
         return;
     }
-    for g in &groups {
-        kill_group(*g, false);
+    for t in &trees {
+        t.kill(false);
     }
     std::thread::spawn(move || {
         std::thread::sleep(CHILD_GRACE);
-        for g in groups {
-            kill_group(g, true);
+        for t in trees {
+            t.kill(true);
         }
     });
 }
 
-#[cfg(unix)]
-fn kill_group(pgid: i32, hard: bool) {
-    use nix::sys::signal::{Signal, killpg};
-    let sig = if hard {
-        Signal::SIGKILL
-    } else {
-        Signal::SIGTERM
-    };
-    let _ = killpg(nix::unistd::Pid::from_raw(pgid), sig);
-}
-
-#[cfg(not(unix))]
-fn kill_group(_pgid: i32, _hard: bool) {}
-
-/// A child's process group, registered while it runs.
-pub struct ChildGroup(i32);
+/// A child's process tree, registered while it runs.
+pub struct ChildGroup(u64);
 
 impl ChildGroup {
-    pub fn register(pgid: i32) -> Self {
-        if let Ok(mut g) = GROUPS.lock() {
-            g.insert(pgid);
-        }
+    pub fn register(tree: Arc<ProcessTree>) -> Self {
+        let id = NEXT.fetch_add(1, Ordering::SeqCst);
         // A stop that arrived while the child was starting.
         if requested() {
-            kill_group(pgid, false);
+            tree.kill(false);
         }
-        Self(pgid)
+        if let Ok(mut g) = GROUPS.lock() {
+            g.push((id, tree));
+        }
+        Self(id)
     }
 }
 
 impl Drop for ChildGroup {
     fn drop(&mut self) {
         if let Ok(mut g) = GROUPS.lock() {
-            g.remove(&self.0);
+            g.retain(|(id, _)| *id != self.0);
         }
     }
 }
@@ -165,27 +155,10 @@ pub fn sweep() -> Vec<PathBuf> {
     paths.into_iter().filter(|p| remove_path(p)).collect()
 }
 
-/// Waits for SIGTERM or SIGINT and returns its number.
-#[cfg(unix)]
+/// Waits for SIGTERM or SIGINT (Windows: the console events that mean the same) and returns its
+/// number.
 pub async fn wait_for_signal() -> i32 {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // No signal handling: never resolve, the command runs to its end.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => nix::libc::SIGTERM,
-        _ = int.recv() => nix::libc::SIGINT,
-    }
-}
-
-#[cfg(not(unix))]
-pub async fn wait_for_signal() -> i32 {
-    let _ = tokio::signal::ctrl_c().await;
-    2
+    crate::platform::wait_for_stop_signal().await
 }
 
 #[cfg(test)]
@@ -208,6 +181,7 @@ mod tests {
         assert!(!sweep().contains(&b));
     }
 
+    #[cfg(unix)]
     #[test]
     fn removal_never_follows_links() {
         let dir = tempfile::tempdir().unwrap();

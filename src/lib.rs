@@ -6,7 +6,7 @@
 //! policy: transport, retry table, budgets), [`package`] (verified streaming download and
 //! extraction), [`agent`] (the agent's files and scripts), [`fsx`] (file operations next to files
 //! the agent user controls), [`user`], [`service`], [`state`] (what later runs need), [`process`]
-//! (every child process), [`interrupt`] (SIGTERM/SIGINT). The simulated Azure the tests, the demo and
+//! (every child process), [`interrupt`] (SIGTERM/SIGINT), [`platform`] (the OS calls). The simulated Azure the tests, the demo and
 //! the benchmark run against is a crate of its own (`sim/`, `azure-sim`).
 
 pub mod agent;
@@ -24,6 +24,7 @@ pub mod logging;
 pub mod net;
 pub mod os;
 pub mod package;
+pub mod platform;
 pub mod process;
 pub mod progress;
 pub mod secret;

@@ -9,8 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
-
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("could not open the lock file '{path}'")]
@@ -26,9 +24,10 @@ pub enum LockError {
     Busy { path: PathBuf, waited: Duration },
 }
 
+/// Held while alive: the lock is released when the file is closed.
 #[derive(Debug)]
 pub struct AgentLock {
-    _lock: Flock<std::fs::File>,
+    _file: std::fs::File,
 }
 
 pub fn lock_path(state_dir: &Path, agent_dir: &Path) -> PathBuf {
@@ -51,7 +50,7 @@ pub async fn acquire(
     if let Some(dir) = path.parent() {
         fs_err::create_dir_all(dir).map_err(open_err)?;
     }
-    let mut file = fs_err::OpenOptions::new()
+    let file = fs_err::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
@@ -62,14 +61,18 @@ pub async fn acquire(
     let start = Instant::now();
     let mut told = false;
     loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => {
+        // flock(2) on Unix, LockFileEx on Windows.
+        match file.try_lock() {
+            Ok(()) => {
                 if told {
                     tracing::info!(waited_s = start.elapsed().as_secs(), "lock acquired");
                 }
-                return Ok(AgentLock { _lock: lock });
+                return Ok(AgentLock { _file: file });
             }
-            Err((f, _)) => file = f,
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(LockError::Open { path, source });
+            }
         }
         if start.elapsed() >= wait {
             return Err(LockError::Busy { path, waited: wait });

@@ -215,33 +215,25 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
         vars.insert(k.clone(), v.expose().to_owned());
     }
     expr = expr.full_env(vars);
-    let run_as = child.run_as.clone();
+    let run_as = child.run_as.as_ref().map(|u| (u.uid, u.gid));
     expr = expr.before_spawn(move |cmd| {
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-            if let Some(user) = &run_as {
-                // std drops root's supplementary groups before setuid.
-                cmd.gid(user.gid);
-                cmd.uid(user.uid);
-            }
-        }
+        crate::platform::ProcessTree::prepare(cmd, run_as);
         Ok(())
     });
 
     let handle = expr.start().map_err(spawn_err)?;
     // The expression holds our copies of the pipes' write ends: drop it so the readers see EOF.
     drop(expr);
-    let pid = handle.pids().first().copied();
-    let _group = pid.map(|p| crate::interrupt::ChildGroup::register(p as i32));
+    let tree = handle
+        .pids()
+        .first()
+        .and_then(|pid| crate::platform::ProcessTree::adopt(*pid).ok())
+        .map(std::sync::Arc::new);
+    let _registered = tree.clone().map(crate::interrupt::ChildGroup::register);
 
     let (tx, rx) = mpsc::channel::<(bool, String)>();
-    let out_r: std::os::fd::OwnedFd = out_r.into();
-    let err_r: std::os::fd::OwnedFd = err_r.into();
     let readers =
-        [(false, out_r), (true, err_r)].map(|(is_err, fd): (bool, std::os::fd::OwnedFd)| {
-            let pipe = std::fs::File::from(fd);
+        [(false, out_r), (true, err_r)].map(|(is_err, pipe): (bool, os_pipe::PipeReader)| {
             let tx = tx.clone();
             let masker = masker.clone();
             let parent = span.clone();
@@ -278,8 +270,8 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
         }
     };
     if timed_out || interrupted {
-        if let Some(pid) = pid {
-            kill_group(pid);
+        if let Some(tree) = &tree {
+            kill_tree(tree);
         }
         let _ = handle.kill();
     }
@@ -323,18 +315,15 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     Ok(output)
 }
 
-#[cfg(unix)]
-fn kill_group(pid: u32) {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-    let group = Pid::from_raw(pid as i32);
-    let _ = killpg(group, Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = killpg(group, Signal::SIGKILL);
+/// Stops a child's whole tree: SIGTERM, a moment to exit, then SIGKILL (Windows: the Job Object
+/// is terminated at once).
+fn kill_tree(tree: &crate::platform::ProcessTree) {
+    tree.kill(false);
+    if cfg!(unix) {
+        std::thread::sleep(Duration::from_millis(500));
+        tree.kill(true);
+    }
 }
-
-#[cfg(not(unix))]
-fn kill_group(_pid: u32) {}
 
 /// [`run`] on a blocking thread.
 pub async fn run_async(child: Child, masker: Masker) -> Result<Finished, ProcessError> {
@@ -355,6 +344,7 @@ mod tests {
         )
     }
 
+    #[cfg(unix)]
     #[test]
     fn children_start_from_the_allowlist_only() {
         let child = Child::new("env", "/usr/bin/env", &env()).env("STEP_VAR", "1");
@@ -368,6 +358,7 @@ mod tests {
         assert_eq!(names, vec!["HOME", "PATH", "STEP_VAR"]);
     }
 
+    #[cfg(unix)]
     #[test]
     fn captures_output_and_masks_secrets() {
         let secret = Secret::new("s3cr3t-value-123");
@@ -383,6 +374,7 @@ mod tests {
         assert!(child.display().starts_with("TOKEN=*** /bin/sh"));
     }
 
+    #[cfg(unix)]
     #[test]
     fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
@@ -399,6 +391,7 @@ mod tests {
         assert!(!marker.exists(), "the grandchild survived the timeout");
     }
 
+    #[cfg(unix)]
     #[test]
     fn missing_program_is_a_spawn_error() {
         let e = run(
@@ -407,6 +400,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, ProcessError::Spawn { .. }));
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn windows_children_are_masked_and_stopped_as_a_tree() {
+        let env = Env::capture();
+        // Programs are run by path (a bare name given as a path is not looked up in PATH).
+        let cmd = env.var("ComSpec").expect("ComSpec").to_owned();
+        let secret = Secret::new("s3cr3t-value-123");
+        let child = Child::new("cmd", &cmd, &env)
+            .args(["/c", "echo out %TOKEN%& echo err %TOKEN% 1>&2& exit /b 3"])
+            .secret_env("TOKEN", secret.clone());
+        let done = run(&child, &Masker::with(&secret)).unwrap();
+        assert_eq!(done.code, 3);
+        assert_eq!(done.stdout, vec!["out ***"]);
+        // cmd keeps the space before the redirection.
+        assert_eq!(done.error_line().as_deref(), Some("err ***"));
+        // A child that would run for half a minute is stopped with its Job Object.
+        let hang = Child::new("hang", &cmd, &env)
+            .args(["/c", "ping -n 30 127.0.0.1 >nul"])
+            .timeout(Duration::from_millis(500));
+        let start = std::time::Instant::now();
+        let e = run(&hang, &Masker::new()).unwrap_err();
+        assert!(matches!(e, ProcessError::TimedOut { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

@@ -726,6 +726,7 @@ mod tests {
         assert!(err(&a, &e).contains("--config-timeout"));
     }
 
+    #[cfg(unix)]
     #[test]
     fn names_that_a_shell_or_a_unit_file_would_read_differently_are_refused() {
         let e = env(&[]);
@@ -773,6 +774,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
     fn without_root_state_and_agent_live_in_the_home_directory() {
         let e = Env::fake(&[], "h", false);
@@ -814,6 +816,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
     fn saved_settings_are_checked_again() {
         let mut saved: crate::state::Saved = serde_json::from_str(

@@ -23,10 +23,11 @@ pub enum UserError {
     Lookup {
         name: String,
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
 
+#[cfg(unix)]
 impl From<nix::unistd::User> for RunAs {
     fn from(u: nix::unistd::User) -> Self {
         Self {
@@ -38,12 +39,26 @@ impl From<nix::unistd::User> for RunAs {
     }
 }
 
+#[cfg(unix)]
 pub fn lookup(name: &str) -> Result<Option<RunAs>, UserError> {
     let user = nix::unistd::User::from_name(name).map_err(|source| UserError::Lookup {
         name: name.to_owned(),
-        source,
+        source: source.into(),
     })?;
     Ok(user.map(RunAs::from))
+}
+
+/// Windows: the service account is a name configure hands to the Service Control Manager (a
+/// built-in account such as `NT AUTHORITY\NETWORK SERVICE`, or `--windows-logon-account`); there
+/// is no uid to switch to, and the agent's scripts run as SYSTEM.
+#[cfg(windows)]
+pub fn lookup(name: &str) -> Result<Option<RunAs>, UserError> {
+    Ok(Some(RunAs {
+        name: name.to_owned(),
+        uid: 0,
+        gid: 0,
+        home: PathBuf::new(),
+    }))
 }
 
 /// Finds the account, creating the dedicated one if needed.
@@ -55,6 +70,12 @@ pub async fn ensure(user: &AgentUser, env: &crate::env::Env) -> Result<RunAs, Us
     let AgentUser::Dedicated(_) = user else {
         return Err(UserError::Missing { name });
     };
+    create(&name, env).await
+}
+
+/// `useradd --system --create-home` (Unix).
+async fn create(name: &str, env: &crate::env::Env) -> Result<RunAs, UserError> {
+    let name = name.to_owned();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let useradd =
         which::which_in("useradd", env.var("PATH"), cwd).map_err(|_| UserError::Create {

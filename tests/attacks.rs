@@ -3,6 +3,9 @@
 //! agent user, then runs the real binary as root (at boot, by hand) and checks that root's files,
 //! units and token were not the job's to take.
 
+// These tests drive the Linux binary as root; the Windows build is tested by tests/windows.rs.
+#![cfg(unix)]
+
 mod common;
 
 use std::path::Path;

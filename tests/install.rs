@@ -1,5 +1,8 @@
 //! `agent-bootstrap install` end to end: the real binary against the simulated Azure.
 
+// These tests drive the Linux binary as root; the Windows build is tested by tests/windows.rs.
+#![cfg(unix)]
+
 mod common;
 
 use azure_sim::{PoolSpec, Scripted, ids};

@@ -2,6 +2,9 @@
 //! token that expires during a long run, SIGTERM and Ctrl-C, `kill -9` debris, damaged unit files,
 //! and a person without root on a machine that runs systemd.
 
+// These tests drive the Linux binary as root; the Windows build is tested by tests/windows.rs.
+#![cfg(unix)]
+
 mod common;
 
 use std::path::Path;

@@ -1,6 +1,9 @@
 //! Later boots: `reconcile`, `remove`, `status`, the boot unit and the lock, end to end against the
 //! simulator. Each row of reconcile's decision table has a test here.
 
+// These tests drive the Linux binary as root; the Windows build is tested by tests/windows.rs.
+#![cfg(unix)]
+
 mod common;
 
 use common::*;

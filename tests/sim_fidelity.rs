@@ -1,6 +1,9 @@
 //! The simulator is only useful if a flow that passes against it passes against the real agent.
 //! These tests pin the fake agent package to the behaviour `agent.md` documents for the real one.
 
+// These tests drive the Linux binary as root; the Windows build is tested by tests/windows.rs.
+#![cfg(unix)]
+
 mod common;
 
 use std::path::Path;

@@ -24,6 +24,41 @@ pub const IMDS_BASE_ENV: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
 /// agent-bootstrap's unit directory variable: the simulated systemd's units go there.
 pub const UNIT_DIR_ENV: &str = "AGENT_BOOTSTRAP_UNIT_DIR";
 
+/// Makes a file executable by everyone (Unix; Windows has no mode bits).
+pub fn make_executable(path: &Path) -> std::io::Result<()> {
+    set_mode(path, 0o755)
+}
+
+/// Sets a file's permission bits (Unix; a no-op on Windows).
+pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// The account this process runs as (Unix uid; 0 on Windows).
+pub fn current_uid() -> u32 {
+    #[cfg(unix)]
+    return nix::unistd::getuid().as_raw();
+    #[cfg(not(unix))]
+    0
+}
+
+/// The machine's name, as the agent's default agent name.
+pub fn host_name() -> String {
+    #[cfg(unix)]
+    return nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    #[cfg(not(unix))]
+    std::env::var("COMPUTERNAME").unwrap_or_default()
+}
+
 /// Installs ring as rustls' crypto provider (the simulator's HTTP clients are built without one).
 pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -295,6 +330,7 @@ impl Simulator {
         fs_err::create_dir_all(systemd.join("units"))?;
         let recorder = systemd.join("bin/systemctl");
         fs_err::write(&recorder, package::SYSTEMCTL_RECORDER)?;
+        #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             fs_err::set_permissions(&recorder, std::fs::Permissions::from_mode(0o755))?;

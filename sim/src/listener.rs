@@ -176,8 +176,7 @@ fn write_bom_json(path: &Path, value: &Value, mode: Option<u32>) -> std::io::Res
     text.push_str(&serde_json::to_string_pretty(value).unwrap_or_default());
     fs_err::write(path, text)?;
     if let Some(m) = mode {
-        use std::os::unix::fs::PermissionsExt;
-        fs_err::set_permissions(path, std::fs::Permissions::from_mode(m))?;
+        crate::set_mode(path, m)?;
     }
     Ok(())
 }
@@ -352,7 +351,7 @@ async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String], url: Option<&st
     let body = json!({
         "verb": parsed.verb,
         "argv": masked_args,
-        "uid": nix::unistd::getuid().as_raw(),
+        "uid": crate::current_uid(),
         "cwd": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
         "token_from_env": parsed.token_from_env,
         "argv_leaks": leaks,
@@ -512,11 +511,11 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         .get("pool")
         .cloned()
         .unwrap_or_else(|| "default".into());
-    let agent_name = parsed.values.get("agent").cloned().unwrap_or_else(|| {
-        nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
+    let agent_name = parsed
+        .values
+        .get("agent")
+        .cloned()
+        .unwrap_or_else(crate::host_name);
     let work = parsed
         .values
         .get("work")
@@ -678,8 +677,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             .replace("{{SimSystemdDir}}", &systemd_dir);
         let path = ctx.root.join("svc.sh");
         if fs_err::write(&path, script).is_ok() {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+            let _ = crate::make_executable(&path);
         }
     }
     let stamp = std::time::SystemTime::now()

@@ -185,6 +185,7 @@ mod tests {
         assert!(!a.has_stale_registration());
     }
 
+    #[cfg(unix)]
     #[test]
     fn links_and_foreign_unit_names_are_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
@@ -208,6 +209,7 @@ mod tests {
         assert!(a.settings().is_err());
     }
 
+    #[cfg(unix)]
     #[test]
     fn partial_states() {
         let dir = tempfile::tempdir().unwrap();

@@ -142,7 +142,7 @@ pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
         while !existing.exists() {
             existing = existing.parent().unwrap_or(Path::new("/"));
         }
-        if nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).is_err() {
+        if !crate::platform::writable(existing) {
             return Err(Error::Input(format!(
                 "invalid --agent-dir {}: {} is not writable by {}; choose a directory you can \
                  write (the default is ~/azure-pipelines-agent), or run as root",
@@ -322,10 +322,8 @@ fn make_plan(
             steps.push(Step::KeepPackage {
                 reason: reason.clone(),
             });
-            let owned_by_user = account.is_some_and(|u| {
-                use std::os::unix::fs::MetadataExt;
-                fs_err::symlink_metadata(&s.agent_dir).is_ok_and(|m| m.uid() == u.uid)
-            });
+            let owned_by_user =
+                account.is_some_and(|u| crate::platform::owner_id(&s.agent_dir) == Some(u.uid));
             if s.as_root && !owned_by_user {
                 steps.push(Step::GiveAgentDir {
                     user: s.user.name().to_owned(),

@@ -14,14 +14,23 @@
 //! `0700 root` until the caller moves it into place, so no other account can reach anything inside
 //! while it is being written.
 
-use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::collections::HashMap;
+#[cfg(unix)]
+use std::collections::HashSet;
+use std::io::Read;
+#[cfg(unix)]
+use std::io::Write;
+#[cfg(unix)]
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
+#[cfg(unix)]
 use nix::errno::Errno;
+#[cfg(unix)]
 use nix::fcntl::{AtFlags, OFlag, openat};
+#[cfg(unix)]
 use nix::sys::stat::{Mode, fchmod, mkdirat};
+#[cfg(unix)]
 use nix::unistd::{UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 
 /// The account that will own what is extracted (the agent user), when that is not us.
@@ -49,10 +58,12 @@ impl Default for Limits {
 }
 
 /// Longest entry path accepted (bytes).
+#[cfg(unix)]
 const MAX_PATH: usize = 4096;
 /// Links followed while resolving one link target (the kernel's own limit is 40).
 const MAX_HOPS: u32 = 40;
 /// Directory descriptors kept open while extracting.
+#[cfg(unix)]
 const DIR_CACHE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
@@ -176,12 +187,14 @@ pub fn link_resolves_inside(
 }
 
 /// Permission bits kept: `rwxr-xr-x` at most (no setuid/setgid/sticky, no group or other write).
+#[cfg(unix)]
 fn safe_mode(mode: u32, dir: bool) -> Mode {
     let m = mode & 0o755;
     Mode::from_bits_truncate(if dir { m | 0o700 } else { m | 0o600 })
 }
 
 /// Writes archive entries under a directory descriptor.
+#[cfg(unix)]
 struct Unpacker<'a> {
     root: &'a OwnedFd,
     root_path: &'a Path,
@@ -196,6 +209,7 @@ struct Unpacker<'a> {
     buf: Vec<u8>,
 }
 
+#[cfg(unix)]
 impl<'a> Unpacker<'a> {
     fn new(root: &'a OwnedFd, root_path: &'a Path, owner: Option<Owner>, limits: Limits) -> Self {
         Self {
@@ -445,6 +459,7 @@ impl<'a> Unpacker<'a> {
     }
 }
 
+#[cfg(unix)]
 fn open_or_make_dir(parent: &OwnedFd, name: &Path, owner: Option<Owner>) -> nix::Result<OwnedFd> {
     let open = || {
         openat(
@@ -471,6 +486,7 @@ fn open_or_make_dir(parent: &OwnedFd, name: &Path, owner: Option<Owner>) -> nix:
     }
 }
 
+#[cfg(unix)]
 fn read_error(source: std::io::Error, path: &Path) -> ExtractError {
     // A broken gzip stream or a cut download shows up as InvalidData/InvalidInput/UnexpectedEof.
     match source.kind() {
@@ -489,6 +505,8 @@ fn read_error(source: std::io::Error, path: &Path) -> ExtractError {
 
 /// Streams a `.tar.gz` into the directory `root` (at `root_path`, for messages), checking every
 /// entry. `reader` is consumed only as far as the archive goes; the caller drains the rest.
+/// (Unix: the Windows agent package is a zip.)
+#[cfg(unix)]
 pub fn untar_gz(
     reader: impl Read,
     root: &OwnedFd,
@@ -608,6 +626,7 @@ pub fn unzip(file: &Path, dest: &Path, limits: Limits) -> Result<Stats, ExtractE
         if let Some(parent) = out.parent() {
             fs_err::create_dir_all(parent).map_err(write_err)?;
         }
+        #[cfg(unix)]
         let mode = entry.unix_mode();
         let mut w = fs_err::File::create(&out).map_err(write_err)?;
         let left = limits.max_bytes.saturating_sub(stats.bytes);
@@ -647,8 +666,10 @@ pub fn unzip(file: &Path, dest: &Path, limits: Limits) -> Result<Stats, ExtractE
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use std::os::unix::fs::PermissionsExt;
 
+    #[cfg(unix)]
     fn tar_gz(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         build(&mut b);
@@ -658,6 +679,7 @@ mod tests {
         gz.finish().unwrap()
     }
 
+    #[cfg(unix)]
     fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
@@ -667,6 +689,7 @@ mod tests {
         b.append_data(&mut h, path, data).unwrap();
     }
 
+    #[cfg(unix)]
     /// Writes a raw header name, bypassing the builder's own path checks, as an attacker would.
     fn raw_entry(
         b: &mut tar::Builder<Vec<u8>>,
@@ -690,19 +713,23 @@ mod tests {
         b.append(&h, std::io::empty()).unwrap();
     }
 
+    #[cfg(unix)]
     fn untar(data: &[u8], dir: &Path) -> Result<Stats, ExtractError> {
         untar_limited(data, dir, Limits::default())
     }
 
+    #[cfg(unix)]
     fn untar_limited(data: &[u8], dir: &Path, limits: Limits) -> Result<Stats, ExtractError> {
         let fd = crate::fsx::open_dir(dir).unwrap();
         untar_gz(data, &fd, dir, None, limits)
     }
 
+    #[cfg(unix)]
     fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
     }
 
+    #[cfg(unix)]
     #[test]
     fn extracts_agent_layout_with_safe_modes() {
         let data = tar_gz(|b| {
@@ -721,6 +748,7 @@ mod tests {
         assert_eq!(mode(&dir.path().join("externals")), 0o755);
     }
 
+    #[cfg(unix)]
     #[test]
     fn owners_are_set_as_files_are_created() {
         use std::os::unix::fs::MetadataExt;
@@ -751,6 +779,7 @@ mod tests {
         assert_eq!(std::fs::metadata(dir.path()).unwrap().uid(), 0);
     }
 
+    #[cfg(unix)]
     #[test]
     fn refuses_parent_dir_traversal() {
         let data = tar_gz(|b| {
@@ -765,6 +794,7 @@ mod tests {
         assert!(!dir.path().join("evil").exists());
     }
 
+    #[cfg(unix)]
     #[test]
     fn refuses_absolute_paths() {
         let data = tar_gz(|b| raw_entry(b, "/tmp/evil-abs", tar::EntryType::Regular, None));
@@ -775,6 +805,7 @@ mod tests {
         ));
     }
 
+    #[cfg(unix)]
     #[test]
     fn refuses_links_out_of_the_root() {
         for (kind, target) in [
@@ -796,6 +827,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn link_chains_are_followed_to_the_end() {
         // b/c -> .. is inside; a -> b/c/.. then climbs out through it.
@@ -823,6 +855,7 @@ mod tests {
         assert!(matches!(e, ExtractError::LinkOutside { .. }), "{e:?}");
     }
 
+    #[cfg(unix)]
     #[test]
     fn entries_are_never_written_through_a_link() {
         let dir = tempfile::tempdir().unwrap();
@@ -843,6 +876,7 @@ mod tests {
         assert!(!inner.join("lib/evil").exists());
     }
 
+    #[cfg(unix)]
     #[test]
     fn accepts_links_inside_the_root() {
         let data = tar_gz(|b| {
@@ -866,6 +900,7 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("bin/hard")).unwrap(), b"x");
     }
 
+    #[cfg(unix)]
     #[test]
     fn repeated_entries_replace_files_but_not_directories() {
         let data = tar_gz(|b| {
@@ -883,6 +918,7 @@ mod tests {
         assert!(untar(&data, dir.path()).is_err());
     }
 
+    #[cfg(unix)]
     #[test]
     fn refuses_devices() {
         let data = tar_gz(|b| raw_entry(b, "bin/dev", tar::EntryType::Char, None));
@@ -893,6 +929,7 @@ mod tests {
         ));
     }
 
+    #[cfg(unix)]
     #[test]
     fn entry_count_and_size_are_capped() {
         let data = tar_gz(|b| {
@@ -927,6 +964,7 @@ mod tests {
         assert!(matches!(e, ExtractError::TooLarge { max: 5000 }), "{e:?}");
     }
 
+    #[cfg(unix)]
     #[test]
     fn refuses_garbage_and_non_agents() {
         let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,9 @@
 
 pub mod extract;
 
+#[cfg(unix)]
 use std::io::Read;
+#[cfg(unix)]
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -149,6 +151,8 @@ pub fn normalize_sha256(raw: &str) -> Option<String> {
 #[derive(Debug)]
 pub struct Staging {
     debris: Debris,
+    /// Unix: the directory, opened: extraction and the hand-over go through it.
+    #[cfg(unix)]
     fd: OwnedFd,
 }
 
@@ -162,17 +166,22 @@ impl Staging {
             .map_err(io_err("creating a staging directory in", parent))?
             .keep();
         let debris = Debris::track(&dir);
+        #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io_err("setting permissions on", &dir))?;
+            let fd = crate::fsx::open_dir(&dir).map_err(|e| PackageError::Io {
+                action: "opening",
+                path: dir.clone(),
+                source: e.into(),
+            })?;
+            Ok(Self { debris, fd })
         }
-        let fd = crate::fsx::open_dir(&dir).map_err(|e| PackageError::Io {
-            action: "opening",
-            path: dir.clone(),
-            source: e.into(),
-        })?;
-        Ok(Self { debris, fd })
+        // Windows: the parent is the administrators' (`C:\`, `%ProgramData%`); the agent dir's
+        // own ACL is set once it is in place.
+        #[cfg(windows)]
+        Ok(Self { debris })
     }
 
     pub fn path(&self) -> &Path {
@@ -265,7 +274,16 @@ async fn fetch_once(
     };
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let extractor = match req.kind {
+    let extractor: Option<tokio::task::JoinHandle<Result<Stats, ExtractError>>> = match req.kind {
+        #[cfg(not(unix))]
+        ArchiveKind::TarGz => {
+            return Err(PackageError::Refused {
+                url: source_name,
+                reason: "a .tar.gz package is for Linux and macOS; Windows agents come as .zip"
+                    .into(),
+            });
+        }
+        #[cfg(unix)]
         ArchiveKind::TarGz => {
             let root = staging
                 .fd
@@ -543,11 +561,13 @@ async fn feed_url(
 }
 
 /// `Read` over the chunks the downloader sends; used on the extractor's blocking thread.
+#[cfg(unix)]
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
 }
 
+#[cfg(unix)]
 impl ChannelReader {
     fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
         Self {
@@ -563,6 +583,7 @@ impl ChannelReader {
     }
 }
 
+#[cfg(unix)]
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
@@ -586,6 +607,7 @@ impl Read for ChannelReader {
 /// and the old one is deleted (without following any link in it). Safety in one sentence: root
 /// writes only into its own `0700` staging tree, and the agent user's files reach the new tree
 /// only as whole directories moved by rename, which root never opens.
+#[cfg(unix)]
 pub fn place(
     staging: Staging,
     agent_dir: &Path,
@@ -662,6 +684,55 @@ pub fn place(
     Ok(())
 }
 
+/// Windows: the same moves by path (the agent dir's ACL, set after, decides who may write it).
+#[cfg(windows)]
+pub fn place(
+    staging: Staging,
+    agent_dir: &Path,
+    carry: &[String],
+    _owner: Option<Owner>,
+) -> Result<(), PackageError> {
+    let not_replaceable = |detail: String| PackageError::NotReplaceable {
+        path: agent_dir.to_owned(),
+        detail,
+    };
+    let exists = match fs_err::symlink_metadata(agent_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err("reading", agent_dir)(e)),
+        Ok(m) if m.file_type().is_dir() => true,
+        Ok(_) => return Err(not_replaceable("it is a link or a file".into())),
+    };
+    if !exists {
+        fs_err::rename(staging.path(), agent_dir)
+            .map_err(io_err("moving the package to", agent_dir))?;
+        staging.debris.keep();
+        return Ok(());
+    }
+    for name in carry {
+        let from = agent_dir.join(name);
+        if fs_err::symlink_metadata(&from).is_ok_and(|m| m.file_type().is_dir()) {
+            match fs_err::rename(&from, staging.path().join(name)) {
+                Ok(()) => tracing::info!(dir = %name, "kept the agent's {name} directory"),
+                Err(e) => tracing::warn!(dir = %name, "could not keep {name}: {e}"),
+            }
+        }
+    }
+    let parent = agent_dir
+        .parent()
+        .expect("validated: the agent dir has a parent");
+    let trash = tempfile::Builder::new()
+        .prefix(OLD_PREFIX)
+        .tempdir_in(parent)
+        .map_err(io_err("creating a directory in", parent))?
+        .keep();
+    let _trash = Debris::track(&trash);
+    fs_err::rename(agent_dir, trash.join("agent")).map_err(io_err("moving aside", agent_dir))?;
+    fs_err::rename(staging.path(), agent_dir)
+        .map_err(io_err("moving the package to", agent_dir))?;
+    staging.debris.keep();
+    Ok(())
+}
+
 /// Atomically exchanges two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn exchange(a: &Path, b: &Path) -> nix::Result<()> {
@@ -669,7 +740,7 @@ fn exchange(a: &Path, b: &Path) -> nix::Result<()> {
     renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE)
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(all(unix, not(all(target_os = "linux", target_env = "gnu"))))]
 fn exchange(_a: &Path, _b: &Path) -> nix::Result<()> {
     Err(nix::errno::Errno::ENOSYS)
 }
@@ -703,6 +774,7 @@ pub fn remove_stale(parent: &Path, cache_dir: &Path, tag: &str) -> Vec<PathBuf> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use crate::clock::Clock;
 
     #[test]
@@ -713,6 +785,7 @@ mod tests {
         assert_eq!(normalize_sha256(&"zz".repeat(32)), None);
     }
 
+    #[cfg(unix)]
     async fn fetch(
         req: &Request,
         cache: &Path,
@@ -733,6 +806,7 @@ mod tests {
         .await
     }
 
+    #[cfg(unix)]
     fn package_bytes() -> (Vec<u8>, String) {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
@@ -750,6 +824,7 @@ mod tests {
         (bytes, sha)
     }
 
+    #[cfg(unix)]
     fn leftovers(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir)
             .unwrap()
@@ -759,6 +834,7 @@ mod tests {
             .collect()
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn file_source_is_verified_cached_and_extracted() {
         let dir = tempfile::tempdir().unwrap();
@@ -801,6 +877,7 @@ mod tests {
         assert!(leftovers(&cache).is_empty());
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn a_damaged_cache_entry_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -824,6 +901,7 @@ mod tests {
         assert!(leftovers(dir.path()).is_empty());
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn mismatch_reports_both_digests_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -844,6 +922,7 @@ mod tests {
         assert!(leftovers(dir.path()).is_empty());
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn placing_replaces_an_old_tree_and_keeps_only_work_and_logs() {
         let dir = tempfile::tempdir().unwrap();

@@ -72,6 +72,7 @@ pub fn write_unit_file(path: &Path, text: &str) -> Result<(), ServiceError> {
         .tempfile_in(dir)
         .map_err(err)?;
     tmp.write_all(text.as_bytes()).map_err(err)?;
+    #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()

@@ -1,0 +1,85 @@
+//! Unix: uids, process groups, `access(2)`, SIGTERM/SIGINT.
+
+use std::path::Path;
+
+use super::Account;
+
+pub fn current_account() -> Account {
+    let uid = nix::unistd::geteuid();
+    let user = nix::unistd::User::from_uid(uid).ok().flatten();
+    Account {
+        name: user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
+        id: uid.as_raw(),
+        home: user.map(|u| u.dir),
+        privileged: uid.is_root(),
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// Whether this account may create entries in `dir`.
+pub fn writable(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+/// The owner's uid of a path (not following a link).
+pub fn owner_id(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs_err::symlink_metadata(path).ok().map(|m| m.uid())
+}
+
+/// A child and everything it starts: its own process group.
+#[derive(Debug)]
+pub struct ProcessTree {
+    pgid: i32,
+}
+
+impl ProcessTree {
+    /// Before the child starts: a process group of its own, and the account to run as.
+    pub fn prepare(cmd: &mut std::process::Command, run_as: Option<(u32, u32)>) {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        if let Some((uid, gid)) = run_as {
+            // std drops root's supplementary groups before setuid.
+            cmd.gid(gid);
+            cmd.uid(uid);
+        }
+    }
+
+    /// After it started: the group is the child's pid.
+    pub fn adopt(pid: u32) -> std::io::Result<Self> {
+        Ok(Self { pgid: pid as i32 })
+    }
+
+    /// SIGTERM (or SIGKILL when `hard`) to the whole group.
+    pub fn kill(&self, hard: bool) {
+        use nix::sys::signal::{Signal, killpg};
+        let sig = if hard {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        let _ = killpg(nix::unistd::Pid::from_raw(self.pgid), sig);
+    }
+}
+
+/// Waits for SIGTERM or SIGINT and returns its number.
+pub async fn wait_for_stop_signal() -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // No signal handling: never resolve, the command runs to its end.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => super::SIGTERM,
+        _ = int.recv() => super::SIGINT,
+    }
+}

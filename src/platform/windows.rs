@@ -1,0 +1,166 @@
+//! Windows: elevation, Job Objects, console control events.
+//!
+//! The only `unsafe` code of the crate: calls into `kernel32`/`advapi32` through `windows-sys`, each
+//! with the handles it opens closed by an owning wrapper.
+#![allow(unsafe_code)]
+
+use std::path::Path;
+
+use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
+use windows_sys::Win32::Security::{
+    GetTokenInformation, TOKEN_ELEVATION, TOKEN_QUERY, TokenElevation,
+};
+use windows_sys::Win32::System::JobObjects::{
+    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+    JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
+    SetInformationJobObject, TerminateJobObject,
+};
+use windows_sys::Win32::System::Threading::{
+    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_SET_QUOTA, PROCESS_TERMINATE,
+};
+
+use super::Account;
+
+/// A handle closed when dropped.
+#[derive(Debug)]
+struct Owned(HANDLE);
+
+// SAFETY: a kernel handle may be used and closed from any thread.
+unsafe impl Send for Owned {}
+// SAFETY: the Job Object calls made through it are thread-safe kernel calls.
+unsafe impl Sync for Owned {}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the handle was returned open by the API that created it and is closed once.
+            unsafe { CloseHandle(self.0) };
+        }
+    }
+}
+
+/// Whether this process runs elevated (an administrator past UAC, or SYSTEM).
+pub fn elevated() -> bool {
+    let mut token: HANDLE = std::ptr::null_mut();
+    // SAFETY: GetCurrentProcess returns a pseudo-handle; `token` receives a handle we own.
+    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
+        return false;
+    }
+    let token = Owned(token);
+    let mut elevation = TOKEN_ELEVATION { TokenIsElevated: 0 };
+    let mut len = 0u32;
+    // SAFETY: the buffer is a TOKEN_ELEVATION of the size passed.
+    let ok = unsafe {
+        GetTokenInformation(
+            token.0,
+            TokenElevation,
+            (&mut elevation as *mut TOKEN_ELEVATION).cast(),
+            std::mem::size_of::<TOKEN_ELEVATION>() as u32,
+            &mut len,
+        )
+    };
+    ok != 0 && elevation.TokenIsElevated != 0
+}
+
+pub fn current_account() -> Account {
+    let privileged = elevated();
+    Account {
+        name: std::env::var("USERNAME").unwrap_or_default(),
+        id: if privileged { 0 } else { 1 },
+        home: std::env::var_os("USERPROFILE").map(Into::into),
+        privileged,
+    }
+}
+
+pub fn hostname() -> String {
+    std::env::var("COMPUTERNAME").unwrap_or_default()
+}
+
+/// Whether this account may create entries in `dir` (by trying).
+pub fn writable(dir: &Path) -> bool {
+    tempfile::tempfile_in(dir).is_ok()
+}
+
+/// Windows has no uid: ownership is an ACL matter (`crate::fsx`).
+pub fn owner_id(_path: &Path) -> Option<u32> {
+    None
+}
+
+/// A child and everything it starts: a Job Object that kills its members when closed.
+#[derive(Debug)]
+pub struct ProcessTree {
+    job: Owned,
+}
+
+impl ProcessTree {
+    /// Before the child starts: its own console process group. Windows cannot switch accounts
+    /// here (`run_as` is a Unix notion): the agent's scripts run as SYSTEM, its service as the
+    /// account configure gives it.
+    pub fn prepare(cmd: &mut std::process::Command, _run_as: Option<(u32, u32)>) {
+        use std::os::windows::process::CommandExt;
+        const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+        cmd.creation_flags(CREATE_NEW_PROCESS_GROUP);
+    }
+
+    /// After it started: a new Job Object holding it (what it starts from now on joins too).
+    pub fn adopt(pid: u32) -> std::io::Result<Self> {
+        // SAFETY: creates an unnamed job with default security; the handle is ours.
+        let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+        if job.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        let job = Owned(job);
+        // SAFETY: zeroed is a valid JOBOBJECT_EXTENDED_LIMIT_INFORMATION.
+        let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+        limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+        // SAFETY: the buffer is the structure and size the information class expects.
+        let ok = unsafe {
+            SetInformationJobObject(
+                job.0,
+                JobObjectExtendedLimitInformation,
+                (&limits as *const JOBOBJECT_EXTENDED_LIMIT_INFORMATION).cast(),
+                std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+            )
+        };
+        if ok == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: opens the child by pid with the rights AssignProcessToJobObject needs.
+        let process = unsafe { OpenProcess(PROCESS_SET_QUOTA | PROCESS_TERMINATE, 0, pid) };
+        if process.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        let process = Owned(process);
+        // SAFETY: both handles are open and ours.
+        if unsafe { AssignProcessToJobObject(job.0, process.0) } == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { job })
+    }
+
+    /// Terminates every process in the job (Windows has no gentle variant for a tree).
+    pub fn kill(&self, _hard: bool) {
+        // SAFETY: the job handle is open.
+        unsafe { TerminateJobObject(self.job.0, 1) };
+    }
+}
+
+/// Waits for Ctrl-C / Ctrl-Break (reported as SIGINT) or the console closing or the system
+/// shutting down (reported as SIGTERM).
+pub async fn wait_for_stop_signal() -> i32 {
+    use tokio::signal::windows;
+    let (Ok(mut c), Ok(mut b), Ok(mut close), Ok(mut shutdown)) = (
+        windows::ctrl_c(),
+        windows::ctrl_break(),
+        windows::ctrl_close(),
+        windows::ctrl_shutdown(),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = c.recv() => super::SIGINT,
+        _ = b.recv() => super::SIGINT,
+        _ = close.recv() => super::SIGTERM,
+        _ = shutdown.recv() => super::SIGTERM,
+    }
+}
