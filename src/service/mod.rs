@@ -12,6 +12,7 @@
 pub mod boot;
 pub mod systemctl;
 pub mod unit;
+pub mod windows;
 
 use std::path::{Path, PathBuf};
 

@@ -40,12 +40,24 @@ pub fn systemd_escape_path(s: &str) -> String {
     out
 }
 
-/// The unit name (before `systemd-escape --path`) and description the agent gives its service
-/// (`ServiceControlManager.CalculateServiceName`): `{0}` is the first path segment for
-/// dev.azure.com, else the first label of the host. When the whole name (with `.service`) is
-/// longer than 80 characters, account and pool are cut to 25 and then the agent name by what is
-/// still over; the description keeps the full names.
+/// The unit name (before `systemd-escape --path`) and description the agent gives its service:
+/// [`service_name`] with the Linux pattern `vsts.agent.{0}.{1}.{2}.service`.
 pub fn agent_unit_name(server_url: &str, pool: &str, agent: &str) -> (String, String) {
+    service_name(server_url, pool, agent, |a, p, n| {
+        format!("vsts.agent.{a}.{p}.{n}.service")
+    })
+}
+
+/// The agent's `ServiceControlManager.CalculateServiceName` for a pattern: `{0}` is the first
+/// path segment for dev.azure.com, else the first label of the host; `{1}` the pool, `{2}` the
+/// agent. When the whole name is longer than 80 characters, account and pool are cut to 25 and
+/// then the agent name by what is still over; the description keeps the full names.
+pub fn service_name(
+    server_url: &str,
+    pool: &str,
+    agent: &str,
+    pattern: impl Fn(&str, &str, &str) -> String,
+) -> (String, String) {
     let account = url::Url::parse(server_url)
         .ok()
         .and_then(|u| {
@@ -59,10 +71,9 @@ pub fn agent_unit_name(server_url: &str, pool: &str, agent: &str) -> (String, St
             }
         })
         .unwrap_or_default();
-    let format = |a: &str, p: &str, n: &str| format!("vsts.agent.{a}.{p}.{n}.service");
     let len = |s: &str| s.chars().count();
     let prefix = |s: &str, n: usize| s.chars().take(n).collect::<String>();
-    let mut name = format(&account, pool, agent);
+    let mut name = pattern(&account, pool, agent);
     if len(&name) > 80 {
         let mut exceeded = len(&name) as i64 - 80;
         let account_cut = prefix(&account, 25);
@@ -74,7 +85,7 @@ pub fn agent_unit_name(server_url: &str, pool: &str, agent: &str) -> (String, St
         } else {
             agent.to_owned()
         };
-        name = format(&account_cut, &pool_cut, &agent_cut);
+        name = pattern(&account_cut, &pool_cut, &agent_cut);
     }
     (
         name,
