@@ -113,9 +113,13 @@ pub struct InstallArgs {
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<String>,
     /// Existing account to run the agent as; `root` is allowed explicitly. Default: a dedicated
-    /// system user `azpagent`, created if missing.
+    /// system user `azpagent`, created if missing. (Linux)
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// The Windows service's account [default: NT AUTHORITY\NETWORK SERVICE]; a password, if it
+    /// needs one, only in the environment variable VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD. (Windows)
+    #[arg(long, value_name = "ACCOUNT")]
+    pub windows_logon_account: Option<String>,
     /// Do not install or start a service (containers: run ./run.sh yourself).
     #[arg(long)]
     pub no_service: bool,

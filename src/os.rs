@@ -134,24 +134,26 @@ impl Os {
 
     pub fn default_agent_dir(&self) -> PathBuf {
         match self.family {
-            Family::Windows => PathBuf::from(r"C:\azure-pipelines-agent"),
+            Family::Windows => PathBuf::from(r"C:\azagent"),
             _ => PathBuf::from("/opt/azure-pipelines-agent"),
         }
     }
 
     /// Where settings saved by `install` live (root-owned, outside the agent dir, which the agent
-    /// user can write to).
-    pub fn default_state_dir(&self) -> PathBuf {
+    /// user can write to). Windows: under `program_data` (`%ProgramData%`).
+    pub fn default_state_dir(&self, program_data: Option<&str>) -> PathBuf {
         match self.family {
-            Family::Windows => PathBuf::from(r"C:\ProgramData\agent-bootstrap"),
+            Family::Windows => {
+                PathBuf::from(program_data.unwrap_or(r"C:\ProgramData")).join("agent-bootstrap")
+            }
             _ => PathBuf::from("/var/lib/agent-bootstrap"),
         }
     }
 
     /// Where verified agent packages are cached, keyed by SHA-256.
-    pub fn default_cache_dir(&self) -> PathBuf {
+    pub fn default_cache_dir(&self, program_data: Option<&str>) -> PathBuf {
         match self.family {
-            Family::Windows => PathBuf::from(r"C:\ProgramData\agent-bootstrap\cache"),
+            Family::Windows => self.default_state_dir(program_data).join("cache"),
             _ => PathBuf::from("/var/cache/agent-bootstrap"),
         }
     }

@@ -30,6 +30,8 @@ use crate::package::{self, Source};
 pub const DEFAULT_POOL: &str = "Default";
 pub const DEFAULT_WORK: &str = "_work";
 pub const DEFAULT_USER: &str = "azpagent";
+/// The Windows service account's password, as the agent itself reads it (`agent.md` §2).
+pub use crate::agent::config::LOGON_PASSWORD_ENV;
 /// Overrides for where install keeps its state and cache (tests, unusual layouts).
 pub const STATE_DIR_ENV: &str = "AGENT_BOOTSTRAP_STATE_DIR";
 pub const CACHE_DIR_ENV: &str = "AGENT_BOOTSTRAP_CACHE_DIR";
@@ -81,8 +83,12 @@ pub enum PackageChoice {
 
 #[derive(Debug, Clone)]
 pub struct InstallSettings {
-    /// The account running agent-bootstrap is root (otherwise everything runs as that account).
+    /// The account running agent-bootstrap is root (Windows: elevated or SYSTEM); otherwise
+    /// everything runs as that account.
     pub as_root: bool,
+    /// Windows: the password of `--windows-logon-account`, from [`LOGON_PASSWORD_ENV`] (never
+    /// saved; passed to `config.cmd` only in its environment).
+    pub logon_password: Option<crate::secret::Secret>,
     pub url: Url,
     pub pool: String,
     pub agent_name: String,
@@ -250,20 +256,36 @@ const AGENT_FORBIDDEN: &str = "\"/\\:<>|*?@$`()'";
 /// files, and quotes or a backslash would need escaping every place the path is written.
 const PATH_FORBIDDEN: &str = "%$`'\"\\";
 
-/// A pool or agent name: [`check_text`], naming the shell when that is the reason.
+/// What `cmd.exe` reads specially in the arguments of a batch file (`config.cmd`): variables,
+/// escapes, command separators, redirections, delayed expansion, quotes.
+const CMD_CHARS: &str = "%^&|<>!\"";
+
+/// A pool or agent name: [`check_text`], naming the shell when that is the reason (on Windows,
+/// `cmd.exe` as well: the names are arguments of `config.cmd`).
 fn check_name(
     what: &str,
     value: &str,
     max: usize,
     forbidden: &str,
+    os: &Os,
 ) -> Result<String, SettingsError> {
-    check_text(what, value, max, forbidden).map_err(|mut e| {
+    let cmd = if os.is_windows() { CMD_CHARS } else { "" };
+    check_text(what, value, max, &format!("{forbidden}{cmd}")).map_err(|mut e| {
         if value.chars().any(|c| SHELL_CHARS.contains(c)) {
             e.problem
                 .push_str(" (the agent's svc.sh would paste it into a shell command run as root)");
+        } else if value.chars().any(|c| cmd.contains(c)) {
+            e.problem
+                .push_str(" (cmd.exe would read it as shell syntax in config.cmd's arguments)");
         }
         e
     })
+}
+
+/// A Windows account name for the service (`DOMAIN\name`, `NT AUTHORITY\NETWORK SERVICE`, a gMSA
+/// `DOMAIN\name$`).
+fn check_logon_account(value: &str) -> Result<String, SettingsError> {
+    check_text("--windows-logon-account", value, 256, CMD_CHARS)
 }
 
 fn check_text(
@@ -358,38 +380,70 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         (None, Some(p)) => ("AZP_POOL", p),
         (None, None) => ("--pool", DEFAULT_POOL),
     };
-    let pool = check_name(pool_what, pool_raw, 256, POOL_FORBIDDEN)?;
+    let pool = check_name(pool_what, pool_raw, 256, POOL_FORBIDDEN, &os)?;
     let (name_what, name_raw) = match (&args.agent_name, env.var("AZP_AGENT_NAME")) {
         (Some(n), _) => ("--agent-name", n.as_str()),
         (None, Some(n)) => ("AZP_AGENT_NAME", n),
         (None, None) => ("the host name (set --agent-name)", env.hostname()),
     };
-    let agent_name = check_name(name_what, name_raw, 64, AGENT_FORBIDDEN)?;
+    let agent_name = check_name(name_what, name_raw, 64, AGENT_FORBIDDEN, &os)?;
 
     let paths = paths(env, &os)?;
-    let agent_dir = agent_dir(args.agent_dir.as_deref(), &paths)?;
+    let agent_dir = agent_dir(args.agent_dir.as_deref(), &paths, &os)?;
     let (work_what, work_raw) = match (&args.work_dir, env.var("AZP_WORK")) {
         (Some(w), _) => ("--work-dir", w.as_str()),
         (None, Some(w)) => ("AZP_WORK", w),
         (None, None) => ("--work-dir", DEFAULT_WORK),
     };
-    let work_dir = check_text(work_what, work_raw, 4096, "")?;
+    let work_dir = check_text(
+        work_what,
+        work_raw,
+        4096,
+        if os.is_windows() { CMD_CHARS } else { "" },
+    )?;
 
-    let user = match &args.user {
-        Some(u) => AgentUser::Existing(check_user(u.trim())?),
-        // Not root (a container running as its own user): the agent runs as this account.
-        None if !env.is_root() => AgentUser::Existing(env.username().to_owned()),
-        None => AgentUser::Dedicated(DEFAULT_USER.to_owned()),
+    let user = if os.is_windows() {
+        if args.user.is_some() {
+            return Err(bad(
+                "--user",
+                "is for Linux; on Windows the service's account is --windows-logon-account",
+            ));
+        }
+        AgentUser::Existing(check_logon_account(
+            args.windows_logon_account
+                .as_deref()
+                .unwrap_or(crate::service::windows::DEFAULT_LOGON_ACCOUNT),
+        )?)
+    } else {
+        if args.windows_logon_account.is_some() {
+            return Err(bad(
+                "--windows-logon-account",
+                "is for Windows; on Linux the agent's account is --user",
+            ));
+        }
+        match &args.user {
+            Some(u) => AgentUser::Existing(check_user(u.trim())?),
+            // Not root (a container running as its own user): the agent runs as this account.
+            None if !env.is_root() => AgentUser::Existing(env.username().to_owned()),
+            None => AgentUser::Dedicated(DEFAULT_USER.to_owned()),
+        }
     };
     if !env.is_root() && !args.dry_run {
         let me = env.username();
         if !args.no_service {
             return Err(bad(
                 "--no-service",
-                "installing the service needs root: run as root, or pass --no-service to only configure the agent",
+                if os.is_windows() {
+                    "installing the service needs an elevated prompt (Run as Administrator) or \
+                     SYSTEM: `config.cmd --runAsService` would fail only after registering the \
+                     agent; run elevated, or pass --no-service to only configure it"
+                } else {
+                    "installing the service needs root: run as root, or pass --no-service to \
+                     only configure the agent"
+                },
             ));
         }
-        if matches!(&user, AgentUser::Existing(u) if u != me) {
+        if !os.is_windows() && matches!(&user, AgentUser::Existing(u) if u != me) {
             return Err(bad(
                 "--user",
                 "only root can configure the agent as another user",
@@ -399,8 +453,13 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
     if args.config_timeout == 0 {
         return Err(bad("--config-timeout", "must be at least 1 second"));
     }
+    let logon_password = env
+        .var(LOGON_PASSWORD_ENV)
+        .filter(|_| os.is_windows())
+        .map(crate::secret::Secret::new);
     Ok(InstallSettings {
         as_root: env.is_root(),
+        logon_password,
         url,
         pool,
         agent_name,
@@ -433,7 +492,7 @@ pub struct Paths {
 pub fn paths(env: &Env, os: &Os) -> Result<Paths, SettingsError> {
     let override_dir = |name: &str| -> Result<Option<PathBuf>, SettingsError> {
         match env.var(name) {
-            Some(v) if Path::new(v).is_absolute() => Ok(Some(PathBuf::from(v))),
+            Some(v) if is_absolute(v, os) => Ok(Some(PathBuf::from(v))),
             Some(v) => Err(bad(name, format!("'{v}' must be an absolute path"))),
             None => Ok(None),
         }
@@ -442,8 +501,8 @@ pub fn paths(env: &Env, os: &Os) -> Result<Paths, SettingsError> {
     let cache = override_dir(CACHE_DIR_ENV)?;
     if env.is_root() || os.is_windows() {
         return Ok(Paths {
-            state_dir: state.unwrap_or_else(|| os.default_state_dir()),
-            cache_dir: cache.unwrap_or_else(|| os.default_cache_dir()),
+            state_dir: state.unwrap_or_else(|| os.default_state_dir(env.var("ProgramData"))),
+            cache_dir: cache.unwrap_or_else(|| os.default_cache_dir(env.var("ProgramData"))),
             default_agent_dir: os.default_agent_dir(),
         });
     }
@@ -478,48 +537,82 @@ pub fn paths(env: &Env, os: &Os) -> Result<Paths, SettingsError> {
 }
 
 /// `--agent-dir` (or the default): absolute, not `/`, no `..`, and nothing a unit file or a shell
-/// would read differently (see [`PATH_FORBIDDEN`]).
-pub fn agent_dir(arg: Option<&Path>, paths: &Paths) -> Result<PathBuf, SettingsError> {
+/// would read differently (see [`PATH_FORBIDDEN`]; on Windows [`CMD_CHARS`]).
+pub fn agent_dir(arg: Option<&Path>, paths: &Paths, os: &Os) -> Result<PathBuf, SettingsError> {
     let Some(d) = arg else {
         return Ok(paths.default_agent_dir.clone());
     };
-    check_agent_dir("--agent-dir", d)
+    check_agent_dir("--agent-dir", d, os)
 }
 
-fn check_agent_dir(what: &str, d: &Path) -> Result<PathBuf, SettingsError> {
-    if !d.is_absolute() {
-        return Err(bad(
-            what,
-            format!("'{}' must be an absolute path", d.display()),
-        ));
+/// Absolute for the target OS: `/…` on Unix, `X:\…` (or `X:/…`) on Windows.
+fn is_absolute(path: &str, os: &Os) -> bool {
+    if os.is_windows() {
+        let b = path.as_bytes();
+        b.len() >= 3
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && (b[2] == b'\\' || b[2] == b'/')
+    } else {
+        path.starts_with('/')
     }
+}
+
+fn check_agent_dir(what: &str, d: &Path, os: &Os) -> Result<PathBuf, SettingsError> {
     let Some(text) = d.to_str() else {
         return Err(bad(what, format!("'{}' is not valid UTF-8", d.display())));
     };
-    if let Some(c) = text
-        .chars()
-        .find(|c| c.is_control() || c.is_whitespace() || PATH_FORBIDDEN.contains(*c))
-    {
+    if !is_absolute(text, os) {
         return Err(bad(
             what,
             format!(
-                "'{}' contains the character {c:?}; systemd units and the agent's scripts cannot \
-                 name such a path safely",
-                text.escape_debug()
+                "'{}' must be an absolute path{}",
+                text.escape_debug(),
+                if os.is_windows() { " (C:\\…)" } else { "" }
             ),
         ));
     }
-    let normal: PathBuf = d.components().collect();
-    if normal
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
+    let forbidden = |c: char| {
+        c.is_control()
+            || if os.is_windows() {
+                CMD_CHARS.contains(c) || c == '`' || c == '$'
+            } else {
+                c.is_whitespace() || PATH_FORBIDDEN.contains(c)
+            }
+    };
+    if let Some(c) = text.chars().find(|c| forbidden(*c)) {
+        return Err(bad(
+            what,
+            format!(
+                "'{}' contains the character {c:?}; {} cannot name such a path safely",
+                text.escape_debug(),
+                if os.is_windows() {
+                    "config.cmd and the scheduled task"
+                } else {
+                    "systemd units and the agent's scripts"
+                }
+            ),
+        ));
+    }
+    let parts: Vec<&str> = text
+        .split(['/', '\\'])
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
         return Err(bad(what, format!("'{text}' must not contain '..'")));
     }
-    if normal.parent().is_none() {
+    let root_only = if os.is_windows() { 1 } else { 0 };
+    if parts.len() <= root_only {
         return Err(bad(what, "must not be the file system root"));
     }
-    Ok(normal)
+    if os.is_windows() {
+        // Normalized with the target's separator (the host may not be Windows: dry runs, tests).
+        let mut out = format!("{}\\", parts[0].to_ascii_uppercase());
+        out.push_str(&parts[1..].join("\\"));
+        Ok(PathBuf::from(out))
+    } else {
+        Ok(d.components().collect())
+    }
 }
 
 /// The settings install saved, as install settings again (reconcile configures from them).
@@ -529,7 +622,7 @@ pub fn from_saved(
     os: Os,
 ) -> Result<InstallSettings, SettingsError> {
     let url = check_url("the saved url", &saved.url)?;
-    check_saved(saved)?;
+    check_saved(saved, &os)?;
     let paths = paths(env, &os)?;
     let package = match &saved.package {
         Some(p) if p.contains("://") => PackageChoice::Explicit {
@@ -554,6 +647,11 @@ pub fn from_saved(
             AgentUser::Existing(saved.user.clone())
         },
         as_root: env.is_root(),
+        // Not saved (no stored secret): a custom account's password is read again, if given.
+        logon_password: env
+            .var(LOGON_PASSWORD_ENV)
+            .filter(|_| os.is_windows())
+            .map(crate::secret::Secret::new),
         service: saved.service,
         boot: saved.boot_unit.is_some(),
         selector: Selector::from_saved(saved.identity.as_deref()),
@@ -569,23 +667,30 @@ pub fn from_saved(
 
 /// The saved settings pass the same rules as the flags they came from (the file is root's, but a
 /// value that reaches a unit file or a command line is checked wherever it comes from).
-pub fn check_saved(saved: &crate::state::Saved) -> Result<(), SettingsError> {
+pub fn check_saved(saved: &crate::state::Saved, os: &Os) -> Result<(), SettingsError> {
     check_url("the saved url", &saved.url)?;
-    check_name("the saved pool", &saved.pool, 256, POOL_FORBIDDEN)?;
+    check_name("the saved pool", &saved.pool, 256, POOL_FORBIDDEN, os)?;
     check_name(
         "the saved agent name",
         &saved.agent_name,
         64,
         AGENT_FORBIDDEN,
+        os,
     )?;
-    check_agent_dir("the saved agent dir", &saved.agent_dir)?;
-    check_text("the saved work dir", &saved.work_dir, 4096, "")?;
-    check_user(&saved.user).map_err(|_| {
-        bad(
+    check_agent_dir("the saved agent dir", &saved.agent_dir, os)?;
+    let cmd = if os.is_windows() { CMD_CHARS } else { "" };
+    check_text("the saved work dir", &saved.work_dir, 4096, cmd)?;
+    let account = if os.is_windows() {
+        check_logon_account(&saved.user).is_ok()
+    } else {
+        check_user(&saved.user).is_ok()
+    };
+    if !account {
+        return Err(bad(
             "the saved user",
             format!("'{}' is not a valid account name", saved.user),
-        )
-    })?;
+        ));
+    }
     Ok(())
 }
 
@@ -832,6 +937,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(m.contains("the saved pool"), "{m}");
+    }
+
+    #[test]
+    fn windows_settings_follow_windows_rules() {
+        let win = Os::windows_x64();
+        let e = env(&[
+            ("ProgramData", r"D:\ProgramData"),
+            (LOGON_PASSWORD_ENV, "s3cret-password"),
+        ]);
+        let s = install(&args(), &e, win).unwrap();
+        assert_eq!(s.agent_dir, PathBuf::from(r"C:\azagent"));
+        assert_eq!(
+            s.state_dir,
+            Path::new(r"D:\ProgramData").join("agent-bootstrap")
+        );
+        assert_eq!(
+            s.user,
+            AgentUser::Existing(r"NT AUTHORITY\NETWORK SERVICE".into())
+        );
+        assert_eq!(
+            s.logon_password.as_ref().map(|p| p.expose()),
+            Some("s3cret-password")
+        );
+        let err = |a: &InstallArgs| install(a, &e, win).unwrap_err().to_string();
+        let mut a = args();
+        a.user = Some("azpagent".into());
+        assert!(err(&a).contains("--windows-logon-account"));
+        let mut a = args();
+        a.pool = Some("Build & Release".into());
+        let m = err(&a);
+        assert!(m.contains("--pool") && m.contains("cmd.exe"), "{m}");
+        for bad_dir in [
+            r"azagent",
+            r"C:\",
+            r"C:\a&b",
+            r"C:\a%PATH%",
+            r"C:\a\..\..\Windows",
+        ] {
+            let mut a = args();
+            a.agent_dir = Some(bad_dir.into());
+            assert!(err(&a).contains("--agent-dir"), "{bad_dir}");
+        }
+        let mut a = args();
+        a.agent_dir = Some("c:/Program Files/agents/a1/".into());
+        assert_eq!(
+            install(&a, &e, win).unwrap().agent_dir,
+            PathBuf::from(r"C:\Program Files\agents\a1")
+        );
+        // The same pool name is fine for Linux, where no cmd.exe reads it.
+        let mut a = args();
+        a.pool = Some("Build & Release".into());
+        assert!(install(&a, &env(&[]), Os::linux_x64()).is_ok());
+        let mut a = args();
+        a.windows_logon_account = Some("svc".into());
+        assert!(
+            install(&a, &env(&[]), Os::linux_x64())
+                .unwrap_err()
+                .to_string()
+                .contains("--windows-logon-account")
+        );
+        // Not elevated: the service step would fail only after registering, so it is refused first.
+        let user = Env::fake(&[], "h", false);
+        let m = install(&args(), &user, win).unwrap_err().to_string();
+        assert!(m.contains("elevated"), "{m}");
     }
 
     #[test]

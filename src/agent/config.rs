@@ -17,9 +17,13 @@ pub struct Configure {
     pub pool: String,
     pub agent: String,
     pub work: String,
-    /// Windows: let configure install and start the service itself (`--runAsService`).
-    pub windows_service: bool,
+    /// Windows: let configure install and start the service itself (`--runAsService`), as this
+    /// account (`--windowsLogonAccount`).
+    pub windows_service: Option<String>,
 }
+
+/// The Windows service account's password, for `config.cmd` (never an argument).
+pub const LOGON_PASSWORD_ENV: &str = "VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD";
 
 /// The script to run and its arguments.
 pub fn configure_command(os: &Os, root: &Path, c: &Configure) -> (PathBuf, Vec<String>) {
@@ -39,10 +43,10 @@ pub fn configure_command(os: &Os, root: &Path, c: &Configure) -> (PathBuf, Vec<S
         "--replace".into(),
     ];
     if os.is_windows() {
-        if c.windows_service {
+        if let Some(account) = &c.windows_service {
             args.push("--runAsService".into());
             args.push("--windowsLogonAccount".into());
-            args.push(r"NT AUTHORITY\NETWORK SERVICE".into());
+            args.push(account.clone());
         }
     } else {
         args.push("--acceptTeeEula".into());
@@ -60,7 +64,7 @@ mod tests {
             pool: "Default".into(),
             agent: "vm1".into(),
             work: "_work".into(),
-            windows_service: true,
+            windows_service: Some(r"NT AUTHORITY\NETWORK SERVICE".into()),
         }
     }
 
@@ -81,8 +85,9 @@ mod tests {
         assert!(prog.ends_with("config.cmd"));
         assert!(args.contains(&"--runAsService".to_string()));
         assert!(!args.contains(&"--acceptTeeEula".to_string()));
+        assert!(args.contains(&r"NT AUTHORITY\NETWORK SERVICE".to_string()));
         let mut no_svc = sample();
-        no_svc.windows_service = false;
+        no_svc.windows_service = None;
         let (_, args) = configure_command(&Os::windows_x64(), Path::new(r"C:\a"), &no_svc);
         assert!(!args.contains(&"--runAsService".to_string()));
     }

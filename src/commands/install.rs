@@ -93,6 +93,22 @@ enum Step {
         name: String,
         path: PathBuf,
     },
+    /// Windows: the agent dir's ACL (SYSTEM and Administrators full, the service account modify).
+    SecureAgentDir {
+        account: String,
+    },
+    /// Windows: stop the service configure is about to replace.
+    StopWindowsService {
+        name: String,
+    },
+    /// Windows: the service configure created is running (started if it is not).
+    WindowsService {
+        name: String,
+    },
+    /// Windows: the scheduled task that runs `reconcile` at startup.
+    BootTask {
+        name: String,
+    },
 }
 
 /// The steps of one install, in order.
@@ -298,6 +314,11 @@ pub fn agent_unit(s: &InstallSettings, pool: &str) -> AgentUnit {
     AgentUnit::new(s.url.as_str(), pool, &s.agent_name)
 }
 
+/// The Windows service configure creates, from root's own settings.
+pub fn windows_service_name(s: &InstallSettings, pool: &str) -> String {
+    service::windows::service_name(s.url.as_str(), pool, &s.agent_name)
+}
+
 /// Whether install writes units here (root, systemd, not Windows).
 fn manages_units(s: &InstallSettings, env: &Env) -> bool {
     s.as_root && !s.os.is_windows() && service::systemd_available(env)
@@ -312,7 +333,8 @@ fn make_plan(
     account: Option<&RunAs>,
 ) -> Plan {
     let mut steps = vec![];
-    if account.is_none() {
+    let windows = s.os.is_windows();
+    if account.is_none() && !windows {
         steps.push(Step::CreateUser {
             name: s.user.name().to_owned(),
         });
@@ -324,7 +346,7 @@ fn make_plan(
             });
             let owned_by_user =
                 account.is_some_and(|u| crate::platform::owner_id(&s.agent_dir) == Some(u.uid));
-            if s.as_root && !owned_by_user {
+            if s.as_root && !owned_by_user && !windows {
                 steps.push(Step::GiveAgentDir {
                     user: s.user.name().to_owned(),
                 });
@@ -340,12 +362,23 @@ fn make_plan(
                 .filter(|p| p.is_file()),
         }),
     }
+    if windows && s.as_root {
+        steps.push(Step::SecureAgentDir {
+            account: s.user.name().to_owned(),
+        });
+    }
     let unit = agent_unit(s, &c.pool.name);
     let units = manages_units(s, env);
+    let win_service = windows_service_name(s, &c.pool.name);
     if c.reregister {
         if s.service && units {
             steps.push(Step::StopService {
                 unit: unit.name.clone(),
+            });
+        }
+        if s.service && windows {
+            steps.push(Step::StopWindowsService {
+                name: win_service.clone(),
             });
         }
         steps.push(Step::RemoveRegistration);
@@ -362,7 +395,10 @@ fn make_plan(
     steps.push(Step::SaveSettings {
         path: state::file_for(&s.state_dir, &s.agent_dir),
     });
-    if s.service && !s.os.is_windows() {
+    if s.service && windows {
+        steps.push(Step::WindowsService { name: win_service });
+    }
+    if s.service && !windows {
         if units {
             steps.push(Step::InstallUnit {
                 unit: unit.clone(),
@@ -388,13 +424,24 @@ fn make_plan(
 
 /// The boot unit step, or the note saying why there is none.
 fn boot_step(s: &InstallSettings, env: &Env) -> Option<Step> {
-    if !s.boot || s.os.is_windows() {
+    if !s.boot {
         return None;
     }
     let by_hand = format!(
         "run `agent-bootstrap reconcile --agent-dir {}` at start yourself",
         s.agent_dir.display()
     );
+    if s.os.is_windows() {
+        return Some(if s.as_root {
+            Step::BootTask {
+                name: service::windows::boot_task_name(&s.agent_dir),
+            }
+        } else {
+            Step::Note(format!(
+                "not elevated: no boot task (it would run as SYSTEM); {by_hand}"
+            ))
+        });
+    }
     if !s.as_root {
         return Some(Step::Note(format!(
             "not running as root: no boot unit (it would run as root); {by_hand}"
@@ -459,7 +506,13 @@ impl std::fmt::Display for Step {
                 } else {
                     ""
                 };
-                write!(f, "run as '{user}': {as_root}{}", child.display())
+                if program.extension().is_some_and(|e| e == "cmd")
+                    || program.to_string_lossy().ends_with(".cmd")
+                {
+                    write!(f, "run elevated: {}", child.display())
+                } else {
+                    write!(f, "run as '{user}': {as_root}{}", child.display())
+                }
             }
             Step::InstallUnit { unit, user } => write!(
                 f,
@@ -479,6 +532,21 @@ impl std::fmt::Display for Step {
                 f,
                 "write {} and enable {name} (runs `agent-bootstrap reconcile` at every boot)",
                 path.display()
+            ),
+            Step::SecureAgentDir { account } => write!(
+                f,
+                "set the agent dir's ACL: SYSTEM and Administrators full control, '{account}' \
+                 modify, nobody else"
+            ),
+            Step::StopWindowsService { name } => write!(f, "sc.exe stop {name}"),
+            Step::WindowsService { name } => write!(
+                f,
+                "check the service {name} configure created (sc.exe query), start it if it is stopped"
+            ),
+            Step::BootTask { name } => write!(
+                f,
+                "register the scheduled task {name} (runs `agent-bootstrap reconcile` as SYSTEM \
+                 at every startup)"
             ),
         }
     }
@@ -557,7 +625,7 @@ async fn execute(
             }
             Step::Configure { program, args, .. } => {
                 let token = tokens.get(budget).await?;
-                let child = super::agent_child(
+                let mut child = super::agent_child(
                     env,
                     s.os.config_script(),
                     program.clone(),
@@ -567,6 +635,9 @@ async fn execute(
                     s.config_timeout,
                 )
                 .args(args.clone());
+                if let Some(password) = &s.logon_password {
+                    child = child.secret_env(config::LOGON_PASSWORD_ENV, password.clone());
+                }
                 tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
                 super::agent_script(child, &tokens.masker()).await?;
                 let local = agent.settings()?.ok_or_else(|| Error::Configure {
@@ -630,6 +701,20 @@ async fn execute(
             Step::BootUnit { .. } => {
                 ensure_boot_unit(s, env, &c.pool.name).await?;
             }
+            Step::SecureAgentDir { account } => {
+                service::windows::secure_agent_dir(env, &s.agent_dir, account).await?;
+            }
+            Step::StopWindowsService { name } => {
+                if let Err(e) = service::windows::stop(env, name).await {
+                    tracing::warn!("{e}");
+                }
+            }
+            Step::WindowsService { name } => {
+                ensure_windows_service(env, name).await?;
+            }
+            Step::BootTask { .. } => {
+                ensure_boot_task(s, env).await?;
+            }
         }
     }
     print_summary(headline, saved.as_ref().expect("configure ran"))
@@ -651,6 +736,42 @@ pub async fn start_service(env: &Env, unit: &str, no_block: bool) -> Result<(), 
     args.push(unit);
     sc.run(&args).await?;
     Ok(())
+}
+
+/// Windows: the service configure created runs; started through the SCM when it does not.
+pub async fn ensure_windows_service(env: &Env, name: &str) -> Result<(), Error> {
+    let state = service::windows::query(env, name).await?;
+    if !state.exists {
+        return Err(service::ServiceError::Failed {
+            step: format!("sc.exe query {name}"),
+            code: 1060,
+            line: "configure reported success but created no service of that name".into(),
+        }
+        .into());
+    }
+    if !state.running {
+        service::windows::start(env, name).await?;
+    }
+    Ok(())
+}
+
+/// Windows: registers the boot task (replacing an older definition). Returns its name.
+pub async fn ensure_boot_task(s: &InstallSettings, env: &Env) -> Result<Option<String>, Error> {
+    let Some(Step::BootTask { name }) = boot_step(s, env) else {
+        return Ok(None);
+    };
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        action: "finding",
+        path: "the agent-bootstrap binary".into(),
+        source,
+    })?;
+    let default_state = crate::settings::paths(env, &s.os).map(|p| p.state_dir).ok();
+    let state =
+        (default_state.as_deref() != Some(s.state_dir.as_path())).then_some(s.state_dir.as_path());
+    let xml = service::windows::render_boot_task(&exe, &s.agent_dir, state)?;
+    service::windows::install_boot_task(env, &name, &xml, &s.state_dir).await?;
+    tracing::info!(task = %name, "registered the boot task that runs reconcile");
+    Ok(Some(name))
 }
 
 /// Writes and enables the unit that runs `reconcile` at boot. Returns its name, or `None` where
@@ -742,6 +863,9 @@ async fn already_installed(
         return Ok(());
     }
     // A configured agent whose service is missing or stopped (configure ran, the service step did not).
+    if s.service && s.os.is_windows() && s.as_root {
+        ensure_windows_service(env, &windows_service_name(s, &pool.name)).await?;
+    }
     if s.service && manages_units(s, env) {
         let user = user::ensure(&s.user, env).await?;
         let sc = Systemctl::require(env)?;
@@ -768,13 +892,17 @@ async fn already_installed(
         .map_or(saved.machine_id.clone(), |p| p.machine_id.clone());
     saved.vm_id = previous.as_ref().and_then(|p| p.vm_id.clone());
     saved.boot_unit = match boot_step(s, env) {
-        Some(Step::BootUnit { name, .. }) => Some(name),
+        Some(Step::BootUnit { name, .. } | Step::BootTask { name }) => Some(name),
         _ => None,
     };
     if previous.as_ref() != Some(&saved) {
         state::save(&s.state_dir, &saved)?;
     }
-    ensure_boot_unit(s, env, &pool.name).await?;
+    if s.os.is_windows() {
+        ensure_boot_task(s, env).await?;
+    } else {
+        ensure_boot_unit(s, env, &pool.name).await?;
+    }
     print_summary("already installed, nothing to do", &saved)
 }
 
@@ -954,7 +1082,7 @@ fn configure_command(s: &InstallSettings, agent: &AgentDir) -> (PathBuf, Vec<Str
             pool: s.pool.clone(),
             agent: s.agent_name.clone(),
             work: s.work_dir.clone(),
-            windows_service: s.service,
+            windows_service: s.service.then(|| s.user.name().to_owned()),
         },
     )
 }
@@ -1003,8 +1131,11 @@ fn saved_settings(
         user: s.user.name().to_owned(),
         dedicated_user: matches!(s.user, AgentUser::Dedicated(_)),
         service: s.service,
-        service_unit: (s.service && s.as_root && !s.os.is_windows())
-            .then(|| agent_unit(s, &pool.name).name),
+        service_unit: match (s.service, s.os.is_windows()) {
+            (true, true) => Some(windows_service_name(s, &pool.name)),
+            (true, false) if s.as_root => Some(agent_unit(s, &pool.name).name),
+            _ => None,
+        },
         identity: s.selector.to_saved(),
         agent_version,
         package_sha256,

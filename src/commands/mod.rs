@@ -27,7 +27,7 @@ pub struct Target {
 fn target(arg: Option<&std::path::Path>, env: &Env, os: &Os) -> Result<Target, Error> {
     let paths = settings::paths(env, os)?;
     Ok(Target {
-        agent_dir: settings::agent_dir(arg, &paths)?,
+        agent_dir: settings::agent_dir(arg, &paths, os)?,
         paths,
     })
 }
@@ -91,7 +91,8 @@ pub(crate) fn agent_child(
     timeout: std::time::Duration,
 ) -> crate::process::Child {
     let run_as = user.and_then(crate::process::RunAs::unless_root);
-    let as_root = run_as.is_none();
+    // config.sh refuses root without it; Windows has no such check (and no account switch).
+    let as_root = run_as.is_none() && cfg!(unix);
     let mut child = crate::process::Child::new(label, program, env)
         .cwd(root)
         .secret_env(crate::agent::config::TOKEN_ENV, token.clone())

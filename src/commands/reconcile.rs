@@ -202,7 +202,7 @@ pub async fn run(
             state_dir.display()
         ))
     })?;
-    settings::check_saved(&saved)?;
+    settings::check_saved(&saved, &os)?;
     let agent_uid = crate::user::lookup(&saved.user)?.map(|u| u.uid);
     super::check_agent_dir(agent_dir, env, agent_uid)?;
     let agent = AgentDir::new(agent_dir, &os);

@@ -59,7 +59,7 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
         }
         None => {}
         Some(saved) => {
-            settings::check_saved(saved)?;
+            settings::check_saved(saved, &os)?;
             // 1. The service first: no new job may start while the agent is being deleted.
             if saved.service
                 && env.is_root()

@@ -106,6 +106,16 @@ pub async fn start(env: &Env, name: &str) -> Result<(), ServiceError> {
     check(&format!("sc.exe start {name}"), done).map(drop)
 }
 
+/// `sc.exe stop NAME` (a service not running is fine).
+pub async fn stop(env: &Env, name: &str) -> Result<(), ServiceError> {
+    let done = run_tool(env, "sc.exe", &["stop", name]).await?;
+    // 1062: the service has not been started.
+    if done.code == 1062 || done.stdout.iter().any(|l| l.contains("1062")) {
+        return Ok(());
+    }
+    check(&format!("sc.exe stop {name}"), done).map(drop)
+}
+
 /// `sc.exe stop NAME` then `sc.exe delete NAME` (what `config.cmd remove` does to the service);
 /// returns whether there was one.
 pub async fn stop_and_delete(env: &Env, name: &str) -> Result<bool, ServiceError> {
@@ -158,7 +168,9 @@ pub fn render_boot_task(
     let texts = [
         exe.display().to_string(),
         agent_dir.display().to_string(),
-        state_dir.map(|d| d.display().to_string()).unwrap_or_default(),
+        state_dir
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
     ];
     if let Some(bad) = texts.iter().find(|t| t.chars().any(char::is_control)) {
         return Err(ServiceError::Unsafe {
@@ -333,7 +345,11 @@ mod tests {
             service_name("https://dev.azure.com/myorg/", "Default", "vm-1"),
             "vstsagent.myorg.Default.vm-1"
         );
-        let long = service_name("https://dev.azure.com/bar", &"Y".repeat(40), &"X".repeat(40));
+        let long = service_name(
+            "https://dev.azure.com/bar",
+            &"Y".repeat(40),
+            &"X".repeat(40),
+        );
         assert_eq!(long.chars().count(), 80, "{long}");
         assert!(long.starts_with(&format!("vstsagent.bar.{}.", "Y".repeat(25))));
     }
@@ -377,12 +393,21 @@ mod tests {
         assert!(xml.contains("<UserId>S-1-5-18</UserId>"));
         assert!(xml.contains("<RunLevel>HighestAvailable</RunLevel>"));
         assert!(xml.contains("<ExecutionTimeLimit>PT15M</ExecutionTimeLimit>"));
-        assert!(xml.contains(
-            r"<Command>C:\Program Files\agent-bootstrap\agent-bootstrap.exe</Command>"
-        ));
+        assert!(
+            xml.contains(
+                r"<Command>C:\Program Files\agent-bootstrap\agent-bootstrap.exe</Command>"
+            )
+        );
         assert!(xml.contains(r"<Arguments>reconcile --agent-dir C:\azagent</Arguments>"));
         // Well-formed enough for a parser: every element opened is closed.
-        for tag in ["Task", "Triggers", "Principals", "Settings", "Actions", "Exec"] {
+        for tag in [
+            "Task",
+            "Triggers",
+            "Principals",
+            "Settings",
+            "Actions",
+            "Exec",
+        ] {
             let opened =
                 xml.matches(&format!("<{tag}>")).count() + xml.matches(&format!("<{tag} ")).count();
             assert_eq!(opened, 1, "{tag}");
@@ -397,9 +422,7 @@ mod tests {
         assert!(with_state.contains("AGENT_BOOTSTRAP_STATE_DIR=D:\\state"));
         assert!(with_state.contains("&amp;"), "{with_state}");
         assert!(!with_state.contains("a & b"));
-        assert!(
-            render_boot_task(Path::new("C:\\x\ny"), Path::new(r"C:\a"), None).is_err()
-        );
+        assert!(render_boot_task(Path::new("C:\\x\ny"), Path::new(r"C:\a"), None).is_err());
     }
 
     #[test]
@@ -408,7 +431,11 @@ mod tests {
         assert_eq!(args[0], r"C:\azagent");
         assert!(args.contains(&"/inheritance:r".to_owned()));
         assert!(args.contains(&"*S-1-5-20:(OI)(CI)M".to_owned()));
-        assert!(!args.iter().any(|a| a.contains("S-1-5-32-545") || a.contains("Users")));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("S-1-5-32-545") || a.contains("Users"))
+        );
         let custom = acl_args(Path::new(r"C:\azagent"), r"CONTOSO\svc-agent");
         assert!(custom.contains(&r"CONTOSO\svc-agent:(OI)(CI)M".to_owned()));
     }
