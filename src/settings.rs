@@ -89,6 +89,9 @@ pub struct InstallSettings {
     /// Windows: the password of `--windows-logon-account`, from [`LOGON_PASSWORD_ENV`] (never
     /// saved; passed to `config.cmd` only in its environment).
     pub logon_password: Option<crate::secret::Secret>,
+    /// Extract the package again even if the agent dir has one (reconcile on Windows: SYSTEM runs
+    /// `config.cmd` only from a tree it has just extracted and verified).
+    pub fresh_package: bool,
     pub url: Url,
     pub pool: String,
     pub agent_name: String,
@@ -460,6 +463,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
     Ok(InstallSettings {
         as_root: env.is_root(),
         logon_password,
+        fresh_package: false,
         url,
         pool,
         agent_name,
@@ -647,6 +651,7 @@ pub fn from_saved(
             AgentUser::Existing(saved.user.clone())
         },
         as_root: env.is_root(),
+        fresh_package: false,
         // Not saved (no stored secret): a custom account's password is read again, if given.
         logon_password: env
             .var(LOGON_PASSWORD_ENV)

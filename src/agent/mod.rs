@@ -56,6 +56,7 @@ pub const REGISTRATION_FILES: &[&str] = &[".agent", ".credentials", ".credential
 /// What else `config.sh remove` deletes (`agent.md` §3.4): proxy and certificate settings, the
 /// credential store, the options file.
 pub const CONFIG_FILES: &[&str] = &[
+    ".service",
     ".proxy",
     ".proxycredentials",
     ".proxybypass",

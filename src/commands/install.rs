@@ -209,8 +209,9 @@ pub async fn run_locked(
     // rest on the same view.
     let seen = Seen {
         configured: existing.is_some() || agent.is_configured(),
-        self_updated: agent.self_updated(),
-        package_present: agent.package_present(),
+        // A fresh package is asked for: what is in the agent dir does not count.
+        self_updated: agent.self_updated() && !s.fresh_package,
+        package_present: agent.package_present() && !s.fresh_package,
     };
     let wants_api = !seen.configured
         && !seen.self_updated

@@ -80,6 +80,9 @@ pub struct Observed {
     pub wants_service: bool,
     pub server: Server,
     pub reauth_supported: bool,
+    /// Windows: SYSTEM never runs the agent's scripts from a tree the service account could have
+    /// written, so every repair that needs them configures a freshly extracted package instead.
+    pub windows: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +119,15 @@ pub fn decide(o: &Observed) -> Vec<Action> {
     }
     if o.tampered {
         return vec![RemoveRegistration, Install { new_name: false }];
+    }
+    if o.windows {
+        let service_gone = o.wants_service && !o.service_installed;
+        let repair = o.server == Server::Missing
+            || (service_gone && matches!(o.server, Server::Known | Server::NotAsked));
+        if repair {
+            // configure --runAsService (re)creates the service; reauth.cmd is not run as SYSTEM.
+            return vec![RemoveRegistration, Install { new_name: false }];
+        }
     }
     let service = |restart| {
         if o.wants_service {
@@ -246,8 +258,19 @@ pub async fn run(
     let manage_units =
         env.is_root() && saved.service && !os.is_windows() && service::systemd_available(env);
     let systemctl = Systemctl::find(env).filter(|_| manage_units);
+    let windows = os.is_windows();
+    let win_service = service::windows::service_name(&saved.url, &saved.pool, &saved.agent_name);
+    let manage_win = env.is_root() && saved.service && windows;
     let unit_state = match &systemctl {
         Some(sc) => Some(sc.state(&unit.name).await?),
+        None if manage_win => {
+            let st = service::windows::query(env, &win_service).await?;
+            Some(UnitState {
+                exists: st.exists,
+                enabled: st.exists,
+                active: st.running,
+            })
+        }
         None => None,
     };
 
@@ -294,9 +317,10 @@ pub async fn run(
         clone,
         service_installed: unit_state.is_some_and(|u| u.exists),
         unit: unit_state,
-        wants_service: manage_units,
+        wants_service: manage_units || manage_win,
         server,
         reauth_supported,
+        windows,
     };
     let actions = decide(&observed);
     tracing::info!(?observed, ?actions, "reconcile plan");
@@ -304,6 +328,18 @@ pub async fn run(
     let mut summary = vec![];
     for action in &actions {
         match action {
+            Action::EnsureService { restart } if windows => {
+                let running = unit_state.is_some_and(|u| u.active);
+                if *restart && running {
+                    service::windows::stop(env, &win_service).await?;
+                }
+                if *restart || !running {
+                    service::windows::start(env, &win_service).await?;
+                    summary.push("started the service".to_owned());
+                } else {
+                    summary.push("healthy, service running".to_owned());
+                }
+            }
             Action::EnsureService { restart } => {
                 let done = ensure_service(env, &saved, &agent, &unit, *restart).await?;
                 summary.push(done);
@@ -341,6 +377,9 @@ pub async fn run(
                 if let Some(sc) = &systemctl {
                     service::uninstall_agent_unit(env, sc, &unit.name, agent_dir).await?;
                 }
+                if manage_win {
+                    service::windows::stop_and_delete(env, &win_service).await?;
+                }
                 summary.push("removed the original machine's service".to_owned());
             }
             Action::RemoveRegistration => {
@@ -349,6 +388,12 @@ pub async fn run(
             Action::Install { new_name } => {
                 let mut s = settings::from_saved(&saved, env, os)?;
                 s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
+                // Windows: configure runs as SYSTEM, so only from a tree extracted just now; the
+                // running service holds files in the old one, so it stops first.
+                s.fresh_package = windows;
+                if manage_win && let Err(e) = service::windows::stop(env, &win_service).await {
+                    tracing::warn!("{e}");
+                }
                 if *new_name {
                     s.agent_name = clone_name(
                         &saved.agent_name,
@@ -534,6 +579,7 @@ mod tests {
             wants_service: true,
             server: Server::Known,
             reauth_supported: true,
+            windows: false,
         }
     }
 
@@ -647,6 +693,37 @@ mod tests {
             ..healthy()
         };
         assert_eq!(decide(&o), vec![]);
+    }
+
+    #[test]
+    fn windows_repairs_with_a_fresh_package_never_the_agents_scripts_in_place() {
+        let win = |o: Observed| decide(&Observed { windows: true, ..o });
+        assert_eq!(
+            win(Observed {
+                server: Server::Missing,
+                ..healthy()
+            }),
+            vec![RemoveRegistration, Install { new_name: false }]
+        );
+        assert_eq!(
+            win(Observed {
+                service_installed: false,
+                unit: None,
+                ..healthy()
+            }),
+            vec![RemoveRegistration, Install { new_name: false }]
+        );
+        // A stopped service is just started; unreachable servers change nothing.
+        assert_eq!(win(healthy()), vec![EnsureService { restart: false }]);
+        assert_eq!(
+            win(Observed {
+                service_installed: false,
+                unit: None,
+                server: Server::Unreachable,
+                ..healthy()
+            }),
+            vec![]
+        );
     }
 
     #[test]

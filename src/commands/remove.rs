@@ -71,6 +71,15 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
                     done.push("uninstalled the service".into());
                 }
             }
+            // Windows: what `config.cmd remove` does to the service, without running it as
+            // SYSTEM from a dir the service account can write.
+            if saved.service && env.is_root() && os.is_windows() {
+                let name =
+                    service::windows::service_name(&saved.url, &saved.pool, &saved.agent_name);
+                if service::windows::stop_and_delete(env, &name).await? {
+                    done.push("uninstalled the service".into());
+                }
+            }
             // 2. The registration on the server.
             let tokens = Arc::new(Tokens::new(
                 ImdsClient::from_env(env, net)?,
@@ -138,13 +147,22 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
         done.push("removed the local registration".into());
     }
 
-    // 4. The boot unit.
+    // 4. The boot unit (Windows: the boot task).
+    if os.is_windows() {
+        let task = saved
+            .as_ref()
+            .and_then(|s| s.boot_unit.clone())
+            .unwrap_or_else(|| service::windows::boot_task_name(agent_dir));
+        if env.is_root() && service::windows::remove_boot_task(env, &task).await? {
+            done.push(format!("removed the boot task {task}"));
+        }
+    }
     let unit_name = saved
         .as_ref()
         .and_then(|s| s.boot_unit.clone())
         .unwrap_or_else(|| service::boot_unit_name(agent_dir));
     let unit_path = service::unit_dir(env).join(&unit_name);
-    if env.is_root() && unit_path.is_file() {
+    if env.is_root() && !os.is_windows() && unit_path.is_file() {
         let sc = Systemctl::find(env);
         if let Some(sc) = &sc {
             sc.run(&["disable", &unit_name]).await?;

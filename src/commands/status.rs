@@ -66,21 +66,45 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
         Ok(l) => (l, None),
         Err(e) => (None, Some(crate::error::one_line(&e))),
     };
-    let systemctl = Systemctl::find(env);
+    let windows = os.is_windows();
+    let systemctl = Systemctl::find(env).filter(|_| !windows);
     let service_unit = match &saved {
-        Some(s) if s.service && !os.is_windows() => {
-            Some(AgentUnit::new(&s.url, &s.pool, &s.agent_name).name)
-        }
+        Some(s) if s.service && windows => Some(crate::service::windows::service_name(
+            &s.url,
+            &s.pool,
+            &s.agent_name,
+        )),
+        Some(s) if s.service => Some(AgentUnit::new(&s.url, &s.pool, &s.agent_name).name),
         Some(_) => None,
         None => agent.service_file_hint(),
     };
     let service = match (&systemctl, &service_unit) {
         (Some(sc), Some(u)) => sc.state(u).await.ok(),
+        // The Service Control Manager's view.
+        (None, Some(u)) if windows => {
+            crate::service::windows::query(env, u)
+                .await
+                .ok()
+                .map(|st| UnitState {
+                    exists: st.exists,
+                    enabled: st.exists,
+                    active: st.running,
+                })
+        }
         _ => None,
     };
     let boot_unit = saved.as_ref().and_then(|s| s.boot_unit.clone());
     let boot = match (&systemctl, &boot_unit) {
         (Some(sc), Some(u)) => sc.state(u).await.ok(),
+        // A registered task is a file in %SystemRoot%\System32\Tasks.
+        (None, Some(u)) if windows => {
+            let exists = crate::service::windows::task_file(env, u).is_file();
+            Some(UnitState {
+                exists,
+                enabled: exists,
+                active: false,
+            })
+        }
         _ => None,
     };
     let agent_version = match &saved {
