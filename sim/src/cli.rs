@@ -13,9 +13,30 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-/// `azure-sim serve …` or `azure-sim fake-listener …`.
+/// `azure-sim serve …` or `azure-sim fake-listener …`; copied into a Windows package as
+/// `bin\Agent.Listener.exe`, the fake listener itself (the root is the exe's parent's parent, the
+/// version is in `bin\sim-version.txt`).
 pub fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let exe = std::env::current_exe().unwrap_or_default();
+    let stem = exe
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if stem == "agent.listener" {
+        let bin = exe.parent().unwrap_or(std::path::Path::new("."));
+        let root = bin.parent().unwrap_or(bin).display().to_string();
+        let version = fs_err::read_to_string(bin.join("sim-version.txt")).unwrap_or_default();
+        let mut full = vec![
+            "--root".to_owned(),
+            root,
+            "--agent-version".to_owned(),
+            version.trim().to_owned(),
+            "--".to_owned(),
+        ];
+        full.extend(args);
+        std::process::exit(crate::listener::main(&full));
+    }
     match args.first().map(String::as_str) {
         Some("fake-listener") => std::process::exit(crate::listener::main(&args[1..])),
         Some("serve") => serve(&args[1..]),

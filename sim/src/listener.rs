@@ -484,7 +484,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         ctx.err("Cannot configure the agent because it is already configured. To reconfigure the agent, run 'config.cmd remove' or './config.sh remove' first.");
         return 1;
     }
-    if !ctx.root.join("license.html").exists() {
+    if cfg!(unix) && !ctx.root.join("license.html").exists() {
         ctx.err("license.html is missing from the agent root");
         return 1;
     }
@@ -659,6 +659,21 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         ctx.err(&format!("Failed to save settings: {e}"));
         return 1;
     }
+    // Windows: --runAsService installs and starts the service here (agent.md §5.2).
+    if cfg!(windows) {
+        if parsed.flags.contains_key("runasservice") {
+            let (name, display) =
+                crate::naming::windows_service_name(&url, &real_pool_name, &agent_name);
+            if let Err(e) = windows_service(&ctx.root, &name, &display) {
+                ctx.err(&format!("Failed to install the service: {e}"));
+                return 1;
+            }
+            ctx.out(&format!("Service {name} successfully installed"));
+        }
+        ctx.out("Settings Saved.");
+        let _ = std::io::stdout().flush();
+        return 0;
+    }
     // Linux: generate svc.sh from the template.
     let systemd_dir = match ctx.http.get(format!("{base}/_sim/config")).send().await {
         Ok(r) => r
@@ -687,6 +702,41 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     ctx.out(&format!("{stamp}: Settings Saved."));
     let _ = std::io::stdout().flush();
     0
+}
+
+/// What `WindowsServiceControlManager.ConfigureService` does, with `sc.exe`: an existing service
+/// of that name is replaced, the new one starts automatically and is started, and `.service`
+/// holds its name (UTF-8, no BOM). The simulated service runs Wine's own spooler, which speaks the
+/// service protocol (the real one runs `bin\AgentService.exe`).
+fn windows_service(root: &Path, name: &str, display: &str) -> std::io::Result<()> {
+    let system32 = Path::new(&std::env::var("SystemRoot").unwrap_or_else(|_| r"C:\windows".into()))
+        .join("System32");
+    let sc = system32.join("sc.exe");
+    let run = |args: &[&str]| std::process::Command::new(&sc).args(args).output();
+    let query = run(&["query", name])?;
+    if query.status.success() {
+        let _ = run(&["stop", name]);
+        let _ = run(&["delete", name]);
+    }
+    let binary = system32.join("spoolsv.exe").display().to_string();
+    let created = run(&[
+        "create",
+        name,
+        "binPath=",
+        &binary,
+        "start=",
+        "auto",
+        "DisplayName=",
+        display,
+    ])?;
+    if !created.status.success() {
+        return Err(std::io::Error::other(format!(
+            "sc create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        )));
+    }
+    let _ = run(&["start", name])?;
+    fs_err::write(root.join(".service"), name)
 }
 
 fn urlencode(s: &str) -> String {

@@ -4,8 +4,23 @@
 //! (`tests/sim_fidelity.rs` in agent-bootstrap).
 
 /// `(serviceName, serviceDisplayName)` for the pattern `vsts.agent.{0}.{1}.{2}.service` and
-/// `Azure Pipelines Agent ({0}.{1}.{2})`.
+/// `Azure Pipelines Agent ({0}.{1}.{2})` (Linux).
 pub fn service_name(server_url: &str, pool: &str, agent: &str) -> (String, String) {
+    service_name_for(server_url, pool, agent, "vsts.agent.", ".service")
+}
+
+/// The Windows pattern `vstsagent.{0}.{1}.{2}` (`WindowsServiceControlManager`).
+pub fn windows_service_name(server_url: &str, pool: &str, agent: &str) -> (String, String) {
+    service_name_for(server_url, pool, agent, "vstsagent.", "")
+}
+
+fn service_name_for(
+    server_url: &str,
+    pool: &str,
+    agent: &str,
+    prefix: &str,
+    suffix: &str,
+) -> (String, String) {
     let url = url::Url::parse(server_url).expect("the agent only stores absolute URLs");
     let host = url.host_str().unwrap_or_default();
     let account: String = if host.eq_ignore_ascii_case("dev.azure.com") {
@@ -23,7 +38,7 @@ pub fn service_name(server_url: &str, pool: &str, agent: &str) -> (String, Strin
         let v: Vec<u16> = s.encode_utf16().take(n).collect();
         String::from_utf16_lossy(&v)
     };
-    let pattern = |a: &str, p: &str, n: &str| format!("vsts.agent.{a}.{p}.{n}.service");
+    let pattern = |a: &str, p: &str, n: &str| format!("{prefix}{a}.{p}.{n}{suffix}");
     let mut name = pattern(&account, pool, agent);
     if units(&name) > 80 {
         let mut exceeded = units(&name) as isize - 80;

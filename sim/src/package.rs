@@ -32,8 +32,24 @@ impl PackageSpec {
         }
     }
 
+    /// The same agent for Windows: a `.zip` whose `bin\Agent.Listener.exe` is a Windows build of
+    /// the simulator.
+    pub fn windows(version: &str) -> Self {
+        Self {
+            platform: "win-x64".to_owned(),
+            filler_files: 10,
+            filler_bytes: 200_000,
+            ..Self::small(version)
+        }
+    }
+
     pub fn file_name(&self) -> String {
-        format!("vsts-agent-{}-{}.tar.gz", self.platform, self.version)
+        let ext = if self.platform.starts_with("win-") {
+            "zip"
+        } else {
+            "tar.gz"
+        };
+        format!("vsts-agent-{}-{}.{ext}", self.platform, self.version)
     }
 }
 
@@ -66,6 +82,9 @@ pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Re
             sha256: sha.trim().to_owned(),
             size: meta.len(),
         });
+    }
+    if spec.platform.starts_with("win-") {
+        return build_zip(dir, spec, listener_exe, &path, &sha_file);
     }
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     {
@@ -198,6 +217,83 @@ pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Re
     fs_err::write(&sha_file, &sha256)?;
     Ok(BuiltPackage { path, sha256, size })
 }
+
+/// The Windows package (`ZipFile.CreateFromDirectory`: no top-level folder): `config.cmd`,
+/// `reauth.cmd`, `run.cmd` as the real ones dispatch (`agent.md` §3.2), and `bin\Agent.Listener.exe`
+/// (`listener_exe`, a Windows build of the simulator) with its version beside it.
+fn build_zip(
+    dir: &Path,
+    spec: &PackageSpec,
+    listener_exe: &Path,
+    path: &Path,
+    sha_file: &Path,
+) -> std::io::Result<BuiltPackage> {
+    use zip::write::SimpleFileOptions;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    {
+        let mut z = zip::ZipWriter::new(std::io::BufWriter::new(tmp.reopen()?));
+        let deflated = SimpleFileOptions::default();
+        let stored =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let crlf = |s: &str| s.replace('\n', "\r\n");
+        let mut add =
+            |name: &str, data: &[u8], options: SimpleFileOptions| -> std::io::Result<()> {
+                z.start_file(name, options).map_err(std::io::Error::other)?;
+                z.write_all(data)
+            };
+        add("config.cmd", crlf(CONFIG_CMD).as_bytes(), deflated)?;
+        add("reauth.cmd", crlf(REAUTH_CMD).as_bytes(), deflated)?;
+        add("run.cmd", crlf(RUN_CMD).as_bytes(), deflated)?;
+        add("bin/sim-version.txt", spec.version.as_bytes(), deflated)?;
+        add(
+            "bin/Agent.Listener.exe",
+            &fs_err::read(listener_exe)?,
+            stored,
+        )?;
+        let n = spec.filler_files.max(1);
+        let per = (spec.filler_bytes / u64::from(n)) as usize;
+        for i in 0..n {
+            let text = format!("// agent runtime file {i}\n").repeat(per / 24 + 1);
+            add(
+                &format!("bin/System.Sim.{i:05}.dll"),
+                &text.as_bytes()[..per],
+                deflated,
+            )?;
+        }
+        z.finish().map_err(std::io::Error::other)?.flush()?;
+    }
+    let mut f = fs_err::File::open(tmp.path())?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut f, &mut hasher)?;
+    let sha256 = hex::encode(hasher.finalize());
+    tmp.persist(path).map_err(|e| e.error)?;
+    fs_err::write(sha_file, &sha256)?;
+    Ok(BuiltPackage {
+        path: path.to_owned(),
+        sha256,
+        size,
+    })
+}
+
+const CONFIG_CMD: &str = r#"@echo off
+rem Simulated config.cmd: the real one's dispatch (agent.md §3.2), without the Unblock-File step.
+setlocal
+if /i "%~1" equ "remove" (
+    "%~dp0bin\Agent.Listener.exe" %*
+) else (
+    "%~dp0bin\Agent.Listener.exe" configure %*
+)
+"#;
+
+const REAUTH_CMD: &str = r#"@echo off
+setlocal
+"%~dp0bin\Agent.Listener.exe" reauth %*
+"#;
+
+const RUN_CMD: &str = r#"@echo off
+setlocal
+"%~dp0bin\Agent.Listener.exe" run %*
+"#;
 
 /// Bump when a script below changes, so cached packages are rebuilt.
 const SCRIPTS_REVISION: &str = "scripts-4";

@@ -693,10 +693,17 @@ async fn execute(
                     .as_mut()
                     .expect("configure ran before the settings are saved");
                 record.boot_unit = plan.steps.iter().find_map(|st| match st {
-                    Step::BootUnit { name, .. } => Some(name.clone()),
+                    Step::BootUnit { name, .. } | Step::BootTask { name } => Some(name.clone()),
                     _ => None,
                 });
                 let path = state::save(&s.state_dir, record)?;
+                if s.os.is_windows() && s.as_root {
+                    // Readable by SYSTEM and Administrators only.
+                    service::windows::make_private(env, &s.state_dir).await?;
+                    if s.cache_dir.is_dir() {
+                        service::windows::make_private(env, &s.cache_dir).await?;
+                    }
+                }
                 tracing::info!(file = %path.display(), "saved settings for later runs");
             }
             Step::BootUnit { .. } => {
