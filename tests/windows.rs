@@ -403,3 +403,53 @@ fn bad_input_and_a_hostile_zip_are_refused_on_windows() {
     assert!(!w.dir.join("escaped.txt").exists());
     assert!(!w.agent_dir().exists());
 }
+
+#[test]
+fn a_custom_service_account_gets_its_password_only_through_the_environment() {
+    let Some(w) = WinWorld::new() else { return };
+    let url = w.sim.org_url();
+    let dir = w.agent_dir_win();
+    let mut cmd = Command::new(Path::new(ROOT).join("scripts/wine-run"));
+    cmd.arg(&w.exe).args([
+        "install",
+        "--url",
+        &url,
+        "--agent-dir",
+        &dir,
+        "--agent-name",
+        &w.agent_name,
+        "--windows-logon-account",
+        r"CONTOSO\svc-agent",
+        "--no-boot",
+    ]);
+    cmd.env("AZURE_POD_IDENTITY_AUTHORITY_HOST", w.sim.base_url())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME", "1")
+        .env("AGENT_BOOTSTRAP_STATE_DIR", format!(r"{}\state", w.win_dir))
+        .env("AGENT_BOOTSTRAP_CACHE_DIR", format!(r"{}\cache", w.win_dir))
+        .env("VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD", "pa55-w0rd-of-the-account");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("pa55-w0rd"), "the password is never logged");
+    let report = w.sim.state().listener_reports[0].clone();
+    let argv = report.argv.join(" ");
+    assert!(argv.contains(r"--windowsLogonAccount CONTOSO\svc-agent"), "{argv}");
+    assert!(!argv.contains("pa55-w0rd"), "the password is never an argument");
+    assert!(
+        report
+            .env_names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case("VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD")),
+        "{:?}",
+        report.env_names
+    );
+    assert!(w.task_file().is_none(), "--no-boot: no boot task");
+    for e in walkdir::WalkDir::new(&w.dir).into_iter().flatten() {
+        if e.file_type().is_file() {
+            let text = String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default())
+                .into_owned();
+            assert!(!text.contains("pa55-w0rd"), "{}", e.path().display());
+        }
+    }
+}
