@@ -293,6 +293,43 @@ pub fn check_agent_dir_location(
     Ok(())
 }
 
+/// Checks that only root can replace the program at `exe`, which a boot unit would run as root at
+/// every boot: the file (links resolved) and every directory above it belong to root and are not
+/// writable by group or others (a sticky directory such as `/tmp` is accepted above the parent).
+/// A binary the agent user could rewrite would make every boot run that user's code as root.
+#[cfg(unix)]
+pub fn check_root_only_program(exe: &Path) -> Result<(), UnsafeLocation> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(exe)
+        .map_err(|e| UnsafeLocation(format!("{}: {e}", exe.display())))?;
+    let mut first = true;
+    let mut is_parent = false;
+    let mut at = Some(real.as_path());
+    while let Some(p) = at {
+        let m = fs_err::metadata(p).map_err(|e| UnsafeLocation(e.to_string()))?;
+        let mode = m.mode();
+        let sticky = mode & 0o1000 != 0;
+        if m.uid() != 0 {
+            return Err(UnsafeLocation(format!(
+                "{} belongs to uid {}, not root",
+                p.display(),
+                m.uid()
+            )));
+        }
+        if mode & 0o022 != 0 && (first || is_parent || !sticky) {
+            return Err(UnsafeLocation(format!(
+                "{} is writable by other accounts (mode {:o})",
+                p.display(),
+                mode & 0o7777
+            )));
+        }
+        is_parent = first;
+        first = false;
+        at = p.parent();
+    }
+    Ok(())
+}
+
 /// Windows: the agent dir and every directory above it must be real directories, not junctions or
 /// symbolic links (a reparse point would let whoever made it redirect where SYSTEM writes). Who
 /// may write the agent dir is settled by the ACL install sets on it (`crate::service::windows`).
@@ -426,5 +463,51 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&home, &link).unwrap();
         assert!(check_agent_dir_location(&link, 0, None).is_err());
+    }
+
+    #[test]
+    fn a_program_root_runs_at_boot_must_be_roots_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        mode(dir.path(), 0o755);
+        let exe = dir.path().join("agent-bootstrap");
+        std::fs::write(&exe, b"#!/bin/sh\n").unwrap();
+        mode(&exe, 0o755);
+        assert_eq!(check_root_only_program(&exe), Ok(()));
+        // Through a link: the file it names is what counts.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&exe, &link).unwrap();
+        assert_eq!(check_root_only_program(&link), Ok(()));
+
+        mode(&exe, 0o775);
+        let e = check_root_only_program(&exe).unwrap_err();
+        assert!(e.0.contains("writable by other accounts"), "{}", e.0);
+        mode(&exe, 0o755);
+
+        std::os::unix::fs::chown(&exe, Some(65534), None).unwrap();
+        let e = check_root_only_program(&link).unwrap_err();
+        assert!(e.0.contains("uid 65534"), "{}", e.0);
+        std::os::unix::fs::chown(&exe, Some(0), None).unwrap();
+
+        // A parent another account may write (it could swap the file), sticky or not.
+        mode(dir.path(), 0o1777);
+        assert!(check_root_only_program(&exe).is_err());
+        // A sticky directory higher up (like /tmp) is fine.
+        let sub = dir.path().join("bin");
+        std::fs::create_dir(&sub).unwrap();
+        mode(&sub, 0o755);
+        std::fs::copy(&exe, sub.join("agent-bootstrap")).unwrap();
+        assert_eq!(
+            check_root_only_program(&sub.join("agent-bootstrap")),
+            Ok(())
+        );
+        mode(dir.path(), 0o777);
+        assert!(check_root_only_program(&sub.join("agent-bootstrap")).is_err());
     }
 }

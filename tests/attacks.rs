@@ -473,3 +473,63 @@ fn extracted_files_are_never_group_or_world_writable_or_setuid() {
     }
     assert!(checked > 10);
 }
+
+/// `install_command(extra)`, but running the binary at `exe`.
+fn install_with_binary(w: &World, exe: &Path, extra: &[&str]) -> Run {
+    let base = w.install_command(extra);
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(base.get_args());
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    w.run_cmd(cmd)
+}
+
+#[test]
+fn a_boot_unit_never_runs_a_binary_the_agent_user_could_replace() {
+    let w = World::new();
+    let user = agent_user();
+    // root's binary, in a directory the agent user owns: it could swap the file before the next
+    // boot, and the boot unit would run the job's program as root.
+    let theirs = w.dir.path().join("agent-user-bin");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+    let exe = theirs.join("agent-bootstrap");
+    std::fs::copy(BIN, &exe).unwrap();
+
+    let run = install_with_binary(&w, &exe, &[]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(&theirs.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--no-boot"), "{}", run.stderr);
+    assert!(
+        w.requests().is_empty(),
+        "contacted something before refusing"
+    );
+    assert!(!w.agent_dir().exists());
+    assert!(!w.units_dir().exists() || std::fs::read_dir(w.units_dir()).unwrap().next().is_none());
+
+    // Without a boot unit nothing runs it as root later: the install goes ahead.
+    let run = install_with_binary(&w, &exe, &["--no-boot"]);
+    run.assert_code(0);
+    let units: Vec<String> = std::fs::read_dir(w.units_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(units, vec![UNIT.to_string()], "only the agent's own unit");
+
+    // The same binary where only root can change it gets its boot unit.
+    let roots = w.dir.path().join("root-bin");
+    std::fs::create_dir(&roots).unwrap();
+    std::fs::copy(BIN, roots.join("agent-bootstrap")).unwrap();
+    let run = install_with_binary(&w, &roots.join("agent-bootstrap"), &[]);
+    run.assert_code(0);
+    assert_eq!(std::fs::read_dir(w.units_dir()).unwrap().count(), 2);
+}

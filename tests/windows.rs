@@ -427,15 +427,27 @@ fn a_custom_service_account_gets_its_password_only_through_the_environment() {
         .env("AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME", "1")
         .env("AGENT_BOOTSTRAP_STATE_DIR", format!(r"{}\state", w.win_dir))
         .env("AGENT_BOOTSTRAP_CACHE_DIR", format!(r"{}\cache", w.win_dir))
-        .env("VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD", "pa55-w0rd-of-the-account");
+        .env(
+            "VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD",
+            "pa55-w0rd-of-the-account",
+        );
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("pa55-w0rd"), "the password is never logged");
+    assert!(
+        !stderr.contains("pa55-w0rd"),
+        "the password is never logged"
+    );
     let report = w.sim.state().listener_reports[0].clone();
     let argv = report.argv.join(" ");
-    assert!(argv.contains(r"--windowsLogonAccount CONTOSO\svc-agent"), "{argv}");
-    assert!(!argv.contains("pa55-w0rd"), "the password is never an argument");
+    assert!(
+        argv.contains(r"--windowsLogonAccount CONTOSO\svc-agent"),
+        "{argv}"
+    );
+    assert!(
+        !argv.contains("pa55-w0rd"),
+        "the password is never an argument"
+    );
     assert!(
         report
             .env_names
@@ -447,8 +459,8 @@ fn a_custom_service_account_gets_its_password_only_through_the_environment() {
     assert!(w.task_file().is_none(), "--no-boot: no boot task");
     for e in walkdir::WalkDir::new(&w.dir).into_iter().flatten() {
         if e.file_type().is_file() {
-            let text = String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default())
-                .into_owned();
+            let text =
+                String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned();
             assert!(!text.contains("pa55-w0rd"), "{}", e.path().display());
         }
     }

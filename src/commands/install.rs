@@ -153,6 +153,9 @@ pub async fn run(
 pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
     let agent_uid = user::lookup(s.user.name()).ok().flatten().map(|u| u.uid);
     super::check_agent_dir(&s.agent_dir, env, agent_uid)?;
+    if let Some(Step::BootUnit { .. }) = boot_step(s, env) {
+        boot_program()?;
+    }
     if !s.as_root {
         let mut existing = s.agent_dir.as_path();
         while !existing.exists() {
@@ -782,6 +785,39 @@ pub async fn ensure_boot_task(s: &InstallSettings, env: &Env) -> Result<Option<S
     Ok(Some(name))
 }
 
+/// This binary, which the boot unit will run as root at every boot: refused (exit 2, before
+/// anything is contacted) unless only root can replace it, see
+/// [`crate::fsx::check_root_only_program`].
+#[cfg(unix)]
+fn boot_program() -> Result<std::path::PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        action: "finding",
+        path: "the agent-bootstrap binary".into(),
+        source,
+    })?;
+    crate::fsx::check_root_only_program(&exe).map_err(|e| {
+        Error::Input(format!(
+            "the boot unit would run {} as root at every boot, but {}: another account could \
+             replace what root runs; install agent-bootstrap in a directory only root can change \
+             (e.g. /usr/local/bin), or pass --no-boot",
+            exe.display(),
+            e.0
+        ))
+    })?;
+    Ok(exe)
+}
+
+/// Windows: the boot task runs this binary as SYSTEM; `scripts/install.ps1` places it under
+/// Program Files, whose ACL lets only administrators change it.
+#[cfg(not(unix))]
+fn boot_program() -> Result<std::path::PathBuf, Error> {
+    std::env::current_exe().map_err(|source| Error::Io {
+        action: "finding",
+        path: "the agent-bootstrap binary".into(),
+        source,
+    })
+}
+
 /// Writes and enables the unit that runs `reconcile` at boot. Returns its name, or `None` where
 /// there is none (not root, no systemd, `--no-boot`).
 pub async fn ensure_boot_unit(
@@ -792,11 +828,7 @@ pub async fn ensure_boot_unit(
     let Some(Step::BootUnit { name, path }) = boot_step(s, env) else {
         return Ok(None);
     };
-    let exe = std::env::current_exe().map_err(|source| Error::Io {
-        action: "finding",
-        path: "the agent-bootstrap binary".into(),
-        source,
-    })?;
+    let exe = boot_program()?;
     if ["/tmp/", "/var/tmp/", "/dev/shm/"]
         .iter()
         .any(|t| exe.starts_with(t))
