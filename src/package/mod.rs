@@ -599,6 +599,19 @@ impl Read for ChannelReader {
     }
 }
 
+/// Whether `agent_dir` exists as a real directory; a link or a file there is never replaced.
+fn existing_dir(agent_dir: &Path) -> Result<bool, PackageError> {
+    match fs_err::symlink_metadata(agent_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("reading", agent_dir)(e)),
+        Ok(m) if m.file_type().is_dir() => Ok(true),
+        Ok(_) => Err(PackageError::NotReplaceable {
+            path: agent_dir.to_owned(),
+            detail: "it is a link or a file".into(),
+        }),
+    }
+}
+
 /// Moves a complete staging tree into place as `agent_dir` and hands it to `owner`.
 ///
 /// An existing `agent_dir` (unconfigured: a reimaged disk, an interrupted run, a wiped `bin`) is
@@ -619,12 +632,7 @@ pub fn place(
         path: agent_dir.to_owned(),
         detail,
     };
-    let exists = match fs_err::symlink_metadata(agent_dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io_err("reading", agent_dir)(e)),
-        Ok(m) if m.file_type().is_dir() => true,
-        Ok(_) => return Err(not_replaceable("it is a link or a file".into())),
-    };
+    let exists = existing_dir(agent_dir)?;
     if exists {
         let old = crate::fsx::open_dir(agent_dir)
             .map_err(|e| not_replaceable(std::io::Error::from(e).to_string()))?;
@@ -692,16 +700,7 @@ pub fn place(
     carry: &[String],
     _owner: Option<Owner>,
 ) -> Result<(), PackageError> {
-    let not_replaceable = |detail: String| PackageError::NotReplaceable {
-        path: agent_dir.to_owned(),
-        detail,
-    };
-    let exists = match fs_err::symlink_metadata(agent_dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io_err("reading", agent_dir)(e)),
-        Ok(m) if m.file_type().is_dir() => true,
-        Ok(_) => return Err(not_replaceable("it is a link or a file".into())),
-    };
+    let exists = existing_dir(agent_dir)?;
     if !exists {
         fs_err::rename(staging.path(), agent_dir)
             .map_err(io_err("moving the package to", agent_dir))?;

@@ -292,6 +292,20 @@ fn icacls_account(account: &str) -> String {
 /// control, the service account modify, for the dir and everything created in it. Users get
 /// nothing: no job of another account can change what the agent runs.
 pub fn acl_args(dir: &Path, account: &str) -> Vec<String> {
+    let mut args = admins_only(dir);
+    args.extend([
+        "/grant:r".into(),
+        format!("{}:(OI)(CI)M", icacls_account(account)),
+        "/T".into(),
+        "/C".into(),
+        "/Q".into(),
+    ]);
+    args
+}
+
+/// `DIR /inheritance:r`, then full control for SYSTEM and Administrators (by SID: names are
+/// localized), for the directory and everything created in it.
+fn admins_only(dir: &Path) -> Vec<String> {
     vec![
         dir.display().to_string(),
         "/inheritance:r".into(),
@@ -299,11 +313,6 @@ pub fn acl_args(dir: &Path, account: &str) -> Vec<String> {
         "*S-1-5-18:(OI)(CI)F".into(),
         "/grant:r".into(),
         "*S-1-5-32-544:(OI)(CI)F".into(),
-        "/grant:r".into(),
-        format!("{}:(OI)(CI)M", icacls_account(account)),
-        "/T".into(),
-        "/C".into(),
-        "/Q".into(),
     ]
 }
 
@@ -317,15 +326,9 @@ pub async fn secure_agent_dir(env: &Env, dir: &Path, account: &str) -> Result<()
 /// `icacls` arguments that make a directory readable and writable by SYSTEM and Administrators
 /// only (the saved settings and the cache).
 pub fn private_dir_args(dir: &Path) -> Vec<String> {
-    vec![
-        dir.display().to_string(),
-        "/inheritance:r".into(),
-        "/grant:r".into(),
-        "*S-1-5-18:(OI)(CI)F".into(),
-        "/grant:r".into(),
-        "*S-1-5-32-544:(OI)(CI)F".into(),
-        "/Q".into(),
-    ]
+    let mut args = admins_only(dir);
+    args.push("/Q".into());
+    args
 }
 
 /// Applies [`private_dir_args`].

@@ -96,6 +96,14 @@ pub struct Run {
 }
 
 impl Run {
+    pub fn of(out: std::process::Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(
             self.code, code,
@@ -176,12 +184,7 @@ impl World {
     }
 
     pub fn run_cmd(&self, mut cmd: Command) -> Run {
-        let out = cmd.output().unwrap();
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let run = Run::of(cmd.output().unwrap());
         self.assert_no_token_leak(&run);
         run
     }
@@ -333,21 +336,7 @@ impl World {
                 run.stderr
             );
         }
-        for entry in walkdir::WalkDir::new(self.dir.path()).follow_links(false) {
-            let entry = entry.unwrap();
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let data = std::fs::read(entry.path()).unwrap();
-            let text = String::from_utf8_lossy(&data);
-            for t in &tokens {
-                assert!(
-                    !text.contains(t.as_str()),
-                    "token written to {}",
-                    entry.path().display()
-                );
-            }
-        }
+        assert_not_in_files(self.dir.path(), &tokens);
         let leaks = self.sim.systemd_dir().join("env-leaks.log");
         assert!(
             !leaks.exists(),
@@ -576,4 +565,23 @@ pub fn owner(path: &Path) -> u32 {
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// No file under `dir` (links not followed) contains any of `secrets`.
+pub fn assert_not_in_files(dir: &Path, secrets: &[String]) {
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let Ok(entry) = entry else { continue };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let data = std::fs::read(entry.path()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&data);
+        for t in secrets {
+            assert!(
+                !text.contains(t.as_str()),
+                "secret written to {}",
+                entry.path().display()
+            );
+        }
+    }
 }
