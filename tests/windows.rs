@@ -150,7 +150,8 @@ impl WinWorld {
         cmd
     }
 
-    fn install(&self, extra: &[&str]) -> Run {
+    /// `install --url <sim> --agent-dir <world>\agent --agent-name <name> EXTRA…`, to run.
+    fn install_command(&self, extra: &[&str]) -> Command {
         let url = self.sim.org_url();
         let dir = self.agent_dir_win();
         let mut args = vec![
@@ -163,7 +164,13 @@ impl WinWorld {
             &self.agent_name,
         ];
         args.extend(extra);
-        self.run(&args)
+        self.command(&args)
+    }
+
+    fn install(&self, extra: &[&str]) -> Run {
+        let run = Run::of(self.install_command(extra).output().unwrap());
+        self.assert_no_token_leak(&run);
+        run
     }
 
     fn with_dir(&self, verb: &str, extra: &[&str]) -> Run {
@@ -390,20 +397,8 @@ fn bad_input_and_a_hostile_zip_are_refused_on_windows() {
 #[test]
 fn a_custom_service_account_gets_its_password_only_through_the_environment() {
     let Some(w) = WinWorld::new() else { return };
-    let url = w.sim.org_url();
-    let dir = w.agent_dir_win();
-    let mut cmd = w.command(&[
-        "install",
-        "--url",
-        &url,
-        "--agent-dir",
-        &dir,
-        "--agent-name",
-        &w.agent_name,
-        "--windows-logon-account",
-        r"CONTOSO\svc-agent",
-        "--no-boot",
-    ]);
+    let mut cmd =
+        w.install_command(&["--windows-logon-account", r"CONTOSO\svc-agent", "--no-boot"]);
     cmd.env(
         "VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD",
         "pa55-w0rd-of-the-account",
