@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "agent-bootstrap",
     version,
-    about = "Register this machine as a self-hosted Azure Pipelines agent using its managed identity",
+    about = "Register this machine as a self-hosted Azure Pipelines agent using its identity",
     long_about = None,
     after_help = "Exit codes: 0 ok, 1 internal error, 2 invalid input, 3 no token from the identity, \
 4 Azure DevOps refused, 5 package download/verification failed, 6 agent configuration failed, \
@@ -37,8 +37,11 @@ pub enum LogFormat {
 pub enum Command {
     /// Download, configure and start an agent registered with the machine's managed identity.
     Install(Box<InstallArgs>),
-    /// Print an Azure DevOps access token from the managed identity (stdout, nothing else).
+    /// Print an Azure DevOps access token from the identity (stdout, nothing else).
     Token(TokenArgs),
+    /// Check the identity, the organization and the pool; say what to fix. Exit 0 only when an
+    /// install would get past them.
+    Doctor(DoctorArgs),
     /// Bring an installed agent back to registered and running (what the boot unit runs).
     Reconcile(AgentDirArgs),
     /// Unregister the agent and remove its service and boot unit.
@@ -72,9 +75,42 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Where the Azure DevOps token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum IdentitySource {
+    /// The first that is here: workload, app-service, arc, imds, azure-cli, pat.
+    #[default]
+    Auto,
+    /// The VM's managed identity (Instance Metadata Service).
+    Imds,
+    /// `az account get-access-token` (with --az-login: after `az login --identity`).
+    AzureCli,
+    /// App Service, Functions, Container Apps (IDENTITY_ENDPOINT, IDENTITY_HEADER).
+    AppService,
+    /// An Azure Arc-enabled server's identity.
+    Arc,
+    /// AKS workload identity (AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID, AZURE_TENANT_ID).
+    Workload,
+    /// A personal access token from AZP_TOKEN_FILE or AZP_TOKEN.
+    Pat,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct IdentityArgs {
+    /// Where the token comes from.
+    #[arg(long = "identity", value_enum, value_name = "SOURCE", default_value_t)]
+    pub source: IdentitySource,
+    /// With --identity azure-cli: log in with this machine's managed identity first
+    /// (`az login --identity`; --client-id, --object-id or --resource-id choose which).
+    #[arg(long)]
+    pub az_login: bool,
+    #[command(flatten)]
+    pub selector: SelectorArgs,
+}
+
 #[derive(Debug, Args, Default, Clone)]
 #[group(id = "selector", multiple = false)]
-pub struct IdentityArgs {
+pub struct SelectorArgs {
     /// Client (application) id of the user-assigned managed identity to use.
     #[arg(long, group = "selector", value_name = "ID")]
     pub client_id: Option<String>,
@@ -90,6 +126,24 @@ pub struct IdentityArgs {
 pub struct TokenArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct DoctorArgs {
+    /// Organization name: means https://dev.azure.com/ORG.
+    #[arg(long, value_name = "ORG", conflicts_with = "url")]
+    pub org: Option<String>,
+    /// Organization or collection URL (env AZP_URL).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Agent pool (env AZP_POOL) [default: Default].
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]

@@ -4,7 +4,7 @@
 //! `_apis/connectionData` (is the token accepted, who am I), the pool by name with
 //! `actionFilter=manage` (does it exist, may I register agents in it), the agent by name (is an
 //! existing registration still known), and the packages API (which agent package, and its SHA-256).
-//! The token is sent as `Authorization: Bearer`, never logged, and never sent anywhere but the
+//! The token is sent as `Authorization: Bearer` (a PAT as HTTP Basic), never logged, and never sent anywhere but the
 //! organization URL the user gave (or root's saved settings hold). Requests go through
 //! [`crate::net`]: one retry table, one budget per operation, `Retry-After` honoured, and a token
 //! from [`Tokens`] that is renewed before it expires.
@@ -16,22 +16,19 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::clock::Budget;
-use crate::identity::{IdentityError, Tokens};
+use crate::identity::{IdentityError, Scheme, Tokens};
 use crate::net::{Answer, Net, Service, Try};
 
 const API_VERSION: &str = "7.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevOpsError {
-    #[error(
-        "Azure DevOps at {url} rejected the token (HTTP {status}): {message}\n\
-         hint: add the managed identity to the organization (Organization settings → Users → Add users, \
-         search for the identity's name, access level Basic), then run again"
-    )]
+    #[error("Azure DevOps at {url} rejected the token (HTTP {status}): {message}\nhint: {hint}")]
     Unauthorized {
         url: String,
         status: u16,
         message: String,
+        hint: &'static str,
     },
     #[error(
         "agent pool '{pool}' was not found in {org}\n\
@@ -211,13 +208,19 @@ impl DevOpsClient {
                 let request = self
                     .net
                     .client(Service::DevOps)
-                    .request(method.clone(), url.clone())
-                    .bearer_auth(token.expose())
+                    .request(method.clone(), url.clone());
+                // A PAT only as Basic (Azure DevOps refuses it as a Bearer token).
+                let request = match self.tokens.scheme() {
+                    Scheme::Bearer => request.bearer_auth(token.expose()),
+                    Scheme::Basic => request.basic_auth("", Some(token.expose())),
+                };
+                let request = request
                     .header("Accept", "application/json")
                     .timeout(Duration::from_secs(60));
                 let answer = self.net.fetch(request).await;
-                self.net
-                    .settle(Service::DevOps, answer, Ok, |a| Err(refusal(a, &shown)))
+                self.net.settle(Service::DevOps, answer, Ok, |a| {
+                    Err(refusal(a, &shown, self.tokens.scheme()))
+                })
             })
             .await;
         match outcome {
@@ -400,7 +403,21 @@ fn api_url(org_url: &Url, path: &str, query: &[(&str, &str)]) -> Url {
 }
 
 /// The error for an answer the table calls fatal.
-fn refusal(a: Answer, url: &str) -> DevOpsError {
+/// What to do about a rejected token, by kind of token.
+pub fn unauthorized_hint(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::Bearer => {
+            "add the identity to the organization (Organization settings → Users → Add users, \
+             search for the identity's name, access level Basic), then run again"
+        }
+        Scheme::Basic => {
+            "the personal access token is not valid for this organization: expired, revoked, or \
+             made for another organization; it needs the scope Agent Pools (Read & manage)"
+        }
+    }
+}
+
+fn refusal(a: Answer, url: &str, scheme: Scheme) -> DevOpsError {
     match a.status {
         // 203 is what Azure DevOps answers to a bad credential from a non-browser client: an HTML
         // sign-in page.
@@ -408,6 +425,7 @@ fn refusal(a: Answer, url: &str) -> DevOpsError {
             url: url.to_owned(),
             status: a.status,
             message: server_message(&a.body),
+            hint: unauthorized_hint(scheme),
         },
         status => DevOpsError::Status {
             url: url.to_owned(),

@@ -62,8 +62,9 @@ impl Error {
         use code::*;
         match self {
             Self::Settings(_) | Self::Input(_) => INPUT,
-            Self::Identity(IdentityError::BadBaseUrl { .. }) => INPUT,
+            Self::Identity(e) if e.is_input() => INPUT,
             Self::Identity(_) => NO_TOKEN,
+            Self::DevOps(DevOpsError::Token(e)) if e.is_input() => INPUT,
             Self::DevOps(DevOpsError::Token(_)) => NO_TOKEN,
             Self::DevOps(DevOpsError::NoPackage { .. }) => PACKAGE,
             Self::DevOps(e) if e.is_refusal() => REFUSED,

@@ -49,6 +49,8 @@ pub struct Child {
     /// `HOME` for a child that runs as ourselves.
     pub home: Option<PathBuf>,
     pub timeout: Duration,
+    /// Stdout is data (a token in JSON), not progress: kept, never logged.
+    pub quiet_stdout: bool,
 }
 
 impl Child {
@@ -64,7 +66,14 @@ impl Child {
             run_as: None,
             home: env.home().map(PathBuf::from),
             timeout: Duration::from_secs(120),
+            quiet_stdout: false,
         }
+    }
+
+    /// Keeps stdout out of the log (it carries data, a token for instance).
+    pub fn quiet_stdout(mut self) -> Self {
+        self.quiet_stdout = true;
+        self
     }
 
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
@@ -232,6 +241,7 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     let _registered = tree.clone().map(crate::interrupt::ChildGroup::register);
 
     let (tx, rx) = mpsc::channel::<(bool, String)>();
+    let quiet_stdout = child.quiet_stdout;
     let readers =
         [(false, out_r), (true, err_r)].map(|(is_err, pipe): (bool, os_pipe::PipeReader)| {
             let tx = tx.clone();
@@ -241,12 +251,24 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
                 let _e = parent.enter();
                 for line in BufReader::new(pipe).split(b'\n') {
                     let Ok(line) = line else { break };
-                    let text = masker.mask(String::from_utf8_lossy(&line).trim_end_matches('\r'));
+                    let raw = String::from_utf8_lossy(&line);
+                    let raw = raw.trim_end_matches('\r');
                     if is_err {
+                        let text = masker.mask(raw);
                         tracing::warn!(target: "agent_bootstrap::child", "{text}");
-                    } else {
-                        tracing::info!(target: "agent_bootstrap::child", "{text}");
+                        if tx.send((is_err, text)).is_err() {
+                            break;
+                        }
+                        continue;
                     }
+                    // Data on stdout is kept as it is (the caller parses it) and never logged.
+                    let text = if quiet_stdout {
+                        raw.to_owned()
+                    } else {
+                        let text = masker.mask(raw);
+                        tracing::info!(target: "agent_bootstrap::child", "{text}");
+                        text
+                    };
                     if tx.send((is_err, text)).is_err() {
                         break;
                     }

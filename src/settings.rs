@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
-use crate::cli::{IdentityArgs, InstallArgs};
+use crate::cli::{DoctorArgs, IdentityArgs, IdentitySource, InstallArgs, SelectorArgs};
 use crate::env::Env;
-use crate::identity::Selector;
+use crate::identity::{Kind, Request, Selector};
 use crate::os::Os;
 use crate::package::{self, Source};
 
@@ -101,7 +101,8 @@ pub struct InstallSettings {
     pub service: bool,
     /// Install the boot unit that runs `reconcile` (unless `--no-boot`).
     pub boot: bool,
-    pub selector: Selector,
+    /// Where the token comes from, and which identity.
+    pub identity: Request,
     pub package: PackageChoice,
     pub config_timeout: std::time::Duration,
     pub dry_run: bool,
@@ -113,7 +114,32 @@ pub struct InstallSettings {
     pub os: Os,
 }
 
-pub fn selector(args: &IdentityArgs) -> Result<Selector, SettingsError> {
+/// `--identity`, `--az-login` and the selector, checked together.
+pub fn identity(args: &IdentityArgs) -> Result<Request, SettingsError> {
+    let kind = match args.source {
+        IdentitySource::Auto => Kind::Auto,
+        IdentitySource::Imds => Kind::Imds,
+        IdentitySource::AzureCli => Kind::AzureCli,
+        IdentitySource::AppService => Kind::AppService,
+        IdentitySource::Arc => Kind::Arc,
+        IdentitySource::Workload => Kind::Workload,
+        IdentitySource::Pat => Kind::Pat,
+    };
+    if args.az_login && kind != Kind::AzureCli {
+        return Err(bad(
+            "--az-login",
+            "logs the Azure CLI in: use it with --identity azure-cli",
+        ));
+    }
+    Ok(Request {
+        kind,
+        selector: selector(&args.selector)?,
+        az_login: args.az_login,
+        pat_file: None,
+    })
+}
+
+pub fn selector(args: &SelectorArgs) -> Result<Selector, SettingsError> {
     if let Some(id) = &args.client_id {
         check_guid("--client-id", id)?;
         return Ok(Selector::ClientId(id.trim().to_owned()));
@@ -213,8 +239,8 @@ pub fn check_url(what: &str, raw: &str) -> Result<Url, SettingsError> {
     Ok(url)
 }
 
-fn org_url(args: &InstallArgs, env: &Env) -> Result<Url, SettingsError> {
-    if let Some(org) = &args.org {
+fn org_url(org: Option<&str>, url: Option<&str>, env: &Env) -> Result<Url, SettingsError> {
+    if let Some(org) = org {
         let o = org.trim();
         let valid = !o.is_empty()
             && o.len() <= 50
@@ -233,8 +259,8 @@ fn org_url(args: &InstallArgs, env: &Env) -> Result<Url, SettingsError> {
             Url::parse(&format!("https://dev.azure.com/{o}")).expect("valid by construction")
         );
     }
-    let (what, raw) = match (&args.url, env.var("AZP_URL")) {
-        (Some(u), _) => ("--url", u.as_str()),
+    let (what, raw) = match (url, env.var("AZP_URL")) {
+        (Some(u), _) => ("--url", u),
         (None, Some(u)) => ("AZP_URL", u),
         (None, None) => {
             return Err(bad(
@@ -376,14 +402,33 @@ fn package_choice(args: &InstallArgs) -> Result<PackageChoice, SettingsError> {
     Ok(PackageChoice::Explicit { source, sha256 })
 }
 
-pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings, SettingsError> {
-    let url = org_url(args, env)?;
-    let (pool_what, pool_raw) = match (&args.pool, env.var("AZP_POOL")) {
-        (Some(p), _) => ("--pool", p.as_str()),
+/// `--pool`, else `AZP_POOL`, else `Default`.
+fn pool(arg: Option<&str>, env: &Env, os: &Os) -> Result<String, SettingsError> {
+    let (what, raw) = match (arg, env.var("AZP_POOL")) {
+        (Some(p), _) => ("--pool", p),
         (None, Some(p)) => ("AZP_POOL", p),
         (None, None) => ("--pool", DEFAULT_POOL),
     };
-    let pool = check_name(pool_what, pool_raw, 256, POOL_FORBIDDEN, &os)?;
+    check_name(what, raw, 256, POOL_FORBIDDEN, os)
+}
+
+/// What `doctor` checks access to: the organization and the pool, resolved as install does.
+#[derive(Debug, Clone)]
+pub struct DoctorSettings {
+    pub url: Url,
+    pub pool: String,
+}
+
+pub fn doctor(args: &DoctorArgs, env: &Env, os: &Os) -> Result<DoctorSettings, SettingsError> {
+    Ok(DoctorSettings {
+        url: org_url(args.org.as_deref(), args.url.as_deref(), env)?,
+        pool: pool(args.pool.as_deref(), env, os)?,
+    })
+}
+
+pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings, SettingsError> {
+    let url = org_url(args.org.as_deref(), args.url.as_deref(), env)?;
+    let pool = pool(args.pool.as_deref(), env, &os)?;
     let (name_what, name_raw) = match (&args.agent_name, env.var("AZP_AGENT_NAME")) {
         (Some(n), _) => ("--agent-name", n.as_str()),
         (None, Some(n)) => ("AZP_AGENT_NAME", n),
@@ -472,7 +517,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         user,
         service: !args.no_service,
         boot: !args.no_boot,
-        selector: selector(&args.identity)?,
+        identity: identity(&args.identity)?,
         package: package_choice(args)?,
         config_timeout: std::time::Duration::from_secs(args.config_timeout),
         dry_run: args.dry_run,
@@ -659,7 +704,7 @@ pub fn from_saved(
             .map(crate::secret::Secret::new),
         service: saved.service,
         boot: saved.boot_unit.is_some(),
-        selector: Selector::from_saved(saved.identity.as_deref()),
+        identity: saved_identity(saved)?,
         package,
         config_timeout: std::time::Duration::from_secs(600),
         dry_run: false,
@@ -667,6 +712,23 @@ pub fn from_saved(
         state_dir: paths.state_dir,
         cache_dir: paths.cache_dir,
         os,
+    })
+}
+
+/// The identity source and selector install used, for later runs.
+pub fn saved_identity(saved: &crate::state::Saved) -> Result<Request, SettingsError> {
+    // Settings saved before there were other sources: IMDS.
+    let kind = match saved.identity_source.as_deref() {
+        None => Kind::Imds,
+        Some(k) => Kind::from_name(k)
+            .filter(|k| *k != Kind::Auto)
+            .ok_or_else(|| bad("the saved identity source", format!("'{k}' is not one")))?,
+    };
+    Ok(Request {
+        kind,
+        selector: Selector::from_saved(saved.identity.as_deref()),
+        az_login: saved.az_login,
+        pat_file: saved.pat_file.clone(),
     })
 }
 
@@ -729,7 +791,7 @@ mod tests {
         assert_eq!(s.work_dir, "_work");
         assert_eq!(s.user, AgentUser::Dedicated("azpagent".into()));
         assert!(s.service);
-        assert_eq!(s.selector, Selector::Default);
+        assert_eq!(s.identity, Request::auto());
         assert!(matches!(s.package, PackageChoice::Latest));
     }
 
@@ -1016,7 +1078,7 @@ mod tests {
 
     #[test]
     fn identity_selectors() {
-        let mut id = IdentityArgs {
+        let mut id = SelectorArgs {
             client_id: Some("not-a-guid".into()),
             ..Default::default()
         };
@@ -1028,12 +1090,12 @@ mod tests {
         );
         id.client_id = Some("12345678-1234-1234-1234-123456789abc".into());
         assert!(matches!(selector(&id).unwrap(), Selector::ClientId(_)));
-        let id = IdentityArgs {
+        let id = SelectorArgs {
             resource_id: Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mi".into()),
             ..Default::default()
         };
         assert!(matches!(selector(&id).unwrap(), Selector::ResourceId(_)));
-        let id = IdentityArgs {
+        let id = SelectorArgs {
             resource_id: Some("/subscriptions/s".into()),
             ..Default::default()
         };
@@ -1043,6 +1105,23 @@ mod tests {
                 .to_string()
                 .contains("--resource-id")
         );
+    }
+
+    #[test]
+    fn az_login_is_for_the_azure_cli() {
+        let mut args = IdentityArgs {
+            az_login: true,
+            ..Default::default()
+        };
+        assert!(
+            identity(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--az-login")
+        );
+        args.source = IdentitySource::AzureCli;
+        let r = identity(&args).unwrap();
+        assert_eq!((r.kind, r.az_login), (Kind::AzureCli, true));
     }
 
     #[test]

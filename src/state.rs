@@ -44,6 +44,16 @@ pub struct Saved {
     pub service_unit: Option<String>,
     /// `client_id=…`, `object_id=…`, `msi_res_id=…`, or `None` for the default identity.
     pub identity: Option<String>,
+    /// The identity source install used (`imds`, `azure-cli`, `app-service`, `arc`, `workload`,
+    /// `pat`); absent in settings saved before there were others: `imds`.
+    #[serde(default)]
+    pub identity_source: Option<String>,
+    /// Azure CLI: `az login --identity` before asking for a token.
+    #[serde(default)]
+    pub az_login: bool,
+    /// A PAT's file (never the PAT), for runs without `AZP_TOKEN_FILE`.
+    #[serde(default)]
+    pub pat_file: Option<PathBuf>,
     pub agent_version: Option<String>,
     pub package_sha256: Option<String>,
     /// `/etc/machine-id` at install time: a clone of the image has another one.
@@ -170,6 +180,9 @@ mod tests {
             service: true,
             service_unit: None,
             identity: None,
+            identity_source: Some("pat".into()),
+            az_login: false,
+            pat_file: Some("/etc/agent-bootstrap/pat".into()),
             agent_version: Some("4.1.0".into()),
             package_sha256: None,
             machine_id: None,

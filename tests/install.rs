@@ -121,13 +121,10 @@ fn user_assigned_identity_is_selected_by_client_object_or_resource_id() {
     ] {
         let w = World::new();
         w.install(&[flag, value]).assert_code(0);
-        let imds: Vec<_> = w
-            .requests()
-            .into_iter()
-            .filter(|r| r.path.contains("oauth2/token"))
-            .collect();
+        let imds = w.imds_token_requests();
         assert_eq!(imds.len(), 1);
-        assert!(imds[0].metadata_header);
+        // The auto chain probed IMDS once (no Metadata header: IMDS answers 400) before asking.
+        assert_eq!(w.imds_probes(), 1);
         assert!(
             imds[0].query.contains(&format!("{param}=")),
             "{}",
@@ -156,7 +153,7 @@ fn imds_answering_410_for_a_while_is_waited_out() {
     }
     let run = w.install(&[]);
     run.assert_code(0);
-    assert_eq!(w.count("GET", "oauth2/token"), 7);
+    assert_eq!(w.imds_token_requests().len(), 7);
     // 410 waits 10 s (plus up to 10 % jitter) each time.
     let waits = retry_waits(&run.stderr);
     assert_eq!(waits.len(), 6, "{}", run.stderr);
@@ -175,7 +172,7 @@ fn imds_429_honours_retry_after() {
     w.sim.state().imds_script.push_back(Scripted::status(503));
     let run = w.install(&[]);
     run.assert_code(0);
-    assert_eq!(w.count("GET", "oauth2/token"), 3);
+    assert_eq!(w.imds_token_requests().len(), 3);
     // Retry-After is never shortened, only lengthened by a little jitter.
     let waits = retry_waits(&run.stderr);
     assert!((7.0..=7.7).contains(&waits[0]), "{waits:?}");
@@ -205,7 +202,7 @@ fn no_identity_exits_3_and_says_so() {
         "{}",
         run.stderr
     );
-    assert_eq!(w.count("GET", "oauth2/token"), 1, "400 is not retried");
+    assert_eq!(w.imds_token_requests().len(), 1, "400 is not retried");
     assert_eq!(w.count("GET", "/myorg/"), 0);
     assert!(!w.agent_dir().exists());
 }
@@ -234,8 +231,7 @@ fn identity_not_in_the_organization_exits_4_with_the_fix() {
     run.assert_code(4);
     assert!(run.stderr.contains("TF400813"), "{}", run.stderr);
     assert!(
-        run.stderr
-            .contains("add the managed identity to the organization"),
+        run.stderr.contains("add the identity to the organization"),
         "{}",
         run.stderr
     );
@@ -427,8 +423,8 @@ fn a_second_install_is_a_quick_no_op() {
         run.stdout
     );
     let new: Vec<_> = w.requests()[requests_before..].to_vec();
-    // IMDS, connection data, pool (manage), the agent by name: nothing else.
-    assert_eq!(new.len(), 4, "{new:?}");
+    // The IMDS probe, IMDS, connection data, pool (manage), the agent by name: nothing else.
+    assert_eq!(new.len(), 5, "{new:?}");
     assert!(new.iter().all(|r| r.method == "GET"));
     assert_eq!(w.downloads(), 1);
     assert_eq!(w.systemctl_changes(), log_before);

@@ -23,6 +23,9 @@ pub fn main() {
         .file_stem()
         .map(|s| s.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
+    if stem == "az" {
+        std::process::exit(crate::fake_az::main(&args));
+    }
     if stem == "agent.listener" {
         let bin = exe.parent().unwrap_or(std::path::Path::new("."));
         let root = bin.parent().unwrap_or(bin).display().to_string();

@@ -12,6 +12,7 @@
 //! including any process whose argv contains the token. Tests read and script the state directly.
 
 pub mod cli;
+pub mod fake_az;
 pub mod listener;
 pub mod naming;
 pub mod package;
@@ -111,6 +112,15 @@ pub struct SimConfig {
     /// Bytes per second for package downloads.
     pub throttle: Option<u64>,
     pub vm_id: String,
+    /// The Entra tenant the identities live in (the `tid` of tokens; the workload tenant).
+    pub tenant_id: String,
+    /// The App Service / Container Apps `IDENTITY_HEADER` the simulated endpoint expects.
+    pub app_service_header: String,
+    /// Where the simulated Azure Arc agent writes its challenge key files (`None`: no Arc).
+    pub arc_key_dir: Option<PathBuf>,
+    /// The service-account token (the contents of `AZURE_FEDERATED_TOKEN_FILE`) that the federated
+    /// credentials of every identity trust.
+    pub workload_assertion: String,
 }
 
 /// Well-known identities of the default world.
@@ -187,6 +197,10 @@ impl SimConfig {
             work_dir: work_dir.to_owned(),
             throttle: None,
             vm_id: "6f1c2d3e-0000-4000-8000-00000000a001".to_owned(),
+            tenant_id: "72f988bf-0000-4000-8000-00000000a0ad".to_owned(),
+            app_service_header: "sim-identity-header-6b1d".to_owned(),
+            arc_key_dir: None,
+            workload_assertion: "eyJhbGciOiJSUzI1NiJ9.sim-service-account-token.sig".to_owned(),
         }
     }
 }
@@ -306,6 +320,14 @@ pub struct State {
     pub ado_down: bool,
     /// The VM id IMDS reports (tests change it to play a clone of the image).
     pub vm_id: String,
+    /// Personal access tokens Azure DevOps accepts (as HTTP Basic only) → identity object id.
+    pub pats: BTreeMap<String, String>,
+    /// Answers the App Service, Arc and Entra endpoints give before their normal ones.
+    pub identity_script: VecDeque<Scripted>,
+    /// Key files the simulated Arc agent has issued (their contents).
+    pub arc_keys: Vec<String>,
+    /// Make the Arc challenge name this path instead of a fresh key file (hostile realms).
+    pub arc_realm: Option<String>,
 }
 
 pub struct Simulator {

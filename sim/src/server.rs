@@ -29,6 +29,9 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/metadata/identity/oauth2/token", get(imds_token))
         .route("/metadata/instance/compute/vmId", get(imds_vm_id))
+        .route("/msi/token", get(app_service_token))
+        .route("/arc/token", get(arc_token))
+        .route("/{org}/oauth2/v2.0/token", post(entra_token))
         .route("/{org}/_apis/connectionData", get(connection_data))
         .route("/{org}/_apis/distributedtask/pools", get(pools))
         .route(
@@ -48,7 +51,7 @@ pub fn router(shared: Shared) -> Router {
 }
 
 fn record(s: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, caller: &str) {
-    let token = presented_token(headers);
+    let token = presented_token(headers).map(|(_, t)| t);
     let mut state = s.state.lock().unwrap();
     let token = token.and_then(|t| state.token_order.iter().position(|x| *x == t));
     state.requests.push(Request {
@@ -65,16 +68,25 @@ fn record(s: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, caller: &
     });
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Basic,
+}
+
 /// The token a request carries, as Bearer or as the password of Basic.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
+fn presented_token(headers: &HeaderMap) -> Option<(Scheme, String)> {
     let raw = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if let Some(t) = raw.strip_prefix("Bearer ") {
-        Some(t.trim().to_owned())
+        Some((Scheme::Bearer, t.trim().to_owned()))
     } else if let Some(b) = raw.strip_prefix("Basic ") {
-        decode_basic(b.trim()).and_then(|up| up.split_once(':').map(|(_, p)| p.to_owned()))
+        decode_basic(b.trim()).and_then(|up| {
+            up.split_once(':')
+                .map(|(_, p)| (Scheme::Basic, p.to_owned()))
+        })
     } else {
         None
     }
@@ -202,18 +214,26 @@ fn now_secs() -> u64 {
 
 /// A JWT-shaped token, unique per request, remembered with its identity.
 fn issue_token(s: &Shared, identity: &IdentitySpec) -> String {
+    use base64::Engine;
+    let lifetime = s.state.lock().unwrap().token_lifetime;
+    let sig: [u8; 24] = rand::random();
     let payload = json!({
         "aud": AZURE_DEVOPS_RESOURCE,
+        "iss": format!("https://sts.windows.net/{}/", s.config.tenant_id),
         "oid": identity.object_id,
         "appid": identity.client_id,
-        "exp": now_secs() + 86399,
+        "tid": s.config.tenant_id,
+        "idtyp": "app",
+        "exp": now_secs() + lifetime,
+        // Unique per token.
+        "uti": hex::encode(&sig[..8]),
     })
     .to_string();
-    let sig: [u8; 24] = rand::random();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let token = format!(
         "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{}.{}",
-        hex::encode(payload),
-        hex::encode(sig)
+        b64.encode(payload),
+        b64.encode(sig)
     );
     let mut state = s.state.lock().unwrap();
     state
@@ -240,6 +260,290 @@ async fn imds_vm_id(
     s.state.lock().unwrap().vm_id.clone().into_response()
 }
 
+/// The identity a selector names among those attached to the machine (the system-assigned one, or
+/// the only one, without a selector).
+fn pick_identity<'a>(s: &'a Shared, selector: Option<(&str, &str)>) -> Option<&'a IdentitySpec> {
+    let assigned: Vec<&IdentitySpec> = s.config.identities.iter().filter(|i| i.assigned).collect();
+    match selector {
+        Some((kind, value)) => assigned.iter().copied().find(|i| {
+            let v = value.to_ascii_lowercase();
+            match kind {
+                "client_id" => i.client_id.to_ascii_lowercase() == v,
+                "object_id" | "principal_id" => i.object_id.to_ascii_lowercase() == v,
+                _ => !i.resource_id.is_empty() && i.resource_id.to_ascii_lowercase() == v,
+            }
+        }),
+        None => assigned
+            .iter()
+            .copied()
+            .find(|i| i.system_assigned)
+            .or_else(|| (assigned.len() == 1).then(|| assigned[0])),
+    }
+}
+
+fn next_identity_script(s: &Shared) -> Option<Response> {
+    s.state
+        .lock()
+        .unwrap()
+        .identity_script
+        .pop_front()
+        .map(scripted_response)
+}
+
+/// App Service / Container Apps (`identity.md` §2): `X-IDENTITY-HEADER`, api-version 2019-08-01,
+/// selectors `client_id` / `principal_id` / `mi_res_id` (`msi_res_id` is ignored, as App Service
+/// does), `expires_on` only.
+async fn app_service_token(
+    AxState(s): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    record(&s, &method, &uri, &headers, "app-service");
+    let app_error = |status: u16, message: &str| {
+        json_response(
+            status,
+            json!({"statusCode": status, "message": message, "correlationId": "00000000-sim"}),
+        )
+    };
+    if headers
+        .get("x-identity-header")
+        .is_none_or(|v| v.as_bytes() != s.config.app_service_header.as_bytes())
+    {
+        return app_error(401, "Invalid or missing X-IDENTITY-HEADER");
+    }
+    if let Some(r) = next_identity_script(&s) {
+        return r;
+    }
+    if q.get("api-version").map(String::as_str) != Some("2019-08-01") {
+        return app_error(400, "Unsupported api-version");
+    }
+    if q.get("resource").map(String::as_str) != Some(AZURE_DEVOPS_RESOURCE) {
+        return app_error(
+            500,
+            "An unexpected error occured while fetching the AAD Token.",
+        );
+    }
+    let selectors: Vec<(&str, &str)> = ["client_id", "principal_id", "mi_res_id"]
+        .iter()
+        .filter_map(|k| q.get(*k).map(|v| (*k, v.as_str())))
+        .collect();
+    if selectors.len() > 1 {
+        return app_error(
+            400,
+            "Only one of client_id, principal_id, mi_res_id may be given",
+        );
+    }
+    let Some(identity) = pick_identity(&s, selectors.first().copied()) else {
+        return app_error(400, "Unable to find the requested managed identity");
+    };
+    let token = issue_token(&s, identity);
+    let lifetime = s.state.lock().unwrap().token_lifetime;
+    json_response(
+        200,
+        json!({
+            "access_token": token,
+            "expires_on": (now_secs() + lifetime).to_string(),
+            "resource": AZURE_DEVOPS_RESOURCE,
+            "token_type": "Bearer",
+            "client_id": identity.client_id,
+        }),
+    )
+}
+
+/// Azure Arc (`identity.md` §3): a 401 naming a fresh key file, then `Authorization: Basic <key>`.
+async fn arc_token(
+    AxState(s): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    record(&s, &method, &uri, &headers, "arc");
+    if headers.get("metadata").is_none_or(|v| v != "true") {
+        return imds_error(
+            400,
+            "invalid_request",
+            "Required metadata header not specified",
+        );
+    }
+    if let Some(r) = next_identity_script(&s) {
+        return r;
+    }
+    if q.get("resource").map(String::as_str) != Some(AZURE_DEVOPS_RESOURCE)
+        || !q.contains_key("api-version")
+    {
+        return imds_error(
+            400,
+            "invalid_request",
+            "resource and api-version are required",
+        );
+    }
+    if ["client_id", "object_id", "msi_res_id"]
+        .iter()
+        .any(|k| q.contains_key(*k))
+    {
+        return imds_error(
+            400,
+            "invalid_request",
+            "Arc supports only the system-assigned identity",
+        );
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .map(str::to_owned);
+    match presented {
+        None => {
+            let Some(dir) = s.config.arc_key_dir.clone() else {
+                return imds_error(
+                    500,
+                    "server_error",
+                    "the simulated Arc agent has no key dir",
+                );
+            };
+            let scripted_realm = s.state.lock().unwrap().arc_realm.clone();
+            let realm = match scripted_realm {
+                Some(r) => r,
+                None => {
+                    let key = hex::encode(rand::random::<[u8; 16]>());
+                    let path = dir.join(format!("{}.key", hex::encode(rand::random::<[u8; 4]>())));
+                    let _ = fs_err::create_dir_all(&dir);
+                    if fs_err::write(&path, &key).is_err() {
+                        return imds_error(500, "server_error", "could not write the key file");
+                    }
+                    let _ = crate::set_mode(&path, 0o600);
+                    s.state.lock().unwrap().arc_keys.push(key);
+                    path.display().to_string()
+                }
+            };
+            let mut r = imds_error(401, "unauthorized", "A challenge is required");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                format!("Basic realm={realm}").parse().unwrap(),
+            );
+            r
+        }
+        Some(key) => {
+            if !s.state.lock().unwrap().arc_keys.contains(&key) {
+                return imds_error(401, "unauthorized", "The key is not valid");
+            }
+            let Some(identity) = pick_identity(&s, None) else {
+                return imds_error(400, "invalid_request", "Identity not found");
+            };
+            let token = issue_token(&s, identity);
+            let now = now_secs();
+            let lifetime = s.state.lock().unwrap().token_lifetime;
+            json_response(
+                200,
+                json!({
+                    "access_token": token,
+                    "expires_in": lifetime.to_string(),
+                    "expires_on": (now + lifetime).to_string(),
+                    "resource": AZURE_DEVOPS_RESOURCE,
+                    "token_type": "Bearer",
+                }),
+            )
+        }
+    }
+}
+
+/// Microsoft Entra ID's v2 token endpoint, for workload identity (`identity.md` §5): a client
+/// assertion grant for `499b84ac-…/.default`, trusted when the assertion is the one every
+/// identity's federated credential names.
+async fn entra_token(
+    AxState(s): AxState<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    record(&s, &method, &uri, &headers, "entra");
+    let aad_error = |status: u16, error: &str, code: u64, description: &str| {
+        json_response(
+            status,
+            json!({
+                "error": error,
+                "error_description": format!("AADSTS{code}: {description}\r\nTrace ID: 00000000-sim\r\nCorrelation ID: 00000000-sim\r\nTimestamp: 2026-12-01 00:00:00Z"),
+                "error_codes": [code],
+                "timestamp": "2026-12-01 00:00:00Z",
+                "trace_id": "00000000-sim",
+                "correlation_id": "00000000-sim",
+            }),
+        )
+    };
+    if let Some(r) = next_identity_script(&s) {
+        return r;
+    }
+    if !tenant.eq_ignore_ascii_case(&s.config.tenant_id) {
+        return aad_error(
+            400,
+            "invalid_tenant",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if field("grant_type") != "client_credentials"
+        || field("client_assertion_type")
+            != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    {
+        return aad_error(
+            400,
+            "invalid_request",
+            900144,
+            "The request body must contain grant_type and client_assertion_type.",
+        );
+    }
+    if field("scope") != format!("{AZURE_DEVOPS_RESOURCE}/.default") {
+        return aad_error(
+            400,
+            "invalid_scope",
+            70011,
+            "The provided value for the input parameter 'scope' is not valid.",
+        );
+    }
+    let client = field("client_id").to_ascii_lowercase();
+    let Some(identity) = s
+        .config
+        .identities
+        .iter()
+        .find(|i| i.client_id.to_ascii_lowercase() == client)
+    else {
+        return aad_error(
+            400,
+            "unauthorized_client",
+            700016,
+            &format!("Application with identifier '{client}' was not found in the directory."),
+        );
+    };
+    if field("client_assertion") != s.config.workload_assertion {
+        return aad_error(
+            400,
+            "invalid_client",
+            700213,
+            "No matching federated identity record found for presented assertion subject.",
+        );
+    }
+    let token = issue_token(&s, identity);
+    let lifetime = s.state.lock().unwrap().token_lifetime;
+    json_response(
+        200,
+        json!({
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": token,
+        }),
+    )
+}
+
 fn ado_error(status: u16, type_key: &str, message: &str) -> Response {
     json_response(
         status,
@@ -261,7 +565,7 @@ fn authenticate(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<IdentitySpec, Box<(String, Response)>> {
-    let Some(token) = presented_token(headers) else {
+    let Some((scheme, token)) = presented_token(headers) else {
         return Err(Box::new((
             "none".into(),
             ado_error(
@@ -271,7 +575,19 @@ fn authenticate(
             ),
         )));
     };
-    let oid = s.state.lock().unwrap().tokens.get(&token).cloned();
+    let (oid, pat) = {
+        let state = s.state.lock().unwrap();
+        (
+            state.tokens.get(&token).cloned(),
+            state.pats.get(&token).cloned(),
+        )
+    };
+    // A PAT is accepted only as Basic, as Azure DevOps does.
+    let oid = match (oid, pat) {
+        (Some(oid), _) => Some(oid),
+        (None, Some(oid)) if scheme == Scheme::Basic => Some(oid),
+        _ => None,
+    };
     let Some(oid) = oid else {
         return Err(Box::new((
             "invalid".into(),

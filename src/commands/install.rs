@@ -10,7 +10,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::config::{self, Configure, TOKEN_ENV};
@@ -19,7 +18,7 @@ use crate::clock::Budget;
 use crate::devops::{DevOpsClient, PackageMetadata, Pool};
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, Tokens};
+use crate::identity::{Request as IdentityRequest, Tokens};
 use crate::net::Net;
 use crate::package::{self, Limits, Owner, PackageError, Request, Source};
 use crate::process::{self, Child, RunAs};
@@ -202,10 +201,7 @@ pub async fn run_locked(
 
     // 2. Token, then the preflight requests at once.
     let budget = clock.budget(NETWORK_BUDGET);
-    let tokens = Arc::new(Tokens::new(
-        ImdsClient::from_env(env, net)?,
-        s.selector.clone(),
-    ));
+    let tokens = super::tokens(&s.identity, env, &s.os, net).await?;
     tokens.get(&budget).await?;
     let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
     // Looked at once: the agent user can change the dir at any time, and every decision below must
@@ -237,7 +233,7 @@ pub async fn run_locked(
         // Saved to tell a clone of this machine later; only a fresh install needs it.
         async {
             if existing.is_none() && !s.dry_run {
-                tokens.imds().vm_id().await
+                tokens.source().vm_id().await
             } else {
                 None
             }
@@ -266,7 +262,8 @@ pub async fn run_locked(
     if let Some(cfg) = &existing {
         match devops.find_agent(pool.id, &s.agent_name, &budget).await? {
             Some(a) if a.id == cfg.agent_id => {
-                return already_installed(s, env, &agent, cfg, &pool, a.id).await;
+                let identity = tokens.source().request();
+                return already_installed(s, env, &agent, cfg, &pool, a.id, &identity).await;
             }
             Some(a) => {
                 tracing::warn!(
@@ -666,6 +663,7 @@ async fn execute(
                 }
                 let mut record = saved_settings(
                     s,
+                    &tokens.source().request(),
                     &c.pool,
                     server.id,
                     done.agent_version.clone(),
@@ -680,7 +678,7 @@ async fn execute(
                 }
                 record.vm_id = match &c.vm_id {
                     Some(id) => Some(id.clone()),
-                    None => tokens.imds().vm_id().await,
+                    None => tokens.source().vm_id().await,
                 };
                 saved = Some(record);
             }
@@ -883,6 +881,7 @@ async fn already_installed(
     cfg: &AgentSettings,
     pool: &Pool,
     server_id: u64,
+    identity: &IdentityRequest,
 ) -> Result<(), Error> {
     tracing::info!(
         agent = %s.agent_name,
@@ -922,6 +921,7 @@ async fn already_installed(
     };
     let mut saved = saved_settings(
         s,
+        identity,
         pool,
         server_id,
         agent_version,
@@ -1154,6 +1154,7 @@ pub async fn configure(
 
 fn saved_settings(
     s: &InstallSettings,
+    identity: &IdentityRequest,
     pool: &Pool,
     agent_id: u64,
     agent_version: Option<String>,
@@ -1176,7 +1177,10 @@ fn saved_settings(
             (true, false) if s.as_root => Some(agent_unit(s, &pool.name).name),
             _ => None,
         },
-        identity: s.selector.to_saved(),
+        identity: identity.selector.to_saved(),
+        identity_source: Some(identity.kind.name().to_owned()),
+        az_login: identity.az_login,
+        pat_file: identity.pat_file.clone(),
         agent_version,
         package_sha256,
         machine_id: state::machine_id(),

@@ -1,6 +1,7 @@
 //! The subcommands. Each takes resolved settings and an injected environment and clock, and returns
 //! a typed error that `main` turns into an exit code.
 
+pub mod doctor;
 pub mod install;
 pub mod reconcile;
 pub mod remove;
@@ -38,8 +39,13 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
     let progress = || Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
     match &cli.command {
         Command::Token(args) => {
-            let selector = settings::selector(&args.identity)?;
-            token::run(&selector, &env, &net).await
+            let request = settings::identity(&args.identity)?;
+            token::run(&request, &env, os, &net).await
+        }
+        Command::Doctor(args) => {
+            let request = settings::identity(&args.identity)?;
+            let target = settings::doctor(args, &env, &os)?;
+            doctor::run(&target, &request, args.json, &env, os, &net).await
         }
         Command::Install(args) => {
             let settings = settings::install(args, &env, os)?;
@@ -58,6 +64,46 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
             status::run(&t, args.json, &env, os, &net).await
         }
+    }
+}
+
+/// The token source a request resolves to (logged: which, and why the others were not), ready to
+/// hand out tokens.
+pub(crate) async fn tokens(
+    request: &crate::identity::Request,
+    env: &Env,
+    os: &Os,
+    net: &Net,
+) -> Result<std::sync::Arc<crate::identity::Tokens>, crate::identity::IdentityError> {
+    let (source, report) = crate::identity::resolve(request, env, os, net).await;
+    report.log();
+    let source = source?;
+    tracing::info!(source = %source.kind(), "tokens from {}", source.describe());
+    Ok(std::sync::Arc::new(crate::identity::Tokens::new(source)))
+}
+
+/// The token source install saved. `tolerant` (reconcile): a source that cannot be set up in this
+/// run (its variables are gone) fails each token request instead of the run, so what can be done
+/// without the server still is; a wrong setting still stops the run.
+pub(crate) async fn saved_tokens(
+    saved: &crate::state::Saved,
+    env: &Env,
+    os: &Os,
+    net: &Net,
+    tolerant: bool,
+) -> Result<std::sync::Arc<crate::identity::Tokens>, Error> {
+    let request = settings::saved_identity(saved)?;
+    match tokens(&request, env, os, net).await {
+        Err(e) if tolerant && !e.is_input() => {
+            tracing::warn!("{}", crate::error::report(&e));
+            Ok(std::sync::Arc::new(crate::identity::Tokens::new(
+                crate::identity::Source::Unavailable {
+                    kind: request.kind,
+                    why: e.to_string(),
+                },
+            )))
+        }
+        other => Ok(other?),
     }
 }
 

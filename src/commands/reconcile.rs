@@ -22,7 +22,6 @@
 //! agent is configured and with which id. Every wait fits in [`DEADLINE`], inside the boot unit's
 //! `TimeoutStartSec`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::{AgentDir, AgentSettings, same_server};
@@ -31,7 +30,7 @@ use crate::commands::{Target, install};
 use crate::devops::DevOpsClient;
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, Selector, Tokens};
+use crate::identity::Tokens;
 use crate::net::Net;
 use crate::os::Os;
 use crate::progress::Progress;
@@ -236,10 +235,10 @@ pub async fn run(
         );
     }
     let network = deadline.sub(&clock, NETWORK_BUDGET);
-    let imds = ImdsClient::from_env(env, net)?;
+    let tokens = super::saved_tokens(&saved, env, &os, net, true).await?;
 
     // Is this the machine that configured the agent?
-    let vm_id = imds.vm_id().await;
+    let vm_id = tokens.source().vm_id().await;
     let machine_id = state::machine_id();
     let clone = saved.is_clone(vm_id.as_deref(), machine_id.as_deref());
     if clone {
@@ -249,10 +248,6 @@ pub async fn run(
             "this machine is a clone of the one that configured the agent; it gets its own registration"
         );
     }
-    let tokens = Arc::new(Tokens::new(
-        imds,
-        Selector::from_saved(saved.identity.as_deref()),
-    ));
 
     let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name);
     let manage_units =

@@ -10,7 +10,6 @@
 //! listener would send it to whatever server `.agent` names. Without saved settings nothing is
 //! unregistered: `.agent` alone is not trusted with a token.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::AgentDir;
@@ -18,7 +17,6 @@ use crate::commands::{Target, install};
 use crate::devops::{DevOpsClient, DevOpsError};
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, Selector, Tokens};
 use crate::net::Net;
 use crate::os::Os;
 use crate::service::{self, AgentUnit, Systemctl};
@@ -81,10 +79,7 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
                 }
             }
             // 2. The registration on the server.
-            let tokens = Arc::new(Tokens::new(
-                ImdsClient::from_env(env, net)?,
-                Selector::from_saved(saved.identity.as_deref()),
-            ));
+            let tokens = super::saved_tokens(saved, env, &os, net, false).await?;
             let url = settings::check_url("the saved url", &saved.url)?;
             let devops = DevOpsClient::new(&url, tokens.clone(), net);
             let local_id = agent.settings().ok().flatten().map(|l| l.agent_id);

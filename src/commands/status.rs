@@ -8,7 +8,6 @@
 //! not asked (the agent dir's `.agent` could name any server). A broken `.agent` (a FIFO, a link,
 //! garbage) is reported, not fatal.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,7 +17,6 @@ use crate::commands::Target;
 use crate::devops::DevOpsClient;
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::{ImdsClient, Selector, Tokens};
 use crate::net::Net;
 use crate::os::Os;
 use crate::service::{AgentUnit, Systemctl, UnitState};
@@ -129,10 +127,7 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
             let result: Result<_, Error> = async {
                 let clock = net.clock();
                 let budget = clock.budget(Duration::from_secs(10));
-                let tokens = Arc::new(Tokens::new(
-                    ImdsClient::from_env(env, net)?,
-                    Selector::from_saved(saved.identity.as_deref()),
-                ));
+                let tokens = super::saved_tokens(saved, env, &os, net, false).await?;
                 let url = settings::check_url("the saved url", &saved.url)?;
                 let client = DevOpsClient::new(&url, tokens, net);
                 Ok(client

@@ -119,11 +119,11 @@ impl Net {
         });
     }
 
-    /// The client for a service: identity endpoints never go through a proxy.
+    /// The client for a service: identity endpoints on the machine never go through a proxy.
     pub fn client(&self, service: Service) -> &reqwest::Client {
         match service {
-            Service::Imds => &self.direct,
-            Service::DevOps | Service::Download => self.web.get_or_init(|| {
+            Service::Imds | Service::LocalIdentity => &self.direct,
+            Service::Entra | Service::DevOps | Service::Download => self.web.get_or_init(|| {
                 reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(10))
                     // Per read, not per request: a package download takes as long as it takes.

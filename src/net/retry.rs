@@ -4,11 +4,14 @@
 //! its documentation (`identity.md` §1.3) and MSAL/azure-identity (§1.5); Azure DevOps and the
 //! download host are retried on throttling and server errors only.
 //!
-//! | answer                     | IMDS      | Azure DevOps | download  | wait                                     |
+//! "IMDS" is also the Azure Arc agent's endpoint; "others" are the App Service / Container Apps
+//! identity endpoint, Entra ID's token endpoint and the download host.
+//!
+//! | answer                     | IMDS, Arc | Azure DevOps | others    | wait                                     |
 //! |----------------------------|-----------|--------------|-----------|------------------------------------------|
 //! | 2xx                        | success   | success (203: fatal, a sign-in page) | success |                  |
 //! | 400                        | fatal     | fatal        | fatal     | IMDS: no identity / wrong selector: say so |
-//! | 401, 403, 404 (ADO)        | fatal     | fatal        | fatal     |                                          |
+//! | 401, 403, 404 (ADO)        | fatal     | fatal        | fatal     | (Arc: 401 is its challenge, see `identity::arc`) |
 //! | 404 (IMDS updating), 408   | backoff   | backoff (408) | backoff (408) | exponential 1 s, 2 s, 4 s … 30 s    |
 //! | 410 (IMDS updating)        | gone      | fatal        | fatal     | 10 s, for at least 70 s                  |
 //! | 429                        | throttled | throttled    | throttled | `Retry-After`, else backoff              |
@@ -27,8 +30,12 @@ use std::time::Duration;
 /// Who answered: the columns of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
-    /// A managed-identity endpoint on the machine (IMDS).
+    /// IMDS, and the Azure Arc agent's endpoint on the machine (the same rules, as Azure SDKs do).
     Imds,
+    /// The App Service / Container Apps identity endpoint on the machine.
+    LocalIdentity,
+    /// Microsoft Entra ID's token endpoint (workload identity federation).
+    Entra,
     /// The Azure DevOps REST API.
     DevOps,
     /// The agent package's download host.
@@ -207,6 +214,12 @@ mod tests {
                 _ => Class::Fatal,
             };
             assert_eq!(classify(Service::Download, status), dl, "download {status}");
+            assert_eq!(
+                classify(Service::LocalIdentity, status),
+                dl,
+                "App Service {status}"
+            );
+            assert_eq!(classify(Service::Entra, status), dl, "Entra {status}");
         }
         assert_eq!(classify(Service::Imds, 400), Class::Fatal);
         assert_eq!(classify(Service::DevOps, 401), Class::Fatal);

@@ -162,9 +162,23 @@ impl World {
             "AZP_AGENT_NAME",
             "AZP_WORK",
             "RUST_LOG",
+            // Identity sources other than the simulated IMDS: only tests that want one set it.
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+            "IMDS_ENDPOINT",
+            "MSI_ENDPOINT",
+            "AZURE_CLIENT_ID",
+            "AZURE_TENANT_ID",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_AUTHORITY_HOST",
+            "AZURE_CONFIG_DIR",
+            "AZP_TOKEN",
+            "AZP_TOKEN_FILE",
         ] {
             cmd.env_remove(var);
         }
+        // Hermetic on an Arc-enabled host: the Arc agent is looked for here, and is not here.
+        cmd.env("AGENT_BOOTSTRAP_TEST_ARC_DIR", self.dir.path().join("arc"));
         let path = format!(
             "{}:{}",
             self.sim.systemd_dir().join("bin").display(),
@@ -364,6 +378,22 @@ impl World {
         self.requests()
             .iter()
             .filter(|r| r.method == method && r.path.contains(path_contains))
+            .count()
+    }
+
+    /// IMDS token requests (with `Metadata: true`; the auto chain's probe has none).
+    pub fn imds_token_requests(&self) -> Vec<azure_sim::Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == "/metadata/identity/oauth2/token" && r.metadata_header)
+            .collect()
+    }
+
+    /// The auto chain's probes of IMDS (no `Metadata` header).
+    pub fn imds_probes(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.path == "/metadata/identity/oauth2/token" && !r.metadata_header)
             .count()
     }
 
