@@ -265,6 +265,9 @@ pub struct Request {
     pub token: Option<usize>,
     pub range: Option<String>,
     pub metadata_header: bool,
+    /// How credentials were presented: `bearer`, `basic`, or `None`.
+    #[serde(default)]
+    pub auth: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -51,7 +51,12 @@ pub fn router(shared: Shared) -> Router {
 }
 
 fn record(s: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, caller: &str) {
-    let token = presented_token(headers).map(|(_, t)| t);
+    let presented = presented_token(headers);
+    let auth = presented.as_ref().map(|(scheme, _)| match scheme {
+        Scheme::Bearer => "bearer".to_owned(),
+        Scheme::Basic => "basic".to_owned(),
+    });
+    let token = presented.map(|(_, t)| t);
     let mut state = s.state.lock().unwrap();
     let token = token.and_then(|t| state.token_order.iter().position(|x| *x == t));
     state.requests.push(Request {
@@ -65,6 +70,7 @@ fn record(s: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, caller: &
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         metadata_header: headers.get("metadata").is_some_and(|v| v == "true"),
+        auth,
     });
 }
 

@@ -202,6 +202,20 @@ pub async fn run_locked(
     // 2. Token, then the preflight requests at once.
     let budget = clock.budget(NETWORK_BUDGET);
     let tokens = super::tokens(&s.identity, env, &s.os, net).await?;
+    let identity = tokens.source().request();
+    if identity.kind == crate::identity::Kind::Pat
+        && identity.pat_file.is_none()
+        && matches!(
+            boot_step(s, env),
+            Some(Step::BootUnit { .. } | Step::BootTask { .. })
+        )
+    {
+        tracing::warn!(
+            "the PAT came from AZP_TOKEN, which is not saved: reconcile at boot will have no token \
+             and cannot re-register the agent; put the PAT in a file only root can read and pass \
+             AZP_TOKEN_FILE instead"
+        );
+    }
     tokens.get(&budget).await?;
     let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
     // Looked at once: the agent user can change the dir at any time, and every decision below must
@@ -262,7 +276,6 @@ pub async fn run_locked(
     if let Some(cfg) = &existing {
         match devops.find_agent(pool.id, &s.agent_name, &budget).await? {
             Some(a) if a.id == cfg.agent_id => {
-                let identity = tokens.source().request();
                 return already_installed(s, env, &agent, cfg, &pool, a.id, &identity).await;
             }
             Some(a) => {

@@ -387,5 +387,19 @@ mod tests {
             detect(&nothing, &Selector::Default, &os, &net),
             Ok(Found::Absent(_))
         ));
+        // No variables (a service started before the agent set them), but the agent is
+        // installed: its well-known local endpoint.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("himds"), "").unwrap();
+        let installed = Env::fake(&[(TEST_DIR_ENV, d.path().to_str().unwrap())], "h", true);
+        let Ok(Found::Here { source, why }) = detect(&installed, &Selector::Default, &os, &net)
+        else {
+            panic!("the installed agent was not found")
+        };
+        assert_eq!(source.endpoint.as_str(), DEFAULT_ENDPOINT);
+        assert!(
+            why.contains("Connected Machine agent is installed"),
+            "{why}"
+        );
     }
 }

@@ -250,6 +250,32 @@ mod tests {
     }
 
     #[test]
+    fn the_assertion_is_read_again_for_every_request() {
+        let net = Net::new(Clock::virtual_clock());
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("token");
+        std::fs::write(&file, "first\n").unwrap();
+        let e = Env::fake(
+            &[
+                (TOKEN_FILE_ENV, file.to_str().unwrap()),
+                (TENANT_ENV, "t"),
+                (CLIENT_ID_ENV, "c"),
+            ],
+            "h",
+            true,
+        );
+        let Found::Here { source, .. } = detect(&e, &Selector::Default, &net).unwrap() else {
+            panic!()
+        };
+        assert_eq!(source.assertion().unwrap().expose(), "first");
+        // The kubelet rotated it.
+        std::fs::write(&file, "second").unwrap();
+        assert_eq!(source.assertion().unwrap().expose(), "second");
+        std::fs::write(&file, "").unwrap();
+        assert!(source.assertion().is_err());
+    }
+
+    #[test]
     fn a_missing_variable_is_named() {
         let net = Net::new(Clock::virtual_clock());
         let e = Env::fake(&[(TOKEN_FILE_ENV, "/t")], "h", true);

@@ -140,6 +140,39 @@ impl World {
         self.dir.path().join("state")
     }
 
+    /// A fake `az` (the simulator program named `az`) in a directory of its own, configured to
+    /// use this world's IMDS; returns that directory (for `PATH`) and the `AZURE_CONFIG_DIR`.
+    pub fn fake_az(&self) -> (PathBuf, PathBuf) {
+        let bin = self.dir.path().join("az-bin");
+        let config = self.dir.path().join("azure");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&config).unwrap();
+        set_mode(&bin, 0o755);
+        std::fs::copy(sim_bin(), bin.join("az")).unwrap();
+        set_mode(&bin.join("az"), 0o755);
+        std::fs::write(
+            config.join("sim.json"),
+            serde_json::json!({ "imds": self.sim.base_url() }).to_string(),
+        )
+        .unwrap();
+        (bin, config)
+    }
+
+    /// `cmd` with `dir` first on its `PATH`.
+    pub fn prepend_path(cmd: &mut Command, dir: &Path) {
+        let path = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "PATH")
+            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", dir.display()));
+    }
+
+    /// Where a test keeps secrets it gives the tool (PAT files, the federated token).
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.dir.path().join("secrets")
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
@@ -329,8 +362,16 @@ impl World {
         assert!(ok, "tar failed");
     }
 
+    /// Every secret the simulated Azure handed out or accepts: tokens, PATs, Arc keys, the App
+    /// Service header, the workload assertion.
     pub fn tokens(&self) -> Vec<String> {
-        self.sim.state().tokens.keys().cloned().collect()
+        let st = self.sim.state();
+        let mut all: Vec<String> = st.tokens.keys().cloned().collect();
+        all.extend(st.pats.keys().cloned());
+        all.extend(st.arc_keys.iter().cloned());
+        all.push(self.sim.config.app_service_header.clone());
+        all.push(self.sim.config.workload_assertion.clone());
+        all
     }
 
     /// No issued token in our output, in any file under the world, in any argv the fake listener
@@ -350,7 +391,15 @@ impl World {
                 run.stderr
             );
         }
-        assert_not_in_files(self.dir.path(), &tokens);
+        // Where the tests keep the secrets they hand the tool (a PAT file, the federated token,
+        // the Arc agent's keys): those files hold them on purpose.
+        // (and the fake `az`, the simulator program, which has the simulator's constants in it).
+        let sources = [
+            self.secrets_dir(),
+            self.dir.path().join("arc/tokens"),
+            self.dir.path().join("az-bin"),
+        ];
+        assert_not_in_files_except(self.dir.path(), &tokens, &sources);
         let leaks = self.sim.systemd_dir().join("env-leaks.log");
         assert!(
             !leaks.exists(),
@@ -599,9 +648,15 @@ pub fn mode(path: &Path) -> u32 {
 
 /// No file under `dir` (links not followed) contains any of `secrets`.
 pub fn assert_not_in_files(dir: &Path, secrets: &[String]) {
+    assert_not_in_files_except(dir, secrets, &[]);
+}
+
+/// [`assert_not_in_files`], except below the directories `sources` (where a test keeps the
+/// secrets it gives the tool).
+pub fn assert_not_in_files_except(dir: &Path, secrets: &[String], sources: &[PathBuf]) {
     for entry in walkdir::WalkDir::new(dir).follow_links(false) {
         let Ok(entry) = entry else { continue };
-        if !entry.file_type().is_file() {
+        if !entry.file_type().is_file() || sources.iter().any(|s| entry.path().starts_with(s)) {
             continue;
         }
         let data = std::fs::read(entry.path()).unwrap_or_default();
