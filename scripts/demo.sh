@@ -31,6 +31,10 @@ export PATH="$SIM_SYSTEMD_DIR/bin:$PATH" NO_PROXY=127.0.0.1,localhost
 EXTRA=()
 if [ "$(id -u)" -ne 0 ]; then EXTRA=(--no-service); fi
 
+echo "== agent-bootstrap doctor (which identity, may it register agents in the pool?)"
+"$BIN/agent-bootstrap" doctor --url "$SIM_ORG_URL" --pool Default 2>/dev/null
+
+echo
 echo "== agent-bootstrap install (simulated organization at $SIM_ORG_URL)"
 "$BIN/agent-bootstrap" install --url "$SIM_ORG_URL" --pool Default --agent-name demo-agent \
     --agent-dir "$DEMO/agent" "${EXTRA[@]}"

@@ -359,6 +359,24 @@ mod tests {
     }
 
     #[test]
+    fn the_test_dir_knob_only_works_in_debug_builds() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("himds"), "").unwrap();
+        let env = Env::fake(&[(TEST_DIR_ENV, d.path().to_str().unwrap())], "h", true);
+        let found = detect(
+            &env,
+            &Selector::Default,
+            &Os::current(),
+            &Net::new(Clock::virtual_clock()),
+        );
+        let real_agent = Path::new("/opt/azcmagent/bin/himds").is_file();
+        assert_eq!(
+            matches!(found, Ok(Found::Here { .. })),
+            cfg!(debug_assertions) || real_agent
+        );
+    }
+
+    #[test]
     fn arc_has_only_the_system_assigned_identity() {
         let net = Net::new(Clock::virtual_clock());
         let env = Env::fake(
