@@ -298,19 +298,28 @@ mod tests {
 
     #[test]
     fn key_paths_must_be_keys_in_the_agents_directory() {
-        let dir = Path::new("/var/opt/azcmagent/tokens");
-        assert!(check_key_path("/var/opt/azcmagent/tokens/abc.key", dir).is_ok());
+        let (d, sep, other) = if cfg!(windows) {
+            (
+                r"C:\ProgramData\AzureConnectedMachineAgent\Tokens",
+                r"\",
+                r"C:\Windows",
+            )
+        } else {
+            ("/var/opt/azcmagent/tokens", "/", "/etc")
+        };
+        let dir = Path::new(d);
+        assert!(check_key_path(&format!("{d}{sep}abc.key"), dir).is_ok());
         for (realm, problem) in [
             (
-                "/var/opt/azcmagent/tokens/../../../etc/shadow.key",
+                format!("{d}{sep}..{sep}..{sep}x{sep}shadow.key"),
                 "plain absolute",
             ),
-            ("/var/opt/azcmagent/tokens/sub/abc.key", "key directory"),
-            ("/etc/abc.key", "key directory"),
-            ("/var/opt/azcmagent/tokens/abc.txt", ".key"),
-            ("abc.key", "plain absolute"),
+            (format!("{d}{sep}sub{sep}abc.key"), "key directory"),
+            (format!("{other}{sep}abc.key"), "key directory"),
+            (format!("{d}{sep}abc.txt"), ".key"),
+            ("abc.key".to_owned(), "plain absolute"),
         ] {
-            let e = check_key_path(realm, dir).unwrap_err();
+            let e = check_key_path(&realm, dir).unwrap_err();
             assert!(e.to_string().contains(problem), "{realm}: {e}");
         }
     }
