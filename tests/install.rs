@@ -706,7 +706,7 @@ fn token_prints_only_the_token() {
     let w = World::new();
     let run = w.run(&["token"]);
     run.assert_code(0);
-    let tokens = w.tokens();
+    let tokens = w.issued_tokens();
     assert_eq!(tokens.len(), 1);
     assert_eq!(run.stdout, format!("{}\n", tokens[0]));
     assert!(!run.stderr.contains(&tokens[0]));

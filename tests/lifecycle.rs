@@ -136,7 +136,7 @@ fn the_token_is_renewed_before_it_expires_during_a_long_remove() {
         st.token_lifetime = 400;
         st.agent_busy = 8;
     }
-    let first_new = w.tokens().len();
+    let first_new = w.issued_tokens().len();
     let dir = w.agent_dir();
     let run = w.run(&["remove", "--agent-dir", dir.to_str().unwrap()]);
     run.assert_code(0);

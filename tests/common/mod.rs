@@ -362,6 +362,11 @@ impl World {
         assert!(ok, "tar failed");
     }
 
+    /// The tokens the simulated identity endpoints issued, in order.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.sim.state().token_order.clone()
+    }
+
     /// Every secret the simulated Azure handed out or accepts: tokens, PATs, Arc keys, the App
     /// Service header, the workload assertion.
     pub fn tokens(&self) -> Vec<String> {
