@@ -174,22 +174,7 @@ async fn imds_token(
     if selectors.len() > 1 {
         return imds_error(400, "invalid_request", "Multiple identity selectors");
     }
-    let assigned: Vec<&IdentitySpec> = s.config.identities.iter().filter(|i| i.assigned).collect();
-    let chosen = match selectors.first() {
-        Some((kind, value)) => assigned.iter().copied().find(|i| {
-            let v = value.to_ascii_lowercase();
-            match *kind {
-                "client_id" => i.client_id.to_ascii_lowercase() == v,
-                "object_id" => i.object_id.to_ascii_lowercase() == v,
-                _ => !i.resource_id.is_empty() && i.resource_id.to_ascii_lowercase() == v,
-            }
-        }),
-        None => assigned
-            .iter()
-            .copied()
-            .find(|i| i.system_assigned)
-            .or_else(|| (assigned.len() == 1).then(|| assigned[0])),
-    };
+    let chosen = pick_identity(&s, selectors.first().map(|(k, v)| (*k, v.as_str())));
     let Some(identity) = chosen else {
         return imds_error(400, "invalid_request", "Identity not found");
     };

@@ -110,15 +110,13 @@ impl AppService {
             .await;
         match outcome {
             Ok(result) => result,
-            Err(g) => Err(IdentityError::Unavailable {
-                source_name: SOURCE,
-                url: shown,
-                attempts: g.attempts,
-                elapsed: g.elapsed,
-                last: g.last,
-                hint: "is the app's managed identity turned on (Identity blade, or `az \
-                       containerapp identity assign`)?",
-            }),
+            Err(g) => Err(IdentityError::gave_up(
+                SOURCE,
+                &shown,
+                "is the app's managed identity turned on (Identity blade, or `az containerapp \
+                 identity assign`)?",
+                g,
+            )),
         }
     }
 

@@ -137,13 +137,13 @@ impl Arc {
     ) -> Result<AccessToken, IdentityError> {
         let url = self.token_url();
         let shown = super::url_without_query(&url);
-        let gave_up = |g: crate::net::GaveUp| IdentityError::Unavailable {
-            source_name: SOURCE,
-            url: shown.clone(),
-            attempts: g.attempts,
-            elapsed: g.elapsed,
-            last: g.last,
-            hint: "is the Azure Connected Machine agent running (`azcmagent show`)?",
+        let gave_up = |g| {
+            IdentityError::gave_up(
+                SOURCE,
+                &shown,
+                "is the Azure Connected Machine agent running (`azcmagent show`)?",
+                g,
+            )
         };
         let client = self.net.client(Service::Imds);
 

@@ -150,15 +150,13 @@ impl<T: Transport> ImdsClient<T> {
             .await;
         match outcome {
             Ok(result) => result,
-            Err(g) => Err(IdentityError::Unavailable {
-                source_name: SOURCE,
-                url: shown,
-                attempts: g.attempts,
-                elapsed: g.elapsed,
-                last: g.last,
-                hint: "is this an Azure VM with a managed identity? IMDS must be reachable \
-                       without a proxy",
-            }),
+            Err(g) => Err(IdentityError::gave_up(
+                SOURCE,
+                &shown,
+                "is this an Azure VM with a managed identity? IMDS must be reachable without a \
+                 proxy",
+                g,
+            )),
         }
     }
 }

@@ -309,6 +309,23 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
+    /// Retries of a token request ran out of budget.
+    fn gave_up(
+        source_name: &'static str,
+        url: &str,
+        hint: &'static str,
+        g: crate::net::GaveUp,
+    ) -> Self {
+        Self::Unavailable {
+            source_name,
+            url: url.to_owned(),
+            attempts: g.attempts,
+            elapsed: g.elapsed,
+            last: g.last,
+            hint,
+        }
+    }
+
     /// The user's input (a flag, a variable, a file's permissions) is wrong, not the identity.
     pub fn is_input(&self) -> bool {
         matches!(

@@ -193,15 +193,13 @@ impl Workload {
             .await;
         match outcome {
             Ok(result) => result,
-            Err(g) => Err(IdentityError::Unavailable {
-                source_name: SOURCE,
-                url: shown,
-                attempts: g.attempts,
-                elapsed: g.elapsed,
-                last: g.last,
-                hint: "can the pod reach the authority host (AZURE_AUTHORITY_HOST), through the \
-                       proxy if it needs one?",
-            }),
+            Err(g) => Err(IdentityError::gave_up(
+                SOURCE,
+                &shown,
+                "can the pod reach the authority host (AZURE_AUTHORITY_HOST), through the proxy \
+                 if it needs one?",
+                g,
+            )),
         }
     }
 }
