@@ -15,7 +15,7 @@ BIN=target/debug
 
 DEMO=$(mktemp -d /tmp/agent-bootstrap-demo.XXXXXX)
 chmod 755 "$DEMO"
-cleanup() { [ -n "${SIM_PID:-}" ] && kill "$SIM_PID" 2>/dev/null || true; }
+cleanup() { if [ -n "${SIM_PID:-}" ]; then kill "$SIM_PID" 2>/dev/null || true; fi; }
 trap cleanup EXIT
 
 # The agent user must be able to run the simulator's fake listener.
@@ -24,7 +24,10 @@ cp "$BIN/examples/azure-sim" "$DEMO/azure-sim" && chmod 755 "$DEMO/azure-sim"
 SIM_PID=$!
 for _ in $(seq 1 100); do grep -q SIM_READY "$DEMO/sim.env" 2>/dev/null && break; sleep 0.1; done
 grep -q SIM_READY "$DEMO/sim.env" || { cat "$DEMO/sim.log"; exit 1; }
-set -a; . "$DEMO/sim.env"; set +a
+set -a
+# shellcheck source=/dev/null
+. "$DEMO/sim.env"
+set +a
 
 export AGENT_BOOTSTRAP_STATE_DIR="$DEMO/state" AGENT_BOOTSTRAP_CACHE_DIR="$DEMO/cache"
 export PATH="$SIM_SYSTEMD_DIR/bin:$PATH" NO_PROXY=127.0.0.1,localhost

@@ -1,8 +1,8 @@
 //! agent-bootstrap: a bare Azure VM, scale-set instance or container → a registered, running
-//! self-hosted Azure Pipelines agent, using the machine's managed identity and no stored secret.
+//! self-hosted Azure Pipelines agent, using the machine's own identity and no stored secret.
 //!
 //! The flow is parse ([`cli`]) → resolve ([`settings`]) → act ([`commands`]). Each concern has its
-//! module: [`identity`] (IMDS tokens), [`devops`] (Azure DevOps REST), [`net`] (the one network
+//! module: [`identity`] (tokens from every identity source), [`devops`] (Azure DevOps REST), [`net`] (the one network
 //! policy: transport, retry table, budgets), [`package`] (verified streaming download and
 //! extraction), [`agent`] (the agent's files and scripts), [`fsx`] (file operations next to files
 //! the agent user controls), [`user`], [`service`], [`state`] (what later runs need), [`process`]

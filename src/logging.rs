@@ -15,9 +15,9 @@ fn filter(env: &Env) -> Targets {
 }
 
 pub fn init(format: LogFormat, env: &Env) {
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use std::io::IsTerminal;
     let color = std::io::stderr().is_terminal() && env.var("NO_COLOR").is_none();
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(color)

@@ -176,7 +176,7 @@ async fn detect(
         Kind::Imds => {
             let client = ImdsClient::from_env(env, net)?;
             let why = if pinned {
-                "--identity imds".to_owned()
+                "asked for".to_owned()
             } else {
                 match client.probe().await {
                     Ok(()) => format!("IMDS answered at {}", client.base()),

@@ -1,0 +1,186 @@
+#!/bin/sh
+# Checks what a release ships, and the provisioning examples, with the real tools (CI runs this
+# after the tests; it needs root, and the tools .ci/run installs): builds the .deb, the .rpm and
+# the tarball (scripts/package.sh), lints both packages, installs the .deb and uses it, validates
+# the cloud-configs, the HCL and the JSON templates, shellchecks every shell script, and runs
+# scripts/install.sh against the tarball served over HTTP on loopback, which installs an agent
+# against the simulated Azure; the boot unit it writes is checked with systemd-analyze.
+set -eu
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+step() { printf '\n== %s\n' "$*"; }
+fail() {
+    printf 'check-packaging: %s\n' "$*" >&2
+    exit 1
+}
+
+work=$(mktemp -d /tmp/agent-bootstrap-packaging.XXXXXX)
+chmod 0755 "$work"
+pids=""
+cleanup() {
+    for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+step "build: scripts/package.sh"
+scripts/package.sh
+dist=target/dist
+deb=$(ls "$dist"/*.deb)
+rpm=$(ls "$dist"/*.rpm)
+tarball=$(ls "$dist"/*.tar.gz)
+size=$(stat -c %s target/release/agent-bootstrap)
+echo "release binary: $size bytes"
+[ "$size" -le 6000000 ] || fail "the release binary is $size bytes, over the 6 MB budget"
+
+step "lintian"
+lintian --fail-on error,warning "$deb"
+
+step "rpmlint"
+rpmlint -c packaging/rpmlint.toml "$rpm"
+rpm -qlp "$rpm" | grep -qx /usr/bin/agent-bootstrap || fail "the .rpm has no /usr/bin/agent-bootstrap"
+rpm -qlp "$rpm" | grep -qx /usr/share/man/man1/agent-bootstrap.1.gz || fail "the .rpm has no man page"
+
+step "dpkg -i"
+# Some images exclude man pages from dpkg; they are part of what is checked here.
+dpkg --path-include='/usr/share/man/*' -i "$deb"
+[ "$(command -v agent-bootstrap)" = /usr/bin/agent-bootstrap ] || fail "agent-bootstrap is not on PATH"
+agent-bootstrap --version
+[ -z "$(find /etc/systemd /lib/systemd /usr/lib/systemd -name 'agent-bootstrap*' 2>/dev/null)" ] \
+    || fail "the package installs a unit of its own"
+
+step "man agent-bootstrap"
+MANWIDTH=100 man agent-bootstrap | grep -q 'agent-bootstrap-install(1)' || fail "the man page does not render"
+MANWIDTH=100 man agent-bootstrap-install | grep -q -- '--identity' || fail "agent-bootstrap-install(1) lacks --identity"
+
+step "bash completion"
+bash -c '
+    . /usr/share/bash-completion/bash_completion
+    . /usr/share/bash-completion/completions/agent-bootstrap
+    fn=$(complete -p agent-bootstrap | sed -n "s/.*-F \([^ ]*\).*/\1/p")
+    COMP_WORDS=(agent-bootstrap ins); COMP_CWORD=1; COMP_LINE="agent-bootstrap ins"; COMP_POINT=${#COMP_LINE}
+    "$fn" agent-bootstrap ins agent-bootstrap
+    printf "%s\n" "${COMPREPLY[@]}" | grep -qx install
+    COMP_WORDS=(agent-bootstrap install --iden); COMP_CWORD=2; COMP_LINE="agent-bootstrap install --iden"; COMP_POINT=${#COMP_LINE}
+    "$fn" agent-bootstrap --iden install
+    printf "%s\n" "${COMPREPLY[@]}" | grep -qx -- --identity
+' || fail "bash completion does not complete subcommands and flags"
+zsh_f=/usr/share/zsh/vendor-completions/_agent-bootstrap
+fish_f=/usr/share/fish/vendor_completions.d/agent-bootstrap.fish
+if [ ! -s "$zsh_f" ] || [ ! -s "$fish_f" ]; then fail "zsh or fish completions are missing"; fi
+
+step "cloud-init schema"
+cloud-init schema --config-file packaging/cloud-init.yaml
+# Terraform's placeholders, filled as templatefile would (URLs where URLs go).
+# shellcheck disable=SC2016 # the ${…} are the template's, not the shell's
+sed -e 's|${install_sh_url}|https://example.com/install.sh|' \
+    -e 's|${release_url}|https://example.com/r.tar.gz|' \
+    -e 's|${[a-z0-9_]*}|x|g' packaging/terraform/cloud-init.yaml.tftpl >"$work/rendered.yaml"
+# shellcheck disable=SC2016 # a literal ${
+if grep -qF '${' "$work/rendered.yaml"; then
+    fail "the template has a placeholder the check does not render"
+fi
+cloud-init schema --config-file "$work/rendered.yaml"
+
+step "HCL (python-hcl2) and JSON"
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check python-hcl2
+"$work/venv/bin/python" - <<'PY'
+import json
+import hcl2
+
+def plain(v):
+    """python-hcl2's output without the quotes newer versions keep around names and strings."""
+    if isinstance(v, dict):
+        return {k.strip('"'): plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] == '"':
+        return v[1:-1]
+    return v
+
+
+tf = plain(hcl2.load(open("packaging/terraform/main.tf")))
+vmss = [r for r in tf["resource"] if "azurerm_linux_virtual_machine_scale_set" in r][0]
+vmss = vmss["azurerm_linux_virtual_machine_scale_set"]["agents"]
+assert vmss["identity"][0]["type"] == "UserAssigned", vmss["identity"]
+assert "templatefile" in vmss["custom_data"], vmss["custom_data"]
+packer = plain(hcl2.load(open("packaging/packer/agent-image.pkr.hcl")))
+assert packer["build"][0]["provisioner"], packer["build"]
+for path, script in [
+    ("packaging/arm/custom-script-linux.json", "install.sh"),
+    ("packaging/arm/custom-script-windows.json", "install.ps1"),
+]:
+    t = json.load(open(path))
+    (ext,) = t["resources"]
+    assert ext["type"] == "Microsoft.Compute/virtualMachines/extensions", path
+    settings = ext["properties"]["protectedSettings"]
+    assert script in settings["commandToExecute"] and settings["fileUris"], path
+    used = set()
+    for p in t["parameters"]:
+        if f"parameters('{p}')" in json.dumps(t["resources"]) + json.dumps(t.get("variables", {})):
+            used.add(p)
+    assert used == set(t["parameters"]), (path, set(t["parameters"]) - used)
+json.load(open("packaging/custom-script-extension.json"))
+print("HCL and JSON parse; the templates use every parameter they declare")
+PY
+
+step "shellcheck: every shell script"
+cargo build --quiet --example azure-sim
+sim="$ROOT/target/debug/examples/azure-sim"
+"$sim" serve --work-dir "$work/sim" >"$work/sim.env" 2>"$work/sim.log" &
+pids="$pids $!"
+for _ in $(seq 1 100); do grep -q SIM_READY "$work/sim.env" 2>/dev/null && break; sleep 0.1; done
+grep -q SIM_READY "$work/sim.env" || { cat "$work/sim.log"; fail "the simulator did not start"; }
+set -a
+# shellcheck source=/dev/null
+. "$work/sim.env"
+set +a
+mkdir "$work/package"
+tar -xzf "$SIM_PACKAGE_PATH" -C "$work/package"
+shellcheck scripts/*.sh scripts/wine-run .ci/run
+shellcheck "$SIM_SYSTEMD_DIR/bin/systemctl"
+# The simulated agent's scripts (config.sh, env.sh, run.sh …) reproduce Microsoft's, idioms
+# included (`cd` without `|| exit`, `[ a -a b ]`, unquoted `$*` and `${list[@]}`): those four
+# checks are about the real agent's code and stay as they are for fidelity; everything else counts.
+find "$work/package" -type f -perm -u+x -exec sh -c 'head -c 2 "$1" | grep -q "#!"' _ {} \; \
+    -exec shellcheck -S warning -e SC2164,SC2166,SC2068,SC2048 {} +
+
+step "install.sh over HTTP on loopback, then an install against the simulator"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server "$port" --bind 127.0.0.1 --directory "$dist" >"$work/http.log" 2>&1 &
+pids="$pids $!"
+for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+url="http://127.0.0.1:$port/$(basename "$tarball")"
+digest=$(cut -d' ' -f1 "$tarball.sha256")
+mkdir -m 0755 "$work/bin"
+export PATH="$SIM_SYSTEMD_DIR/bin:$PATH"
+export AGENT_BOOTSTRAP_STATE_DIR="$work/state" AGENT_BOOTSTRAP_CACHE_DIR="$work/cache"
+if dash scripts/install.sh --release "$url" --sha256 "$(printf '%064d' 0)" --bin-dir "$work/bin" -- \
+    --url "$SIM_ORG_URL" --agent-dir "$work/agent" 2>"$work/mismatch.log"; then
+    fail "install.sh installed a release whose digest does not match"
+else
+    code=$?
+    [ "$code" -eq 5 ] || { cat "$work/mismatch.log"; fail "a digest mismatch exited $code, not 5"; }
+    [ ! -e "$work/bin/agent-bootstrap" ] || fail "a digest mismatch left a binary behind"
+fi
+dash scripts/install.sh --release "$url" --sha256 "$digest" --bin-dir "$work/bin" -- \
+    --url "$SIM_ORG_URL" --agent-dir "$work/agent" --agent-name ci-packaging-agent
+cmp "$work/bin/agent-bootstrap" target/release/agent-bootstrap || fail "install.sh installed another binary"
+"$work/bin/agent-bootstrap" status --agent-dir "$work/agent" | grep -q ci-packaging-agent \
+    || fail "status does not show the registered agent"
+
+step "systemd-analyze verify: the boot unit install wrote"
+unit=$(ls "$SIM_SYSTEMD_DIR"/units/agent-bootstrap-*.service)
+grep -q "ExecStart=$work/bin/agent-bootstrap reconcile" "$unit" || fail "the boot unit does not run $work/bin/agent-bootstrap"
+out=$(systemd-analyze verify "$unit" 2>&1) || { echo "$out"; fail "systemd-analyze verify failed"; }
+if printf '%s\n' "$out" | grep -q "$(basename "$unit")"; then
+    echo "$out"
+    fail "systemd-analyze complained about the boot unit"
+fi
+
+"$work/bin/agent-bootstrap" remove --agent-dir "$work/agent" >/dev/null
+dpkg -r agent-bootstrap >/dev/null
+echo
+echo "packaging checks passed"

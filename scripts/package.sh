@@ -1,0 +1,39 @@
+#!/bin/sh
+# Builds what a release ships, into target/dist/:
+#   agent-bootstrap_<version>-1_<arch>.deb        (cargo-deb)
+#   agent-bootstrap-<version>-1.<arch>.rpm        (cargo-generate-rpm)
+#   agent-bootstrap-<version>-<arch>-linux.tar.gz (binary, man pages, completions, README, LICENSE;
+#                                                  what scripts/install.sh installs) and its .sha256
+# The man pages and completions are generated from the clap definitions (examples/package-assets.rs),
+# so they always match the flags. Needs cargo-deb and cargo-generate-rpm (`cargo install --locked
+# cargo-deb cargo-generate-rpm`; .ci/run does it).
+set -eu
+cd "$(dirname "$0")/.."
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+arch=$(uname -m)
+dist=target/dist
+assets=target/package-assets
+
+cargo build --release --locked --bin agent-bootstrap
+rm -rf "$assets" "$dist"
+mkdir -p "$dist"
+cargo run --quiet --locked --example package-assets -- "$assets"
+gzip -9n "$assets"/man/*.1
+
+cargo deb --no-build --no-strip --output "$dist/"
+cargo generate-rpm --output "$dist/"
+
+name="agent-bootstrap-$version"
+stage="target/tarball/$name"
+rm -rf target/tarball
+mkdir -p "$stage"
+cp target/release/agent-bootstrap README.md packaging/LICENSE "$stage/"
+cp -r "$assets/man" "$assets/completions" "$stage/"
+tarball="$dist/$name-$arch-linux.tar.gz"
+# Reproducible: fixed owner, order and times.
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C target/tarball -cf - "$name" \
+    | gzip -9n >"$tarball"
+(cd "$dist" && sha256sum "$(basename "$tarball")" >"$(basename "$tarball").sha256")
+
+ls -l "$dist"
