@@ -83,6 +83,19 @@ pub fn is_symlink(path: &Path) -> bool {
     fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
+/// Makes a directory root's and `0700` through a descriptor (no link followed), so no other
+/// account can enter it any more: done to an agent dir swapped out of place before root deletes it,
+/// so a job still running cannot keep filling it while it goes. Best effort (only root can).
+#[cfg(unix)]
+pub fn lock_out(path: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Ok(fd) = open_dir(path) else { return };
+    let _ = nix::unistd::fchown(&fd, Some(0.into()), Some(0.into()));
+    let _ = nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o700));
+}
+
 /// Opens a directory without following a link at its last component.
 #[cfg(unix)]
 pub fn open_dir(path: &Path) -> nix::Result<OwnedFd> {

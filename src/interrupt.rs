@@ -134,16 +134,26 @@ fn untrack(path: &Path) {
     }
 }
 
-/// Deletes a file or a directory tree without following links; true when nothing is left.
+/// Deletes a file or a directory tree without following links; true when nothing is left. A tree
+/// something else is still writing into (a job's process inside an old agent dir) is tried again a
+/// few times.
 pub fn remove_path(path: &Path) -> bool {
-    let result = match fs_err::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
-        Err(_) => return false,
-        // std's remove_dir_all does not follow links (CVE-2022-21658).
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-    };
-    result.is_ok() || !path.exists()
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let result = match fs_err::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(_) => return false,
+            // std's remove_dir_all does not follow links (CVE-2022-21658).
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+            Ok(_) => std::fs::remove_file(path),
+        };
+        if result.is_ok() || !path.exists() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Deletes every registered path that is still there; returns what it removed.

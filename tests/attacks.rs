@@ -162,7 +162,8 @@ fn ownership_is_never_changed_through_a_path_the_agent_user_can_swap() {
     let decoy = Decoy::new(&w);
     let dir = w.agent_dir();
     let parent = w.dir.path();
-    // The attacker appends here whenever it managed to list a staging directory.
+    // The attacker appends here whenever it managed to list root's staging directory (for a moment
+    // after the swap, the staging name holds the old agent dir, the agent user's own: not that).
     let saw = w.dir.path().join("attacker-looked-inside");
     std::fs::write(&saw, "").unwrap();
     {
@@ -178,7 +179,7 @@ fn ownership_is_never_changed_through_a_path_the_agent_user_can_swap() {
     let attacker_script = format!(
         "end=$(( $(date +%s) + 20 )); while [ $(date +%s) -lt $end ]; do \
            for d in '{parent}'/.agent-bootstrap-staging-* '{dir}'; do \
-             ls \"$d\" >/dev/null 2>&1 && [ \"$d\" != '{dir}' ] && echo \"$d\" >> '{saw}'; \
+             [ \"$d\" != '{dir}' ] && ls -lan \"$d\" 2>/dev/null | awk '$NF == \".\" && $3 == \"0\" {{ f = 1 }} END {{ exit !f }}' && echo \"$d\" >> '{saw}'; \
              for s in bin externals _work; do \
                mv \"$d/$s\" \"$d/$s.moved\" 2>/dev/null && ln -s '{decoy}' \"$d/$s\" 2>/dev/null; \
              done; \

@@ -682,12 +682,15 @@ pub fn place(
         let trash = parent.join(format!("{OLD_PREFIX}{tag}"));
         let _trash = Debris::track(&trash);
         fs_err::rename(agent_dir, &trash).map_err(io_err("moving aside", agent_dir))?;
+        crate::fsx::lock_out(&trash);
         fs_err::rename(staging.path(), agent_dir)
             .map_err(io_err("moving the package to", agent_dir))?;
         give(&staging.fd)?;
         staging.debris.keep();
         return Ok(());
     }
+    // The old tree now has the staging name; shut the agent user out before it is deleted.
+    crate::fsx::lock_out(staging.path());
     give(&staging.fd)?;
     Ok(())
 }
