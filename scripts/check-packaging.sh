@@ -42,6 +42,19 @@ rpmlint -c packaging/rpmlint.toml "$rpm"
 rpm -qlp "$rpm" | grep -qx /usr/bin/agent-bootstrap || fail "the .rpm has no /usr/bin/agent-bootstrap"
 rpm -qlp "$rpm" | grep -qx /usr/share/man/man1/agent-bootstrap.1.gz || fail "the .rpm has no man page"
 
+step "the Windows zip (what install.ps1 installs)"
+winzip=$(ls "$dist"/*-windows.zip)
+python3 - "$winzip" "$work/win" <<'PY'
+import sys, zipfile
+
+z = zipfile.ZipFile(sys.argv[1])
+exes = [n for n in z.namelist() if n.endswith("agent-bootstrap.exe")]
+assert exes == ["agent-bootstrap.exe"], z.namelist()
+z.extractall(sys.argv[2])
+PY
+scripts/wine-run "$work/win/agent-bootstrap.exe" --version | grep -q '^agent-bootstrap ' \
+    || fail "the Windows binary does not run (under Wine)"
+
 step "dpkg -i"
 # Some images exclude man pages from dpkg; they are part of what is checked here.
 dpkg --path-include='/usr/share/man/*' -i "$deb"
