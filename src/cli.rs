@@ -42,6 +42,8 @@ pub enum Command {
     /// Check the identity, the organization and the pool; say what to fix. Exit 0 only when an
     /// install would get past them.
     Doctor(DoctorArgs),
+    /// Delete agents of a pool that have been offline for longer than a given time.
+    Prune(PruneArgs),
     /// Bring an installed agent back to registered and running (what the boot unit runs).
     Reconcile(AgentDirArgs),
     /// Unregister the agent and remove its service and boot unit.
@@ -124,6 +126,33 @@ pub struct SelectorArgs {
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct TokenArgs {
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct PruneArgs {
+    /// Organization name: means https://dev.azure.com/ORG.
+    #[arg(long, value_name = "ORG", conflicts_with = "url")]
+    pub org: Option<String>,
+    /// Organization or collection URL (env AZP_URL).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Agent pool (env AZP_POOL) [default: Default].
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Delete agents offline, and unchanged, for longer than this: 7d, 12h, 90m, 1d12h.
+    #[arg(long, value_name = "DURATION")]
+    pub offline_for: String,
+    /// Only agents whose name starts with this (one fleet of a shared pool).
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: Option<String>,
+    /// Print what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
 }

@@ -142,8 +142,76 @@ impl Budget {
     }
 }
 
+/// An RFC 3339 date as Azure DevOps writes them (`2026-11-30T10:00:00.123Z`, `…+00:00`,
+/// fractions of any length) in Unix seconds; `None` for anything else.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (date, rest) = t.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    // The zone: Z, or ±HH:MM.
+    let (time, offset) = if let Some(t) = rest.strip_suffix(['Z', 'z']) {
+        (t, 0i64)
+    } else {
+        let at = rest.rfind(['+', '-'])?;
+        let (t, z) = rest.split_at(at);
+        let sign = if z.starts_with('-') { -1 } else { 1 };
+        let (hh, mm) = z[1..].split_once(':')?;
+        (
+            t,
+            sign * (hh.parse::<i64>().ok()? * 3600 + mm.parse::<i64>().ok()? * 60),
+        )
+    };
+    let time = time.split('.').next()?;
+    let mut hms = time.splitn(3, ':');
+    let (hh, mi, ss): (i64, i64, i64) = (
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mi > 59 || ss > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mi * 60 + ss - offset).ok()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rfc3339_dates_as_azure_devops_writes_them() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2026-11-30T10:00:00.123Z"),
+            Some(1_796_032_800)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29T23:59:59.1234567Z"),
+            Some(1_709_251_199)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-30T12:00:00+02:00"),
+            Some(1_796_032_800)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-30T05:00:00-05:00"),
+            Some(1_796_032_800)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
+    }
     use super::*;
 
     #[tokio::test]

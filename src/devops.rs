@@ -72,6 +72,13 @@ pub enum DevOpsError {
         elapsed: Duration,
         last: String,
     },
+    #[error("{failed} of {of} agents could not be deleted; the first: '{name}': {detail}")]
+    NotAllDeleted {
+        failed: usize,
+        of: usize,
+        name: String,
+        detail: String,
+    },
     #[error(transparent)]
     Token(#[from] IdentityError),
     #[error("unexpected answer from {url}: {detail}")]
@@ -121,6 +128,7 @@ pub struct Pool {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServerAgent {
     pub id: u64,
     pub name: String,
@@ -130,6 +138,34 @@ pub struct ServerAgent {
     pub status: Option<String>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    #[serde(default)]
+    pub created_on: Option<String>,
+    #[serde(default)]
+    pub status_changed_on: Option<String>,
+    /// The job it runs; only when asked for (`includeAssignedRequest=true`).
+    #[serde(default)]
+    pub assigned_request: Option<serde_json::Value>,
+}
+
+impl ServerAgent {
+    pub fn is_online(&self) -> bool {
+        self.status
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("online"))
+    }
+
+    /// Runs a job now (asked for with `includeAssignedRequest=true`).
+    pub fn is_busy(&self) -> bool {
+        self.assigned_request.as_ref().is_some_and(|r| !r.is_null())
+    }
+
+    /// When its status last changed (else when it was created), in Unix seconds.
+    pub fn last_change(&self) -> Option<u64> {
+        self.status_changed_on
+            .as_deref()
+            .or(self.created_on.as_deref())
+            .and_then(crate::clock::parse_rfc3339)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +232,17 @@ impl DevOpsClient {
         url: Url,
         budget: &Budget,
     ) -> Result<Answer, DevOpsError> {
+        self.call_with_body(method, url, None, budget).await
+    }
+
+    /// [`Self::call`] with a JSON body.
+    async fn call_with_body(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+        budget: &Budget,
+    ) -> Result<Answer, DevOpsError> {
         let shown = url.to_string();
         let what = format!("Azure DevOps {method} {}", url.path());
         let outcome = self
@@ -214,9 +261,14 @@ impl DevOpsClient {
                     Scheme::Bearer => request.bearer_auth(token.expose()),
                     Scheme::Basic => request.basic_auth("", Some(token.expose())),
                 };
-                let request = request
+                let mut request = request
                     .header("Accept", "application/json")
                     .timeout(Duration::from_secs(60));
+                if let Some(b) = &body {
+                    request = request
+                        .header("Content-Type", "application/json")
+                        .body(b.to_string());
+                }
                 let answer = self.net.fetch(request).await;
                 self.net.settle(Service::DevOps, answer, Ok, |a| {
                     Err(refusal(a, &shown, self.tokens.scheme()))
@@ -342,6 +394,66 @@ impl DevOpsClient {
     /// Deletes an agent from its pool (`config.sh remove` does the same call). A busy agent (it runs
     /// a job) is refused by the server with a 400 `TaskAgentBusyException`: returned as
     /// [`DevOpsError::Status`] for the caller to wait and try again.
+    /// Every agent of a pool, with the job each one runs.
+    pub async fn list_agents(
+        &self,
+        pool_id: u64,
+        budget: &Budget,
+    ) -> Result<Vec<ServerAgent>, DevOpsError> {
+        let path = format!("_apis/distributedtask/pools/{pool_id}/agents");
+        let list: List<ServerAgent> = self
+            .get(
+                self.api(
+                    &path,
+                    &[
+                        ("includeAssignedRequest", "true"),
+                        ("api-version", API_VERSION),
+                    ],
+                ),
+                budget,
+            )
+            .await?;
+        Ok(list.value)
+    }
+
+    /// One agent by id, with the job it runs; `None` when the pool no longer has it.
+    pub async fn agent(
+        &self,
+        pool_id: u64,
+        agent_id: u64,
+        budget: &Budget,
+    ) -> Result<Option<ServerAgent>, DevOpsError> {
+        let path = format!("_apis/distributedtask/pools/{pool_id}/agents/{agent_id}");
+        let url = self.api(
+            &path,
+            &[
+                ("includeAssignedRequest", "true"),
+                ("api-version", API_VERSION),
+            ],
+        );
+        match self.get(url, budget).await {
+            Ok(a) => Ok(Some(a)),
+            Err(DevOpsError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Agents - Update with `enabled`: a disabled agent is assigned no new job (a drain).
+    pub async fn set_agent_enabled(
+        &self,
+        pool_id: u64,
+        agent_id: u64,
+        enabled: bool,
+        budget: &Budget,
+    ) -> Result<(), DevOpsError> {
+        let path = format!("_apis/distributedtask/pools/{pool_id}/agents/{agent_id}");
+        let url = self.api(&path, &[("api-version", API_VERSION)]);
+        let body = serde_json::json!({ "id": agent_id, "enabled": enabled });
+        self.call_with_body(reqwest::Method::PATCH, url, Some(body), budget)
+            .await
+            .map(drop)
+    }
+
     pub async fn delete_agent(
         &self,
         pool_id: u64,

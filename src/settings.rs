@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
-use crate::cli::{DoctorArgs, IdentityArgs, IdentitySource, InstallArgs, SelectorArgs};
+use crate::cli::{DoctorArgs, IdentityArgs, IdentitySource, InstallArgs, PruneArgs, SelectorArgs};
 use crate::env::Env;
 use crate::identity::{Kind, Request, Selector};
 use crate::os::Os;
@@ -424,6 +424,80 @@ pub fn doctor(args: &DoctorArgs, env: &Env, os: &Os) -> Result<DoctorSettings, S
         url: org_url(args.org.as_deref(), args.url.as_deref(), env)?,
         pool: pool(args.pool.as_deref(), env, os)?,
     })
+}
+
+/// What `prune` deletes.
+#[derive(Debug, Clone)]
+pub struct PruneSettings {
+    pub url: Url,
+    pub pool: String,
+    pub offline_for: std::time::Duration,
+    pub name_prefix: Option<String>,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+pub fn prune(args: &PruneArgs, env: &Env, os: &Os) -> Result<PruneSettings, SettingsError> {
+    let name_prefix = match args.name_prefix.as_deref().map(str::trim) {
+        None => None,
+        Some("") => return Err(bad("--name-prefix", "must not be empty")),
+        Some(p) => Some(check_name("--name-prefix", p, 64, AGENT_FORBIDDEN, os)?),
+    };
+    Ok(PruneSettings {
+        url: org_url(args.org.as_deref(), args.url.as_deref(), env)?,
+        pool: pool(args.pool.as_deref(), env, os)?,
+        offline_for: duration("--offline-for", &args.offline_for)?,
+        name_prefix,
+        dry_run: args.dry_run,
+        json: args.json,
+    })
+}
+
+/// `7d`, `12h`, `90m`, `30s`, or several (`1d12h`); at least a minute.
+pub fn duration(what: &str, text: &str) -> Result<std::time::Duration, SettingsError> {
+    let invalid = || {
+        bad(
+            what,
+            format!("'{text}' is not a duration like 7d, 12h, 90m or 1d12h"),
+        )
+    };
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(invalid()),
+        };
+        let n: u64 = number.parse().map_err(|_| invalid())?;
+        number.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(invalid)?;
+    }
+    if !number.is_empty() {
+        return Err(invalid());
+    }
+    if total < 60 {
+        return Err(bad(
+            what,
+            format!(
+                "'{text}' is less than a minute: agents go offline for shorter than that while they update"
+            ),
+        ));
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings, SettingsError> {
@@ -1105,6 +1179,18 @@ mod tests {
                 .to_string()
                 .contains("--resource-id")
         );
+    }
+
+    #[test]
+    fn durations_are_days_hours_minutes_or_seconds() {
+        assert_eq!(duration("--x", "7d").unwrap().as_secs(), 7 * 86_400);
+        assert_eq!(duration("--x", "12h").unwrap().as_secs(), 12 * 3_600);
+        assert_eq!(duration("--x", "90m").unwrap().as_secs(), 90 * 60);
+        assert_eq!(duration("--x", "1d12h").unwrap().as_secs(), 36 * 3_600);
+        for bad in ["", "7", "7w", "d", "-1d", "10s", "99999999999999999999d"] {
+            let e = duration("--offline-for", bad).unwrap_err();
+            assert!(e.to_string().contains("--offline-for"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -278,6 +278,45 @@ pub struct ServerAgent {
     pub status: String,
     pub enabled: bool,
     pub public_key: String,
+    /// Unix seconds (served as RFC 3339, as Azure DevOps does).
+    #[serde(default)]
+    pub created_on: u64,
+    /// When `status` last changed (Unix seconds).
+    #[serde(default)]
+    pub status_changed_on: u64,
+    /// The job it runs (`assignedRequest.requestId`), if any.
+    #[serde(default)]
+    pub assigned_request: Option<u64>,
+}
+
+/// Unix seconds as RFC 3339 (`2026-11-30T10:00:00.000Z`), the way Azure DevOps writes dates.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Now, in Unix seconds.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// What a fake listener run reported.

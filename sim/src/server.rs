@@ -14,7 +14,7 @@ use axum::routing::{get, post, put};
 use serde_json::json;
 
 use super::{IdentitySpec, ListenerReport, Request, ServerAgent, SimConfig, State};
-use crate::AZURE_DEVOPS_RESOURCE;
+use crate::{AZURE_DEVOPS_RESOURCE, now_secs};
 
 #[derive(Clone)]
 pub struct Shared {
@@ -40,7 +40,10 @@ pub fn router(shared: Shared) -> Router {
         )
         .route(
             "/{org}/_apis/distributedtask/pools/{pool}/agents/{agent}",
-            put(update_agent).delete(delete_agent).get(get_agent),
+            put(update_agent)
+                .patch(patch_agent)
+                .delete(delete_agent)
+                .get(get_agent),
         )
         .route("/{org}/_apis/distributedtask/packages/agent", get(packages))
         .route("/_download/agent/{version}/{file}", get(download))
@@ -194,13 +197,6 @@ async fn imds_token(
             "client_id": identity.client_id,
         }),
     )
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// A JWT-shaped token, unique per request, remembered with its identity.
@@ -727,12 +723,25 @@ async fn pools(
     json_response(200, json!({"count": value.len(), "value": value}))
 }
 
-fn agent_json(a: &ServerAgent) -> serde_json::Value {
-    json!({
+/// An agent as Azure DevOps returns it; `assignedRequest` only when asked for
+/// (`includeAssignedRequest=true`) and the agent runs a job.
+fn agent_json(a: &ServerAgent, include_assigned: bool) -> serde_json::Value {
+    let mut v = json!({
         "id": a.id, "name": a.name, "version": a.version, "status": a.status, "enabled": a.enabled,
         "osDescription": "Linux (simulated)", "provisioningState": "Provisioned",
+        "createdOn": crate::rfc3339(a.created_on),
+        "statusChangedOn": crate::rfc3339(a.status_changed_on),
         "authorization": {"clientId": format!("00000000-0000-4000-8000-{:012}", a.id), "publicKey": {"exponent": "AQAB", "modulus": a.public_key}},
-    })
+    });
+    if include_assigned && let Some(r) = a.assigned_request {
+        v["assignedRequest"] = json!({"requestId": r, "planType": "Build", "queueTime": crate::rfc3339(a.status_changed_on)});
+    }
+    v
+}
+
+fn wants_assigned(q: &HashMap<String, String>) -> bool {
+    q.get("includeAssignedRequest")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 fn find_pool<'a>(s: &'a Shared, pool: &str) -> Option<&'a super::PoolSpec> {
@@ -762,7 +771,7 @@ async fn list_agents(
             q.get("agentName")
                 .is_none_or(|n| n.eq_ignore_ascii_case(&a.name))
         })
-        .map(agent_json)
+        .map(|a| agent_json(a, wants_assigned(&q)))
         .collect();
     json_response(200, json!({"count": value.len(), "value": value}))
 }
@@ -773,6 +782,7 @@ async fn get_agent(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    Query(q): Q,
 ) -> Response {
     let _me = caller!(s, method, uri, headers, org);
     let state = s.state.lock().unwrap();
@@ -780,7 +790,7 @@ async fn get_agent(
         .and_then(|p| state.agents.get(&p.id))
         .and_then(|list| list.iter().find(|a| a.id == agent));
     match found {
-        Some(a) => json_response(200, agent_json(a)),
+        Some(a) => json_response(200, agent_json(a, wants_assigned(&q))),
         None => ado_error(
             404,
             "TaskAgentNotFoundException",
@@ -879,10 +889,13 @@ async fn add_agent(
         status: "offline".into(),
         enabled: true,
         public_key: public_key(&body),
+        created_on: now_secs(),
+        status_changed_on: now_secs(),
+        assigned_request: None,
     };
     list.push(agent.clone());
     state.next_agent_id += 1;
-    json_response(200, agent_json(&agent))
+    json_response(200, agent_json(&agent, false))
 }
 
 async fn update_agent(
@@ -925,7 +938,43 @@ async fn update_agent(
         a.version = v;
     }
     let a = a.clone();
-    json_response(200, agent_json(&a))
+    json_response(200, agent_json(&a, false))
+}
+
+/// Agents - Update (`PATCH`): here, `enabled` (drain: no new job is assigned to a disabled agent).
+async fn patch_agent(
+    AxState(s): AxState<Shared>,
+    Path((org, pool, agent)): Path<(String, String, u64)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let me = caller!(s, method, uri, headers, org);
+    let p = match managed_pool(&s, &pool, &me) {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let Ok(body) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return ado_error(400, "ArgumentException", "Invalid agent");
+    };
+    let mut state = s.state.lock().unwrap();
+    let Some(a) = state
+        .agents
+        .get_mut(&p.id)
+        .and_then(|l| l.iter_mut().find(|a| a.id == agent))
+    else {
+        return ado_error(
+            404,
+            "TaskAgentNotFoundException",
+            &format!("No agent found in pool {pool} having ID {agent}."),
+        );
+    };
+    if let Some(enabled) = body.get("enabled").and_then(|v| v.as_bool()) {
+        a.enabled = enabled;
+    }
+    let a = a.clone();
+    json_response(200, agent_json(&a, false))
 }
 
 async fn delete_agent(
@@ -943,6 +992,18 @@ async fn delete_agent(
     let mut state = s.state.lock().unwrap();
     if state.agent_busy > 0 {
         state.agent_busy -= 1;
+        return ado_error(
+            400,
+            "TaskAgentBusyException",
+            &format!("The agent {agent} is running a job and cannot be deleted."),
+        );
+    }
+    let busy = state
+        .agents
+        .get(&p.id)
+        .and_then(|l| l.iter().find(|a| a.id == agent))
+        .is_some_and(|a| a.assigned_request.is_some());
+    if busy {
         return ado_error(
             400,
             "TaskAgentBusyException",

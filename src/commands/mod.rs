@@ -3,6 +3,7 @@
 
 pub mod doctor;
 pub mod install;
+pub mod prune;
 pub mod reconcile;
 pub mod remove;
 pub mod status;
@@ -41,6 +42,11 @@ pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
         Command::Token(args) => {
             let request = settings::identity(&args.identity)?;
             token::run(&request, &env, os, &net).await
+        }
+        Command::Prune(args) => {
+            let request = settings::identity(&args.identity)?;
+            let s = settings::prune(args, &env, &os)?;
+            prune::run(&s, &request, &env, os, &net).await
         }
         Command::Doctor(args) => {
             let request = settings::identity(&args.identity)?;

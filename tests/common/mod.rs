@@ -287,6 +287,9 @@ impl World {
                 status: "offline".into(),
                 enabled: true,
                 public_key: String::new(),
+                created_on: 0,
+                status_changed_on: 0,
+                assigned_request: None,
             }],
         );
         st.next_agent_id = 78;
