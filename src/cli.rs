@@ -44,6 +44,12 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Delete agents of a pool that have been offline for longer than a given time.
     Prune(PruneArgs),
+    /// Container entrypoint: configure an agent as this user, run it in the foreground, and
+    /// unregister it however it ends (exits with the agent's exit code).
+    Run(Box<RunArgs>),
+    /// Watch Azure Scheduled Events: on a Terminate or Preempt of this VM, drain the agent,
+    /// unregister it and let the platform proceed (what `install --scale-in-drain` runs).
+    Watch(WatchArgs),
     /// Bring an installed agent back to registered and running (what the boot unit runs).
     Reconcile(AgentDirArgs),
     /// Unregister the agent and remove its service and boot unit.
@@ -158,6 +164,60 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args, Default, Clone)]
+pub struct RunArgs {
+    /// Organization name: means https://dev.azure.com/ORG.
+    #[arg(long, value_name = "ORG", conflicts_with = "url")]
+    pub org: Option<String>,
+    /// Organization or collection URL (env AZP_URL).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Agent pool (env AZP_POOL) [default: Default].
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Agent name (env AZP_AGENT_NAME) [default: the host name, a pod's name].
+    #[arg(long, value_name = "NAME")]
+    pub agent_name: Option<String>,
+    /// Where the agent is (a package baked into the image is used) [default: /opt/azure-pipelines-agent
+    /// as root, else ~/azure-pipelines-agent].
+    #[arg(long, value_name = "DIR")]
+    pub agent_dir: Option<PathBuf>,
+    /// The agent's work directory (env AZP_WORK) [default: _work].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<String>,
+    /// Take one job, then exit (and unregister).
+    #[arg(long)]
+    pub once: bool,
+    /// On SIGTERM/SIGINT: how long a running job may go on before the agent is stopped. Keep it
+    /// below the platform's own grace period (Kubernetes: terminationGracePeriodSeconds, 30 by
+    /// default) so there is time left to unregister.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+    pub stop_grace: u64,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Install this agent version instead of the newest one the organization offers.
+    #[arg(long, value_name = "X.Y.Z", conflicts_with = "package")]
+    pub agent_version: Option<String>,
+    /// Install this agent package (a file or an https URL) instead of asking Azure DevOps.
+    #[arg(long, value_name = "PATH|URL")]
+    pub package: Option<String>,
+    /// Expected SHA-256 (hex) of --package.
+    #[arg(long, value_name = "HEX", requires = "package")]
+    pub package_sha256: Option<String>,
+    /// Seconds config.sh may run before it is stopped.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub config_timeout: u64,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub dir: AgentDirArgs,
+    /// Seconds between two looks at the scheduled events (a Preempt gives 30 s notice).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2)]
+    pub poll_interval: u64,
+}
+
+#[derive(Debug, Args, Default, Clone)]
 pub struct DoctorArgs {
     /// Organization name: means https://dev.azure.com/ORG.
     #[arg(long, value_name = "ORG", conflicts_with = "url")]
@@ -209,6 +269,11 @@ pub struct InstallArgs {
     /// Do not install the boot unit that runs `agent-bootstrap reconcile` at every boot.
     #[arg(long)]
     pub no_boot: bool,
+    /// Also install a service running `agent-bootstrap watch`: on a scale-in or eviction (Azure
+    /// Scheduled Events) the agent is drained and unregistered before the VM goes. Enable
+    /// terminate notifications on the scale set. (Linux)
+    #[arg(long, conflicts_with = "no_service")]
+    pub scale_in_drain: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
     /// Install this agent version instead of the newest one the organization offers.

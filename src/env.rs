@@ -228,9 +228,111 @@ impl Env {
     }
 }
 
+/// Variables that carry a credential: never in the agent's environment under `run` (the listener
+/// uploads its environment as capabilities, which anyone who can view the pool reads, and jobs
+/// inherit it).
+const CREDENTIAL_VARS: &[&str] = &[
+    "AZP_TOKEN",
+    "IDENTITY_HEADER",
+    "MSI_SECRET",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AGENT_BOOTSTRAP_PROXY_PASSWORD",
+    "VSTS_HTTP_PROXY_PASSWORD",
+];
+/// Prefixes of the same: the agent's own inputs (`VSTS_AGENT_INPUT_TOKEN`, a proxy password).
+const CREDENTIAL_PREFIXES: &[&str] = &["VSTS_AGENT_INPUT_"];
+/// Names that say where a credential is (a file, an endpoint): kept for jobs that use them, but
+/// listed in `VSO_AGENT_IGNORE` so they are not published as capabilities.
+const NOT_CAPABILITIES: &[&str] = &[
+    "AZP_TOKEN_FILE",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "IDENTITY_ENDPOINT",
+    "MSI_ENDPOINT",
+    "IMDS_ENDPOINT",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+];
+
+impl Env {
+    /// The environment of an agent `run` starts in the foreground (a container's entrypoint): the
+    /// container's own variables, which its author set for the agent's jobs and capabilities, less
+    /// every variable that carries a credential ([`CREDENTIAL_VARS`]), with the names of
+    /// credential locations added to `VSO_AGENT_IGNORE`.
+    pub fn for_agent(&self) -> Vec<(String, String)> {
+        let is_credential = |k: &str| {
+            let upper = k.to_ascii_uppercase();
+            CREDENTIAL_VARS.iter().any(|c| *c == upper)
+                || CREDENTIAL_PREFIXES.iter().any(|p| upper.starts_with(p))
+                || upper.starts_with("AGENT_BOOTSTRAP_")
+        };
+        let mut out: Vec<(String, String)> = self
+            .vars
+            .iter()
+            .filter(|(k, _)| !is_credential(k) && k.as_str() != "VSO_AGENT_IGNORE")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut ignore: Vec<String> = self
+            .var("VSO_AGENT_IGNORE")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in NOT_CAPABILITIES {
+            if self.var(name).is_some() && !ignore.iter().any(|i| i.eq_ignore_ascii_case(name)) {
+                ignore.push((*name).to_owned());
+            }
+        }
+        if !ignore.is_empty() {
+            out.push(("VSO_AGENT_IGNORE".into(), ignore.join(",")));
+        }
+        if cfg!(unix) && !out.iter().any(|(k, _)| k == "PATH") {
+            out.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_gets_the_containers_variables_without_credentials() {
+        let env = Env::fake(
+            &[
+                ("PATH", "/usr/bin"),
+                ("MY_CAPABILITY", "1"),
+                ("AZP_TOKEN", "pat-secret"),
+                ("IDENTITY_HEADER", "header-secret"),
+                ("VSTS_AGENT_INPUT_TOKEN", "x"),
+                ("vsts_agent_input_proxypassword", "y"),
+                ("AGENT_BOOTSTRAP_PROXY_PASSWORD", "z"),
+                ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/token"),
+                ("VSO_AGENT_IGNORE", "MINE"),
+            ],
+            "h",
+            false,
+        );
+        let vars: BTreeMap<String, String> = env.for_agent().into_iter().collect();
+        assert_eq!(vars["MY_CAPABILITY"], "1");
+        assert_eq!(vars["AZURE_FEDERATED_TOKEN_FILE"], "/var/run/secrets/token");
+        assert_eq!(vars["VSO_AGENT_IGNORE"], "MINE,AZURE_FEDERATED_TOKEN_FILE");
+        for gone in [
+            "AZP_TOKEN",
+            "IDENTITY_HEADER",
+            "VSTS_AGENT_INPUT_TOKEN",
+            "vsts_agent_input_proxypassword",
+            "AGENT_BOOTSTRAP_PROXY_PASSWORD",
+        ] {
+            assert!(!vars.contains_key(gone), "{gone}");
+        }
+    }
 
     #[test]
     fn the_systemd_knob_only_works_in_debug_builds() {

@@ -38,6 +38,8 @@ pub enum Error {
     Configure { message: String },
     #[error("agent configuration failed")]
     ConfigureRun(#[source] ProcessError),
+    #[error("could not run the agent")]
+    AgentRun(#[source] ProcessError),
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error(transparent)]
@@ -72,7 +74,7 @@ impl Error {
             // from a script's point of view; nothing was changed.
             Self::DevOps(_) => REFUSED,
             Self::Package(_) => PACKAGE,
-            Self::Configure { .. } | Self::ConfigureRun(_) => CONFIGURE,
+            Self::Configure { .. } | Self::ConfigureRun(_) | Self::AgentRun(_) => CONFIGURE,
             Self::Service(_) => SERVICE,
             Self::User(UserError::Missing { .. }) => INPUT,
             Self::User(_) | Self::Agent(_) | Self::State(_) | Self::Lock(_) | Self::Io { .. } => {

@@ -165,6 +165,32 @@ pub fn sweep() -> Vec<PathBuf> {
     paths.into_iter().filter(|p| remove_path(p)).collect()
 }
 
+/// Stop signals, counted, for commands that handle them themselves (`run` drains the agent,
+/// `watch` finishes a drain): the receiver changes on every SIGTERM/SIGINT and holds how many
+/// arrived and the last one's number. A background task listens for the rest of the run.
+pub fn listen() -> tokio::sync::watch::Receiver<(u32, i32)> {
+    let (tx, rx) = tokio::sync::watch::channel((0u32, 0i32));
+    tokio::spawn(async move {
+        loop {
+            let signal = wait_for_signal().await;
+            tx.send_modify(|(count, last)| {
+                *count += 1;
+                *last = signal;
+            });
+        }
+    });
+    rx
+}
+
+/// The name of a stop signal, for messages.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
 /// Waits for SIGTERM or SIGINT (Windows: the console events that mean the same) and returns its
 /// number.
 pub async fn wait_for_signal() -> i32 {

@@ -16,6 +16,7 @@ pub mod commands;
 pub mod devops;
 pub mod env;
 pub mod error;
+pub mod events;
 pub mod fsx;
 pub mod identity;
 pub mod interrupt;

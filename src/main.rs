@@ -3,7 +3,7 @@
 //! SIGTERM (systemd stopping a slow boot) and SIGINT (Ctrl-C) end the run within seconds: the
 //! command is dropped, the agent's scripts are stopped with everything they started, staging
 //! directories and partial downloads are removed ([`interrupt`]), and the exit code is 128 + the
-//! signal's number.
+//! signal's number. `run` and `watch` handle the signals themselves (they drain an agent first).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,14 +26,18 @@ fn main() -> ExitCode {
             return ExitCode::from(error::code::INTERNAL);
         }
     };
+    let handles_signals = commands::handles_signals(&cli);
     let outcome = runtime.block_on(async {
+        if handles_signals {
+            return Ok(commands::run(cli, env).await);
+        }
         tokio::select! {
             result = commands::run(cli, env) => Ok(result),
             signal = interrupt::wait_for_signal() => Err(signal),
         }
     });
     match outcome {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(e)) => {
             tracing::error!("{}", error::report(&e));
             ExitCode::from(e.exit_code())

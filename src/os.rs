@@ -124,6 +124,15 @@ impl Os {
         }
     }
 
+    /// The script that runs the agent in the foreground.
+    pub fn run_script(&self) -> &'static str {
+        if self.is_windows() {
+            "run.cmd"
+        } else {
+            "run.sh"
+        }
+    }
+
     pub fn listener_binary(&self) -> &'static str {
         if self.is_windows() {
             "bin\\Agent.Listener.exe"

@@ -51,7 +51,35 @@ pub struct Child {
     pub timeout: Duration,
     /// Stdout is data (a token in JSON), not progress: kept, never logged.
     pub quiet_stdout: bool,
+    /// Where the child's process tree is handed out once it runs (to signal it from outside).
+    pub tree_slot: Option<TreeSlot>,
 }
+
+/// Receives a running child's process tree ([`Child::tree_slot`]): `run` stops the agent with it.
+#[derive(Clone, Default)]
+pub struct TreeSlot(
+    std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::platform::ProcessTree>>>,
+);
+
+impl TreeSlot {
+    pub fn get(&self) -> Option<&crate::platform::ProcessTree> {
+        self.0.get().map(|t| t.as_ref())
+    }
+}
+
+impl std::fmt::Debug for TreeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "TreeSlot(set)"
+        } else {
+            "TreeSlot(empty)"
+        })
+    }
+}
+
+/// Lines of each stream a child's result keeps (the newest): a long-running agent's output is
+/// logged as it comes and must not pile up in memory.
+pub const KEPT_LINES: usize = 1000;
 
 impl Child {
     pub fn new(label: impl Into<String>, program: impl Into<PathBuf>, env: &Env) -> Self {
@@ -67,7 +95,20 @@ impl Child {
             home: env.home().map(PathBuf::from),
             timeout: Duration::from_secs(120),
             quiet_stdout: false,
+            tree_slot: None,
         }
+    }
+
+    /// Hands the running child's process tree to `slot`.
+    pub fn tree_slot(mut self, slot: TreeSlot) -> Self {
+        self.tree_slot = Some(slot);
+        self
+    }
+
+    /// The child's environment starts from these variables instead of [`Env::for_children`].
+    pub fn base_env(mut self, vars: Vec<(String, String)>) -> Self {
+        self.base_env = vars;
+        self
     }
 
     /// Keeps stdout out of the log (it carries data, a token for instance).
@@ -239,6 +280,9 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
         .and_then(|pid| crate::platform::ProcessTree::adopt(*pid).ok())
         .map(std::sync::Arc::new);
     let _registered = tree.clone().map(crate::interrupt::ChildGroup::register);
+    if let (Some(slot), Some(tree)) = (&child.tree_slot, &tree) {
+        let _ = slot.0.set(tree.clone());
+    }
 
     let (tx, rx) = mpsc::channel::<(bool, String)>();
     let quiet_stdout = child.quiet_stdout;
@@ -278,8 +322,22 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     drop(tx);
 
     // Wait in short steps: a stop request must end the child within the grace period.
-    let deadline = std::time::Instant::now() + child.timeout;
+    // `Duration::MAX`: no deadline (the agent itself, run in the foreground).
+    let deadline = std::time::Instant::now().checked_add(child.timeout);
+    let mut stdout = std::collections::VecDeque::new();
+    let mut stderr = std::collections::VecDeque::new();
+    let mut keep = |(is_err, line): (bool, String)| {
+        let lines = if is_err { &mut stderr } else { &mut stdout };
+        if lines.len() == KEPT_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    };
     let (timed_out, interrupted) = loop {
+        // Collected while it runs: the channel must not grow with a long-running child's output.
+        while let Ok(item) = rx.try_recv() {
+            keep(item);
+        }
         match handle.wait_timeout(Duration::from_millis(100)) {
             Ok(Some(_)) | Err(_) => break (false, false),
             Ok(None) => {}
@@ -287,7 +345,7 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
         if crate::interrupt::requested() {
             break (false, true);
         }
-        if std::time::Instant::now() >= deadline {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             break (true, false);
         }
     };
@@ -303,22 +361,19 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     };
     // Readers end when every holder of the pipes is gone; a stray grandchild could keep them open,
     // so stop collecting a few seconds after the child ended.
-    let mut stdout = vec![];
-    let mut stderr = vec![];
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
-            Ok((true, l)) => stderr.push(l),
-            Ok((false, l)) => stdout.push(l),
+            Ok(item) => keep(item),
             Err(_) => break,
         }
     }
     drop(readers);
     let output = Finished {
         code,
-        stdout,
-        stderr,
+        stdout: stdout.into(),
+        stderr: stderr.into(),
     };
     if interrupted {
         return Err(ProcessError::Interrupted {

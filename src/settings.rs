@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
-use crate::cli::{DoctorArgs, IdentityArgs, IdentitySource, InstallArgs, PruneArgs, SelectorArgs};
+use crate::cli::{
+    DoctorArgs, IdentityArgs, IdentitySource, InstallArgs, PruneArgs, RunArgs, SelectorArgs,
+};
 use crate::env::Env;
 use crate::identity::{Kind, Request, Selector};
 use crate::os::Os;
@@ -101,6 +103,8 @@ pub struct InstallSettings {
     pub service: bool,
     /// Install the boot unit that runs `reconcile` (unless `--no-boot`).
     pub boot: bool,
+    /// Install the unit that runs `watch` (`--scale-in-drain`).
+    pub scale_in_drain: bool,
     /// Where the token comes from, and which identity.
     pub identity: Request,
     pub package: PackageChoice,
@@ -453,6 +457,48 @@ pub fn prune(args: &PruneArgs, env: &Env, os: &Os) -> Result<PruneSettings, Sett
     })
 }
 
+/// What `run` does: an install as this account without service or boot unit, then the agent in
+/// the foreground.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub install: InstallSettings,
+    pub once: bool,
+    pub stop_grace: std::time::Duration,
+}
+
+/// `run`'s flags (env fallbacks as install's: `AZP_URL`, `AZP_POOL`, `AZP_AGENT_NAME`, `AZP_WORK`).
+/// The agent is configured and run as the account running agent-bootstrap (a container's user).
+pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsError> {
+    if args.stop_grace > 24 * 3600 {
+        return Err(bad("--stop-grace", "must be at most 86400 seconds"));
+    }
+    let install_args = InstallArgs {
+        org: args.org.clone(),
+        url: args.url.clone(),
+        pool: args.pool.clone(),
+        agent_name: args.agent_name.clone(),
+        agent_dir: args.agent_dir.clone(),
+        work_dir: args.work_dir.clone(),
+        user: (!os.is_windows()).then(|| env.username().to_owned()),
+        windows_logon_account: None,
+        no_service: true,
+        no_boot: true,
+        scale_in_drain: false,
+        identity: args.identity.clone(),
+        agent_version: args.agent_version.clone(),
+        package: args.package.clone(),
+        package_sha256: args.package_sha256.clone(),
+        config_timeout: args.config_timeout,
+        dry_run: false,
+    };
+    let install = install(&install_args, env, os)?;
+    Ok(RunSettings {
+        install,
+        once: args.once,
+        stop_grace: std::time::Duration::from_secs(args.stop_grace),
+    })
+}
+
 /// `7d`, `12h`, `90m`, `30s`, or several (`1d12h`); at least a minute.
 pub fn duration(what: &str, text: &str) -> Result<std::time::Duration, SettingsError> {
     let invalid = || {
@@ -575,6 +621,18 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
     if args.config_timeout == 0 {
         return Err(bad("--config-timeout", "must be at least 1 second"));
     }
+    if args.scale_in_drain && os.is_windows() {
+        return Err(bad(
+            "--scale-in-drain",
+            "is for Linux scale sets (a systemd service watches the scheduled events)",
+        ));
+    }
+    if args.scale_in_drain && !env.is_root() && !args.dry_run {
+        return Err(bad(
+            "--scale-in-drain",
+            "needs root: the watcher is a system service that unregisters the agent",
+        ));
+    }
     let logon_password = env
         .var(LOGON_PASSWORD_ENV)
         .filter(|_| os.is_windows())
@@ -591,6 +649,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         user,
         service: !args.no_service,
         boot: !args.no_boot,
+        scale_in_drain: args.scale_in_drain,
         identity: identity(&args.identity)?,
         package: package_choice(args)?,
         config_timeout: std::time::Duration::from_secs(args.config_timeout),
@@ -778,6 +837,7 @@ pub fn from_saved(
             .map(crate::secret::Secret::new),
         service: saved.service,
         boot: saved.boot_unit.is_some(),
+        scale_in_drain: saved.watch_unit.is_some(),
         identity: saved_identity(saved)?,
         package,
         config_timeout: std::time::Duration::from_secs(600),

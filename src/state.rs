@@ -67,6 +67,9 @@ pub struct Saved {
     /// The boot unit that runs `reconcile`, if one was installed.
     #[serde(default)]
     pub boot_unit: Option<String>,
+    /// The unit that runs `watch` (`--scale-in-drain`), if one was installed.
+    #[serde(default)]
+    pub watch_unit: Option<String>,
 }
 
 impl Saved {
@@ -189,6 +192,7 @@ mod tests {
             vm_id: None,
             package: None,
             boot_unit: None,
+            watch_unit: None,
         };
         let path = save(dir.path(), &saved).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();

@@ -145,3 +145,223 @@ fn prune_needs_manage_on_the_pool_and_a_valid_duration() {
         assert!(run.stderr.contains("--offline-for"), "{}", run.stderr);
     }
 }
+
+// ---- run: the container entrypoint ----
+
+/// `run --url <sim> --agent-dir <world>/agent --agent-name pod-1 EXTRA…`
+fn run_command(w: &World, extra: &[&str]) -> std::process::Command {
+    let url = w.org_url();
+    let dir = w.agent_dir();
+    let mut args = vec![
+        "run",
+        "--url",
+        url.as_str(),
+        "--agent-dir",
+        dir.to_str().unwrap(),
+        "--agent-name",
+        "pod-1",
+    ];
+    args.extend(extra);
+    w.command(&args)
+}
+
+fn spawn(mut cmd: std::process::Command) -> std::process::Child {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+fn finish(w: &World, child: std::process::Child) -> Run {
+    let run = Run::of(child.wait_with_output().unwrap());
+    w.assert_no_token_leak(&run);
+    run
+}
+
+fn pod_agent(w: &World) -> Option<ServerAgent> {
+    w.server_agents(1).into_iter().find(|a| a.name == "pod-1")
+}
+
+fn run_reports(w: &World) -> Vec<azure_sim::ListenerReport> {
+    w.sim
+        .state()
+        .listener_reports
+        .iter()
+        .filter(|r| r.verb == "run")
+        .cloned()
+        .collect()
+}
+
+/// Nothing of the agent is left: not on the server, not in the agent dir, not in the saved settings.
+fn assert_unregistered(w: &World) {
+    assert!(pod_agent(w).is_none(), "{:?}", w.server_agents(1));
+    assert!(!w.agent_dir().join(".agent").exists());
+    assert!(!w.agent_dir().join(".credentials").exists());
+    assert!(w.saved_settings_files().is_empty());
+}
+
+#[test]
+fn run_once_configures_takes_a_job_and_unregisters() {
+    let w = World::new();
+    w.sim.state().queued_jobs.push_back(300);
+    let mut cmd = run_command(&w, &["--once"]);
+    // The container's own variables reach the agent; credentials do not.
+    cmd.env("MY_CAPABILITY", "gpu")
+        .env("AZP_TOKEN", "container-pat-0123456789")
+        .env("IDENTITY_HEADER", "header-secret-0123456789");
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    assert_eq!(
+        w.sim.state().jobs,
+        [("pod-1".to_owned(), 5000, true)],
+        "{}",
+        run.stderr
+    );
+    assert_unregistered(&w);
+    assert_eq!(w.count("DELETE", "/agents/"), 1);
+
+    let reports = run_reports(&w);
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert!(r.argv.iter().any(|a| a == "--once"), "{:?}", r.argv);
+    assert_eq!(r.cwd, w.agent_dir().display().to_string());
+    assert_eq!(r.env.get("MY_CAPABILITY").map(String::as_str), Some("gpu"));
+    for gone in ["AZP_TOKEN", "IDENTITY_HEADER", "VSTS_AGENT_INPUT_TOKEN"] {
+        assert!(!r.env.contains_key(gone), "{gone} reached the agent");
+    }
+    let secrets: Vec<String> = w
+        .tokens()
+        .into_iter()
+        .chain([
+            "container-pat-0123456789".into(),
+            "header-secret-0123456789".into(),
+        ])
+        .collect();
+    for (k, v) in &r.env {
+        for s in &secrets {
+            assert!(!v.contains(s.as_str()), "{k} carries a secret");
+        }
+    }
+    // Configured as this account (root here: run.sh needs AGENT_ALLOW_RUNASROOT).
+    let configure = w
+        .sim
+        .state()
+        .listener_reports
+        .iter()
+        .find(|r| r.verb == "configure")
+        .cloned()
+        .unwrap();
+    assert!(configure.token_from_env);
+    assert_eq!(configure.uid, nix::unistd::getuid().as_raw());
+    assert!(
+        run.stderr.contains("the agent ended and was unregistered"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn run_stopped_while_idle_drains_and_unregisters() {
+    let w = World::new();
+    let child = spawn(run_command(&w, &[]));
+    wait_until("the agent online", 60, || {
+        pod_agent(&w).is_some_and(|a| a.status == "online")
+    });
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("SIGTERM: the agent takes no new job"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.count("PATCH", "/agents/"), 1, "disabled before it went");
+    assert_unregistered(&w);
+    assert!(w.sim.state().jobs.is_empty());
+}
+
+#[test]
+fn run_stopped_during_a_job_lets_it_finish_within_the_grace() {
+    let w = World::new();
+    w.sim.state().queued_jobs.push_back(3000);
+    let child = spawn(run_command(&w, &["--stop-grace", "30"]));
+    wait_until("a job assigned", 60, || {
+        pod_agent(&w).is_some_and(|a| a.assigned_request.is_some())
+    });
+    // A second job is queued: the disabled agent must not take it.
+    w.sim.state().queued_jobs.push_back(100);
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    assert_eq!(
+        w.sim.state().jobs,
+        [("pod-1".to_owned(), 5000, true)],
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        w.sim.state().queued_jobs.len(),
+        1,
+        "the drained agent took a new job"
+    );
+    assert!(
+        run.stderr.contains("waiting for the running job to end"),
+        "{}",
+        run.stderr
+    );
+    assert_unregistered(&w);
+}
+
+#[test]
+fn run_stops_a_job_that_outlasts_the_grace() {
+    let w = World::new();
+    w.sim.state().queued_jobs.push_back(120_000);
+    let child = spawn(run_command(&w, &["--stop-grace", "1"]));
+    wait_until("a job assigned", 60, || {
+        pod_agent(&w).is_some_and(|a| a.assigned_request.is_some())
+    });
+    let start = std::time::Instant::now();
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    assert!(run.stderr.contains("out of time"), "{}", run.stderr);
+    assert_eq!(w.sim.state().jobs, [("pod-1".to_owned(), 5000, false)]);
+    assert_unregistered(&w);
+}
+
+#[test]
+fn run_unregisters_an_agent_that_crashed() {
+    let w = World::new();
+    w.sim.state().listener_exits.push_back(2);
+    let run = w.run_cmd(run_command(&w, &["--once"]));
+    run.assert_code(2);
+    assert_unregistered(&w);
+}
+
+#[test]
+fn run_once_runs_the_agent_again_after_an_update_exit() {
+    let w = World::new();
+    w.sim.state().listener_exits.push_back(4);
+    w.sim.state().queued_jobs.push_back(100);
+    let run = w.run_cmd(run_command(&w, &["--once"]));
+    run.assert_code(0);
+    assert_eq!(run_reports(&w).len(), 2, "run.sh ran the listener again");
+    assert_eq!(w.sim.state().jobs, [("pod-1".to_owned(), 5000, true)]);
+    assert_unregistered(&w);
+}

@@ -333,6 +333,9 @@ pub struct ListenerReport {
     /// The names of the variables in the listener's environment (not their values).
     #[serde(default)]
     pub env_names: Vec<String>,
+    /// The listener's whole environment (to prove no secret reached it).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -370,6 +373,61 @@ pub struct State {
     pub arc_keys: Vec<String>,
     /// Make the Arc challenge name this path instead of a fresh key file (hostile realms).
     pub arc_realm: Option<String>,
+    /// Jobs waiting for an agent of any pool (how long each runs, in milliseconds).
+    pub queued_jobs: VecDeque<u64>,
+    /// Exit codes the next `run`s of the fake listener end with as soon as they are online (a
+    /// crash, 4 = a run-once update).
+    pub listener_exits: VecDeque<i32>,
+    /// Jobs agents took: (agent name, request id, whether it ran to its end).
+    pub jobs: Vec<(String, u64, bool)>,
+    pub next_request_id: u64,
+    /// The VM's name (IMDS `compute/name`).
+    pub vm_name: String,
+    /// Azure Scheduled Events IMDS serves (`Events` items).
+    pub scheduled_events: Vec<serde_json::Value>,
+    pub events_incarnation: u64,
+    /// Event ids approved with `StartRequests`.
+    pub approved_events: Vec<String>,
+    /// The scheduled events endpoint answers 500 (IMDS trouble).
+    pub events_down: bool,
+}
+
+/// A scheduled event as IMDS serves it (`NotBefore` in `secs_from_now` seconds).
+pub fn scheduled_event(
+    id: &str,
+    kind: &str,
+    resources: &[&str],
+    secs_from_now: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "EventId": id,
+        "EventType": kind,
+        "ResourceType": "VirtualMachine",
+        "Resources": resources,
+        "EventStatus": "Scheduled",
+        "NotBefore": http_date(now_secs() + secs_from_now),
+        "Description": "simulated",
+        "EventSource": "Platform",
+        "DurationInSeconds": -1,
+    })
+}
+
+/// Unix seconds as an HTTP date (`Mon, 19 Sep 2016 18:29:47 GMT`), as Scheduled Events' `NotBefore`.
+pub fn http_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let iso = rfc3339(secs);
+    let (y, rest) = iso.split_at(4);
+    let m: usize = rest[1..3].parse().unwrap();
+    let d = &rest[4..6];
+    let time = &rest[7..15];
+    format!(
+        "{}, {d} {} {y} {time} GMT",
+        DAYS[((secs / 86_400) % 7) as usize],
+        MONTHS[m - 1]
+    )
 }
 
 pub struct Simulator {
@@ -407,6 +465,8 @@ impl Simulator {
             next_agent_id: 1,
             token_lifetime: 86399,
             vm_id: config.vm_id.clone(),
+            vm_name: "sim-vm-000001".to_owned(),
+            next_request_id: 5000,
             ..Default::default()
         }));
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;

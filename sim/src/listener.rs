@@ -287,15 +287,7 @@ pub fn main(args: &[String]) -> i32 {
             "configure" => configure(&mut ctx, &parsed).await,
             "remove" => remove(&mut ctx, &parsed).await,
             "reauth" => reauth(&mut ctx, &parsed).await,
-            _ => {
-                if !ctx.root.join(".agent").is_file() {
-                    ctx.err("Agent is not configured.");
-                    1
-                } else {
-                    ctx.out("Listening for Jobs (simulated)");
-                    0
-                }
-            }
+            _ => run(&mut ctx, &parsed).await,
         };
         report(&ctx, &parsed, args, report_url.as_deref()).await;
         code
@@ -357,6 +349,7 @@ async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String], url: Option<&st
         "argv_leaks": leaks,
         "unrecognized": parsed.unrecognized,
         "env_names": std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        "env": std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())).collect::<BTreeMap<_, _>>(),
     });
     let _ = ctx
         .http
@@ -737,6 +730,106 @@ fn windows_service(root: &Path, name: &str, display: &str) -> std::io::Result<()
     }
     let _ = run(&["start", name])?;
     fs_err::write(root.join(".service"), name)
+}
+
+/// `run [--once]`: online, then take the simulator's queued jobs until SIGINT/SIGTERM (`--once`:
+/// after one job). A signal during a job abandons it, as the real listener cancels it. A scripted
+/// exit code ends the run at once, without going offline (a crash, or 4: a run-once update).
+async fn run(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
+    let Some(settings) = read_bom_json(&ctx.root.join(".agent")) else {
+        ctx.err("Agent is not configured.");
+        return 1;
+    };
+    let Some(base) = settings["serverUrl"].as_str().and_then(server_base) else {
+        ctx.err("Agent is not configured.");
+        return 1;
+    };
+    let pool = settings["poolId"].as_u64().unwrap_or(0);
+    let agent = settings["agentId"].as_u64().unwrap_or(0);
+    let once = parsed.flags.get("once").copied().unwrap_or(false);
+    let http = ctx.http.clone();
+    let say = |event: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/_sim/listener");
+        async move {
+            let body = json!({"event": event, "pool": pool, "agent": agent});
+            match http.post(url).body(body.to_string()).send().await {
+                Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            }
+        }
+    };
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let answer = say("online").await;
+    if let Some(code) = answer["exit"].as_i64() {
+        ctx.err(&format!("simulated listener exit {code}"));
+        return code as i32;
+    }
+    ctx.out(&format!("{}: Listening for Jobs", chrono_like_now()));
+    loop {
+        let job = tokio::select! {
+            _ = stop.changed() => None,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => Some(say("poll").await),
+        };
+        let Some(answer) = job else {
+            ctx.out("Exiting...");
+            say("offline").await;
+            return 0;
+        };
+        let Some(millis) = answer["job"]["millis"].as_u64() else {
+            continue;
+        };
+        ctx.out(&format!(
+            "Running job: simulated request {}",
+            answer["job"]["request"]
+        ));
+        let finished = tokio::select! {
+            _ = stop.changed() => false,
+            _ = tokio::time::sleep(Duration::from_millis(millis)) => true,
+        };
+        if !finished {
+            ctx.out("Job cancelled: the agent is shutting down. Exiting...");
+            say("offline").await;
+            return 0;
+        }
+        say("done").await;
+        ctx.out("Job completed with result: Succeeded");
+        if once {
+            say("offline").await;
+            return 0;
+        }
+    }
+}
+
+/// SIGINT or SIGTERM (Windows: Ctrl-C).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn chrono_like_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    crate::rfc3339(secs)
 }
 
 fn urlencode(s: &str) -> String {

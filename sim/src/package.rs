@@ -384,6 +384,15 @@ if [ $user_id -eq 0 -a -z "$AGENT_ALLOW_RUNASROOT" ]; then
 fi
 cd "$(dirname "$0")"
 ./bin/Agent.Listener run $*
+# Return code 4 means the run once agent received an update message.
+# Sleep 5 seconds to wait for the update process finish and run the agent again.
+returnCode=$?
+if [[ $returnCode == 4 ]]; then
+    sleep 5
+    ./bin/Agent.Listener run $*
+else
+    exit $returnCode
+fi
 "#;
 
 /// The real `systemd.svc.sh.template` logic; configure renders `{{SvcNameVar}}`,
@@ -595,8 +604,9 @@ echo "$*" >> "$DIR/systemctl.log"
 # The token belongs in config.sh's environment only: record it if it ever reaches a service step.
 env | grep -q '^VSTS_AGENT_INPUT_' && echo "systemctl $* saw VSTS_AGENT_INPUT_*" >> "$DIR/env-leaks.log"
 args=()
+now=
 for a in "$@"; do
-    case "$a" in --*) ;; *) args+=("$a");; esac
+    case "$a" in --now) now=1;; --*) ;; *) args+=("$a");; esac
 done
 cmd="${args[0]}"
 unit="${args[1]}"
@@ -608,7 +618,8 @@ case "$cmd" in
              fi
              touch "$DIR/state/$unit.enabled";;
     disable) [ -f "$DIR/units/$unit" ] || { echo "Failed to disable unit: Unit file $unit does not exist." >&2; exit 1; }
-             rm -f "$DIR/state/$unit.enabled";;
+             rm -f "$DIR/state/$unit.enabled"
+             [ -n "$now" ] && rm -f "$DIR/state/$unit.active";;
     start|restart)
              [ -f "$DIR/units/$unit" ] || { echo "Failed to start $unit: Unit $unit not found." >&2; exit 5; }
              [ -f "$DIR/fail-start" ] && { echo "Job for $unit failed because the control process exited with error code." >&2; exit 1; }

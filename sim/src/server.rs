@@ -29,6 +29,11 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/metadata/identity/oauth2/token", get(imds_token))
         .route("/metadata/instance/compute/vmId", get(imds_vm_id))
+        .route("/metadata/instance/compute/name", get(imds_vm_name))
+        .route(
+            "/metadata/scheduledevents",
+            get(scheduled_events).post(approve_events),
+        )
         .route("/msi/token", get(app_service_token))
         .route("/arc/token", get(arc_token))
         .route("/{org}/oauth2/v2.0/token", post(entra_token))
@@ -49,6 +54,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/_download/agent/{version}/{file}", get(download))
         .route("/_sim/config", get(sim_config))
         .route("/_sim/report", post(sim_report))
+        .route("/_sim/listener", post(sim_listener))
         .route("/_sim/stats", get(sim_stats))
         .with_state(shared)
 }
@@ -245,6 +251,86 @@ async fn imds_vm_id(
         );
     }
     s.state.lock().unwrap().vm_id.clone().into_response()
+}
+
+async fn imds_vm_name(
+    AxState(s): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    record(&s, &method, &uri, &headers, "imds");
+    if headers.get("metadata").is_none_or(|v| v != "true") {
+        return imds_error(
+            400,
+            "bad_request_102",
+            "Required metadata header not specified",
+        );
+    }
+    s.state.lock().unwrap().vm_name.clone().into_response()
+}
+
+/// Azure Scheduled Events (`api-version=2020-07-01`): the document, with `Metadata: true`.
+async fn scheduled_events(
+    AxState(s): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    record(&s, &method, &uri, &headers, "imds");
+    if headers.get("metadata").is_none_or(|v| v != "true") {
+        return imds_error(
+            400,
+            "bad_request_102",
+            "Required metadata header not specified",
+        );
+    }
+    if !q.contains_key("api-version") {
+        return imds_error(400, "bad_request", "Bad request: api-version is missing");
+    }
+    let st = s.state.lock().unwrap();
+    if st.events_down {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "simulated IMDS failure").into_response();
+    }
+    json_response(
+        200,
+        json!({"DocumentIncarnation": st.events_incarnation, "Events": st.scheduled_events}),
+    )
+}
+
+/// `POST {"StartRequests":[{"EventId": …}]}`: the event may start now (it leaves the document).
+async fn approve_events(
+    AxState(s): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    record(&s, &method, &uri, &headers, "imds");
+    if headers.get("metadata").is_none_or(|v| v != "true") {
+        return imds_error(
+            400,
+            "bad_request_102",
+            "Required metadata header not specified",
+        );
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "Bad request").into_response();
+    };
+    let Some(items) = v["StartRequests"].as_array() else {
+        return (StatusCode::BAD_REQUEST, "Bad request").into_response();
+    };
+    let mut st = s.state.lock().unwrap();
+    for item in items {
+        let Some(id) = item["EventId"].as_str() else {
+            return (StatusCode::BAD_REQUEST, "Bad request").into_response();
+        };
+        st.approved_events.push(id.to_owned());
+        st.scheduled_events.retain(|e| e["EventId"] != id);
+    }
+    st.events_incarnation += 1;
+    StatusCode::OK.into_response()
 }
 
 /// The identity a selector names among those attached to the machine (the system-assigned one, or
@@ -1206,6 +1292,80 @@ async fn sim_report(AxState(s): AxState<Shared>, body: String) -> Response {
         }
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
+}
+
+/// The fake listener's `run`: `online` (status online; or a scripted exit), `poll` (a queued job,
+/// when the agent is enabled and idle), `done` (the job ran to its end), `offline` (a running job is
+/// abandoned). Not an Azure API: the real listener talks to the broker with its own credentials.
+async fn sim_listener(AxState(s): AxState<Shared>, body: String) -> Response {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "bad json").into_response();
+    };
+    let (Some(pool), Some(agent)) = (v["pool"].as_u64(), v["agent"].as_u64()) else {
+        return (StatusCode::BAD_REQUEST, "pool and agent").into_response();
+    };
+    let mut st = s.state.lock().unwrap();
+    let next_exit = if v["event"] == "online" {
+        st.listener_exits.pop_front()
+    } else {
+        None
+    };
+    let job = if v["event"] == "poll" {
+        st.queued_jobs.front().copied()
+    } else {
+        None
+    };
+    let request_id = st.next_request_id;
+    let Some(a) = st
+        .agents
+        .get_mut(&pool)
+        .and_then(|l| l.iter_mut().find(|a| a.id == agent))
+    else {
+        return json_response(404, json!({"error": "agent not registered"}));
+    };
+    let name = a.name.clone();
+    let mut finished = None;
+    let mut answer = json!({});
+    match v["event"].as_str().unwrap_or_default() {
+        "online" => {
+            if let Some(code) = next_exit {
+                answer = json!({"exit": code});
+            } else {
+                a.status = "online".into();
+                a.status_changed_on = now_secs();
+            }
+        }
+        "poll" => {
+            if let Some(millis) = job
+                && a.enabled
+                && a.assigned_request.is_none()
+            {
+                a.assigned_request = Some(request_id);
+                answer = json!({"job": {"request": request_id, "millis": millis}});
+            }
+        }
+        "done" => {
+            if let Some(r) = a.assigned_request.take() {
+                finished = Some((r, true));
+            }
+        }
+        "offline" => {
+            a.status = "offline".into();
+            a.status_changed_on = now_secs();
+            if let Some(r) = a.assigned_request.take() {
+                finished = Some((r, false));
+            }
+        }
+        other => return (StatusCode::BAD_REQUEST, format!("event {other}")).into_response(),
+    }
+    if answer.get("job").is_some() {
+        st.queued_jobs.pop_front();
+        st.next_request_id += 1;
+    }
+    if let Some((r, completed)) = finished {
+        st.jobs.push((name, r, completed));
+    }
+    json_response(200, answer)
 }
 
 /// Request counts, for the benchmark (which runs the simulator as a separate process).

@@ -92,6 +92,11 @@ enum Step {
         name: String,
         path: PathBuf,
     },
+    /// The service that runs `watch` (`--scale-in-drain`).
+    WatchUnit {
+        name: String,
+        path: PathBuf,
+    },
     /// Windows: the agent dir's ACL (SYSTEM and Administrators full, the service account modify).
     SecureAgentDir {
         account: String,
@@ -152,7 +157,9 @@ pub async fn run(
 pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
     let agent_uid = user::lookup(s.user.name()).ok().flatten().map(|u| u.uid);
     super::check_agent_dir(&s.agent_dir, env, agent_uid)?;
-    if let Some(Step::BootUnit { .. }) = boot_step(s, env) {
+    if matches!(boot_step(s, env), Some(Step::BootUnit { .. }))
+        || matches!(watch_step(s, env), Some(Step::WatchUnit { .. }))
+    {
         boot_program()?;
     }
     if !s.as_root {
@@ -433,7 +440,29 @@ fn make_plan(
     if let Some(step) = boot_step(s, env) {
         steps.push(step);
     }
+    if let Some(step) = watch_step(s, env) {
+        steps.push(step);
+    }
     Plan { steps }
+}
+
+/// The watcher's unit step (`--scale-in-drain`), or the note saying why there is none.
+fn watch_step(s: &InstallSettings, env: &Env) -> Option<Step> {
+    if !s.scale_in_drain {
+        return None;
+    }
+    if !service::systemd_available(env) {
+        return Some(Step::Note(format!(
+            "systemd is not running here: no scale-in watcher installed; run `agent-bootstrap \
+             watch --agent-dir {}` as root yourself",
+            s.agent_dir.display()
+        )));
+    }
+    let name = service::watch_unit_name(&s.agent_dir);
+    Some(Step::WatchUnit {
+        path: service::unit_dir(env).join(&name),
+        name,
+    })
 }
 
 /// The boot unit step, or the note saying why there is none.
@@ -545,6 +574,12 @@ impl std::fmt::Display for Step {
             Step::BootUnit { name, path } => write!(
                 f,
                 "write {} and enable {name} (runs `agent-bootstrap reconcile` at every boot)",
+                path.display()
+            ),
+            Step::WatchUnit { name, path } => write!(
+                f,
+                "write {} and enable and start {name} (runs `agent-bootstrap watch`: drains and \
+                 unregisters the agent on a scale-in or eviction)",
                 path.display()
             ),
             Step::SecureAgentDir { account } => write!(
@@ -710,6 +745,10 @@ async fn execute(
                     Step::BootUnit { name, .. } | Step::BootTask { name } => Some(name.clone()),
                     _ => None,
                 });
+                record.watch_unit = plan.steps.iter().find_map(|st| match st {
+                    Step::WatchUnit { name, .. } => Some(name.clone()),
+                    _ => None,
+                });
                 let path = state::save(&s.state_dir, record)?;
                 if s.os.is_windows() && s.as_root {
                     // Readable by SYSTEM and Administrators only.
@@ -722,6 +761,9 @@ async fn execute(
             }
             Step::BootUnit { .. } => {
                 ensure_boot_unit(s, env, &c.pool.name).await?;
+            }
+            Step::WatchUnit { .. } => {
+                ensure_watch_unit(s, env).await?;
             }
             Step::SecureAgentDir { account } => {
                 service::windows::secure_agent_dir(env, &s.agent_dir, account).await?;
@@ -866,6 +908,37 @@ pub async fn ensure_boot_unit(
     Ok(Some(name))
 }
 
+/// Writes, enables and starts the unit that runs `watch` (`--scale-in-drain`); restarts it when
+/// its text changed. Returns its name, or `None` where there is none.
+pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<String>, Error> {
+    let Some(Step::WatchUnit { name, path }) = watch_step(s, env) else {
+        return Ok(None);
+    };
+    let exe = boot_program()?;
+    let boot = match boot_step(s, env) {
+        Some(Step::BootUnit { name, .. }) => Some(name),
+        _ => None,
+    };
+    let text = service::render_watch_unit(&exe, &s.agent_dir, &s.state_dir, boot.as_deref())?;
+    let unchanged = fs_err::read_to_string(&path).is_ok_and(|t| t == text);
+    let systemctl = Systemctl::require(env)?;
+    if !unchanged {
+        service::write_unit_file(&path, &text)?;
+        systemctl.run(&["daemon-reload"]).await?;
+        tracing::info!(unit = %name, "installed the scale-in watcher");
+    }
+    let state = systemctl.state(&name).await?;
+    if !state.enabled {
+        systemctl.run(&["enable", &name]).await?;
+    }
+    if !unchanged {
+        systemctl.run(&["restart", "--no-block", &name]).await?;
+    } else if !state.active {
+        systemctl.run(&["start", "--no-block", &name]).await?;
+    }
+    Ok(Some(name))
+}
+
 fn check_same_agent(cfg: &AgentSettings, s: &InstallSettings) -> Result<(), Error> {
     let same_pool = cfg
         .pool_name
@@ -948,6 +1021,10 @@ async fn already_installed(
         Some(Step::BootUnit { name, .. } | Step::BootTask { name }) => Some(name),
         _ => None,
     };
+    saved.watch_unit = match watch_step(s, env) {
+        Some(Step::WatchUnit { name, .. }) => Some(name),
+        _ => None,
+    };
     if previous.as_ref() != Some(&saved) {
         state::save(&s.state_dir, &saved)?;
     }
@@ -955,6 +1032,7 @@ async fn already_installed(
         ensure_boot_task(s, env).await?;
     } else {
         ensure_boot_unit(s, env, &pool.name).await?;
+        ensure_watch_unit(s, env).await?;
     }
     print_summary("already installed, nothing to do", &saved)
 }
@@ -1203,6 +1281,7 @@ fn saved_settings(
             _ => None,
         },
         boot_unit: None,
+        watch_unit: None,
     }
 }
 

@@ -2,12 +2,15 @@
 //! a typed error that `main` turns into an exit code.
 
 pub mod doctor;
+pub mod drain;
 pub mod install;
 pub mod prune;
 pub mod reconcile;
 pub mod remove;
+pub mod run;
 pub mod status;
 pub mod token;
+pub mod watch;
 
 use crate::cli::{Cli, Command};
 use crate::clock::Clock;
@@ -34,41 +37,72 @@ fn target(arg: Option<&std::path::Path>, env: &Env, os: &Os) -> Result<Target, E
     })
 }
 
-pub async fn run(cli: Cli, env: Env) -> Result<(), Error> {
+/// Whether the command handles SIGTERM/SIGINT itself (`run` drains its agent, `watch` finishes a
+/// drain) instead of being dropped by `main` on the first one.
+pub fn handles_signals(cli: &Cli) -> bool {
+    matches!(cli.command, Command::Run(_) | Command::Watch(_))
+}
+
+/// Runs the command; the exit code on success (0, or the agent's own under `run`).
+pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
     let net = Net::new(Clock::from_env(&env));
     let os = Os::current();
     let progress = || Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
     match &cli.command {
         Command::Token(args) => {
             let request = settings::identity(&args.identity)?;
-            token::run(&request, &env, os, &net).await
+            token::run(&request, &env, os, &net).await.map(|()| 0)
         }
         Command::Prune(args) => {
             let request = settings::identity(&args.identity)?;
             let s = settings::prune(args, &env, &os)?;
-            prune::run(&s, &request, &env, os, &net).await
+            prune::run(&s, &request, &env, os, &net).await.map(|()| 0)
+        }
+        Command::Run(args) => {
+            let s = settings::run(args, &env, os)?;
+            net.prewarm();
+            run::run(&s, &env, &net, &progress()).await
+        }
+        Command::Watch(args) => {
+            if !(1..=60).contains(&args.poll_interval) {
+                return Err(Error::Input(format!(
+                    "invalid --poll-interval {}: must be 1 to 60 seconds",
+                    args.poll_interval
+                )));
+            }
+            let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
+            let every = std::time::Duration::from_secs(args.poll_interval);
+            watch::run(&t, every, &env, os, &net).await
         }
         Command::Doctor(args) => {
             let request = settings::identity(&args.identity)?;
             let target = settings::doctor(args, &env, &os)?;
-            doctor::run(&target, &request, args.json, &env, os, &net).await
+            doctor::run(&target, &request, args.json, &env, os, &net)
+                .await
+                .map(|()| 0)
         }
         Command::Install(args) => {
             let settings = settings::install(args, &env, os)?;
             net.prewarm();
-            install::run(&settings, &env, &net, &progress()).await
+            install::run(&settings, &env, &net, &progress())
+                .await
+                .map(|()| 0)
         }
         Command::Reconcile(args) => {
             let t = target(args.agent_dir.as_deref(), &env, &os)?;
-            reconcile::run(&t, &env, os, &net, &progress()).await
+            reconcile::run(&t, &env, os, &net, &progress())
+                .await
+                .map(|()| 0)
         }
         Command::Remove(args) => {
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
-            remove::run(&t, args.purge, &env, os, &net).await
+            remove::run(&t, args.purge, &env, os, &net)
+                .await
+                .map(|()| 0)
         }
         Command::Status(args) => {
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
-            status::run(&t, args.json, &env, os, &net).await
+            status::run(&t, args.json, &env, os, &net).await.map(|()| 0)
         }
     }
 }

@@ -31,10 +31,21 @@ const REMOVE_DELAY: Duration = Duration::from_secs(30);
 const NETWORK_BUDGET: Duration = Duration::from_secs(300);
 
 pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Result<(), Error> {
-    let clock = net.clock().clone();
+    let _lock = crate::lock::acquire(&t.paths.state_dir, &t.agent_dir, install::LOCK_WAIT).await?;
+    remove_locked(t, purge, env, os, net).await
+}
+
+/// The remove flow, with the agent dir's lock held by the caller (remove, or `run` once its agent
+/// has ended).
+pub async fn remove_locked(
+    t: &Target,
+    purge: bool,
+    env: &Env,
+    os: Os,
+    net: &Net,
+) -> Result<(), Error> {
     let agent_dir = t.agent_dir.as_path();
     let (state_dir, cache_dir) = (&t.paths.state_dir, &t.paths.cache_dir);
-    let _lock = crate::lock::acquire(state_dir, agent_dir, install::LOCK_WAIT).await?;
     let saved = state::load(state_dir, agent_dir)?;
     let agent = AgentDir::new(agent_dir, &os);
     let agent_uid = saved
@@ -79,60 +90,7 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
                 }
             }
             // 2. The registration on the server.
-            let tokens = super::saved_tokens(saved, env, &os, net, false).await?;
-            let url = settings::check_url("the saved url", &saved.url)?;
-            let devops = DevOpsClient::new(&url, tokens.clone(), net);
-            let local_id = agent.settings().ok().flatten().map(|l| l.agent_id);
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let budget = clock.budget(NETWORK_BUDGET);
-                let found = devops
-                    .find_agent(saved.pool_id, &saved.agent_name, &budget)
-                    .await?;
-                let Some(server) = found else {
-                    done.push(format!(
-                        "agent '{}' was not registered on the server any more",
-                        saved.agent_name
-                    ));
-                    break;
-                };
-                if server.id != saved.agent_id && Some(server.id) != local_id {
-                    tracing::warn!(
-                        server_id = server.id,
-                        saved_id = saved.agent_id,
-                        "the pool's agent of this name is another one; it is left alone"
-                    );
-                    done.push(format!(
-                        "left agent '{}' (id {}) alone: it is not this machine's",
-                        server.name, server.id
-                    ));
-                    break;
-                }
-                match devops.delete_agent(saved.pool_id, server.id, &budget).await {
-                    Ok(()) => {
-                        done.push(format!(
-                            "unregistered agent '{}' (id {})",
-                            saved.agent_name, server.id
-                        ));
-                        break;
-                    }
-                    Err(e) if is_busy(&e) && attempt < REMOVE_ATTEMPTS => {
-                        tracing::warn!(
-                            attempt,
-                            "the agent is running a job ({e}); retrying in {}s",
-                            REMOVE_DELAY.as_secs()
-                        );
-                        clock.sleep(REMOVE_DELAY).await;
-                    }
-                    Err(e) if is_busy(&e) => {
-                        return Err(Error::Configure {
-                            message: format!("gave up after {attempt} attempts: {e}"),
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            done.push(unregister(saved, &agent, env, &os, net).await?);
         }
     }
 
@@ -152,15 +110,32 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
             done.push(format!("removed the boot task {task}"));
         }
     }
-    let unit_name = saved
+    // The watcher (`--scale-in-drain`) and the boot unit.
+    let watch_name = saved
+        .as_ref()
+        .and_then(|s| s.watch_unit.clone())
+        .unwrap_or_else(|| service::watch_unit_name(agent_dir));
+    let boot_name = saved
         .as_ref()
         .and_then(|s| s.boot_unit.clone())
         .unwrap_or_else(|| service::boot_unit_name(agent_dir));
-    let unit_path = service::unit_dir(env).join(&unit_name);
-    if env.is_root() && !os.is_windows() && unit_path.is_file() {
+    for (what, unit_name, stop) in [
+        ("the scale-in watcher", watch_name, true),
+        ("the boot unit", boot_name, false),
+    ] {
+        let unit_path = service::unit_dir(env).join(&unit_name);
+        if !(env.is_root() && !os.is_windows() && unit_path.is_file()) {
+            continue;
+        }
         let sc = Systemctl::find(env);
         if let Some(sc) = &sc {
-            sc.run(&["disable", &unit_name]).await?;
+            // The watcher may be the caller's parent (it runs this flow itself): no blocking stop.
+            if stop {
+                sc.run(&["disable", "--now", "--no-block", &unit_name])
+                    .await?;
+            } else {
+                sc.run(&["disable", &unit_name]).await?;
+            }
         }
         fs_err::remove_file(&unit_path).map_err(|source| Error::Io {
             action: "removing",
@@ -170,7 +145,7 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
         if let Some(sc) = &sc {
             sc.run(&["daemon-reload"]).await?;
         }
-        done.push(format!("removed the boot unit {unit_name}"));
+        done.push(format!("removed {what} {unit_name}"));
     }
 
     // 5. What install remembered, and with --purge the files.
@@ -196,6 +171,70 @@ pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Resul
         println!("removed: {}", done.join("; "));
     }
     Ok(())
+}
+
+/// Deletes this machine's agent on the server (`DELETE …/agents/{id}`, the call `config.sh remove`
+/// makes), from root's saved settings, retried while the server says it runs a job. Another agent
+/// that took the name meanwhile is left alone. Says what it did.
+pub async fn unregister(
+    saved: &state::Saved,
+    agent: &AgentDir,
+    env: &Env,
+    os: &Os,
+    net: &Net,
+) -> Result<String, Error> {
+    let clock = net.clock().clone();
+    let tokens = super::saved_tokens(saved, env, os, net, false).await?;
+    let url = settings::check_url("the saved url", &saved.url)?;
+    let devops = DevOpsClient::new(&url, tokens.clone(), net);
+    let local_id = agent.settings().ok().flatten().map(|l| l.agent_id);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let budget = clock.budget(NETWORK_BUDGET);
+        let found = devops
+            .find_agent(saved.pool_id, &saved.agent_name, &budget)
+            .await?;
+        let Some(server) = found else {
+            return Ok(format!(
+                "agent '{}' was not registered on the server any more",
+                saved.agent_name
+            ));
+        };
+        if server.id != saved.agent_id && Some(server.id) != local_id {
+            tracing::warn!(
+                server_id = server.id,
+                saved_id = saved.agent_id,
+                "the pool's agent of this name is another one; it is left alone"
+            );
+            return Ok(format!(
+                "left agent '{}' (id {}) alone: it is not this machine's",
+                server.name, server.id
+            ));
+        }
+        match devops.delete_agent(saved.pool_id, server.id, &budget).await {
+            Ok(()) => {
+                return Ok(format!(
+                    "unregistered agent '{}' (id {})",
+                    saved.agent_name, server.id
+                ));
+            }
+            Err(e) if is_busy(&e) && attempt < REMOVE_ATTEMPTS => {
+                tracing::warn!(
+                    attempt,
+                    "the agent is running a job ({e}); retrying in {}s",
+                    REMOVE_DELAY.as_secs()
+                );
+                clock.sleep(REMOVE_DELAY).await;
+            }
+            Err(e) if is_busy(&e) => {
+                return Err(Error::Configure {
+                    message: format!("gave up after {attempt} attempts: {e}"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The server refused because the agent runs a job (`TaskAgentBusyException`).

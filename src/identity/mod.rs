@@ -24,7 +24,7 @@ mod arc;
 mod azure_cli;
 mod chain;
 pub mod claims;
-mod imds;
+pub mod imds;
 mod pat;
 mod workload;
 

@@ -56,6 +56,13 @@ impl ProcessTree {
         Ok(Self { pgid: pid as i32 })
     }
 
+    /// SIGINT to the whole group: what Ctrl-C sends, and what the agent's own service host turns a
+    /// stop into (the listener finishes cleanly on it).
+    pub fn interrupt(&self) {
+        use nix::sys::signal::{Signal, killpg};
+        let _ = killpg(nix::unistd::Pid::from_raw(self.pgid), Signal::SIGINT);
+    }
+
     /// SIGTERM (or SIGKILL when `hard`) to the whole group.
     pub fn kill(&self, hard: bool) {
         use nix::sys::signal::{Signal, killpg};

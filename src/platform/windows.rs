@@ -138,6 +138,11 @@ impl ProcessTree {
         Ok(Self { job })
     }
 
+    /// The gentle stop: a tree has no console event of its own here, so it is terminated.
+    pub fn interrupt(&self) {
+        self.kill(false);
+    }
+
     /// Terminates every process in the job (Windows has no gentle variant for a tree).
     pub fn kill(&self, _hard: bool) {
         // SAFETY: the job handle is open.

@@ -59,9 +59,80 @@ pub fn render_boot_unit(
     ))
 }
 
+/// The watcher's unit name for an agent dir (`--scale-in-drain`).
+pub fn watch_unit_name(agent_dir: &Path) -> String {
+    format!(
+        "agent-bootstrap-watch-{}.service",
+        crate::state::key(agent_dir)
+    )
+}
+
+/// The long-running unit that runs `watch` (Azure Scheduled Events), restarted if it ever ends.
+/// Ordered after the boot unit, which may re-register the agent first.
+pub fn render_watch_unit(
+    exe: &Path,
+    agent_dir: &Path,
+    state_dir: &Path,
+    boot_unit: Option<&str>,
+) -> Result<String, ServiceError> {
+    let after = match boot_unit {
+        Some(u) => format!(" {}", unit_value("the boot unit's name", u)?),
+        None => String::new(),
+    };
+    let dir = agent_dir.display().to_string();
+    let env = exec_word(
+        "the state directory",
+        &format!("AGENT_BOOTSTRAP_STATE_DIR={}", state_dir.display()),
+    )?;
+    Ok(format!(
+        "# Written by agent-bootstrap install --scale-in-drain; removed by agent-bootstrap remove.\n\
+         [Unit]\n\
+         Description=agent-bootstrap: unregister the Azure Pipelines agent in {desc} before scale-in or eviction\n\
+         Wants=network-online.target\n\
+         After=network-online.target{after}\n\
+         ConditionPathExists={cond}\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         Environment={env}\n\
+         ExecStart={exe} watch --agent-dir {qdir}\n\
+         Restart=always\n\
+         RestartSec=5\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        desc = unit_value("the agent dir", &dir)?,
+        cond = unit_value("the agent dir", &dir)?,
+        qdir = exec_word("the agent dir", &dir)?,
+        exe = exec_word("the agent-bootstrap binary", &exe.display().to_string())?,
+    ))
+}
+
 #[cfg(test)]
 mod boot_tests {
     use super::*;
+
+    #[test]
+    fn watch_unit_runs_watch_and_restarts() {
+        let u = render_watch_unit(
+            Path::new("/usr/local/bin/agent-bootstrap"),
+            Path::new("/opt/a b"),
+            Path::new("/var/lib/agent-bootstrap"),
+            Some("agent-bootstrap-opt-a-1.service"),
+        )
+        .unwrap();
+        assert!(
+            u.contains("ExecStart=/usr/local/bin/agent-bootstrap watch --agent-dir \"/opt/a b\"\n"),
+            "{u}"
+        );
+        assert!(
+            u.contains("After=network-online.target agent-bootstrap-opt-a-1.service\n"),
+            "{u}"
+        );
+        assert!(u.contains("Restart=always\n"));
+        assert!(u.contains("Type=simple\n"));
+        assert!(watch_unit_name(Path::new("/opt/a")).starts_with("agent-bootstrap-watch-opt-a-"));
+    }
 
     #[test]
     fn boot_unit_orders_after_network_and_before_the_agent() {

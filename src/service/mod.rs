@@ -16,7 +16,9 @@ pub mod windows;
 
 use std::path::{Path, PathBuf};
 
-pub use boot::{BOOT_TIMEOUT, boot_unit_name, render_boot_unit};
+pub use boot::{
+    BOOT_TIMEOUT, boot_unit_name, render_boot_unit, render_watch_unit, watch_unit_name,
+};
 pub use systemctl::{Systemctl, UNIT_DIR_ENV, UnitState, systemd_available, unit_dir};
 pub use unit::{
     AgentUnit, ReadyUnit, agent_unit_name, install_agent_unit, is_agent_unit_name,
