@@ -365,3 +365,216 @@ fn run_once_runs_the_agent_again_after_an_update_exit() {
     assert_eq!(w.sim.state().jobs, [("pod-1".to_owned(), 5000, true)]);
     assert_unregistered(&w);
 }
+
+// ---- watch: Azure Scheduled Events ----
+
+const THIS_VM: &str = "sim-vm-000001";
+
+fn unit_files(w: &World, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(w.units_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn watch(w: &World) -> std::process::Child {
+    let dir = w.agent_dir();
+    spawn(w.command(&[
+        "watch",
+        "--agent-dir",
+        dir.to_str().unwrap(),
+        "--poll-interval",
+        "1",
+    ]))
+}
+
+fn event_polls(w: &World) -> usize {
+    w.count("GET", "/metadata/scheduledevents")
+}
+
+fn test_agent(w: &World) -> Option<ServerAgent> {
+    w.server_agents(1)
+        .into_iter()
+        .find(|a| a.name == "test-agent")
+}
+
+#[test]
+fn install_scale_in_drain_runs_the_watcher_and_remove_deletes_it() {
+    let w = World::new();
+    w.install(&["--scale-in-drain"]).assert_code(0);
+    let units = unit_files(&w, "agent-bootstrap-watch-");
+    assert_eq!(units.len(), 1, "{units:?}");
+    let text = std::fs::read_to_string(w.units_dir().join(&units[0])).unwrap();
+    assert!(text.contains(" watch --agent-dir "), "{text}");
+    assert!(text.contains("Restart=always"), "{text}");
+    assert!(w.unit_enabled(&units[0]) && w.unit_active(&units[0]));
+    let saved = std::fs::read_to_string(&w.saved_settings_files()[0]).unwrap();
+    assert!(saved.contains(&units[0]), "{saved}");
+
+    // A second install changes nothing.
+    let before = w.systemctl_changes();
+    w.install(&["--scale-in-drain"]).assert_code(0);
+    assert_eq!(w.systemctl_changes(), before);
+
+    let dir = w.agent_dir();
+    w.run(&["remove", "--agent-dir", dir.to_str().unwrap()])
+        .assert_code(0);
+    assert!(unit_files(&w, "agent-bootstrap-watch-").is_empty());
+    assert!(!w.unit_active(&units[0]));
+
+    let run = w.install(&["--scale-in-drain", "--no-service"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("--scale-in-drain"), "{}", run.stderr);
+}
+
+#[test]
+fn watch_drains_unregisters_and_approves_a_terminate_for_this_vm() {
+    let w = installed();
+    let id = test_agent(&w).unwrap().id;
+    // The agent runs a job, which ends two seconds after the event arrives.
+    {
+        let mut st = w.sim.state();
+        st.agents.get_mut(&1).unwrap()[0].assigned_request = Some(4242);
+        st.scheduled_events.push(azure_sim::scheduled_event(
+            "evt-terminate-1",
+            "Terminate",
+            &[THIS_VM],
+            300,
+        ));
+    }
+    let child = watch(&w);
+    wait_until("the agent disabled", 60, || {
+        test_agent(&w).is_some_and(|a| !a.enabled)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(test_agent(&w).is_some(), "unregistered while the job ran");
+    assert!(w.sim.state().approved_events.is_empty());
+    w.sim.state().agents.get_mut(&1).unwrap()[0].assigned_request = None;
+    wait_until("the event approved", 60, || {
+        !w.sim.state().approved_events.is_empty()
+    });
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    assert_eq!(w.sim.state().approved_events, ["evt-terminate-1"]);
+    assert!(test_agent(&w).is_none());
+    assert_eq!(w.count("DELETE", &format!("/agents/{id}")), 1);
+    assert!(!w.agent_dir().join(".agent").exists());
+    assert!(
+        w.systemctl_log().contains(&format!("stop {UNIT}")),
+        "{}",
+        w.systemctl_log()
+    );
+    // Kept for a VM that comes back (a deallocated Spot VM): the boot unit registers it again.
+    assert_eq!(w.saved_settings_files().len(), 1);
+    assert!(
+        run.stderr.contains("waiting for the running job to end"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn watch_leaves_other_vms_and_other_events_alone() {
+    let w = installed();
+    {
+        let mut st = w.sim.state();
+        st.scheduled_events.push(azure_sim::scheduled_event(
+            "evt-other-vm",
+            "Terminate",
+            &["sim-vm-000002"],
+            300,
+        ));
+        st.scheduled_events.push(azure_sim::scheduled_event(
+            "evt-reboot",
+            "Reboot",
+            &[THIS_VM],
+            300,
+        ));
+        st.scheduled_events.push(azure_sim::scheduled_event(
+            "evt-freeze",
+            "Freeze",
+            &[THIS_VM],
+            300,
+        ));
+    }
+    let child = watch(&w);
+    wait_until("three looks at the events", 60, || event_polls(&w) >= 3);
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    let agent = test_agent(&w).expect("still registered");
+    assert!(agent.enabled);
+    assert_eq!(w.count("PATCH", "/agents/"), 0);
+    assert!(w.sim.state().approved_events.is_empty());
+    assert!(w.agent_dir().join(".agent").exists());
+    assert!(run.stderr.contains("it is for other VMs"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("only Terminate and Preempt unregister the agent"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn watch_does_nothing_while_imds_is_down_and_acts_once_it_answers() {
+    let w = installed();
+    {
+        let mut st = w.sim.state();
+        st.events_down = true;
+        st.scheduled_events.push(azure_sim::scheduled_event(
+            "evt-preempt",
+            "Preempt",
+            &[THIS_VM],
+            30,
+        ));
+    }
+    let child = watch(&w);
+    wait_until("three failed looks", 60, || event_polls(&w) >= 3);
+    assert!(test_agent(&w).is_some_and(|a| a.enabled));
+    assert_eq!(w.count("PATCH", "/agents/"), 0);
+    w.sim.state().events_down = false;
+    wait_until("the event approved", 60, || {
+        !w.sim.state().approved_events.is_empty()
+    });
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    assert!(test_agent(&w).is_none());
+    assert!(run.stderr.contains("IMDS answered 500"), "{}", run.stderr);
+}
+
+#[test]
+fn watch_enables_the_agent_again_when_the_event_is_withdrawn() {
+    let w = installed();
+    {
+        let mut st = w.sim.state();
+        st.agents.get_mut(&1).unwrap()[0].assigned_request = Some(4243);
+        st.scheduled_events.push(azure_sim::scheduled_event(
+            "evt-cancelled",
+            "Terminate",
+            &[THIS_VM],
+            300,
+        ));
+    }
+    let child = watch(&w);
+    wait_until("the agent disabled", 60, || {
+        test_agent(&w).is_some_and(|a| !a.enabled)
+    });
+    w.sim.state().scheduled_events.clear();
+    wait_until("the agent enabled again", 60, || {
+        test_agent(&w).is_some_and(|a| a.enabled)
+    });
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    assert!(test_agent(&w).is_some());
+    assert_eq!(w.count("DELETE", "/agents/"), 0);
+    assert!(w.sim.state().approved_events.is_empty());
+    assert!(w.agent_dir().join(".agent").exists());
+}
