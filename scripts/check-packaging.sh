@@ -139,6 +139,74 @@ json.load(open("packaging/custom-script-extension.json"))
 print("HCL and JSON parse; the templates use every parameter they declare")
 PY
 
+step "container examples: Dockerfile, Container Apps job, KEDA ScaledJob"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check pyyaml
+"$work/venv/bin/python" - "$work" <<'PY'
+import json, re, shlex, sys
+import yaml
+
+work = sys.argv[1]
+argvs = []
+# Dockerfile: the entrypoint and its default command; RUN steps to shellcheck.
+docker = open("packaging/container/Dockerfile").read()
+joined = re.sub(r"\\\n", " ", docker)
+entry = json.loads(re.search(r"^ENTRYPOINT (.*)$", joined, re.M).group(1))
+cmd = json.loads(re.search(r"^CMD (.*)$", joined, re.M).group(1))
+assert entry == ["agent-bootstrap"], entry
+argvs.append(cmd)
+args = re.findall(r"^ARG (\w+)", joined, re.M)
+runs = re.findall(r"^RUN (.*)$", joined, re.M)
+with open(f"{work}/dockerfile-run.sh", "w") as f:
+    f.write("#!/bin/sh\nset -eu\n")
+    for a in args:
+        f.write(f': "${{{a}:=x}}"\n')
+    for r in runs:
+        f.write(r + "\n")
+# Container Apps job (ARM): the identity reaches the container, the scaler and the registry.
+t = json.load(open("packaging/container/containerapps-job.json"))
+(job,) = t["resources"]
+assert job["type"] == "Microsoft.App/jobs"
+props = job["properties"]
+assert props["configuration"]["triggerType"] == "Event"
+(rule,) = props["configuration"]["eventTriggerConfig"]["scale"]["rules"]
+assert rule["type"] == "azure-pipelines" and rule["identity"], rule
+env = {e["name"] for e in props["template"]["containers"][0]["env"]}
+assert {"AZP_URL", "AZP_POOL", "AZURE_CLIENT_ID"} <= env, env
+used = {p for p in t["parameters"] if f"parameters('{p}')" in json.dumps(t["resources"])}
+assert used == set(t["parameters"]), set(t["parameters"]) - used
+# KEDA: a service account for workload identity, its TriggerAuthentication, the ScaledJob.
+docs = list(yaml.safe_load_all(open("packaging/container/keda-scaledjob.yaml")))
+kinds = [d["kind"] for d in docs]
+assert kinds == ["ServiceAccount", "TriggerAuthentication", "ScaledJob"], kinds
+job = docs[2]["spec"]
+pod = job["jobTargetRef"]["template"]
+assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+assert pod["spec"]["serviceAccountName"] == docs[0]["metadata"]["name"]
+(container,) = pod["spec"]["containers"]
+argvs.append(container["args"])
+grace = int(container["args"][container["args"].index("--stop-grace") + 1])
+assert grace + 15 <= pod["spec"]["terminationGracePeriodSeconds"], "no time left to unregister"
+assert job["triggers"][0]["type"] == "azure-pipelines"
+assert job["triggers"][0]["authenticationRef"]["name"] == docs[1]["metadata"]["name"]
+# The Terraform scale set's install arguments.
+tpl = open("packaging/terraform/cloud-init.yaml.tftpl").read()
+line = re.search(r"-- \\\n\s*(--org .*)$", tpl, re.M).group(1)
+argvs.append(["install"] + shlex.split(re.sub(r"\$\{\w+\}", "x", line)))
+with open(f"{work}/argvs.json", "w") as f:
+    json.dump(argvs, f)
+print(f"{len(argvs)} command lines to check; {len(runs)} RUN steps")
+PY
+shellcheck "$work/dockerfile-run.sh"
+# Each example's command line parses (clap stops at --help only after every earlier flag is valid).
+"$work/venv/bin/python" - "$work/argvs.json" <<'PY'
+import json, subprocess, sys
+
+for argv in json.load(open(sys.argv[1])):
+    r = subprocess.run(["target/release/agent-bootstrap", *argv, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, (argv, r.stderr)
+    print("ok:", " ".join(argv))
+PY
+
 step "shellcheck: every shell script"
 cargo build --quiet --example azure-sim
 sim="$ROOT/target/debug/examples/azure-sim"

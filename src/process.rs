@@ -470,6 +470,21 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
+    fn a_long_running_childs_output_is_kept_bounded() {
+        let child = Child::new("chatty", "/bin/sh", &env())
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done",
+            ])
+            .timeout(Duration::MAX);
+        let done = run(&child, &Masker::new()).unwrap();
+        assert_eq!(done.stdout.len(), KEPT_LINES);
+        assert_eq!(done.stdout.last().map(String::as_str), Some("line 2999"));
+        assert_eq!(done.stdout[0], "line 2000");
+    }
+
+    #[cfg(unix)]
+    #[test]
     fn missing_program_is_a_spawn_error() {
         let e = run(
             &Child::new("nope", "/nonexistent/prog", &env()),

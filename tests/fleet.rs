@@ -578,3 +578,63 @@ fn watch_enables_the_agent_again_when_the_event_is_withdrawn() {
     assert!(w.sim.state().approved_events.is_empty());
     assert!(w.agent_dir().join(".agent").exists());
 }
+
+#[test]
+fn run_as_a_container_user_uses_the_baked_in_package() {
+    let w = World::new();
+    let (user, home) = w.nobody_home();
+    // The image: the agent package extracted at build time, owned by the container's user.
+    let agent_dir = home.join("agent");
+    w.extract_package_into(&agent_dir);
+    let chown = std::process::Command::new("chown")
+        .args(["-R", &format!("{}:{}", user.uid, user.gid)])
+        .arg(&agent_dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    w.sim.state().queued_jobs.push_back(100);
+    let url = w.org_url();
+    let mut cmd = w.command(&[
+        "run",
+        "--url",
+        &url,
+        "--agent-dir",
+        agent_dir.to_str().unwrap(),
+        "--agent-name",
+        "pod-1",
+        "--once",
+    ]);
+    cmd.env("HOME", &home)
+        .env_remove("AGENT_BOOTSTRAP_STATE_DIR")
+        .env_remove("AGENT_BOOTSTRAP_CACHE_DIR");
+    let run = w.run_cmd(as_user(&cmd, &user));
+    run.assert_code(0);
+    assert_eq!(
+        w.downloads(),
+        0,
+        "the baked-in package was downloaded again"
+    );
+    assert_eq!(w.sim.state().jobs, [("pod-1".to_owned(), 5000, true)]);
+    for r in run_reports(&w) {
+        assert_eq!(r.uid, user.uid.as_raw());
+        assert!(!r.env.contains_key("AGENT_ALLOW_RUNASROOT"));
+    }
+    assert!(pod_agent(&w).is_none());
+    assert!(!agent_dir.join(".agent").exists());
+}
+
+#[test]
+fn run_refuses_bad_input_before_contacting_anything() {
+    let w = World::new();
+    for (args, flag) in [
+        (vec!["--stop-grace", "100000"], "--stop-grace"),
+        (vec!["--agent-name", "pod$(id)"], "--agent-name"),
+        (vec!["--config-timeout", "0"], "--config-timeout"),
+    ] {
+        let run = w.run_cmd(run_command(&w, &args));
+        run.assert_code(2);
+        assert!(run.stderr.contains(flag), "{flag}: {}", run.stderr);
+    }
+    assert!(w.requests().is_empty(), "{:?}", w.requests());
+    assert!(!w.agent_dir().exists());
+}

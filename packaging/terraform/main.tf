@@ -84,6 +84,13 @@ resource "azurerm_linux_virtual_machine_scale_set" "agents" {
     }
   }
 
+  # Scheduled Events announce a scale-in (Terminate) this long before it happens; the instances'
+  # `agent-bootstrap watch` (install --scale-in-drain) drains and unregisters the agent meanwhile.
+  termination_notification {
+    enabled = true
+    timeout = "PT10M"
+  }
+
   identity {
     type         = "UserAssigned"
     identity_ids = [azurerm_user_assigned_identity.agents.id]
