@@ -415,10 +415,15 @@ fn install_scale_in_drain_runs_the_watcher_and_remove_deletes_it() {
     let saved = std::fs::read_to_string(&w.saved_settings_files()[0]).unwrap();
     assert!(saved.contains(&units[0]), "{saved}");
 
-    // A second install changes nothing.
+    // A second install changes nothing; one without the flag takes the watcher away.
     let before = w.systemctl_changes();
     w.install(&["--scale-in-drain"]).assert_code(0);
     assert_eq!(w.systemctl_changes(), before);
+    w.install(&[]).assert_code(0);
+    assert!(unit_files(&w, "agent-bootstrap-watch-").is_empty());
+    assert!(!w.unit_active(&units[0]) && !w.unit_enabled(&units[0]));
+    w.install(&["--scale-in-drain"]).assert_code(0);
+    assert!(w.unit_active(&units[0]));
 
     let dir = w.agent_dir();
     w.run(&["remove", "--agent-dir", dir.to_str().unwrap()])

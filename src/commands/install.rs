@@ -781,6 +781,7 @@ async fn execute(
             }
         }
     }
+    drop_watch_unit(s, env).await?;
     print_summary(headline, saved.as_ref().expect("configure ran"))
 }
 
@@ -912,6 +913,7 @@ pub async fn ensure_boot_unit(
 /// its text changed. Returns its name, or `None` where there is none.
 pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<String>, Error> {
     let Some(Step::WatchUnit { name, path }) = watch_step(s, env) else {
+        drop_watch_unit(s, env).await?;
         return Ok(None);
     };
     let exe = boot_program()?;
@@ -937,6 +939,28 @@ pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<
         systemctl.run(&["start", "--no-block", &name]).await?;
     }
     Ok(Some(name))
+}
+
+/// An install without `--scale-in-drain` over one with it: the watcher goes.
+async fn drop_watch_unit(s: &InstallSettings, env: &Env) -> Result<(), Error> {
+    if s.scale_in_drain || !s.as_root || s.os.is_windows() || !service::systemd_available(env) {
+        return Ok(());
+    }
+    let name = service::watch_unit_name(&s.agent_dir);
+    let path = service::unit_dir(env).join(&name);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let systemctl = Systemctl::require(env)?;
+    systemctl.run(&["disable", "--now", &name]).await?;
+    fs_err::remove_file(&path).map_err(|source| Error::Io {
+        action: "removing",
+        path: path.clone(),
+        source,
+    })?;
+    systemctl.run(&["daemon-reload"]).await?;
+    tracing::info!(unit = %name, "removed the scale-in watcher (no --scale-in-drain)");
+    Ok(())
 }
 
 fn check_same_agent(cfg: &AgentSettings, s: &InstallSettings) -> Result<(), Error> {
