@@ -134,6 +134,30 @@ pub struct SelectorArgs {
 pub struct TokenArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+/// Corporate networks: an egress proxy and a private certificate authority.
+#[derive(Debug, Args, Default, Clone)]
+pub struct NetworkArgs {
+    /// Proxy for Azure DevOps, the download host and Entra (http://host:port; env HTTPS_PROXY,
+    /// NO_PROXY honoured). Never used for identity endpoints on this machine. The agent is
+    /// configured to use it too.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// The proxy's user; the password only in AGENT_BOOTSTRAP_PROXY_PASSWORD or
+    /// --proxy-password-file.
+    #[arg(long, value_name = "USER")]
+    pub proxy_user: Option<String>,
+    /// A file holding the proxy password (not readable by every account); its path is saved for
+    /// later runs, the password never is.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_password_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted in addition to the system's; the agent gets it too
+    /// (--sslcacert).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -161,6 +185,8 @@ pub struct PruneArgs {
     pub json: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub network: NetworkArgs,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -194,6 +220,8 @@ pub struct RunArgs {
     pub stop_grace: u64,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Install this agent version instead of the newest one the organization offers.
     #[arg(long, value_name = "X.Y.Z", conflicts_with = "package")]
     pub agent_version: Option<String>,
@@ -230,6 +258,8 @@ pub struct DoctorArgs {
     pub pool: Option<String>,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -276,6 +306,8 @@ pub struct InstallArgs {
     pub scale_in_drain: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Install this agent version instead of the newest one the organization offers.
     #[arg(long, value_name = "X.Y.Z", conflicts_with = "package")]
     pub agent_version: Option<String>,

@@ -62,6 +62,11 @@ pub enum DevOpsError {
         status: u16,
         message: String,
     },
+    #[error("Azure DevOps at {url} cannot be reached: {blocked}")]
+    Blocked {
+        url: String,
+        blocked: Box<crate::net::Blocked>,
+    },
     #[error(
         "Azure DevOps at {url} did not answer usefully after {attempts} attempts in {}s: {last}",
         elapsed.as_secs()
@@ -277,6 +282,13 @@ impl DevOpsClient {
             .await;
         match outcome {
             Ok(result) => result,
+            Err(crate::net::GaveUp {
+                blocked: Some(blocked),
+                ..
+            }) => Err(DevOpsError::Blocked {
+                url: shown,
+                blocked: Box::new(blocked),
+            }),
             Err(g) => Err(DevOpsError::GaveUp {
                 url: shown,
                 attempts: g.attempts,

@@ -255,6 +255,20 @@ const NOT_CAPABILITIES: &[&str] = &[
     "AZURE_AUTHORITY_HOST",
 ];
 
+/// A proxy variable's URL without its password (`http://user:pw@proxy` → `http://user@proxy`).
+fn without_password(name: &str, value: &str) -> String {
+    if !name.to_ascii_lowercase().ends_with("_proxy") {
+        return value.to_owned();
+    }
+    match url::Url::parse(value) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => value.to_owned(),
+    }
+}
+
 impl Env {
     /// The environment of an agent `run` starts in the foreground (a container's entrypoint): the
     /// container's own variables, which its author set for the agent's jobs and capabilities, less
@@ -271,7 +285,7 @@ impl Env {
             .vars
             .iter()
             .filter(|(k, _)| !is_credential(k) && k.as_str() != "VSO_AGENT_IGNORE")
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), without_password(k, v)))
             .collect();
         let mut ignore: Vec<String> = self
             .var("VSO_AGENT_IGNORE")
@@ -315,6 +329,7 @@ mod tests {
                 ("AGENT_BOOTSTRAP_PROXY_PASSWORD", "z"),
                 ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/token"),
                 ("VSO_AGENT_IGNORE", "MINE"),
+                ("HTTPS_PROXY", "http://bob:pw-secret@proxy:3128"),
             ],
             "h",
             false,
@@ -323,6 +338,7 @@ mod tests {
         assert_eq!(vars["MY_CAPABILITY"], "1");
         assert_eq!(vars["AZURE_FEDERATED_TOKEN_FILE"], "/var/run/secrets/token");
         assert_eq!(vars["VSO_AGENT_IGNORE"], "MINE,AZURE_FEDERATED_TOKEN_FILE");
+        assert_eq!(vars["HTTPS_PROXY"], "http://bob@proxy:3128/");
         for gone in [
             "AZP_TOKEN",
             "IDENTITY_HEADER",

@@ -119,9 +119,9 @@ impl EventsClient {
             .net
             .fetch(request)
             .await
-            .map_err(|detail| EventsError::Unavailable {
+            .map_err(|f| EventsError::Unavailable {
                 url: url.to_string(),
-                detail,
+                detail: f.to_string(),
             })?;
         if !(200..300).contains(&answer.status) {
             return Err(EventsError::Status {

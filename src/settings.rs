@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use url::Url;
 
 use crate::cli::{
-    DoctorArgs, IdentityArgs, IdentitySource, InstallArgs, PruneArgs, RunArgs, SelectorArgs,
+    DoctorArgs, IdentityArgs, IdentitySource, InstallArgs, NetworkArgs, PruneArgs, RunArgs,
+    SelectorArgs,
 };
 use crate::env::Env;
 use crate::identity::{Kind, Request, Selector};
@@ -105,6 +106,8 @@ pub struct InstallSettings {
     pub boot: bool,
     /// Install the unit that runs `watch` (`--scale-in-drain`).
     pub scale_in_drain: bool,
+    /// The proxy and extra CAs, for the tool and for the agent.
+    pub network: crate::net::Network,
     /// Where the token comes from, and which identity.
     pub identity: Request,
     pub package: PackageChoice,
@@ -457,6 +460,25 @@ pub fn prune(args: &PruneArgs, env: &Env, os: &Os) -> Result<PruneSettings, Sett
     })
 }
 
+/// `--proxy`, `--proxy-user`, `--proxy-password-file`, `--ca-file`, else the environment.
+pub fn network(args: &NetworkArgs, env: &Env) -> Result<crate::net::Network, SettingsError> {
+    let given = crate::net::proxy::Given {
+        proxy: args.proxy.as_deref(),
+        proxy_user: args.proxy_user.as_deref(),
+        proxy_password_file: args.proxy_password_file.as_deref(),
+        ca_file: args.ca_file.as_deref(),
+    };
+    crate::net::Network::resolve(&given, env).map_err(|e| bad(e.what, e.problem))
+}
+
+/// The proxy and CA install saved, for later runs.
+pub fn saved_network(
+    saved: &crate::state::Saved,
+    env: &Env,
+) -> Result<crate::net::Network, SettingsError> {
+    crate::net::Network::from_saved(saved, env).map_err(|e| bad(e.what, e.problem))
+}
+
 /// What `run` does: an install as this account without service or boot unit, then the agent in
 /// the foreground.
 #[derive(Debug, Clone)]
@@ -485,6 +507,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         no_boot: true,
         scale_in_drain: false,
         identity: args.identity.clone(),
+        network: args.network.clone(),
         agent_version: args.agent_version.clone(),
         package: args.package.clone(),
         package_sha256: args.package_sha256.clone(),
@@ -621,6 +644,19 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
     if args.config_timeout == 0 {
         return Err(bad("--config-timeout", "must be at least 1 second"));
     }
+    let network = network(&args.network, env)?;
+    if os.is_windows() {
+        // config.cmd hands its arguments to cmd.exe.
+        if let Some(p) = &network.proxy {
+            check_text("--proxy", p.url.as_str(), 2048, CMD_CHARS)?;
+            if let Some(u) = &p.user {
+                check_text("--proxy-user", u, 256, CMD_CHARS)?;
+            }
+        }
+        if let Some(ca) = &network.ca_file {
+            check_text("--ca-file", &ca.display().to_string(), 4096, CMD_CHARS)?;
+        }
+    }
     if args.scale_in_drain && os.is_windows() {
         return Err(bad(
             "--scale-in-drain",
@@ -650,6 +686,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         service: !args.no_service,
         boot: !args.no_boot,
         scale_in_drain: args.scale_in_drain,
+        network,
         identity: identity(&args.identity)?,
         package: package_choice(args)?,
         config_timeout: std::time::Duration::from_secs(args.config_timeout),
@@ -838,6 +875,7 @@ pub fn from_saved(
         service: saved.service,
         boot: saved.boot_unit.is_some(),
         scale_in_drain: saved.watch_unit.is_some(),
+        network: saved_network(saved, env)?,
         identity: saved_identity(saved)?,
         package,
         config_timeout: std::time::Duration::from_secs(600),

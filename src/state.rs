@@ -70,6 +70,20 @@ pub struct Saved {
     /// The unit that runs `watch` (`--scale-in-drain`), if one was installed.
     #[serde(default)]
     pub watch_unit: Option<String>,
+    /// The proxy (`scheme://host:port`, never credentials), its user, and the file its password
+    /// is read from (never the password).
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+    #[serde(default)]
+    pub proxy_user: Option<String>,
+    #[serde(default)]
+    pub proxy_password_file: Option<PathBuf>,
+    /// `NO_PROXY` as install saw it.
+    #[serde(default)]
+    pub no_proxy: Option<String>,
+    /// The extra CA certificates (`--ca-file`), a path.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Saved {
@@ -193,6 +207,11 @@ mod tests {
             package: None,
             boot_unit: None,
             watch_unit: None,
+            proxy_url: None,
+            proxy_user: None,
+            proxy_password_file: None,
+            no_proxy: None,
+            ca_file: None,
         };
         let path = save(dir.path(), &saved).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();

@@ -20,7 +20,17 @@ pub struct Configure {
     /// Windows: let configure install and start the service itself (`--runAsService`), as this
     /// account (`--windowsLogonAccount`).
     pub windows_service: Option<String>,
+    /// `--proxyurl` (no credentials in it) and `--proxyusername`; the password goes only in
+    /// [`PROXY_PASSWORD_ENV`].
+    pub proxy_url: Option<String>,
+    pub proxy_user: Option<String>,
+    /// `--sslcacert`: CA certificates the agent trusts in addition to the system's.
+    pub ca_file: Option<String>,
 }
+
+/// The proxy's password, for `config.sh` (never an argument; the agent keeps it in its
+/// credential store).
+pub const PROXY_PASSWORD_ENV: &str = "VSTS_AGENT_INPUT_PROXYPASSWORD";
 
 /// The Windows service account's password, for `config.cmd` (never an argument).
 pub const LOGON_PASSWORD_ENV: &str = "VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD";
@@ -42,6 +52,15 @@ pub fn configure_command(os: &Os, root: &Path, c: &Configure) -> (PathBuf, Vec<S
         c.work.clone(),
         "--replace".into(),
     ];
+    if let Some(url) = &c.proxy_url {
+        args.extend(["--proxyurl".into(), url.clone()]);
+        if let Some(user) = &c.proxy_user {
+            args.extend(["--proxyusername".into(), user.clone()]);
+        }
+    }
+    if let Some(ca) = &c.ca_file {
+        args.extend(["--sslcacert".into(), ca.clone()]);
+    }
     if os.is_windows() {
         if let Some(account) = &c.windows_service {
             args.push("--runAsService".into());
@@ -65,7 +84,22 @@ mod tests {
             agent: "vm1".into(),
             work: "_work".into(),
             windows_service: Some(r"NT AUTHORITY\NETWORK SERVICE".into()),
+            proxy_url: None,
+            proxy_user: None,
+            ca_file: None,
         }
+    }
+
+    #[test]
+    fn proxy_and_ca_are_arguments_and_the_password_is_not() {
+        let mut c = sample();
+        c.proxy_url = Some("http://proxy.corp:3128/".into());
+        c.proxy_user = Some("svc-agents".into());
+        c.ca_file = Some("/etc/ssl/corp-ca.pem".into());
+        let (_, args) = configure_command(&Os::linux_x64(), Path::new("/opt/a"), &c);
+        let line = args.join(" ");
+        assert!(line.contains("--proxyurl http://proxy.corp:3128/ --proxyusername svc-agents --sslcacert /etc/ssl/corp-ca.pem"), "{line}");
+        assert!(!line.to_ascii_lowercase().contains("password"));
     }
 
     #[test]

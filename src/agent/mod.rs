@@ -132,10 +132,37 @@ impl AgentDir {
             .any(|d| crate::fsx::is_symlink(&self.root.join(d)))
     }
 
-    /// Deletes the local registration (as `config.sh remove` does locally), keeping everything else.
-    /// `unlink` never follows a link, so this is safe in a directory the agent user owns.
+    /// Deletes the local registration (as `config.sh remove` does locally) and the proxy and
+    /// certificate settings that configure writes again from root's settings (it does not delete
+    /// a `.proxy` when it is given no proxy), keeping everything else. `unlink` never follows a
+    /// link, so this is safe in a directory the agent user owns.
     pub fn remove_registration(&self) -> Result<(), AgentError> {
-        self.remove_files(REGISTRATION_FILES)
+        self.remove_files(REGISTRATION_FILES)?;
+        self.remove_files(&[".proxy", ".proxycredentials", ".certificates"])
+    }
+
+    /// The proxy URL (`.proxy`, line 1) and the CA file (`.certificates`, `caCert`) the agent was
+    /// configured with, read as untrusted files; only compared with root's settings.
+    pub fn network(&self) -> (Option<String>, Option<String>) {
+        let read = |name: &str| crate::fsx::read_untrusted(&self.root.join(name), 64 * 1024).ok();
+        let proxy = read(".proxy")
+            .and_then(|t| strip_bom(&t).lines().next().map(|l| l.trim().to_owned()))
+            .filter(|l| !l.is_empty());
+        let ca = read(".certificates")
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(strip_bom(&t)).ok())
+            .and_then(|v| {
+                v.as_object()?
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("cacert"))
+                    .and_then(|(_, v)| v.as_str().map(str::to_owned))
+            })
+            .filter(|c| !c.is_empty());
+        (proxy, ca)
+    }
+
+    /// `.proxybypass` as it is now.
+    pub fn proxy_bypass(&self) -> Option<String> {
+        crate::fsx::read_untrusted(&self.root.join(".proxybypass"), 64 * 1024).ok()
     }
 
     /// Deletes everything `config.sh remove` deletes locally: the registration, then the proxy,

@@ -282,8 +282,15 @@ pub async fn run_locked(
     let mut reregister = false;
     if let Some(cfg) = &existing {
         match devops.find_agent(pool.id, &s.agent_name, &budget).await? {
-            Some(a) if a.id == cfg.agent_id => {
+            Some(a) if a.id == cfg.agent_id && network_matches(&agent, &s.network) => {
                 return already_installed(s, env, &agent, cfg, &pool, a.id, &identity).await;
+            }
+            Some(_) if !network_matches(&agent, &s.network) => {
+                tracing::warn!(
+                    "the agent's proxy or CA settings differ from these; configuring it again \
+                     (--replace keeps its registration)"
+                );
+                reregister = true;
             }
             Some(a) => {
                 tracing::warn!(
@@ -684,11 +691,13 @@ async fn execute(
                     s.config_timeout,
                 )
                 .args(args.clone());
+                child = network_secrets(s, child);
                 if let Some(password) = &s.logon_password {
                     child = child.secret_env(config::LOGON_PASSWORD_ENV, password.clone());
                 }
                 tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
-                super::agent_script(child, &tokens.masker()).await?;
+                super::agent_script(child, &network_masker(s, tokens)).await?;
+                write_proxy_bypass(s, env, agent, Some(&user)).await?;
                 let local = agent.settings()?.ok_or_else(|| Error::Configure {
                     message: format!(
                         "{} reported success but wrote no .agent file",
@@ -1011,6 +1020,9 @@ async fn already_installed(
         );
         return Ok(());
     }
+    // NO_PROXY changed: the agent reads .proxybypass when it starts.
+    let account = user::lookup(s.user.name())?;
+    let bypass_changed = write_proxy_bypass(s, env, agent, account.as_ref()).await?;
     // A configured agent whose service is missing or stopped (configure ran, the service step did not).
     if s.service && s.os.is_windows() && s.as_root {
         ensure_windows_service(env, &windows_service_name(s, &pool.name)).await?;
@@ -1022,6 +1034,8 @@ async fn already_installed(
         let ready = service::install_agent_unit(env, &sc, &unit, &s.agent_dir, &user).await?;
         if !ready.active {
             start_service(env, &unit.name, s.no_block_start).await?;
+        } else if bypass_changed {
+            sc.run(&["restart", &unit.name]).await?;
         }
     }
     let previous = state::load(&s.state_dir, &s.agent_dir)?;
@@ -1238,8 +1252,28 @@ fn configure_command(s: &InstallSettings, agent: &AgentDir) -> (PathBuf, Vec<Str
             agent: s.agent_name.clone(),
             work: s.work_dir.clone(),
             windows_service: s.service.then(|| s.user.name().to_owned()),
+            proxy_url: s.network.proxy.as_ref().map(|p| p.url.to_string()),
+            proxy_user: s.network.proxy.as_ref().and_then(|p| p.user.clone()),
+            ca_file: s.network.ca_file.as_ref().map(|p| p.display().to_string()),
         },
     )
+}
+
+/// Whether the agent was configured with this proxy and CA file (`.proxy`, `.certificates`).
+pub fn network_matches(agent: &AgentDir, network: &crate::net::Network) -> bool {
+    let norm = |u: &str| u.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (proxy, ca) = agent.network();
+    let want_proxy = network.proxy.as_ref().map(|p| norm(p.url.as_str()));
+    let want_ca = network.ca_file.as_ref().map(|p| p.display().to_string());
+    proxy.as_deref().map(norm) == want_proxy && ca == want_ca
+}
+
+/// The secrets configure gets in its environment besides the token: the proxy's password.
+fn network_secrets(s: &InstallSettings, child: Child) -> Child {
+    match s.network.proxy.as_ref().and_then(|p| p.password.clone()) {
+        Some(pw) => child.secret_env(config::PROXY_PASSWORD_ENV, pw),
+        None => child,
+    }
 }
 
 /// Configures the agent (reconcile's re-registration of an old agent uses it too).
@@ -1263,8 +1297,76 @@ pub async fn configure(
         s.config_timeout,
     )
     .args(args);
+    let child = network_secrets(s, child);
     tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
-    super::agent_script(child, &tokens.masker()).await
+    super::agent_script(child, &network_masker(s, tokens)).await?;
+    write_proxy_bypass(s, env, agent, Some(user))
+        .await
+        .map(drop)
+}
+
+/// The token's masker, with the proxy password added.
+fn network_masker(s: &InstallSettings, tokens: &Tokens) -> crate::secret::Masker {
+    let masker = tokens.masker();
+    if let Some(pw) = s.network.proxy.as_ref().and_then(|p| p.password.as_ref()) {
+        masker.add(pw);
+    }
+    masker
+}
+
+/// `.proxybypass` from `NO_PROXY`, in the agent's regex form, when the agent has a proxy. Written
+/// by the agent user (a shell as that account, the text in its environment): root opens nothing in
+/// the agent dir. Returns whether the file changed.
+pub async fn write_proxy_bypass(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    user: Option<&RunAs>,
+) -> Result<bool, Error> {
+    if s.network.proxy.is_none() {
+        return Ok(false);
+    }
+    let (text, skipped) = s.network.agent_bypass();
+    for entry in &skipped {
+        tracing::warn!("NO_PROXY entry left out of the agent's .proxybypass: {entry}");
+    }
+    if agent.proxy_bypass().unwrap_or_default() == text {
+        return Ok(false);
+    }
+    if s.os.is_windows() {
+        let path = agent.root.join(".proxybypass");
+        fs_err::write(&path, &text).map_err(|source| Error::Io {
+            action: "writing",
+            path,
+            source,
+        })?;
+    } else {
+        let child = Child::new("write .proxybypass", "/bin/sh", env)
+            .args([
+                "-c",
+                "umask 022 && printf '%s' \"$BYPASS\" > .proxybypass.tmp && mv -f .proxybypass.tmp .proxybypass",
+            ])
+            .env("BYPASS", text.clone())
+            .cwd(&agent.root)
+            .run_as(user.and_then(RunAs::unless_root))
+            .timeout(Duration::from_secs(30));
+        let done = process::run_async(child, crate::secret::Masker::new())
+            .await
+            .map_err(Error::ConfigureRun)?;
+        if !done.success() {
+            return Err(Error::Configure {
+                message: format!(
+                    "writing .proxybypass failed: {}",
+                    done.error_line().unwrap_or_default()
+                ),
+            });
+        }
+    }
+    tracing::info!(
+        entries = text.lines().count(),
+        "wrote the agent's .proxybypass from NO_PROXY"
+    );
+    Ok(true)
 }
 
 fn saved_settings(
@@ -1306,6 +1408,15 @@ fn saved_settings(
         },
         boot_unit: None,
         watch_unit: None,
+        proxy_url: s.network.proxy.as_ref().map(|p| p.url.to_string()),
+        proxy_user: s.network.proxy.as_ref().and_then(|p| p.user.clone()),
+        proxy_password_file: s
+            .network
+            .proxy
+            .as_ref()
+            .and_then(|p| p.password_file.clone()),
+        no_proxy: s.network.no_proxy.clone(),
+        ca_file: s.network.ca_file.clone(),
     }
 }
 

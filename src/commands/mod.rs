@@ -51,15 +51,18 @@ pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
     match &cli.command {
         Command::Token(args) => {
             let request = settings::identity(&args.identity)?;
+            net.configure(settings::network(&args.network, &env)?);
             token::run(&request, &env, os, &net).await.map(|()| 0)
         }
         Command::Prune(args) => {
             let request = settings::identity(&args.identity)?;
             let s = settings::prune(args, &env, &os)?;
+            net.configure(settings::network(&args.network, &env)?);
             prune::run(&s, &request, &env, os, &net).await.map(|()| 0)
         }
         Command::Run(args) => {
             let s = settings::run(args, &env, os)?;
+            net.configure(s.install.network.clone());
             net.prewarm();
             run::run(&s, &env, &net, &progress()).await
         }
@@ -71,18 +74,21 @@ pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
                 )));
             }
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
+            configure_saved(&net, &t, &env)?;
             let every = std::time::Duration::from_secs(args.poll_interval);
             watch::run(&t, every, &env, os, &net).await
         }
         Command::Doctor(args) => {
             let request = settings::identity(&args.identity)?;
             let target = settings::doctor(args, &env, &os)?;
+            net.configure(settings::network(&args.network, &env)?);
             doctor::run(&target, &request, args.json, &env, os, &net)
                 .await
                 .map(|()| 0)
         }
         Command::Install(args) => {
             let settings = settings::install(args, &env, os)?;
+            net.configure(settings.network.clone());
             net.prewarm();
             install::run(&settings, &env, &net, &progress())
                 .await
@@ -90,21 +96,32 @@ pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
         }
         Command::Reconcile(args) => {
             let t = target(args.agent_dir.as_deref(), &env, &os)?;
+            configure_saved(&net, &t, &env)?;
             reconcile::run(&t, &env, os, &net, &progress())
                 .await
                 .map(|()| 0)
         }
         Command::Remove(args) => {
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
+            configure_saved(&net, &t, &env)?;
             remove::run(&t, args.purge, &env, os, &net)
                 .await
                 .map(|()| 0)
         }
         Command::Status(args) => {
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
+            configure_saved(&net, &t, &env)?;
             status::run(&t, args.json, &env, os, &net).await.map(|()| 0)
         }
     }
+}
+
+/// The proxy and CA install saved for this agent dir, for the commands that act on it.
+fn configure_saved(net: &Net, t: &Target, env: &Env) -> Result<(), Error> {
+    if let Some(saved) = crate::state::load(&t.paths.state_dir, &t.agent_dir)? {
+        net.configure(settings::saved_network(&saved, env)?);
+    }
+    Ok(())
 }
 
 /// The token source a request resolves to (logged: which, and why the others were not), ready to

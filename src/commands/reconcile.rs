@@ -79,6 +79,11 @@ pub struct Observed {
     pub wants_service: bool,
     pub server: Server,
     pub reauth_supported: bool,
+    /// The agent's proxy or CA file (`.proxy`, `.certificates`) is not what the saved settings
+    /// say (install changed them, or a job did): configured again from the saved settings.
+    pub network_drift: bool,
+    /// `.proxybypass` was rewritten from the saved `NO_PROXY`: the agent reads it when it starts.
+    pub bypass_changed: bool,
     /// Windows: SYSTEM never runs the agent's scripts from a tree the service account could have
     /// written, so every repair that needs them configures a freshly extracted package instead.
     pub windows: bool,
@@ -116,7 +121,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
     if !o.configured {
         return vec![Install { new_name: false }];
     }
-    if o.tampered {
+    if o.tampered || o.network_drift {
         return vec![RemoveRegistration, Install { new_name: false }];
     }
     if o.windows {
@@ -136,7 +141,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         }
     };
     match o.server {
-        Server::Known | Server::NotAsked => service(false),
+        Server::Known | Server::NotAsked => service(o.bypass_changed),
         // Never stop or remove anything while we cannot tell; starting a stopped service is safe.
         Server::Unreachable => {
             if o.service_installed {
@@ -234,6 +239,14 @@ pub async fn run(
              configuring the agent again from the saved settings"
         );
     }
+    let network_drift =
+        local.is_some() && !tampered && !install::network_matches(&agent, &net.network());
+    if network_drift {
+        tracing::warn!(
+            "the agent's proxy or CA settings differ from the saved ones; configuring the agent \
+             again from the saved settings"
+        );
+    }
     let network = deadline.sub(&clock, NETWORK_BUDGET);
     let tokens = super::saved_tokens(&saved, env, &os, net, true).await?;
 
@@ -306,9 +319,17 @@ pub async fn run(
     } else {
         false
     };
+    let bypass_changed = if local.is_some() && !tampered && !network_drift && !clone {
+        let s = settings::from_saved(&saved, env, os)?;
+        install::write_proxy_bypass(&s, env, &agent, user.as_ref()).await?
+    } else {
+        false
+    };
     let observed = Observed {
         configured: local.is_some() || unreadable,
         tampered,
+        network_drift,
+        bypass_changed,
         clone,
         service_installed: unit_state.is_some_and(|u| u.exists),
         unit: unit_state,
@@ -560,6 +581,23 @@ mod tests {
     use super::*;
     use Action::*;
 
+    #[test]
+    fn a_changed_proxy_configures_again_and_a_changed_bypass_restarts() {
+        let drift = Observed {
+            network_drift: true,
+            ..healthy()
+        };
+        assert_eq!(
+            decide(&drift),
+            [RemoveRegistration, Install { new_name: false }]
+        );
+        let bypass = Observed {
+            bypass_changed: true,
+            ..healthy()
+        };
+        assert_eq!(decide(&bypass), [EnsureService { restart: true }]);
+    }
+
     fn healthy() -> Observed {
         Observed {
             configured: true,
@@ -574,6 +612,8 @@ mod tests {
             wants_service: true,
             server: Server::Known,
             reauth_supported: true,
+            network_drift: false,
+            bypass_changed: false,
             windows: false,
         }
     }
@@ -603,6 +643,8 @@ mod tests {
         let o = Observed {
             server: Server::Missing,
             reauth_supported: false,
+            network_drift: false,
+            bypass_changed: false,
             ..healthy()
         };
         assert_eq!(

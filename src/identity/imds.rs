@@ -39,6 +39,7 @@ impl Transport for Net {
                 .header("Metadata", "true"),
         )
         .await
+        .map_err(|f| f.detail)
     }
 
     async fn probe(&self, url: &Url) -> Result<u16, String> {
@@ -46,7 +47,10 @@ impl Transport for Net {
             .client(Service::Imds)
             .get(url.clone())
             .timeout(PROBE_TIMEOUT);
-        self.fetch(request).await.map(|a| a.status)
+        self.fetch(request)
+            .await
+            .map(|a| a.status)
+            .map_err(|f| f.detail)
     }
 }
 
@@ -138,7 +142,14 @@ impl<T: Transport> ImdsClient<T> {
         let outcome = self
             .net
             .retry("IMDS token", budget, async |_| {
-                let answer = self.transport.get(&url).await;
+                let answer = self
+                    .transport
+                    .get(&url)
+                    .await
+                    .map_err(|detail| crate::net::Failed {
+                        detail,
+                        blocked: None,
+                    });
                 let now = self.net.clock().unix_now();
                 self.net.settle(
                     Service::Imds,

@@ -8,15 +8,63 @@
 //! Azure DevOps sends are shown in the log. Waits get jitter so a scale set booting a hundred
 //! instances does not retry in lockstep.
 
+pub mod proxy;
 pub mod retry;
+pub mod tls;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 
 use crate::clock::{Budget, Clock};
+pub use proxy::Network;
 pub use retry::{Class, Policy, Service};
+
+/// A connection retrying cannot fix: a certificate that is not trusted, a proxy that wants
+/// credentials or will not connect. The message names what refused and says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Blocked {
+    #[error(
+        "the TLS certificate of {host} is not trusted ({reason}): subject '{subject}', issued by \
+         '{issuer}'\nhint: {hint}"
+    )]
+    Certificate {
+        host: String,
+        reason: String,
+        subject: String,
+        issuer: String,
+        hint: String,
+    },
+    #[error(
+        "the proxy {proxy} asked for credentials (HTTP 407){given}\nhint: pass --proxy-user and \
+         the password in AGENT_BOOTSTRAP_PROXY_PASSWORD or --proxy-password-file"
+    )]
+    ProxyAuth { proxy: String, given: String },
+    #[error(
+        "the proxy {proxy} refused to connect to {target} (its answer to CONNECT was not 200)\n\
+         hint: allow {target} on the proxy, or list the host in NO_PROXY if it is reachable directly"
+    )]
+    ProxyRefused { proxy: String, target: String },
+}
+
+/// A request that got no answer.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    /// The transport error and its causes on one line.
+    pub detail: String,
+    /// Set when retrying cannot help.
+    pub blocked: Option<Blocked>,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.blocked {
+            Some(b) => write!(f, "{b}"),
+            None => f.write_str(&self.detail),
+        }
+    }
+}
 
 /// One HTTP answer, read to the end.
 #[derive(Debug)]
@@ -30,6 +78,8 @@ pub struct Answer {
 pub enum Try<T> {
     /// Finished: a result or an error that retrying cannot fix.
     Done(T),
+    /// Blocked: retrying cannot help ([`Net::retry`] ends with it in [`GaveUp::blocked`]).
+    Stop(Blocked),
     /// Worth another try.
     Again {
         class: Class,
@@ -47,14 +97,18 @@ pub struct GaveUp {
     pub attempts: u32,
     pub elapsed: Duration,
     pub last: String,
+    /// The attempt was blocked (an untrusted certificate, a proxy's refusal), not worth retrying.
+    pub blocked: Option<Blocked>,
 }
 
 #[derive(Clone)]
 pub struct Net {
     direct: reqwest::Client,
     /// Built on first use: loading the system's root certificates takes a few milliseconds that
-    /// `token` never needs.
-    web: Arc<std::sync::OnceLock<reqwest::Client>>,
+    /// `token` never needs. Built again when [`Net::configure`] changes the network.
+    web: Arc<Mutex<Option<reqwest::Client>>>,
+    network: Arc<RwLock<Network>>,
+    refused: tls::Refused,
     clock: Clock,
     policy: Policy,
     rng: Arc<Mutex<fastrand::Rng>>,
@@ -99,7 +153,9 @@ impl Net {
         };
         Self {
             direct,
-            web: Arc::new(std::sync::OnceLock::new()),
+            web: Arc::new(Mutex::new(None)),
+            network: Arc::new(RwLock::new(Network::default())),
+            refused: tls::Refused::default(),
             clock,
             policy: Policy::default(),
             rng: Arc::new(Mutex::new(rng)),
@@ -119,35 +175,157 @@ impl Net {
         });
     }
 
-    /// The client for a service: identity endpoints on the machine never go through a proxy.
-    pub fn client(&self, service: Service) -> &reqwest::Client {
-        match service {
-            Service::Imds | Service::LocalIdentity => &self.direct,
-            Service::Entra | Service::DevOps | Service::Download => self.web.get_or_init(|| {
-                reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    // Per read, not per request: a package download takes as long as it takes.
-                    .read_timeout(Duration::from_secs(60))
-                    .user_agent(USER_AGENT)
-                    .build()
-                    .expect("static reqwest configuration is valid")
-            }),
+    /// Sets the proxy and the extra CAs the internet client uses (before its first request, or
+    /// anew: the client is rebuilt). Identity endpoints on the machine are not affected.
+    pub fn configure(&self, network: Network) {
+        if let Some(p) = &network.proxy {
+            tracing::info!(
+                proxy = %p.url,
+                from = %p.from,
+                user = p.user.as_deref().unwrap_or("-"),
+                no_proxy = network.no_proxy.as_deref().unwrap_or(""),
+                "Azure DevOps, downloads and Entra go through the proxy; identity endpoints on \
+                 this machine never do"
+            );
         }
+        if let Some(ca) = &network.ca_file {
+            tracing::info!(ca_file = %ca.display(), certificates = network.ca_certs.len(), "trusting the CA file too");
+        }
+        *self.network.write().expect("network poisoned") = network;
+        *self.web.lock().expect("client poisoned") = None;
+    }
+
+    /// The network in use.
+    pub fn network(&self) -> Network {
+        self.network.read().expect("network poisoned").clone()
+    }
+
+    /// The client for a service: identity endpoints on the machine never go through a proxy.
+    pub fn client(&self, service: Service) -> reqwest::Client {
+        match service {
+            Service::Imds | Service::LocalIdentity => self.direct.clone(),
+            Service::Entra | Service::DevOps | Service::Download => {
+                let mut web = self.web.lock().expect("client poisoned");
+                web.get_or_insert_with(|| self.build_web()).clone()
+            }
+        }
+    }
+
+    fn build_web(&self) -> reqwest::Client {
+        let network = self.network();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // Per read, not per request: a package download takes as long as it takes.
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(USER_AGENT);
+        match tls::client_config(&network.ca_certs, self.refused.clone()) {
+            Ok(config) => builder = builder.use_preconfigured_tls(config),
+            Err(e) => tracing::warn!("the platform's certificate store could not be used: {e}"),
+        }
+        // The environment was read once, into `network`, with curl's rules: reqwest reads nothing.
+        builder = match &network.proxy {
+            None => builder.no_proxy(),
+            Some(p) => {
+                let no_proxy = network.no_proxy.clone().unwrap_or_default();
+                let target = p.url.clone();
+                let mut proxy = reqwest::Proxy::custom(move |url| {
+                    let host = url.host_str().unwrap_or("");
+                    (!proxy::bypassed(&no_proxy, host, url.port_or_known_default()))
+                        .then(|| target.clone())
+                });
+                if let (Some(user), Some(password)) = (&p.user, &p.password) {
+                    proxy = proxy.basic_auth(user, password.expose());
+                }
+                builder.proxy(proxy)
+            }
+        };
+        builder.build().unwrap_or_else(|e| {
+            tracing::warn!("{}; using the defaults", crate::error::one_line(&e));
+            reqwest::Client::new()
+        })
+    }
+
+    /// What a transport error means, when retrying cannot fix it.
+    pub fn blocked(&self, e: &reqwest::Error) -> Option<Blocked> {
+        let url = e.url()?;
+        let host = url
+            .host_str()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let target = format!("{host}:{}", url.port_or_known_default().unwrap_or(443));
+        // rustls' own error, inside the connector's io::Error.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            let inner = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|i| i as &(dyn std::error::Error + 'static));
+            for candidate in [Some(err), inner].into_iter().flatten() {
+                if let Some(rustls::Error::InvalidCertificate(reason)) =
+                    candidate.downcast_ref::<rustls::Error>()
+                {
+                    let (subject, issuer) = self
+                        .refused
+                        .get(host)
+                        .and_then(|der| tls::names(&der))
+                        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+                    let network = self.network();
+                    let hint = match &network.ca_file {
+                        Some(ca) => format!(
+                            "the certificates in {} do not vouch for it either: add the CA that \
+                             issued '{issuer}', or find out what intercepts the connection",
+                            ca.display()
+                        ),
+                        None => format!(
+                            "if '{issuer}' is your organization's CA (TLS inspection, Azure DevOps \
+                             Server), pass its certificate with --ca-file PEM; otherwise something \
+                             intercepts this connection"
+                        ),
+                    };
+                    return Some(Blocked::Certificate {
+                        host: host.to_owned(),
+                        reason: format!("{reason:?}"),
+                        subject,
+                        issuer,
+                        hint,
+                    });
+                }
+            }
+            source = err.source();
+        }
+        let text = crate::error::one_line(e);
+        let network = self.network();
+        let proxy = network.proxy.as_ref()?;
+        if text.contains("proxy authorization required") {
+            return Some(Blocked::ProxyAuth {
+                proxy: proxy.url.to_string(),
+                given: match &proxy.user {
+                    Some(u) => format!(" and refused those of '{u}'"),
+                    None => String::new(),
+                },
+            });
+        }
+        if text.contains("tunnel error: unsuccessful") {
+            return Some(Blocked::ProxyRefused {
+                proxy: proxy.url.to_string(),
+                target,
+            });
+        }
+        None
     }
 
     /// Sends a request and reads the whole answer (JSON APIs). A transport failure is `Err` with
     /// its message and causes on one line.
-    pub async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<Answer, String> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| crate::error::one_line(&e))?;
+    pub async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<Answer, Failed> {
+        let failed = |e: reqwest::Error| Failed {
+            detail: crate::error::one_line(&e),
+            blocked: self.blocked(&e),
+        };
+        let response = request.send().await.map_err(failed)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| crate::error::one_line(&e))?;
+        let body = response.text().await.map_err(failed)?;
         Ok(Answer {
             status,
             headers,
@@ -176,13 +354,16 @@ impl Net {
     pub fn settle<T>(
         &self,
         service: Service,
-        answer: Result<Answer, String>,
+        answer: Result<Answer, Failed>,
         ok: impl FnOnce(Answer) -> T,
         refused: impl FnOnce(Answer) -> T,
     ) -> Try<T> {
         let a = match answer {
             Ok(a) => a,
-            Err(detail) => {
+            Err(Failed {
+                blocked: Some(b), ..
+            }) => return Try::Stop(b),
+            Err(Failed { detail, .. }) => {
                 return Try::Again {
                     class: Class::Backoff,
                     wait_hint: None,
@@ -218,6 +399,14 @@ impl Net {
             since_progress += 1;
             let (class, wait_hint, detail, progress) = match attempt(attempts).await {
                 Try::Done(t) => return Ok(t),
+                Try::Stop(blocked) => {
+                    return Err(GaveUp {
+                        attempts,
+                        elapsed: budget.spent(&self.clock),
+                        last: blocked.to_string(),
+                        blocked: Some(blocked),
+                    });
+                }
                 Try::Again {
                     class,
                     wait_hint,
@@ -246,6 +435,7 @@ impl Net {
                     attempts,
                     elapsed: spent,
                     last: detail,
+                    blocked: None,
                 });
             };
             tracing::warn!(

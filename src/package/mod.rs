@@ -61,6 +61,11 @@ pub enum PackageError {
     Refused { url: String, reason: String },
     #[error("downloading {url} failed with HTTP {status}")]
     Http { url: String, status: u16 },
+    #[error("the agent package at {url} cannot be downloaded: {blocked}; nothing was installed")]
+    Blocked {
+        url: String,
+        blocked: Box<crate::net::Blocked>,
+    },
     #[error("downloading {url} failed after {attempts} attempts: {detail}")]
     Download {
         url: String,
@@ -468,7 +473,12 @@ async fn feed_url(
             }
             let response = match request.send().await {
                 Ok(r) => r,
-                Err(e) => return again(Class::Backoff, None, crate::error::one_line(&e), false),
+                Err(e) => {
+                    if let Some(blocked) = net.blocked(&e) {
+                        return Try::Stop(blocked);
+                    }
+                    return again(Class::Backoff, None, crate::error::one_line(&e), false);
+                }
             };
             let status = response.status().as_u16();
             match crate::net::retry::classify(Service::Download, status) {
@@ -552,6 +562,13 @@ async fn feed_url(
         .await;
     match outcome {
         Ok(result) => result,
+        Err(crate::net::GaveUp {
+            blocked: Some(blocked),
+            ..
+        }) => Err(PackageError::Blocked {
+            url: shown,
+            blocked: Box::new(blocked),
+        }),
         Err(g) => Err(PackageError::Download {
             url: shown,
             attempts: g.attempts,
