@@ -669,7 +669,17 @@ fn doctor_reports_a_healthy_identity_and_exits_0() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["token", "organization", "pool", "package"]);
+    assert_eq!(
+        names,
+        [
+            "connection",
+            "token",
+            "organization",
+            "pool",
+            "package",
+            "download"
+        ]
+    );
 }
 
 #[test]
@@ -724,7 +734,8 @@ fn doctor_says_what_to_fix_for_an_identity_outside_the_organization() {
     let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["identity"]["candidates"].as_array().unwrap().len(), 6);
-    assert_eq!(v["checks"][0]["name"], "identity");
+    assert_eq!(v["checks"][0]["name"], "connection");
+    assert_eq!(v["checks"][1]["name"], "identity");
 }
 
 #[test]

@@ -16,7 +16,9 @@ pub mod fake_az;
 pub mod listener;
 pub mod naming;
 pub mod package;
+pub mod proxy;
 mod server;
+pub mod tls;
 
 /// Azure DevOps' application id: the `resource` IMDS must be asked for.
 pub const AZURE_DEVOPS_RESOURCE: &str = "499b84ac-1321-427f-aa17-267ca6975798";
@@ -121,6 +123,9 @@ pub struct SimConfig {
     /// The service-account token (the contents of `AZURE_FEDERATED_TOKEN_FILE`) that the federated
     /// credentials of every identity trust.
     pub workload_assertion: String,
+    /// Also serve every route over TLS (a certificate from a test CA made at start), for the
+    /// proxy and private-CA tests.
+    pub tls: bool,
 }
 
 /// Well-known identities of the default world.
@@ -201,6 +206,7 @@ impl SimConfig {
             app_service_header: "sim-identity-header-6b1d".to_owned(),
             arc_key_dir: None,
             workload_assertion: "eyJhbGciOiJSUzI1NiJ9.sim-service-account-token.sig".to_owned(),
+            tls: false,
         }
     }
 }
@@ -432,6 +438,9 @@ pub fn http_date(secs: u64) -> String {
 
 pub struct Simulator {
     pub addr: SocketAddr,
+    /// The TLS listener (`SimConfig::tls`) and the test CA's PEM file.
+    pub tls_addr: Option<SocketAddr>,
+    pub ca_file: Option<PathBuf>,
     pub config: SimConfig,
     pub state: Arc<Mutex<State>>,
     pub package: package::BuiltPackage,
@@ -473,11 +482,30 @@ impl Simulator {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = server::router(server::Shared {
+        let shared = server::Shared {
             config: Arc::new(config.clone()),
             state: state.clone(),
             package: package.clone(),
-        });
+            scheme: "http",
+        };
+        let app = server::router(shared.clone());
+        let tls = if config.tls {
+            let ca = tls::make(&config.work_dir.join("tls"))?;
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+            l.set_nonblocking(true)?;
+            let app = server::router(server::Shared {
+                scheme: "https",
+                ..shared
+            });
+            Some((l, ca, app))
+        } else {
+            None
+        };
+        let tls_addr = match &tls {
+            Some((l, _, _)) => Some(l.local_addr()?),
+            None => None,
+        };
+        let ca_file = tls.as_ref().map(|(_, ca, _)| ca.ca_file.clone());
         let thread = std::thread::Builder::new()
             .name("azure-sim".into())
             .spawn(move || {
@@ -487,6 +515,10 @@ impl Simulator {
                     .build()
                     .expect("simulator runtime");
                 rt.block_on(async move {
+                    if let Some((l, ca, app)) = tls {
+                        let l = tokio::net::TcpListener::from_std(l).expect("tls listener");
+                        tokio::spawn(tls::serve(l, ca.server_config, app));
+                    }
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -497,6 +529,8 @@ impl Simulator {
             })?;
         Ok(Self {
             addr,
+            tls_addr,
+            ca_file,
             config,
             state,
             package,
@@ -511,6 +545,12 @@ impl Simulator {
 
     pub fn org_url(&self) -> String {
         format!("{}/{}", self.base_url(), self.config.org)
+    }
+
+    /// The organization over TLS (`SimConfig::tls`).
+    pub fn tls_org_url(&self) -> String {
+        let addr = self.tls_addr.expect("the simulator serves TLS");
+        format!("https://{addr}/{}", self.config.org)
     }
 
     pub fn systemd_dir(&self) -> PathBuf {

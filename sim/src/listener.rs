@@ -249,16 +249,28 @@ pub fn main(args: &[String]) -> i32 {
         .enable_all()
         .build()
         .expect("runtime");
+    // Configure takes the proxy and CA from its options; every other verb from the files
+    // configure saved (`VstsAgentWebProxy`, `AgentCertificateManager`).
+    let web = if parsed.verb == "configure" {
+        WebSettings {
+            proxy: parsed.values.get("proxyurl").cloned(),
+            user: parsed.values.get("proxyusername").cloned(),
+            password: parsed.values.get("proxypassword").cloned(),
+            ca: parsed.values.get("sslcacert").cloned(),
+        }
+    } else {
+        WebSettings::saved(&root)
+    };
     let mut ctx = Ctx {
+        http: web.client(),
         root,
         version,
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client"),
         diag: vec![],
     };
+    if let Some(ca) = web.ca.as_deref().filter(|c| !Path::new(c).is_file()) {
+        ctx.err(&format!("Could not find file '{ca}'."));
+        return 1;
+    }
     if !parsed.unrecognized.is_empty() {
         ctx.err(&format!(
             "Unrecognized command-line input arguments: '{}'. For usage refer to: .\\config.cmd --help or ./config.sh --help",
@@ -296,6 +308,98 @@ pub fn main(args: &[String]) -> i32 {
     code
 }
 
+/// The proxy and extra CA the listener's HTTP goes through.
+#[derive(Default)]
+struct WebSettings {
+    proxy: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    ca: Option<String>,
+}
+
+impl WebSettings {
+    /// `.proxy` (line 1), `.proxycredentials` → `.credential_store`, `.certificates` (`caCert`).
+    fn saved(root: &Path) -> Self {
+        let proxy = fs_err::read_to_string(root.join(".proxy"))
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.trim().to_owned()))
+            .filter(|l| !l.is_empty());
+        let (user, password) = fs_err::read_to_string(root.join(".proxycredentials"))
+            .ok()
+            .and_then(|key| {
+                let store = read_bom_json(&root.join(".credential_store"))?;
+                let entry = &store[format!("VSTS_AGENT_PROXY_{}", key.trim())];
+                Some((
+                    entry["userName"].as_str().map(str::to_owned),
+                    entry["password"].as_str().map(unscramble),
+                ))
+            })
+            .unwrap_or_default();
+        let ca = read_bom_json(&root.join(".certificates"))
+            .and_then(|c| c["caCert"].as_str().map(str::to_owned));
+        Self {
+            proxy,
+            user,
+            password,
+            ca,
+        }
+    }
+
+    fn client(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        b = match &self.proxy {
+            None => b.no_proxy(),
+            Some(url) => {
+                let mut p = reqwest::Proxy::all(url).expect("proxy url");
+                if let (Some(u), Some(pw)) = (&self.user, &self.password) {
+                    p = p.basic_auth(u, pw);
+                }
+                b.proxy(p)
+            }
+        };
+        if let Some(pem) = self.ca.as_ref().and_then(|c| fs_err::read(c).ok())
+            && let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem)
+        {
+            b = b.tls_certs_merge(certs);
+        }
+        b.build().expect("client")
+    }
+
+    /// What configure saves (`SaveProxySetting`, `SaveCertificateSetting`); the password goes to
+    /// the credential store, scrambled as the real one encrypts it (never in clear in a file).
+    fn save(&self, root: &Path) -> std::io::Result<()> {
+        if let Some(p) = &self.proxy {
+            fs_err::write(root.join(".proxy"), p)?;
+            if let (Some(u), Some(pw)) = (&self.user, &self.password) {
+                let key = format!("{:032X}", rand::random::<u128>());
+                fs_err::write(root.join(".proxycredentials"), &key)?;
+                let mut store = read_bom_json(&root.join(".credential_store")).unwrap_or(json!({}));
+                store[format!("VSTS_AGENT_PROXY_{key}")] =
+                    json!({"userName": u, "password": scramble(pw)});
+                write_bom_json(&root.join(".credential_store"), &store, Some(0o600))?;
+            }
+        }
+        if let Some(ca) = &self.ca {
+            write_bom_json(&root.join(".certificates"), &json!({"caCert": ca}), None)?;
+        }
+        Ok(())
+    }
+}
+
+fn scramble(s: &str) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = s.bytes().map(|b| b ^ 0x5a).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unscramble(s: &str) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes.iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>()).into_owned()
+}
+
 fn server_base(url: &str) -> Option<String> {
     let u = url::Url::parse(url).ok()?;
     Some(
@@ -310,22 +414,25 @@ async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String], url: Option<&st
         return;
     };
     let mut leaks = vec![];
-    if let Some(token) = parsed.values.get("token")
+    // The token and the proxy password: neither may be in any process's argv.
+    let secrets: Vec<&String> = ["token", "proxypassword"]
+        .iter()
+        .filter_map(|k| parsed.values.get(*k))
+        .filter(|v| v.len() >= 4)
+        .collect();
+    if !secrets.is_empty()
         && let Ok(entries) = fs_err::read_dir("/proc")
     {
-        {
-            for e in entries.flatten() {
-                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                    continue;
-                };
-                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if text.contains(token.as_str()) {
-                    leaks.push(format!(
-                        "pid {}: {}",
-                        e.file_name().to_string_lossy(),
-                        text.replace(token.as_str(), "<TOKEN>")
-                    ));
+        for e in entries.flatten() {
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let mut text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if secrets.iter().any(|s| text.contains(s.as_str())) {
+                for s in &secrets {
+                    text = text.replace(s.as_str(), "<SECRET>");
                 }
+                leaks.push(format!("pid {}: {text}", e.file_name().to_string_lossy()));
             }
         }
     }
@@ -649,6 +756,16 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         settings["acceptTeeEula"] = json!(true);
     }
     if let Err(e) = write_bom_json(&ctx.root.join(".agent"), &settings, None) {
+        ctx.err(&format!("Failed to save settings: {e}"));
+        return 1;
+    }
+    let web = WebSettings {
+        proxy: parsed.values.get("proxyurl").cloned(),
+        user: parsed.values.get("proxyusername").cloned(),
+        password: parsed.values.get("proxypassword").cloned(),
+        ca: parsed.values.get("sslcacert").cloned(),
+    };
+    if let Err(e) = web.save(&ctx.root) {
         ctx.err(&format!("Failed to save settings: {e}"));
         return 1;
     }

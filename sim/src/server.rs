@@ -21,6 +21,8 @@ pub struct Shared {
     pub config: Arc<SimConfig>,
     pub state: Arc<Mutex<State>>,
     pub package: super::package::BuiltPackage,
+    /// `http`, or `https` on the TLS listener (download URLs use it).
+    pub scheme: &'static str,
 }
 
 type Q = Query<HashMap<String, String>>;
@@ -1130,7 +1132,7 @@ async fn packages(
             "platform": spec.platform,
             "createdOn": "2026-08-12T00:00:00Z",
             "version": {"major": v[0], "minor": v[1], "patch": v[2]},
-            "downloadUrl": format!("http://{host}/_download/agent/{}/{}", spec.version, spec.file_name()),
+            "downloadUrl": format!("{}://{host}/_download/agent/{}/{}", s.scheme, spec.version, spec.file_name()),
             "infoUrl": "https://go.microsoft.com/fwlink/?LinkId=798199",
             "hashValue": s.package.sha256,
             "filename": spec.file_name(),

@@ -19,7 +19,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::identity::claims::{self, Claims};
 use crate::identity::{Report, Request, Tokens, Verdict};
-use crate::net::Net;
+use crate::net::{Net, Service};
 use crate::os::Os;
 use crate::settings::DoctorSettings;
 
@@ -61,10 +61,26 @@ impl Check {
     }
 }
 
+/// The proxy and CA in use.
+#[derive(Debug, Serialize)]
+struct NetworkReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_proxy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_file: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 struct Doctor {
     organization: String,
     pool: String,
+    network: NetworkReport,
     identity: Report,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
@@ -86,9 +102,17 @@ pub async fn run(
     let budget = net.clock().budget(BUDGET);
     let (source, identity) = crate::identity::resolve(request, env, &os, net).await;
     identity.log();
+    let n = net.network();
     let mut report = Doctor {
         organization: target.url.to_string(),
         pool: target.pool.clone(),
+        network: NetworkReport {
+            proxy: n.proxy.as_ref().map(|p| p.url.to_string()),
+            proxy_from: n.proxy.as_ref().map(|p| p.from.clone()),
+            proxy_user: n.proxy.as_ref().and_then(|p| p.user.clone()),
+            no_proxy: n.no_proxy.clone().filter(|_| n.proxy.is_some()),
+            ca_file: n.ca_file.as_ref().map(|p| p.display().to_string()),
+        },
         identity,
         source: None,
         claims: None,
@@ -113,6 +137,10 @@ async fn check(
     net: &Net,
     report: &mut Doctor,
 ) -> Option<Error> {
+    // The hops first: the proxy, then TLS to the organization through it.
+    if let Some(e) = hops(target, net, report).await {
+        return Some(e);
+    }
     let source = match source {
         Ok(s) => s,
         Err(e) => {
@@ -194,17 +222,161 @@ async fn check(
         }
     }
     let rid = os.rid();
-    match devops.agent_package(&rid, None, budget).await {
-        Ok(p) => report.checks.push(Check::ok(
-            "package",
-            format!("the organization offers agent {} for {rid}", p.version),
-        )),
+    let package = match devops.agent_package(&rid, None, budget).await {
+        Ok(p) => {
+            report.checks.push(Check::ok(
+                "package",
+                format!("the organization offers agent {} for {rid}", p.version),
+            ));
+            p
+        }
         Err(e) => {
             report.checks.push(Check::failed("package", &e));
             return Some(e.into());
         }
+    };
+    // The download host: the first byte of the package, through the same proxy and trust.
+    let Ok(url) = url::Url::parse(&package.download_url) else {
+        return None;
+    };
+    let request = net
+        .client(Service::Download)
+        .get(url.clone())
+        .header("Range", "bytes=0-0")
+        .timeout(Duration::from_secs(30));
+    match request.send().await {
+        Ok(r) if r.status().is_success() => report.checks.push(Check::ok(
+            "download",
+            format!("{} answers {}", host_of(&url), route(net, &url)),
+        )),
+        Ok(r) => {
+            let e = crate::package::PackageError::Http {
+                url: url.to_string(),
+                status: r.status().as_u16(),
+            };
+            report.checks.push(Check::failed("download", &e));
+            return Some(e.into());
+        }
+        Err(e) => {
+            let e = match net.blocked(&e) {
+                Some(b) => crate::package::PackageError::Blocked {
+                    url: url.to_string(),
+                    blocked: Box::new(b),
+                },
+                None => crate::package::PackageError::Download {
+                    url: url.to_string(),
+                    attempts: 1,
+                    detail: crate::error::one_line(&e),
+                },
+            };
+            report.checks.push(Check::failed("download", &e));
+            return Some(e.into());
+        }
     }
     None
+}
+
+fn host_of(url: &url::Url) -> String {
+    match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
+        None => url.host_str().unwrap_or("").to_owned(),
+    }
+}
+
+/// How a request to `url` travels, for the report.
+fn route(net: &Net, url: &url::Url) -> String {
+    let n = net.network();
+    let via = match &n.proxy {
+        Some(p) if n.proxied(url) => format!("through the proxy {}", p.url),
+        Some(_) => "directly (NO_PROXY)".to_owned(),
+        None => "directly".to_owned(),
+    };
+    let trust = match (&n.ca_file, url.scheme()) {
+        (_, "http") => String::new(),
+        (Some(ca), _) => format!(", TLS verified with the system's CAs and {}", ca.display()),
+        (None, _) => ", TLS verified with the system's CAs".to_owned(),
+    };
+    format!("{via}{trust}")
+}
+
+/// The proxy is reachable, and the organization answers through it with a certificate we trust.
+async fn hops(target: &DoctorSettings, net: &Net, report: &mut Doctor) -> Option<Error> {
+    let n = net.network();
+    if let Some(p) = &n.proxy {
+        let host = p.url.host_str().unwrap_or("").to_owned();
+        let port = p.url.port_or_known_default().unwrap_or(80);
+        let connect = tokio::net::TcpStream::connect((
+            host.trim_start_matches('[').trim_end_matches(']'),
+            port,
+        ));
+        match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(_)) => report.checks.push(Check::ok(
+                "proxy",
+                format!(
+                    "{} (from {}) accepts connections{}",
+                    p.url,
+                    p.from,
+                    p.user
+                        .as_ref()
+                        .map(|u| format!("; credentials of '{u}'"))
+                        .unwrap_or_default()
+                ),
+            )),
+            result => {
+                let detail = match result {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 5s".to_owned(),
+                };
+                let e = crate::devops::DevOpsError::GaveUp {
+                    url: p.url.to_string(),
+                    attempts: 1,
+                    elapsed: Duration::ZERO,
+                    last: format!("the proxy does not accept connections: {detail}"),
+                };
+                report.checks.push(Check {
+                    name: "proxy",
+                    ok: false,
+                    detail: crate::error::report(&e),
+                    fix: Some(format!(
+                        "check --proxy / {} and that the proxy runs",
+                        p.from
+                    )),
+                });
+                return Some(e.into());
+            }
+        }
+    }
+    // Unauthenticated: any HTTP answer proves the proxy and TLS hops.
+    let url = target.url.join("_apis/connectionData").ok()?;
+    let request = net
+        .client(Service::DevOps)
+        .get(url.clone())
+        .timeout(Duration::from_secs(30));
+    match request.send().await {
+        Ok(_) => {
+            report.checks.push(Check::ok(
+                "connection",
+                format!("{} answers {}", host_of(&url), route(net, &url)),
+            ));
+            None
+        }
+        Err(e) => {
+            let e = match net.blocked(&e) {
+                Some(b) => crate::devops::DevOpsError::Blocked {
+                    url: url.to_string(),
+                    blocked: Box::new(b),
+                },
+                None => crate::devops::DevOpsError::GaveUp {
+                    url: url.to_string(),
+                    attempts: 1,
+                    elapsed: Duration::ZERO,
+                    last: crate::error::one_line(&e),
+                },
+            };
+            report.checks.push(Check::failed("connection", &e));
+            Some(e.into())
+        }
+    }
 }
 
 /// "23h 59m", "4m", "40s".
@@ -272,6 +444,29 @@ fn render(r: &Doctor) -> String {
             ));
         }
     }
+    let n = &r.network;
+    match &n.proxy {
+        Some(p) => t.push_str(&format!(
+            "proxy: {p} (from {}{}){}\n",
+            n.proxy_from.as_deref().unwrap_or("?"),
+            n.proxy_user
+                .as_deref()
+                .map(|u| format!(", user {u}"))
+                .unwrap_or_default(),
+            n.no_proxy
+                .as_deref()
+                .map(|np| format!("; NO_PROXY {np}"))
+                .unwrap_or_default()
+        )),
+        None => t.push_str("proxy: none\n"),
+    }
+    t.push_str(&format!(
+        "CA certificates: the system's{}\n",
+        n.ca_file
+            .as_deref()
+            .map(|c| format!(" and {c}"))
+            .unwrap_or_default()
+    ));
     t.push_str(&format!(
         "checks (organization {}, pool '{}'):\n",
         r.organization, r.pool

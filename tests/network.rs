@@ -1,0 +1,369 @@
+//! Corporate networks, through the real binary: the simulator's Azure DevOps and download host
+//! over TLS with a test CA made at start, and a CONNECT proxy on loopback that counts what went
+//! through it, can demand credentials and can refuse. Identity endpoints (IMDS) stay on plain
+//! loopback HTTP and must never reach the proxy.
+
+#![cfg(unix)]
+
+mod common;
+
+use azure_sim::proxy::{ProxyConfig, ProxySim};
+use common::*;
+
+const PROXY_PASSWORD: &str = "proxy-pw-0f9e8d7c6b5a";
+
+fn tls_world() -> World {
+    World::with(|c| c.tls = true)
+}
+
+/// `install` against the TLS organization, with the proxy in `HTTPS_PROXY` and no `NO_PROXY`.
+fn install_via(w: &World, proxy: &ProxySim, extra: &[&str]) -> std::process::Command {
+    let url = w.sim.tls_org_url();
+    let dir = w.agent_dir();
+    let mut args = vec![
+        "install",
+        "--url",
+        url.as_str(),
+        "--agent-dir",
+        dir.to_str().unwrap(),
+        "--agent-name",
+        "test-agent",
+    ];
+    args.extend(extra);
+    let mut cmd = w.command(&args);
+    cmd.env("HTTPS_PROXY", proxy.url()).env_remove("NO_PROXY");
+    cmd
+}
+
+fn ca(w: &World) -> String {
+    w.sim.ca_file.as_ref().unwrap().display().to_string()
+}
+
+fn tls_target(w: &World) -> String {
+    w.sim.tls_addr.unwrap().to_string()
+}
+
+fn configure_report(w: &World) -> azure_sim::ListenerReport {
+    w.sim
+        .state()
+        .listener_reports
+        .iter()
+        .rev()
+        .find(|r| r.verb == "configure")
+        .cloned()
+        .expect("configure ran")
+}
+
+fn read(path: std::path::PathBuf) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim_start_matches('\u{feff}')
+        .to_owned()
+}
+
+#[test]
+fn everything_but_identity_goes_through_the_proxy_and_the_private_ca_is_trusted() {
+    let w = tls_world();
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let ca = ca(&w);
+    let run = w.run_cmd(install_via(&w, &proxy, &["--ca-file", &ca]));
+    run.assert_code(0);
+
+    // Azure DevOps, the download and the agent's own traffic: all tunnelled, all to the TLS host.
+    let tunnels = proxy.tunnels();
+    assert!(tunnels.len() >= 3, "{tunnels:?}");
+    assert!(
+        tunnels
+            .iter()
+            .all(|t| t.target == tls_target(&w) && t.status == 200),
+        "{tunnels:?}"
+    );
+    assert_eq!(w.downloads(), 1);
+    // IMDS answered on plain loopback, never through the proxy (HTTPS_PROXY set, no NO_PROXY).
+    assert!(!w.imds_token_requests().is_empty());
+    let plain = w.sim.addr.to_string();
+    assert!(!tunnels.iter().any(|t| t.target == plain));
+
+    // The agent was configured for the same proxy and CA, and saved them as the real one does.
+    let r = configure_report(&w);
+    let argv = r.argv.join(" ");
+    assert!(
+        argv.contains(&format!("--proxyurl {}/", proxy.url())),
+        "{argv}"
+    );
+    assert!(argv.contains(&format!("--sslcacert {ca}")), "{argv}");
+    assert!(!argv.contains("--proxyusername"));
+    assert_eq!(
+        read(w.agent_dir().join(".proxy")),
+        format!("{}/", proxy.url())
+    );
+    assert!(read(w.agent_dir().join(".certificates")).contains(&ca));
+    // The agent's own calls after configure (its report) went through the proxy too.
+    assert!(
+        r.env_names
+            .iter()
+            .all(|n| n != "VSTS_AGENT_INPUT_PROXYPASSWORD")
+    );
+
+    let saved = read(w.saved_settings_files()[0].clone());
+    assert!(
+        saved.contains(&format!("\"proxy_url\": \"{}/\"", proxy.url())),
+        "{saved}"
+    );
+    assert!(saved.contains(&ca));
+
+    // Run again: nothing to do (the agent's proxy and CA match the settings).
+    let before = proxy.tunnels().len();
+    let again = w.run_cmd(install_via(&w, &proxy, &["--ca-file", &ca]));
+    again.assert_code(0);
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+    assert_eq!(
+        w.listener_verbs()
+            .iter()
+            .filter(|v| *v == "configure")
+            .count(),
+        1
+    );
+    assert!(
+        proxy.tunnels().len() > before,
+        "the rerun's Azure DevOps calls bypassed the proxy"
+    );
+}
+
+#[test]
+fn an_untrusted_certificate_stops_at_once_with_its_subject_and_issuer() {
+    let w = tls_world();
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let started = std::time::Instant::now();
+    let run = w.run_cmd(install_via(&w, &proxy, &[]));
+    run.assert_code(4);
+    assert!(run.stderr.contains("is not trusted"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("CN=dev.azure.simulated"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("CN=Simulated Corp Root CA"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--ca-file"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("retrying"),
+        "retried a certificate failure: {}",
+        run.stderr
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(!w.agent_dir().exists());
+    assert!(w.server_agents(1).is_empty());
+}
+
+#[test]
+fn a_proxy_that_wants_credentials_gets_them_and_the_password_stays_secret() {
+    let w = tls_world();
+    let proxy = ProxySim::start(ProxyConfig {
+        credentials: Some(("alice".into(), PROXY_PASSWORD.into())),
+        refuse: false,
+    })
+    .unwrap();
+    let ca = ca(&w);
+
+    // Without credentials: a clear 407 naming the proxy, at once, nothing done.
+    let run = w.run_cmd(install_via(&w, &proxy, &["--ca-file", &ca]));
+    run.assert_code(4);
+    assert!(
+        run.stderr.contains("asked for credentials (HTTP 407)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&proxy.url()), "{}", run.stderr);
+    assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+    assert!(!w.agent_dir().exists());
+
+    // With --proxy-user and the password in the environment (never argv).
+    let mut cmd = install_via(
+        &w,
+        &proxy,
+        &[
+            "--ca-file",
+            &ca,
+            "--proxy",
+            &proxy.url(),
+            "--proxy-user",
+            "alice",
+        ],
+    );
+    cmd.env_remove("HTTPS_PROXY")
+        .env("AGENT_BOOTSTRAP_PROXY_PASSWORD", PROXY_PASSWORD);
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    let ok: Vec<_> = proxy
+        .tunnels()
+        .into_iter()
+        .filter(|t| t.status == 200)
+        .collect();
+    assert!(
+        ok.len() >= 3 && ok.iter().all(|t| t.user.as_deref() == Some("alice")),
+        "{ok:?}"
+    );
+
+    let r = configure_report(&w);
+    assert!(
+        r.argv.join(" ").contains("--proxyusername alice"),
+        "{:?}",
+        r.argv
+    );
+    assert!(
+        r.env_names
+            .iter()
+            .any(|n| n == "VSTS_AGENT_INPUT_PROXYPASSWORD")
+    );
+    assert!(r.argv_leaks.is_empty(), "{:?}", r.argv_leaks);
+    assert!(!r.argv.iter().any(|a| a.contains(PROXY_PASSWORD)));
+    for text in [&run.stdout, &run.stderr] {
+        assert!(!text.contains(PROXY_PASSWORD));
+    }
+    assert_not_in_files(w.dir.path(), &[PROXY_PASSWORD.to_owned()]);
+    let saved = read(w.saved_settings_files()[0].clone());
+    assert!(saved.contains("\"proxy_user\": \"alice\""), "{saved}");
+
+    // A password in --proxy itself is refused before anything (it would be in argv).
+    let leaky = format!("http://alice:{PROXY_PASSWORD}@{}", proxy.addr);
+    let run = w.run_cmd(install_via(&w, &proxy, &["--proxy", &leaky]));
+    run.assert_code(2);
+    assert!(run.stderr.contains("--proxy"), "{}", run.stderr);
+    assert!(!run.stderr.contains(PROXY_PASSWORD));
+}
+
+#[test]
+fn a_proxy_that_refuses_connect_is_named_at_once() {
+    let w = tls_world();
+    let proxy = ProxySim::start(ProxyConfig {
+        credentials: None,
+        refuse: true,
+    })
+    .unwrap();
+    let ca = ca(&w);
+    let run = w.run_cmd(install_via(&w, &proxy, &["--ca-file", &ca]));
+    run.assert_code(4);
+    assert!(
+        run.stderr.contains("refused to connect to"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&proxy.url()), "{}", run.stderr);
+    assert!(run.stderr.contains(&tls_target(&w)), "{}", run.stderr);
+    assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+    // The preflight's requests run at once: each asked once, none retried.
+    assert!(proxy.tunnels().len() <= 3, "{:?}", proxy.tunnels());
+}
+
+#[test]
+fn no_proxy_becomes_the_agents_bypass_list_and_reconcile_keeps_the_proxy_in_step() {
+    let w = tls_world();
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let ca = ca(&w);
+    let mut cmd = install_via(&w, &proxy, &["--ca-file", &ca]);
+    cmd.env("NO_PROXY", ".corp.int,10.0.0.0/8");
+    w.run_cmd(cmd).assert_code(0);
+    let bypass = w.agent_dir().join(".proxybypass");
+    assert_eq!(
+        read(bypass.clone()),
+        "^[a-z][a-z0-9+.-]*://([a-z0-9-]+\\.)*corp\\.int(:[0-9]+)?$\n\
+         ^[a-z][a-z0-9+.-]*://10\\.[0-9]+\\.[0-9]+\\.[0-9]+(:[0-9]+)?$\n"
+    );
+    // Written by the agent user, not root.
+    assert_eq!(owner(&bypass), agent_user().uid.as_raw());
+
+    // NO_PROXY changes: the list is rewritten and the agent restarted, not registered again.
+    let mut cmd = install_via(&w, &proxy, &["--ca-file", &ca]);
+    cmd.env("NO_PROXY", "build.corp.int");
+    w.run_cmd(cmd).assert_code(0);
+    assert!(read(bypass.clone()).contains("build\\.corp\\.int"));
+    assert!(
+        w.systemctl_log().contains(&format!("restart {UNIT}")),
+        "{}",
+        w.systemctl_log()
+    );
+    assert_eq!(
+        w.listener_verbs()
+            .iter()
+            .filter(|v| *v == "configure")
+            .count(),
+        1
+    );
+
+    // A job points the agent elsewhere: reconcile configures it again from the saved settings.
+    as_agent_user_ok(&format!(
+        "printf 'http://evil.example:8080' > {}/.proxy",
+        w.agent_dir().display()
+    ));
+    let mut cmd = w.command(&["reconcile", "--agent-dir", w.agent_dir().to_str().unwrap()]);
+    cmd.env_remove("NO_PROXY");
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("proxy or CA settings differ"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        read(w.agent_dir().join(".proxy")),
+        format!("{}/", proxy.url())
+    );
+    assert_eq!(
+        w.listener_verbs()
+            .iter()
+            .filter(|v| *v == "configure")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn doctor_reports_the_proxy_and_ca_and_tests_each_hop() {
+    let w = tls_world();
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let ca = ca(&w);
+    let url = w.sim.tls_org_url();
+    let mut cmd = w.command(&["doctor", "--url", &url, "--ca-file", &ca, "--json"]);
+    cmd.env("HTTPS_PROXY", proxy.url()).env_remove("NO_PROXY");
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["network"]["proxy"], format!("{}/", proxy.url()));
+    assert_eq!(v["network"]["proxy_from"], "HTTPS_PROXY");
+    assert_eq!(v["network"]["ca_file"], ca);
+    let checks: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            "proxy",
+            "connection",
+            "token",
+            "organization",
+            "pool",
+            "package",
+            "download"
+        ]
+    );
+    let connection = &v["checks"][1]["detail"];
+    assert!(
+        connection.as_str().unwrap().contains("through the proxy"),
+        "{connection}"
+    );
+
+    // Without the CA: the connection hop fails with the certificate's names, exit 4.
+    let mut cmd = w.command(&["doctor", "--url", &url]);
+    cmd.env("HTTPS_PROXY", proxy.url()).env_remove("NO_PROXY");
+    let run = w.run_cmd(cmd);
+    run.assert_code(4);
+    assert!(run.stdout.contains("FAILED connection"), "{}", run.stdout);
+    assert!(run.stdout.contains("--ca-file"), "{}", run.stdout);
+}
