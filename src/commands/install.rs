@@ -223,6 +223,19 @@ pub async fn run_locked(
              AZP_TOKEN_FILE instead"
         );
     }
+    if s
+        .network
+        .proxy
+        .as_ref()
+        .is_some_and(|p| p.user.is_some() && p.password_file.is_none())
+        && matches!(boot_step(s, env), Some(Step::BootUnit { .. } | Step::BootTask { .. }))
+    {
+        tracing::warn!(
+            "the proxy password did not come from a file, and it is not saved: reconcile at boot \
+             will have no proxy password; put it in a file only root can read and pass \
+             --proxy-password-file instead"
+        );
+    }
     tokens.get(&budget).await?;
     let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
     // Looked at once: the agent user can change the dir at any time, and every decision below must

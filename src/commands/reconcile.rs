@@ -15,6 +15,8 @@
 //! | a clone (saved VM id or machine id differs) | uninstall the original's service, remove the local registration, install under this machine's own name |
 //! | service unit missing / damaged / disabled / stopped | write the unit + start / rewrite / enable / start |
 //! | `bin` is a link (self-updated) | never re-extracted (the install flow keeps it) |
+//! | the agent's `.proxy` or `.certificates` differ from the saved proxy and CA | remove the local registration, the install flow from the saved settings |
+//! | only `NO_PROXY` changed (`.proxybypass` differs) | `.proxybypass` rewritten by the agent user, service restarted |
 //! | IMDS or Azure DevOps unreachable | nothing is stopped or removed; the service is started if it is installed and stopped; exit 3 or 4 after the budget |
 //!
 //! Root trusts only its saved settings: the unit name, the organization URL the token goes to,
