@@ -367,3 +367,58 @@ fn doctor_reports_the_proxy_and_ca_and_tests_each_hop() {
     assert!(run.stdout.contains("FAILED connection"), "{}", run.stdout);
     assert!(run.stdout.contains("--ca-file"), "{}", run.stdout);
 }
+
+#[test]
+fn entra_goes_through_the_proxy_and_a_new_proxy_reconfigures_the_agent() {
+    let w = tls_world();
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let ca = ca(&w);
+
+    // Workload identity: the token exchange with Entra is internet traffic, so it is tunnelled.
+    let secrets = w.secrets_dir();
+    std::fs::create_dir_all(&secrets).unwrap();
+    let file = secrets.join("azure-identity-token");
+    std::fs::write(&file, &w.sim.config.workload_assertion).unwrap();
+    let mut cmd = w.command(&["token", "--ca-file", &ca]);
+    cmd.env("HTTPS_PROXY", proxy.url())
+        .env_remove("NO_PROXY")
+        .env("AZURE_FEDERATED_TOKEN_FILE", &file)
+        .env("AZURE_CLIENT_ID", azure_sim::ids::UAMI_CLIENT)
+        .env("AZURE_TENANT_ID", &w.sim.config.tenant_id)
+        .env(
+            "AZURE_AUTHORITY_HOST",
+            format!("https://{}/", tls_target(&w)),
+        );
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("identity source: workload"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(proxy.tunnels().len(), 1, "{:?}", proxy.tunnels());
+    assert_eq!(proxy.tunnels()[0].target, tls_target(&w));
+
+    // Installed behind one proxy; the company moves to another: install configures the agent
+    // again for it (same registration), and the agent's own traffic follows.
+    w.run_cmd(install_via(&w, &proxy, &["--ca-file", &ca]))
+        .assert_code(0);
+    let id = w.server_agents(1)[0].id;
+    let other = ProxySim::start(ProxyConfig::default()).unwrap();
+    let run = w.run_cmd(install_via(&w, &other, &["--ca-file", &ca]));
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("proxy or CA settings differ"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        read(w.agent_dir().join(".proxy")),
+        format!("{}/", other.url())
+    );
+    assert_eq!(w.server_agents(1).len(), 1);
+    assert_eq!(w.server_agents(1)[0].id, id);
+    assert!(!other.tunnels().is_empty());
+    let saved = read(w.saved_settings_files()[0].clone());
+    assert!(saved.contains(&other.url()), "{saved}");
+}

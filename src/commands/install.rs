@@ -223,12 +223,14 @@ pub async fn run_locked(
              AZP_TOKEN_FILE instead"
         );
     }
-    if s
-        .network
+    if s.network
         .proxy
         .as_ref()
         .is_some_and(|p| p.user.is_some() && p.password_file.is_none())
-        && matches!(boot_step(s, env), Some(Step::BootUnit { .. } | Step::BootTask { .. }))
+        && matches!(
+            boot_step(s, env),
+            Some(Step::BootUnit { .. } | Step::BootTask { .. })
+        )
     {
         tracing::warn!(
             "the proxy password did not come from a file, and it is not saved: reconcile at boot \
