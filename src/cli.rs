@@ -130,6 +130,20 @@ pub struct SelectorArgs {
     pub resource_id: Option<String>,
 }
 
+/// Where the agent goes: the organization (or collection) and the pool.
+#[derive(Debug, Args, Default, Clone)]
+pub struct OrgArgs {
+    /// Organization name: means https://dev.azure.com/ORG.
+    #[arg(long, value_name = "ORG", conflicts_with = "url")]
+    pub org: Option<String>,
+    /// Organization or collection URL (env AZP_URL).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Agent pool (env AZP_POOL) [default: Default].
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+}
+
 #[derive(Debug, Args, Default, Clone)]
 pub struct TokenArgs {
     #[command(flatten)]
@@ -162,15 +176,8 @@ pub struct NetworkArgs {
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct PruneArgs {
-    /// Organization name: means https://dev.azure.com/ORG.
-    #[arg(long, value_name = "ORG", conflicts_with = "url")]
-    pub org: Option<String>,
-    /// Organization or collection URL (env AZP_URL).
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// Agent pool (env AZP_POOL) [default: Default].
-    #[arg(long, value_name = "POOL")]
-    pub pool: Option<String>,
+    #[command(flatten)]
+    pub place: OrgArgs,
     /// Delete agents offline, and unchanged, for longer than this: 7d, 12h, 90m, 1d12h.
     #[arg(long, value_name = "DURATION")]
     pub offline_for: String,
@@ -191,15 +198,8 @@ pub struct PruneArgs {
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct RunArgs {
-    /// Organization name: means https://dev.azure.com/ORG.
-    #[arg(long, value_name = "ORG", conflicts_with = "url")]
-    pub org: Option<String>,
-    /// Organization or collection URL (env AZP_URL).
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// Agent pool (env AZP_POOL) [default: Default].
-    #[arg(long, value_name = "POOL")]
-    pub pool: Option<String>,
+    #[command(flatten)]
+    pub place: OrgArgs,
     /// Agent name (env AZP_AGENT_NAME) [default: the host name, a pod's name].
     #[arg(long, value_name = "NAME")]
     pub agent_name: Option<String>,
@@ -247,15 +247,8 @@ pub struct WatchArgs {
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct DoctorArgs {
-    /// Organization name: means https://dev.azure.com/ORG.
-    #[arg(long, value_name = "ORG", conflicts_with = "url")]
-    pub org: Option<String>,
-    /// Organization or collection URL (env AZP_URL).
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// Agent pool (env AZP_POOL) [default: Default].
-    #[arg(long, value_name = "POOL")]
-    pub pool: Option<String>,
+    #[command(flatten)]
+    pub place: OrgArgs,
     #[command(flatten)]
     pub identity: IdentityArgs,
     #[command(flatten)]
@@ -267,15 +260,8 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct InstallArgs {
-    /// Organization name: means https://dev.azure.com/ORG.
-    #[arg(long, value_name = "ORG", conflicts_with = "url")]
-    pub org: Option<String>,
-    /// Organization or collection URL (env AZP_URL).
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// Agent pool (env AZP_POOL) [default: Default].
-    #[arg(long, value_name = "POOL")]
-    pub pool: Option<String>,
+    #[command(flatten)]
+    pub place: OrgArgs,
     /// Agent name (env AZP_AGENT_NAME) [default: the host name].
     #[arg(long, value_name = "NAME")]
     pub agent_name: Option<String>,

@@ -428,8 +428,8 @@ pub struct DoctorSettings {
 
 pub fn doctor(args: &DoctorArgs, env: &Env, os: &Os) -> Result<DoctorSettings, SettingsError> {
     Ok(DoctorSettings {
-        url: org_url(args.org.as_deref(), args.url.as_deref(), env)?,
-        pool: pool(args.pool.as_deref(), env, os)?,
+        url: org_url(args.place.org.as_deref(), args.place.url.as_deref(), env)?,
+        pool: pool(args.place.pool.as_deref(), env, os)?,
     })
 }
 
@@ -451,8 +451,8 @@ pub fn prune(args: &PruneArgs, env: &Env, os: &Os) -> Result<PruneSettings, Sett
         Some(p) => Some(check_name("--name-prefix", p, 64, AGENT_FORBIDDEN, os)?),
     };
     Ok(PruneSettings {
-        url: org_url(args.org.as_deref(), args.url.as_deref(), env)?,
-        pool: pool(args.pool.as_deref(), env, os)?,
+        url: org_url(args.place.org.as_deref(), args.place.url.as_deref(), env)?,
+        pool: pool(args.place.pool.as_deref(), env, os)?,
         offline_for: duration("--offline-for", &args.offline_for)?,
         name_prefix,
         dry_run: args.dry_run,
@@ -495,9 +495,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         return Err(bad("--stop-grace", "must be at most 86400 seconds"));
     }
     let install_args = InstallArgs {
-        org: args.org.clone(),
-        url: args.url.clone(),
-        pool: args.pool.clone(),
+        place: args.place.clone(),
         agent_name: args.agent_name.clone(),
         agent_dir: args.agent_dir.clone(),
         work_dir: args.work_dir.clone(),
@@ -570,8 +568,8 @@ pub fn duration(what: &str, text: &str) -> Result<std::time::Duration, SettingsE
 }
 
 pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings, SettingsError> {
-    let url = org_url(args.org.as_deref(), args.url.as_deref(), env)?;
-    let pool = pool(args.pool.as_deref(), env, &os)?;
+    let url = org_url(args.place.org.as_deref(), args.place.url.as_deref(), env)?;
+    let pool = pool(args.place.pool.as_deref(), env, &os)?;
     let (name_what, name_raw) = match (&args.agent_name, env.var("AZP_AGENT_NAME")) {
         (Some(n), _) => ("--agent-name", n.as_str()),
         (None, Some(n)) => ("AZP_AGENT_NAME", n),
@@ -943,7 +941,10 @@ mod tests {
 
     fn args() -> InstallArgs {
         InstallArgs {
-            org: Some("myorg".into()),
+            place: crate::cli::OrgArgs {
+                org: Some("myorg".into()),
+                ..Default::default()
+            },
             config_timeout: 600,
             ..Default::default()
         }
@@ -984,9 +985,9 @@ mod tests {
         assert_eq!(s.pool, "EnvPool");
         assert_eq!(s.agent_name, "env-agent");
         assert_eq!(s.work_dir, "/mnt/work");
-        a.pool = Some("FlagPool".into());
+        a.place.pool = Some("FlagPool".into());
         a.agent_name = Some("flag-agent".into());
-        a.url = Some("https://dev.azure.com/other".into());
+        a.place.url = Some("https://dev.azure.com/other".into());
         let s = install(&a, &e, Os::linux_x64()).unwrap();
         assert_eq!(s.pool, "FlagPool");
         assert_eq!(s.agent_name, "flag-agent");
@@ -1001,20 +1002,20 @@ mod tests {
             ..Default::default()
         };
         assert!(err(&a, &e).contains("--org/--url"));
-        a.url = Some("http://dev.azure.com/x".into());
+        a.place.url = Some("http://dev.azure.com/x".into());
         let m = err(&a, &e);
         assert!(m.contains("--url") && m.contains("plain http"), "{m}");
-        a.url = Some("http://127.0.0.1:8080/org".into());
+        a.place.url = Some("http://127.0.0.1:8080/org".into());
         assert!(install(&a, &e, Os::linux_x64()).is_ok());
-        a.url = Some("http://[::1]:8080/org".into());
+        a.place.url = Some("http://[::1]:8080/org".into());
         assert!(install(&a, &e, Os::linux_x64()).is_ok());
-        a.url = Some("http://localhost:8080/org".into());
+        a.place.url = Some("http://localhost:8080/org".into());
         assert!(install(&a, &e, Os::linux_x64()).is_ok());
-        a.url = Some("https://user:pat@dev.azure.com/x".into());
+        a.place.url = Some("https://user:pat@dev.azure.com/x".into());
         assert!(err(&a, &e).contains("credentials"));
-        a.url = Some("ftp://x".into());
+        a.place.url = Some("ftp://x".into());
         assert!(err(&a, &e).contains("scheme"));
-        a.url = Some("not a url".into());
+        a.place.url = Some("not a url".into());
         assert!(err(&a, &e).contains("--url"));
         let a = InstallArgs {
             config_timeout: 600,
@@ -1022,7 +1023,10 @@ mod tests {
         };
         assert!(err(&a, &env(&[("AZP_URL", "http://evil.example")])).contains("AZP_URL"));
         let a = InstallArgs {
-            org: Some("bad/org".into()),
+            place: crate::cli::OrgArgs {
+                org: Some("bad/org".into()),
+                ..Default::default()
+            },
             config_timeout: 600,
             ..Default::default()
         };
@@ -1038,7 +1042,7 @@ mod tests {
         a.agent_name = Some("x".repeat(65));
         assert!(err(&a, &e).contains("longer than 64"));
         let mut a = args();
-        a.pool = Some("  ".into());
+        a.place.pool = Some("  ".into());
         assert!(err(&a, &e).contains("--pool"));
         let mut a = args();
         a.agent_dir = Some("relative/dir".into());
@@ -1084,12 +1088,12 @@ mod tests {
             "Default\n[Service]",
         ] {
             let mut a = args();
-            a.pool = Some(bad_pool.into());
+            a.place.pool = Some(bad_pool.into());
             let m = err(&a, &e);
             assert!(m.contains("--pool"), "{bad_pool}: {m}");
         }
         let mut a = args();
-        a.pool = Some("a$b".into());
+        a.place.pool = Some("a$b".into());
         assert!(err(&a, &e).contains("shell"));
         for bad_name in ["vm$1", "vm`x`", "vm(1)", "vm'1", "vm\u{7}"] {
             let mut a = args();
@@ -1204,7 +1208,7 @@ mod tests {
         a.user = Some("azpagent".into());
         assert!(err(&a).contains("--windows-logon-account"));
         let mut a = args();
-        a.pool = Some("Build & Release".into());
+        a.place.pool = Some("Build & Release".into());
         let m = err(&a);
         assert!(m.contains("--pool") && m.contains("cmd.exe"), "{m}");
         for bad_dir in [
@@ -1226,7 +1230,7 @@ mod tests {
         );
         // The same pool name is fine for Linux, where no cmd.exe reads it.
         let mut a = args();
-        a.pool = Some("Build & Release".into());
+        a.place.pool = Some("Build & Release".into());
         assert!(install(&a, &env(&[]), Os::linux_x64()).is_ok());
         let mut a = args();
         a.windows_logon_account = Some("svc".into());

@@ -244,7 +244,18 @@ async fn imds_vm_id(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    record(&s, &method, &uri, &headers, "imds");
+    imds_text(&s, &method, &uri, &headers, |st| st.vm_id.clone())
+}
+
+/// An instance-metadata value as text (`format=text`), with IMDS' header check.
+fn imds_text(
+    s: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    value: impl FnOnce(&State) -> String,
+) -> Response {
+    record(s, method, uri, headers, "imds");
     if headers.get("metadata").is_none_or(|v| v != "true") {
         return imds_error(
             400,
@@ -252,7 +263,7 @@ async fn imds_vm_id(
             "Required metadata header not specified",
         );
     }
-    s.state.lock().unwrap().vm_id.clone().into_response()
+    value(&s.state.lock().unwrap()).into_response()
 }
 
 async fn imds_vm_name(
@@ -261,15 +272,7 @@ async fn imds_vm_name(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    record(&s, &method, &uri, &headers, "imds");
-    if headers.get("metadata").is_none_or(|v| v != "true") {
-        return imds_error(
-            400,
-            "bad_request_102",
-            "Required metadata header not specified",
-        );
-    }
-    s.state.lock().unwrap().vm_name.clone().into_response()
+    imds_text(&s, &method, &uri, &headers, |st| st.vm_name.clone())
 }
 
 /// Azure Scheduled Events (`api-version=2020-07-01`): the document, with `Metadata: true`.
