@@ -468,7 +468,37 @@ pub fn network(args: &NetworkArgs, env: &Env) -> Result<crate::net::Network, Set
         proxy_password_file: args.proxy_password_file.as_deref(),
         ca_file: args.ca_file.as_deref(),
     };
-    crate::net::Network::resolve(&given, env).map_err(|e| bad(e.what, e.problem))
+    let network = crate::net::Network::resolve(&given, env).map_err(|e| bad(e.what, e.problem))?;
+    check_ca_owner("--ca-file", &network, env)?;
+    Ok(network)
+}
+
+/// As root, the CA file decides whom root trusts with the token at every boot: only root may be
+/// able to change it (the file and every directory above it), as for the binary a boot unit runs.
+fn check_ca_owner(
+    what: &str,
+    network: &crate::net::Network,
+    env: &Env,
+) -> Result<(), SettingsError> {
+    #[cfg(unix)]
+    if let Some(ca) = &network.ca_file
+        && env.is_root()
+    {
+        crate::fsx::check_root_only_program(ca).map_err(|e| {
+            bad(
+                what,
+                format!(
+                    "{}: root trusts it with the token at every run, so another account must not \
+                     be able to change it; keep it in a directory only root can change (e.g. \
+                     /etc/ssl/certs)",
+                    e.0
+                ),
+            )
+        })?;
+    }
+    #[cfg(not(unix))]
+    let _ = (what, network, env);
+    Ok(())
 }
 
 /// The proxy and CA install saved, for later runs.
@@ -476,7 +506,10 @@ pub fn saved_network(
     saved: &crate::state::Saved,
     env: &Env,
 ) -> Result<crate::net::Network, SettingsError> {
-    crate::net::Network::from_saved(saved, env).map_err(|e| bad(e.what, e.problem))
+    let network =
+        crate::net::Network::from_saved(saved, env).map_err(|e| bad(e.what, e.problem))?;
+    check_ca_owner("the saved CA file", &network, env)?;
+    Ok(network)
 }
 
 /// What `run` does: an install as this account without service or boot unit, then the agent in

@@ -422,3 +422,27 @@ fn entra_goes_through_the_proxy_and_a_new_proxy_reconfigures_the_agent() {
     let saved = read(w.saved_settings_files()[0].clone());
     assert!(saved.contains(&other.url()), "{saved}");
 }
+
+#[test]
+fn root_refuses_a_ca_file_the_agent_user_could_change() {
+    // Performed as the agent user: a CA file in a directory that account owns. Root would trust
+    // whatever it puts there with the token at the next boot.
+    let w = tls_world();
+    w.install(&["--no-boot"]).assert_code(0);
+    let user = agent_user();
+    let dir = w.dir.path().join("agent-owned-certs");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+    as_agent_user_ok(&format!("cp {} {}/ca.pem", ca(&w), dir.display()));
+    let planted = dir.join("ca.pem");
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let run = w.run_cmd(install_via(
+        &w,
+        &proxy,
+        &["--ca-file", planted.to_str().unwrap()],
+    ));
+    run.assert_code(2);
+    assert!(run.stderr.contains("--ca-file"), "{}", run.stderr);
+    assert!(run.stderr.contains("not root"), "{}", run.stderr);
+    assert!(proxy.tunnels().is_empty(), "contacted something first");
+}

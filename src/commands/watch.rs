@@ -135,10 +135,7 @@ async fn leave(
     net: &Net,
     signals: &mut Signals,
 ) -> Result<(), Error> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = net.clock().unix_now();
     let left = event
         .not_before_unix()
         .map(|nb| Duration::from_secs(nb.saturating_sub(now)))
