@@ -431,3 +431,34 @@ fn a_custom_service_account_gets_its_password_only_through_the_environment() {
     assert!(w.task_file().is_none(), "--no-boot: no boot task");
     common::assert_not_in_files(&w.dir, &["pa55-w0rd".to_owned()]);
 }
+
+#[test]
+fn run_once_on_windows_takes_a_job_and_unregisters() {
+    let Some(w) = WinWorld::new() else { return };
+    w.sim.state().queued_jobs.push_back(200);
+    let url = w.sim.org_url();
+    let dir = w.agent_dir_win();
+    let run = w.run(&[
+        "run",
+        "--once",
+        "--url",
+        &url,
+        "--agent-dir",
+        &dir,
+        "--agent-name",
+        &w.agent_name,
+    ]);
+    expect(&run, 0);
+    let jobs = w.sim.state().jobs.clone();
+    assert_eq!(jobs, [(w.agent_name.clone(), 5000, true)], "{}", run.stderr);
+    assert!(w.sim.state().agents.get(&1).is_none_or(|a| a.is_empty()));
+    assert!(!w.agent_dir().join(".agent").exists());
+    // No service: the agent ran in the foreground (run.cmd), configured without --runAsService.
+    let configure = w.sim.state().listener_reports[0].clone();
+    assert!(
+        !configure.argv.iter().any(|a| a == "--runAsService"),
+        "{:?}",
+        configure.argv
+    );
+    assert!(!w.service().0);
+}
