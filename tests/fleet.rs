@@ -643,3 +643,65 @@ fn run_refuses_bad_input_before_contacting_anything() {
     assert!(w.requests().is_empty(), "{:?}", w.requests());
     assert!(!w.agent_dir().exists());
 }
+
+#[test]
+fn prune_keeps_an_agent_that_took_a_job_meanwhile() {
+    let w = fleet_world();
+    // Idle when listed, busy when deleted (the server refuses: TaskAgentBusyException).
+    w.sim.state().agent_busy = 1;
+    let url = w.org_url();
+    let run = w.run(&[
+        "prune",
+        "--url",
+        &url,
+        "--offline-for",
+        "7d",
+        "--name-prefix",
+        "vmss-a-",
+    ]);
+    run.assert_code(0);
+    let kept: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("kept (busy)"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{}", run.stdout);
+    assert_eq!(
+        names(&w).len(),
+        5,
+        "one deleted, the busy one kept: {:?}",
+        names(&w)
+    );
+}
+
+#[test]
+fn run_stopped_while_configuring_stops_config_sh_and_leaves_other_agents_alone() {
+    // The pool has a `pod-1` whose update always fails: config.sh --replace loops forever.
+    let w = World::new();
+    {
+        let mut st = w.sim.state();
+        st.agents
+            .insert(1, vec![agent(77, "pod-1", "offline", 1, false)]);
+        st.next_agent_id = 78;
+        st.fail_agent_update = true;
+    }
+    let child = spawn(run_command(&w, &[]));
+    let dir = w.agent_dir().display().to_string();
+    wait_until("config.sh running", 60, || {
+        process_running(&[dir.as_str(), "configure"])
+    });
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(143);
+    assert!(
+        run.stderr.contains("SIGTERM before the agent ran"),
+        "{}",
+        run.stderr
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!process_running(&[dir.as_str(), "configure"]));
+    // Not ours (nothing was saved): left alone.
+    assert_eq!(names(&w), ["pod-1"]);
+    assert_eq!(w.count("DELETE", "/agents/"), 0);
+    assert!(w.saved_settings_files().is_empty());
+}
