@@ -414,6 +414,13 @@ fn install_scale_in_drain_runs_the_watcher_and_remove_deletes_it() {
     assert!(w.unit_enabled(&units[0]) && w.unit_active(&units[0]));
     let saved = std::fs::read_to_string(&w.saved_settings_files()[0]).unwrap();
     assert!(saved.contains(&units[0]), "{saved}");
+    let st = w.status(&[]);
+    assert!(
+        st.stdout
+            .contains(&format!("scale-in watcher: {}", units[0])),
+        "{}",
+        st.stdout
+    );
 
     // A second install changes nothing; one without the flag takes the watcher away.
     let before = w.systemctl_changes();

@@ -299,6 +299,11 @@ fn no_proxy_becomes_the_agents_bypass_list_and_reconcile_keeps_the_proxy_in_step
         "printf 'http://evil.example:8080' > {}/.proxy",
         w.agent_dir().display()
     ));
+    let st = w.status(&["--json"]);
+    st.assert_code(0);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["agent_network_matches"], false, "{}", st.stdout);
+    assert_eq!(v["proxy"], format!("{}/", proxy.url()));
     let mut cmd = w.command(&["reconcile", "--agent-dir", w.agent_dir().to_str().unwrap()]);
     cmd.env_remove("NO_PROXY");
     let run = w.run_cmd(cmd);

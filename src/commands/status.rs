@@ -41,6 +41,13 @@ pub struct Status {
     pub service: Option<UnitState>,
     pub boot_unit: Option<String>,
     pub boot: Option<UnitState>,
+    /// The scale-in watcher (`install --scale-in-drain`).
+    pub watch_unit: Option<String>,
+    pub watch: Option<UnitState>,
+    /// The proxy and CA file from the saved settings, and whether the agent's own match them.
+    pub proxy: Option<String>,
+    pub ca_file: Option<String>,
+    pub agent_network_matches: Option<bool>,
     pub saved_settings: Option<String>,
     pub server: ServerStatus,
 }
@@ -105,6 +112,14 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
         }
         _ => None,
     };
+    let watch_unit = saved.as_ref().and_then(|s| s.watch_unit.clone());
+    let watch = match (&systemctl, &watch_unit) {
+        (Some(sc), Some(u)) => sc.state(u).await.ok(),
+        _ => None,
+    };
+    let network = net.network();
+    let agent_network_matches = (saved.is_some() && agent.is_configured())
+        .then(|| super::install::network_matches(&agent, &network));
     let agent_version = match &saved {
         Some(s) if s.agent_version.is_some() && !agent.self_updated() => s.agent_version.clone(),
         Some(s) if agent.package_present() => {
@@ -177,6 +192,11 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
         service,
         boot_unit,
         boot,
+        watch_unit,
+        watch,
+        proxy: network.proxy.as_ref().map(|p| p.url.to_string()),
+        ca_file: network.ca_file.as_ref().map(|p| p.display().to_string()),
+        agent_network_matches,
         saved_settings: saved
             .as_ref()
             .map(|_| state::file_for(state_dir, agent_dir).display().to_string()),
@@ -239,6 +259,25 @@ fn human(s: &Status) -> String {
     );
     line("service:", unit_text(&s.service_unit, &s.service));
     line("boot unit:", unit_text(&s.boot_unit, &s.boot));
+    if s.watch_unit.is_some() {
+        line("scale-in watcher:", unit_text(&s.watch_unit, &s.watch));
+    }
+    if s.proxy.is_some() || s.ca_file.is_some() {
+        line(
+            "network:",
+            format!(
+                "proxy {}, CA file {}{}",
+                s.proxy.as_deref().unwrap_or("none"),
+                s.ca_file.as_deref().unwrap_or("none"),
+                match s.agent_network_matches {
+                    Some(false) => {
+                        "; the agent's own settings differ (`agent-bootstrap reconcile` configures it again)"
+                    }
+                    _ => "",
+                }
+            ),
+        );
+    }
     line(
         "saved:",
         s.saved_settings
