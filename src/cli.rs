@@ -130,6 +130,20 @@ pub struct SelectorArgs {
     pub resource_id: Option<String>,
 }
 
+/// Which agent package: the newest, a version, or a given file or URL.
+#[derive(Debug, Args, Default, Clone)]
+pub struct PackageArgs {
+    /// Install this agent version instead of the newest one the organization offers.
+    #[arg(long, value_name = "X.Y.Z", conflicts_with = "package")]
+    pub agent_version: Option<String>,
+    /// Install this agent package (a file or an https URL) instead of asking Azure DevOps.
+    #[arg(long, value_name = "PATH|URL")]
+    pub package: Option<String>,
+    /// Expected SHA-256 (hex) of --package.
+    #[arg(long, value_name = "HEX", requires = "package")]
+    pub package_sha256: Option<String>,
+}
+
 /// Where the agent goes: the organization (or collection) and the pool.
 #[derive(Debug, Args, Default, Clone)]
 pub struct OrgArgs {
@@ -222,15 +236,8 @@ pub struct RunArgs {
     pub identity: IdentityArgs,
     #[command(flatten)]
     pub network: NetworkArgs,
-    /// Install this agent version instead of the newest one the organization offers.
-    #[arg(long, value_name = "X.Y.Z", conflicts_with = "package")]
-    pub agent_version: Option<String>,
-    /// Install this agent package (a file or an https URL) instead of asking Azure DevOps.
-    #[arg(long, value_name = "PATH|URL")]
-    pub package: Option<String>,
-    /// Expected SHA-256 (hex) of --package.
-    #[arg(long, value_name = "HEX", requires = "package")]
-    pub package_sha256: Option<String>,
+    #[command(flatten)]
+    pub pkg: PackageArgs,
     /// Seconds config.sh may run before it is stopped.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub config_timeout: u64,
@@ -294,15 +301,8 @@ pub struct InstallArgs {
     pub identity: IdentityArgs,
     #[command(flatten)]
     pub network: NetworkArgs,
-    /// Install this agent version instead of the newest one the organization offers.
-    #[arg(long, value_name = "X.Y.Z", conflicts_with = "package")]
-    pub agent_version: Option<String>,
-    /// Install this agent package (a file or an https URL) instead of asking Azure DevOps.
-    #[arg(long, value_name = "PATH|URL")]
-    pub package: Option<String>,
-    /// Expected SHA-256 (hex) of --package.
-    #[arg(long, value_name = "HEX", requires = "package")]
-    pub package_sha256: Option<String>,
+    #[command(flatten)]
+    pub pkg: PackageArgs,
     /// Seconds config.sh may run before it is stopped (it can loop forever on some errors).
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub config_timeout: u64,

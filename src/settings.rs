@@ -381,7 +381,7 @@ fn check_version(value: &str) -> Result<String, SettingsError> {
     }
 }
 
-fn package_choice(args: &InstallArgs) -> Result<PackageChoice, SettingsError> {
+fn package_choice(args: &crate::cli::PackageArgs) -> Result<PackageChoice, SettingsError> {
     if let Some(v) = &args.agent_version {
         return Ok(PackageChoice::Version(check_version(v)?));
     }
@@ -539,9 +539,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         scale_in_drain: false,
         identity: args.identity.clone(),
         network: args.network.clone(),
-        agent_version: args.agent_version.clone(),
-        package: args.package.clone(),
-        package_sha256: args.package_sha256.clone(),
+        pkg: args.pkg.clone(),
         config_timeout: args.config_timeout,
         dry_run: false,
     };
@@ -719,7 +717,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         scale_in_drain: args.scale_in_drain,
         network,
         identity: identity(&args.identity)?,
-        package: package_choice(args)?,
+        package: package_choice(&args.pkg)?,
         config_timeout: std::time::Duration::from_secs(args.config_timeout),
         dry_run: args.dry_run,
         no_block_start: false,
@@ -1349,22 +1347,22 @@ mod tests {
     fn packages() {
         let e = env(&[]);
         let mut a = args();
-        a.agent_version = Some("4.x.1".into());
+        a.pkg.agent_version = Some("4.x.1".into());
         assert!(err(&a, &e).contains("--agent-version"));
-        a.agent_version = Some("4.264.2".into());
+        a.pkg.agent_version = Some("4.264.2".into());
         assert!(matches!(
             install(&a, &e, Os::linux_x64()).unwrap().package,
             PackageChoice::Version(v) if v == "4.264.2"
         ));
         let mut a = args();
-        a.package = Some("/definitely/not/here.tar.gz".into());
+        a.pkg.package = Some("/definitely/not/here.tar.gz".into());
         assert!(err(&a, &e).contains("--package"));
-        a.package = Some("http://mirror.example/agent.tar.gz".into());
+        a.pkg.package = Some("http://mirror.example/agent.tar.gz".into());
         assert!(err(&a, &e).contains("plain http"));
-        a.package = Some("https://mirror.example/agent.tar.gz".into());
-        a.package_sha256 = Some("xyz".into());
+        a.pkg.package = Some("https://mirror.example/agent.tar.gz".into());
+        a.pkg.package_sha256 = Some("xyz".into());
         assert!(err(&a, &e).contains("--package-sha256"));
-        a.package_sha256 = Some("A".repeat(64));
+        a.pkg.package_sha256 = Some("A".repeat(64));
         match install(&a, &e, Os::linux_x64()).unwrap().package {
             PackageChoice::Explicit { sha256, .. } => assert_eq!(sha256, Some("a".repeat(64))),
             other => panic!("{other:?}"),

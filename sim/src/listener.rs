@@ -252,12 +252,7 @@ pub fn main(args: &[String]) -> i32 {
     // Configure takes the proxy and CA from its options; every other verb from the files
     // configure saved (`VstsAgentWebProxy`, `AgentCertificateManager`).
     let web = if parsed.verb == "configure" {
-        WebSettings {
-            proxy: parsed.values.get("proxyurl").cloned(),
-            user: parsed.values.get("proxyusername").cloned(),
-            password: parsed.values.get("proxypassword").cloned(),
-            ca: parsed.values.get("sslcacert").cloned(),
-        }
+        WebSettings::options(&parsed)
     } else {
         WebSettings::saved(&root)
     };
@@ -318,6 +313,17 @@ struct WebSettings {
 }
 
 impl WebSettings {
+    /// From configure's options (`--proxyurl`, `--proxyusername`, the password, `--sslcacert`).
+    fn options(parsed: &Parsed) -> Self {
+        let get = |k: &str| parsed.values.get(k).cloned();
+        Self {
+            proxy: get("proxyurl"),
+            user: get("proxyusername"),
+            password: get("proxypassword"),
+            ca: get("sslcacert"),
+        }
+    }
+
     /// `.proxy` (line 1), `.proxycredentials` → `.credential_store`, `.certificates` (`caCert`).
     fn saved(root: &Path) -> Self {
         let proxy = fs_err::read_to_string(root.join(".proxy"))
@@ -759,13 +765,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         ctx.err(&format!("Failed to save settings: {e}"));
         return 1;
     }
-    let web = WebSettings {
-        proxy: parsed.values.get("proxyurl").cloned(),
-        user: parsed.values.get("proxyusername").cloned(),
-        password: parsed.values.get("proxypassword").cloned(),
-        ca: parsed.values.get("sslcacert").cloned(),
-    };
-    if let Err(e) = web.save(&ctx.root) {
+    if let Err(e) = WebSettings::options(parsed).save(&ctx.root) {
         ctx.err(&format!("Failed to save settings: {e}"));
         return 1;
     }

@@ -1013,16 +1013,9 @@ async fn update_agent(
             "Simulated failure updating the agent.",
         );
     }
-    let Some(a) = state
-        .agents
-        .get_mut(&p.id)
-        .and_then(|l| l.iter_mut().find(|a| a.id == agent))
-    else {
-        return ado_error(
-            404,
-            "TaskAgentNotFoundException",
-            &format!("No agent found in pool {pool} having ID {agent}."),
-        );
+    let a = match agent_mut(&mut state, p.id, &pool, agent) {
+        Ok(a) => a,
+        Err(response) => return response,
     };
     a.public_key = public_key(&body);
     if let Some(v) = body.version {
@@ -1030,6 +1023,27 @@ async fn update_agent(
     }
     let a = a.clone();
     json_response(200, agent_json(&a, false))
+}
+
+/// One agent of a pool, or Azure DevOps' 404 for it.
+#[allow(clippy::result_large_err)]
+fn agent_mut<'a>(
+    state: &'a mut State,
+    pool_id: u64,
+    pool: &str,
+    agent: u64,
+) -> Result<&'a mut ServerAgent, Response> {
+    state
+        .agents
+        .get_mut(&pool_id)
+        .and_then(|l| l.iter_mut().find(|a| a.id == agent))
+        .ok_or_else(|| {
+            ado_error(
+                404,
+                "TaskAgentNotFoundException",
+                &format!("No agent found in pool {pool} having ID {agent}."),
+            )
+        })
 }
 
 /// Agents - Update (`PATCH`): here, `enabled` (drain: no new job is assigned to a disabled agent).
@@ -1050,16 +1064,9 @@ async fn patch_agent(
         return ado_error(400, "ArgumentException", "Invalid agent");
     };
     let mut state = s.state.lock().unwrap();
-    let Some(a) = state
-        .agents
-        .get_mut(&p.id)
-        .and_then(|l| l.iter_mut().find(|a| a.id == agent))
-    else {
-        return ado_error(
-            404,
-            "TaskAgentNotFoundException",
-            &format!("No agent found in pool {pool} having ID {agent}."),
-        );
+    let a = match agent_mut(&mut state, p.id, &pool, agent) {
+        Ok(a) => a,
+        Err(response) => return response,
     };
     if let Some(enabled) = body.get("enabled").and_then(|v| v.as_bool()) {
         a.enabled = enabled;
