@@ -183,6 +183,20 @@ pub async fn unregister(
     os: &Os,
     net: &Net,
 ) -> Result<String, Error> {
+    unregister_with(saved, agent, env, os, net, REMOVE_ATTEMPTS, REMOVE_DELAY).await
+}
+
+/// [`unregister`], trying `attempts` times `delay` apart while the server says the agent runs a
+/// job (`watch` has until the VM goes, not minutes).
+pub async fn unregister_with(
+    saved: &state::Saved,
+    agent: &AgentDir,
+    env: &Env,
+    os: &Os,
+    net: &Net,
+    attempts: u32,
+    delay: Duration,
+) -> Result<String, Error> {
     let clock = net.clock().clone();
     let tokens = super::saved_tokens(saved, env, os, net, false).await?;
     let url = settings::check_url("the saved url", &saved.url)?;
@@ -219,13 +233,13 @@ pub async fn unregister(
                     saved.agent_name, server.id
                 ));
             }
-            Err(e) if is_busy(&e) && attempt < REMOVE_ATTEMPTS => {
+            Err(e) if is_busy(&e) && attempt < attempts => {
                 tracing::warn!(
                     attempt,
                     "the agent is running a job ({e}); retrying in {}s",
-                    REMOVE_DELAY.as_secs()
+                    delay.as_secs()
                 );
-                clock.sleep(REMOVE_DELAY).await;
+                clock.sleep(delay).await;
             }
             Err(e) if is_busy(&e) => {
                 return Err(Error::Configure {

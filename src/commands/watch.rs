@@ -31,6 +31,9 @@ use crate::state;
 
 /// Unregistering starts this long before `NotBefore` at the latest.
 pub const MARGIN: Duration = Duration::from_secs(15);
+/// Deleting an agent the server still thinks busy (its job was cut short by the stop).
+const BUSY_ATTEMPTS: u32 = 3;
+const BUSY_DELAY: Duration = Duration::from_secs(5);
 /// How long the deregistration waits for the agent dir's lock (a boot's reconcile holds it).
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
@@ -207,7 +210,10 @@ async fn leave(
         }
     }
     let agent = AgentDir::new(&t.agent_dir, &os);
-    let done = super::remove::unregister(&saved, &agent, env, &os, net).await?;
+    // The VM goes at NotBefore: a few quick tries, not remove's five minutes.
+    let done =
+        super::remove::unregister_with(&saved, &agent, env, &os, net, BUSY_ATTEMPTS, BUSY_DELAY)
+            .await?;
     tracing::info!("{done}");
     if agent.is_configured() || agent.has_stale_registration() {
         agent.remove_configuration()?;
