@@ -41,12 +41,30 @@ fn sim_bin() -> PathBuf {
     .clone()
 }
 
-/// The tests' root: world-traversable, because the agent runs as an unprivileged user.
+/// The tests' root: world-traversable, because the agent runs as an unprivileged user. The
+/// binaries an earlier test process copied here (`bin-<pid>`, a quarter gigabyte each in a debug
+/// build) are deleted once that process is gone, so repeated runs do not fill the disk.
 fn tests_root() -> PathBuf {
-    let root = std::env::temp_dir().join("agent-bootstrap-tests");
-    std::fs::create_dir_all(&root).unwrap();
-    set_mode(&root, 0o755);
-    root
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join("agent-bootstrap-tests");
+        std::fs::create_dir_all(&root).unwrap();
+        set_mode(&root, 0o755);
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("bin-")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        root
+    })
+    .clone()
 }
 
 fn set_mode(p: &Path, mode: u32) {
