@@ -233,15 +233,7 @@ fn arc_key_files_are_read_only_from_the_agents_key_directory() {
 // ---- AKS workload identity ---------------------------------------------------------------------
 
 fn workload(w: &World, cmd: &mut Command, assertion: &str) {
-    let secrets = w.secrets_dir();
-    std::fs::create_dir_all(&secrets).unwrap();
-    let file = secrets.join("azure-identity-token");
-    std::fs::write(&file, assertion).unwrap();
-    cmd.env("AZURE_FEDERATED_TOKEN_FILE", &file)
-        .env("AZURE_CLIENT_ID", ids::UAMI_CLIENT)
-        .env("AZURE_TENANT_ID", &w.sim.config.tenant_id)
-        // The webhook's value ends with a slash.
-        .env("AZURE_AUTHORITY_HOST", format!("{}/", w.sim.base_url()));
+    w.workload_identity(cmd, assertion, &w.sim.base_url());
 }
 
 #[test]

@@ -380,20 +380,10 @@ fn entra_goes_through_the_proxy_and_a_new_proxy_reconfigures_the_agent() {
     let ca = ca(&w);
 
     // Workload identity: the token exchange with Entra is internet traffic, so it is tunnelled.
-    let secrets = w.secrets_dir();
-    std::fs::create_dir_all(&secrets).unwrap();
-    let file = secrets.join("azure-identity-token");
-    std::fs::write(&file, &w.sim.config.workload_assertion).unwrap();
     let mut cmd = w.command(&["token", "--ca-file", &ca]);
-    cmd.env("HTTPS_PROXY", proxy.url())
-        .env_remove("NO_PROXY")
-        .env("AZURE_FEDERATED_TOKEN_FILE", &file)
-        .env("AZURE_CLIENT_ID", azure_sim::ids::UAMI_CLIENT)
-        .env("AZURE_TENANT_ID", &w.sim.config.tenant_id)
-        .env(
-            "AZURE_AUTHORITY_HOST",
-            format!("https://{}/", tls_target(&w)),
-        );
+    cmd.env("HTTPS_PROXY", proxy.url()).env_remove("NO_PROXY");
+    let assertion = w.sim.config.workload_assertion.clone();
+    w.workload_identity(&mut cmd, &assertion, &format!("https://{}", tls_target(&w)));
     let run = w.run_cmd(cmd);
     run.assert_code(0);
     assert!(

@@ -145,6 +145,21 @@ fn imds_error(status: u16, error: &str, description: &str) -> Response {
     )
 }
 
+/// Every IMDS request is recorded; one without `Metadata: true` gets IMDS' 400.
+fn imds_request(s: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
+    record(s, method, uri, headers, "imds");
+    headers
+        .get("metadata")
+        .is_none_or(|v| v != "true")
+        .then(|| {
+            imds_error(
+                400,
+                "bad_request_102",
+                "Required metadata header not specified",
+            )
+        })
+}
+
 async fn imds_token(
     AxState(s): AxState<Shared>,
     method: Method,
@@ -152,13 +167,8 @@ async fn imds_token(
     headers: HeaderMap,
     Query(q): Q,
 ) -> Response {
-    record(&s, &method, &uri, &headers, "imds");
-    if headers.get("metadata").is_none_or(|v| v != "true") {
-        return imds_error(
-            400,
-            "bad_request_102",
-            "Required metadata header not specified",
-        );
+    if let Some(refused) = imds_request(&s, &method, &uri, &headers) {
+        return refused;
     }
     let scripted = s.state.lock().unwrap().imds_script.pop_front();
     if let Some(scripted) = scripted {
@@ -255,13 +265,8 @@ fn imds_text(
     headers: &HeaderMap,
     value: impl FnOnce(&State) -> String,
 ) -> Response {
-    record(s, method, uri, headers, "imds");
-    if headers.get("metadata").is_none_or(|v| v != "true") {
-        return imds_error(
-            400,
-            "bad_request_102",
-            "Required metadata header not specified",
-        );
+    if let Some(refused) = imds_request(s, method, uri, headers) {
+        return refused;
     }
     value(&s.state.lock().unwrap()).into_response()
 }
@@ -283,13 +288,8 @@ async fn scheduled_events(
     headers: HeaderMap,
     Query(q): Q,
 ) -> Response {
-    record(&s, &method, &uri, &headers, "imds");
-    if headers.get("metadata").is_none_or(|v| v != "true") {
-        return imds_error(
-            400,
-            "bad_request_102",
-            "Required metadata header not specified",
-        );
+    if let Some(refused) = imds_request(&s, &method, &uri, &headers) {
+        return refused;
     }
     if !q.contains_key("api-version") {
         return imds_error(400, "bad_request", "Bad request: api-version is missing");
@@ -312,13 +312,8 @@ async fn approve_events(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    record(&s, &method, &uri, &headers, "imds");
-    if headers.get("metadata").is_none_or(|v| v != "true") {
-        return imds_error(
-            400,
-            "bad_request_102",
-            "Required metadata header not specified",
-        );
+    if let Some(refused) = imds_request(&s, &method, &uri, &headers) {
+        return refused;
     }
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "Bad request").into_response();

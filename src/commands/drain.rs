@@ -24,6 +24,8 @@ pub enum Waited {
     Idle,
     /// The deadline came with this job still running.
     Deadline(u64),
+    /// The reason to drain went away (a scheduled event was withdrawn).
+    Withdrawn,
 }
 
 impl<'a> Drain<'a> {
@@ -90,11 +92,20 @@ impl<'a> Drain<'a> {
         }
     }
 
-    /// Waits until the agent runs no job, or `until`.
-    pub async fn wait_idle(&self, until: tokio::time::Instant, every: Duration) -> Waited {
+    /// Waits until the agent runs no job, or `until`, or `still_wanted` (asked each round) says
+    /// the drain is off.
+    pub async fn wait_idle(
+        &self,
+        until: tokio::time::Instant,
+        every: Duration,
+        mut still_wanted: impl AsyncFnMut() -> bool,
+    ) -> Waited {
         let mut told = None;
         let mut last = 0;
         loop {
+            if !still_wanted().await {
+                return Waited::Withdrawn;
+            }
             match self.job().await {
                 Ok(None) => {
                     if told.is_some() {

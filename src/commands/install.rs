@@ -971,19 +971,9 @@ async fn drop_watch_unit(s: &InstallSettings, env: &Env) -> Result<(), Error> {
         return Ok(());
     }
     let name = service::watch_unit_name(&s.agent_dir);
-    let path = service::unit_dir(env).join(&name);
-    if !path.is_file() {
-        return Ok(());
+    if service::delete_own_unit(env, &name, true).await? {
+        tracing::info!(unit = %name, "removed the scale-in watcher (no --scale-in-drain)");
     }
-    let systemctl = Systemctl::require(env)?;
-    systemctl.run(&["disable", "--now", &name]).await?;
-    fs_err::remove_file(&path).map_err(|source| Error::Io {
-        action: "removing",
-        path: path.clone(),
-        source,
-    })?;
-    systemctl.run(&["daemon-reload"]).await?;
-    tracing::info!(unit = %name, "removed the scale-in watcher (no --scale-in-drain)");
     Ok(())
 }
 

@@ -123,29 +123,12 @@ pub async fn remove_locked(
         ("the scale-in watcher", watch_name, true),
         ("the boot unit", boot_name, false),
     ] {
-        let unit_path = service::unit_dir(env).join(&unit_name);
-        if !(env.is_root() && !os.is_windows() && unit_path.is_file()) {
-            continue;
+        if env.is_root()
+            && !os.is_windows()
+            && service::delete_own_unit(env, &unit_name, stop).await?
+        {
+            done.push(format!("removed {what} {unit_name}"));
         }
-        let sc = Systemctl::find(env);
-        if let Some(sc) = &sc {
-            // The watcher may be the caller's parent (it runs this flow itself): no blocking stop.
-            if stop {
-                sc.run(&["disable", "--now", "--no-block", &unit_name])
-                    .await?;
-            } else {
-                sc.run(&["disable", &unit_name]).await?;
-            }
-        }
-        fs_err::remove_file(&unit_path).map_err(|source| Error::Io {
-            action: "removing",
-            path: unit_path.clone(),
-            source,
-        })?;
-        if let Some(sc) = &sc {
-            sc.run(&["daemon-reload"]).await?;
-        }
-        done.push(format!("removed {what} {unit_name}"));
     }
 
     // 5. What install remembered, and with --purge the files.

@@ -190,7 +190,7 @@ async fn stop(
             let devops = DevOpsClient::new(&s.install.url, tokens, net);
             let drain = super::drain::Drain::new(&devops, saved.pool_id, saved.agent_id, net);
             drain.disable().await;
-            let wait = drain.wait_idle(until, JOB_POLL);
+            let wait = drain.wait_idle(until, JOB_POLL, async || true);
             tokio::pin!(wait);
             tokio::select! {
                 r = &mut *task => return r.expect("the agent's runner panicked"),

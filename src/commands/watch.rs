@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::agent::AgentDir;
 use crate::commands::Target;
+use crate::commands::drain::Waited;
 use crate::devops::DevOpsClient;
 use crate::env::Env;
 use crate::error::Error;
@@ -163,38 +164,27 @@ async fn leave(
     drain.disable().await;
 
     // The running job, until shortly before NotBefore; the event is looked at too: gone means
-    // cancelled.
-    let poll = Duration::from_secs(1);
-    loop {
-        let still_there = match events.document().await {
-            Ok(doc) => doc.events.iter().any(|e| e.event_id == event.event_id),
-            // IMDS down now: assume the event stands.
-            Err(_) => true,
-        };
-        if !still_there {
-            tracing::warn!(
-                event = %event.event_id,
-                "the event was withdrawn before the agent was unregistered: enabling it again"
-            );
-            drain.enable().await;
-            return Ok(());
+    // cancelled (IMDS not answering: the event stands).
+    let still_there = async || match events.document().await {
+        Ok(doc) => doc.events.iter().any(|e| e.event_id == event.event_id),
+        Err(_) => true,
+    };
+    let wait = drain.wait_idle(until, Duration::from_secs(1), still_there);
+    tokio::pin!(wait);
+    let waited = tokio::select! {
+        w = &mut wait => w,
+        _ = signals.changed() => {
+            tracing::warn!("stop signal during a drain: unregistering now");
+            Waited::Idle
         }
-        match drain.job().await {
-            Ok(None) => break,
-            Ok(Some(job)) => tracing::info!(job, "waiting for the running job to end"),
-            Err(e) => tracing::warn!("could not ask whether the agent runs a job: {e}"),
-        }
-        if tokio::time::Instant::now() + poll > until {
-            tracing::warn!("NotBefore is near: unregistering with the job still running");
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = signals.changed() => {
-                tracing::warn!("stop signal during a drain: unregistering now");
-                break;
-            }
-        }
+    };
+    if waited == Waited::Withdrawn {
+        tracing::warn!(
+            event = %event.event_id,
+            "the event was withdrawn before the agent was unregistered: enabling it again"
+        );
+        drain.enable().await;
+        return Ok(());
     }
 
     let _lock = crate::lock::acquire(&t.paths.state_dir, &t.agent_dir, LOCK_WAIT).await?;

@@ -15,6 +15,28 @@ pub fn boot_unit_name(agent_dir: &Path) -> String {
     format!("agent-bootstrap-{}.service", crate::state::key(agent_dir))
 }
 
+/// What both of agent-bootstrap's own units say about where they act, checked and escaped once:
+/// the agent dir (as a unit value and as an `ExecStart=` word), the binary, the state directory.
+struct Words {
+    dir: String,
+    qdir: String,
+    exe: String,
+    env: String,
+}
+
+fn words(exe: &Path, agent_dir: &Path, state_dir: &Path) -> Result<Words, ServiceError> {
+    let dir = agent_dir.display().to_string();
+    Ok(Words {
+        qdir: exec_word("the agent dir", &dir)?,
+        dir: unit_value("the agent dir", &dir)?,
+        exe: exec_word("the agent-bootstrap binary", &exe.display().to_string())?,
+        env: exec_word(
+            "the state directory",
+            &format!("AGENT_BOOTSTRAP_STATE_DIR={}", state_dir.display()),
+        )?,
+    })
+}
+
 /// The oneshot unit that runs `reconcile` at boot: after the network is online, before the
 /// agent's own unit, so a clone never starts the original's registration.
 pub fn render_boot_unit(
@@ -27,20 +49,20 @@ pub fn render_boot_unit(
         Some(u) => format!("Before={}\n", unit_value("the agent's unit name", u)?),
         None => String::new(),
     };
-    let dir = agent_dir.display().to_string();
-    let state = state_dir.display().to_string();
-    let env = exec_word(
-        "the state directory",
-        &format!("AGENT_BOOTSTRAP_STATE_DIR={state}"),
-    )?;
+    let Words {
+        dir,
+        qdir,
+        exe,
+        env,
+    } = words(exe, agent_dir, state_dir)?;
     Ok(format!(
         "# Written by agent-bootstrap install; removed by agent-bootstrap remove.\n\
          [Unit]\n\
-         Description=agent-bootstrap: keep the Azure Pipelines agent in {desc} registered\n\
+         Description=agent-bootstrap: keep the Azure Pipelines agent in {dir} registered\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
          {before}\
-         ConditionPathExists={cond}\n\
+         ConditionPathExists={dir}\n\
          \n\
          [Service]\n\
          Type=oneshot\n\
@@ -51,10 +73,6 @@ pub fn render_boot_unit(
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
-        desc = unit_value("the agent dir", &dir)?,
-        cond = unit_value("the agent dir", &dir)?,
-        qdir = exec_word("the agent dir", &dir)?,
-        exe = exec_word("the agent-bootstrap binary", &exe.display().to_string())?,
         timeout = BOOT_TIMEOUT.as_secs(),
     ))
 }
@@ -79,18 +97,19 @@ pub fn render_watch_unit(
         Some(u) => format!(" {}", unit_value("the boot unit's name", u)?),
         None => String::new(),
     };
-    let dir = agent_dir.display().to_string();
-    let env = exec_word(
-        "the state directory",
-        &format!("AGENT_BOOTSTRAP_STATE_DIR={}", state_dir.display()),
-    )?;
+    let Words {
+        dir,
+        qdir,
+        exe,
+        env,
+    } = words(exe, agent_dir, state_dir)?;
     Ok(format!(
         "# Written by agent-bootstrap install --scale-in-drain; removed by agent-bootstrap remove.\n\
          [Unit]\n\
-         Description=agent-bootstrap: unregister the Azure Pipelines agent in {desc} before scale-in or eviction\n\
+         Description=agent-bootstrap: unregister the Azure Pipelines agent in {dir} before scale-in or eviction\n\
          Wants=network-online.target\n\
          After=network-online.target{after}\n\
-         ConditionPathExists={cond}\n\
+         ConditionPathExists={dir}\n\
          \n\
          [Service]\n\
          Type=simple\n\
@@ -101,10 +120,6 @@ pub fn render_watch_unit(
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
-        desc = unit_value("the agent dir", &dir)?,
-        cond = unit_value("the agent dir", &dir)?,
-        qdir = exec_word("the agent dir", &dir)?,
-        exe = exec_word("the agent-bootstrap binary", &exe.display().to_string())?,
     ))
 }
 

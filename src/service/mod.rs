@@ -58,6 +58,42 @@ pub enum ServiceError {
     Unsafe { what: &'static str, value: String },
     #[error("systemctl was not found on PATH")]
     NoSystemctl,
+    #[error("could not delete the unit file '{path}'")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Disables one of agent-bootstrap's own units (`stop`: and stops it, without waiting: the
+/// watcher may be the caller's parent), deletes its file and reloads systemd. False when there
+/// was no unit file.
+pub async fn delete_own_unit(
+    env: &crate::env::Env,
+    name: &str,
+    stop: bool,
+) -> Result<bool, ServiceError> {
+    let path = unit_dir(env).join(name);
+    if !path.is_file() {
+        return Ok(false);
+    }
+    let sc = Systemctl::find(env);
+    if let Some(sc) = &sc {
+        if stop {
+            sc.run(&["disable", "--now", "--no-block", name]).await?;
+        } else {
+            sc.run(&["disable", name]).await?;
+        }
+    }
+    fs_err::remove_file(&path).map_err(|source| ServiceError::Remove {
+        path: path.clone(),
+        source,
+    })?;
+    if let Some(sc) = &sc {
+        sc.run(&["daemon-reload"]).await?;
+    }
+    Ok(true)
 }
 
 /// Writes a unit file atomically (a temporary file in the same directory, fsynced, then renamed

@@ -191,6 +191,20 @@ impl World {
         self.dir.path().join("secrets")
     }
 
+    /// AKS workload identity for `cmd`, as the webhook sets it up: the service-account token in a
+    /// file, the user-assigned identity's client id, the tenant, Entra at `authority`.
+    pub fn workload_identity(&self, cmd: &mut Command, assertion: &str, authority: &str) {
+        let secrets = self.secrets_dir();
+        std::fs::create_dir_all(&secrets).unwrap();
+        let file = secrets.join("azure-identity-token");
+        std::fs::write(&file, assertion).unwrap();
+        cmd.env("AZURE_FEDERATED_TOKEN_FILE", &file)
+            .env("AZURE_CLIENT_ID", azure_sim::ids::UAMI_CLIENT)
+            .env("AZURE_TENANT_ID", &self.sim.config.tenant_id)
+            // The webhook's value ends with a slash.
+            .env("AZURE_AUTHORITY_HOST", format!("{authority}/"));
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
