@@ -282,6 +282,11 @@ pub struct InstallArgs {
     /// system user `azpagent`, created if missing. (Linux)
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Allow ending every process of --user's account before the agent is configured (and at
+    /// every later re-registration). Configuring ends them all so that none can read the token or
+    /// change the package; without this, an account that runs other programs is refused. (Linux)
+    #[arg(long, requires = "user")]
+    pub end_user_processes: bool,
     /// The Windows service's account [default: NT AUTHORITY\NETWORK SERVICE]; a password, if it
     /// needs one, only in the environment variable VSTS_AGENT_INPUT_WINDOWSLOGONPASSWORD. (Windows)
     #[arg(long, value_name = "ACCOUNT")]

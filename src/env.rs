@@ -13,6 +13,9 @@ use std::path::PathBuf;
 /// on machines with and without systemd.
 pub const SYSTEMD_ENV: &str = "AGENT_BOOTSTRAP_TEST_SYSTEMD";
 
+/// Debug builds only: the name of the dedicated agent account ([`Env::dedicated_user`]).
+pub const AGENT_USER_ENV: &str = "AGENT_BOOTSTRAP_TEST_AGENT_USER";
+
 /// Variables children inherit: locale, time zone, proxies, and what the agent's `env.sh` snapshots
 /// for its jobs (`VSTS_HTTP_PROXY_PASSWORD` excluded: env.sh would write it into `.env`).
 const CHILD_VARS: &[&str] = &[
@@ -161,6 +164,16 @@ impl Env {
             .get(name)
             .map(String::as_str)
             .filter(|v| !v.trim().is_empty())
+    }
+
+    /// The dedicated account install creates when no `--user` is given: `azpagent`, or in a debug
+    /// build the name in [`AGENT_USER_ENV`] (parallel tests each get an account of their own, since
+    /// configuring ends every process of the account). A release build ignores the variable.
+    pub fn dedicated_user(&self) -> String {
+        match self.var(AGENT_USER_ENV) {
+            Some(name) if cfg!(debug_assertions) => name.to_owned(),
+            _ => crate::settings::DEFAULT_USER.to_owned(),
+        }
     }
 
     pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -348,6 +361,18 @@ mod tests {
         ] {
             assert!(!vars.contains_key(gone), "{gone}");
         }
+    }
+
+    #[test]
+    fn the_agent_user_knob_only_works_in_debug_builds() {
+        let env = Env::fake(&[(AGENT_USER_ENV, "azp-test-1")], "h", true);
+        let want = if cfg!(debug_assertions) {
+            "azp-test-1"
+        } else {
+            crate::settings::DEFAULT_USER
+        };
+        assert_eq!(env.dedicated_user(), want);
+        assert_eq!(Env::fake(&[], "h", true).dedicated_user(), "azpagent");
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Error {
             Self::Package(_) => PACKAGE,
             Self::Configure { .. } | Self::ConfigureRun(_) | Self::AgentRun(_) => CONFIGURE,
             Self::Service(_) => SERVICE,
-            Self::User(UserError::Missing { .. }) => INPUT,
+            Self::User(UserError::Missing { .. } | UserError::Shared { .. }) => INPUT,
             Self::User(_) | Self::Agent(_) | Self::State(_) | Self::Lock(_) | Self::Io { .. } => {
                 INTERNAL
             }

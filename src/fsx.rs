@@ -144,6 +144,48 @@ fn writable_by_others(st: &FileStat) -> bool {
     st.st_uid != 0 || st.st_mode & 0o022 != 0
 }
 
+/// Whether only root could have written anything in the tree at `root`: every entry (links
+/// themselves, never followed) belongs to root and is writable by nobody else (group write only for
+/// root's group). A package an image build extracted as root passes; one the agent user ever owned
+/// does not, and root then extracts a fresh one instead of running its scripts.
+#[cfg(unix)]
+pub fn root_only_tree(root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ok = |m: &std::fs::Metadata| {
+        m.uid() == 0
+            && (m.file_type().is_symlink()
+                || (m.mode() & 0o002 == 0 && (m.mode() & 0o020 == 0 || m.gid() == 0)))
+    };
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() && ok(&m) => {}
+            _ => return false,
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { return false };
+            let Ok(m) = entry.path().symlink_metadata() else {
+                return false;
+            };
+            if m.is_dir() {
+                stack.push(entry.path());
+            } else if !ok(&m) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Windows: an extracted tree is never taken as SYSTEM's own; a fresh one is extracted.
+#[cfg(not(unix))]
+pub fn root_only_tree(_root: &Path) -> bool {
+    false
+}
+
 /// Gives the directory tree at `root` to `uid:gid`, safely, when root owns it (a package an image
 /// build extracted as root). Returns `false` without touching anything when the top directory
 /// already belongs to `uid` (it was given before; what the account did inside since is its own).

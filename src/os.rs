@@ -76,14 +76,12 @@ impl Os {
             "x86" => Arch::X86,
             _ => Arch::X64,
         };
+        // The system's own shell names its program interpreter near the start of the file.
         let musl = family == Family::Linux
-            && (cfg!(target_env = "musl")
-                || std::fs::read_dir("/lib")
-                    .map(|d| {
-                        d.flatten()
-                            .any(|e| e.file_name().to_string_lossy().starts_with("ld-musl-"))
-                    })
-                    .unwrap_or(false));
+            && std::fs::read("/bin/sh").is_ok_and(|b| {
+                let head = &b[..b.len().min(4096)];
+                head.windows(8).any(|w| w == b"ld-musl-")
+            });
         Self { family, arch, musl }
     }
 

@@ -92,9 +92,9 @@ pub struct InstallSettings {
     /// Windows: the password of `--windows-logon-account`, from [`LOGON_PASSWORD_ENV`] (never
     /// saved; passed to `config.cmd` only in its environment).
     pub logon_password: Option<crate::secret::Secret>,
-    /// Extract the package again even if the agent dir has one (reconcile on Windows: SYSTEM runs
-    /// `config.cmd` only from a tree it has just extracted and verified).
-    pub fresh_package: bool,
+    /// The account's processes may be ended before configure though it is not the dedicated one
+    /// (`--end-user-processes`).
+    pub end_user_processes: bool,
     pub url: Url,
     pub pool: String,
     pub agent_name: String,
@@ -534,6 +534,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         work_dir: args.work_dir.clone(),
         user: (!os.is_windows()).then(|| env.username().to_owned()),
         windows_logon_account: None,
+        end_user_processes: false,
         no_service: true,
         no_boot: true,
         scale_in_drain: false,
@@ -645,7 +646,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
             Some(u) => AgentUser::Existing(check_user(u.trim())?),
             // Not root (a container running as its own user): the agent runs as this account.
             None if !env.is_root() => AgentUser::Existing(env.username().to_owned()),
-            None => AgentUser::Dedicated(DEFAULT_USER.to_owned()),
+            None => AgentUser::Dedicated(env.dedicated_user()),
         }
     };
     if !env.is_root() && !args.dry_run {
@@ -705,7 +706,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
     Ok(InstallSettings {
         as_root: env.is_root(),
         logon_password,
-        fresh_package: false,
+        end_user_processes: args.end_user_processes,
         url,
         pool,
         agent_name,
@@ -881,7 +882,13 @@ pub fn from_saved(
             source: Source::File(PathBuf::from(p)),
             sha256: saved.package_sha256.clone(),
         },
-        None => PackageChoice::Latest,
+        // Root's record of the version (updated from the server's agent record when the agent
+        // updates itself), never what the agent dir holds: configuring again never downgrades
+        // below what root last saw, and never asks the agent's files.
+        None => match &saved.agent_version {
+            Some(v) => PackageChoice::Version(v.clone()),
+            None => PackageChoice::Latest,
+        },
     };
     Ok(InstallSettings {
         url,
@@ -895,7 +902,7 @@ pub fn from_saved(
             AgentUser::Existing(saved.user.clone())
         },
         as_root: env.is_root(),
-        fresh_package: false,
+        end_user_processes: saved.end_user_processes,
         // Not saved (no stored secret): a custom account's password is read again, if given.
         logon_password: env
             .var(LOGON_PASSWORD_ENV)

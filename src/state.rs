@@ -64,6 +64,10 @@ pub struct Saved {
     /// `--package` as given (a path or URL), for reconfiguring without the packages API.
     #[serde(default)]
     pub package: Option<String>,
+    /// `--end-user-processes`: the account (`--user`) may have its processes ended before each
+    /// configure.
+    #[serde(default)]
+    pub end_user_processes: bool,
     /// The boot unit that runs `reconcile`, if one was installed.
     #[serde(default)]
     pub boot_unit: Option<String>,
@@ -205,6 +209,7 @@ mod tests {
             machine_id: None,
             vm_id: None,
             package: None,
+            end_user_processes: false,
             boot_unit: None,
             watch_unit: None,
             proxy_url: None,

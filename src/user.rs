@@ -19,6 +19,21 @@ pub enum UserError {
     Missing { name: String },
     #[error("could not create the agent user '{name}': {detail}")]
     Create { name: String, detail: String },
+    #[error(
+        "the agent's account '{name}' also runs other programs ({running}); configuring the agent \
+         ends every process of that account first, so that none can read the token or change the \
+         package: pass --end-user-processes to allow it, or let install create a dedicated account \
+         (omit --user)"
+    )]
+    Shared { name: String, running: String },
+    #[error("processes of '{name}' were still running after they were ended: {left}")]
+    Lingering { name: String, left: String },
+    #[error(
+        "processes of '{name}' started again after every process of the account was ended \
+         ({which}): a cron job, at job or user service of that account? the agent is not \
+         configured with the token while they could change its files; remove them and run again"
+    )]
+    Respawned { name: String, which: String },
     #[error("could not look up user '{name}'")]
     Lookup {
         name: String,
@@ -115,4 +130,157 @@ async fn create(name: &str, env: &crate::env::Env) -> Result<RunAs, UserError> {
             .unwrap_or_else(|| format!("useradd exited with {}", done.code));
     }
     Err(UserError::Create { name, detail: last })
+}
+
+/// A process of the agent's account, as `/proc` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserProcess {
+    pub pid: i32,
+    pub name: String,
+}
+
+/// The live processes whose real or effective uid is `uid` (zombies are already dead and left
+/// out), read from `/proc`. A process that ends while it is being read is skipped.
+#[cfg(unix)]
+pub fn processes_of(uid: u32) -> Vec<UserProcess> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut found = vec![];
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if let Some(name) = owned_live(&status, uid) {
+            found.push(UserProcess { pid, name });
+        }
+    }
+    found
+}
+
+/// From `/proc/PID/status`: the process's name when it is alive (not a zombie or dead) and its
+/// real or effective uid is `uid`.
+fn owned_live(status: &str, uid: u32) -> Option<String> {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let state = field("State:")?;
+    if state.starts_with('Z') || state.starts_with('X') {
+        return None;
+    }
+    let mut uids = field("Uid:")?
+        .split_whitespace()
+        .map(|u| u.parse::<u32>().ok());
+    let (real, effective) = (uids.next()??, uids.next()??);
+    (real == uid || effective == uid).then(|| field("Name:").unwrap_or("?").to_owned())
+}
+
+/// How long [`end_processes`] waits for the processes it killed to be gone.
+pub const END_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Ends every process of `user` and waits until none is left: each is stopped first (`SIGSTOP`:
+/// a stopped process cannot fork a new one), the scan repeated until it finds no new one, then
+/// all are killed (`SIGKILL`). Before a configure that carries the token, a job's leftover process
+/// could otherwise read `/proc/<pid>/environ` of config.sh or rewrite the package between its
+/// extraction and its start. Returns how many were ended. Root's own processes are never touched
+/// (`user` is never root: the caller checks).
+#[cfg(unix)]
+pub async fn end_processes(user: &RunAs) -> Result<usize, UserError> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    assert_ne!(user.uid, 0, "root's processes are never ended");
+    let started = std::time::Instant::now();
+    let mut seen = std::collections::BTreeMap::new();
+    loop {
+        let now = processes_of(user.uid);
+        let fresh: Vec<_> = now.iter().filter(|p| !seen.contains_key(&p.pid)).collect();
+        if fresh.is_empty() && now.iter().all(|p| seen.contains_key(&p.pid)) {
+            break;
+        }
+        for p in fresh {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGSTOP);
+            seen.insert(p.pid, p.name.clone());
+        }
+        if started.elapsed() > END_WAIT {
+            break;
+        }
+    }
+    for pid in seen.keys() {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    loop {
+        let left = processes_of(user.uid);
+        if left.is_empty() {
+            break;
+        }
+        if started.elapsed() > END_WAIT {
+            return Err(UserError::Lingering {
+                name: user.name.clone(),
+                left: describe(&left),
+            });
+        }
+        for p in &left {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if !seen.is_empty() {
+        tracing::info!(
+            user = %user.name,
+            count = seen.len(),
+            processes = %seen.iter().take(8).map(|(pid, n)| format!("{n} ({pid})")).collect::<Vec<_>>().join(", "),
+            "ended every process of the agent's account before configuring"
+        );
+    }
+    Ok(seen.len())
+}
+
+/// A few of `procs`, for a message.
+pub fn describe(procs: &[UserProcess]) -> String {
+    let mut s = procs
+        .iter()
+        .take(5)
+        .map(|p| format!("{} (pid {})", p.name, p.pid))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if procs.len() > 5 {
+        s.push_str(&format!(" and {} more", procs.len() - 5));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t42\nPid:\t42\n\
+                          Uid:\t998\t998\t998\t998\nGid:\t998\t998\t998\t998\n";
+
+    #[test]
+    fn a_process_belongs_to_its_real_or_effective_uid() {
+        assert_eq!(owned_live(STATUS, 998).as_deref(), Some("sleep"));
+        assert_eq!(owned_live(STATUS, 0), None);
+        // A set-uid program the user started (real uid the user's) is the user's too.
+        let setuid = STATUS.replace("Uid:\t998\t998", "Uid:\t998\t0");
+        assert_eq!(owned_live(&setuid, 998).as_deref(), Some("sleep"));
+        // Root's daemon acting for nobody is not.
+        let root = STATUS.replace("Uid:\t998\t998\t998\t998", "Uid:\t0\t0\t0\t998");
+        assert_eq!(owned_live(&root, 998), None);
+    }
+
+    #[test]
+    fn zombies_are_already_gone() {
+        let zombie = STATUS.replace("S (sleeping)", "Z (zombie)");
+        assert_eq!(owned_live(&zombie, 998), None);
+    }
 }

@@ -219,7 +219,7 @@ fn ownership_is_never_changed_through_a_path_the_agent_user_can_swap() {
 }
 
 #[test]
-fn a_package_an_image_baked_in_is_handed_over_only_if_nobody_else_can_write_it() {
+fn a_baked_in_package_another_account_could_change_is_replaced_not_run() {
     let w = World::new();
     let dir = w.agent_dir();
     w.extract_package_into(&dir);
@@ -227,14 +227,19 @@ fn a_package_an_image_baked_in_is_handed_over_only_if_nobody_else_can_write_it()
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.join("bin"), std::fs::Permissions::from_mode(0o777)).unwrap();
     }
+    // What another account could have put there.
+    std::fs::write(dir.join("bin/planted"), "").unwrap();
     let run = w.install(&[]);
-    run.assert_code(2);
-    assert!(run.stderr.contains("--agent-dir"), "{}", run.stderr);
+    run.assert_code(0);
     assert!(
+        !run.stderr.contains("already extracted"),
+        "the tree was kept: {}",
         run.stderr
-            .contains("can be changed by an account other than root")
     );
-    assert!(w.server_agents(1).is_empty(), "nothing registered");
+    assert_eq!(w.downloads(), 1, "a fresh verified package");
+    assert!(!dir.join("bin/planted").exists());
+    assert_eq!(mode(&dir.join("bin")) & 0o022, 0);
+    assert_eq!(w.server_agents(1).len(), 1);
 }
 
 #[test]
@@ -258,48 +263,200 @@ fn a_fifo_in_place_of_the_agent_files_blocks_nothing() {
     assert!(w.unit_active(UNIT));
 }
 
-#[test]
-fn the_version_probe_runs_as_the_agent_user_whoever_owns_the_file() {
-    let w = installed();
-    let dir = w.agent_dir();
-    // A root-owned "listener" that records who ran it.
-    let probe = w.dir.path().join("probe");
-    std::fs::create_dir(&probe).unwrap();
-    let out = w.dir.path().join("probe-ran-as");
-    std::fs::write(&out, "").unwrap();
+/// The agent's own binary, replaced by the job with one that records every run of it.
+fn plant_recording_listener(w: &World) -> std::path::PathBuf {
+    let ran = w.dir.path().join("listener-ran");
+    std::fs::write(&ran, "").unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o666)).unwrap();
-        std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&ran, std::fs::Permissions::from_mode(0o666)).unwrap();
     }
-    let listener = probe.join("Agent.Listener");
-    std::fs::write(
-        &listener,
-        format!("#!/bin/sh\nid -u > '{}'\necho 9.9.9\n", out.display()),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&listener, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    // The job points bin at root's directory (what an update looks like: bin is a link).
     as_agent_user_ok(&format!(
-        "cd '{}' && mv bin bin.old && ln -s '{}' bin",
-        dir.display(),
-        probe.display()
+        "cd '{}' && printf '#!/bin/sh\\necho \"$(id -u) $*\" >> {}\\necho 9.9.9\\n' > bin/Agent.Listener.new \
+         && chmod 755 bin/Agent.Listener.new && mv -f bin/Agent.Listener.new bin/Agent.Listener",
+        w.agent_dir().display(),
+        ran.display()
     ));
+    ran
+}
+
+#[test]
+fn root_never_runs_the_agents_binary_to_learn_its_version() {
+    let w = installed();
+    let ran = plant_recording_listener(&w);
     let run = w.status(&["--json"]);
     run.assert_code(0);
-    let ran_as: u32 = std::fs::read_to_string(&out)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(status["agent_version"], "4.264.2", "root's record, or the server's");
+    w.reconcile().assert_code(0);
+    // A re-registration: the version comes from root's record, the package from the archive.
+    w.sim.state().agents.clear();
+    w.reconcile().assert_code(0);
     assert_eq!(
-        ran_as,
-        agent_user().uid.as_raw(),
-        "run as the agent user, not root"
+        std::fs::read_to_string(&ran).unwrap(),
+        "",
+        "the agent dir's binary ran"
     );
+    let saved = w.saved_settings_files();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&saved[0]).unwrap()).unwrap();
+    assert_eq!(saved["agent_version"], "4.264.2");
+}
+
+/// What a job leaves behind to take the token at the next re-registration: a process of the agent
+/// user that keeps putting its own `config.sh` and `reauth.sh` in place and reads the environment
+/// of every process of its account.
+fn leave_token_thief(w: &World) -> std::path::PathBuf {
+    let loot = w.dir.path().join("loot");
+    std::fs::create_dir(&loot).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&loot, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let thief = format!(
+        r#"cd '{dir}' || exit 1
+evil='#!/bin/sh
+env > {loot}/config-env
+exec ./bin/Agent.Listener configure "$@"'
+while :; do
+  for s in config.sh reauth.sh; do
+    printf '%s\n' "$evil" > $s.new 2>/dev/null && chmod 755 $s.new && mv -f $s.new $s 2>/dev/null
+  done
+  for e in /proc/[0-9]*/environ; do
+    tr '\0' '\n' < $e 2>/dev/null | grep VSTS_AGENT_INPUT_TOKEN >> {loot}/environ
+  done
+  sleep 0.05
+done"#,
+        dir = w.agent_dir().display(),
+        loot = loot.display()
+    );
+    let script = w.dir.path().join("thief.sh");
+    std::fs::write(&script, thief).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    as_agent_user_ok(&format!(
+        "setsid nohup /bin/sh '{}' >/dev/null 2>&1 < /dev/null &",
+        script.display()
+    ));
+    // It runs: config.sh is already the thief's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(w.agent_dir().join("config.sh"))
+        .unwrap_or_default()
+        .contains("config-env")
+    {
+        assert!(Instant::now() < deadline, "the thief did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    loot
+}
+
+fn assert_nothing_stolen(w: &World, loot: &Path) {
+    let tokens = w.issued_tokens();
+    for entry in std::fs::read_dir(loot).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for t in &tokens {
+            assert!(
+                !text.contains(t.as_str()),
+                "{} holds the token",
+                entry.path().display()
+            );
+        }
+    }
+    assert!(
+        !loot.join("config-env").exists(),
+        "the job's config.sh ran: {:?}",
+        std::fs::read_to_string(loot.join("config-env"))
+    );
+    let thief = w.dir.path().join("thief.sh");
+    assert!(
+        !process_running(&[thief.to_str().unwrap()]),
+        "the job's process survived the re-registration"
+    );
+    assert!(
+        !std::fs::read_to_string(w.agent_dir().join("config.sh"))
+            .unwrap()
+            .contains("config-env"),
+        "the agent dir holds the job's config.sh"
+    );
+}
+
+#[test]
+fn a_job_cannot_take_the_token_when_the_agent_is_deleted_on_the_server() {
+    let w = installed();
+    let loot = leave_token_thief(&w);
+    w.sim.state().agents.clear();
+    let run = w.reconcile();
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("ended every process of the agent's account"),
+        "{}",
+        run.stderr
+    );
+    assert_nothing_stolen(&w, &loot);
+    let agents = w.server_agents(1);
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agent_json(&w)["agentId"], agents[0].id);
+    // The service was stopped before its account's processes were ended, and started after.
+    let log = w.systemctl_log();
+    let stop = log.rfind(&format!("stop {UNIT}")).expect("stopped");
+    let start = log.rfind(&format!("start --no-block {UNIT}")).expect("started");
+    assert!(stop < start, "{log}");
+}
+
+#[test]
+fn a_job_cannot_take_the_token_by_making_reconcile_reinstall() {
+    for edit in ["agent", "proxy"] {
+        let w = installed();
+        let loot = leave_token_thief(&w);
+        // The next reconcile configures again: `.agent` names another agent, or `.proxy` differs.
+        match edit {
+            "agent" => rewrite_agent_file(&w, |v| v["agentName"] = "someone-else".into()),
+            _ => as_agent_user_ok(&format!(
+                "printf 'http://127.0.0.1:9\\n' > '{}'",
+                w.agent_dir().join(".proxy").display()
+            )),
+        }
+        let run = w.reconcile();
+        run.assert_code(0);
+        assert_nothing_stolen(&w, &loot);
+        assert_eq!(w.server_agents(1).len(), 1, "{edit}");
+        assert_eq!(agent_json(&w)["agentName"], "test-agent");
+    }
+}
+
+#[test]
+fn an_account_that_runs_other_programs_is_not_ended_without_consent() {
+    let w = World::new();
+    let name = format!("{}s", w.user);
+    let ok = std::process::Command::new("useradd")
+        .args(["--system", "--no-create-home", &name])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+    // A program of that account that is not the agent (a login, a daemon).
+    let mut other = std::process::Command::new("sleep");
+    other.arg("300");
+    std::os::unix::process::CommandExt::uid(&mut other, user.uid.as_raw());
+    let mut other = other.spawn().unwrap();
+    let run = w.install(&["--user", &name]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("--end-user-processes") && run.stderr.contains("sleep"),
+        "{}",
+        run.stderr
+    );
+    assert!(w.server_agents(1).is_empty(), "nothing registered");
+    assert!(other.try_wait().unwrap().is_none(), "the program still runs");
+    // Told: ended, and the agent is configured.
+    let run = w.install(&["--user", &name, "--end-user-processes"]);
+    run.assert_code(0);
+    assert!(other.try_wait().unwrap().is_some(), "ended");
+    assert_eq!(w.server_agents(1).len(), 1);
+    let _ = std::process::Command::new("userdel").arg(&name).status();
 }
 
 #[test]
@@ -492,9 +649,10 @@ fn install_with_binary(w: &World, exe: &Path, extra: &[&str]) -> Run {
 #[test]
 fn a_boot_unit_never_runs_a_binary_the_agent_user_could_replace() {
     let w = World::new();
-    let user = agent_user();
-    // root's binary, in a directory the agent user owns: it could swap the file before the next
-    // boot, and the boot unit would run the job's program as root.
+    // Another account (the agent user is created only by the install below).
+    let user = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    // root's binary, in a directory another account owns: it could swap the file before the next
+    // boot, and the boot unit would run that account's program as root.
     let theirs = w.dir.path().join("agent-user-bin");
     std::fs::create_dir(&theirs).unwrap();
     std::os::unix::fs::chown(&theirs, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();

@@ -40,9 +40,7 @@ fn happy_path_registers_and_starts_the_agent_as_an_unprivileged_user() {
     assert!(dir.join("svc.sh").is_file());
 
     // Run as the dedicated user, not root.
-    let user = nix::unistd::User::from_name("azpagent")
-        .unwrap()
-        .expect("azpagent was created");
+    let user = agent_user();
     assert_eq!(owner(&dir), user.uid.as_raw());
     assert_eq!(owner(&dir.join("bin/Agent.Listener")), user.uid.as_raw());
     assert_eq!(owner(&dir.join(".agent")), user.uid.as_raw());
@@ -97,7 +95,7 @@ fn happy_path_registers_and_starts_the_agent_as_an_unprivileged_user() {
         serde_json::from_slice(&std::fs::read(state_files[0].path()).unwrap()).unwrap();
     assert_eq!(saved["agent_name"], "test-agent");
     assert_eq!(saved["pool_id"], 1);
-    assert_eq!(saved["user"], "azpagent");
+    assert_eq!(saved["user"], w.user.as_str());
     assert_eq!(
         w.cache_files(),
         vec![format!("{}.tar.gz", w.sim.package.sha256)]
@@ -371,7 +369,7 @@ fn config_failure_exits_6_with_the_agents_own_error_line() {
     );
     assert!(!w.agent_dir().join(".agent").exists());
     assert!(
-        w.systemctl_log().is_empty(),
+        w.systemctl_changes().is_empty(),
         "no service step after a failed configure"
     );
 }
@@ -753,7 +751,8 @@ fn dry_run_checks_access_prints_the_plan_and_changes_nothing() {
     let unit = "vsts.agent.127.Default.test\\x2dagent.service";
     assert!(
         run.stdout.contains(&format!(
-            "write the unit {unit} (the agent's template, User=azpagent)"
+            "write the unit {unit} (the agent's template, User={})",
+            w.user
         )),
         "{}",
         run.stdout
@@ -765,7 +764,7 @@ fn dry_run_checks_access_prints_the_plan_and_changes_nothing() {
     );
     assert!(!run.stdout.contains("svc.sh"), "root never runs svc.sh");
     // The steps are numbered in the order a real run takes them.
-    let configure = run.stdout.find("run as 'azpagent'").unwrap();
+    let configure = run.stdout.find(&format!("run as '{}'", w.user)).unwrap();
     let save = run.stdout.find("save settings").unwrap();
     let boot = run.stdout.find("at every boot").unwrap();
     assert!(configure < save && save < boot);
@@ -775,7 +774,7 @@ fn dry_run_checks_access_prints_the_plan_and_changes_nothing() {
     assert_eq!(w.downloads(), 0);
     assert_eq!(w.count("POST", "/agents"), 0);
     assert!(w.sim.state().listener_reports.is_empty());
-    assert!(w.systemctl_log().is_empty());
+    assert!(w.systemctl_changes().is_empty());
 
     // --no-service: no unit for the agent, and the boot unit shown because it is installed.
     let run = w.install(&["--dry-run", "--no-service"]);
@@ -942,11 +941,7 @@ fn a_baked_in_package_of_the_right_version_is_used_without_download() {
         run.stderr
     );
     assert_eq!(w.downloads(), 0);
-    let uid = nix::unistd::User::from_name("azpagent")
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw();
+    let uid = agent_user().uid.as_raw();
     assert_eq!(owner(&w.agent_dir().join("config.sh")), uid);
 }
 

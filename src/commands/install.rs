@@ -71,6 +71,11 @@ enum Step {
     StopService {
         unit: String,
     },
+    /// End every process of the agent's account and see them gone, before anything a configure
+    /// with the token runs from is put in place ([`user::end_processes`]).
+    EndUserProcesses {
+        user: String,
+    },
     RemoveRegistration,
     Configure {
         program: PathBuf,
@@ -126,6 +131,9 @@ struct Seen {
     configured: bool,
     self_updated: bool,
     package_present: bool,
+    /// Only root could have written the extracted package (an image build's): root may configure
+    /// from it. Anything the agent user ever owned is replaced by a fresh verified extraction.
+    root_only: bool,
 }
 
 /// What the preflight found, for planning and for the saved settings.
@@ -136,6 +144,9 @@ struct Checked {
     reregister: bool,
     /// The VM id, when it was asked for alongside the preflight.
     vm_id: Option<String>,
+    /// systemd knows the agent's unit: it is stopped before the account's processes are ended
+    /// (systemd would start the agent again).
+    unit_exists: bool,
 }
 
 pub async fn run(
@@ -242,14 +253,17 @@ pub async fn run_locked(
     let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
     // Looked at once: the agent user can change the dir at any time, and every decision below must
     // rest on the same view.
+    let package_present = agent.package_present();
     let seen = Seen {
         configured: existing.is_some() || agent.is_configured(),
-        // A fresh package is asked for: what is in the agent dir does not count.
-        self_updated: agent.self_updated() && !s.fresh_package,
-        package_present: agent.package_present() && !s.fresh_package,
+        self_updated: agent.self_updated(),
+        package_present,
+        root_only: s.as_root && package_present && crate::fsx::root_only_tree(&agent.root),
     };
+    // As root (SYSTEM) a configured or self-updated agent dir is never configured from: only a
+    // registration that needs repair gets this far, and it gets a fresh package.
     let wants_api = !seen.configured
-        && !seen.self_updated
+        && (s.as_root || !seen.self_updated)
         && matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_));
     let wanted_version = match &s.package {
         PackageChoice::Version(v) => Some(v.as_str()),
@@ -291,14 +305,17 @@ pub async fn run_locked(
         }
     };
     tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
-    let meta = meta.transpose()?;
+    let mut meta = meta.transpose()?;
 
     // 3. An existing registration: healthy → nothing to do; gone from the server → register again.
     let mut reregister = false;
+    let mut server_version = None;
     if let Some(cfg) = &existing {
-        match devops.find_agent(pool.id, &s.agent_name, &budget).await? {
+        let found = devops.find_agent(pool.id, &s.agent_name, &budget).await?;
+        server_version = found.as_ref().and_then(|a| a.version.clone());
+        match found {
             Some(a) if a.id == cfg.agent_id && network_matches(&agent, &s.network) => {
-                return already_installed(s, env, &agent, cfg, &pool, a.id, &identity).await;
+                return already_installed(s, env, &agent, cfg, &pool, &a, &identity).await;
             }
             Some(_) if !network_matches(&agent, &s.network) => {
                 tracing::warn!(
@@ -324,11 +341,31 @@ pub async fn run_locked(
             }
         }
     }
+    // Root configures a registration again only from a fresh package: the version from root's
+    // settings or the server's record of the agent (it may have updated itself), whichever is
+    // newer, never from the agent's files.
+    if s.as_root
+        && meta.is_none()
+        && matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_))
+    {
+        let wanted = newest(wanted_version, server_version.as_deref());
+        meta = Some(devops.agent_package(&rid, wanted, &budget).await?);
+    }
+    let unit_exists = match manages_units(s, env) && s.service {
+        true => {
+            Systemctl::require(env)?
+                .state(&agent_unit(s, &pool.name).name)
+                .await?
+                .exists
+        }
+        false => false,
+    };
     let checked = Checked {
         who,
         pool,
         reregister,
         vm_id,
+        unit_exists,
     };
 
     // 4. The account (a real run creates it now: the version check below runs as it).
@@ -339,6 +376,9 @@ pub async fn run_locked(
     };
 
     // 5. Which package, then the whole plan.
+    if let Some(account) = &account {
+        check_shared_account(s, account, &checked)?;
+    }
     let package = plan_package(s, &agent, &seen, meta, account.as_ref(), env).await?;
     let plan = make_plan(s, env, &agent, &checked, &package, account.as_ref());
     if s.dry_run {
@@ -382,6 +422,26 @@ fn make_plan(
             name: s.user.name().to_owned(),
         });
     }
+    let unit = agent_unit(s, &c.pool.name);
+    let units = manages_units(s, env);
+    let win_service = windows_service_name(s, &c.pool.name);
+    // The agent stops before its files change: a listener still running with the old key would
+    // not pick up the new one, and systemd would start again what is ended below.
+    if s.service && units && (c.reregister || c.unit_exists) {
+        steps.push(Step::StopService {
+            unit: unit.name.clone(),
+        });
+    }
+    if s.service && windows && c.reregister {
+        steps.push(Step::StopWindowsService {
+            name: win_service.clone(),
+        });
+    }
+    if ends_user_processes(s, account) {
+        steps.push(Step::EndUserProcesses {
+            user: s.user.name().to_owned(),
+        });
+    }
     match package {
         PackagePlan::Keep { reason } => {
             steps.push(Step::KeepPackage {
@@ -410,22 +470,7 @@ fn make_plan(
             account: s.user.name().to_owned(),
         });
     }
-    let unit = agent_unit(s, &c.pool.name);
-    let units = manages_units(s, env);
-    let win_service = windows_service_name(s, &c.pool.name);
-    if c.reregister {
-        if s.service && units {
-            steps.push(Step::StopService {
-                unit: unit.name.clone(),
-            });
-        }
-        if s.service && windows {
-            steps.push(Step::StopWindowsService {
-                name: win_service.clone(),
-            });
-        }
-        steps.push(Step::RemoveRegistration);
-    } else if agent.has_stale_registration() {
+    if c.reregister || agent.has_stale_registration() {
         steps.push(Step::RemoveRegistration);
     }
     let (program, args) = configure_command(s, agent);
@@ -466,6 +511,52 @@ fn make_plan(
         steps.push(step);
     }
     Plan { steps }
+}
+
+/// Whether configuring ends the account's processes first: as root on Linux, for an account that
+/// is not root (the agent's jobs run as it, and the token passes through its configure).
+fn ends_user_processes(s: &InstallSettings, account: Option<&RunAs>) -> bool {
+    s.as_root && cfg!(unix) && !s.os.is_windows() && account.is_none_or(|a| a.uid != 0)
+}
+
+/// An account the user named (`--user`) that runs programs of its own (not the agent's service,
+/// which is stopped first) is not ended without `--end-user-processes`: refused, exit 2.
+#[cfg(unix)]
+fn check_shared_account(s: &InstallSettings, account: &RunAs, c: &Checked) -> Result<(), Error> {
+    if !ends_user_processes(s, Some(account))
+        || s.end_user_processes
+        || matches!(s.user, AgentUser::Dedicated(_))
+    {
+        return Ok(());
+    }
+    let unit = agent_unit(s, &c.pool.name).name;
+    let others: Vec<_> = user::processes_of(account.uid)
+        .into_iter()
+        .filter(|p| !service::process_in_unit(p.pid, &unit))
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(user::UserError::Shared {
+        name: account.name.clone(),
+        running: user::describe(&others),
+    }
+    .into())
+}
+
+#[cfg(not(unix))]
+fn check_shared_account(_: &InstallSettings, _: &RunAs, _: &Checked) -> Result<(), Error> {
+    Ok(())
+}
+
+/// The newer of two agent versions (either may be missing).
+fn newest<'a>(a: Option<&'a str>, b: Option<&'a str>) -> Option<&'a str> {
+    let key = |v: &str| super::reconcile::parse_version(v);
+    match (a, b) {
+        (Some(a), Some(b)) if key(b) > key(a) => Some(b),
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    }
 }
 
 /// The watcher's unit step (`--scale-in-drain`), or the note saying why there is none.
@@ -554,6 +645,11 @@ impl std::fmt::Display for Step {
                 )
             }
             Step::StopService { unit } => write!(f, "run as root: systemctl stop {unit}"),
+            Step::EndUserProcesses { user } => write!(
+                f,
+                "end every process of '{user}' (stopped, then killed) and wait until none is \
+                 left: none may read the token from configure or change the package it runs"
+            ),
             Step::RemoveRegistration => write!(
                 f,
                 "remove the local registration (.agent, .credentials, .credentials_rsaparams)"
@@ -682,11 +778,13 @@ async fn execute(
                 done.agent_version = version.clone();
             }
             Step::StopService { unit } => {
-                // A listener still running with the old key would not pick up the new one. A unit
-                // that is not there (never installed) has nothing to stop.
+                // A unit that is not there (never installed) has nothing to stop.
                 if let Err(e) = Systemctl::require(env)?.run(&["stop", unit]).await {
                     tracing::warn!("{e}");
                 }
+            }
+            Step::EndUserProcesses { .. } => {
+                end_user_processes(&user).await?;
             }
             Step::RemoveRegistration => {
                 if !c.reregister {
@@ -696,6 +794,19 @@ async fn execute(
             }
             Step::Configure { program, args, .. } => {
                 let token = tokens.get(budget).await?;
+                if ends_user_processes(s, Some(&user)) {
+                    // Nothing of the account may have started since it was ended (a cron or at
+                    // job): the package it could have changed is not run with the token.
+                    let appeared = user::processes_of(user.uid);
+                    if !appeared.is_empty() {
+                        end_user_processes(&user).await?;
+                        return Err(user::UserError::Respawned {
+                            name: user.name.clone(),
+                            which: user::describe(&appeared),
+                        }
+                        .into());
+                    }
+                }
                 let mut child = super::agent_child(
                     env,
                     s.os.config_script(),
@@ -731,7 +842,8 @@ async fn execute(
                         ),
                     })?;
                 if done.agent_version.is_none() {
-                    done.agent_version = installed_version(agent, Some(&user), env).await;
+                    // The version the agent reported to the server, never its files' word.
+                    done.agent_version = server.version.clone();
                 }
                 let mut record = saved_settings(
                     s,
@@ -807,6 +919,18 @@ async fn execute(
     }
     drop_watch_unit(s, env).await?;
     print_summary(headline, saved.as_ref().expect("configure ran"))
+}
+
+/// [`user::end_processes`] for the agent's account (Linux, root).
+#[cfg(unix)]
+async fn end_user_processes(user: &RunAs) -> Result<(), Error> {
+    user::end_processes(user).await?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn end_user_processes(_: &RunAs) -> Result<(), Error> {
+    Ok(())
 }
 
 /// `systemctl start` the unit, or `restart` it when it already runs (it must pick up a new
@@ -1004,9 +1128,10 @@ async fn already_installed(
     agent: &AgentDir,
     cfg: &AgentSettings,
     pool: &Pool,
-    server_id: u64,
+    server: &crate::devops::ServerAgent,
     identity: &IdentityRequest,
 ) -> Result<(), Error> {
+    let server_id = server.id;
     tracing::info!(
         agent = %s.agent_name,
         id = cfg.agent_id,
@@ -1044,10 +1169,12 @@ async fn already_installed(
         }
     }
     let previous = state::load(&s.state_dir, &s.agent_dir)?;
-    let agent_version = match previous.as_ref().and_then(|p| p.agent_version.clone()) {
-        Some(v) => Some(v),
-        None => installed_version(agent, user::lookup(s.user.name())?.as_ref(), env).await,
-    };
+    // What the agent reports to the server follows its self-updates; root's record follows it.
+    let agent_version = newest(
+        previous.as_ref().and_then(|p| p.agent_version.as_deref()),
+        server.version.as_deref(),
+    )
+    .map(str::to_owned);
     let mut saved = saved_settings(
         s,
         identity,
@@ -1088,12 +1215,17 @@ async fn plan_package(
     account: Option<&RunAs>,
     env: &Env,
 ) -> Result<PackagePlan, Error> {
-    if seen.configured {
+    // Without root the agent runs as this very account: its files are this account's own. As root
+    // (SYSTEM) a registration is configured again only from a fresh package (the version from
+    // root's record or the server's, never the agent's files).
+    if !s.as_root && seen.configured {
         return Ok(PackagePlan::Keep {
             reason: "the agent is configured (never re-extracted over)".into(),
         });
     }
-    if seen.self_updated {
+    // The agent dir is this account's own (no root), or only root could have written it.
+    let ours = !s.as_root || (seen.root_only && !seen.configured);
+    if ours && seen.self_updated {
         return Ok(PackagePlan::Keep {
             reason: "the agent updated itself (bin is a link); never downgraded".into(),
         });
@@ -1140,9 +1272,11 @@ async fn plan_package(
             ));
         }
     };
-    // A package already extracted (an image with the agent baked in, a re-run after a failed
-    // configuration) is kept when it is the wanted version.
+    // A package already extracted is kept when it is the wanted version: as root only one that only
+    // root could have written (an image with the agent baked in); its version is asked of it as the
+    // agent user, never as root.
     if seen.package_present
+        && ours
         && let Some(v) = &version
         && let Some(have) = installed_version(agent, account, env).await
         && &have == v
@@ -1155,8 +1289,9 @@ async fn plan_package(
 }
 
 /// The extracted agent's version (`bin/Agent.Listener --version`), run as the agent user, never as
-/// root, whoever owns the file: the agent user controls `bin`. `None` without an account to run it
-/// as (a dry run before the user exists) or when it does not answer.
+/// root; asked only of a package this account owns (no root) or only root could have written (an
+/// image build's). `None` without an account to run it as (a dry run before the user exists) or
+/// when it does not answer.
 pub async fn installed_version(
     agent: &AgentDir,
     user: Option<&RunAs>,
@@ -1411,6 +1546,7 @@ fn saved_settings(
             PackageChoice::Explicit { source, .. } => Some(source.to_string()),
             _ => None,
         },
+        end_user_processes: s.end_user_processes,
         boot_unit: None,
         watch_unit: None,
         proxy_url: s.network.proxy.as_ref().map(|p| p.url.to_string()),

@@ -8,16 +8,20 @@
 //! | state found | actions |
 //! |---|---|
 //! | configured, the server knows the agent (same id), service installed | ensure the service is enabled and running; no agent command |
-//! | configured, deleted on the server, agent ≥ 3.246.0 | `reauth.sh`, then restart the service |
-//! | configured, deleted on the server, older agent | stop the service, remove the local registration, `config.sh --replace`, start |
+//! | configured, deleted on the server | remove the local registration, the install flow from the saved settings: the service stopped, every process of the agent user ended, a fresh verified package, `config.sh`, the service started |
 //! | not configured (reimaged data disk, baked image, interrupted run) | the install flow, from the saved settings |
 //! | `.agent` names another organization, pool or agent than the saved settings (a job changed it) | remove the local registration, the install flow from the saved settings |
 //! | a clone (saved VM id or machine id differs) | uninstall the original's service, remove the local registration, install under this machine's own name |
 //! | service unit missing / damaged / disabled / stopped | write the unit + start / rewrite / enable / start |
-//! | `bin` is a link (self-updated) | never re-extracted (the install flow keeps it) |
+//! | `bin` is a link (self-updated), healthy | left alone; root's record of the version follows the server's record of the agent |
 //! | the agent's `.proxy` or `.certificates` differ from the saved proxy and CA | remove the local registration, the install flow from the saved settings |
 //! | only `NO_PROXY` changed (`.proxybypass` differs) | `.proxybypass` rewritten by the agent user, service restarted |
 //! | IMDS or Azure DevOps unreachable | nothing is stopped or removed; the service is started if it is installed and stopped; exit 3 or 4 after the budget |
+//!
+//! Nothing the agent user could have written is run with the token: every re-registration is the
+//! install flow with a package extracted from the verified archive at that moment (never
+//! `reauth.sh` or `config.sh` from the agent dir, never the agent's `--version`), after the
+//! account's processes are ended.
 //!
 //! Root trusts only its saved settings: the unit name, the organization URL the token goes to,
 //! the pool and agent looked up on the server all come from them; `.agent` only says whether the
@@ -32,7 +36,6 @@ use crate::commands::{Target, install};
 use crate::devops::DevOpsClient;
 use crate::env::Env;
 use crate::error::Error;
-use crate::identity::Tokens;
 use crate::net::Net;
 use crate::os::Os;
 use crate::progress::Progress;
@@ -49,8 +52,6 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(5 * 60);
 /// All IMDS and Azure DevOps requests of one reconcile, together (the network comes up late at
 /// boot; a throttled fleet waits out `Retry-After`).
 pub const NETWORK_BUDGET: Duration = Duration::from_secs(5 * 60);
-/// The first agent version with `reauth` (agent.md §3.5).
-pub const REAUTH_SINCE: (u64, u64, u64) = (3, 246, 0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Server {
@@ -80,14 +81,13 @@ pub struct Observed {
     /// The user wants a service (install without `--no-service`).
     pub wants_service: bool,
     pub server: Server,
-    pub reauth_supported: bool,
     /// The agent's proxy or CA file (`.proxy`, `.certificates`) is not what the saved settings
     /// say (install changed them, or a job did): configured again from the saved settings.
     pub network_drift: bool,
     /// `.proxybypass` was rewritten from the saved `NO_PROXY`: the agent reads it when it starts.
     pub bypass_changed: bool,
-    /// Windows: SYSTEM never runs the agent's scripts from a tree the service account could have
-    /// written, so every repair that needs them configures a freshly extracted package instead.
+    /// Windows: the service is (re)created by configure (`--runAsService`), so a missing service
+    /// is repaired by configuring again (from a fresh package, like every configure as SYSTEM).
     pub windows: bool,
 }
 
@@ -96,10 +96,6 @@ pub enum Action {
     /// Install the unit if missing, enable it if disabled, start it if stopped (`restart`: always
     /// restart, after the registration changed).
     EnsureService { restart: bool },
-    /// `reauth.sh`: re-adds or re-keys the agent without touching the service.
-    Reauth,
-    /// Older agents: stop the service, remove the local registration, configure `--replace`.
-    ReplaceRegistration,
     /// Stop, disable and delete the agent's unit (what `svc.sh uninstall` does).
     UninstallService,
     /// Delete `.agent`, `.credentials`, `.credentials_rsaparams`.
@@ -126,15 +122,10 @@ pub fn decide(o: &Observed) -> Vec<Action> {
     if o.tampered || o.network_drift {
         return vec![RemoveRegistration, Install { new_name: false }];
     }
-    if o.windows {
-        let service_gone = o.wants_service && !o.service_installed;
-        let repair = o.server == Server::Missing
-            || (service_gone && matches!(o.server, Server::Known | Server::NotAsked));
-        if repair {
-            // configure --runAsService (re)creates the service; reauth.cmd is not run as SYSTEM.
-            return vec![RemoveRegistration, Install { new_name: false }];
-        }
-    }
+    // A fresh registration, from a fresh package; configure --runAsService (re)creates the
+    // Windows service.
+    let register_again = vec![RemoveRegistration, Install { new_name: false }];
+    let windows_service_gone = o.windows && o.wants_service && !o.service_installed;
     let service = |restart| {
         if o.wants_service {
             vec![EnsureService { restart }]
@@ -143,6 +134,8 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         }
     };
     match o.server {
+        Server::Missing => register_again,
+        Server::Known | Server::NotAsked if windows_service_gone => register_again,
         Server::Known | Server::NotAsked => service(o.bypass_changed),
         // Never stop or remove anything while we cannot tell; starting a stopped service is safe.
         Server::Unreachable => {
@@ -154,16 +147,6 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         }
         // Leave both alone; reconcile reports it (install --replace is the explicit way).
         Server::Conflict => vec![],
-        Server::Missing if o.reauth_supported => {
-            let mut a = vec![Reauth];
-            a.extend(service(true));
-            a
-        }
-        Server::Missing => {
-            let mut a = vec![ReplaceRegistration];
-            a.extend(service(false));
-            a
-        }
     }
 }
 
@@ -286,7 +269,7 @@ pub async fn run(
 
     // The server's view, only when it decides something.
     let mut network_error: Option<Error> = None;
-    let mut devops = None;
+    let mut server_version = None;
     let server = match local.as_ref().filter(|_| !clone && !tampered) {
         None => Server::NotAsked,
         Some(cfg) => {
@@ -295,10 +278,11 @@ pub async fn run(
                 tokens.clone(),
                 net,
             );
-            let view = server_view(&saved, cfg, &client, &network).await;
-            devops = Some(client);
-            match view {
-                Ok(view) => view,
+            match server_view(&saved, cfg, &client, &network).await {
+                Ok((view, version)) => {
+                    server_version = version;
+                    view
+                }
                 Err(e) => {
                     tracing::warn!(
                         "could not check the agent with Azure DevOps: {}",
@@ -311,16 +295,9 @@ pub async fn run(
         }
     };
     let user = crate::user::lookup(&saved.user)?;
-    let reauth_supported = if server == Server::Missing {
-        install::installed_version(&agent, user.as_ref(), env)
-            .await
-            .or_else(|| saved.agent_version.clone())
-            .as_deref()
-            .and_then(parse_version)
-            .is_some_and(|v| v >= REAUTH_SINCE)
-    } else {
-        false
-    };
+    if server == Server::Known {
+        follow_version(state_dir, &saved, server_version.as_deref())?;
+    }
     let bypass_changed = if local.is_some() && !tampered && !network_drift && !clone {
         let s = settings::from_saved(&saved, env, os)?;
         install::write_proxy_bypass(&s, env, &agent, user.as_ref()).await?
@@ -337,7 +314,6 @@ pub async fn run(
         unit: unit_state,
         wants_service: manage_units || manage_win,
         server,
-        reauth_supported,
         windows,
     };
     let actions = decide(&observed);
@@ -362,35 +338,6 @@ pub async fn run(
                 let done = ensure_service(env, &saved, &agent, &unit, *restart).await?;
                 summary.push(done);
             }
-            Action::Reauth => {
-                let devops = devops.as_ref().expect("the server was asked");
-                reauth(
-                    env,
-                    &saved,
-                    &agent,
-                    &tokens,
-                    &network,
-                    deadline_left(&deadline, &clock),
-                )
-                .await?;
-                record_new_id(state_dir, &saved, devops, &network).await?;
-                summary.push("re-registered the agent (reauth)".to_owned());
-            }
-            Action::ReplaceRegistration => {
-                let devops = devops.as_ref().expect("the server was asked");
-                let mut s = settings::from_saved(&saved, env, os)?;
-                s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
-                if let Some(sc) = &systemctl
-                    && let Err(e) = sc.run(&["stop", &unit.name]).await
-                {
-                    tracing::warn!("{e}");
-                }
-                agent.remove_registration()?;
-                let user = crate::user::ensure(&s.user, env).await?;
-                install::configure(&s, env, &agent, &user, &tokens, &network).await?;
-                record_new_id(state_dir, &saved, devops, &network).await?;
-                summary.push("re-registered the agent (configure --replace)".to_owned());
-            }
             Action::UninstallService => {
                 if let Some(sc) = &systemctl {
                     service::uninstall_agent_unit(env, sc, &unit.name, agent_dir).await?;
@@ -406,9 +353,8 @@ pub async fn run(
             Action::Install { new_name } => {
                 let mut s = settings::from_saved(&saved, env, os)?;
                 s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
-                // Windows: configure runs as SYSTEM, so only from a tree extracted just now; the
-                // running service holds files in the old one, so it stops first.
-                s.fresh_package = windows;
+                // Configure as root (SYSTEM) runs only from a tree extracted just now (the install
+                // flow); the running Windows service holds files in the old one, so it stops first.
                 if manage_win && let Err(e) = service::windows::stop(env, &win_service).await {
                     tracing::warn!("{e}");
                 }
@@ -475,11 +421,12 @@ async fn server_view(
     local: &AgentSettings,
     client: &DevOpsClient,
     budget: &Budget,
-) -> Result<Server, Error> {
-    let view = match client
+) -> Result<(Server, Option<String>), Error> {
+    let found = client
         .find_agent(saved.pool_id, &saved.agent_name, budget)
-        .await?
-    {
+        .await?;
+    let version = found.as_ref().and_then(|a| a.version.clone());
+    let view = match found {
         Some(a) if a.id == local.agent_id => Server::Known,
         Some(a) => {
             tracing::warn!(
@@ -494,24 +441,33 @@ async fn server_view(
             Server::Missing
         }
     };
-    Ok(view)
+    Ok((view, version))
 }
 
-/// After a re-registration: the id the server gave the agent, saved for later runs.
-async fn record_new_id(
+/// A healthy agent that updated itself: root's record of its version follows what the agent
+/// reports to the server (never its files), so that configuring it again later never downgrades
+/// it.
+fn follow_version(
     state_dir: &std::path::Path,
     saved: &Saved,
-    devops: &DevOpsClient,
-    budget: &Budget,
+    server_version: Option<&str>,
 ) -> Result<(), Error> {
-    if let Some(a) = devops
-        .find_agent(saved.pool_id, &saved.agent_name, budget)
-        .await?
-        && a.id != saved.agent_id
-    {
+    let Some(reported) = server_version.filter(|v| parse_version(v).is_some()) else {
+        return Ok(());
+    };
+    let newer = saved
+        .agent_version
+        .as_deref()
+        .and_then(parse_version)
+        .is_none_or(|have| parse_version(reported).is_some_and(|v| v > have));
+    if newer {
         let mut updated = saved.clone();
-        updated.agent_id = a.id;
+        updated.agent_version = Some(reported.to_owned());
         state::save(state_dir, &updated)?;
+        tracing::info!(
+            version = reported,
+            "the agent updated itself; recorded its version"
+        );
     }
     Ok(())
 }
@@ -552,32 +508,6 @@ async fn ensure_service(
     })
 }
 
-async fn reauth(
-    env: &Env,
-    saved: &Saved,
-    agent: &AgentDir,
-    tokens: &Tokens,
-    budget: &Budget,
-    timeout: Duration,
-) -> Result<(), Error> {
-    let user =
-        crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
-            name: saved.user.clone(),
-        })?;
-    let token = tokens.get(budget).await?;
-    let child = super::agent_child(
-        env,
-        "reauth.sh",
-        agent.root.join("reauth.sh"),
-        &agent.root,
-        Some(&user),
-        &token,
-        timeout.min(Duration::from_secs(600)),
-    )
-    .args(["--unattended", "--auth", "pat"]);
-    super::agent_script(child, &tokens.masker()).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,7 +543,6 @@ mod tests {
             }),
             wants_service: true,
             server: Server::Known,
-            reauth_supported: true,
             network_drift: false,
             bypass_changed: false,
             windows: false,
@@ -632,27 +561,20 @@ mod tests {
     }
 
     #[test]
-    fn row_deleted_on_the_server_reauths_when_the_agent_can() {
-        let o = Observed {
-            server: Server::Missing,
-            ..healthy()
-        };
-        assert_eq!(decide(&o), vec![Reauth, EnsureService { restart: true }]);
-    }
-
-    #[test]
-    fn row_deleted_on_the_server_old_agent_replaces_the_registration() {
-        let o = Observed {
-            server: Server::Missing,
-            reauth_supported: false,
-            network_drift: false,
-            bypass_changed: false,
-            ..healthy()
-        };
-        assert_eq!(
-            decide(&o),
-            vec![ReplaceRegistration, EnsureService { restart: false }]
-        );
+    fn row_deleted_on_the_server_registers_again_from_a_fresh_package() {
+        // Never reauth.sh or config.sh from the agent dir: the install flow, which ends the
+        // account's processes and extracts the verified package first.
+        for windows in [false, true] {
+            let o = Observed {
+                server: Server::Missing,
+                windows,
+                ..healthy()
+            };
+            assert_eq!(
+                decide(&o),
+                vec![RemoveRegistration, Install { new_name: false }]
+            );
+        }
     }
 
     #[test]
@@ -721,10 +643,11 @@ mod tests {
         };
         let actions = decide(&o);
         assert_eq!(actions, vec![EnsureService { restart: false }]);
-        assert!(!actions.iter().any(|a| matches!(
-            a,
-            Reauth | ReplaceRegistration | UninstallService | RemoveRegistration | Install { .. }
-        )));
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, UninstallService | RemoveRegistration | Install { .. }))
+        );
         let o = Observed {
             server: Server::Unreachable,
             service_installed: false,
@@ -809,9 +732,8 @@ mod tests {
 
     #[test]
     fn versions_and_clone_names() {
-        assert!(parse_version("4.264.2").unwrap() >= REAUTH_SINCE);
-        assert!(parse_version("3.246.0").unwrap() >= REAUTH_SINCE);
-        assert!(parse_version("3.245.9").unwrap() < REAUTH_SINCE);
+        assert!(parse_version("4.264.2").unwrap() > parse_version("4.255.0").unwrap());
+        assert!(parse_version("v3.246.0").unwrap() > parse_version("3.245.9").unwrap());
         assert_eq!(parse_version("x"), None);
         assert_eq!(clone_name("vm-golden", "vm-clone-7", None), "vm-clone-7");
         assert_eq!(clone_name("vm", "VM", Some("6f1c2d3e-0000")), "vm-6f1c2d3e");

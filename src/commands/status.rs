@@ -120,14 +120,9 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
     let network = net.network();
     let agent_network_matches = (saved.is_some() && agent.is_configured())
         .then(|| super::install::network_matches(&agent, &network));
-    let agent_version = match &saved {
-        Some(s) if s.agent_version.is_some() && !agent.self_updated() => s.agent_version.clone(),
-        Some(s) if agent.package_present() => {
-            let user = crate::user::lookup(&s.user).ok().flatten();
-            crate::commands::install::installed_version(&agent, user.as_ref(), env).await
-        }
-        _ => None,
-    };
+    // Root's record; replaced below by what the agent reports to the server, when asked. Never
+    // the agent's own binary: root runs nothing from the agent dir.
+    let mut agent_version = saved.as_ref().and_then(|s| s.agent_version.clone());
 
     let mut server = ServerStatus {
         checked: false,
@@ -156,6 +151,9 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
                     server.exists = Some(found.is_some());
                     if let Some(a) = found {
                         server.same_id = Some(a.id == cfg.agent_id);
+                        if a.id == cfg.agent_id && a.version.is_some() {
+                            agent_version = a.version.clone();
+                        }
                         server.status = a.status;
                         server.enabled = a.enabled;
                     }

@@ -96,6 +96,17 @@ pub async fn delete_own_unit(
     Ok(true)
 }
 
+/// Whether the process runs in the unit's control group (`/proc/PID/cgroup` names it): the agent's
+/// own service, which is stopped through systemd rather than counted as another program of its
+/// account.
+pub fn process_in_unit(pid: i32, unit: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.rsplit(':').next())
+            .any(|path| path.split('/').any(|part| part == unit))
+    })
+}
+
 /// Writes a unit file atomically (a temporary file in the same directory, fsynced, then renamed
 /// over the old one), mode 0644. A crash leaves the old unit or the new one, never half of one.
 pub fn write_unit_file(path: &Path, text: &str) -> Result<(), ServiceError> {

@@ -49,6 +49,7 @@ fn tests_root() -> PathBuf {
     ROOT.get_or_init(|| {
         let root = std::env::temp_dir().join("agent-bootstrap-tests");
         std::fs::create_dir_all(&root).unwrap();
+        delete_stale_users();
         set_mode(&root, 0o755);
         for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -104,6 +105,55 @@ pub fn bin_for_any_user() -> PathBuf {
 pub struct World {
     pub sim: Simulator,
     pub dir: tempfile::TempDir,
+    /// The dedicated agent account install creates for this world (`azpt<pid>x<n>`): configuring
+    /// ends every process of the agent's account, so parallel tests must not share one.
+    pub user: String,
+}
+
+thread_local! {
+    /// The agent account of the world the current test ran a command on last ([`agent_user`]).
+    static CURRENT_USER: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A fresh agent account name for a world of this test process.
+fn next_user_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("azpt{}x{n}", std::process::id())
+}
+
+/// Deletes an agent account a world made (its processes first), quietly.
+fn delete_user(name: &str) {
+    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+        return;
+    }
+    let _ = Command::new("pkill").args(["-KILL", "-U", name]).output();
+    let _ = Command::new("userdel").args(["--remove", name]).output();
+}
+
+/// Accounts left by test processes that are gone (killed before their worlds were dropped).
+fn delete_stale_users() {
+    let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
+        return;
+    };
+    for name in passwd.lines().filter_map(|l| l.split(':').next()) {
+        let Some(pid) = name
+            .strip_prefix("azpt")
+            .and_then(|r| r.split('x').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            delete_user(name);
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        delete_user(&self.user);
+    }
 }
 
 #[derive(Debug)]
@@ -147,7 +197,14 @@ impl World {
         std::fs::create_dir_all(dir.path().join("sim")).unwrap();
         edit(&mut config);
         let sim = Simulator::start(config, 0).unwrap();
-        Self { sim, dir }
+        let user = next_user_name();
+        Self { sim, dir, user }
+    }
+
+    /// Makes this world's account the one [`agent_user`] and [`as_agent_user`] mean (the world
+    /// that ran a command last, when a test has two).
+    fn make_current(&self) {
+        CURRENT_USER.with(|u| *u.borrow_mut() = Some(self.user.clone()));
     }
 
     pub fn agent_dir(&self) -> PathBuf {
@@ -214,6 +271,7 @@ impl World {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
+        self.make_current();
         let mut cmd = Command::new(BIN);
         cmd.args(args);
         for var in [
@@ -252,6 +310,7 @@ impl World {
         cmd.env("PATH", path)
             .env("NO_COLOR", "1")
             .env("AGENT_BOOTSTRAP_TEST_VIRTUAL_TIME", "1")
+            .env("AGENT_BOOTSTRAP_TEST_AGENT_USER", &self.user)
             // Hermetic on machines with and without systemd: the simulated unit dir stands in.
             .env("AGENT_BOOTSTRAP_TEST_SYSTEMD", "no")
             .env("AGENT_BOOTSTRAP_STATE_DIR", self.state_dir())
@@ -557,11 +616,14 @@ pub fn installed() -> World {
     w
 }
 
-/// The dedicated agent user install creates.
+/// The dedicated agent user install created for the world this test made last.
 pub fn agent_user() -> nix::unistd::User {
-    nix::unistd::User::from_name("azpagent")
+    let name = CURRENT_USER
+        .with(|u| u.borrow().clone())
+        .expect("a world ran a command on this thread");
+    nix::unistd::User::from_name(&name)
         .unwrap()
-        .expect("install created azpagent")
+        .unwrap_or_else(|| panic!("install created {name}"))
 }
 
 /// Runs a shell script as the agent user, the way a pipeline job would: its own uid and gid, no
