@@ -310,6 +310,24 @@ pub fn check_agent_dir_location(
         }
         _ => {}
     }
+    // No link anywhere on the way: whoever could change where a link points would decide where
+    // root writes, and the checks below would be about another path than the one acted on.
+    let mut prefix = std::path::PathBuf::new();
+    for part in agent_dir.components() {
+        prefix.push(part);
+        if let Ok(m) = fs_err::symlink_metadata(&prefix)
+            && m.file_type().is_symlink()
+        {
+            let real = std::fs::canonicalize(agent_dir)
+                .or_else(|_| std::fs::canonicalize(&prefix))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(UnsafeLocation(format!(
+                "{} is a symbolic link (to {real}); give the real path, with no link in it",
+                prefix.display()
+            )));
+        }
+    }
     let parent = agent_dir.parent().unwrap_or(Path::new("/"));
     // The nearest existing ancestor, with links resolved (links above the agent dir are root's).
     let mut existing = parent.to_owned();

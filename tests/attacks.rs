@@ -287,7 +287,10 @@ fn root_never_runs_the_agents_binary_to_learn_its_version() {
     let run = w.status(&["--json"]);
     run.assert_code(0);
     let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(status["agent_version"], "4.264.2", "root's record, or the server's");
+    assert_eq!(
+        status["agent_version"], "4.264.2",
+        "root's record, or the server's"
+    );
     w.reconcile().assert_code(0);
     // A re-registration: the version comes from root's record, the package from the archive.
     w.sim.state().agents.clear();
@@ -387,7 +390,8 @@ fn a_job_cannot_take_the_token_when_the_agent_is_deleted_on_the_server() {
     let run = w.reconcile();
     run.assert_code(0);
     assert!(
-        run.stderr.contains("ended every process of the agent's account"),
+        run.stderr
+            .contains("ended every process of the agent's account"),
         "{}",
         run.stderr
     );
@@ -398,7 +402,9 @@ fn a_job_cannot_take_the_token_when_the_agent_is_deleted_on_the_server() {
     // The service was stopped before its account's processes were ended, and started after.
     let log = w.systemctl_log();
     let stop = log.rfind(&format!("stop {UNIT}")).expect("stopped");
-    let start = log.rfind(&format!("start --no-block {UNIT}")).expect("started");
+    let start = log
+        .rfind(&format!("start --no-block {UNIT}"))
+        .expect("started");
     assert!(stop < start, "{log}");
 }
 
@@ -447,13 +453,79 @@ fn an_account_that_runs_other_programs_is_not_ended_without_consent() {
         run.stderr
     );
     assert!(w.server_agents(1).is_empty(), "nothing registered");
-    assert!(other.try_wait().unwrap().is_none(), "the program still runs");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the program still runs"
+    );
     // Told: ended, and the agent is configured.
     let run = w.install(&["--user", &name, "--end-user-processes"]);
     run.assert_code(0);
     assert!(other.try_wait().unwrap().is_some(), "ended");
     assert_eq!(w.server_agents(1).len(), 1);
     let _ = std::process::Command::new("userdel").arg(&name).status();
+}
+
+#[test]
+fn a_link_anywhere_in_the_agent_dirs_path_is_refused() {
+    let w = World::new();
+    // Even root's own link, above the parent: where it points decides where root writes.
+    let real = w.dir.path().join("real");
+    std::fs::create_dir_all(real.join("agents")).unwrap();
+    std::os::unix::fs::symlink(&real, w.dir.path().join("via-link")).unwrap();
+    let install_at = |dir: &Path| {
+        let url = w.org_url();
+        w.run(&[
+            "install",
+            "--url",
+            &url,
+            "--agent-name",
+            "test-agent",
+            "--agent-dir",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let run = install_at(&w.dir.path().join("via-link/agents/agent"));
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("--agent-dir")
+            && run.stderr.contains("via-link is a symbolic link")
+            && run.stderr.contains(&real.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        w.requests().is_empty(),
+        "contacted something before refusing"
+    );
+    assert!(!real.join("agents/agent").exists());
+    // The real path is fine.
+    install_at(&real.join("agents/agent")).assert_code(0);
+}
+
+#[test]
+fn agent_files_id_never_authorises_deleting_another_agent() {
+    let w = installed();
+    // Another machine's agent took the name on the server (id 999); the job points `.agent` at it.
+    {
+        let mut state = w.sim.state();
+        let agent = &mut state.agents.get_mut(&1).unwrap()[0];
+        agent.id = 999;
+    }
+    rewrite_agent_file(&w, |v| v["agentId"] = 999.into());
+    let run = w.run(&["remove", "--agent-dir", w.agent_dir().to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("left agent 'test-agent' (id 999) alone"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(w.count("DELETE", "/agents/"), 0);
+    assert_eq!(
+        w.server_agents(1)[0].id,
+        999,
+        "the other agent is still there"
+    );
 }
 
 #[test]

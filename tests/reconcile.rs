@@ -161,7 +161,10 @@ fn an_old_agent_deleted_on_the_server_is_configured_again_the_same_way() {
     assert_eq!(w.server_agents(1).len(), 1);
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&w.saved_settings_files()[0]).unwrap()).unwrap();
-    assert_eq!(saved["agent_version"], "3.240.0", "the version root recorded");
+    assert_eq!(
+        saved["agent_version"], "3.240.0",
+        "the version root recorded"
+    );
 }
 
 #[test]

@@ -90,7 +90,7 @@ pub async fn remove_locked(
                 }
             }
             // 2. The registration on the server.
-            done.push(unregister(saved, &agent, env, &os, net).await?);
+            done.push(unregister(saved, env, &os, net).await?);
         }
     }
 
@@ -158,22 +158,21 @@ pub async fn remove_locked(
 
 /// Deletes this machine's agent on the server (`DELETE …/agents/{id}`, the call `config.sh remove`
 /// makes), from root's saved settings, retried while the server says it runs a job. Another agent
-/// that took the name meanwhile is left alone. Says what it did.
+/// that took the name meanwhile is left alone: only the id root recorded is deleted (`.agent`'s
+/// id is the agent user's to write, and never authorises a deletion). Says what it did.
 pub async fn unregister(
     saved: &state::Saved,
-    agent: &AgentDir,
     env: &Env,
     os: &Os,
     net: &Net,
 ) -> Result<String, Error> {
-    unregister_with(saved, agent, env, os, net, REMOVE_ATTEMPTS, REMOVE_DELAY).await
+    unregister_with(saved, env, os, net, REMOVE_ATTEMPTS, REMOVE_DELAY).await
 }
 
 /// [`unregister`], trying `attempts` times `delay` apart while the server says the agent runs a
 /// job (`watch` has until the VM goes, not minutes).
 pub async fn unregister_with(
     saved: &state::Saved,
-    agent: &AgentDir,
     env: &Env,
     os: &Os,
     net: &Net,
@@ -184,7 +183,6 @@ pub async fn unregister_with(
     let tokens = super::saved_tokens(saved, env, os, net, false).await?;
     let url = settings::check_url("the saved url", &saved.url)?;
     let devops = DevOpsClient::new(&url, tokens.clone(), net);
-    let local_id = agent.settings().ok().flatten().map(|l| l.agent_id);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -198,7 +196,7 @@ pub async fn unregister_with(
                 saved.agent_name
             ));
         };
-        if server.id != saved.agent_id && Some(server.id) != local_id {
+        if server.id != saved.agent_id {
             tracing::warn!(
                 server_id = server.id,
                 saved_id = saved.agent_id,

@@ -202,8 +202,7 @@ async fn leave(
     let agent = AgentDir::new(&t.agent_dir, &os);
     // The VM goes at NotBefore: a few quick tries, not remove's five minutes.
     let done =
-        super::remove::unregister_with(&saved, &agent, env, &os, net, BUSY_ATTEMPTS, BUSY_DELAY)
-            .await?;
+        super::remove::unregister_with(&saved, env, &os, net, BUSY_ATTEMPTS, BUSY_DELAY).await?;
     tracing::info!("{done}");
     if agent.is_configured() || agent.has_stale_registration() {
         agent.remove_configuration()?;
