@@ -133,6 +133,7 @@ async fn create(name: &str, env: &crate::env::Env) -> Result<RunAs, UserError> {
 }
 
 /// A process of the agent's account, as `/proc` shows it.
+#[cfg(unix)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserProcess {
     pub pid: i32,
@@ -167,6 +168,7 @@ pub fn processes_of(uid: u32) -> Vec<UserProcess> {
 
 /// From `/proc/PID/status`: the process's name when it is alive (not a zombie or dead) and its
 /// real or effective uid is `uid`.
+#[cfg(unix)]
 fn owned_live(status: &str, uid: u32) -> Option<String> {
     let field = |key: &str| {
         status
@@ -246,6 +248,7 @@ pub async fn end_processes(user: &RunAs) -> Result<usize, UserError> {
 }
 
 /// A few of `procs`, for a message.
+#[cfg(unix)]
 pub fn describe(procs: &[UserProcess]) -> String {
     let mut s = procs
         .iter()
@@ -259,7 +262,7 @@ pub fn describe(procs: &[UserProcess]) -> String {
     s
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

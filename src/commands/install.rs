@@ -795,17 +795,7 @@ async fn execute(
             Step::Configure { program, args, .. } => {
                 let token = tokens.get(budget).await?;
                 if ends_user_processes(s, Some(&user)) {
-                    // Nothing of the account may have started since it was ended (a cron or at
-                    // job): the package it could have changed is not run with the token.
-                    let appeared = user::processes_of(user.uid);
-                    if !appeared.is_empty() {
-                        end_user_processes(&user).await?;
-                        return Err(user::UserError::Respawned {
-                            name: user.name.clone(),
-                            which: user::describe(&appeared),
-                        }
-                        .into());
-                    }
+                    nothing_started_since(&user).await?;
                 }
                 let mut child = super::agent_child(
                     env,
@@ -930,6 +920,27 @@ async fn end_user_processes(user: &RunAs) -> Result<(), Error> {
 
 #[cfg(not(unix))]
 async fn end_user_processes(_: &RunAs) -> Result<(), Error> {
+    Ok(())
+}
+
+/// Right before configure: nothing of the account started since its processes were ended (a cron
+/// or at job); the package it could have changed is not run with the token.
+#[cfg(unix)]
+async fn nothing_started_since(user: &RunAs) -> Result<(), Error> {
+    let appeared = user::processes_of(user.uid);
+    if appeared.is_empty() {
+        return Ok(());
+    }
+    end_user_processes(user).await?;
+    Err(user::UserError::Respawned {
+        name: user.name.clone(),
+        which: user::describe(&appeared),
+    }
+    .into())
+}
+
+#[cfg(not(unix))]
+async fn nothing_started_since(_: &RunAs) -> Result<(), Error> {
     Ok(())
 }
 
