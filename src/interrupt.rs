@@ -62,6 +62,22 @@ pub fn request(signal: i32) {
     });
 }
 
+/// The run is ending at once (a bug): every running child's process tree is killed and every
+/// registered partial path removed, without waiting and without blocking on a lock the failing
+/// thread may hold.
+pub fn abandon() -> Vec<PathBuf> {
+    if let Ok(groups) = GROUPS.try_lock() {
+        for (_, tree) in groups.iter() {
+            tree.kill(true);
+        }
+    }
+    let paths: Vec<PathBuf> = DEBRIS
+        .try_lock()
+        .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
+        .unwrap_or_default();
+    paths.into_iter().filter(|p| remove_path(p)).collect()
+}
+
 /// A child's process tree, registered while it runs.
 pub struct ChildGroup(u64);
 

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use agent_bootstrap::{cli::Cli, commands, env::Env, error, interrupt, logging};
+use agent_bootstrap::{cli::Cli, commands, crash, env::Env, error, interrupt, logging};
 
 fn main() -> ExitCode {
+    crash::install_hook();
     let cli = Cli::parse();
     let env = Env::capture();
     logging::init(cli.log_format, &env);
+    crash::panic_if_asked(&env);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
