@@ -403,6 +403,57 @@ pub fn check_root_only_program(exe: &Path) -> Result<(), UnsafeLocation> {
     Ok(())
 }
 
+/// Windows: the program the boot task runs as SYSTEM at every startup, and every folder above it,
+/// may be changed by nobody but SYSTEM, Administrators and TrustedInstaller (owner and DACL, judged
+/// by [`crate::acl`]), and none of them is a junction or symbolic link: a program the service
+/// account or Users could replace would run as SYSTEM at the next startup.
+#[cfg(windows)]
+pub fn check_root_only_program(exe: &Path) -> Result<(), UnsafeLocation> {
+    use std::os::windows::fs::MetadataExt;
+    const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
+    let mut at = Some(exe);
+    let mut depth = 0;
+    while let Some(p) = at {
+        if p.as_os_str().is_empty() {
+            break;
+        }
+        let m = fs_err::symlink_metadata(p).map_err(|e| UnsafeLocation(e.to_string()))?;
+        if m.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
+            return Err(UnsafeLocation(format!(
+                "{} is a junction or symbolic link",
+                p.display()
+            )));
+        }
+        let sddl = crate::platform::sddl_of(p).ok_or_else(|| {
+            UnsafeLocation(format!(
+                "the security descriptor of {} could not be read",
+                p.display()
+            ))
+        })?;
+        let mask = if depth < 2 {
+            crate::acl::CHANGE_MASK
+        } else {
+            crate::acl::ANCESTOR_MASK
+        };
+        // The elevated administrator running install could change anything anyway; anyone else
+        // (the service account, Users, a non-administrator) is refused.
+        let me = crate::platform::elevated()
+            .then(crate::platform::own_sid)
+            .flatten();
+        let who = crate::acl::untrusted_writers(&sddl, mask, me.as_deref());
+        if !who.is_empty() {
+            return Err(UnsafeLocation(format!(
+                "{} can be changed by {} ({sddl})",
+                p.display(),
+                who.join(", ")
+            )));
+        }
+        depth += 1;
+        at = p.parent();
+    }
+    Ok(())
+}
+
 /// Windows: the agent dir and every directory above it must be real directories, not junctions or
 /// symbolic links (a reparse point would let whoever made it redirect where SYSTEM writes). Who
 /// may write the agent dir is settled by the ACL install sets on it (`crate::service::windows`).
@@ -432,6 +483,7 @@ pub fn check_agent_dir_location(
 
 #[cfg(all(test, unix))]
 mod tests {
+
     use super::*;
 
     #[test]
@@ -582,5 +634,22 @@ mod tests {
         );
         mode(dir.path(), 0o777);
         assert!(check_root_only_program(&sub.join("agent-bootstrap")).is_err());
+    }
+}
+
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+
+    /// Under Wine (the Windows unit tests' runner) the descriptors are real calls: this program,
+    /// owned by the elevated account running it, passes; the decision on others' rights is
+    /// `crate::acl`'s, tested with descriptors written by hand.
+    #[test]
+    fn the_boot_programs_descriptor_is_read_and_judged() {
+        let exe = std::env::current_exe().unwrap();
+        let sddl = crate::platform::sddl_of(&exe).expect("a descriptor");
+        assert!(sddl.starts_with("O:"), "{sddl}");
+        assert!(crate::platform::own_sid().is_some_and(|s| s.starts_with("S-1-")));
+        check_root_only_program(&exe).unwrap();
     }
 }

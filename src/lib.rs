@@ -9,6 +9,7 @@
 //! (every child process), [`interrupt`] (SIGTERM/SIGINT), [`platform`] (the OS calls). The simulated Azure the tests, the demo and
 //! the benchmark run against is a crate of its own (`sim/`, `azure-sim`).
 
+pub mod acl;
 pub mod agent;
 pub mod cli;
 pub mod clock;

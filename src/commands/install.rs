@@ -168,8 +168,10 @@ pub async fn run(
 pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
     let agent_uid = user::lookup(s.user.name()).ok().flatten().map(|u| u.uid);
     super::check_agent_dir(&s.agent_dir, env, agent_uid)?;
-    if matches!(boot_step(s, env), Some(Step::BootUnit { .. }))
-        || matches!(watch_step(s, env), Some(Step::WatchUnit { .. }))
+    if matches!(
+        boot_step(s, env),
+        Some(Step::BootUnit { .. } | Step::BootTask { .. })
+    ) || matches!(watch_step(s, env), Some(Step::WatchUnit { .. }))
     {
         boot_program()?;
     }
@@ -984,11 +986,7 @@ pub async fn ensure_boot_task(s: &InstallSettings, env: &Env) -> Result<Option<S
     let Some(Step::BootTask { name }) = boot_step(s, env) else {
         return Ok(None);
     };
-    let exe = std::env::current_exe().map_err(|source| Error::Io {
-        action: "finding",
-        path: "the agent-bootstrap binary".into(),
-        source,
-    })?;
+    let exe = boot_program()?;
     let default_state = crate::settings::paths(env, &s.os).map(|p| p.state_dir).ok();
     let state =
         (default_state.as_deref() != Some(s.state_dir.as_path())).then_some(s.state_dir.as_path());
@@ -1020,15 +1018,27 @@ fn boot_program() -> Result<std::path::PathBuf, Error> {
     Ok(exe)
 }
 
-/// Windows: the boot task runs this binary as SYSTEM; `scripts/install.ps1` places it under
-/// Program Files, whose ACL lets only administrators change it.
+/// Windows: the boot task runs this binary as SYSTEM at every startup; refused (exit 2, before
+/// anything is contacted) unless only SYSTEM, Administrators and TrustedInstaller can replace it
+/// (`scripts/install.ps1` places it under Program Files), see
+/// [`crate::fsx::check_root_only_program`].
 #[cfg(not(unix))]
 fn boot_program() -> Result<std::path::PathBuf, Error> {
-    std::env::current_exe().map_err(|source| Error::Io {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
         action: "finding",
         path: "the agent-bootstrap binary".into(),
         source,
-    })
+    })?;
+    crate::fsx::check_root_only_program(&exe).map_err(|e| {
+        Error::Input(format!(
+            "the boot task would run {} as SYSTEM at every startup, but {}: another account \
+             could replace what SYSTEM runs; install agent-bootstrap under Program Files \
+             (scripts/install.ps1 does), or pass --no-boot",
+            exe.display(),
+            e.0
+        ))
+    })?;
+    Ok(exe)
 }
 
 /// Writes and enables the unit that runs `reconcile` at boot. Returns its name, or `None` where

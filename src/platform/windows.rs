@@ -169,3 +169,115 @@ pub async fn wait_for_stop_signal() -> i32 {
         _ = shutdown.recv() => super::SIGTERM,
     }
 }
+
+/// The owner and DACL of a file or folder, as SDDL (judged by [`crate::acl`]). `None` when they
+/// cannot be read.
+pub fn sddl_of(path: &Path) -> Option<String> {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Foundation::{ERROR_SUCCESS, LocalFree};
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertSecurityDescriptorToStringSecurityDescriptorW, GetNamedSecurityInfoW,
+        SDDL_REVISION_1, SE_FILE_OBJECT,
+    };
+    use windows_sys::Win32::Security::{
+        DACL_SECURITY_INFORMATION, OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+    };
+    let wide: Vec<u16> = path.as_os_str().encode_wide().chain(Some(0)).collect();
+    let info = OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION;
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `wide` is NUL-terminated; the out-pointers we do not want are null, as allowed; on
+    // success `sd` is a LocalAlloc'd descriptor freed below.
+    let status = unsafe {
+        GetNamedSecurityInfoW(
+            wide.as_ptr(),
+            SE_FILE_OBJECT,
+            info,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if status != ERROR_SUCCESS || sd.is_null() {
+        return None;
+    }
+    let mut text: *mut u16 = std::ptr::null_mut();
+    let mut len = 0u32;
+    // SAFETY: `sd` is the descriptor just read; `text` receives a LocalAlloc'd string of `len`
+    // UTF-16 units, freed below.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd,
+            SDDL_REVISION_1,
+            info,
+            &mut text,
+            &mut len,
+        )
+    };
+    let sddl = (ok != 0 && !text.is_null()).then(|| {
+        // SAFETY: the API returned `len` valid UTF-16 units at `text` (without relying on the
+        // terminator).
+        let units = unsafe { std::slice::from_raw_parts(text, len as usize) };
+        String::from_utf16_lossy(units)
+            .trim_end_matches('\0')
+            .to_owned()
+    });
+    // SAFETY: both were allocated by the APIs above with LocalAlloc and are freed once.
+    unsafe {
+        if !text.is_null() {
+            LocalFree(text.cast());
+        }
+        LocalFree(sd.cast());
+    }
+    sddl
+}
+
+/// This process's own account, as a string SID (`S-1-5-18` for SYSTEM). `None` when it cannot be
+/// read.
+pub fn own_sid() -> Option<String> {
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
+    use windows_sys::Win32::Security::{TOKEN_USER, TokenUser};
+    let mut token: HANDLE = std::ptr::null_mut();
+    // SAFETY: GetCurrentProcess returns a pseudo-handle; `token` receives a handle we own.
+    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
+        return None;
+    }
+    let token = Owned(token);
+    // TOKEN_USER with the SID after it; u64 elements keep the buffer aligned for the struct.
+    let mut buf = vec![0u64; 64];
+    let mut len = 0u32;
+    // SAFETY: the buffer is writable for the size passed.
+    let ok = unsafe {
+        GetTokenInformation(
+            token.0,
+            TokenUser,
+            buf.as_mut_ptr().cast(),
+            (buf.len() * 8) as u32,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    // SAFETY: on success the buffer starts with a TOKEN_USER whose SID points into the buffer.
+    let sid = unsafe { (*(buf.as_ptr() as *const TOKEN_USER)).User.Sid };
+    let mut text: *mut u16 = std::ptr::null_mut();
+    // SAFETY: `sid` is valid while `buf` lives; `text` receives a LocalAlloc'd string.
+    if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 || text.is_null() {
+        return None;
+    }
+    // SAFETY: the API returned a NUL-terminated UTF-16 string at `text`.
+    let units = unsafe {
+        let mut n = 0;
+        while *text.add(n) != 0 {
+            n += 1;
+        }
+        std::slice::from_raw_parts(text, n)
+    };
+    let sid = String::from_utf16_lossy(units);
+    // SAFETY: allocated by ConvertSidToStringSidW with LocalAlloc, freed once.
+    unsafe { LocalFree(text.cast()) };
+    Some(sid)
+}
