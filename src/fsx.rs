@@ -144,6 +144,16 @@ fn writable_by_others(st: &FileStat) -> bool {
     st.st_uid != 0 || st.st_mode & 0o022 != 0
 }
 
+/// Makes a rename in `dir` durable: a power cut right after it leaves the new name, not the old
+/// one (the file itself was synced before the rename). Windows makes renames durable itself.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// Whether only root could have written anything in the tree at `root`: every entry (links
 /// themselves, never followed) belongs to root and is writable by nobody else (group write only for
 /// root's group). A package an image build extracted as root passes; one the agent user ever owned

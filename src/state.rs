@@ -155,6 +155,7 @@ pub fn save(state_dir: &Path, saved: &Saved) -> Result<PathBuf, StateError> {
     std::io::Write::write_all(&mut tmp, &json).map_err(write)?;
     tmp.as_file().sync_all().map_err(write)?;
     tmp.persist(&path).map_err(|e| write(e.error))?;
+    crate::fsx::sync_dir(dir).map_err(write)?;
     Ok(path)
 }
 

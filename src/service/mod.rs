@@ -131,6 +131,7 @@ pub fn write_unit_file(path: &Path, text: &str) -> Result<(), ServiceError> {
     }
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
+    crate::fsx::sync_dir(dir).map_err(err)?;
     Ok(())
 }
 
