@@ -18,6 +18,7 @@ pub mod env;
 pub mod error;
 pub mod events;
 pub mod fsx;
+pub mod host;
 pub mod identity;
 pub mod interrupt;
 pub mod lock;
