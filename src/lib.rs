@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod deps;
 pub mod devops;
 pub mod env;
 pub mod error;
