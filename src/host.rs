@@ -230,15 +230,14 @@ impl Facts {
             .and_then(|sh| std::fs::read(sh).ok())
             .map(|bytes| elf_interpreter(&bytes));
         let (libc, libc_from, shell_interpreter) = match interp {
-            Some(Ok(Some(i))) if i.contains("ld-musl") => {
+            Some(Interp::Dynamic(i)) if i.contains("ld-musl") => {
                 (Libc::Musl, format!("/bin/sh is linked by {i}"), Some(i))
             }
-            Some(Ok(Some(i))) => (Libc::Glibc, format!("/bin/sh is linked by {i}"), Some(i)),
+            Some(Interp::Dynamic(i)) => (Libc::Glibc, format!("/bin/sh is linked by {i}"), Some(i)),
             other => {
                 let why = match other {
-                    Some(Ok(None)) => "/bin/sh is statically linked",
-                    Some(Ok(Some(_))) => unreachable!("handled above"),
-                    Some(Err(())) => "/bin/sh is not an ELF program",
+                    Some(Interp::Static) => "/bin/sh is statically linked",
+                    Some(_) => "/bin/sh is not an ELF program",
                     None => "/bin/sh cannot be read",
                 };
                 match &os_release {
@@ -441,19 +440,36 @@ fn within(root: &Path, path: &Path) -> Option<PathBuf> {
     Some(root.join(resolved))
 }
 
-/// The `PT_INTERP` of an ELF image: `Ok(None)` when it has none (static), `Err` when it is not
-/// ELF at all.
-pub fn elf_interpreter(data: &[u8]) -> Result<Option<String>, ()> {
+/// What an executable's program headers say about its loader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interp {
+    /// Dynamically linked, loaded by this program (`PT_INTERP`).
+    Dynamic(String),
+    /// An ELF program with no interpreter: statically linked.
+    Static,
+    /// Not an ELF program at all (a script, garbage).
+    NotElf,
+}
+
+/// The `PT_INTERP` of an ELF image.
+pub fn elf_interpreter(data: &[u8]) -> Interp {
     use object::read::elf::{FileHeader, ProgramHeader};
-    fn interp<H: FileHeader>(data: &[u8]) -> Result<Option<String>, ()> {
-        let header = H::parse(data).map_err(|_| ())?;
-        let endian = header.endian().map_err(|_| ())?;
-        for ph in header.program_headers(endian, data).map_err(|_| ())? {
+    fn interp<H: FileHeader>(data: &[u8]) -> Interp {
+        let Ok(header) = H::parse(data) else {
+            return Interp::NotElf;
+        };
+        let Ok(endian) = header.endian() else {
+            return Interp::NotElf;
+        };
+        let Ok(headers) = header.program_headers(endian, data) else {
+            return Interp::NotElf;
+        };
+        for ph in headers {
             if let Ok(Some(bytes)) = ph.interpreter(endian, data) {
-                return Ok(Some(String::from_utf8_lossy(bytes).into_owned()));
+                return Interp::Dynamic(String::from_utf8_lossy(bytes).into_owned());
             }
         }
-        Ok(None)
+        Interp::Static
     }
     match object::FileKind::parse(data) {
         Ok(object::FileKind::Elf64) => {
@@ -462,7 +478,7 @@ pub fn elf_interpreter(data: &[u8]) -> Result<Option<String>, ()> {
         Ok(object::FileKind::Elf32) => {
             interp::<object::elf::FileHeader32<object::Endianness>>(data)
         }
-        _ => Err(()),
+        _ => Interp::NotElf,
     }
 }
 
@@ -747,13 +763,15 @@ pub mod tests {
     fn the_interpreter_of_real_programs() {
         assert_eq!(
             elf_interpreter(&tiny_elf(Some(MUSL_X64))),
-            Ok(Some(MUSL_X64.to_owned()))
+            Interp::Dynamic(MUSL_X64.to_owned())
         );
-        assert_eq!(elf_interpreter(&tiny_elf(None)), Ok(None));
-        assert_eq!(elf_interpreter(b"#!/bin/sh\n"), Err(()));
+        assert_eq!(elf_interpreter(&tiny_elf(None)), Interp::Static);
+        assert_eq!(elf_interpreter(b"#!/bin/sh\n"), Interp::NotElf);
         // This machine's own shell (the suite runs on glibc Linux).
         let sh = std::fs::read("/bin/sh").unwrap();
-        let i = elf_interpreter(&sh).unwrap().unwrap();
+        let Interp::Dynamic(i) = elf_interpreter(&sh) else {
+            panic!("/bin/sh has no interpreter")
+        };
         assert!(i.contains("ld-linux") || i.contains("ld-musl"), "{i}");
     }
 
