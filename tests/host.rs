@@ -8,6 +8,8 @@
 //! debootstrap, chroot) fails the test. Without it such a test prints one `SKIPPED: <reason>` line
 //! and passes, so `cargo test` alone stays quick.
 
+#![cfg(unix)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
