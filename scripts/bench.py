@@ -49,18 +49,26 @@ def main():
     ap.add_argument("--files", type=int, default=3000)
     ap.add_argument("--mbps", type=float, default=50.0)
     ap.add_argument("--work", default="/tmp/agent-bootstrap-bench")
+    ap.add_argument("--binary", help="agent-bootstrap to measure (e.g. the static musl build, "
+                    "target/x86_64-unknown-linux-musl/release/agent-bootstrap) instead of building "
+                    "target/release/agent-bootstrap")
+    ap.add_argument("--sim", help="azure-sim program to serve the package [default: build "
+                    "target/release/examples/azure-sim]")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (the benchmark creates the agent user and runs config.sh as it)")
 
-    sh(["cargo", "build", "--quiet", "--release", "--bins", "--example", "azure-sim"], cwd=ROOT)
+    build = [] if args.binary else ["--bins"]
+    build += [] if args.sim else ["--example", "azure-sim"]
+    if build:
+        sh(["cargo", "build", "--quiet", "--release", *build], cwd=ROOT)
     work = args.work
     os.makedirs(work, exist_ok=True)
     os.chmod(work, 0o755)
     sim_bin = os.path.join(work, "azure-sim")
-    shutil.copy(os.path.join(ROOT, "target/release/examples/azure-sim"), sim_bin)
+    shutil.copy(args.sim or os.path.join(ROOT, "target/release/examples/azure-sim"), sim_bin)
     os.chmod(sim_bin, 0o755)
-    ours = os.path.join(ROOT, "target/release/agent-bootstrap")
+    ours = os.path.abspath(args.binary) if args.binary else os.path.join(ROOT, "target/release/agent-bootstrap")
 
     sim, env_vars = start_sim(sim_bin, os.path.join(work, "sim"), args.package_mb, args.files, args.mbps)
     small, small_vars = start_sim(sim_bin, os.path.join(work, "sim-small"), 2, 40, None)

@@ -5,8 +5,11 @@
 #   install.sh --release URL|FILE --sha256 HEX [--bin-dir DIR] [--] INSTALL-ARGS...
 #
 #   --release   the agent-bootstrap release: the .tar.gz (as scripts/package.sh makes it) or the
-#               bare binary; an https URL (plain http only to this machine) or a local file
-#   --sha256    its SHA-256, 64 hex digits; a mismatch installs nothing (exit 5)
+#               bare binary; an https URL (plain http only to this machine) or a local file.
+#               `{arch}` in it becomes this machine's architecture as the release files name it,
+#               from `uname -m`: x86_64 or aarch64 (one URL for a mixed fleet)
+#   --sha256    its SHA-256, 64 hex digits; a mismatch installs nothing (exit 5). Give it once per
+#               architecture as ARCH=HEX (x86_64=…, aarch64=…): the one for this machine is used
 #   --bin-dir   where to put the binary [default: /usr/local/bin]; it must be a directory only
 #               root can change (the boot unit runs the binary from there as root)
 #
@@ -14,8 +17,8 @@
 # code (README, "Exit codes"). Example:
 #
 #   curl -fsSLO https://example.blob.core.windows.net/tools/install.sh
-#   sh install.sh --release https://example.blob.core.windows.net/tools/agent-bootstrap-0.1.0-x86_64-linux.tar.gz \
-#       --sha256 0123…cdef -- --org myorg --pool Default --log-format json
+#   sh install.sh --release https://example.blob.core.windows.net/tools/agent-bootstrap-0.1.0-{arch}-linux.tar.gz \
+#       --sha256 x86_64=0123…cdef --sha256 aarch64=4567…89ab -- --org myorg --pool Default --log-format json
 #
 # No secret is involved: agent-bootstrap gets its token from the machine's identity at run time.
 # Messages go to stderr; stdout carries only what agent-bootstrap prints.
@@ -33,7 +36,7 @@ die() {
 }
 
 release=""
-sha256=""
+sha256s=""
 bin_dir=/usr/local/bin
 while [ $# -gt 0 ]; do
     case $1 in
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
             ;;
         --sha256)
             [ $# -ge 2 ] || die $EXIT_USAGE "--sha256 needs a value"
-            sha256=$2
+            sha256s="$sha256s $2"
             shift 2
             ;;
         --bin-dir)
@@ -61,7 +64,29 @@ while [ $# -gt 0 ]; do
 done
 
 [ -n "$release" ] || die $EXIT_USAGE "--release is required: the agent-bootstrap release (https URL or file)"
-[ -n "$sha256" ] || die $EXIT_USAGE "--sha256 is required: the SHA-256 of the release"
+[ -n "$sha256s" ] || die $EXIT_USAGE "--sha256 is required: the SHA-256 of the release"
+
+# This machine's architecture as the release files name it (the kernel's, `uname -m`).
+machine=$(uname -m)
+case $machine in
+    x86_64 | amd64) arch=x86_64 ;;
+    aarch64 | arm64) arch=aarch64 ;;
+    *) arch="" ;;
+esac
+case $release in
+    *"{arch}"*)
+        [ -n "$arch" ] || die $EXIT_USAGE "no agent-bootstrap build for this machine's architecture '$machine' (x86_64 and aarch64 are built)"
+        release=$(printf '%s' "$release" | sed "s/{arch}/$arch/g")
+        ;;
+esac
+sha256=""
+for entry in $sha256s; do
+    case $entry in
+        *=*) [ "${entry%%=*}" = "$arch" ] && sha256=${entry#*=} ;;
+        *) sha256=$entry ;;
+    esac
+done
+[ -n "$sha256" ] || die $EXIT_USAGE "no --sha256 for this machine's architecture '${arch:-$machine}' (give --sha256 ${arch:-$machine}=HEX)"
 sha256=$(printf '%s' "$sha256" | tr 'A-F' 'a-f')
 case $sha256 in
     *[!0-9a-f]*) die $EXIT_USAGE "invalid --sha256 '$sha256': expected 64 hexadecimal digits" ;;

@@ -50,6 +50,9 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    /// The agent's own dependencies (`crate::deps`): missing, or their installer failed.
+    #[error(transparent)]
+    Deps(#[from] crate::deps::DepsError),
     #[error("{action} '{path}' failed")]
     Io {
         action: &'static str,
@@ -75,6 +78,7 @@ impl Error {
             Self::DevOps(_) => REFUSED,
             Self::Package(_) => PACKAGE,
             Self::Configure { .. } | Self::ConfigureRun(_) | Self::AgentRun(_) => CONFIGURE,
+            Self::Deps(_) => CONFIGURE,
             Self::Service(_) => SERVICE,
             Self::User(UserError::Missing { .. } | UserError::Shared { .. }) => INPUT,
             Self::User(_) | Self::Agent(_) | Self::State(_) | Self::Lock(_) | Self::Io { .. } => {

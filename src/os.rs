@@ -21,11 +21,24 @@ pub enum Arch {
     Arm64,
 }
 
+impl Arch {
+    /// The architecture part of the agent's runtime ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::X64 => "x64",
+            Self::X86 => "x86",
+            Self::Arm => "arm",
+            Self::Arm64 => "arm64",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Os {
     pub family: Family,
     pub arch: Arch,
-    /// Linux with musl libc (Alpine): the agent ships separate `linux-musl-*` packages.
+    /// Linux whose own programs use musl libc (Alpine): the agent ships separate
+    /// `linux-musl-*` packages. From [`crate::host`], never from how this binary was built.
     pub musl: bool,
 }
 
@@ -61,28 +74,32 @@ impl Os {
         }
     }
 
-    /// The machine this binary runs on.
+    /// The machine this binary runs on: on Linux, libc and architecture from the host itself
+    /// ([`crate::host`]), never from how this binary was built.
     pub fn current() -> Self {
-        let family = if cfg!(windows) {
-            Family::Windows
+        if cfg!(windows) {
+            Self {
+                arch: crate::host::binary_arch(),
+                ..Self::windows_x64()
+            }
         } else if cfg!(target_os = "macos") {
-            Family::MacOs
+            Self {
+                family: Family::MacOs,
+                arch: crate::host::binary_arch(),
+                musl: false,
+            }
         } else {
-            Family::Linux
-        };
-        let arch = match std::env::consts::ARCH {
-            "aarch64" => Arch::Arm64,
-            "arm" => Arch::Arm,
-            "x86" => Arch::X86,
-            _ => Arch::X64,
-        };
-        // The system's own shell names its program interpreter near the start of the file.
-        let musl = family == Family::Linux
-            && std::fs::read("/bin/sh").is_ok_and(|b| {
-                let head = &b[..b.len().min(4096)];
-                head.windows(8).any(|w| w == b"ld-musl-")
-            });
-        Self { family, arch, musl }
+            Self::from_facts(&crate::host::Facts::current())
+        }
+    }
+
+    /// Linux as `facts` describe it.
+    pub fn from_facts(facts: &crate::host::Facts) -> Self {
+        Self {
+            family: Family::Linux,
+            arch: facts.arch(),
+            musl: facts.libc == crate::host::Libc::Musl,
+        }
     }
 
     /// The agent's runtime id, the `platform` of the packages API (`agent.md` §6.1).
@@ -93,13 +110,7 @@ impl Os {
             Family::Windows => "win",
             Family::MacOs => "osx",
         };
-        let arch = match self.arch {
-            Arch::X64 => "x64",
-            Arch::X86 => "x86",
-            Arch::Arm => "arm",
-            Arch::Arm64 => "arm64",
-        };
-        format!("{os}-{arch}")
+        format!("{os}-{}", self.arch.name())
     }
 
     pub fn archive_kind(&self) -> ArchiveKind {
@@ -186,6 +197,27 @@ mod tests {
             musl: false,
         };
         assert_eq!(mac.rid(), "osx-arm64");
+    }
+
+    /// Every platform the agent ships (`PackageRuntime` in the agent's `src/Common.props`).
+    #[test]
+    fn every_agent_platform_name() {
+        use Arch::*;
+        use Family::*;
+        for (family, arch, musl, rid) in [
+            (Linux, X64, false, "linux-x64"),
+            (Linux, Arm64, false, "linux-arm64"),
+            (Linux, Arm, false, "linux-arm"),
+            (Linux, X64, true, "linux-musl-x64"),
+            (Linux, Arm64, true, "linux-musl-arm64"),
+            (Windows, X64, false, "win-x64"),
+            (Windows, X86, false, "win-x86"),
+            (Windows, Arm64, false, "win-arm64"),
+            (MacOs, X64, false, "osx-x64"),
+            (MacOs, Arm64, false, "osx-arm64"),
+        ] {
+            assert_eq!(Os { family, arch, musl }.rid(), rid);
+        }
     }
 
     #[test]

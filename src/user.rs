@@ -56,10 +56,18 @@ impl From<nix::unistd::User> for RunAs {
 
 #[cfg(unix)]
 pub fn lookup(name: &str) -> Result<Option<RunAs>, UserError> {
-    let user = nix::unistd::User::from_name(name).map_err(|source| UserError::Lookup {
-        name: name.to_owned(),
-        source: source.into(),
-    })?;
+    let user = match nix::unistd::User::from_name(name) {
+        Ok(u) => u,
+        // getpwnam_r(3): ENOENT, ESRCH (and others) may mean "no such name"; musl says ENOENT
+        // when there is no /etc/passwd at all (an empty container root).
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ESRCH) => None,
+        Err(source) => {
+            return Err(UserError::Lookup {
+                name: name.to_owned(),
+                source: source.into(),
+            });
+        }
+    };
     Ok(user.map(RunAs::from))
 }
 

@@ -185,3 +185,37 @@ fn the_exit_code_is_installs_and_a_bare_binary_works_too() {
     assert!(run.stderr.contains("--pool"), "{}", run.stderr);
     assert!(bin.join("agent-bootstrap").is_file());
 }
+
+/// One URL and one command for a mixed x86_64/aarch64 fleet: `{arch}` in `--release` and
+/// `--sha256 ARCH=HEX` are this machine's (`uname -m`); no digest for it installs nothing.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_release_and_digest_for_this_machines_architecture_are_picked() {
+    let w = World::new();
+    let tarball = release_tarball(&w);
+    let bin = bin_dir(&w);
+    let templated = w
+        .dir
+        .path()
+        .join("agent-bootstrap-0.1.0-{arch}-linux.tar.gz");
+    let only_arm = format!("aarch64={}", sha256(&tarball));
+    let run = install_sh(&w, &templated, &only_arm, &bin, &[]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("no --sha256 for this machine's architecture 'x86_64'"),
+        "{}",
+        run.stderr
+    );
+    assert!(!bin.join("agent-bootstrap").exists());
+    let run = install_sh(
+        &w,
+        &templated,
+        &format!("x86_64={}", sha256(&tarball)),
+        &bin,
+        &[],
+    );
+    run.assert_code(0);
+    assert!(run.stderr.contains("x86_64-linux.tar.gz"), "{}", run.stderr);
+    assert_eq!(w.server_agents(1).len(), 1);
+}

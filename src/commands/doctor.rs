@@ -78,6 +78,8 @@ struct NetworkReport {
 
 #[derive(Debug, Serialize)]
 struct Doctor {
+    /// The machine's facts and the agent package platform chosen from them (`crate::host`).
+    host: crate::host::Report,
     organization: String,
     pool: String,
     network: NetworkReport,
@@ -104,6 +106,7 @@ pub async fn run(
     identity.log();
     let n = net.network();
     let mut report = Doctor {
+        host: crate::host::Report::for_os(&os),
         organization: target.url.to_string(),
         pool: target.pool.clone(),
         network: NetworkReport {
@@ -404,6 +407,10 @@ fn print(report: &Doctor, json: bool) -> Result<(), Error> {
 
 fn render(r: &Doctor) -> String {
     let mut t = String::new();
+    t.push_str("host:\n");
+    for line in r.host.lines() {
+        t.push_str(&format!("  {line}\n"));
+    }
     t.push_str(&format!(
         "identity sources (--identity {}):\n",
         r.identity.requested

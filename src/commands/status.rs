@@ -50,6 +50,8 @@ pub struct Status {
     pub agent_network_matches: Option<bool>,
     pub saved_settings: Option<String>,
     pub server: ServerStatus,
+    /// This machine's facts and the agent package platform chosen (`crate::host`).
+    pub host: crate::host::Report,
 }
 
 #[derive(Debug, Serialize)]
@@ -199,6 +201,7 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
             .as_ref()
             .map(|_| state::file_for(state_dir, agent_dir).display().to_string()),
         server,
+        host: crate::host::Report::for_os(&os),
     };
     if json {
         println!(
@@ -304,6 +307,10 @@ fn human(s: &Status) -> String {
                 }
             )
         },
+    );
+    line(
+        "platform:",
+        s.host.lines().join("; ").replacen("platform: ", "", 1),
     );
     out
 }

@@ -110,6 +110,47 @@ impl ServerCertVerifier for Recording {
     }
 }
 
+/// Trusts nothing: the verifier when the machine has no CA certificates and no `--ca-file`.
+#[derive(Debug)]
+struct NoRoots(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for NoRoots {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
 /// The internet client's TLS configuration: the platform's roots and `extra` (DER), verified by
 /// the platform verifier, refused certificates recorded in `refused`.
 pub fn client_config(extra: &[Vec<u8>], refused: Refused) -> Result<rustls::ClientConfig, String> {
@@ -118,16 +159,34 @@ pub fn client_config(extra: &[Vec<u8>], refused: Refused) -> Result<rustls::Clie
         .iter()
         .map(|d| CertificateDer::from(d.clone()))
         .collect();
-    let inner = if extra.is_empty() {
+    let platform = if extra.is_empty() {
         rustls_platform_verifier::Verifier::new(provider.clone())
     } else {
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-    }
-    .map_err(|e| e.to_string())?;
-    let verifier = Recording {
-        inner: Arc::new(inner),
-        refused,
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra.clone(), provider.clone())
     };
+    let inner: Arc<dyn ServerCertVerifier> = match platform {
+        Ok(v) => Arc::new(v),
+        // A minimal image with no CA bundle (Debian minbase, an empty container): plain http
+        // (IMDS) still works, and https trusts `--ca-file` alone instead of failing to start.
+        Err(e) => {
+            tracing::warn!(
+                "no system CA certificates ({e}): only --ca-file is trusted for https; install \
+                 the ca-certificates package"
+            );
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(extra);
+            match rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            {
+                Ok(v) => v,
+                Err(_) => Arc::new(NoRoots(provider.signature_verification_algorithms)),
+            }
+        }
+    };
+    let verifier = Recording { inner, refused };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
