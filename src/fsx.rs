@@ -73,6 +73,151 @@ pub fn read_untrusted(path: &Path, limit: u64) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
+/// The ACL of every directory SYSTEM keeps for itself on Windows (saved settings, locks, the
+/// package cache, staging trees), given by `CreateDirectoryW` as the directory is created, so it
+/// never exists with the ACL it would inherit from `%ProgramData%` or `C:\`, where Users may create
+/// folders and their creator keeps control: a protected DACL (`P`, nothing inherited) granting full
+/// control to SYSTEM (`SY`) and Administrators (`BA`) alone, inherited by everything created
+/// inside (`OICI`). The ACL `icacls` gives (`crate::service::windows::private_dir_args`).
+pub const PRIVATE_DIR_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
+
+/// Creates `dir` and whichever of its parents are missing, for root's own use (the state, lock and
+/// cache directories). Unix: `mkdir -p` (their modes are set where they are written). Windows,
+/// elevated: each directory created gets [`PRIVATE_DIR_SDDL`] at creation, and an existing one on
+/// the way that is a junction or symbolic link is refused (it would send SYSTEM's files elsewhere).
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        fs_err::create_dir_all(dir)
+    }
+    #[cfg(windows)]
+    {
+        let mut missing = vec![];
+        let mut at = Some(dir);
+        while let Some(d) = at {
+            match std::fs::symlink_metadata(d) {
+                Ok(_) => {
+                    real_dir(d)?;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(d),
+                Err(e) => return Err(e),
+            }
+            at = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            match create_private_dir(d) {
+                Ok(()) => {}
+                // Another run made it meanwhile: fine if it is a real directory.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => real_dir(d)?,
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("creating {}: {e}", d.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Windows: creates one directory, private to SYSTEM and Administrators from its creation when
+/// elevated ([`PRIVATE_DIR_SDDL`]), with the inherited ACL otherwise (an account's own files).
+/// Fails if anything already has the name.
+#[cfg(windows)]
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if crate::platform::elevated() {
+        crate::platform::create_dir_with_sddl(dir, PRIVATE_DIR_SDDL)
+    } else {
+        std::fs::create_dir(dir)
+    }
+}
+
+/// Windows: `path` is a directory and not a junction, symbolic link or other reparse point.
+#[cfg(windows)]
+pub fn real_dir(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if crate::platform::is_reparse_point(&meta) {
+        return Err(std::io::Error::other(format!(
+            "{} is a junction or symbolic link; refusing to use it",
+            path.display()
+        )));
+    }
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Unix (only a Windows plan run by a Unix build gets here): the same without following a link,
+/// `O_EXCL | O_NOFOLLOW` for the new file, then a rename over `name`.
+#[cfg(unix)]
+pub fn replace_file_no_follow(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let held = open_dir(dir).map_err(std::io::Error::from)?;
+    let tmp = dir.join(format!("{name}.{:016x}.tmp", fastrand::u64(..)));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        drop(file);
+        std::fs::rename(&tmp, dir.join(name))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drop(held);
+    written
+}
+
+/// Windows: replaces the file `name` in `dir`, a directory another account can write (the agent
+/// dir), without following any junction or symbolic link: `dir` is opened itself and held open
+/// without delete sharing (so it cannot be renamed and replaced by a junction meanwhile) and
+/// refused if it is a reparse point; the text goes into a new file (`CREATE_NEW` with
+/// `FILE_FLAG_OPEN_REPARSE_POINT`: nothing that exists, a link included, is ever opened), which is
+/// then renamed over `name` (a link there is replaced, never written through).
+#[cfg(windows)]
+pub fn replace_file_no_follow(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::windows::fs::OpenOptionsExt;
+    let held = crate::platform::open_dir_no_follow(dir)?;
+    let meta = held.metadata()?;
+    if crate::platform::is_reparse_point(&meta) || !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is a junction or symbolic link (or not a directory); not writing into it",
+            dir.display()
+        )));
+    }
+    let tmp = dir.join(format!("{name}.{:016x}.tmp", fastrand::u64(..)));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(crate::platform::FILE_FLAG_OPEN_REPARSE_POINT)
+            .open(&tmp)?;
+        let meta = file.metadata()?;
+        if crate::platform::is_reparse_point(&meta) || !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        file.write_all(contents)?;
+        drop(file);
+        std::fs::rename(&tmp, dir.join(name))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drop(held);
+    written
+}
+
 /// `lstat` says: a regular file (not a link to one).
 pub fn is_regular(path: &Path) -> bool {
     fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())

@@ -249,7 +249,7 @@ pub async fn install_boot_task(
         path: path.clone(),
         source,
     };
-    fs_err::create_dir_all(scratch).map_err(write)?;
+    crate::fsx::create_private_dir_all(scratch).map_err(write)?;
     let mut bytes = vec![0xFF, 0xFE];
     for unit in xml.encode_utf16() {
         bytes.extend_from_slice(&unit.to_le_bytes());
