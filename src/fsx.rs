@@ -515,6 +515,125 @@ pub fn check_agent_dir_location(
     Ok(())
 }
 
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+
+    /// Under Wine: it keeps a directory's ACL only as far as its Unix mode can say.
+    fn wine() -> bool {
+        Path::new(r"C:\windows\system32\wineboot.exe").exists()
+    }
+
+    /// A link, if this Windows really makes one (Wine's `CreateSymbolicLinkW` answers success and
+    /// makes nothing).
+    fn linked(made: std::io::Result<()>, link: &Path) -> bool {
+        made.is_ok()
+            && std::fs::symlink_metadata(link).is_ok_and(|m| crate::platform::is_reparse_point(&m))
+    }
+
+    fn dacl(path: &Path) -> String {
+        crate::platform::dacl_sddl(&crate::platform::open_dir_no_follow(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_private_dir_has_its_acl_from_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("private");
+        crate::platform::create_dir_with_sddl(&made, PRIVATE_DIR_SDDL).unwrap();
+        let got = dacl(&made);
+        // Nobody but SYSTEM and Administrators (and, under Wine, which keeps only what the Unix
+        // mode can say, the prefix's own user) may do anything in it.
+        for other in [";BU)", ";AU)", ";WD)", ";CO)", ";NS)", ";LS)"] {
+            assert!(!got.contains(other), "{other} in {got}");
+        }
+        assert!(got.contains("(A;OICI;FA;;;SY)"), "{got}");
+        if wine() {
+            // What the same test sees of a directory made the ordinary way: Everyone may read.
+            let plain = dir.path().join("plain");
+            std::fs::create_dir(&plain).unwrap();
+            assert!(dacl(&plain).contains(";WD)"), "{}", dacl(&plain));
+        } else {
+            assert!(
+                got.starts_with("D:P"),
+                "not protected from inheritance: {got}"
+            );
+            assert!(got.contains("(A;OICI;FA;;;BA)"), "{got}");
+        }
+        // A name that exists (anything, a planted directory included) is never taken over.
+        let e = crate::platform::create_dir_with_sddl(&made, PRIVATE_DIR_SDDL).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn private_dirs_are_made_level_by_level_and_links_on_the_way_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("state").join("locks");
+        create_private_dir_all(&deep).unwrap();
+        assert!(deep.is_dir());
+        if crate::platform::elevated() {
+            for d in [dir.path().join("state"), deep.clone()] {
+                let got = dacl(&d);
+                assert!(!got.contains(";WD)") && !got.contains(";BU)"), "{got}");
+                assert!(wine() || got.starts_with("D:P"), "{got}");
+            }
+        }
+        // A junction or symbolic link where a private directory goes is refused.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let link = dir.path().join("linked");
+        if !linked(std::os::windows::fs::symlink_dir(&outside, &link), &link) {
+            eprintln!("cannot make a directory link here; the rest is skipped");
+            return;
+        }
+        let e = create_private_dir_all(&link.join("agents")).unwrap_err();
+        assert!(e.to_string().contains("junction or symbolic link"), "{e}");
+        assert!(!outside.join("agents").exists());
+    }
+
+    #[test]
+    fn proxybypass_is_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::create_dir(&agent).unwrap();
+        replace_file_no_follow(&agent, ".proxybypass", b"one").unwrap();
+        assert_eq!(std::fs::read(agent.join(".proxybypass")).unwrap(), b"one");
+        replace_file_no_follow(&agent, ".proxybypass", b"two").unwrap();
+        assert_eq!(std::fs::read(agent.join(".proxybypass")).unwrap(), b"two");
+
+        let victim = dir.path().join("victim.ini");
+        std::fs::write(&victim, "SYSTEM's").unwrap();
+        std::fs::remove_file(agent.join(".proxybypass")).unwrap();
+        let link = agent.join(".proxybypass");
+        if !linked(std::os::windows::fs::symlink_file(&victim, &link), &link) {
+            eprintln!("cannot make a file link here; the rest is skipped");
+            return;
+        }
+        replace_file_no_follow(&agent, ".proxybypass", b"three").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "SYSTEM's");
+        let meta = std::fs::symlink_metadata(agent.join(".proxybypass")).unwrap();
+        assert!(!crate::platform::is_reparse_point(&meta) && meta.is_file());
+        assert_eq!(std::fs::read(agent.join(".proxybypass")).unwrap(), b"three");
+
+        // The agent dir itself a link: nothing is written.
+        let via = dir.path().join("linked-agent");
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        if !linked(
+            std::os::windows::fs::symlink_dir(dir.path().join("elsewhere"), &via),
+            &via,
+        ) {
+            return;
+        }
+        let e = replace_file_no_follow(&via, ".proxybypass", b"x").unwrap_err();
+        assert!(e.to_string().contains("junction or symbolic link"), "{e}");
+        assert!(!dir.path().join("elsewhere/.proxybypass").exists());
+        assert_eq!(
+            std::fs::read_dir(&agent).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

@@ -1161,10 +1161,16 @@ mod tests {
         let made = std::os::unix::fs::symlink(target, link);
         #[cfg(windows)]
         let made = std::os::windows::fs::symlink_dir(target, link);
-        match made {
-            Ok(()) => Some(()),
-            Err(e) => {
-                eprintln!("cannot make a directory link here ({e}); skipped");
+        link_made(made, link)
+    }
+
+    /// Wine's `CreateSymbolicLinkW` answers success and makes nothing: a link is only used when
+    /// it is really there.
+    fn link_made(made: std::io::Result<()>, link: &Path) -> Option<()> {
+        match made.and_then(|()| std::fs::symlink_metadata(link)) {
+            Ok(m) if is_link(&m) => Some(()),
+            other => {
+                eprintln!("cannot make a link here ({other:?}); skipped");
                 None
             }
         }
@@ -1175,13 +1181,7 @@ mod tests {
         let made = std::os::unix::fs::symlink(target, link);
         #[cfg(windows)]
         let made = std::os::windows::fs::symlink_file(target, link);
-        match made {
-            Ok(()) => Some(()),
-            Err(e) => {
-                eprintln!("cannot make a file link here ({e}); skipped");
-                None
-            }
-        }
+        link_made(made, link)
     }
 
     #[test]
@@ -1208,14 +1208,18 @@ mod tests {
         std::fs::create_dir(&out).unwrap();
         let victim = dir.path().join("victim.txt");
         std::fs::write(&victim, "root's").unwrap();
-        file_link(&victim, &out.join("config.cmd")).unwrap();
+        if file_link(&victim, &out.join("config.cmd")).is_none() {
+            return;
+        }
         let e = unzip(open(), &zip, &out, Limits::default()).unwrap_err();
         assert!(matches!(e, ExtractError::ThroughLink { .. }), "{e:?}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's");
 
         // The destination itself a link.
         let out = dir.path().join("out3");
-        dir_link(&outside, &out).unwrap();
+        if dir_link(&outside, &out).is_none() {
+            return;
+        }
         let e = unzip(open(), &zip, &out, Limits::default()).unwrap_err();
         assert!(matches!(e, ExtractError::ThroughLink { .. }), "{e:?}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);

@@ -1048,6 +1048,30 @@ mod tests {
         );
     }
 
+    #[cfg(windows)]
+    #[test]
+    fn windows_stages_in_the_private_cache_dir_on_the_agent_dirs_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        crate::fsx::create_private_dir_all(&cache).unwrap();
+        let parent = dir.path().join("parent");
+        std::fs::create_dir(&parent).unwrap();
+        assert_eq!(staging_parent(&cache, &parent), cache.as_path());
+        let staging = Staging::create(staging_parent(&cache, &parent), "t1").unwrap();
+        assert_eq!(staging.path().parent(), Some(cache.as_path()));
+        let name = staging
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with(".agent-bootstrap-staging-t1-"), "{name}");
+        // Swept as this agent dir's debris when a run was killed.
+        let path = staging.path().to_owned();
+        std::mem::forget(staging);
+        assert_eq!(remove_stale(&parent, &cache, "t1"), vec![path]);
+    }
+
     #[test]
     fn stale_debris_of_this_agent_dir_only_is_removed() {
         let dir = tempfile::tempdir().unwrap();

@@ -429,6 +429,21 @@ mod tests {
     }
 
     #[test]
+    fn private_dirs_get_the_same_acl_at_creation_as_from_icacls() {
+        // CreateDirectoryW's descriptor (crate::fsx::PRIVATE_DIR_SDDL) and icacls say the same:
+        // inheritance cut (P / inheritance:r), SYSTEM and Administrators full control for the
+        // directory and what is created in it (OICI / (OI)(CI)F), nobody else anything.
+        let sddl = crate::fsx::PRIVATE_DIR_SDDL;
+        assert_eq!(sddl, "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)");
+        let args = private_dir_args(Path::new(r"C:\ProgramData\agent-bootstrap"));
+        assert!(args.contains(&"/inheritance:r".to_owned()));
+        assert!(args.contains(&"*S-1-5-18:(OI)(CI)F".to_owned()));
+        assert!(args.contains(&"*S-1-5-32-544:(OI)(CI)F".to_owned()));
+        assert_eq!(args.iter().filter(|a| a.contains(":(")).count(), 2);
+        assert_eq!(sddl.matches("(A;").count(), 2);
+    }
+
+    #[test]
     fn the_agent_dir_acl_keeps_everyone_else_out() {
         let args = acl_args(Path::new(r"C:\azagent"), DEFAULT_LOGON_ACCOUNT);
         assert_eq!(args[0], r"C:\azagent");
