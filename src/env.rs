@@ -269,17 +269,37 @@ const NOT_CAPABILITIES: &[&str] = &[
 ];
 
 /// A proxy variable's URL without its password (`http://user:pw@proxy` → `http://user@proxy`).
-fn without_password(name: &str, value: &str) -> String {
+fn without_password(name: &str, value: &str) -> Option<String> {
     if !name.to_ascii_lowercase().ends_with("_proxy") {
-        return value.to_owned();
+        return Some(value.to_owned());
     }
+    let strip = |mut u: url::Url| {
+        let _ = u.set_password(None);
+        u.to_string()
+    };
     match url::Url::parse(value) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        _ => value.to_owned(),
+        Ok(u) if u.has_host() && u.password().is_some() => Some(strip(u)),
+        Ok(u) if u.has_host() => Some(value.to_owned()),
+        // No scheme (`bob:pw@proxy:3128` reads as scheme `bob`): read it as http://.
+        _ => match url::Url::parse(&format!("http://{value}")) {
+            Ok(u) if u.has_host() && u.password().is_some() => Some(strip(u)),
+            Ok(u) if u.has_host() => Some(value.to_owned()),
+            // Something with an `@` that is no URL: dropped rather than guessed at.
+            _ if value.contains('@') => None,
+            _ => Some(value.to_owned()),
+        },
     }
+}
+
+/// `vars` with the password taken out of every proxy URL (`HTTPS_PROXY=http://u:pw@p:3128` →
+/// `http://u@p:3128/`; a proxy value with an `@` that is no URL is dropped). The agent's code
+/// (`config.sh`/`config.cmd`, `run.sh`, the listener, a shell run as the agent user) starts with
+/// these: the proxy password reaches the agent only as its own input at configuration, never in
+/// an environment a job inherits or `env.sh` copies into `.env`.
+pub fn without_proxy_passwords(vars: Vec<(String, String)>) -> Vec<(String, String)> {
+    vars.into_iter()
+        .filter_map(|(k, v)| without_password(&k, &v).map(|v| (k, v)))
+        .collect()
 }
 
 impl Env {
@@ -298,7 +318,7 @@ impl Env {
             .vars
             .iter()
             .filter(|(k, _)| !is_credential(k) && k.as_str() != "VSO_AGENT_IGNORE")
-            .map(|(k, v)| (k.clone(), without_password(k, v)))
+            .filter_map(|(k, v)| without_password(k, v).map(|v| (k.clone(), v)))
             .collect();
         let mut ignore: Vec<String> = self
             .var("VSO_AGENT_IGNORE")
@@ -373,6 +393,36 @@ mod tests {
         };
         assert_eq!(env.dedicated_user(), want);
         assert_eq!(Env::fake(&[], "h", true).dedicated_user(), "azpagent");
+    }
+
+    #[test]
+    fn proxy_passwords_are_taken_out_of_what_the_agent_gets() {
+        let vars = |pairs: &[(&str, &str)]| {
+            without_proxy_passwords(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+        };
+        let got = vars(&[
+            ("HTTPS_PROXY", "http://bob:pw-secret@proxy:3128"),
+            ("http_proxy", "bob:pw-secret@proxy:3128"),
+            ("ALL_PROXY", "http://proxy:3128"),
+            ("VSTS_HTTP_PROXY", "http://al:pw-secret@p:1/"),
+            ("NO_PROXY", "127.0.0.1,localhost"),
+            ("https_proxy", "weird:pw-secret@@"),
+            ("LANG", "C.UTF-8"),
+        ]);
+        assert_eq!(got["HTTPS_PROXY"], "http://bob@proxy:3128/");
+        assert_eq!(got["http_proxy"], "http://bob@proxy:3128/");
+        assert_eq!(got["ALL_PROXY"], "http://proxy:3128");
+        assert_eq!(got["VSTS_HTTP_PROXY"], "http://al@p:1/");
+        assert_eq!(got["NO_PROXY"], "127.0.0.1,localhost");
+        assert_eq!(got["LANG"], "C.UTF-8");
+        assert!(!got.values().any(|v| v.contains("pw-secret")), "{got:?}");
     }
 
     #[test]

@@ -73,6 +73,151 @@ pub fn read_untrusted(path: &Path, limit: u64) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
+/// The ACL of every directory SYSTEM keeps for itself on Windows (saved settings, locks, the
+/// package cache, staging trees), given by `CreateDirectoryW` as the directory is created, so it
+/// never exists with the ACL it would inherit from `%ProgramData%` or `C:\`, where Users may create
+/// folders and their creator keeps control: a protected DACL (`P`, nothing inherited) granting full
+/// control to SYSTEM (`SY`) and Administrators (`BA`) alone, inherited by everything created
+/// inside (`OICI`). The ACL `icacls` gives (`crate::service::windows::private_dir_args`).
+pub const PRIVATE_DIR_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
+
+/// Creates `dir` and whichever of its parents are missing, for root's own use (the state, lock and
+/// cache directories). Unix: `mkdir -p` (their modes are set where they are written). Windows,
+/// elevated: each directory created gets [`PRIVATE_DIR_SDDL`] at creation, and an existing one on
+/// the way that is a junction or symbolic link is refused (it would send SYSTEM's files elsewhere).
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        fs_err::create_dir_all(dir)
+    }
+    #[cfg(windows)]
+    {
+        let mut missing = vec![];
+        let mut at = Some(dir);
+        while let Some(d) = at {
+            match std::fs::symlink_metadata(d) {
+                Ok(_) => {
+                    real_dir(d)?;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(d),
+                Err(e) => return Err(e),
+            }
+            at = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            match create_private_dir(d) {
+                Ok(()) => {}
+                // Another run made it meanwhile: fine if it is a real directory.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => real_dir(d)?,
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("creating {}: {e}", d.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Windows: creates one directory, private to SYSTEM and Administrators from its creation when
+/// elevated ([`PRIVATE_DIR_SDDL`]), with the inherited ACL otherwise (an account's own files).
+/// Fails if anything already has the name.
+#[cfg(windows)]
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if crate::platform::elevated() {
+        crate::platform::create_dir_with_sddl(dir, PRIVATE_DIR_SDDL)
+    } else {
+        std::fs::create_dir(dir)
+    }
+}
+
+/// Windows: `path` is a directory and not a junction, symbolic link or other reparse point.
+#[cfg(windows)]
+pub fn real_dir(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if crate::platform::is_reparse_point(&meta) {
+        return Err(std::io::Error::other(format!(
+            "{} is a junction or symbolic link; refusing to use it",
+            path.display()
+        )));
+    }
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Unix (only a Windows plan run by a Unix build gets here): the same without following a link,
+/// `O_EXCL | O_NOFOLLOW` for the new file, then a rename over `name`.
+#[cfg(unix)]
+pub fn replace_file_no_follow(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let held = open_dir(dir).map_err(std::io::Error::from)?;
+    let tmp = dir.join(format!("{name}.{:016x}.tmp", fastrand::u64(..)));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        drop(file);
+        std::fs::rename(&tmp, dir.join(name))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drop(held);
+    written
+}
+
+/// Windows: replaces the file `name` in `dir`, a directory another account can write (the agent
+/// dir), without following any junction or symbolic link: `dir` is opened itself and held open
+/// without delete sharing (so it cannot be renamed and replaced by a junction meanwhile) and
+/// refused if it is a reparse point; the text goes into a new file (`CREATE_NEW` with
+/// `FILE_FLAG_OPEN_REPARSE_POINT`: nothing that exists, a link included, is ever opened), which is
+/// then renamed over `name` (a link there is replaced, never written through).
+#[cfg(windows)]
+pub fn replace_file_no_follow(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::windows::fs::OpenOptionsExt;
+    let held = crate::platform::open_dir_no_follow(dir)?;
+    let meta = held.metadata()?;
+    if crate::platform::is_reparse_point(&meta) || !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is a junction or symbolic link (or not a directory); not writing into it",
+            dir.display()
+        )));
+    }
+    let tmp = dir.join(format!("{name}.{:016x}.tmp", fastrand::u64(..)));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(crate::platform::FILE_FLAG_OPEN_REPARSE_POINT)
+            .open(&tmp)?;
+        let meta = file.metadata()?;
+        if crate::platform::is_reparse_point(&meta) || !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        file.write_all(contents)?;
+        drop(file);
+        std::fs::rename(&tmp, dir.join(name))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drop(held);
+    written
+}
+
 /// `lstat` says: a regular file (not a link to one).
 pub fn is_regular(path: &Path) -> bool {
     fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
@@ -489,6 +634,125 @@ pub fn check_agent_dir_location(
         dir = d.parent();
     }
     Ok(())
+}
+
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+
+    /// Under Wine: it keeps a directory's ACL only as far as its Unix mode can say.
+    fn wine() -> bool {
+        Path::new(r"C:\windows\system32\wineboot.exe").exists()
+    }
+
+    /// A link, if this Windows really makes one (Wine's `CreateSymbolicLinkW` answers success and
+    /// makes nothing).
+    fn linked(made: std::io::Result<()>, link: &Path) -> bool {
+        made.is_ok()
+            && std::fs::symlink_metadata(link).is_ok_and(|m| crate::platform::is_reparse_point(&m))
+    }
+
+    fn dacl(path: &Path) -> String {
+        crate::platform::dacl_sddl(&crate::platform::open_dir_no_follow(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_private_dir_has_its_acl_from_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("private");
+        crate::platform::create_dir_with_sddl(&made, PRIVATE_DIR_SDDL).unwrap();
+        let got = dacl(&made);
+        // Nobody but SYSTEM and Administrators (and, under Wine, which keeps only what the Unix
+        // mode can say, the prefix's own user) may do anything in it.
+        for other in [";BU)", ";AU)", ";WD)", ";CO)", ";NS)", ";LS)"] {
+            assert!(!got.contains(other), "{other} in {got}");
+        }
+        assert!(got.contains("(A;OICI;FA;;;SY)"), "{got}");
+        if wine() {
+            // What the same test sees of a directory made the ordinary way: Everyone may read.
+            let plain = dir.path().join("plain");
+            std::fs::create_dir(&plain).unwrap();
+            assert!(dacl(&plain).contains(";WD)"), "{}", dacl(&plain));
+        } else {
+            assert!(
+                got.starts_with("D:P"),
+                "not protected from inheritance: {got}"
+            );
+            assert!(got.contains("(A;OICI;FA;;;BA)"), "{got}");
+        }
+        // A name that exists (anything, a planted directory included) is never taken over.
+        let e = crate::platform::create_dir_with_sddl(&made, PRIVATE_DIR_SDDL).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn private_dirs_are_made_level_by_level_and_links_on_the_way_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("state").join("locks");
+        create_private_dir_all(&deep).unwrap();
+        assert!(deep.is_dir());
+        if crate::platform::elevated() {
+            for d in [dir.path().join("state"), deep.clone()] {
+                let got = dacl(&d);
+                assert!(!got.contains(";WD)") && !got.contains(";BU)"), "{got}");
+                assert!(wine() || got.starts_with("D:P"), "{got}");
+            }
+        }
+        // A junction or symbolic link where a private directory goes is refused.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let link = dir.path().join("linked");
+        if !linked(std::os::windows::fs::symlink_dir(&outside, &link), &link) {
+            eprintln!("cannot make a directory link here; the rest is skipped");
+            return;
+        }
+        let e = create_private_dir_all(&link.join("agents")).unwrap_err();
+        assert!(e.to_string().contains("junction or symbolic link"), "{e}");
+        assert!(!outside.join("agents").exists());
+    }
+
+    #[test]
+    fn proxybypass_is_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::create_dir(&agent).unwrap();
+        replace_file_no_follow(&agent, ".proxybypass", b"one").unwrap();
+        assert_eq!(std::fs::read(agent.join(".proxybypass")).unwrap(), b"one");
+        replace_file_no_follow(&agent, ".proxybypass", b"two").unwrap();
+        assert_eq!(std::fs::read(agent.join(".proxybypass")).unwrap(), b"two");
+
+        let victim = dir.path().join("victim.ini");
+        std::fs::write(&victim, "SYSTEM's").unwrap();
+        std::fs::remove_file(agent.join(".proxybypass")).unwrap();
+        let link = agent.join(".proxybypass");
+        if !linked(std::os::windows::fs::symlink_file(&victim, &link), &link) {
+            eprintln!("cannot make a file link here; the rest is skipped");
+            return;
+        }
+        replace_file_no_follow(&agent, ".proxybypass", b"three").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "SYSTEM's");
+        let meta = std::fs::symlink_metadata(agent.join(".proxybypass")).unwrap();
+        assert!(!crate::platform::is_reparse_point(&meta) && meta.is_file());
+        assert_eq!(std::fs::read(agent.join(".proxybypass")).unwrap(), b"three");
+
+        // The agent dir itself a link: nothing is written.
+        let via = dir.path().join("linked-agent");
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        if !linked(
+            std::os::windows::fs::symlink_dir(dir.path().join("elsewhere"), &via),
+            &via,
+        ) {
+            return;
+        }
+        let e = replace_file_no_follow(&via, ".proxybypass", b"x").unwrap_err();
+        assert!(e.to_string().contains("junction or symbolic link"), "{e}");
+        assert!(!dir.path().join("elsewhere/.proxybypass").exists());
+        assert_eq!(
+            std::fs::read_dir(&agent).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
 }
 
 #[cfg(all(test, unix))]

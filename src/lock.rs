@@ -48,7 +48,7 @@ pub async fn acquire(
         source,
     };
     if let Some(dir) = path.parent() {
-        fs_err::create_dir_all(dir).map_err(open_err)?;
+        crate::fsx::create_private_dir_all(dir).map_err(open_err)?;
     }
     let file = fs_err::OpenOptions::new()
         .create(true)

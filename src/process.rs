@@ -244,8 +244,13 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     // A cleared environment: the allowlist, then what this step sets. Nothing else of root's
     // environment (cloud-init's or the extension's variables, a stray VSTS_AGENT_INPUT_*) reaches
     // a child.
-    let mut vars: std::collections::BTreeMap<String, String> =
-        child.base_env.iter().cloned().collect();
+    let mut vars: std::collections::BTreeMap<String, String> = match &child.run_as {
+        // Another account (the agent user): no proxy password in what it can read.
+        Some(_) => crate::env::without_proxy_passwords(child.base_env.clone())
+            .into_iter()
+            .collect(),
+        None => child.base_env.iter().cloned().collect(),
+    };
     match &child.run_as {
         Some(user) => {
             vars.insert("HOME".into(), user.home.display().to_string());

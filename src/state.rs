@@ -148,7 +148,7 @@ pub fn save(state_dir: &Path, saved: &Saved) -> Result<PathBuf, StateError> {
         source,
     };
     let dir = path.parent().expect("state file has a parent");
-    fs_err::create_dir_all(dir).map_err(write)?;
+    crate::fsx::create_private_dir_all(dir).map_err(write)?;
     let json = serde_json::to_vec_pretty(saved).expect("settings serialize");
     // Write to a temporary file, then rename: a crash never leaves half a file.
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;

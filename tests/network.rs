@@ -236,6 +236,47 @@ fn a_proxy_that_wants_credentials_gets_them_and_the_password_stays_secret() {
     assert!(!run.stderr.contains(PROXY_PASSWORD));
 }
 
+/// Issue 17 item 12: a proxy URL with credentials in root's `HTTPS_PROXY` is used by the tool, but
+/// the agent's configure (and so every job, and `env.sh`'s `.env`) gets it without the password.
+#[test]
+fn the_proxy_password_in_https_proxy_never_reaches_the_agents_environment() {
+    let w = tls_world();
+    let proxy = ProxySim::start(ProxyConfig {
+        credentials: Some(("alice".into(), PROXY_PASSWORD.into())),
+        refuse: false,
+    })
+    .unwrap();
+    let ca = ca(&w);
+    let mut cmd = install_via(&w, &proxy, &["--ca-file", &ca]);
+    cmd.env(
+        "HTTPS_PROXY",
+        format!("http://alice:{PROXY_PASSWORD}@{}", proxy.addr),
+    );
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    let r = configure_report(&w);
+    let leaked: Vec<_> = r
+        .env
+        .iter()
+        .filter(|(_, v)| v.contains(PROXY_PASSWORD))
+        .map(|(k, _)| k.clone())
+        .filter(|k| k != "VSTS_AGENT_INPUT_PROXYPASSWORD")
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the proxy password reached configure in {leaked:?}"
+    );
+    let https_proxy = r
+        .env
+        .get("HTTPS_PROXY")
+        .expect("configure still gets the proxy");
+    assert!(
+        https_proxy.contains(&proxy.addr.to_string()),
+        "{https_proxy}"
+    );
+    assert!(!https_proxy.contains(PROXY_PASSWORD), "{https_proxy}");
+}
+
 #[test]
 fn a_proxy_that_refuses_connect_is_named_at_once() {
     let w = tls_world();

@@ -1495,12 +1495,14 @@ pub async fn write_proxy_bypass(
         return Ok(false);
     }
     if s.os.is_windows() {
-        let path = agent.root.join(".proxybypass");
-        fs_err::write(&path, &text).map_err(|source| Error::Io {
-            action: "writing",
-            path,
-            source,
-        })?;
+        // SYSTEM writes here: never through a junction or link the service account planted.
+        crate::fsx::replace_file_no_follow(&agent.root, ".proxybypass", text.as_bytes()).map_err(
+            |source| Error::Io {
+                action: "writing",
+                path: agent.root.join(".proxybypass"),
+                source,
+            },
+        )?;
     } else {
         let child = Child::new("write .proxybypass", "/bin/sh", env)
             .args([

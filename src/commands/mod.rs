@@ -197,6 +197,7 @@ pub(crate) fn agent_child(
     // config.sh refuses root without it; Windows has no such check (and no account switch).
     let as_root = run_as.is_none() && cfg!(unix);
     let mut child = crate::process::Child::new(label, program, env)
+        .base_env(crate::env::without_proxy_passwords(env.for_children()))
         .cwd(root)
         .secret_env(crate::agent::config::TOKEN_ENV, token.clone())
         .run_as(run_as)

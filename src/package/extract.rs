@@ -14,9 +14,7 @@
 //! `0700 root` until the caller moves it into place, so no other account can reach anything inside
 //! while it is being written.
 
-use std::collections::HashMap;
-#[cfg(unix)]
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 #[cfg(unix)]
 use std::io::Write;
@@ -27,7 +25,9 @@ use std::path::{Component, Path, PathBuf};
 #[cfg(unix)]
 use nix::errno::Errno;
 #[cfg(unix)]
-use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::fcntl::OFlag;
+#[cfg(unix)]
+use nix::fcntl::{AtFlags, openat};
 #[cfg(unix)]
 use nix::sys::stat::{Mode, fchmod, mkdirat};
 #[cfg(unix)]
@@ -574,14 +574,136 @@ pub fn untar_gz(
     u.finish()
 }
 
-/// Unpacks a `.zip` (the Windows agent package) from a file into `dest`, checking every entry.
-pub fn unzip(file: &Path, dest: &Path, limits: Limits) -> Result<Stats, ExtractError> {
-    let f = fs_err::File::open(file).map_err(|source| ExtractError::Write {
-        path: file.to_owned(),
+/// Whether an entry seen without following it is a link of any kind (Windows: a junction,
+/// symbolic link or other reparse point).
+fn is_link(meta: &std::fs::Metadata) -> bool {
+    #[cfg(windows)]
+    {
+        crate::platform::is_reparse_point(meta)
+    }
+    #[cfg(unix)]
+    {
+        meta.file_type().is_symlink()
+    }
+}
+
+/// Creates the directories of a zip entry's path under `dest`, one level at a time, never through
+/// a link: a level that already exists must be a real directory (not a junction or symbolic
+/// link), else the entry is refused. `made` remembers the levels already checked.
+fn zip_dirs(
+    dest: &Path,
+    rel: &Path,
+    shown: &str,
+    made: &mut HashSet<PathBuf>,
+) -> Result<(), ExtractError> {
+    let mut at = PathBuf::new();
+    for c in rel.components() {
+        at.push(c);
+        if made.contains(&at) {
+            continue;
+        }
+        let full = dest.join(&at);
+        let through = || ExtractError::ThroughLink {
+            entry: shown.to_owned(),
+            through: at.display().to_string(),
+        };
+        match std::fs::create_dir(&full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(ExtractError::Write { path: full, source }),
+        }
+        let meta = std::fs::symlink_metadata(&full).map_err(|source| ExtractError::Write {
+            path: full.clone(),
+            source,
+        })?;
+        if is_link(&meta) || !meta.is_dir() {
+            return Err(through());
+        }
+        made.insert(at.clone());
+    }
+    Ok(())
+}
+
+/// Creates the file `out` for a zip entry: a new file only (`O_EXCL` / `CREATE_NEW`, with
+/// `O_NOFOLLOW` / `FILE_FLAG_OPEN_REPARSE_POINT`), so an existing link is never opened. A regular
+/// file already there (a repeated entry) is replaced, as with tar; a link there is refused.
+fn zip_file(out: &Path, shown: &str) -> Result<std::fs::File, ExtractError> {
+    let write_err = |source| ExtractError::Write {
+        path: out.to_owned(),
+        source,
+    };
+    let open = || {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits());
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::fs::OpenOptionsExt;
+            o.custom_flags(crate::platform::FILE_FLAG_OPEN_REPARSE_POINT);
+        }
+        o.open(out)
+    };
+    let file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(out).map_err(write_err)?;
+            if is_link(&meta) {
+                return Err(ExtractError::ThroughLink {
+                    entry: shown.to_owned(),
+                    through: shown.to_owned(),
+                });
+            }
+            if meta.is_dir() {
+                return Err(ExtractError::Write {
+                    path: PathBuf::from(shown),
+                    source: std::io::Error::other("a directory of that name already exists"),
+                });
+            }
+            std::fs::remove_file(out).map_err(write_err)?;
+            open().map_err(write_err)?
+        }
+        r => r.map_err(write_err)?,
+    };
+    let meta = file.metadata().map_err(write_err)?;
+    if is_link(&meta) || !meta.is_file() {
+        return Err(ExtractError::ThroughLink {
+            entry: shown.to_owned(),
+            through: shown.to_owned(),
+        });
+    }
+    Ok(file)
+}
+
+/// Unpacks a `.zip` (the Windows agent package) into `dest`, checking every entry, from `file`:
+/// the handle the archive was verified through (`shown` names it in messages), so what is
+/// extracted is what was hashed. Nothing is written through a link: see [`zip_dirs`], [`zip_file`].
+pub fn unzip(
+    mut file: std::fs::File,
+    shown_file: &Path,
+    dest: &Path,
+    limits: Limits,
+) -> Result<Stats, ExtractError> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(|source| ExtractError::Write {
+            path: shown_file.to_owned(),
+            source,
+        })?;
+    let root = std::fs::symlink_metadata(dest).map_err(|source| ExtractError::Write {
+        path: dest.to_owned(),
         source,
     })?;
+    if is_link(&root) || !root.is_dir() {
+        return Err(ExtractError::ThroughLink {
+            entry: String::new(),
+            through: dest.display().to_string(),
+        });
+    }
     let mut archive =
-        zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(ExtractError::Zip)?;
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(ExtractError::Zip)?;
     if archive.len() as u64 > limits.max_entries {
         return Err(ExtractError::TooManyEntries {
             max: limits.max_entries,
@@ -589,6 +711,7 @@ pub fn unzip(file: &Path, dest: &Path, limits: Limits) -> Result<Stats, ExtractE
     }
     let mut stats = Stats::default();
     let mut saw_bin = false;
+    let mut made = HashSet::new();
     for i in 0..archive.len() {
         if crate::interrupt::requested() {
             return Err(ExtractError::Interrupted);
@@ -620,15 +743,15 @@ pub fn unzip(file: &Path, dest: &Path, limits: Limits) -> Result<Stats, ExtractE
             source,
         };
         if entry.is_dir() {
-            fs_err::create_dir_all(&out).map_err(write_err)?;
+            zip_dirs(dest, &rel, &shown, &mut made)?;
             continue;
         }
-        if let Some(parent) = out.parent() {
-            fs_err::create_dir_all(parent).map_err(write_err)?;
+        if let Some(parent) = rel.parent() {
+            zip_dirs(dest, parent, &shown, &mut made)?;
         }
         #[cfg(unix)]
         let mode = entry.unix_mode();
-        let mut w = fs_err::File::create(&out).map_err(write_err)?;
+        let mut w = zip_file(&out, &shown)?;
         let left = limits.max_bytes.saturating_sub(stats.bytes);
         let n = std::io::copy(&mut entry.take(left + 1), &mut w).map_err(|source| {
             if source.kind() == std::io::ErrorKind::InvalidData {
@@ -648,10 +771,9 @@ pub fn unzip(file: &Path, dest: &Path, limits: Limits) -> Result<Stats, ExtractE
         #[cfg(unix)]
         if let Some(mode) = mode {
             use std::os::unix::fs::PermissionsExt;
-            fs_err::set_permissions(
-                &out,
-                std::fs::Permissions::from_mode(safe_mode(mode, false).bits()),
-            )
+            w.set_permissions(std::fs::Permissions::from_mode(
+                safe_mode(mode, false).bits(),
+            ))
             .map_err(write_err)?;
         }
         stats.files += 1;
@@ -995,7 +1117,13 @@ mod tests {
         }
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        assert_eq!(unzip(&good, &out, Limits::default()).unwrap().files, 2);
+        let open = |p: &Path| std::fs::File::open(p).unwrap();
+        assert_eq!(
+            unzip(open(&good), &good, &out, Limits::default())
+                .unwrap()
+                .files,
+            2
+        );
         assert_eq!(std::fs::read(out.join("config.cmd")).unwrap(), b"@echo off");
 
         let bad = dir.path().join("bad.zip");
@@ -1009,10 +1137,115 @@ mod tests {
         let out2 = dir.path().join("out2");
         std::fs::create_dir(&out2).unwrap();
         assert!(matches!(
-            unzip(&bad, &out2, Limits::default()).unwrap_err(),
+            unzip(open(&bad), &bad, &out2, Limits::default()).unwrap_err(),
             ExtractError::Traversal { .. }
         ));
         assert!(!dir.path().join("evil.txt").exists());
+    }
+
+    fn agent_zip(path: &Path) {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        let o = zip::write::SimpleFileOptions::default();
+        z.start_file("bin/Agent.Listener.exe", o).unwrap();
+        z.write_all(b"MZ").unwrap();
+        z.start_file("config.cmd", o).unwrap();
+        z.write_all(b"@echo off").unwrap();
+        z.finish().unwrap();
+    }
+
+    /// A link to a directory, made the way this platform makes one (Windows: a directory symbolic
+    /// link, a reparse point), or `None` where the account may not (Windows without the right).
+    fn dir_link(target: &Path, link: &Path) -> Option<()> {
+        #[cfg(unix)]
+        let made = std::os::unix::fs::symlink(target, link);
+        #[cfg(windows)]
+        let made = std::os::windows::fs::symlink_dir(target, link);
+        link_made(made, link)
+    }
+
+    /// Wine's `CreateSymbolicLinkW` answers success and makes nothing: a link is only used when
+    /// it is really there.
+    fn link_made(made: std::io::Result<()>, link: &Path) -> Option<()> {
+        match made.and_then(|()| std::fs::symlink_metadata(link)) {
+            Ok(m) if is_link(&m) => Some(()),
+            other => {
+                eprintln!("cannot make a link here ({other:?}); skipped");
+                None
+            }
+        }
+    }
+
+    fn file_link(target: &Path, link: &Path) -> Option<()> {
+        #[cfg(unix)]
+        let made = std::os::unix::fs::symlink(target, link);
+        #[cfg(windows)]
+        let made = std::os::windows::fs::symlink_file(target, link);
+        link_made(made, link)
+    }
+
+    #[test]
+    fn zip_extraction_never_follows_a_link_planted_in_the_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("agent.zip");
+        agent_zip(&zip);
+        let open = || std::fs::File::open(&zip).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+
+        // A junction / link where a directory of the package goes.
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        if dir_link(&outside, &out.join("bin")).is_none() {
+            return;
+        }
+        let e = unzip(open(), &zip, &out, Limits::default()).unwrap_err();
+        assert!(matches!(e, ExtractError::ThroughLink { .. }), "{e:?}");
+        assert!(!outside.join("Agent.Listener.exe").exists());
+
+        // A link where a file of the package goes.
+        let out = dir.path().join("out2");
+        std::fs::create_dir(&out).unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "root's").unwrap();
+        if file_link(&victim, &out.join("config.cmd")).is_none() {
+            return;
+        }
+        let e = unzip(open(), &zip, &out, Limits::default()).unwrap_err();
+        assert!(matches!(e, ExtractError::ThroughLink { .. }), "{e:?}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's");
+
+        // The destination itself a link.
+        let out = dir.path().join("out3");
+        if dir_link(&outside, &out).is_none() {
+            return;
+        }
+        let e = unzip(open(), &zip, &out, Limits::default()).unwrap_err();
+        assert!(matches!(e, ExtractError::ThroughLink { .. }), "{e:?}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn zip_is_extracted_from_the_handle_it_was_verified_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("agent.zip");
+        agent_zip(&zip);
+        let verified = std::fs::File::open(&zip).unwrap();
+        // Another archive takes the name after the check: the open handle still reads the first.
+        std::fs::rename(&zip, dir.path().join("moved.zip")).unwrap();
+        {
+            use std::io::Write;
+            let mut z = zip::ZipWriter::new(std::fs::File::create(&zip).unwrap());
+            z.start_file("bin/evil.exe", zip::write::SimpleFileOptions::default())
+                .unwrap();
+            z.write_all(b"evil").unwrap();
+            z.finish().unwrap();
+        }
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        unzip(verified, &zip, &out, Limits::default()).unwrap();
+        assert!(out.join("bin/Agent.Listener.exe").is_file());
+        assert!(!out.join("bin/evil.exe").exists());
     }
 
     #[test]

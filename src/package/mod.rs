@@ -163,16 +163,16 @@ pub struct Staging {
 
 impl Staging {
     /// A fresh, empty staging directory in `parent` (the agent dir's parent, so moving it into
-    /// place is a rename).
+    /// place is a rename; on Windows preferably the cache directory, see [`staging_parent`]).
     pub fn create(parent: &Path, tag: &str) -> Result<Self, PackageError> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{STAGING_PREFIX}{tag}-"))
-            .tempdir_in(parent)
-            .map_err(io_err("creating a staging directory in", parent))?
-            .keep();
-        let debris = Debris::track(&dir);
         #[cfg(unix)]
         {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("{STAGING_PREFIX}{tag}-"))
+                .tempdir_in(parent)
+                .map_err(io_err("creating a staging directory in", parent))?
+                .keep();
+            let debris = Debris::track(&dir);
             use std::os::unix::fs::PermissionsExt;
             fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io_err("setting permissions on", &dir))?;
@@ -183,10 +183,18 @@ impl Staging {
             })?;
             Ok(Self { debris, fd })
         }
-        // Windows: the parent is the administrators' (`C:\`, `%ProgramData%`); the agent dir's
-        // own ACL is set once it is in place.
+        // Windows: created with SYSTEM's and Administrators' ACL alone, by `CreateDirectoryW`
+        // itself, never with what it would inherit (`C:\` lets Users create folders, and their
+        // contents stay writable by their creator); a name that exists (a planted junction
+        // included) is never used.
         #[cfg(windows)]
-        Ok(Self { debris })
+        {
+            let dir = private_unique_dir(parent, &format!("{STAGING_PREFIX}{tag}-"))
+                .map_err(io_err("creating a staging directory in", parent))?;
+            Ok(Self {
+                debris: Debris::track(&dir),
+            })
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -203,6 +211,38 @@ impl Staging {
         drop(self);
         Self::create(&parent, tag)
     }
+}
+
+/// Windows: a new directory `<prefix><random>` in `parent`, private from its creation
+/// ([`crate::fsx::create_private_dir`]); a name already taken is never reused.
+#[cfg(windows)]
+fn private_unique_dir(parent: &Path, prefix: &str) -> std::io::Result<PathBuf> {
+    let mut tries = 0;
+    loop {
+        let dir = parent.join(format!("{prefix}{:012x}", fastrand::u64(..1 << 48)));
+        match crate::fsx::create_private_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Where the staging directory goes. Windows: the cache directory (SYSTEM's and Administrators'
+/// alone, [`crate::fsx::PRIVATE_DIR_SDDL`]) when it is on the agent dir's volume, so placing the
+/// tree stays a rename; else beside the agent dir (the staging dir's own ACL, set at creation,
+/// keeps everyone else out either way). Unix: beside the agent dir.
+fn staging_parent<'a>(cache_dir: &'a Path, parent: &'a Path) -> &'a Path {
+    #[cfg(windows)]
+    if let (Some(a), Some(b)) = (
+        crate::platform::volume_of(cache_dir),
+        crate::platform::volume_of(parent),
+    ) && a.as_os_str().eq_ignore_ascii_case(b.as_os_str())
+    {
+        return cache_dir;
+    }
+    let _ = cache_dir;
+    parent
 }
 
 /// What to fetch and where to put it.
@@ -226,8 +266,9 @@ pub async fn fetch_and_extract(
     progress: &Progress,
 ) -> Result<(Staging, Fetched), PackageError> {
     let cache_dir = target.cache_dir;
-    fs_err::create_dir_all(cache_dir).map_err(io_err("creating the cache directory", cache_dir))?;
-    let mut staging = Staging::create(parent, target.tag)?;
+    crate::fsx::create_private_dir_all(cache_dir)
+        .map_err(io_err("creating the cache directory", cache_dir))?;
+    let mut staging = Staging::create(staging_parent(cache_dir, parent), target.tag)?;
 
     // A verified copy in the cache beats the network; it is verified again as it is read.
     if let Some(sha) = &req.sha256 {
@@ -324,8 +365,18 @@ async fn fetch_once(
         tx: Some(tx),
     };
 
+    // A file is opened once: what is hashed is what is extracted (no second open by path that
+    // another file could have taken the place of).
+    let mut opened: Option<std::fs::File> = None;
     let fed = match source {
-        Source::File(path) => feed_file(path, &mut sink, progress).await,
+        Source::File(path) => match open_package(path) {
+            Ok(file) => {
+                let fed = feed_file(&file, path, &mut sink, progress).await;
+                opened = Some(file);
+                fed
+            }
+            Err(e) => Err(e),
+        },
         Source::Url(url) => feed_url(url, &mut sink, progress, net).await,
     };
     progress.finish();
@@ -355,20 +406,20 @@ async fn fetch_once(
         });
     }
 
-    // Verified. Keep it in the cache, then (zip) extract from it.
-    let cache_file = match partial {
+    // Verified. Keep it in the cache, then (zip) extract from the same open file.
+    let (cache_file, verified) = match partial {
         Some(p) => {
             let dest = cache_path(cache_dir, &actual, req.kind);
-            p.persist(&dest).map_err(|e| PackageError::Io {
+            let file = p.persist(&dest).map_err(|e| PackageError::Io {
                 action: "saving the verified package to",
                 path: dest.clone(),
                 source: e.error,
             })?;
-            Some(dest)
+            (Some(dest), Some(file))
         }
         None => match source {
-            Source::File(p) => Some(p.clone()),
-            Source::Url(_) => None,
+            Source::File(p) => (Some(p.clone()), opened),
+            Source::Url(_) => (None, None),
         },
     };
     let stats = match extracted {
@@ -377,10 +428,11 @@ async fn fetch_once(
             source,
         })?,
         None => {
-            let file = cache_file.clone().expect("zip packages are always on disk");
+            let file = verified.expect("zip packages are always on disk");
+            let shown = cache_file.clone().expect("zip packages are always on disk");
             let staging = staging.path().to_owned();
             let limits = target.limits;
-            tokio::task::spawn_blocking(move || extract::unzip(&file, &staging, limits))
+            tokio::task::spawn_blocking(move || extract::unzip(file, &shown, &staging, limits))
                 .await
                 .expect("unzip thread panicked")
                 .map_err(|source| PackageError::Extract {
@@ -427,10 +479,22 @@ impl Sink {
     }
 }
 
-async fn feed_file(path: &Path, sink: &mut Sink, progress: &Progress) -> Result<(), PackageError> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(io_err("opening the package", path))?;
+/// Opens a package file for reading (once: it is hashed and extracted through this handle).
+fn open_package(path: &Path) -> Result<std::fs::File, PackageError> {
+    std::fs::File::open(path).map_err(io_err("opening the package", path))
+}
+
+/// Feeds the sink from `file` (read through a duplicate of the handle; the caller rewinds it).
+async fn feed_file(
+    file: &std::fs::File,
+    path: &Path,
+    sink: &mut Sink,
+    progress: &Progress,
+) -> Result<(), PackageError> {
+    let mut file = tokio::fs::File::from_std(
+        file.try_clone()
+            .map_err(io_err("opening the package", path))?,
+    );
     let total = file.metadata().await.ok().map(|m| m.len());
     progress.start(total);
     let mut buf = vec![0u8; READ_CHUNK];
@@ -739,11 +803,8 @@ pub fn place(
     let parent = agent_dir
         .parent()
         .expect("validated: the agent dir has a parent");
-    let trash = tempfile::Builder::new()
-        .prefix(OLD_PREFIX)
-        .tempdir_in(parent)
-        .map_err(io_err("creating a directory in", parent))?
-        .keep();
+    let trash = private_unique_dir(parent, OLD_PREFIX)
+        .map_err(io_err("creating a directory in", parent))?;
     let _trash = Debris::track(&trash);
     fs_err::rename(agent_dir, trash.join("agent")).map_err(io_err("moving aside", agent_dir))?;
     fs_err::rename(staging.path(), agent_dir)
@@ -784,8 +845,9 @@ pub fn remove_stale(parent: &Path, cache_dir: &Path, tag: &str) -> Vec<PathBuf> 
     let old = format!("{OLD_PREFIX}{tag}");
     sweep(parent, &|n| n.starts_with(&staging) || n.starts_with(&old));
     let partial = format!("{PARTIAL_PREFIX}{tag}-");
+    // Windows stages in the cache directory ([`staging_parent`]).
     sweep(cache_dir, &|n| {
-        n.starts_with(&partial) && n.ends_with(".partial")
+        (n.starts_with(&partial) && n.ends_with(".partial")) || n.starts_with(&staging)
     });
     removed
 }
@@ -984,6 +1046,30 @@ mod tests {
             "{:?}",
             leftovers(dir.path())
         );
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn windows_stages_in_the_private_cache_dir_on_the_agent_dirs_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        crate::fsx::create_private_dir_all(&cache).unwrap();
+        let parent = dir.path().join("parent");
+        std::fs::create_dir(&parent).unwrap();
+        assert_eq!(staging_parent(&cache, &parent), cache.as_path());
+        let staging = Staging::create(staging_parent(&cache, &parent), "t1").unwrap();
+        assert_eq!(staging.path().parent(), Some(cache.as_path()));
+        let name = staging
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with(".agent-bootstrap-staging-t1-"), "{name}");
+        // Swept as this agent dir's debris when a run was killed.
+        let path = staging.path().to_owned();
+        std::mem::forget(staging);
+        assert_eq!(remove_stale(&parent, &cache, "t1"), vec![path]);
     }
 
     #[test]

@@ -1,15 +1,24 @@
-//! Windows: elevation, Job Objects, console control events.
+//! Windows: elevation, Job Objects, console control events, directories created with their ACL.
 //!
 //! The only `unsafe` code of the crate: calls into `kernel32`/`advapi32` through `windows-sys`, each
-//! with the handles it opens closed by an owning wrapper.
+//! with the handles (and `LocalAlloc`ed buffers) it gets freed by an owning wrapper.
 #![allow(unsafe_code)]
 
-use std::path::Path;
+use std::os::windows::ffi::OsStrExt;
+use std::os::windows::io::AsRawHandle;
+use std::path::{Path, PathBuf};
 
-use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
-use windows_sys::Win32::Security::{
-    GetTokenInformation, TOKEN_ELEVATION, TOKEN_QUERY, TokenElevation,
+use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, LocalFree};
+use windows_sys::Win32::Security::Authorization::{
+    ConvertSecurityDescriptorToStringSecurityDescriptorW,
+    ConvertStringSecurityDescriptorToSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
+    SE_FILE_OBJECT,
 };
+use windows_sys::Win32::Security::{
+    DACL_SECURITY_INFORMATION, GetTokenInformation, PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES,
+    TOKEN_ELEVATION, TOKEN_QUERY, TokenElevation,
+};
+use windows_sys::Win32::Storage::FileSystem::{CreateDirectoryW, GetVolumePathNameW};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
@@ -37,6 +46,138 @@ impl Drop for Owned {
             unsafe { CloseHandle(self.0) };
         }
     }
+}
+
+/// Memory Windows allocated for us with `LocalAlloc`, freed when dropped.
+struct Local(*mut core::ffi::c_void);
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the pointer came from an API documented to allocate it with LocalAlloc.
+            unsafe { LocalFree(self.0) };
+        }
+    }
+}
+
+fn wide(path: &Path) -> Vec<u16> {
+    path.as_os_str().encode_wide().chain(Some(0)).collect()
+}
+
+/// `FILE_FLAG_OPEN_REPARSE_POINT`: a junction or symbolic link is opened itself, never followed.
+pub const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+/// `FILE_FLAG_BACKUP_SEMANTICS`: needed to open a directory.
+const FILE_FLAG_BACKUP_SEMANTICS: u32 = 0x0200_0000;
+/// `FILE_ATTRIBUTE_REPARSE_POINT`: a junction, symbolic link or other reparse point.
+pub const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
+
+/// Creates one directory with the security descriptor `sddl` applied by `CreateDirectoryW`
+/// itself: the directory never exists with another ACL, not even for an instant. Fails (kind
+/// `AlreadyExists`) when anything, a junction included, already has that name.
+pub fn create_dir_with_sddl(path: &Path, sddl: &str) -> std::io::Result<()> {
+    let text: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `text` is NUL-terminated; `sd` receives a LocalAlloc'ed descriptor we free.
+    let ok = unsafe {
+        ConvertStringSecurityDescriptorToSecurityDescriptorW(
+            text.as_ptr(),
+            SDDL_REVISION_1,
+            &mut sd,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let sd = Local(sd);
+    let attributes = SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: sd.0,
+        bInheritHandle: 0,
+    };
+    let name = wide(path);
+    // SAFETY: `name` is NUL-terminated; `attributes` points at a valid descriptor.
+    if unsafe { CreateDirectoryW(name.as_ptr(), &attributes) } == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens a directory itself (a junction or link in its place is opened, not followed), for reading
+/// its attributes and security, and so that it cannot be renamed or deleted while the handle is
+/// held (no `FILE_SHARE_DELETE`).
+pub fn open_dir_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::windows::fs::OpenOptionsExt;
+    const FILE_SHARE_READ: u32 = 1;
+    const FILE_SHARE_WRITE: u32 = 2;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT | FILE_FLAG_BACKUP_SEMANTICS)
+        .open(path)
+}
+
+/// Whether the entry at `path` (not what it may point to) is a junction, symbolic link or other
+/// reparse point.
+pub fn is_reparse_point(meta: &std::fs::Metadata) -> bool {
+    use std::os::windows::fs::MetadataExt;
+    meta.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0 || meta.file_type().is_symlink()
+}
+
+/// The DACL of an open file or directory, as SDDL (`D:P(A;OICI;FA;;;SY)…`).
+pub fn dacl_sddl(file: &std::fs::File) -> std::io::Result<String> {
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: the handle is open; `sd` receives a LocalAlloc'ed descriptor we free.
+    let code = unsafe {
+        GetSecurityInfo(
+            file.as_raw_handle() as HANDLE,
+            SE_FILE_OBJECT,
+            DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if code != 0 {
+        return Err(std::io::Error::from_raw_os_error(code as i32));
+    }
+    let sd = Local(sd);
+    let mut text: *mut u16 = std::ptr::null_mut();
+    let mut len = 0u32;
+    // SAFETY: `sd` is a valid descriptor; `text` receives a LocalAlloc'ed string we free.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd.0,
+            SDDL_REVISION_1,
+            DACL_SECURITY_INFORMATION,
+            &mut text,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let text = Local(text.cast());
+    // SAFETY: the API wrote a NUL-terminated string of `len` characters (the NUL included).
+    let units = unsafe { std::slice::from_raw_parts(text.0.cast::<u16>(), len as usize) };
+    let end = units.iter().position(|u| *u == 0).unwrap_or(units.len());
+    Ok(String::from_utf16_lossy(&units[..end]))
+}
+
+/// The volume `path` is on (`C:\`, or the folder a volume is mounted at), for telling whether a
+/// directory can be moved to another by rename.
+pub fn volume_of(path: &Path) -> Option<PathBuf> {
+    let name = wide(path);
+    let mut buf = vec![0u16; 1024];
+    // SAFETY: `name` is NUL-terminated; the buffer's length is passed.
+    let ok = unsafe { GetVolumePathNameW(name.as_ptr(), buf.as_mut_ptr(), buf.len() as u32) };
+    if ok == 0 {
+        return None;
+    }
+    let end = buf.iter().position(|u| *u == 0).unwrap_or(buf.len());
+    Some(PathBuf::from(String::from_utf16_lossy(&buf[..end])))
 }
 
 /// Whether this process runs elevated (an administrator past UAC, or SYSTEM).

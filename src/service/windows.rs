@@ -249,7 +249,7 @@ pub async fn install_boot_task(
         path: path.clone(),
         source,
     };
-    fs_err::create_dir_all(scratch).map_err(write)?;
+    crate::fsx::create_private_dir_all(scratch).map_err(write)?;
     let mut bytes = vec![0xFF, 0xFE];
     for unit in xml.encode_utf16() {
         bytes.extend_from_slice(&unit.to_le_bytes());
@@ -426,6 +426,21 @@ mod tests {
         assert!(with_state.contains("&amp;"), "{with_state}");
         assert!(!with_state.contains("a & b"));
         assert!(render_boot_task(Path::new("C:\\x\ny"), Path::new(r"C:\a"), None).is_err());
+    }
+
+    #[test]
+    fn private_dirs_get_the_same_acl_at_creation_as_from_icacls() {
+        // CreateDirectoryW's descriptor (crate::fsx::PRIVATE_DIR_SDDL) and icacls say the same:
+        // inheritance cut (P / inheritance:r), SYSTEM and Administrators full control for the
+        // directory and what is created in it (OICI / (OI)(CI)F), nobody else anything.
+        let sddl = crate::fsx::PRIVATE_DIR_SDDL;
+        assert_eq!(sddl, "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)");
+        let args = private_dir_args(Path::new(r"C:\ProgramData\agent-bootstrap"));
+        assert!(args.contains(&"/inheritance:r".to_owned()));
+        assert!(args.contains(&"*S-1-5-18:(OI)(CI)F".to_owned()));
+        assert!(args.contains(&"*S-1-5-32-544:(OI)(CI)F".to_owned()));
+        assert_eq!(args.iter().filter(|a| a.contains(":(")).count(), 2);
+        assert_eq!(sddl.matches("(A;").count(), 2);
     }
 
     #[test]
