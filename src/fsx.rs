@@ -912,7 +912,7 @@ mod tests {
 }
 
 #[cfg(all(test, windows))]
-mod windows_tests {
+mod boot_program_tests {
     use super::*;
 
     /// Under Wine (the Windows unit tests' runner) the descriptors are real calls: this program,
