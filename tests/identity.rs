@@ -542,7 +542,8 @@ fn a_pat_file_must_be_private_and_serves_later_boots() {
     let run = w.reconcile();
     run.assert_code(0);
     assert!(
-        run.stdout.contains("re-registered the agent"),
+        run.stdout
+            .contains("configured the agent from the saved settings"),
         "{}",
         run.stdout
     );
