@@ -21,5 +21,6 @@ if [ -n "$missing" ]; then
         { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $missing >/dev/null; }
 fi
 for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
-    rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+    # The standard library on disk, not rustup's list (which can miss a target installed by hand).
+    [ -d "$(rustc --print sysroot)/lib/rustlib/$target/lib" ] || rustup target add "$target"
 done

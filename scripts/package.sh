@@ -23,7 +23,7 @@ assets=target/package-assets
 triples="x86_64-unknown-linux-musl aarch64-unknown-linux-musl"
 
 for triple in $triples; do
-    rustup target list --installed 2>/dev/null | grep -qx "$triple" \
+    [ -d "$(rustc --print sysroot)/lib/rustlib/$triple/lib" ] \
         || { echo "package.sh: the Rust target $triple is missing: run scripts/cross-setup.sh" >&2; exit 1; }
     cargo build --release --locked --target "$triple" --bin agent-bootstrap
 done

@@ -321,6 +321,20 @@ impl Facts {
         }
     }
 
+    /// Why the agent does not support this release, if it does not: its `config.sh` refuses
+    /// RHEL (and rebuilds of it) before 7 ("RHEL supported for version 7 and higher").
+    pub fn unsupported_release(&self) -> Option<String> {
+        let r = self.os_release.as_ref()?;
+        let rhel = r.is_like(&["rhel", "centos"]) && r.id != "fedora";
+        match r.major() {
+            Some(m) if rhel && m < 7 => Some(format!(
+                "{} {}: the agent supports RHEL 7 and later (its config.sh)",
+                r.id, r.version_id
+            )),
+            _ => None,
+        }
+    }
+
     /// The message for a machine where systemd is not init: no service, and what to run instead.
     pub fn no_systemd_hint() -> &'static str {
         "systemd is not running as init here (a container, WSL without systemd, or another init): \
@@ -378,6 +392,9 @@ impl Report {
                     "distribution: {name}; CA store: {}",
                     f.ca_tool.map_or("unknown", CaTool::command)
                 ));
+            }
+            if let Some(why) = f.unsupported_release() {
+                out.push(format!("agent support: NOT SUPPORTED: {why}"));
             }
             if let Some(e) = f.selinux_enforcing {
                 out.push(format!(
@@ -706,6 +723,24 @@ pub mod tests {
         // Native: no such remark.
         let f = Facts::probe(r.path(), "aarch64", Arch::Arm64);
         assert!(!f.linux_choice().why[1].contains("emulated"));
+    }
+
+    #[test]
+    fn the_agent_supports_rhel_7_and_later() {
+        for (text, unsupported) in [
+            (
+                "ID=\"centos\"\nID_LIKE=\"rhel fedora\"\nVERSION_ID=\"6.10\"\n",
+                true,
+            ),
+            ("ID=\"rhel\"\nVERSION_ID=\"6.9\"\n", true),
+            (RHEL_8, false),
+            (ALMA_9, false),
+            (DEBIAN_11, false),
+            (AZURE_LINUX_3, false),
+        ] {
+            let f = facts(text, Some(GLIBC_X64), "x86_64");
+            assert_eq!(f.unsupported_release().is_some(), unsupported, "{text}");
+        }
     }
 
     #[test]
