@@ -779,6 +779,25 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_replaced_without_writing_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::create_dir(&agent).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "root's").unwrap();
+        std::os::unix::fs::symlink(&victim, agent.join(".proxybypass")).unwrap();
+        replace_file_no_follow(&agent, ".proxybypass", b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's");
+        assert!(is_regular(&agent.join(".proxybypass")));
+        assert_eq!(std::fs::read(agent.join(".proxybypass")).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&agent).unwrap().count(), 1);
+        // The directory itself a link: refused.
+        let via = dir.path().join("via");
+        std::os::unix::fs::symlink(&agent, &via).unwrap();
+        assert!(replace_file_no_follow(&via, ".proxybypass", b"x").is_err());
+    }
+
+    #[test]
     fn give_tree_changes_links_not_their_targets() {
         use std::os::unix::fs::MetadataExt;
         if !nix::unistd::geteuid().is_root() {

@@ -462,3 +462,52 @@ fn run_once_on_windows_takes_a_job_and_unregisters() {
     );
     assert!(!w.service().0);
 }
+
+/// The mode Wine gave a directory SYSTEM created: Wine keeps a directory's ACL only as its Unix
+/// mode, so an ACL granting nobody but SYSTEM and Administrators shows as no bits for others.
+fn others_bits(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o007
+}
+
+/// Issue 17, Windows items 9 and 10, as far as Wine lets them be seen: SYSTEM's own directories
+/// (state, locks, cache, where the package is staged and verified) get their private ACL when they
+/// are created, not after, and nothing is staged beside the agent dir. (Wine shows a planted Unix
+/// link as a plain file or directory, not as a reparse point, and its `CreateSymbolicLinkW` makes
+/// nothing: refusing junctions is unit-tested, see the README.)
+#[test]
+fn system_keeps_its_dirs_private_from_creation_on_windows() {
+    let Some(w) = WinWorld::new() else { return };
+    let run = w.install(&[]);
+    expect(&run, 0);
+    for d in ["state", "state/agents", "state/locks", "cache"] {
+        assert_eq!(
+            others_bits(&w.dir.join(d)),
+            0,
+            "{d} was created open to others"
+        );
+    }
+    let cached: Vec<_> = std::fs::read_dir(w.dir.join("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        cached.len() == 1 && cached[0].ends_with(".zip"),
+        "only the verified zip stays in the cache: {cached:?}"
+    );
+    let beside: Vec<_> = std::fs::read_dir(&w.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".agent-bootstrap"))
+        .collect();
+    assert!(
+        beside.is_empty(),
+        "nothing staged beside the agent dir: {beside:?}"
+    );
+}
