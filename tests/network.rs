@@ -441,3 +441,69 @@ fn root_refuses_a_ca_file_the_agent_user_could_change() {
     assert!(run.stderr.contains("not root"), "{}", run.stderr);
     assert!(proxy.tunnels().is_empty(), "contacted something first");
 }
+
+/// An organization reached by IP address (Azure DevOps Server often is), directly, with a
+/// certificate from a CA the machine does not trust: stops at once, exit 4, naming subject,
+/// issuer and `--ca-file`, both in `install` and in `doctor`.
+#[test]
+fn an_untrusted_certificate_for_an_ip_address_stops_at_once_direct_and_in_doctor() {
+    let w = tls_world();
+    let url = w.sim.tls_org_url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let started = std::time::Instant::now();
+    let mut cmd = w.install_command(&[]);
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if *a == w.org_url() {
+                url.clone()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    assert!(args.contains(&url), "{args:?}");
+    let mut direct = std::process::Command::new(cmd.get_program());
+    direct.args(&args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => direct.env(k, v),
+            None => direct.env_remove(k),
+        };
+    }
+    direct.env_remove("HTTPS_PROXY").env_remove("https_proxy");
+    cmd = direct;
+    let run = w.run_cmd(cmd);
+    run.assert_code(4);
+    for want in [
+        "is not trusted",
+        "CN=dev.azure.simulated",
+        "CN=Simulated Corp Root CA",
+        "--ca-file",
+    ] {
+        assert!(run.stderr.contains(want), "missing {want}: {}", run.stderr);
+    }
+    assert!(!run.stderr.contains("retrying"), "retried: {}", run.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(!w.agent_dir().exists());
+
+    let mut doctor = w.command(&["doctor", "--url", url.as_str()]);
+    doctor.env_remove("HTTPS_PROXY");
+    let run = w.run_cmd(doctor);
+    for want in [
+        "CN=dev.azure.simulated",
+        "CN=Simulated Corp Root CA",
+        "--ca-file",
+    ] {
+        assert!(
+            run.stdout.contains(want) || run.stderr.contains(want),
+            "doctor misses {want}: {}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+}
