@@ -507,3 +507,40 @@ fn an_untrusted_certificate_for_an_ip_address_stops_at_once_direct_and_in_doctor
         );
     }
 }
+
+/// A loopback `http://` organization with a proxy configured for everything (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, no `NO_PROXY`): the bearer token is never sent to the proxy in clear. Plain http
+/// and loopback targets go direct (http is only accepted for loopback, so the token stays on this
+/// machine; a proxy's loopback is not ours anyway).
+#[test]
+fn a_loopback_http_organization_never_sends_its_token_through_the_proxy() {
+    let w = World::new();
+    assert!(
+        w.org_url().starts_with("http://127.0.0.1:"),
+        "{}",
+        w.org_url()
+    );
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let mut cmd = w.install_command(&[]);
+    cmd.env("HTTPS_PROXY", proxy.url())
+        .env("HTTP_PROXY", proxy.url())
+        .env("ALL_PROXY", proxy.url())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let run = w.run_cmd(cmd);
+    assert!(
+        w.count("GET", "connectionData") > 0,
+        "the organization was not reached directly: {}",
+        run.stderr
+    );
+    let clear = proxy.clear_requests();
+    assert!(
+        clear.iter().all(|r| !r.authorization),
+        "a token crossed the proxy in clear: {clear:?}"
+    );
+    assert!(
+        clear.is_empty(),
+        "plain requests reached the proxy: {clear:?}"
+    );
+    assert!(proxy.tunnels().is_empty(), "{:?}", proxy.tunnels());
+}

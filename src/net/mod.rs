@@ -228,10 +228,16 @@ impl Net {
             Some(p) => {
                 let no_proxy = network.no_proxy.clone().unwrap_or_default();
                 let target = p.url.clone();
+                // Only https goes through the proxy, as a CONNECT tunnel the proxy cannot read.
+                // A plain http request would reach the proxy in clear, bearer token included;
+                // the settings accept http only for a loopback organization, which goes direct,
+                // so its token stays on this machine. (https to loopback still tunnels: the proxy
+                // sees only encrypted bytes, and the TLS tests use exactly that.)
                 let mut proxy = reqwest::Proxy::custom(move |url| {
                     let host = url.host_str().unwrap_or("");
-                    (!proxy::bypassed(&no_proxy, host, url.port_or_known_default()))
-                        .then(|| target.clone())
+                    let direct = url.scheme() != "https"
+                        || proxy::bypassed(&no_proxy, host, url.port_or_known_default());
+                    (!direct).then(|| target.clone())
                 });
                 if let (Some(user), Some(password)) = (&p.user, &p.password) {
                     proxy = proxy.basic_auth(user, password.expose());
