@@ -43,11 +43,101 @@ fn open_untrusted(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
+/// Why a secret file is refused: unsafe (a link someone else could have made, an owner or mode
+/// that lets another account change or read it), or unreadable.
+#[derive(Debug)]
+pub enum SecretFileRefused {
+    Unsafe(String),
+    Unreadable(String),
+}
+
+/// Reads a secret (a PAT, a proxy password) from `path`, as root may: the last component is opened
+/// with `O_NOFOLLOW` (so a link is not followed between a check and the read), and the file must be
+/// a regular file owned by root or the caller, not writable by other accounts (nor by a group
+/// other than root's) and not readable by every account. A link is accepted only where nobody
+/// else could have made it (Kubernetes mounts secrets as `token -> ..data/token`): the link and
+/// its directory owned by root or the caller and its directory writable by no one else; the file
+/// it leads to is then read by its resolved path under the same rules.
+#[cfg(unix)]
+pub fn read_secret(path: &Path, limit: u64) -> Result<String, SecretFileRefused> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    let unsafe_ = |s: String| SecretFileRefused::Unsafe(s);
+    let dir_ok = |dir: &Path| -> Result<(), SecretFileRefused> {
+        let m = std::fs::metadata(dir).map_err(|e| unsafe_(format!("{}: {e}", dir.display())))?;
+        if !trusted(m.uid()) || m.mode() & 0o002 != 0 || (m.mode() & 0o020 != 0 && m.gid() != 0) {
+            return Err(unsafe_(format!(
+                "it is a link in {}, which another account can change",
+                dir.display()
+            )));
+        }
+        Ok(())
+    };
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| SecretFileRefused::Unreadable(e.to_string()))?;
+    let real = if meta.file_type().is_symlink() {
+        if !trusted(meta.uid()) {
+            return Err(unsafe_(format!(
+                "it is a link owned by uid {}, not root",
+                meta.uid()
+            )));
+        }
+        dir_ok(path.parent().unwrap_or(Path::new("/")))?;
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| SecretFileRefused::Unreadable(e.to_string()))?;
+        dir_ok(real.parent().unwrap_or(Path::new("/")))?;
+        real
+    } else {
+        path.to_owned()
+    };
+    let file = open_untrusted(&real).map_err(|e| match e.raw_os_error() {
+        Some(e) if e == Errno::ELOOP as i32 => {
+            unsafe_("it was swapped for a link while being read".into())
+        }
+        _ => SecretFileRefused::Unreadable(e.to_string()),
+    })?;
+    let st = file
+        .metadata()
+        .map_err(|e| SecretFileRefused::Unreadable(e.to_string()))?;
+    if !st.is_file() {
+        return Err(unsafe_("it is not a regular file".into()));
+    }
+    let mode = st.mode() & 0o7777;
+    if !trusted(st.uid()) {
+        return Err(unsafe_(format!(
+            "it is owned by uid {}, not root: that account could change it; `chown root` it",
+            st.uid()
+        )));
+    }
+    if mode & 0o002 != 0 || (mode & 0o020 != 0 && st.gid() != 0) {
+        return Err(unsafe_(format!(
+            "other accounts can write it (mode {mode:o}); `chmod go-w` it"
+        )));
+    }
+    if mode & 0o004 != 0 {
+        return Err(unsafe_(format!(
+            "every account on this machine can read it (mode {mode:o}); `chmod o-r` it"
+        )));
+    }
+    read_open(file, limit).map_err(|e| SecretFileRefused::Unreadable(e.to_string()))
+}
+
+/// Windows: the file is read without following a reparse point; its ACL is the caller's concern.
+#[cfg(windows)]
+pub fn read_secret(path: &Path, limit: u64) -> Result<String, SecretFileRefused> {
+    read_untrusted(path, limit).map_err(|e| SecretFileRefused::Unreadable(e.to_string()))
+}
+
 /// Reads a file in a directory another account can write, as root may: a regular file only (a link
 /// is not followed, a FIFO or device is refused without blocking), at most `limit` bytes.
 pub fn read_untrusted(path: &Path, limit: u64) -> std::io::Result<String> {
+    read_open(open_untrusted(path)?, limit)
+}
+
+/// Reads an opened regular file of at most `limit` bytes of UTF-8.
+fn read_open(file: std::fs::File, limit: u64) -> std::io::Result<String> {
     use std::io::Read;
-    let file = open_untrusted(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::new(

@@ -761,3 +761,88 @@ fn a_boot_unit_never_runs_a_binary_the_agent_user_could_replace() {
     run.assert_code(0);
     assert_eq!(std::fs::read_dir(w.units_dir()).unwrap().count(), 2);
 }
+
+/// A directory the agent user owns, for an attack to plant files in.
+fn agent_users_dir(w: &World, name: &str) -> std::path::PathBuf {
+    let user = agent_user();
+    let dir = w.dir.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+    dir
+}
+
+/// Secret files (the PAT file, the proxy password file): a link the agent user planted, or a file
+/// the agent user owns, is refused with exit 2 naming the setting and the file, before anything is
+/// contacted; a root-owned private file, or a link root made in a root-owned directory (how
+/// Kubernetes mounts secrets), is read.
+#[test]
+fn secret_files_the_agent_user_could_change_or_link_are_refused() {
+    let w = World::new();
+    let planted = agent_users_dir(&w, "job-secrets");
+    let root_dir = w.dir.path().join("root-secrets");
+    std::fs::create_dir(&root_dir).unwrap();
+    let real = root_dir.join("real");
+    std::fs::write(&real, "a-secret-value\n").unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    as_agent_user_ok(&format!(
+        "ln -s {real} {p}/link && printf 'job-value\\n' > {p}/owned && chmod 600 {p}/owned",
+        real = real.display(),
+        p = planted.display()
+    ));
+    let link = planted.join("link");
+    let owned = planted.join("owned");
+    // A root-made link in a root-owned directory, like Kubernetes' `token -> ..data/token`.
+    let roots_link = root_dir.join("token");
+    std::os::unix::fs::symlink(&real, &roots_link).unwrap();
+
+    let pat = |file: &Path| {
+        let mut cmd = w.install_command(&["--identity", "pat"]);
+        cmd.env("AZP_TOKEN_FILE", file);
+        w.run_cmd(cmd)
+    };
+    for bad in [&link, &owned] {
+        let run = pat(bad);
+        run.assert_code(2);
+        for want in ["AZP_TOKEN_FILE", &bad.display().to_string()] {
+            assert!(run.stderr.contains(want), "missing {want}: {}", run.stderr);
+        }
+        assert!(
+            w.requests().is_empty(),
+            "contacted something: {}",
+            run.stderr
+        );
+    }
+    for good in [&real, &roots_link] {
+        let run = pat(good);
+        assert!(!run.stderr.contains("refusing"), "{}", run.stderr);
+    }
+
+    let proxy = |file: &Path| {
+        let mut cmd = w.install_command(&[
+            "--proxy",
+            "http://127.0.0.1:9",
+            "--proxy-user",
+            "alice",
+            "--proxy-password-file",
+            file.to_str().unwrap(),
+        ]);
+        cmd.env_remove("HTTPS_PROXY");
+        w.run_cmd(cmd)
+    };
+    for bad in [&link, &owned] {
+        let run = proxy(bad);
+        run.assert_code(2);
+        for want in ["--proxy-password-file", &bad.display().to_string()] {
+            assert!(run.stderr.contains(want), "missing {want}: {}", run.stderr);
+        }
+        assert!(!run.stderr.contains("job-value") && !run.stderr.contains("a-secret-value"));
+    }
+    for good in [&real, &roots_link] {
+        let run = proxy(good);
+        assert!(
+            !run.stderr.contains("--proxy-password-file"),
+            "{}",
+            run.stderr
+        );
+    }
+}

@@ -482,3 +482,106 @@ fn root_refuses_a_ca_file_the_agent_user_could_change() {
     assert!(run.stderr.contains("not root"), "{}", run.stderr);
     assert!(proxy.tunnels().is_empty(), "contacted something first");
 }
+
+/// An organization reached by IP address (Azure DevOps Server often is), directly, with a
+/// certificate from a CA the machine does not trust: stops at once, exit 4, naming subject,
+/// issuer and `--ca-file`, both in `install` and in `doctor`.
+#[test]
+fn an_untrusted_certificate_for_an_ip_address_stops_at_once_direct_and_in_doctor() {
+    let w = tls_world();
+    let url = w.sim.tls_org_url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let started = std::time::Instant::now();
+    let mut cmd = w.install_command(&[]);
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if *a == w.org_url() {
+                url.clone()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    assert!(args.contains(&url), "{args:?}");
+    let mut direct = std::process::Command::new(cmd.get_program());
+    direct.args(&args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => direct.env(k, v),
+            None => direct.env_remove(k),
+        };
+    }
+    direct.env_remove("HTTPS_PROXY").env_remove("https_proxy");
+    cmd = direct;
+    let run = w.run_cmd(cmd);
+    run.assert_code(4);
+    for want in [
+        "is not trusted",
+        "CN=dev.azure.simulated",
+        "CN=Simulated Corp Root CA",
+        "--ca-file",
+    ] {
+        assert!(run.stderr.contains(want), "missing {want}: {}", run.stderr);
+    }
+    assert!(!run.stderr.contains("retrying"), "retried: {}", run.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(!w.agent_dir().exists());
+
+    let mut doctor = w.command(&["doctor", "--url", url.as_str()]);
+    doctor.env_remove("HTTPS_PROXY");
+    let run = w.run_cmd(doctor);
+    for want in [
+        "CN=dev.azure.simulated",
+        "CN=Simulated Corp Root CA",
+        "--ca-file",
+    ] {
+        assert!(
+            run.stdout.contains(want) || run.stderr.contains(want),
+            "doctor misses {want}: {}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+}
+
+/// A loopback `http://` organization with a proxy configured for everything (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, no `NO_PROXY`): the bearer token is never sent to the proxy in clear. Plain http
+/// and loopback targets go direct (http is only accepted for loopback, so the token stays on this
+/// machine; a proxy's loopback is not ours anyway).
+#[test]
+fn a_loopback_http_organization_never_sends_its_token_through_the_proxy() {
+    let w = World::new();
+    assert!(
+        w.org_url().starts_with("http://127.0.0.1:"),
+        "{}",
+        w.org_url()
+    );
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let mut cmd = w.install_command(&[]);
+    cmd.env("HTTPS_PROXY", proxy.url())
+        .env("HTTP_PROXY", proxy.url())
+        .env("ALL_PROXY", proxy.url())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let run = w.run_cmd(cmd);
+    assert!(
+        w.count("GET", "connectionData") > 0,
+        "the organization was not reached directly: {}",
+        run.stderr
+    );
+    let clear = proxy.clear_requests();
+    assert!(
+        clear.iter().all(|r| !r.authorization),
+        "a token crossed the proxy in clear: {clear:?}"
+    );
+    assert!(
+        clear.is_empty(),
+        "plain requests reached the proxy: {clear:?}"
+    );
+    assert!(proxy.tunnels().is_empty(), "{:?}", proxy.tunnels());
+}

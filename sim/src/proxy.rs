@@ -27,9 +27,20 @@ pub struct Tunnel {
     pub user: Option<String>,
 }
 
+/// A request sent to the proxy in clear (not a CONNECT tunnel): what a proxy could read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClearRequest {
+    /// The request line, e.g. `GET http://host/path HTTP/1.1`.
+    pub line: String,
+    /// Whether it carried an `Authorization` header (a bearer token or PAT, in clear).
+    pub authorization: bool,
+}
+
 pub struct ProxySim {
     pub addr: SocketAddr,
     pub tunnels: Arc<Mutex<Vec<Tunnel>>>,
+    /// Requests sent to the proxy in clear (absolute-form `GET http://…`), answered 405.
+    pub clear: Arc<Mutex<Vec<ClearRequest>>>,
     _thread: std::thread::JoinHandle<()>,
 }
 
@@ -40,6 +51,8 @@ impl ProxySim {
         let addr = listener.local_addr()?;
         let tunnels = Arc::new(Mutex::new(vec![]));
         let seen = tunnels.clone();
+        let clear = Arc::new(Mutex::new(vec![]));
+        let clear_seen = clear.clone();
         let thread = std::thread::Builder::new()
             .name("proxy-sim".into())
             .spawn(move || {
@@ -54,13 +67,19 @@ impl ProxySim {
                         let Ok((conn, _)) = listener.accept().await else {
                             continue;
                         };
-                        tokio::spawn(handle(conn, config.clone(), seen.clone()));
+                        tokio::spawn(handle(
+                            conn,
+                            config.clone(),
+                            seen.clone(),
+                            clear_seen.clone(),
+                        ));
                     }
                 });
             })?;
         Ok(Self {
             addr,
             tunnels,
+            clear,
             _thread: thread,
         })
     }
@@ -72,12 +91,17 @@ impl ProxySim {
     pub fn tunnels(&self) -> Vec<Tunnel> {
         self.tunnels.lock().unwrap().clone()
     }
+
+    pub fn clear_requests(&self) -> Vec<ClearRequest> {
+        self.clear.lock().unwrap().clone()
+    }
 }
 
 async fn handle(
     mut conn: tokio::net::TcpStream,
     config: ProxyConfig,
     seen: Arc<Mutex<Vec<Tunnel>>>,
+    clear: Arc<Mutex<Vec<ClearRequest>>>,
 ) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -91,6 +115,15 @@ async fn handle(
     let mut lines = text.split("\r\n");
     let first: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
     if first.first() != Some(&"CONNECT") || first.len() < 2 {
+        let authorization = text
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .any(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"));
+        clear.lock().unwrap().push(ClearRequest {
+            line: first.join(" "),
+            authorization,
+        });
         let _ = conn
             .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
             .await;

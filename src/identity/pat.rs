@@ -126,29 +126,14 @@ fn read(path: &Path) -> Result<Secret, IdentityError> {
         path: path.to_owned(),
         detail,
     };
-    // Kubernetes mounts secrets as links (`..data/…`): follow them, read only a small regular file.
-    let meta = fs_err::metadata(path).map_err(|e| err(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(err("not a regular file".into()));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode();
-        if mode & 0o004 != 0 {
-            return Err(IdentityError::Unsafe {
-                what: format!("the PAT file {}", path.display()),
-                why: format!(
-                    "every account on this machine can read it (mode {:o}); `chmod o-r` it",
-                    mode & 0o7777
-                ),
-            });
-        }
-    }
-    if meta.len() > MAX_PAT {
-        return Err(err(format!("larger than {MAX_PAT} bytes: not a PAT")));
-    }
-    let text = fs_err::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    // Kubernetes mounts secrets as links (`..data/…`): fsx accepts those only where root made them.
+    let text = crate::fsx::read_secret(path, MAX_PAT).map_err(|e| match e {
+        crate::fsx::SecretFileRefused::Unsafe(why) => IdentityError::Unsafe {
+            what: format!("the PAT file {} ({FILE_ENV})", path.display()),
+            why,
+        },
+        crate::fsx::SecretFileRefused::Unreadable(detail) => err(detail),
+    })?;
     Ok(Secret::new(text.trim()))
 }
 

@@ -228,10 +228,16 @@ impl Net {
             Some(p) => {
                 let no_proxy = network.no_proxy.clone().unwrap_or_default();
                 let target = p.url.clone();
+                // Only https goes through the proxy, as a CONNECT tunnel the proxy cannot read.
+                // A plain http request would reach the proxy in clear, bearer token included;
+                // the settings accept http only for a loopback organization, which goes direct,
+                // so its token stays on this machine. (https to loopback still tunnels: the proxy
+                // sees only encrypted bytes, and the TLS tests use exactly that.)
                 let mut proxy = reqwest::Proxy::custom(move |url| {
                     let host = url.host_str().unwrap_or("");
-                    (!proxy::bypassed(&no_proxy, host, url.port_or_known_default()))
-                        .then(|| target.clone())
+                    let direct = url.scheme() != "https"
+                        || proxy::bypassed(&no_proxy, host, url.port_or_known_default());
+                    (!direct).then(|| target.clone())
                 });
                 if let (Some(user), Some(password)) = (&p.user, &p.password) {
                     proxy = proxy.basic_auth(user, password.expose());
@@ -244,7 +250,29 @@ impl Net {
             reqwest::Client::new()
         })
     }
+}
 
+/// The rustls error somewhere in `e`'s causes, looking inside every `io::Error` on the way
+/// (`io::Error::source` returns the wrapped error's source, not the wrapped error).
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(r) = find_rustls(inner)
+        {
+            return Some(r);
+        }
+        source = err.source();
+    }
+    None
+}
+
+impl Net {
     /// What a transport error means, when retrying cannot fix it.
     pub fn blocked(&self, e: &reqwest::Error) -> Option<Blocked> {
         let url = e.url()?;
@@ -254,45 +282,34 @@ impl Net {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let target = format!("{host}:{}", url.port_or_known_default().unwrap_or(443));
-        // rustls' own error, inside the connector's io::Error.
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = source {
-            let inner = err
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .map(|i| i as &(dyn std::error::Error + 'static));
-            for candidate in [Some(err), inner].into_iter().flatten() {
-                if let Some(rustls::Error::InvalidCertificate(reason)) =
-                    candidate.downcast_ref::<rustls::Error>()
-                {
-                    let (subject, issuer) = self
-                        .refused
-                        .get(host)
-                        .and_then(|der| tls::names(&der))
-                        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
-                    let network = self.network();
-                    let hint = match &network.ca_file {
-                        Some(ca) => format!(
-                            "the certificates in {} do not vouch for it either: add the CA that \
-                             issued '{issuer}', or find out what intercepts the connection",
-                            ca.display()
-                        ),
-                        None => format!(
-                            "if '{issuer}' is your organization's CA (TLS inspection, Azure DevOps \
-                             Server), pass its certificate with --ca-file PEM; otherwise something \
-                             intercepts this connection"
-                        ),
-                    };
-                    return Some(Blocked::Certificate {
-                        host: host.to_owned(),
-                        reason: format!("{reason:?}"),
-                        subject,
-                        issuer,
-                        hint,
-                    });
-                }
-            }
-            source = err.source();
+        // rustls' own error, inside the connector's io::Error (which may itself be wrapped in
+        // another io::Error: `io::Error::source` skips the error it wraps, so both are walked).
+        if let Some(rustls::Error::InvalidCertificate(reason)) = find_rustls(e) {
+            let (subject, issuer) = self
+                .refused
+                .get(host)
+                .and_then(|der| tls::names(&der))
+                .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+            let network = self.network();
+            let hint = match &network.ca_file {
+                Some(ca) => format!(
+                    "the certificates in {} do not vouch for it either: add the CA that \
+                     issued '{issuer}', or find out what intercepts the connection",
+                    ca.display()
+                ),
+                None => format!(
+                    "if '{issuer}' is your organization's CA (TLS inspection, Azure DevOps \
+                     Server), pass its certificate with --ca-file PEM; otherwise something \
+                     intercepts this connection"
+                ),
+            };
+            return Some(Blocked::Certificate {
+                host: host.to_owned(),
+                reason: format!("{reason:?}"),
+                subject,
+                issuer,
+                hint,
+            });
         }
         let text = crate::error::one_line(e);
         let network = self.network();

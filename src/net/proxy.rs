@@ -300,18 +300,10 @@ fn read_password(path: &Path) -> Result<Secret, NetworkError> {
     if !path.is_absolute() {
         return Err(bad(what, "must be an absolute path"));
     }
-    let meta = std::fs::symlink_metadata(path).map_err(|e| bad(&what, e.to_string()))?;
-    if !meta.is_file() || meta.len() > MAX_PASSWORD {
-        return Err(bad(&what, "must be a regular file holding the password"));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o004 != 0 {
-            return Err(bad(&what, "is readable by every account: chmod 600 it"));
-        }
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| bad(&what, e.to_string()))?;
+    let text = crate::fsx::read_secret(path, MAX_PASSWORD).map_err(|e| match e {
+        crate::fsx::SecretFileRefused::Unsafe(why) => bad(&what, format!("refused: {why}")),
+        crate::fsx::SecretFileRefused::Unreadable(detail) => bad(&what, detail),
+    })?;
     let pw = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if pw.is_empty() || pw.chars().any(char::is_control) {
         return Err(bad(&what, "holds no password (an empty first line)"));
@@ -569,7 +561,7 @@ mod tests {
             ..Default::default()
         };
         let err = Network::resolve(&g, &env(&[])).unwrap_err();
-        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(err.to_string().contains("chmod o-r"), "{err}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let p = Network::resolve(&g, &env(&[])).unwrap().proxy.unwrap();
         assert_eq!(p.password.unwrap().expose(), "s3cret");
