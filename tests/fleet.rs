@@ -718,7 +718,7 @@ fn run_stopped_while_configuring_stops_config_sh_and_leaves_other_agents_alone()
 /// `AZURE_CLIENT_SECRET`, `AZP_TOKEN`-like values the container was given), so it is not
 /// dumpable: its environ and memory are root's, and the same-uid job gets nothing.
 #[test]
-fn a_containers_job_cannot_read_runs_environment() {
+fn a_containers_job_cannot_read_runs_environment_or_redirect_its_deregistration() {
     const SECRET: &str = "client-secret-5e4d3c2b1a";
     let w = World::new();
     let (user, home) = w.nobody_home();
@@ -786,7 +786,62 @@ fn a_containers_job_cannot_read_runs_environment() {
     // Root still can (the secret was there to be read: the test can fail).
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(String::from_utf8_lossy(&environ).contains(SECRET));
+    // The job rewrites run's saved settings (its own account's files) to send the token to
+    // another server at exit.
+    let evil = World::new();
+    let saved: Vec<_> = walkdir(&home)
+        .into_iter()
+        .filter(|p| !p.starts_with(&agent_dir))
+        .filter(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| t.contains(&url) && t.contains("pod-1"))
+        })
+        .collect();
+    assert!(
+        !saved.is_empty(),
+        "no saved settings under {}",
+        home.display()
+    );
+    for file in &saved {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut job = std::process::Command::new("/bin/sh");
+        job.arg("-c")
+            .arg("cat > \"$0\"")
+            .arg(file)
+            .stdin(std::process::Stdio::piped())
+            .env_clear();
+        std::os::unix::process::CommandExt::uid(&mut job, user.uid.as_raw());
+        std::os::unix::process::CommandExt::gid(&mut job, user.gid.as_raw());
+        let mut p = job.spawn().unwrap();
+        std::io::Write::write_all(
+            p.stdin.as_mut().unwrap(),
+            text.replace(&url, &evil.org_url()).as_bytes(),
+        )
+        .unwrap();
+        drop(p.stdin.take());
+        assert!(p.wait().unwrap().success());
+    }
     let run = Run::of(child.wait_with_output().unwrap());
     run.assert_code(0);
-    assert!(pod_agent(&w).is_none());
+    assert!(
+        pod_agent(&w).is_none(),
+        "not deleted where it was registered"
+    );
+    assert!(
+        evil.requests().is_empty(),
+        "the rewritten settings sent requests elsewhere: {:?}",
+        evil.requests()
+    );
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walkdir(&p));
+        } else if e.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -108,8 +108,9 @@ pub async fn run(s: &RunSettings, env: &Env, net: &Net, progress: &Progress) -> 
     // 2. The agent, in the foreground.
     let ran = run_agent(s, env, net, &saved, &mut signals).await;
 
-    // 3. Unregister, whatever happened.
-    let unregistered = unregister(&target, env, i.os, net).await;
+    // 3. Unregister, whatever happened, from the settings read before any job ran: the files
+    // are this account's, which its jobs could have rewritten to send the token elsewhere.
+    let unregistered = remove::remove_known(&target, false, env, i.os, net, Some(saved)).await;
     let code = ran?;
     if let Err(e) = unregistered {
         tracing::error!(
