@@ -712,3 +712,136 @@ fn run_stopped_while_configuring_stops_config_sh_and_leaves_other_agents_alone()
     assert_eq!(w.count("DELETE", "/agents/"), 0);
     assert!(w.saved_settings_files().is_empty());
 }
+
+/// A job of a container's agent runs as the same account as `run`: it reads `/proc/$PPID…` of
+/// every process of its uid. `run` holds credentials in its environment (here
+/// `AZURE_CLIENT_SECRET`, `AZP_TOKEN`-like values the container was given), so it is not
+/// dumpable: its environ and memory are root's, and the same-uid job gets nothing.
+#[test]
+fn a_containers_job_cannot_read_runs_environment_or_redirect_its_deregistration() {
+    const SECRET: &str = "client-secret-5e4d3c2b1a";
+    let w = World::new();
+    let (user, home) = w.nobody_home();
+    let agent_dir = home.join("agent");
+    w.extract_package_into(&agent_dir);
+    let chown = std::process::Command::new("chown")
+        .args(["-R", &format!("{}:{}", user.uid, user.gid)])
+        .arg(&agent_dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    w.sim.state().queued_jobs.push_back(4000);
+    // The package named outright (the machine's libc does not change what is tested here).
+    let pkg = home.join("agent.tar.gz");
+    std::fs::copy(&w.sim.package.path, &pkg).unwrap();
+    std::os::unix::fs::chown(&pkg, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+    let url = w.org_url();
+    let mut cmd = w.command(&[
+        "run",
+        "--url",
+        &url,
+        "--agent-dir",
+        agent_dir.to_str().unwrap(),
+        "--agent-name",
+        "pod-1",
+        "--once",
+        "--package",
+        pkg.to_str().unwrap(),
+        "--package-sha256",
+        &w.sim.package.sha256,
+    ]);
+    cmd.env("HOME", &home)
+        .env("AZURE_CLIENT_SECRET", SECRET)
+        .env_remove("AGENT_BOOTSTRAP_STATE_DIR")
+        .env_remove("AGENT_BOOTSTRAP_CACHE_DIR");
+    let mut child = spawn(as_user(&cmd, &user));
+    let pid = child.id();
+    wait_until("a job assigned", 60, || {
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("run ended early: {err}");
+        }
+        pod_agent(&w).is_some_and(|a| a.assigned_request.is_some())
+    });
+    // The job, as the container's user: run's environ, and its memory through /proc.
+    let mut job = std::process::Command::new("/bin/sh");
+    job.arg("-c")
+        .arg(format!(
+            "cat /proc/{pid}/environ | tr '\\0' '\\n'; echo; head -c 100 /proc/{pid}/mem; \
+             ls -l /proc/{pid}/environ"
+        ))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    std::os::unix::process::CommandExt::uid(&mut job, user.uid.as_raw());
+    std::os::unix::process::CommandExt::gid(&mut job, user.gid.as_raw());
+    let out = job.output().unwrap();
+    let seen = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!seen.contains(SECRET), "the job read run's secret: {seen}");
+    assert!(seen.contains("Permission denied"), "{seen}");
+    // Root still can (the secret was there to be read: the test can fail).
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains(SECRET));
+    // The job rewrites run's saved settings (its own account's files) to send the token to
+    // another server at exit.
+    let evil = World::new();
+    let saved: Vec<_> = walkdir(&home)
+        .into_iter()
+        .filter(|p| !p.starts_with(&agent_dir))
+        .filter(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| t.contains(&url) && t.contains("pod-1"))
+        })
+        .collect();
+    assert!(
+        !saved.is_empty(),
+        "no saved settings under {}",
+        home.display()
+    );
+    for file in &saved {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut job = std::process::Command::new("/bin/sh");
+        job.arg("-c")
+            .arg("cat > \"$0\"")
+            .arg(file)
+            .stdin(std::process::Stdio::piped())
+            .env_clear();
+        std::os::unix::process::CommandExt::uid(&mut job, user.uid.as_raw());
+        std::os::unix::process::CommandExt::gid(&mut job, user.gid.as_raw());
+        let mut p = job.spawn().unwrap();
+        std::io::Write::write_all(
+            p.stdin.as_mut().unwrap(),
+            text.replace(&url, &evil.org_url()).as_bytes(),
+        )
+        .unwrap();
+        drop(p.stdin.take());
+        assert!(p.wait().unwrap().success());
+    }
+    let run = Run::of(child.wait_with_output().unwrap());
+    run.assert_code(0);
+    assert!(
+        pod_agent(&w).is_none(),
+        "not deleted where it was registered"
+    );
+    assert!(
+        evil.requests().is_empty(),
+        "the rewritten settings sent requests elsewhere: {:?}",
+        evil.requests()
+    );
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walkdir(&p));
+        } else if e.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(p);
+        }
+    }
+    out
+}

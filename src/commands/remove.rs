@@ -44,9 +44,23 @@ pub async fn remove_locked(
     os: Os,
     net: &Net,
 ) -> Result<(), Error> {
+    let saved = state::load(&t.paths.state_dir, &t.agent_dir)?;
+    remove_known(t, purge, env, os, net, saved).await
+}
+
+/// [`remove_locked`] with the saved settings the caller holds in memory (`run`: its settings sit
+/// where its jobs' account can rewrite them, so they are not read again to decide where the
+/// token goes).
+pub async fn remove_known(
+    t: &Target,
+    purge: bool,
+    env: &Env,
+    os: Os,
+    net: &Net,
+    saved: Option<state::Saved>,
+) -> Result<(), Error> {
     let agent_dir = t.agent_dir.as_path();
     let (state_dir, cache_dir) = (&t.paths.state_dir, &t.paths.cache_dir);
-    let saved = state::load(state_dir, agent_dir)?;
     let agent = AgentDir::new(agent_dir, &os);
     let agent_uid = saved
         .as_ref()

@@ -49,6 +49,19 @@ type AgentTask = tokio::task::JoinHandle<Result<Finished, ProcessError>>;
 
 pub async fn run(s: &RunSettings, env: &Env, net: &Net, progress: &Progress) -> Result<u8, Error> {
     let i = &s.install;
+    // Jobs run as this process's own account (a container's user) and could read its
+    // credentials (AZP_TOKEN, AZURE_CLIENT_SECRET, IDENTITY_HEADER, a proxy password) from
+    // /proc/<pid>/environ or its memory (ptrace, /proc/<pid>/mem). Not dumpable, the kernel makes
+    // those root's (proc(5), PR_SET_DUMPABLE in prctl(2)); the agent's own processes get their
+    // flag back at execve, so the listener and jobs are unaffected.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        return Err(Error::Configure {
+            message: format!(
+                "cannot hide this process's credentials from its jobs (PR_SET_DUMPABLE: {e})"
+            ),
+        });
+    }
     install::check_location(i, env)?;
     let mut signals = interrupt::listen();
     let _lock = crate::lock::acquire(&i.state_dir, &i.agent_dir, install::LOCK_WAIT).await?;
@@ -95,8 +108,9 @@ pub async fn run(s: &RunSettings, env: &Env, net: &Net, progress: &Progress) -> 
     // 2. The agent, in the foreground.
     let ran = run_agent(s, env, net, &saved, &mut signals).await;
 
-    // 3. Unregister, whatever happened.
-    let unregistered = unregister(&target, env, i.os, net).await;
+    // 3. Unregister, whatever happened, from the settings read before any job ran: the files
+    // are this account's, which its jobs could have rewritten to send the token elsewhere.
+    let unregistered = remove::remove_known(&target, false, env, i.os, net, Some(saved)).await;
     let code = ran?;
     if let Err(e) = unregistered {
         tracing::error!(
