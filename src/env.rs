@@ -296,6 +296,26 @@ fn without_password(name: &str, value: &str) -> Option<String> {
 /// (`config.sh`/`config.cmd`, `run.sh`, the listener, a shell run as the agent user) starts with
 /// these: the proxy password reaches the agent only as its own input at configuration, never in
 /// an environment a job inherits or `env.sh` copies into `.env`.
+/// Whether a variable carries a secret: a credential ([`CREDENTIAL_VARS`], `VSTS_AGENT_INPUT_*`,
+/// the proxy password variable) or a proxy URL with a password in it.
+pub fn is_secret(name: &str, value: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    CREDENTIAL_VARS.iter().any(|c| *c == upper)
+        || CREDENTIAL_PREFIXES.iter().any(|p| upper.starts_with(p))
+        || upper == "AGENT_BOOTSTRAP_PROXY_PASSWORD"
+        || without_password(name, value).as_deref() != Some(value)
+}
+
+impl Env {
+    /// The secrets the process moved out of its own environment ([`crate::scrub`]), back into the
+    /// environment the program works with.
+    pub fn with_vars(mut self, vars: Vec<(String, String)>) -> Self {
+        self.vars.extend(vars);
+        self.vars.remove(crate::scrub::FD_ENV);
+        self
+    }
+}
+
 pub fn without_proxy_passwords(vars: Vec<(String, String)>) -> Vec<(String, String)> {
     vars.into_iter()
         .filter_map(|(k, v)| without_password(&k, &v).map(|v| (k, v)))

@@ -10,13 +10,21 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use agent_bootstrap::{cli::Cli, commands, crash, env::Env, error, interrupt, logging};
+use agent_bootstrap::{cli::Cli, commands, crash, env::Env, error, interrupt, logging, scrub};
 
 fn main() -> ExitCode {
     crash::install_hook();
     let cli = Cli::parse();
-    let env = Env::capture();
+    // `run` shares its account with its jobs: no secret stays in its /proc environ.
+    let restarted = match cli.command {
+        agent_bootstrap::cli::Command::Run(_) => scrub::restart_without_secrets(),
+        _ => Ok(()),
+    };
+    let env = Env::capture().with_vars(scrub::take_secrets());
     logging::init(cli.log_format, &env);
+    if let Err(e) = restarted {
+        tracing::warn!("{e}; the secret variables stay in this process's environment");
+    }
     crash::panic_if_asked(&env);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
