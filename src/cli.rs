@@ -282,6 +282,11 @@ pub struct InstallArgs {
     /// system user `azpagent`, created if missing. (Linux)
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Install the agent's own dependencies first (as the scale-set extension does): the package's
+    /// bin/installdependencies.sh runs as root from the verified extraction, never from the agent
+    /// dir. Without it, missing dependencies stop the install (exit 6) with the command to run. (Linux)
+    #[arg(long)]
+    pub install_dependencies: bool,
     /// Allow ending every process of --user's account before the agent is configured (and at
     /// every later re-registration). Configuring ends them all so that none can read the token or
     /// change the package; without this, an account that runs other programs is refused. (Linux)

@@ -274,16 +274,32 @@ pub fn check(package_root: &Path, facts: &Facts, env: &Env) -> Result<(), DepsEr
     Err(DepsError::Missing { missing, command })
 }
 
-/// Runs the package's own `bin/installdependencies.sh` as root from `staging` (the verified,
-/// root-owned extraction; never the agent dir): the script and every directory above it must be
-/// root's and writable by no one else. Returns the lines it printed. Blocking.
+/// Runs the package's own `bin/installdependencies.sh` as root from `staging` (the verified
+/// extraction; never the agent dir): `staging` and every directory above it must be root's and
+/// writable by no one else, and `staging` closed to everyone else (`0700`), so nothing in it is
+/// within another account's reach whoever its files are given to; the script must be a regular
+/// file, not a link. Returns the lines it printed. Blocking.
 pub fn install(staging: &Path, env: &Env) -> Result<Vec<String>, DepsError> {
     let script = staging.join(INSTALLER);
     #[cfg(unix)]
-    crate::fsx::check_root_only_program(&script).map_err(|e| DepsError::UnsafeInstaller {
-        path: script.clone(),
-        reason: e.0,
-    })?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        let unsafe_installer = |reason: String| DepsError::UnsafeInstaller {
+            path: script.clone(),
+            reason,
+        };
+        crate::fsx::check_root_only_program(staging).map_err(|e| unsafe_installer(e.0))?;
+        let closed = fs_err::symlink_metadata(staging).is_ok_and(|m| m.mode() & 0o077 == 0);
+        if !closed {
+            return Err(unsafe_installer(format!(
+                "{} is open to other accounts",
+                staging.display()
+            )));
+        }
+        if !crate::fsx::is_regular(&script) {
+            return Err(unsafe_installer("it is not a regular file".into()));
+        }
+    }
     let child = Child::new("installdependencies.sh", program("bash", env), env)
         .args([script.display().to_string()])
         .cwd(staging.join("bin"))

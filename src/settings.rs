@@ -95,6 +95,9 @@ pub struct InstallSettings {
     /// The account's processes may be ended before configure though it is not the dedicated one
     /// (`--end-user-processes`).
     pub end_user_processes: bool,
+    /// Run the package's `bin/installdependencies.sh` as root before configuring
+    /// (`--install-dependencies`).
+    pub install_dependencies: bool,
     pub url: Url,
     pub pool: String,
     pub agent_name: String,
@@ -535,6 +538,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         user: (!os.is_windows()).then(|| env.username().to_owned()),
         windows_logon_account: None,
         end_user_processes: false,
+        install_dependencies: false,
         no_service: true,
         no_boot: true,
         scale_in_drain: false,
@@ -707,6 +711,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         as_root: env.is_root(),
         logon_password,
         end_user_processes: args.end_user_processes,
+        install_dependencies: args.install_dependencies,
         url,
         pool,
         agent_name,
@@ -903,6 +908,7 @@ pub fn from_saved(
         },
         as_root: env.is_root(),
         end_user_processes: saved.end_user_processes,
+        install_dependencies: saved.install_dependencies,
         // Not saved (no stored secret): a custom account's password is read again, if given.
         logon_password: env
             .var(LOGON_PASSWORD_ENV)

@@ -68,6 +68,9 @@ pub struct Saved {
     /// configure.
     #[serde(default)]
     pub end_user_processes: bool,
+    /// `--install-dependencies`: a reinstall at boot installs them again.
+    #[serde(default)]
+    pub install_dependencies: bool,
     /// The boot unit that runs `reconcile`, if one was installed.
     #[serde(default)]
     pub boot_unit: Option<String>,
@@ -211,6 +214,7 @@ mod tests {
             vm_id: None,
             package: None,
             end_user_processes: false,
+            install_dependencies: false,
             boot_unit: None,
             watch_unit: None,
             proxy_url: None,

@@ -30,3 +30,101 @@ fn a_bug_is_one_line_and_exit_1_never_an_abort() {
     );
     assert!(!run.stderr.contains("RUST_BACKTRACE"), "{}", run.stderr);
 }
+
+/// A machine without libicu, as `ldconfig -NXv` shows it (a fake on PATH: this machine has it),
+/// and an `apt-get` that "installs" it: afterwards `ldconfig` lists it. Returns the directory.
+fn without_libicu(w: &World) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = w.dir.path().join("no-icu-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = bin.join("icu-installed");
+    let ldconfig = format!(
+        "#!/bin/sh\necho '/lib/x86_64-linux-gnu:'\necho '\tlibz.so.1 -> libz.so.1.2.13'\n\
+         [ -e '{m}' ] && echo '\tlibicuuc.so.72 -> libicuuc.so.72.1'\nexit 0\n",
+        m = marker.display()
+    );
+    let apt = format!(
+        "#!/bin/sh\necho \"$(id -u) $*\" >> '{log}'\ntouch '{m}'\n",
+        log = bin.join("apt-get.log").display(),
+        m = marker.display()
+    );
+    for (name, text) in [("ldconfig", ldconfig), ("apt-get", apt)] {
+        std::fs::write(bin.join(name), text).unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[test]
+fn missing_agent_dependencies_stop_before_anything_is_registered() {
+    let w = World::new();
+    let bin = without_libicu(&w);
+    let mut cmd = w.install_command(&[]);
+    World::prepend_path(&mut cmd, &bin);
+    let run = w.run_cmd(cmd);
+    run.assert_code(6);
+    assert!(
+        run.stderr.contains("libicu") && run.stderr.contains("apt-get install"),
+        "{}",
+        run.stderr
+    );
+    assert!(w.server_agents(1).is_empty(), "nothing registered");
+    assert!(
+        w.sim.state().listener_reports.is_empty(),
+        "config.sh never ran"
+    );
+    assert!(
+        !w.agent_dir().join("config.sh").exists(),
+        "nothing put in place"
+    );
+    assert!(
+        w.staging_leftovers().is_empty(),
+        "{:?}",
+        w.staging_leftovers()
+    );
+
+    // --install-dependencies: the package's own script, as root, from the verified extraction.
+    let mut cmd = w.install_command(&["--install-dependencies"]);
+    World::prepend_path(&mut cmd, &bin);
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    let log = std::fs::read_to_string(bin.join("apt-get.log")).unwrap();
+    assert_eq!(log.trim(), "0 install -y libicu72", "run once, as root");
+    assert!(
+        run.stderr.contains("Finish Install Dependencies"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.server_agents(1).len(), 1);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&w.saved_settings_files()[0]).unwrap()).unwrap();
+    assert_eq!(
+        saved["install_dependencies"], true,
+        "saved for a reinstall at boot"
+    );
+}
+
+#[test]
+fn the_fake_config_sh_stops_on_a_missing_libicu_as_the_real_one_does() {
+    let w = World::new();
+    let bin = without_libicu(&w);
+    let dir = w.dir.path().join("pkg");
+    w.extract_package_into(&dir);
+    let out = std::process::Command::new(dir.join("config.sh"))
+        .args(["--unattended"])
+        .current_dir(&dir)
+        .env("AGENT_ALLOW_RUNASROOT", "1")
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin:/usr/sbin:/sbin", bin.display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Libicu's dependencies is missing for Dotnet Core 6.0"),
+        "{text}"
+    );
+}

@@ -171,7 +171,7 @@ pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Re
         add(
             "bin/installdependencies.sh",
             0o755,
-            b"#!/bin/bash\necho simulated\n",
+            INSTALLDEPENDENCIES_SH.as_bytes(),
         )?;
         for so in [
             "libcoreclr.so",
@@ -296,7 +296,29 @@ setlocal
 "#;
 
 /// Bump when a script below changes, so cached packages are rebuilt.
-const SCRIPTS_REVISION: &str = "scripts-4";
+const SCRIPTS_REVISION: &str = "scripts-5";
+
+/// Simulated `bin/installdependencies.sh`: root only, then the distribution's package manager
+/// (the real one reads /etc/os-release and installs libkrb5, zlib and libicu; this one asks apt-get
+/// or dnf for libicu, whichever is on PATH).
+const INSTALLDEPENDENCIES_SH: &str = r#"#!/bin/bash
+user_id=`id -u`
+if [ $user_id -ne 0 ]; then
+    echo "Need to run with sudo privilege"
+    exit 1
+fi
+if [ -x "$(command -v apt-get)" ]; then
+    apt-get install -y libicu72 || { echo "'apt-get' failed with exit code '$?'"; exit 1; }
+elif [ -x "$(command -v dnf)" ]; then
+    dnf install -y libicu || { echo "'dnf' failed with exit code '$?'"; exit 1; }
+else
+    echo "Can't detect current OS type based on /etc/os-release."
+    exit 1
+fi
+echo "-----------------------------"
+echo " Finish Install Dependencies"
+echo "-----------------------------"
+"#;
 
 const CONFIG_SH: &str = r#"#!/bin/bash
 # Simulated config.sh: the real script's order (agent.md §3.1).
@@ -324,6 +346,20 @@ if [[ "$(uname)" == "Linux" ]]; then
             exit 1
         fi
     done
+
+    # libicu, as the real script looks for it
+    if [ -x "$(command -v ldconfig)" ]; then
+        LDCONFIG_COMMAND="ldconfig"
+    else
+        LDCONFIG_COMMAND="/sbin/ldconfig"
+    fi
+    libpath=${LD_LIBRARY_PATH:-}
+    $LDCONFIG_COMMAND -NXv ${libpath//:/ } 2>&1 | grep libicu >/dev/null 2>&1
+    if [ $? -ne 0 ]; then
+        echo "Libicu's dependencies is missing for Dotnet Core 6.0"
+        echo "Execute ./bin/installdependencies.sh to install any missing Dotnet Core 6.0 dependencies."
+        exit 1
+    fi
 fi
 
 # Change directory to the script root

@@ -776,7 +776,7 @@ async fn execute(
                 request, version, ..
             } => {
                 done.package_sha256 =
-                    Some(fetch_into_place(s, request, owner, net, progress).await?);
+                    Some(fetch_into_place(s, env, request, owner, net, progress).await?);
                 done.agent_version = version.clone();
             }
             Step::StopService { unit } => {
@@ -1361,6 +1361,7 @@ fn carried_dirs(work_dir: &str) -> Vec<String> {
 /// into place. Returns the verified SHA-256.
 async fn fetch_into_place(
     s: &InstallSettings,
+    env: &Env,
     request: &Request,
     owner: Option<Owner>,
     net: &Net,
@@ -1385,6 +1386,7 @@ async fn fetch_into_place(
     };
     let (staging, fetched) =
         package::fetch_and_extract(request, parent, target, net, progress).await?;
+    agent_dependencies(s, env, staging.path()).await?;
     if request.sha256.is_none() {
         tracing::warn!(
             sha256 = %fetched.sha256,
@@ -1400,6 +1402,32 @@ async fn fetch_into_place(
     );
     package::place(staging, &s.agent_dir, &carried_dirs(&s.work_dir), owner)?;
     Ok(fetched.sha256)
+}
+
+/// The agent's own dependencies, checked on the verified extraction before it is put in place
+/// (nothing registered yet), after running its `bin/installdependencies.sh` as root from there when
+/// asked (`--install-dependencies`): the staging directory is root's and `0700`, out of the agent
+/// user's reach. Linux only (the agent's `config.sh` checks the same).
+async fn agent_dependencies(s: &InstallSettings, env: &Env, staging: &Path) -> Result<(), Error> {
+    if s.os.is_windows() || !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    let (env, staging) = (env.clone(), staging.to_owned());
+    let install = s.install_dependencies && s.as_root;
+    tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        if install {
+            tracing::info!("running the agent's bin/installdependencies.sh as root");
+            for line in crate::deps::install(&staging, &env)? {
+                tracing::info!("installdependencies.sh: {line}");
+            }
+        }
+        crate::deps::check(&staging, &crate::host::Facts::current(), &env)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Configure {
+        message: format!("the dependency check did not finish: {e}"),
+    })?
 }
 
 /// The unattended configure command line for these settings.
@@ -1570,6 +1598,7 @@ fn saved_settings(
             _ => None,
         },
         end_user_processes: s.end_user_processes,
+        install_dependencies: s.install_dependencies,
         boot_unit: None,
         watch_unit: None,
         proxy_url: s.network.proxy.as_ref().map(|p| p.url.to_string()),
