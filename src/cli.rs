@@ -142,6 +142,11 @@ pub struct PackageArgs {
     /// Expected SHA-256 (hex) of --package.
     #[arg(long, value_name = "HEX", requires = "package")]
     pub package_sha256: Option<String>,
+    /// The agent package's platform (linux-x64, linux-arm64, linux-arm, linux-musl-x64,
+    /// linux-musl-arm64; win-x64, win-x86, win-arm64 on Windows) instead of the one read from this
+    /// machine (its libc and its kernel's architecture).
+    #[arg(long, value_name = "PLATFORM", conflicts_with = "package")]
+    pub platform: Option<String>,
 }
 
 /// Where the agent goes: the organization (or collection) and the pool.

@@ -57,6 +57,20 @@ impl ArchiveKind {
     }
 }
 
+/// The agent's platforms (`PackageRuntime` in the agent's `src/Common.props`).
+pub const AGENT_PLATFORMS: &[&str] = &[
+    "linux-x64",
+    "linux-arm64",
+    "linux-arm",
+    "linux-musl-x64",
+    "linux-musl-arm64",
+    "win-x64",
+    "win-x86",
+    "win-arm64",
+    "osx-x64",
+    "osx-arm64",
+];
+
 impl Os {
     pub fn linux_x64() -> Self {
         Self {
@@ -100,6 +114,28 @@ impl Os {
             arch: facts.arch(),
             musl: facts.libc == crate::host::Libc::Musl,
         }
+    }
+
+    /// The platform a runtime id names (`linux-musl-arm64`, `win-x86`, …), or `None` when it is not
+    /// one of the agent's.
+    pub fn from_rid(rid: &str) -> Option<Self> {
+        let rid = rid.trim().to_ascii_lowercase();
+        let (family, musl, arch) = if let Some(a) = rid.strip_prefix("linux-musl-") {
+            (Family::Linux, true, a)
+        } else if let Some(a) = rid.strip_prefix("linux-") {
+            (Family::Linux, false, a)
+        } else if let Some(a) = rid.strip_prefix("win-") {
+            (Family::Windows, false, a)
+        } else if let Some(a) = rid.strip_prefix("osx-") {
+            (Family::MacOs, false, a)
+        } else {
+            return None;
+        };
+        let arch = [Arch::X64, Arch::X86, Arch::Arm, Arch::Arm64]
+            .into_iter()
+            .find(|x| x.name() == arch)?;
+        let os = Self { family, arch, musl };
+        AGENT_PLATFORMS.contains(&os.rid().as_str()).then_some(os)
     }
 
     /// The agent's runtime id, the `platform` of the packages API (`agent.md` §6.1).
@@ -217,7 +253,23 @@ mod tests {
             (MacOs, Arm64, false, "osx-arm64"),
         ] {
             assert_eq!(Os { family, arch, musl }.rid(), rid);
+            assert_eq!(Os::from_rid(rid), Some(Os { family, arch, musl }), "{rid}");
         }
+        assert_eq!(AGENT_PLATFORMS.len(), 10);
+        for bad in [
+            "linux-x86",
+            "win-arm",
+            "osx-musl-x64",
+            "linux",
+            "x64",
+            "linux-musl-arm",
+        ] {
+            assert_eq!(Os::from_rid(bad), None, "{bad}");
+        }
+        assert_eq!(
+            Os::from_rid(" Linux-ARM64 ").map(|o| o.rid()).as_deref(),
+            Some("linux-arm64")
+        );
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct InstallSettings {
     /// Run the package's `bin/installdependencies.sh` as root before configuring
     /// (`--install-dependencies`).
     pub install_dependencies: bool,
+    /// `--platform` as given (saved for reconcile), when it was.
+    pub named_platform: Option<String>,
     pub url: Url,
     pub pool: String,
     pub agent_name: String,
@@ -603,7 +605,33 @@ pub fn duration(what: &str, text: &str) -> Result<std::time::Duration, SettingsE
     Ok(std::time::Duration::from_secs(total))
 }
 
+/// `--platform`, when given: one of the agent's platforms, of this machine's family.
+fn named_platform(given: Option<&str>, os: Os) -> Result<Os, SettingsError> {
+    let Some(given) = given else { return Ok(os) };
+    let named = Os::from_rid(given).ok_or_else(|| {
+        bad(
+            "--platform",
+            format!(
+                "'{given}' is not one of the agent's platforms ({})",
+                crate::os::AGENT_PLATFORMS.join(", ")
+            ),
+        )
+    })?;
+    if named.family != os.family {
+        return Err(bad(
+            "--platform",
+            format!(
+                "{} is not a platform of this machine's kind ({})",
+                named.rid(),
+                os.rid()
+            ),
+        ));
+    }
+    Ok(named)
+}
+
 pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings, SettingsError> {
+    let os = named_platform(args.pkg.platform.as_deref(), os)?;
     let url = org_url(args.place.org.as_deref(), args.place.url.as_deref(), env)?;
     let pool = pool(args.place.pool.as_deref(), env, &os)?;
     let (name_what, name_raw) = match (&args.agent_name, env.var("AZP_AGENT_NAME")) {
@@ -712,6 +740,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         logon_password,
         end_user_processes: args.end_user_processes,
         install_dependencies: args.install_dependencies,
+        named_platform: args.pkg.platform.as_ref().map(|_| os.rid()),
         url,
         pool,
         agent_name,
@@ -875,6 +904,7 @@ pub fn from_saved(
     env: &Env,
     os: Os,
 ) -> Result<InstallSettings, SettingsError> {
+    let os = named_platform(saved.platform.as_deref(), os)?;
     let url = check_url("the saved url", &saved.url)?;
     check_saved(saved, &os)?;
     let paths = paths(env, &os)?;
@@ -909,6 +939,7 @@ pub fn from_saved(
         as_root: env.is_root(),
         end_user_processes: saved.end_user_processes,
         install_dependencies: saved.install_dependencies,
+        named_platform: saved.platform.clone(),
         // Not saved (no stored secret): a custom account's password is read again, if given.
         logon_password: env
             .var(LOGON_PASSWORD_ENV)

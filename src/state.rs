@@ -71,6 +71,9 @@ pub struct Saved {
     /// `--install-dependencies`: a reinstall at boot installs them again.
     #[serde(default)]
     pub install_dependencies: bool,
+    /// `--platform`, when it was given.
+    #[serde(default)]
+    pub platform: Option<String>,
     /// The boot unit that runs `reconcile`, if one was installed.
     #[serde(default)]
     pub boot_unit: Option<String>,
@@ -215,6 +218,7 @@ mod tests {
             package: None,
             end_user_processes: false,
             install_dependencies: false,
+            platform: None,
             boot_unit: None,
             watch_unit: None,
             proxy_url: None,

@@ -128,3 +128,42 @@ fn the_fake_config_sh_stops_on_a_missing_libicu_as_the_real_one_does() {
         "{text}"
     );
 }
+
+#[test]
+fn a_named_platform_wins_over_the_machines_and_is_kept_for_boot() {
+    // A machine whose arm64 kernel runs this x86_64 binary emulated, or an image built elsewhere:
+    // the user names the package's platform.
+    let w = World::with(|c| c.package.platform = "linux-arm64".into());
+    let run = w.install(&["--platform", "linux-arm64"]);
+    run.assert_code(0);
+    let asked: Vec<String> = w
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/packages/agent"))
+        .map(|r| r.query.clone())
+        .collect();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|p| p.contains("platform=linux-arm64")),
+        "{asked:?}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&w.saved_settings_files()[0]).unwrap()).unwrap();
+    assert_eq!(saved["platform"], "linux-arm64");
+    // Reinstalled at boot (deleted on the server): the same platform.
+    w.sim.state().agents.clear();
+    w.reconcile().assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 1);
+
+    for (bad, says) in [
+        ("linux-x86", "not one of the agent's platforms"),
+        ("win-x64", "not a platform of this machine's kind"),
+    ] {
+        let run = w.install(&["--platform", bad, "--dry-run"]);
+        run.assert_code(2);
+        assert!(
+            run.stderr.contains("--platform") && run.stderr.contains(says),
+            "{bad}: {}",
+            run.stderr
+        );
+    }
+}

@@ -1599,6 +1599,7 @@ fn saved_settings(
         },
         end_user_processes: s.end_user_processes,
         install_dependencies: s.install_dependencies,
+        platform: s.named_platform.clone(),
         boot_unit: None,
         watch_unit: None,
         proxy_url: s.network.proxy.as_ref().map(|p| p.url.to_string()),
