@@ -235,7 +235,7 @@ pub fn check(package_root: &Path, facts: &Facts, env: &Env) -> Result<(), DepsEr
         }
         let ldd = Child::new("ldd", program("ldd", env), env)
             .args([path.display().to_string()])
-            .quiet_stdout()
+            .probe()
             .timeout(CHECK_TIMEOUT);
         let out = blocking_run(&ldd).map_err(DepsError::Check)?;
         for l in ldd_missing(&out.stdout.join("\n")) {
@@ -254,7 +254,7 @@ pub fn check(package_root: &Path, facts: &Facts, env: &Env) -> Result<(), DepsEr
         // config.sh: `ldconfig` on PATH, else /sbin/ldconfig.
         Child::new("ldconfig", program("ldconfig", env), env).args(["-NXv"])
     }
-    .quiet_stdout()
+    .probe()
     .timeout(CHECK_TIMEOUT);
     let out = blocking_run(&listing).map_err(DepsError::Check)?;
     let text = format!("{}\n{}", out.stdout.join("\n"), out.stderr.join("\n"));

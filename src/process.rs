@@ -51,6 +51,8 @@ pub struct Child {
     pub timeout: Duration,
     /// Stdout is data (a token in JSON), not progress: kept, never logged.
     pub quiet_stdout: bool,
+    /// Stderr is part of a probe's answer (ldd, ldconfig), not a warning: kept, logged at debug.
+    pub quiet_stderr: bool,
     /// Where the child's process tree is handed out once it runs (to signal it from outside).
     pub tree_slot: Option<TreeSlot>,
 }
@@ -95,6 +97,7 @@ impl Child {
             home: env.home().map(PathBuf::from),
             timeout: Duration::from_secs(120),
             quiet_stdout: false,
+            quiet_stderr: false,
             tree_slot: None,
         }
     }
@@ -114,6 +117,13 @@ impl Child {
     /// Keeps stdout out of the log (it carries data, a token for instance).
     pub fn quiet_stdout(mut self) -> Self {
         self.quiet_stdout = true;
+        self
+    }
+
+    /// A probe: stdout and stderr are its answer, kept and never logged as progress or warnings.
+    pub fn probe(mut self) -> Self {
+        self.quiet_stdout = true;
+        self.quiet_stderr = true;
         self
     }
 
@@ -291,6 +301,7 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
 
     let (tx, rx) = mpsc::channel::<(bool, String)>();
     let quiet_stdout = child.quiet_stdout;
+    let quiet_stderr = child.quiet_stderr;
     let readers =
         [(false, out_r), (true, err_r)].map(|(is_err, pipe): (bool, os_pipe::PipeReader)| {
             let tx = tx.clone();
@@ -304,7 +315,11 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
                     let raw = raw.trim_end_matches('\r');
                     if is_err {
                         let text = masker.mask(raw);
-                        tracing::warn!(target: "agent_bootstrap::child", "{text}");
+                        if quiet_stderr {
+                            tracing::debug!(target: "agent_bootstrap::child", "{text}");
+                        } else {
+                            tracing::warn!(target: "agent_bootstrap::child", "{text}");
+                        }
                         if tx.send((is_err, text)).is_err() {
                             break;
                         }

@@ -764,7 +764,7 @@ fn a_boot_unit_never_runs_a_binary_the_agent_user_could_replace() {
 
 /// A directory the agent user owns, for an attack to plant files in.
 fn agent_users_dir(w: &World, name: &str) -> std::path::PathBuf {
-    let user = agent_user();
+    let user = w.agent_account();
     let dir = w.dir.path().join(name);
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();

@@ -356,7 +356,18 @@ impl WebSettings {
         b = match &self.proxy {
             None => b.no_proxy(),
             Some(url) => {
-                let mut p = reqwest::Proxy::all(url).expect("proxy url");
+                // The real agent never sends a loopback request through its proxy
+                // (`VstsAgentWebProxy.IsBypassed`: `uri.IsLoopback || IsUriInBypassList(uri)`).
+                let target = reqwest::Url::parse(url).expect("proxy url");
+                let mut p = reqwest::Proxy::custom(move |u| {
+                    let loopback = match u.host() {
+                        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                        None => false,
+                    };
+                    (!loopback).then(|| target.clone())
+                });
                 if let (Some(u), Some(pw)) = (&self.user, &self.password) {
                     p = p.basic_auth(u, pw);
                 }

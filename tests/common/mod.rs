@@ -201,6 +201,30 @@ impl World {
         Self { sim, dir, user }
     }
 
+    /// This world's agent account, created now as install would create it (for attacks staged
+    /// before the first install), and made the current one.
+    pub fn agent_account(&self) -> nix::unistd::User {
+        if nix::unistd::User::from_name(&self.user).unwrap().is_none() {
+            let home = format!("/home/{}", self.user);
+            let ok = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--create-home",
+                    "--home-dir",
+                    &home,
+                    "--shell",
+                    "/bin/bash",
+                ])
+                .arg(&self.user)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "useradd {}", self.user);
+        }
+        self.make_current();
+        agent_user()
+    }
+
     /// Makes this world's account the one [`agent_user`] and [`as_agent_user`] mean (the world
     /// that ran a command last, when a test has two).
     fn make_current(&self) {
