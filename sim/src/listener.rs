@@ -357,7 +357,7 @@ impl WebSettings {
             None => b.no_proxy(),
             Some(url) => {
                 // The real agent never sends a loopback request through its proxy
-                // (`VstsAgentWebProxy.IsBypassed`: `uri.IsLoopback || IsUriInBypassList(uri)`).
+                // (`VstsAgentWebProxy.IsBypassed`: `uri.IsLoopback || IsMatchInBypassList(uri)`).
                 let target = reqwest::Url::parse(url).expect("proxy url");
                 let mut p = reqwest::Proxy::custom(move |u| {
                     let loopback = match u.host() {
