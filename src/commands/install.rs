@@ -353,14 +353,14 @@ pub async fn run_locked(
         let wanted = newest(wanted_version, server_version.as_deref());
         meta = Some(devops.agent_package(&rid, wanted, &budget).await?);
     }
-    let unit_exists = match manages_units(s, env) && s.service {
-        true => {
-            Systemctl::require(env)?
-                .state(&agent_unit(s, &pool.name).name)
-                .await?
-                .exists
-        }
-        false => false,
+    // Only to know whether to stop it first: a machine where systemctl cannot answer (a chroot, a
+    // dry run on an image) has no unit of ours running; installing one later says what is wrong.
+    let unit_exists = match Systemctl::find(env).filter(|_| manages_units(s, env) && s.service) {
+        Some(sc) => sc
+            .state(&agent_unit(s, &pool.name).name)
+            .await
+            .is_ok_and(|st| st.exists),
+        None => false,
     };
     let checked = Checked {
         who,
