@@ -190,6 +190,8 @@ struct Ctx {
     root: PathBuf,
     version: String,
     http: reqwest::Client,
+    /// For the reports to the simulator only ([`WebSettings::report_client`]).
+    report_http: reqwest::Client,
     diag: Vec<String>,
 }
 
@@ -258,6 +260,7 @@ pub fn main(args: &[String]) -> i32 {
     };
     let mut ctx = Ctx {
         http: web.client(),
+        report_http: web.report_client(),
         root,
         version,
         diag: vec![],
@@ -351,7 +354,24 @@ impl WebSettings {
         }
     }
 
+    /// The listener's own HTTP client. Like the real one it trusts only the machine's store for
+    /// its connections: .NET on Linux verifies through OpenSSL's default store, which
+    /// `SSL_CERT_FILE` / `SSL_CERT_DIR` move when set, and `--sslcacert` is only recorded in
+    /// `.certificates` for git and tasks (`AgentCertificateManager`, `VssUtil`,
+    /// `HostContextExtension.CreateHttpClientHandler`: no custom roots). The platform verifier
+    /// here does the same: `SSL_CERT_FILE`/`SSL_CERT_DIR`, else the platform's store.
     fn client(&self) -> reqwest::Client {
+        self.build(false)
+    }
+
+    /// The simulator's back channel (`/_sim/report`): not the agent's traffic, so it reaches the
+    /// simulator whatever the listener trusts (a configure refused for its certificate still
+    /// reports what it was given).
+    fn report_client(&self) -> reqwest::Client {
+        self.build(true)
+    }
+
+    fn build(&self, any_certificate: bool) -> reqwest::Client {
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
         b = match &self.proxy {
             None => b.no_proxy(),
@@ -374,10 +394,8 @@ impl WebSettings {
                 b.proxy(p)
             }
         };
-        if let Some(pem) = self.ca.as_ref().and_then(|c| fs_err::read(c).ok())
-            && let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem)
-        {
-            b = b.tls_certs_merge(certs);
+        if any_certificate {
+            b = b.tls_danger_accept_invalid_certs(true);
         }
         b.build().expect("client")
     }
@@ -476,7 +494,7 @@ async fn report(ctx: &Ctx, parsed: &Parsed, raw_args: &[String], url: Option<&st
         "env": std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())).collect::<BTreeMap<_, _>>(),
     });
     let _ = ctx
-        .http
+        .report_http
         .post(format!("{base}/_sim/report"))
         .body(body.to_string())
         .send()
@@ -503,7 +521,7 @@ impl Api<'_> {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let resp = req.send().await.map_err(|e| describe(&e))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
@@ -523,6 +541,39 @@ impl Api<'_> {
             (200, v) => Ok(v["value"].as_array().and_then(|a| a.first().cloned())),
             (_, v) => Err(message(&v)),
         }
+    }
+}
+
+/// .NET's `HttpRequestException` message for a handshake that failed (the server's certificate
+/// not trusted: an `AuthenticationException` inside).
+const SSL_FAILED: &str = "The SSL connection could not be established, see inner exception.";
+
+/// A failed request as the agent would describe it: a refused certificate as .NET words it.
+fn describe(e: &reqwest::Error) -> String {
+    let mut chain = vec![];
+    let mut tls = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        let io_inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>());
+        if let Some(t) = s.downcast_ref::<rustls::Error>().or(io_inner) {
+            tls = Some(t.to_string());
+        } else if s.to_string().starts_with("invalid peer certificate") {
+            // rustls' own words, whatever wraps it on the way (hyper-util boxes it).
+            tls = Some(s.to_string());
+        }
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let text = chain.join(": ");
+    match tls {
+        Some(t) => format!(
+            "{SSL_FAILED} (The remote certificate is invalid because of errors in the \
+             certificate chain: UntrustedRoot; {t})"
+        ),
+        None => text,
     }
 }
 
@@ -563,6 +614,13 @@ async fn connect(ctx: &mut Ctx, api: &Api<'_>) -> Result<(), ()> {
                     "Failed to connect to the server: HTTP {status} {}",
                     message(&v)
                 ));
+                return Err(());
+            }
+            // An HttpRequestException, not a SocketException: unattended configure does not retry
+            // it; `Agent.ExecuteCommand` writes its message and returns 1 (TerminatedError).
+            Err(e) if e.starts_with(SSL_FAILED) => {
+                ctx.err(SSL_FAILED);
+                ctx.diag.push(format!("[ERR] {e}"));
                 return Err(());
             }
             Err(e) => {

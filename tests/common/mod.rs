@@ -198,7 +198,41 @@ impl World {
         edit(&mut config);
         let sim = Simulator::start(config, 0).unwrap();
         let user = next_user_name();
+        make_ca_store(dir.path());
         Self { sim, dir, user }
+    }
+
+    /// The scratch system trust store every command of this world uses instead of the machine's
+    /// (`AGENT_BOOTSTRAP_TEST_CA_STORE`): a root laid out like Debian's, with
+    /// `usr/share/ca-certificates/distribution.pem` standing for the distribution's certificates.
+    pub fn ca_store(&self) -> PathBuf {
+        self.dir.path().join("ca-store")
+    }
+
+    /// Where the fake `update-ca-certificates` and `update-ca-trust` are (first on `PATH`).
+    pub fn ca_bin(&self) -> PathBuf {
+        self.dir.path().join("ca-bin")
+    }
+
+    /// The bundle the fake `update-ca-certificates` builds: what OpenSSL, and so the agent,
+    /// trusts on this simulated machine (`SSL_CERT_FILE` for every command of this world).
+    pub fn ca_bundle(&self) -> PathBuf {
+        self.ca_store().join("etc/ssl/certs/ca-certificates.crt")
+    }
+
+    /// The calls the fake CA-store tools got, one per line (`update-ca-certificates`,
+    /// `update-ca-trust extract`).
+    pub fn ca_tool_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.ca_store().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The PEM certificates now in the scratch store's bundle, as written (one string each).
+    pub fn ca_bundle_certs(&self) -> Vec<String> {
+        pem_blocks(&std::fs::read_to_string(self.ca_bundle()).unwrap_or_default())
     }
 
     /// This world's agent account, created now as install would create it (for attacks staged
@@ -327,7 +361,8 @@ impl World {
         // Hermetic on an Arc-enabled host: the Arc agent is looked for here, and is not here.
         cmd.env("AGENT_BOOTSTRAP_TEST_ARC_DIR", self.dir.path().join("arc"));
         let path = format!(
-            "{}:{}",
+            "{}:{}:{}",
+            self.ca_bin().display(),
             self.sim.systemd_dir().join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
@@ -338,7 +373,12 @@ impl World {
             // Hermetic on machines with and without systemd: the simulated unit dir stands in.
             .env("AGENT_BOOTSTRAP_TEST_SYSTEMD", "no")
             .env("AGENT_BOOTSTRAP_STATE_DIR", self.state_dir())
-            .env("AGENT_BOOTSTRAP_CACHE_DIR", self.cache_dir());
+            .env("AGENT_BOOTSTRAP_CACHE_DIR", self.cache_dir())
+            // Hermetic: the machine's trust store is never changed. The scratch store stands in
+            // for it, and its bundle is what OpenSSL (so the agent) trusts here.
+            .env("AGENT_BOOTSTRAP_TEST_CA_STORE", self.ca_store())
+            .env("SSL_CERT_FILE", self.ca_bundle())
+            .env_remove("SSL_CERT_DIR");
         for (k, v) in self.sim.client_env() {
             cmd.env(k, v);
         }
@@ -615,6 +655,99 @@ impl World {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// The `-----BEGIN CERTIFICATE-----` blocks of a PEM text, each with its base64 joined on one line.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        match (line, &mut cur) {
+            ("-----BEGIN CERTIFICATE-----", _) => cur = Some(String::new()),
+            ("-----END CERTIFICATE-----", c) => out.extend(c.take()),
+            (l, Some(c)) => c.push_str(l),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The fake `update-ca-certificates` (Debian's ca-certificates, as Ubuntu and Alpine have it):
+/// the bundle is rebuilt from the distribution's certificates plus every `*.crt` under
+/// `/usr/local/share/ca-certificates`, all under the scratch root. A file `fail` in the root
+/// makes it fail with its text, as a broken tool would; `calls.log` records each call.
+const FAKE_UPDATE_CA_CERTIFICATES: &str = r#"#!/bin/sh
+root='@ROOT@'
+echo "update-ca-certificates $*" >> "$root/calls.log"
+if [ -e "$root/fail" ]; then
+    echo "update-ca-certificates: $(cat "$root/fail")" >&2
+    exit 1
+fi
+bundle="$root/etc/ssl/certs/ca-certificates.crt"
+cat "$root/usr/share/ca-certificates/distribution.pem" > "$bundle.new" || exit 1
+n=0
+for f in $(find "$root/usr/local/share/ca-certificates" -name '*.crt' -type f 2>/dev/null | sort); do
+    cat "$f" >> "$bundle.new"
+    n=$((n + 1))
+done
+mv -f "$bundle.new" "$bundle"
+echo "Updating certificates in /etc/ssl/certs..."
+echo "$n added, 0 removed; done."
+"#;
+
+/// The fake `update-ca-trust` (p11-kit's, RHEL and Azure Linux): `extract` rebuilds
+/// `/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem` from the distribution's certificates and
+/// every file in `/etc/pki/ca-trust/source/anchors`.
+const FAKE_UPDATE_CA_TRUST: &str = r#"#!/bin/sh
+root='@ROOT@'
+echo "update-ca-trust $*" >> "$root/calls.log"
+if [ -e "$root/fail" ]; then
+    echo "update-ca-trust: $(cat "$root/fail")" >&2
+    exit 1
+fi
+bundle="$root/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem"
+mkdir -p "$(dirname "$bundle")"
+cat "$root/usr/share/ca-certificates/distribution.pem" > "$bundle.new" || exit 1
+for f in $(find "$root/etc/pki/ca-trust/source/anchors" -type f 2>/dev/null | sort); do
+    cat "$f" >> "$bundle.new"
+done
+mv -f "$bundle.new" "$bundle"
+"#;
+
+/// A scratch system trust store under `dir/ca-store`, laid out like Debian's and seeded with this
+/// machine's certificates, and the fake tools that rebuild it in `dir/ca-bin`.
+fn make_ca_store(dir: &Path) {
+    let root = dir.join("ca-store");
+    for d in [
+        "usr/share/ca-certificates",
+        "usr/local/share/ca-certificates",
+        "etc/ssl/certs",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let distribution = std::fs::read("/etc/ssl/certs/ca-certificates.crt")
+        .or_else(|_| std::fs::read("/etc/pki/tls/certs/ca-bundle.crt"))
+        .unwrap_or_default();
+    std::fs::write(
+        root.join("usr/share/ca-certificates/distribution.pem"),
+        &distribution,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/ssl/certs/ca-certificates.crt"),
+        &distribution,
+    )
+    .unwrap();
+    let bin = dir.join("ca-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, text) in [
+        ("update-ca-certificates", FAKE_UPDATE_CA_CERTIFICATES),
+        ("update-ca-trust", FAKE_UPDATE_CA_TRUST),
+    ] {
+        let path = bin.join(name);
+        std::fs::write(&path, text.replace("@ROOT@", &root.display().to_string())).unwrap();
+        set_mode(&path, 0o755);
     }
 }
 
