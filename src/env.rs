@@ -16,6 +16,16 @@ pub const SYSTEMD_ENV: &str = "AGENT_BOOTSTRAP_TEST_SYSTEMD";
 /// Debug builds only: the name of the dedicated agent account ([`Env::dedicated_user`]).
 pub const AGENT_USER_ENV: &str = "AGENT_BOOTSTRAP_TEST_AGENT_USER";
 
+/// Debug builds only: the directory the system trust store lives under instead of `/` (its
+/// `usr/local/share/ca-certificates`, `etc/ssl/certs/ca-certificates.crt`, … for `crate::trust`),
+/// so tests never change the machine's. With it, the distribution's CA tool is looked for on `PATH`
+/// alone (where the tests put a fake), and `SSL_CERT_FILE` / `SSL_CERT_DIR` reach children: they
+/// tell the agent, as they tell OpenSSL, where that store's bundle is.
+pub const CA_STORE_ENV: &str = "AGENT_BOOTSTRAP_TEST_CA_STORE";
+
+/// What OpenSSL (and so .NET, so the agent) reads instead of its default store.
+const OPENSSL_STORE_VARS: &[&str] = &["SSL_CERT_FILE", "SSL_CERT_DIR"];
+
 /// Variables children inherit: locale, time zone, proxies, and what the agent's `env.sh` snapshots
 /// for its jobs (`VSTS_HTTP_PROXY_PASSWORD` excluded: env.sh would write it into `.env`).
 const CHILD_VARS: &[&str] = &[
@@ -176,6 +186,15 @@ impl Env {
         }
     }
 
+    /// The root of the system trust store's files: [`CA_STORE_ENV`] in a debug build that sets
+    /// it, else `None` (the machine's own, under `/`). A release build ignores the variable.
+    pub fn ca_store_root(&self) -> Option<PathBuf> {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        self.var(CA_STORE_ENV).map(PathBuf::from)
+    }
+
     pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
         self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
@@ -216,6 +235,7 @@ impl Env {
 
     /// The variables a child process starts with (nothing else of ours is inherited).
     pub fn for_children(&self) -> Vec<(String, String)> {
+        let store_moved = self.ca_store_root().is_some();
         let mut out: Vec<(String, String)> = self
             .vars
             .iter()
@@ -229,6 +249,7 @@ impl Env {
                     }
                 };
                 CHILD_VARS.iter().any(is)
+                    || (store_moved && OPENSSL_STORE_VARS.iter().any(is))
                     || CHILD_PREFIXES.iter().any(|p| k.starts_with(p))
                     || (cfg!(windows) && WINDOWS_CHILD_VARS.iter().any(is))
             })
@@ -443,6 +464,33 @@ mod tests {
         assert_eq!(got["NO_PROXY"], "127.0.0.1,localhost");
         assert_eq!(got["LANG"], "C.UTF-8");
         assert!(!got.values().any(|v| v.contains("pw-secret")), "{got:?}");
+    }
+
+    #[test]
+    fn the_ca_store_knob_only_works_in_debug_builds() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            (
+                "SSL_CERT_FILE",
+                "/scratch/etc/ssl/certs/ca-certificates.crt",
+            ),
+            (CA_STORE_ENV, "/scratch"),
+        ];
+        let env = Env::fake(&vars, "h", true);
+        let names: Vec<String> = env.for_children().into_iter().map(|(k, _)| k).collect();
+        if cfg!(debug_assertions) {
+            assert_eq!(env.ca_store_root(), Some(PathBuf::from("/scratch")));
+            assert!(names.contains(&"SSL_CERT_FILE".to_owned()), "{names:?}");
+        } else {
+            assert_eq!(env.ca_store_root(), None);
+            assert!(!names.contains(&"SSL_CERT_FILE".to_owned()), "{names:?}");
+        }
+        // Without the knob, root's own OpenSSL variables never reach the agent: it must trust
+        // the store its service will have, not the one root's shell happened to name.
+        let env = Env::fake(&vars[..2], "h", true);
+        assert_eq!(env.ca_store_root(), None);
+        let names: Vec<String> = env.for_children().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, vec!["PATH"]);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum Error {
     /// The agent's own dependencies (`crate::deps`): missing, or their installer failed.
     #[error(transparent)]
     Deps(#[from] crate::deps::DepsError),
+    /// The CA file's certificates could not be put into (or taken out of) the system trust store.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     #[error("{action} '{path}' failed")]
     Io {
         action: &'static str,
@@ -79,6 +82,8 @@ impl Error {
             Self::Package(_) => PACKAGE,
             Self::Configure { .. } | Self::ConfigureRun(_) | Self::AgentRun(_) => CONFIGURE,
             Self::Deps(_) => CONFIGURE,
+            // The agent could not trust its server: configure would fail (it never runs).
+            Self::Trust(_) => CONFIGURE,
             Self::Service(_) => SERVICE,
             Self::User(UserError::Missing { .. } | UserError::Shared { .. }) => INPUT,
             Self::User(_) | Self::Agent(_) | Self::State(_) | Self::Lock(_) | Self::Io { .. } => {

@@ -308,6 +308,43 @@ pub fn replace_file_no_follow(dir: &Path, name: &str, contents: &[u8]) -> std::i
     written
 }
 
+/// Writes `name` in `dir`, a directory of root's (the system trust store's), as a file of mode
+/// `mode`: the text goes into a new file created through a descriptor of `dir` (`O_EXCL |
+/// O_NOFOLLOW`: nothing that exists, a link included, is opened), synced, then renamed over `name`
+/// within the same descriptor (a link there is replaced, never written through), and the rename
+/// synced.
+#[cfg(unix)]
+pub fn write_new_then_rename(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let held = open_dir(dir).map_err(std::io::Error::from)?;
+    let tmp = format!(".{name}.{:016x}.tmp", fastrand::u64(..));
+    let written = (|| -> std::io::Result<()> {
+        let fd = openat(
+            &held,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )?;
+        // The umask may have taken bits away.
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(contents)?;
+        file.sync_all()?;
+        nix::fcntl::renameat(&held, tmp.as_str(), &held, name)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = nix::unistd::unlinkat(&held, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+    written?;
+    std::fs::File::from(held).sync_all()
+}
+
 /// `lstat` says: a regular file (not a link to one).
 pub fn is_regular(path: &Path) -> bool {
     fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())

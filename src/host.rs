@@ -281,6 +281,13 @@ impl Facts {
         }
     }
 
+    /// SUSE or openSUSE (`update-ca-certificates` with its own directories).
+    pub fn is_suse(&self) -> bool {
+        self.os_release
+            .as_ref()
+            .is_some_and(|r| r.is_like(SUSE_LIKE))
+    }
+
     /// The architecture of the package to install: the kernel's, else the binary's.
     pub fn arch(&self) -> Arch {
         self.kernel_arch.unwrap_or(self.binary_arch)

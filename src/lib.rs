@@ -37,4 +37,5 @@ pub mod secret;
 pub mod service;
 pub mod settings;
 pub mod state;
+pub mod trust;
 pub mod user;

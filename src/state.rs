@@ -94,6 +94,26 @@ pub struct Saved {
     /// The extra CA certificates (`--ca-file`), a path.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The certificates of `ca_file` install added to the system trust store (`crate::trust`),
+    /// which `remove` takes out again; a certificate the store already had is not listed.
+    #[serde(default)]
+    pub trusted_cas: Vec<TrustedCa>,
+}
+
+/// A CA certificate agent-bootstrap put into the system trust store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TrustedCa {
+    /// Its subject (`CN=…, O=…`), for messages.
+    pub subject: String,
+    /// The SHA-256 of its DER encoding.
+    pub sha256: String,
+    /// Linux: the file written into the distribution's directory of local CAs
+    /// (`/usr/local/share/ca-certificates/agent-bootstrap-<hash>.crt`, …).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Windows: its SHA-1 thumbprint in `LocalMachine\Root`.
+    #[serde(default)]
+    pub thumbprint: Option<String>,
 }
 
 impl Saved {
@@ -105,6 +125,24 @@ impl Saved {
             _ => matches!((self.machine_id.as_deref(), machine_id), (Some(a), Some(b)) if a != b),
         }
     }
+}
+
+/// The CA certificates the saved settings of every agent dir but `agent_dir` say install added to
+/// the system trust store: what `agent_dir`'s install or remove must leave there. A settings file
+/// that cannot be read counts for nothing.
+pub fn trusted_elsewhere(state_dir: &Path, agent_dir: &Path) -> Vec<TrustedCa> {
+    let mine = file_for(state_dir, agent_dir);
+    let Ok(entries) = fs_err::read_dir(state_dir.join("agents")) else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| *p != mine && p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| fs_err::read_to_string(p).ok())
+        .filter_map(|t| serde_json::from_str::<Saved>(&t).ok())
+        .flat_map(|s| s.trusted_cas)
+        .collect()
 }
 
 /// Removes the saved settings (remove, or a purge).
@@ -226,6 +264,12 @@ mod tests {
             proxy_password_file: None,
             no_proxy: None,
             ca_file: None,
+            trusted_cas: vec![TrustedCa {
+                subject: "CN=Corp Root CA".into(),
+                sha256: "ab".repeat(32),
+                file: Some("/usr/local/share/ca-certificates/agent-bootstrap-abab.crt".into()),
+                thumbprint: None,
+            }],
         };
         let path = save(dir.path(), &saved).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -242,6 +286,12 @@ mod tests {
             Some(saved.clone())
         );
         assert_eq!(load(dir.path(), Path::new("/other")).unwrap(), None);
+        // Another agent dir sees this one's CA; this one does not count its own.
+        assert_eq!(
+            trusted_elsewhere(dir.path(), Path::new("/other")),
+            saved.trusted_cas
+        );
+        assert!(trusted_elsewhere(dir.path(), &saved.agent_dir).is_empty());
         delete(dir.path(), &saved.agent_dir).unwrap();
         assert_eq!(load(dir.path(), &saved.agent_dir).unwrap(), None);
         delete(dir.path(), &saved.agent_dir).unwrap();

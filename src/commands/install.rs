@@ -26,7 +26,8 @@ use crate::progress::Progress;
 use crate::secret::Secret;
 use crate::service::{self, AgentUnit, Systemctl};
 use crate::settings::{AgentUser, InstallSettings, PackageChoice};
-use crate::state::{self, Saved};
+use crate::state::{self, Saved, TrustedCa};
+use crate::trust;
 use crate::user;
 
 /// How long install waits for another run working on the same agent dir (cloud-init's install
@@ -55,6 +56,14 @@ enum Step {
     Note(String),
     CreateUser {
         name: String,
+    },
+    /// Put the CA file's certificates into the system trust store (the agent's listener trusts
+    /// nothing else), or leave them where the store has them already ([`crate::trust`]).
+    TrustCa {
+        ca_file: PathBuf,
+        tool: String,
+        /// Each certificate's subject, the file of ours it goes to (Linux), and what is done.
+        certs: Vec<(String, Option<PathBuf>, trust::Action)>,
     },
     KeepPackage {
         reason: String,
@@ -134,6 +143,141 @@ struct Seen {
     /// Only root could have written the extracted package (an image build's): root may configure
     /// from it. Anything the agent user ever owned is replaced by a fresh verified extraction.
     root_only: bool,
+}
+
+/// The CA file's certificates and what install does with each ([`trust::assess`]).
+pub struct TrustPlan {
+    store: trust::Store,
+    certs: Vec<trust::Cert>,
+    actions: Vec<trust::Action>,
+    /// What any install recorded as added (this agent dir's saved settings included): such a
+    /// certificate in the store is ours, not the machine's.
+    known: Vec<TrustedCa>,
+}
+
+/// Looks at the system trust store for `--ca-file` (nothing changed). What cannot be done (no
+/// root, no tool, an unknown distribution) stops the install here, before anything is contacted.
+pub async fn trust_plan(s: &InstallSettings, env: &Env) -> Result<Option<TrustPlan>, Error> {
+    let Some(ca_file) = &s.network.ca_file else {
+        return Ok(None);
+    };
+    let certs: Vec<trust::Cert> = s
+        .network
+        .ca_certs
+        .iter()
+        .cloned()
+        .map(trust::Cert::new)
+        .collect();
+    let store = trust::Store::for_machine(
+        s.os.is_windows(),
+        &crate::host::Facts::current(),
+        env,
+        ca_file,
+    );
+    let mut known = state::trusted_elsewhere(&s.state_dir, &s.agent_dir);
+    if let Ok(Some(own)) = state::load(&s.state_dir, &s.agent_dir) {
+        known.extend(own.trusted_cas);
+    }
+    let actions = trust::assess(&store, &certs, &known, s.as_root, env).await?;
+    Ok(Some(TrustPlan {
+        store,
+        certs,
+        actions,
+        known,
+    }))
+}
+
+impl TrustPlan {
+    fn step(&self) -> Step {
+        Step::TrustCa {
+            ca_file: self.store.ca_file.clone(),
+            tool: self.store.tool_display(),
+            certs: self
+                .certs
+                .iter()
+                .zip(&self.actions)
+                .map(|(c, a)| (c.subject.clone(), self.store.file_for(c), a.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether something must be written or the tool run.
+    pub fn needs_work(&self) -> bool {
+        self.actions.iter().any(|a| {
+            matches!(
+                a,
+                trust::Action::Add | trust::Action::Ours { in_bundle: false }
+            )
+        })
+    }
+
+    /// Puts the certificates into the store; logs what was done. Returns what the saved settings
+    /// record, and what this call added.
+    pub async fn ensure(&self, s: &InstallSettings, env: &Env) -> Result<trust::Ensured, Error> {
+        if s.os.is_windows() {
+            // certutil reads each certificate from a file in SYSTEM's private directory.
+            crate::fsx::create_private_dir_all(&s.state_dir).map_err(|source| Error::Io {
+                action: "creating",
+                path: s.state_dir.clone(),
+                source,
+            })?;
+        }
+        let done = trust::ensure(&self.store, &self.certs, &self.known, &s.state_dir, env).await?;
+        for c in &done.present {
+            tracing::info!(
+                ca = %c.subject,
+                "the CA certificate is already in the system trust store; left as it is"
+            );
+        }
+        for c in &done.added_now {
+            tracing::info!(
+                ca = %c.subject,
+                file = %c.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "LocalMachine\\Root".into()),
+                tool = %self.store.tool_display(),
+                "added the CA certificate to the system trust store (the agent trusts only that \
+                 store for its connections); `agent-bootstrap remove` takes it out again"
+            );
+        }
+        Ok(done)
+    }
+}
+
+/// Takes out of the system trust store what an install had added and no longer needs (`previous`
+/// less `kept`), unless another agent dir's install recorded it too. Best effort: logged.
+async fn release_unneeded(
+    s: &InstallSettings,
+    env: &Env,
+    previous: &[TrustedCa],
+    kept: &[TrustedCa],
+) {
+    let elsewhere = state::trusted_elsewhere(&s.state_dir, &s.agent_dir);
+    let unneeded: Vec<TrustedCa> = previous
+        .iter()
+        .filter(|p| !kept.iter().chain(&elsewhere).any(|k| k.sha256 == p.sha256))
+        .cloned()
+        .collect();
+    if unneeded.is_empty() {
+        return;
+    }
+    let ca_file = s.network.ca_file.clone().unwrap_or_default();
+    let store = trust::Store::for_machine(
+        s.os.is_windows(),
+        &crate::host::Facts::current(),
+        env,
+        &ca_file,
+    );
+    match trust::release(&store, &unneeded, env).await {
+        Ok(removed) => {
+            for c in removed {
+                tracing::info!(
+                    ca = %c.subject,
+                    "took the CA certificate an earlier install added out of the system trust store \
+                     (no longer asked for)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
 }
 
 /// What the preflight found, for planning and for the saved settings.
@@ -218,6 +362,10 @@ pub async fn run_locked(
     if let Some(cfg) = &existing {
         check_same_agent(cfg, s)?;
     }
+
+    // The CA file's certificates must reach the system trust store, which is all the agent
+    // trusts: what cannot be done stops here, before anything is contacted or changed.
+    let trust = trust_plan(s, env).await?;
 
     // 2. Token, then the preflight requests at once.
     let budget = clock.budget(NETWORK_BUDGET);
@@ -317,7 +465,17 @@ pub async fn run_locked(
         server_version = found.as_ref().and_then(|a| a.version.clone());
         match found {
             Some(a) if a.id == cfg.agent_id && network_matches(&agent, &s.network) => {
-                return already_installed(s, env, &agent, cfg, &pool, &a, &identity).await;
+                return already_installed(
+                    s,
+                    env,
+                    &agent,
+                    cfg,
+                    &pool,
+                    &a,
+                    &identity,
+                    trust.as_ref(),
+                )
+                .await;
             }
             Some(_) if !network_matches(&agent, &s.network) => {
                 tracing::warn!(
@@ -382,16 +540,58 @@ pub async fn run_locked(
         check_shared_account(s, account, &checked)?;
     }
     let package = plan_package(s, &agent, &seen, meta, account.as_ref(), env).await?;
-    let plan = make_plan(s, env, &agent, &checked, &package, account.as_ref());
+    let mut plan = make_plan(s, env, &agent, &checked, &package, account.as_ref());
+    if let Some(t) = &trust {
+        // First: a certificate that cannot be added stops the install with nothing else done.
+        let at = plan
+            .steps
+            .iter()
+            .take_while(|st| matches!(st, Step::CreateUser { .. }))
+            .count();
+        plan.steps.insert(at, t.step());
+    }
     if s.dry_run {
         return print_plan(s, &checked, &package, &plan);
     }
     let account = account.expect("a real run has created the account");
-    execute(
-        s, env, net, progress, &agent, &checked, &devops, &tokens, &budget, &plan, account,
+    let mut done = Progressed::default();
+    let result = execute(
+        s,
+        env,
+        net,
+        progress,
+        &agent,
+        &checked,
+        &devops,
+        &tokens,
+        &budget,
+        &plan,
+        account,
         headline,
+        trust.as_ref(),
+        &mut done,
     )
-    .await
+    .await;
+    if result.is_err() && !done.saved && !done.added_now.is_empty() {
+        // Nothing registered was saved: what this run added to the trust store goes again (unless
+        // an install recorded it, this agent dir's included).
+        let store = &trust.as_ref().expect("added through the plan").store;
+        let known = &trust.as_ref().expect("added through the plan").known;
+        let ours: Vec<TrustedCa> = done
+            .added_now
+            .iter()
+            .filter(|a| !known.iter().any(|k| k.sha256 == a.sha256))
+            .cloned()
+            .collect();
+        match trust::release(store, &ours, env).await {
+            Ok(removed) if !removed.is_empty() => tracing::info!(
+                "took the CA certificates this install added out of the system trust store again"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    result
 }
 
 /// The unit the agent's service gets, from root's own settings.
@@ -625,6 +825,40 @@ impl std::fmt::Display for Step {
                 f,
                 "create system user '{name}' (useradd --system --create-home)"
             ),
+            Step::TrustCa {
+                ca_file,
+                tool,
+                certs,
+            } => {
+                write!(
+                    f,
+                    "put the CA certificates of {} into the system trust store (the agent's \
+                     listener trusts only that store):",
+                    ca_file.display()
+                )?;
+                for (subject, file, action) in certs {
+                    let place = file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "LocalMachine\\Root".into());
+                    match action {
+                        trust::Action::Present => {
+                            write!(f, " '{subject}' is there already: left as it is;")?
+                        }
+                        trust::Action::Ours { in_bundle: true } => write!(
+                            f,
+                            " '{subject}' is there already ({place}, added by agent-bootstrap);"
+                        )?,
+                        trust::Action::Ours { in_bundle: false } => {
+                            write!(f, " '{subject}' in {place}, then {tool};")?
+                        }
+                        trust::Action::Add => {
+                            write!(f, " add '{subject}' as {place}, then {tool};")?
+                        }
+                    }
+                }
+                write!(f, " `remove` takes out what was added")
+            }
             Step::KeepPackage { reason } => {
                 write!(f, "keep the agent package in the agent dir ({reason})")
             }
@@ -726,6 +960,12 @@ impl std::fmt::Display for Step {
 struct Progressed {
     package_sha256: Option<String>,
     agent_version: Option<String>,
+    /// The CA certificates in the system trust store because of agent-bootstrap (saved).
+    trusted: Vec<TrustedCa>,
+    /// Those this run added (taken out again if it fails before the settings are saved).
+    added_now: Vec<TrustedCa>,
+    /// The settings were saved.
+    saved: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -742,6 +982,8 @@ async fn execute(
     plan: &Plan,
     user: RunAs,
     headline: &str,
+    trust: Option<&TrustPlan>,
+    done: &mut Progressed,
 ) -> Result<(), Error> {
     if user.uid == 0 && s.user.name() == "root" {
         tracing::warn!(
@@ -752,7 +994,6 @@ async fn execute(
         uid: user.uid,
         gid: user.gid,
     });
-    let mut done = Progressed::default();
     let mut saved: Option<Saved> = None;
     for step in &plan.steps {
         match step {
@@ -760,6 +1001,12 @@ async fn execute(
             // A real run creates the account before planning (the version check runs as it), so
             // only a dry run's plan shows this step.
             Step::CreateUser { .. } => {}
+            Step::TrustCa { .. } => {
+                let t = trust.expect("planned from the trust plan");
+                let ensured = t.ensure(s, env).await?;
+                done.trusted = ensured.ours;
+                done.added_now = ensured.added_now;
+            }
             Step::KeepPackage { reason } => tracing::info!(
                 "keeping the agent package in {}: {reason}",
                 s.agent_dir.display()
@@ -877,7 +1124,15 @@ async fn execute(
                     Step::WatchUnit { name, .. } => Some(name.clone()),
                     _ => None,
                 });
+                record.trusted_cas = done.trusted.clone();
+                let previous = state::load(&s.state_dir, &s.agent_dir)
+                    .ok()
+                    .flatten()
+                    .map(|p| p.trusted_cas)
+                    .unwrap_or_default();
                 let path = state::save(&s.state_dir, record)?;
+                done.saved = true;
+                release_unneeded(s, env, &previous, &done.trusted).await;
                 if s.os.is_windows() && s.as_root {
                     // Readable by SYSTEM and Administrators only.
                     service::windows::make_private(env, &s.state_dir).await?;
@@ -1143,6 +1398,7 @@ fn check_same_agent(cfg: &AgentSettings, s: &InstallSettings) -> Result<(), Erro
     )))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn already_installed(
     s: &InstallSettings,
     env: &Env,
@@ -1151,6 +1407,7 @@ async fn already_installed(
     pool: &Pool,
     server: &crate::devops::ServerAgent,
     identity: &IdentityRequest,
+    trust: Option<&TrustPlan>,
 ) -> Result<(), Error> {
     let server_id = server.id;
     tracing::info!(
@@ -1171,6 +1428,12 @@ async fn already_installed(
         );
         return Ok(());
     }
+    // The CA the agent needs is in the system trust store (a reinstall after it was taken out,
+    // or an agent configured before install added it there).
+    let trusted = match trust {
+        Some(t) => t.ensure(s, env).await?.ours,
+        None => vec![],
+    };
     // NO_PROXY changed: the agent reads .proxybypass when it starts.
     let account = user::lookup(s.user.name())?;
     let bypass_changed = write_proxy_bypass(s, env, agent, account.as_ref()).await?;
@@ -1216,8 +1479,12 @@ async fn already_installed(
         Some(Step::WatchUnit { name, .. }) => Some(name),
         _ => None,
     };
+    saved.trusted_cas = trusted;
     if previous.as_ref() != Some(&saved) {
         state::save(&s.state_dir, &saved)?;
+    }
+    if let Some(p) = &previous {
+        release_unneeded(s, env, &p.trusted_cas, &saved.trusted_cas).await;
     }
     if s.os.is_windows() {
         ensure_boot_task(s, env).await?;
@@ -1611,6 +1878,7 @@ fn saved_settings(
             .and_then(|p| p.password_file.clone()),
         no_proxy: s.network.no_proxy.clone(),
         ca_file: s.network.ca_file.clone(),
+        trusted_cas: vec![],
     }
 }
 
@@ -1653,6 +1921,19 @@ pub fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
         saved.agent_dir.join("_diag").display()
     )
     .map_err(out_err)?;
+    for ca in &saved.trusted_cas {
+        let place = match (&ca.file, &ca.thumbprint) {
+            (Some(f), _) => f.display().to_string(),
+            (None, Some(t)) => format!("LocalMachine\\Root, thumbprint {t}"),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "  trusted CA:   {} (added to the system trust store: {place})",
+            ca.subject
+        )
+        .map_err(out_err)?;
+    }
     Ok(())
 }
 

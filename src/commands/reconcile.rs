@@ -375,6 +375,17 @@ pub async fn run(
             }
         }
     }
+    // The CA certificates install added to the system trust store (the agent trusts nothing
+    // else): put back if they went.
+    if env.is_root() && !saved.trusted_cas.is_empty() && !clone {
+        let s = settings::from_saved(&saved, env, os)?;
+        if let Some(plan) = install::trust_plan(&s, env).await?
+            && plan.needs_work()
+        {
+            plan.ensure(&s, env).await?;
+            summary.push("put the CA certificate back into the system trust store".to_owned());
+        }
+    }
     if let Some(e) = network_error {
         return Err(e);
     }

@@ -1,6 +1,7 @@
 //! `agent-bootstrap remove`: unregister the agent and undo what install did: stop and delete the
 //! agent's unit, delete the agent on the server (retried while it runs a job), delete the local
-//! registration, then the boot unit and the saved settings. `--purge` also deletes the agent dir
+//! registration, then the boot unit, the CA certificates install added to the system trust store
+//! (`crate::trust`) and the saved settings. `--purge` also deletes the agent dir
 //! and the package cache. Running it twice is fine.
 //!
 //! Root does the server side itself, with the organization, pool and agent from its saved settings
@@ -145,7 +146,42 @@ pub async fn remove_known(
         }
     }
 
-    // 5. What install remembered, and with --purge the files.
+    // 5. The CA certificates install added to the system trust store, unless another agent dir's
+    // install recorded them too (a certificate the store had before is never listed).
+    if let Some(saved) = saved.as_ref().filter(|s| !s.trusted_cas.is_empty()) {
+        let elsewhere = state::trusted_elsewhere(state_dir, agent_dir);
+        let (shared, ours): (Vec<_>, Vec<_>) = saved
+            .trusted_cas
+            .iter()
+            .cloned()
+            .partition(|c| elsewhere.iter().any(|e| e.sha256 == c.sha256));
+        for c in &shared {
+            done.push(format!(
+                "kept the CA certificate '{}' in the system trust store (another agent here \
+                 needs it)",
+                c.subject
+            ));
+        }
+        let store = crate::trust::Store::for_machine(
+            os.is_windows(),
+            &crate::host::Facts::current(),
+            env,
+            saved.ca_file.as_deref().unwrap_or(std::path::Path::new("")),
+        );
+        for c in crate::trust::release(&store, &ours, env).await? {
+            done.push(format!(
+                "took the CA certificate '{}' install added out of the system trust store ({})",
+                c.subject,
+                c.file
+                    .as_ref()
+                    .map(|f| f.display().to_string())
+                    .or(c.thumbprint.map(|t| format!("LocalMachine\\Root {t}")))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+
+    // 6. What install remembered, and with --purge the files.
     if saved.is_some() {
         state::delete(state_dir, agent_dir)?;
     }

@@ -47,11 +47,26 @@ pub struct Status {
     /// The proxy and CA file from the saved settings, and whether the agent's own match them.
     pub proxy: Option<String>,
     pub ca_file: Option<String>,
+    /// The CA certificates install added to the system trust store (the agent trusts only that
+    /// store), and whether each file is still there (Linux).
+    pub trusted_cas: Vec<TrustedCaStatus>,
     pub agent_network_matches: Option<bool>,
     pub saved_settings: Option<String>,
     pub server: ServerStatus,
     /// This machine's facts and the agent package platform chosen (`crate::host`).
     pub host: crate::host::Report,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrustedCaStatus {
+    pub subject: String,
+    pub sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thumbprint: Option<String>,
+    /// Linux: the file is in place; `None` where it cannot be told (Windows).
+    pub present: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -196,6 +211,17 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
         watch,
         proxy: network.proxy.as_ref().map(|p| p.url.to_string()),
         ca_file: network.ca_file.as_ref().map(|p| p.display().to_string()),
+        trusted_cas: saved
+            .iter()
+            .flat_map(|s| s.trusted_cas.iter())
+            .map(|c| TrustedCaStatus {
+                subject: c.subject.clone(),
+                sha256: c.sha256.clone(),
+                file: c.file.as_ref().map(|f| f.display().to_string()),
+                thumbprint: c.thumbprint.clone(),
+                present: c.file.as_ref().map(|f| crate::fsx::is_regular(f)),
+            })
+            .collect(),
         agent_network_matches,
         saved_settings: saved
             .as_ref()
@@ -262,6 +288,30 @@ fn human(s: &Status) -> String {
     line("boot unit:", unit_text(&s.boot_unit, &s.boot));
     if s.watch_unit.is_some() {
         line("scale-in watcher:", unit_text(&s.watch_unit, &s.watch));
+    }
+    for c in &s.trusted_cas {
+        let place = c
+            .file
+            .clone()
+            .or_else(|| {
+                c.thumbprint
+                    .as_ref()
+                    .map(|t| format!("LocalMachine\\Root {t}"))
+            })
+            .unwrap_or_default();
+        line(
+            "trusted CA:",
+            format!(
+                "{} (added to the system trust store: {place}{})",
+                c.subject,
+                if c.present == Some(false) {
+                    "; the file is gone: the agent will not trust its server (`agent-bootstrap \
+                     install` again puts it back)"
+                } else {
+                    ""
+                }
+            ),
+        );
     }
     if s.proxy.is_some() || s.ca_file.is_some() {
         line(

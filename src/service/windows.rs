@@ -60,7 +60,7 @@ pub fn parse_sc_query(code: i32, stdout: &[String]) -> ScState {
 
 /// A Windows program from `%SystemRoot%\System32` (run by path: never found through a `PATH` or
 /// the current directory another account could have put a program in).
-fn system32(env: &Env, exe: &str) -> PathBuf {
+pub(crate) fn system32(env: &Env, exe: &str) -> PathBuf {
     let root = env.var("SystemRoot").unwrap_or(r"C:\Windows");
     Path::new(root).join("System32").join(exe)
 }

@@ -676,13 +676,19 @@ pub fn pem_blocks(text: &str) -> Vec<String> {
 /// The fake `update-ca-certificates` (Debian's ca-certificates, as Ubuntu and Alpine have it):
 /// the bundle is rebuilt from the distribution's certificates plus every `*.crt` under
 /// `/usr/local/share/ca-certificates`, all under the scratch root. A file `fail` in the root
-/// makes it fail with its text, as a broken tool would; `calls.log` records each call.
+/// makes it fail with its text, as a broken tool would, and a file `noop` makes it succeed without
+/// doing anything; `calls.log` records each call.
 const FAKE_UPDATE_CA_CERTIFICATES: &str = r#"#!/bin/sh
 root='@ROOT@'
 echo "update-ca-certificates $*" >> "$root/calls.log"
 if [ -e "$root/fail" ]; then
     echo "update-ca-certificates: $(cat "$root/fail")" >&2
     exit 1
+fi
+if [ -e "$root/noop" ]; then
+    echo "Updating certificates in /etc/ssl/certs..."
+    echo "0 added, 0 removed; done."
+    exit 0
 fi
 bundle="$root/etc/ssl/certs/ca-certificates.crt"
 cat "$root/usr/share/ca-certificates/distribution.pem" > "$bundle.new" || exit 1
