@@ -187,8 +187,9 @@ pub struct NetworkArgs {
     /// later runs, the password never is.
     #[arg(long, value_name = "FILE")]
     pub proxy_password_file: Option<PathBuf>,
-    /// PEM file of CA certificates trusted in addition to the system's; the agent gets it too
-    /// (--sslcacert).
+    /// PEM file of CA certificates trusted in addition to the system's. install (as root) also
+    /// adds them to the system trust store, the only one the agent trusts for its connections,
+    /// and remove takes them out again; the agent gets the file too (--sslcacert, for git).
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
 }
