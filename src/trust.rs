@@ -431,7 +431,7 @@ pub async fn ensure(
             }
         }
     }
-    if run_tool && let Kind::Linux(_) = store.kind {
+    if run_tool && let Kind::Linux(layout) = &store.kind {
         let first = certs
             .iter()
             .find(|c| done.ours.iter().any(|o| o.sha256 == c.sha256))
@@ -457,12 +457,7 @@ pub async fn ensure(
                 format!(
                     "{} ran, but {} does not hold it",
                     store.tool_display(),
-                    store
-                        .at(match &store.kind {
-                            Kind::Linux(l) => l.bundle,
-                            _ => "",
-                        })
-                        .display()
+                    store.at(layout.bundle).display()
                 ),
                 None,
             ));

@@ -161,13 +161,13 @@ pub async fn trust_plan(s: &InstallSettings, env: &Env) -> Result<Option<TrustPl
     let Some(ca_file) = &s.network.ca_file else {
         return Ok(None);
     };
-    let certs: Vec<trust::Cert> = s
-        .network
-        .ca_certs
-        .iter()
-        .cloned()
-        .map(trust::Cert::new)
-        .collect();
+    let mut certs: Vec<trust::Cert> = vec![];
+    for cert in s.network.ca_certs.iter().cloned().map(trust::Cert::new) {
+        // A bundle may name a certificate twice.
+        if !certs.iter().any(|c| c.sha256 == cert.sha256) {
+            certs.push(cert);
+        }
+    }
     let store = trust::Store::for_machine(
         s.os.is_windows(),
         &crate::host::Facts::current(),
