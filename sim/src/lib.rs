@@ -11,6 +11,7 @@
 //! agent talks to Azure DevOps (Basic auth with the token as password) and reports what it saw —
 //! including any process whose argv contains the token. Tests read and script the state directly.
 
+pub mod agent_service;
 pub mod cli;
 pub mod fake_az;
 pub mod listener;
@@ -384,6 +385,9 @@ pub struct State {
     /// Exit codes the next `run`s of the fake listener end with as soon as they are online (a
     /// crash, 4 = a run-once update).
     pub listener_exits: VecDeque<i32>,
+    /// A newer agent package the server asks online agents of an older version to update to
+    /// ([`package::AgentUpdate`]).
+    pub agent_update: Option<package::AgentUpdate>,
     /// Jobs agents took: (agent name, request id, whether it ran to its end).
     pub jobs: Vec<(String, u64, bool)>,
     pub next_request_id: u64,
