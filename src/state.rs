@@ -94,6 +94,9 @@ pub struct Saved {
     /// The extra CA certificates (`--ca-file`), a path.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// `--disable-update`: `agent.disableupdate` goes into the agent's `.env` at every configure.
+    #[serde(default)]
+    pub disable_update: bool,
 }
 
 impl Saved {
@@ -226,6 +229,7 @@ mod tests {
             proxy_password_file: None,
             no_proxy: None,
             ca_file: None,
+            disable_update: true,
         };
         let path = save(dir.path(), &saved).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();

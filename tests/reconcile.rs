@@ -699,3 +699,57 @@ fn reconcile_refuses_an_agent_dir_others_could_move() {
     assert_eq!(w.requests().len(), before, "nothing contacted");
     w.reconcile().assert_code(0);
 }
+
+/// `install --disable-update`: `agent.disableupdate=true` in the agent's `.env` (the listener's
+/// only switch for it), written by the agent user, saved, and written again by the re-registration
+/// reconcile makes from a fresh package; an install without the flag takes it out and restarts the
+/// service (the listener reads `.env` when it starts).
+#[test]
+fn disable_update_is_saved_and_written_again_by_every_configure() {
+    let w = World::new();
+    w.install(&["--disable-update"]).assert_code(0);
+    let env_file = w.agent_dir().join(".env");
+    let switched = || {
+        std::fs::read_to_string(&env_file)
+            .unwrap()
+            .lines()
+            .any(|l| l == "agent.disableupdate=true")
+    };
+    assert!(switched());
+    assert_eq!(owner(&env_file), agent_user().uid.as_raw());
+    let saved = || std::fs::read_to_string(&w.saved_settings_files()[0]).unwrap();
+    assert!(saved().contains("\"disable_update\": true"), "{}", saved());
+
+    // A healthy agent: nothing to write, nothing restarted.
+    let changes = w.systemctl_changes();
+    reconcile(&w).assert_code(0);
+    assert_eq!(w.systemctl_changes(), changes);
+
+    // Deleted on the server: configured again in a fresh tree, the switch written again.
+    w.sim.state().agents.clear();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert_eq!(w.listener_verbs(), ["configure", "configure"]);
+    assert!(
+        switched(),
+        "{}",
+        std::fs::read_to_string(&env_file).unwrap()
+    );
+
+    // Without the flag: taken out, the running service restarted to read it.
+    let before = w.systemctl_changes().len();
+    let run = w.install(&[]);
+    run.assert_code(0);
+    assert!(
+        !switched(),
+        "{}",
+        std::fs::read_to_string(&env_file).unwrap()
+    );
+    assert_eq!(
+        w.systemctl_changes()[before..],
+        [format!("restart {UNIT}")],
+        "{}",
+        run.stderr
+    );
+    assert!(saved().contains("\"disable_update\": false"), "{}", saved());
+}
