@@ -149,7 +149,10 @@ fn serve(args: &[String]) {
     if let Some(path) = state_file {
         let kept = crate::Persisted::of(&sim.state());
         if let Err(e) = kept.save(&path) {
-            eprintln!("azure-sim: cannot keep the state in {}: {e}", path.display());
+            eprintln!(
+                "azure-sim: cannot keep the state in {}: {e}",
+                path.display()
+            );
         }
     }
     std::process::exit(0);

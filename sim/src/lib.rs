@@ -587,7 +587,10 @@ impl Simulator {
             scheme: "http",
         };
         let app = server::router(shared.clone());
-        let secure = https.iter().map(bind).collect::<std::io::Result<Vec<_>>>()?;
+        let secure = https
+            .iter()
+            .map(bind)
+            .collect::<std::io::Result<Vec<_>>>()?;
         let (tls_addr, ca) = match secure.first() {
             Some(l) => {
                 let dir = config
@@ -711,7 +714,10 @@ fn keep_state(state: &Mutex<State>, path: &Path) {
             && bytes != last
         {
             if let Err(e) = kept.save(path) {
-                eprintln!("azure-sim: cannot keep the state in {}: {e}", path.display());
+                eprintln!(
+                    "azure-sim: cannot keep the state in {}: {e}",
+                    path.display()
+                );
             }
             last = bytes;
         }

@@ -86,14 +86,20 @@ fn write_new(dir: &Path, names: &[String]) -> std::io::Result<()> {
     let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(err)?;
 
     fs_err::write(dir.join("ca.pem"), ca.pem())?;
-    fs_err::write(dir.join("server.pem"), format!("{}{}", leaf.pem(), ca.pem()))?;
+    fs_err::write(
+        dir.join("server.pem"),
+        format!("{}{}", leaf.pem(), ca.pem()),
+    )?;
     fs_err::write(dir.join("server.key"), leaf_key.serialize_pem())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         fs_err::set_permissions(dir.join("ca.pem"), std::fs::Permissions::from_mode(0o644))?;
-        fs_err::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+        fs_err::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )?;
     }
     Ok(())
 }

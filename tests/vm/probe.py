@@ -220,7 +220,15 @@ def phase_deleted():
 
     tokens = [t for t in kept_state()["tokens"] if len(t) >= 16]
     check("the simulator issued tokens", bool(tokens), str(len(tokens)))
+    # Canaries first, so the searches below are shown able to find what they look for: a line
+    # logged to the journal, and a file holding an issued token.
+    canary = "vmtest-canary-%d" % os.getpid()
+    sh("logger", "-t", "vmtest", canary)
+    with open("/var/tmp/vmtest-canary", "w") as f:
+        f.write(tokens[0] if tokens else canary)
+    time.sleep(1)
     _, journal = sh("journalctl", "--no-pager", "-o", "cat", timeout=300)
+    check("the journal search finds a line logged now", canary in journal, "")
     leaks = [t[:12] for t in tokens if t in journal]
     check("no token in the journal", not leaks, " ".join(leaks))
     found, scanned = [], 0
@@ -245,6 +253,9 @@ def phase_deleted():
                 scanned += 1
                 if any(n in data for n in needles):
                     found.append(path)
+    check("the file search finds a token planted for it", "/var/tmp/vmtest-canary" in found, "")
+    os.unlink("/var/tmp/vmtest-canary")
+    found = [p for p in found if p != "/var/tmp/vmtest-canary"]
     check("no token in any file", not found, f"{scanned} files searched; found in: " + " ".join(found[:10]))
 
 
