@@ -167,3 +167,63 @@ fn a_named_platform_wins_over_the_machines_and_is_kept_for_boot() {
         );
     }
 }
+
+/// A machine whose system trust store is empty (Debian minbase, `*-slim` containers, hardened
+/// images without `ca-certificates`; `SSL_CERT_FILE`/`SSL_CERT_DIR` point the platform verifier at an
+/// empty bundle here): an https organization stops with exit 4, the message says the machine has no
+/// CA certificates and gives the distribution's command, and nothing is registered or written;
+/// `doctor` says so before; a loopback http organization needs no CA and installs.
+#[test]
+fn an_empty_trust_store_is_named_with_the_command_that_fills_it() {
+    let w = World::with(|c| c.tls = true);
+    let store = w.dir.path().join("empty-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let bundle = store.join("bundle.pem");
+    std::fs::write(&bundle, "").unwrap();
+    let no_store = |cmd: &mut std::process::Command| {
+        cmd.env("SSL_CERT_FILE", &bundle)
+            .env("SSL_CERT_DIR", &store);
+    };
+    let url = w.sim.tls_org_url();
+    let dir = w.agent_dir();
+    let args = [
+        "install",
+        "--url",
+        url.as_str(),
+        "--agent-dir",
+        dir.to_str().unwrap(),
+        "--agent-name",
+        "test-agent",
+    ];
+    let mut cmd = w.command(&args);
+    no_store(&mut cmd);
+    let run = w.run_cmd(cmd);
+    run.assert_code(4);
+    assert!(
+        run.stderr.contains("this machine has no CA certificates")
+            && run.stderr.contains("apt-get install -y ca-certificates")
+            && run.stderr.contains("--ca-file"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert!(w.server_agents(1).is_empty());
+    assert!(!dir.join(".agent").exists());
+
+    let mut cmd = w.command(&["doctor", "--url", url.as_str(), "--pool", "Default"]);
+    no_store(&mut cmd);
+    let run = w.run_cmd(cmd);
+    assert!(
+        run.stdout.contains(
+            "CA certificates: NONE in the system store: this machine has no CA certificates"
+        ),
+        "{}",
+        run.stdout
+    );
+
+    // The same machine, a loopback http organization: no TLS, no CA needed.
+    let mut cmd = w.install_command(&[]);
+    no_store(&mut cmd);
+    w.run_cmd(cmd).assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 1);
+}
