@@ -227,3 +227,47 @@ fn an_empty_trust_store_is_named_with_the_command_that_fills_it() {
     w.run_cmd(cmd).assert_code(0);
     assert_eq!(w.server_agents(1).len(), 1);
 }
+
+/// A BusyBox system (Alpine) has no `useradd`: the agent account is made with BusyBox's
+/// `addgroup -S` and `adduser -S -D` (here scripts that record their arguments and make the
+/// account with the real tools, on a PATH without `/usr/sbin`), and the install completes.
+#[test]
+fn without_useradd_the_account_is_made_with_busybox_adduser() {
+    let w = World::new();
+    let bin = w.dir.path().join("busybox-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = w.dir.path().join("busybox.log");
+    let script = |body: &str| format!("#!/bin/sh\necho \"$0 $*\" >> {}\n{body}\n", log.display());
+    let write = |name: &str, body: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, script(body)).unwrap();
+        azure_sim::make_executable(&p).unwrap();
+    };
+    write(
+        "addgroup",
+        r#"for a; do n=$a; done; /usr/sbin/groupadd --system "$n""#,
+    );
+    write(
+        "adduser",
+        r#"for a; do n=$a; done; /usr/sbin/useradd --system --create-home -g "$n" "$n""#,
+    );
+    let mut cmd = w.install_command(&[]);
+    let path = format!(
+        "{}:{}:/usr/local/bin:/usr/bin:/bin",
+        bin.display(),
+        w.sim.systemd_dir().join("bin").display()
+    );
+    cmd.env("PATH", path);
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.contains(&format!("addgroup -S {}", w.user))
+            && calls.contains(&format!(
+                "adduser -S -D -h /home/{u} -s /bin/sh -G {u} -g Azure Pipelines agent {u}",
+                u = w.user
+            )),
+        "{calls}"
+    );
+    assert_eq!(w.server_agents(1).len(), 1);
+}
