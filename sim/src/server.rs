@@ -54,6 +54,8 @@ pub fn router(shared: Shared) -> Router {
         )
         .route("/{org}/_apis/distributedtask/packages/agent", get(packages))
         .route("/_download/agent/{version}/{file}", get(download))
+        .route("/agent/{version}/{file}", get(download))
+        .route("/tools/{file}", get(tool_file))
         .route("/_sim/config", get(sim_config))
         .route("/_sim/report", post(sim_report))
         .route("/_sim/listener", post(sim_listener))
@@ -1137,13 +1139,37 @@ async fn packages(
             "platform": spec.platform,
             "createdOn": "2026-08-12T00:00:00Z",
             "version": {"major": v[0], "minor": v[1], "patch": v[2]},
-            "downloadUrl": format!("{}://{host}/_download/agent/{}/{}", s.scheme, spec.version, spec.file_name()),
+            "downloadUrl": match &s.config.download_base {
+                Some(base) => format!("{base}/agent/{}/{}", spec.version, spec.file_name()),
+                None => format!("{}://{host}/_download/agent/{}/{}", s.scheme, spec.version, spec.file_name()),
+            },
             "infoUrl": "https://go.microsoft.com/fwlink/?LinkId=798199",
             "hashValue": s.package.sha256,
             "filename": spec.file_name(),
         }));
     }
     json_response(200, json!({"count": value.len(), "value": value}))
+}
+
+/// A file of `SimConfig::files_dir` (a public storage container: no credentials asked).
+async fn tool_file(
+    AxState(s): AxState<Shared>,
+    Path(file): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    record(&s, &method, &uri, &headers, "tools");
+    let found = s
+        .config
+        .files_dir
+        .as_ref()
+        .filter(|_| !file.contains('/') && !file.starts_with('.'))
+        .and_then(|d| fs_err::read(d.join(&file)).ok());
+    match found {
+        Some(bytes) => (StatusCode::OK, bytes).into_response(),
+        None => (StatusCode::NOT_FOUND, "BlobNotFound").into_response(),
+    }
 }
 
 async fn download(
