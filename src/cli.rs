@@ -238,6 +238,11 @@ pub struct RunArgs {
     /// default) so there is time left to unregister.
     #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     pub stop_grace: u64,
+    /// Turn the agent's self-update off, for images that pin a version: the agent ignores the
+    /// server's update requests (its `agent.disableupdate`, written to its .env). Azure DevOps may
+    /// then hold jobs back from it until it updates.
+    #[arg(long)]
+    pub disable_update: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
     #[command(flatten)]
@@ -313,6 +318,11 @@ pub struct InstallArgs {
     /// terminate notifications on the scale set. (Linux)
     #[arg(long, conflicts_with = "no_service")]
     pub scale_in_drain: bool,
+    /// Turn the agent's self-update off, for images that pin a version: the agent ignores the
+    /// server's update requests (its `agent.disableupdate`, written to its .env; saved for
+    /// reconcile). Azure DevOps may then hold jobs back from it until it updates.
+    #[arg(long)]
+    pub disable_update: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
     #[command(flatten)]

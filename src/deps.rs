@@ -199,6 +199,14 @@ pub fn install_command(missing: &Missing, os: Option<&OsRelease>) -> Option<Stri
         );
     }
     packages.dedup();
+    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+    install_packages(&packages, Some(os))
+}
+
+/// The distribution's command that installs `packages` (their names on this distribution).
+pub fn install_packages(packages: &[&str], os: Option<&OsRelease>) -> Option<String> {
+    let os = os?;
+    let family = family(os)?;
     let tool = match family {
         Family::Debian => "apt-get install -y",
         Family::Dnf if os.major().is_some_and(|m| m < 8) && os.id != "fedora" => "yum install -y",

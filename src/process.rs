@@ -120,6 +120,13 @@ impl Child {
         self
     }
 
+    /// Its stderr is commentary, logged at debug (`systemctl enable`'s "Created symlink …"); a
+    /// failure still carries its last line in the error.
+    pub fn quiet_stderr(mut self) -> Self {
+        self.quiet_stderr = true;
+        self
+    }
+
     /// A probe: stdout and stderr are its answer, kept and never logged as progress or warnings.
     pub fn probe(mut self) -> Self {
         self.quiet_stdout = true;

@@ -111,6 +111,8 @@ pub struct InstallSettings {
     pub boot: bool,
     /// Install the unit that runs `watch` (`--scale-in-drain`).
     pub scale_in_drain: bool,
+    /// The agent's self-update off (`--disable-update`: `agent.disableupdate` in its `.env`).
+    pub disable_update: bool,
     /// The proxy and extra CAs, for the tool and for the agent.
     pub network: crate::net::Network,
     /// Where the token comes from, and which identity.
@@ -544,6 +546,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         no_service: true,
         no_boot: true,
         scale_in_drain: false,
+        disable_update: args.disable_update,
         identity: args.identity.clone(),
         network: args.network.clone(),
         pkg: args.pkg.clone(),
@@ -750,6 +753,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         service: !args.no_service,
         boot: !args.no_boot,
         scale_in_drain: args.scale_in_drain,
+        disable_update: args.disable_update,
         network,
         identity: identity(&args.identity)?,
         package: package_choice(&args.pkg)?,
@@ -948,6 +952,7 @@ pub fn from_saved(
         service: saved.service,
         boot: saved.boot_unit.is_some(),
         scale_in_drain: saved.watch_unit.is_some(),
+        disable_update: saved.disable_update,
         network: saved_network(saved, env)?,
         identity: saved_identity(saved)?,
         package,

@@ -98,6 +98,9 @@ pub struct Saved {
     /// which `remove` takes out again; a certificate the store already had is not listed.
     #[serde(default)]
     pub trusted_cas: Vec<TrustedCa>,
+    /// `--disable-update`: `agent.disableupdate` goes into the agent's `.env` at every configure.
+    #[serde(default)]
+    pub disable_update: bool,
 }
 
 /// A CA certificate agent-bootstrap put into the system trust store.
@@ -270,6 +273,7 @@ mod tests {
                 file: Some("/usr/local/share/ca-certificates/agent-bootstrap-abab.crt".into()),
                 thumbprint: None,
             }],
+            disable_update: true,
         };
         let path = save(dir.path(), &saved).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();

@@ -96,27 +96,62 @@ pub async fn ensure(user: &AgentUser, env: &crate::env::Env) -> Result<RunAs, Us
     create(&name, env).await
 }
 
-/// `useradd --system --create-home` (Unix).
+/// `useradd --system --create-home` (Unix); where there is no `useradd` (Alpine and other
+/// BusyBox systems), BusyBox's `addgroup -S` and `adduser -S -D`.
 async fn create(name: &str, env: &crate::env::Env) -> Result<RunAs, UserError> {
     let name = name.to_owned();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let useradd =
-        which::which_in("useradd", env.var("PATH"), cwd).map_err(|_| UserError::Create {
-            name: name.clone(),
-            detail: "useradd was not found; create the account yourself and pass --user".to_owned(),
-        })?;
+    let find = |program: &str| which::which_in(program, env.var("PATH"), &cwd).ok();
+    let home = format!("/home/{name}");
     tracing::info!(user = %name, "creating the agent user");
-    let child = Child::new("useradd", useradd, env).args([
-        "--system",
-        "--create-home",
-        "--home-dir",
-        &format!("/home/{name}"),
-        "--shell",
-        "/bin/bash",
-        "--comment",
-        "Azure Pipelines agent",
-        &name,
-    ]);
+    let child = match (find("useradd"), find("adduser"), find("addgroup")) {
+        (Some(useradd), _, _) => Child::new("useradd", useradd, env).args([
+            "--system",
+            "--create-home",
+            "--home-dir",
+            &home,
+            "--shell",
+            "/bin/bash",
+            "--comment",
+            "Azure Pipelines agent",
+            &name,
+        ]),
+        (None, Some(adduser), Some(addgroup)) => {
+            // BusyBox: a system group of the account's name first (`adduser -S` alone would put
+            // the account in `nogroup`), then the account, without a password, with its home.
+            let group = Child::new("addgroup", addgroup, env).args(["-S", &name]);
+            let done = process::run_async(group, Masker::new())
+                .await
+                .map_err(|e| UserError::Create {
+                    name: name.clone(),
+                    detail: e.to_string(),
+                })?;
+            if !done.success() {
+                tracing::debug!(code = done.code, "addgroup -S failed (the group may exist)");
+            }
+            Child::new("adduser", adduser, env).args([
+                "-S",
+                "-D",
+                "-h",
+                &home,
+                "-s",
+                "/bin/sh",
+                "-G",
+                &name,
+                "-g",
+                "Azure Pipelines agent",
+                &name,
+            ])
+        }
+        _ => {
+            return Err(UserError::Create {
+                name,
+                detail: "neither useradd (shadow-utils, passwd) nor BusyBox's adduser and \
+                         addgroup were found on PATH; create the account yourself and pass --user"
+                    .to_owned(),
+            });
+        }
+    };
     // Another run may be creating it at the same moment: useradd then exits 9 (exists) or 10 (the
     // password file is locked). Look again, and try again a few times.
     let mut last = String::new();
@@ -135,7 +170,7 @@ async fn create(name: &str, env: &crate::env::Env) -> Result<RunAs, UserError> {
         }
         last = done
             .error_line()
-            .unwrap_or_else(|| format!("useradd exited with {}", done.code));
+            .unwrap_or_else(|| format!("{} exited with {}", child.label, done.code));
     }
     Err(UserError::Create { name, detail: last })
 }

@@ -354,15 +354,125 @@ fn run_unregisters_an_agent_that_crashed() {
     assert_unregistered(&w);
 }
 
+fn run_versions(w: &World) -> Vec<String> {
+    run_reports(w).iter().map(listener_version).collect()
+}
+
 #[test]
-fn run_once_runs_the_agent_again_after_an_update_exit() {
+fn run_brings_the_agent_back_on_its_new_version_after_an_update() {
     let w = World::new();
-    w.sim.state().listener_exits.push_back(4);
+    let child = spawn(run_command(&w, &[]));
+    wait_until("the agent online", 60, || {
+        pod_agent(&w).is_some_and(|a| a.status == "online")
+    });
+    offer_update(&w);
+    // The listener updates itself and exits 3; run waits for its update script, then runs the new
+    // version, still registered, under its own supervision.
+    wait_until("the agent back online on the new version", 90, || {
+        pod_agent(&w).is_some_and(|a| a.status == "online" && a.version == NEW_VERSION)
+    });
+    let dir = w.agent_dir();
+    assert_eq!(
+        std::fs::read_link(dir.join("bin")).unwrap(),
+        dir.join(format!("bin.{NEW_VERSION}"))
+    );
+    assert!(dir.join("bin.4.264.2/Agent.Listener").is_file());
+    // One listener, run's own child: none started by the update script in the background.
+    wait_until("one listener", 10, || listeners(&w).len() == 1);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        listeners(&w),
+        [(listeners(&w)[0].0, child.id() as i32)],
+        "one listener, run's child"
+    );
+    // The new version takes jobs.
     w.sim.state().queued_jobs.push_back(100);
-    let run = w.run_cmd(run_command(&w, &["--once"]));
+    wait_until("the job done", 30, || !w.sim.state().jobs.is_empty());
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
     run.assert_code(0);
-    assert_eq!(run_reports(&w).len(), 2, "run.sh ran the listener again");
+    assert!(
+        run.stderr
+            .contains("the agent updated itself; running it again"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run_versions(&w), ["4.264.2", NEW_VERSION]);
+    for r in run_reports(&w) {
+        assert!(
+            r.argv.windows(2).any(|a| a == ["--startuptype", "service"]),
+            "{:?}",
+            r.argv
+        );
+    }
     assert_eq!(w.sim.state().jobs, [("pod-1".to_owned(), 5000, true)]);
+    assert_unregistered(&w);
+    wait_until("no listener left", 10, || listeners(&w).is_empty());
+    // Registered once: the update kept the registration.
+    assert_eq!(w.count("POST", "/agents"), 1);
+}
+
+#[test]
+fn run_once_runs_the_new_version_after_an_update() {
+    let w = World::new();
+    let child = spawn(run_command(&w, &["--once"]));
+    wait_until("the agent online", 60, || {
+        pod_agent(&w).is_some_and(|a| a.status == "online")
+    });
+    offer_update(&w);
+    wait_until("the agent back online on the new version", 90, || {
+        pod_agent(&w).is_some_and(|a| a.status == "online" && a.version == NEW_VERSION)
+    });
+    w.sim.state().queued_jobs.push_back(100);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    assert_eq!(run_versions(&w), ["4.264.2", NEW_VERSION]);
+    for r in run_reports(&w) {
+        assert!(r.argv.iter().any(|a| a == "--once"), "{:?}", r.argv);
+    }
+    assert_eq!(w.sim.state().jobs, [("pod-1".to_owned(), 5000, true)]);
+    assert_unregistered(&w);
+}
+
+#[test]
+fn run_disable_update_keeps_the_agent_on_its_version() {
+    let w = World::new();
+    let child = spawn(run_command(&w, &["--disable-update"]));
+    wait_until("the agent online", 60, || {
+        pod_agent(&w).is_some_and(|a| a.status == "online")
+    });
+    let env = std::fs::read_to_string(w.agent_dir().join(".env")).unwrap();
+    assert!(
+        env.lines().any(|l| l == "agent.disableupdate=true"),
+        "{env}"
+    );
+    offer_update(&w);
+    let id = pod_agent(&w).unwrap().id;
+    wait_until("the update asked for", 30, || {
+        w.sim
+            .state()
+            .agent_update
+            .as_ref()
+            .is_some_and(|u| u.told.contains(&id))
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let agent = pod_agent(&w).unwrap();
+    assert_eq!(
+        (agent.status.as_str(), agent.version.as_str()),
+        ("online", "4.264.2")
+    );
+    let bin = std::fs::symlink_metadata(w.agent_dir().join("bin")).unwrap();
+    assert!(!bin.file_type().is_symlink(), "the agent updated itself");
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let run = finish(&w, child);
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("skipping autoupdate since agent.disableupdate is set"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run_versions(&w), ["4.264.2"]);
     assert_unregistered(&w);
 }
 

@@ -167,3 +167,107 @@ fn a_named_platform_wins_over_the_machines_and_is_kept_for_boot() {
         );
     }
 }
+
+/// A machine whose system trust store is empty (Debian minbase, `*-slim` containers, hardened
+/// images without `ca-certificates`; `SSL_CERT_FILE`/`SSL_CERT_DIR` point the platform verifier at an
+/// empty bundle here): an https organization stops with exit 4, the message says the machine has no
+/// CA certificates and gives the distribution's command, and nothing is registered or written;
+/// `doctor` says so before; a loopback http organization needs no CA and installs.
+#[test]
+fn an_empty_trust_store_is_named_with_the_command_that_fills_it() {
+    let w = World::with(|c| c.tls = true);
+    let store = w.dir.path().join("empty-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let bundle = store.join("bundle.pem");
+    std::fs::write(&bundle, "").unwrap();
+    let no_store = |cmd: &mut std::process::Command| {
+        cmd.env("SSL_CERT_FILE", &bundle)
+            .env("SSL_CERT_DIR", &store);
+    };
+    let url = w.sim.tls_org_url();
+    let dir = w.agent_dir();
+    let args = [
+        "install",
+        "--url",
+        url.as_str(),
+        "--agent-dir",
+        dir.to_str().unwrap(),
+        "--agent-name",
+        "test-agent",
+    ];
+    let mut cmd = w.command(&args);
+    no_store(&mut cmd);
+    let run = w.run_cmd(cmd);
+    run.assert_code(4);
+    assert!(
+        run.stderr.contains("this machine has no CA certificates")
+            && run.stderr.contains("apt-get install -y ca-certificates")
+            && run.stderr.contains("--ca-file"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert!(w.server_agents(1).is_empty());
+    assert!(!dir.join(".agent").exists());
+
+    let mut cmd = w.command(&["doctor", "--url", url.as_str(), "--pool", "Default"]);
+    no_store(&mut cmd);
+    let run = w.run_cmd(cmd);
+    assert!(
+        run.stdout.contains(
+            "CA certificates: NONE in the system store: this machine has no CA certificates"
+        ),
+        "{}",
+        run.stdout
+    );
+
+    // The same machine, a loopback http organization: no TLS, no CA needed.
+    let mut cmd = w.install_command(&[]);
+    no_store(&mut cmd);
+    w.run_cmd(cmd).assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 1);
+}
+
+/// A BusyBox system (Alpine) has no `useradd`: the agent account is made with BusyBox's
+/// `addgroup -S` and `adduser -S -D` (here scripts that record their arguments and make the
+/// account with the real tools, on a PATH without `/usr/sbin`), and the install completes.
+#[test]
+fn without_useradd_the_account_is_made_with_busybox_adduser() {
+    let w = World::new();
+    let bin = w.dir.path().join("busybox-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = w.dir.path().join("busybox.log");
+    let script = |body: &str| format!("#!/bin/sh\necho \"$0 $*\" >> {}\n{body}\n", log.display());
+    let write = |name: &str, body: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, script(body)).unwrap();
+        azure_sim::make_executable(&p).unwrap();
+    };
+    write(
+        "addgroup",
+        r#"for a; do n=$a; done; /usr/sbin/groupadd --system "$n""#,
+    );
+    write(
+        "adduser",
+        r#"for a; do n=$a; done; /usr/sbin/useradd --system --create-home -g "$n" "$n""#,
+    );
+    let mut cmd = w.install_command(&[]);
+    let path = format!(
+        "{}:{}:/usr/local/bin:/usr/bin:/bin",
+        bin.display(),
+        w.sim.systemd_dir().join("bin").display()
+    );
+    cmd.env("PATH", path);
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.contains(&format!("addgroup -S {}", w.user))
+            && calls.contains(&format!(
+                "adduser -S -D -h /home/{u} -s /bin/sh -G {u} -g Azure Pipelines agent {u}",
+                u = w.user
+            )),
+        "{calls}"
+    );
+    assert_eq!(w.server_agents(1).len(), 1);
+}

@@ -699,3 +699,159 @@ fn reconcile_refuses_an_agent_dir_others_could_move() {
     assert_eq!(w.requests().len(), before, "nothing contacted");
     w.reconcile().assert_code(0);
 }
+
+/// The agent's service host keeps the unit active while it starts the listener again (5 s after an
+/// update, twice more after retryable errors here): reconcile finds the agent healthy (no configure,
+/// nothing done to the unit) and status says the service runs, the agent registered and offline,
+/// and why; once it is back on its new version reconcile records that version.
+#[test]
+fn a_service_agent_restarting_after_an_update_is_healthy_to_reconcile_and_status() {
+    let w = installed();
+    let mut host = service_host(&w);
+    let agent = || {
+        w.server_agents(1)
+            .into_iter()
+            .find(|a| a.name == "test-agent")
+            .unwrap()
+    };
+    wait_for_secs("the agent online", 30, || agent().status == "online");
+    let id = agent().id;
+    // The listener updates itself and exits 3; the next two launches fail (2) at once.
+    w.sim.state().listener_exits.extend([2, 2]);
+    offer_update(&w);
+    wait_for_secs("the listener exited to update", 30, || {
+        agent().status == "offline"
+    });
+    let changes = w.systemctl_changes();
+    let verbs = w.listener_verbs();
+
+    let st = w.status(&["--json"]);
+    st.assert_code(0);
+    let json: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(json["service"]["active"], true, "{}", st.stdout);
+    assert_eq!(json["server"]["exists"], true);
+    assert_eq!(json["server"]["status"], "offline");
+    let st = w.status(&[]);
+    assert!(
+        st.stdout.contains("registered, offline, enabled while its service runs: the listener is starting, restarting"),
+        "{}",
+        st.stdout
+    );
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("healthy, service running"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(w.systemctl_changes(), changes, "nothing done to the unit");
+    assert_eq!(w.listener_verbs(), verbs, "no agent command");
+    assert!(host.try_wait().unwrap().is_none(), "the service host ended");
+
+    wait_for_secs("the agent back on its new version", 60, || {
+        let a = agent();
+        a.status == "online" && a.version == NEW_VERSION
+    });
+    assert_eq!(agent().id, id, "the same registration");
+    let runs: Vec<String> = w
+        .sim
+        .state()
+        .listener_reports
+        .iter()
+        .filter(|r| r.verb == "run")
+        .map(listener_version)
+        .collect();
+    assert_eq!(
+        runs,
+        ["4.264.2", NEW_VERSION, NEW_VERSION],
+        "updated, then two failed launches"
+    );
+    reconcile(&w).assert_code(0);
+    let saved = std::fs::read_to_string(&w.saved_settings_files()[0]).unwrap();
+    assert!(
+        saved.contains(&format!("\"agent_version\": \"{NEW_VERSION}\"")),
+        "{saved}"
+    );
+    let st = w.status(&[]);
+    assert!(
+        st.stdout
+            .contains(&format!("{NEW_VERSION} (updated itself)")),
+        "{}",
+        st.stdout
+    );
+    assert!(
+        st.stdout.contains("registered, online, enabled\n"),
+        "{}",
+        st.stdout
+    );
+
+    // systemctl stop: SIGTERM to runsvc.sh, SIGINT to the listener, which ends with 0: the host
+    // stops instead of launching it again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = host.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Agent listener exit with 0 return code, stop the service"),
+        "{stdout}"
+    );
+    assert!(listeners(&w).is_empty());
+    assert_eq!(agent().status, "offline");
+}
+
+/// `install --disable-update`: `agent.disableupdate=true` in the agent's `.env` (the listener's
+/// only switch for it), written by the agent user, saved, and written again by the re-registration
+/// reconcile makes from a fresh package; an install without the flag takes it out and restarts the
+/// service (the listener reads `.env` when it starts).
+#[test]
+fn disable_update_is_saved_and_written_again_by_every_configure() {
+    let w = World::new();
+    w.install(&["--disable-update"]).assert_code(0);
+    let env_file = w.agent_dir().join(".env");
+    let switched = || {
+        std::fs::read_to_string(&env_file)
+            .unwrap()
+            .lines()
+            .any(|l| l == "agent.disableupdate=true")
+    };
+    assert!(switched());
+    assert_eq!(owner(&env_file), agent_user().uid.as_raw());
+    let saved = || std::fs::read_to_string(&w.saved_settings_files()[0]).unwrap();
+    assert!(saved().contains("\"disable_update\": true"), "{}", saved());
+
+    // A healthy agent: nothing to write, nothing restarted.
+    let changes = w.systemctl_changes();
+    reconcile(&w).assert_code(0);
+    assert_eq!(w.systemctl_changes(), changes);
+
+    // Deleted on the server: configured again in a fresh tree, the switch written again.
+    w.sim.state().agents.clear();
+    let run = reconcile(&w);
+    run.assert_code(0);
+    assert_eq!(w.listener_verbs(), ["configure", "configure"]);
+    assert!(
+        switched(),
+        "{}",
+        std::fs::read_to_string(&env_file).unwrap()
+    );
+
+    // Without the flag: taken out, the running service restarted to read it.
+    let before = w.systemctl_changes().len();
+    let run = w.install(&[]);
+    run.assert_code(0);
+    assert!(
+        !switched(),
+        "{}",
+        std::fs::read_to_string(&env_file).unwrap()
+    );
+    assert_eq!(
+        w.systemctl_changes()[before..],
+        [format!("restart {UNIT}")],
+        "{}",
+        run.stderr
+    );
+    assert!(saved().contains("\"disable_update\": false"), "{}", saved());
+}

@@ -335,3 +335,96 @@ fn the_simulated_agent_names_services_by_the_agents_own_vectors() {
     let (n, _) = service_name("https://myorg.visualstudio.com/", "P", "a");
     assert_eq!(n, "vsts.agent.myorg.P.a.service");
 }
+
+/// `runsvc.sh` → `AgentService.js` (`src/Misc/layoutbin/AgentService.js`): the listener runs with
+/// `--startuptype service` and is launched again 5 s after an exit code other than 0 or 1; 1 (and 0)
+/// stop the host, and with it the unit.
+#[test]
+fn the_service_host_relaunches_the_listener_after_5s_unless_it_exits_0_or_1() {
+    let w = installed();
+    w.sim.state().listener_exits.extend([2, 3, 1]);
+    let start = std::time::Instant::now();
+    let host = service_host(&w);
+    let out = host.wait_with_output().unwrap();
+    let elapsed = start.elapsed();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let runs: Vec<_> = w
+        .sim
+        .state()
+        .listener_reports
+        .iter()
+        .filter(|r| r.verb == "run")
+        .cloned()
+        .collect();
+    assert_eq!(runs.len(), 3, "{stdout}");
+    for r in &runs {
+        assert!(
+            r.argv.windows(2).any(|a| a == ["--startuptype", "service"]),
+            "{:?}",
+            r.argv
+        );
+        assert_eq!(r.uid, agent_user().uid.as_raw());
+    }
+    for line in [
+        "Agent listener exit with retryable error, re-launch agent in 5 seconds.",
+        "Agent listener exit because of updating, re-launch agent in 5 seconds.",
+        "Agent listener exit with terminated error, stop the service, no retry needed.",
+    ] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    assert!(elapsed >= std::time::Duration::from_secs(10), "{elapsed:?}");
+}
+
+/// `run.sh` without `--once` (an interactive listener): an update exits 3, which ends `run.sh`,
+/// and the update script starts `run.sh` again in the background: a listener nobody supervises
+/// (`Agent.cs` `restartInteractiveAgent`, `update.sh.template`). What `run` must never run into.
+#[test]
+fn an_interactive_agent_restarts_itself_outside_its_script_after_an_update() {
+    let w = World::new();
+    w.install(&["--no-service"]).assert_code(0);
+    let user = agent_user();
+    let dir = w.agent_dir();
+    let mut cmd = Command::new(dir.join("run.sh"));
+    cmd.current_dir(&dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &user.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::uid(&mut cmd, user.uid.as_raw());
+    std::os::unix::process::CommandExt::gid(&mut cmd, user.gid.as_raw());
+    let mut run_sh = cmd.spawn().unwrap();
+    let online = |w: &World, version: &str| {
+        w.server_agents(1)
+            .iter()
+            .any(|a| a.status == "online" && a.version == version)
+    };
+    wait_for_secs("the agent online", 30, || online(&w, "4.264.2"));
+    offer_update(&w);
+    let code = run_sh.wait().unwrap().code();
+    assert_eq!(
+        code,
+        Some(3),
+        "run.sh ends with the listener's exit for an update"
+    );
+    wait_for_secs("the agent online on the new version", 30, || {
+        online(&w, NEW_VERSION)
+    });
+    let stray = listeners(&w);
+    assert_eq!(stray.len(), 1);
+    assert_ne!(stray[0].1, run_sh.id() as i32);
+    assert_eq!(
+        std::fs::read_link(dir.join("bin")).unwrap(),
+        dir.join(format!("bin.{NEW_VERSION}"))
+    );
+    let log = std::fs::read_dir(dir.join("_diag"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("SelfUpdate-"))
+        .unwrap();
+    assert!(log.ends_with(".log.succeed"), "{log}");
+    // The World's end ends every process of the agent user, the stray listener too.
+}

@@ -7,7 +7,10 @@ use crate::{SimConfig, Simulator};
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  azure-sim serve [--port N] [--work-dir DIR] [--package-mb N] [--package-files N] [--throttle-mbps N]\n  \
+        "usage:\n  azure-sim serve [--port N] [--work-dir DIR] [--package-mb N] [--package-files N] [--throttle-mbps N]\n    \
+         [--listen ADDR:PORT]... [--tls-listen ADDR:PORT]... [--tls-dir DIR] [--tls-name NAME]...\n    \
+         [--download-base URL] [--files DIR] [--state-file FILE]\n  \
+         azure-sim make-tls --dir DIR [--tls-name NAME]...\n  \
          azure-sim fake-listener --root DIR --agent-version V -- ARGS"
     );
     std::process::exit(2);
@@ -43,12 +46,42 @@ pub fn main() {
     match args.first().map(String::as_str) {
         Some("fake-listener") => std::process::exit(crate::listener::main(&args[1..])),
         Some("serve") => serve(&args[1..]),
+        Some("make-tls") => make_tls(&args[1..]),
         _ => usage(),
+    }
+}
+
+/// `make-tls --dir DIR [--tls-name NAME]...`: the test CA and a server certificate for the names,
+/// made ahead (the booted-VM test puts the CA into the guest's trust store before the simulator
+/// runs there, then `serve --tls-dir DIR` uses them).
+fn make_tls(args: &[String]) {
+    let mut dir = None;
+    let mut names = vec![];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--dir" => dir = Some(PathBuf::from(value())),
+            "--tls-name" => names.push(value()),
+            _ => usage(),
+        }
+    }
+    let dir = dir.unwrap_or_else(|| usage());
+    if let Err(e) = crate::tls::load_or_make(&dir, &names) {
+        eprintln!("azure-sim: {e}");
+        std::process::exit(1);
     }
 }
 
 fn serve(args: &[String]) {
     let mut port = 0u16;
+    let mut listen: Vec<std::net::SocketAddr> = vec![];
+    let mut tls_listen: Vec<std::net::SocketAddr> = vec![];
+    let mut tls_dir = None;
+    let mut tls_names = vec![];
+    let mut download_base = None;
+    let mut files_dir = None;
+    let mut state_file = None;
     let mut work_dir = std::env::temp_dir().join("azure-sim");
     let mut package_mb = None;
     let mut package_files = None;
@@ -66,6 +99,13 @@ fn serve(args: &[String]) {
             "--throttle-mbps" => {
                 throttle = Some(value().parse::<f64>().unwrap_or_else(|_| usage()))
             }
+            "--listen" => listen.push(value().parse().unwrap_or_else(|_| usage())),
+            "--tls-listen" => tls_listen.push(value().parse().unwrap_or_else(|_| usage())),
+            "--tls-dir" => tls_dir = Some(PathBuf::from(value())),
+            "--tls-name" => tls_names.push(value()),
+            "--download-base" => download_base = Some(value()),
+            "--files" => files_dir = Some(PathBuf::from(value())),
+            "--state-file" => state_file = Some(PathBuf::from(value())),
             _ => usage(),
         }
     }
@@ -79,7 +119,15 @@ fn serve(args: &[String]) {
         config.package.filler_files = n;
     }
     config.throttle = throttle.map(|mbps| (mbps * 1_000_000.0) as u64);
-    let sim = Simulator::start(config, port).unwrap_or_else(|e| {
+    config.tls_dir = tls_dir;
+    config.tls_names = tls_names;
+    config.download_base = download_base;
+    config.files_dir = files_dir;
+    config.state_file = state_file.clone();
+    if listen.is_empty() {
+        listen.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let sim = Simulator::start_on(config, &listen, &tls_listen).unwrap_or_else(|e| {
         eprintln!("azure-sim: {e}");
         std::process::exit(1);
     });
@@ -96,7 +144,38 @@ fn serve(args: &[String]) {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     eprintln!("azure-sim: serving on {} (Ctrl-C to stop)", sim.base_url());
-    loop {
-        std::thread::park();
+    wait_for_stop();
+    // What the last tenth of a second changed, kept before the machine powers off.
+    if let Some(path) = state_file {
+        let kept = crate::Persisted::of(&sim.state());
+        if let Err(e) = kept.save(&path) {
+            eprintln!(
+                "azure-sim: cannot keep the state in {}: {e}",
+                path.display()
+            );
+        }
     }
+    std::process::exit(0);
+}
+
+/// Until SIGTERM or SIGINT (Ctrl-C).
+fn wait_for_stop() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("signal runtime");
+    rt.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                return;
+            }
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    });
 }

@@ -11,6 +11,7 @@
 //! agent talks to Azure DevOps (Basic auth with the token as password) and reports what it saw —
 //! including any process whose argv contains the token. Tests read and script the state directly.
 
+pub mod agent_service;
 pub mod cli;
 pub mod fake_az;
 pub mod listener;
@@ -126,6 +127,20 @@ pub struct SimConfig {
     /// Also serve every route over TLS (a certificate from a test CA made at start), for the
     /// proxy and private-CA tests.
     pub tls: bool,
+    /// Where the TLS listener's CA and certificate are kept across restarts (`None`: made fresh
+    /// under the work dir), and the extra names its certificate carries (`dev.azure.com`, …).
+    pub tls_dir: Option<PathBuf>,
+    pub tls_names: Vec<String>,
+    /// Where the packages API says the agent is downloaded from (`https://download.agent.dev.azure.com`
+    /// serves `/agent/<version>/<file>`, as the real one does); `None`: this server's own
+    /// `/_download/agent/…` on the host the request named.
+    pub download_base: Option<String>,
+    /// Files served at `/tools/<name>` (a storage account holding what a provisioning script
+    /// downloads: our .deb, install.sh).
+    pub files_dir: Option<PathBuf>,
+    /// The server-side state (agents, issued tokens, requests) kept in this file across restarts:
+    /// read at start, written as it changes.
+    pub state_file: Option<PathBuf>,
 }
 
 /// Well-known identities of the default world.
@@ -207,6 +222,11 @@ impl SimConfig {
             arc_key_dir: None,
             workload_assertion: "eyJhbGciOiJSUzI1NiJ9.sim-service-account-token.sig".to_owned(),
             tls: false,
+            tls_dir: None,
+            tls_names: vec![],
+            download_base: None,
+            files_dir: None,
+            state_file: None,
         }
     }
 }
@@ -260,7 +280,7 @@ pub struct PackageFaults {
     pub fail_status: Option<u16>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub method: String,
     pub path: String,
@@ -384,6 +404,9 @@ pub struct State {
     /// Exit codes the next `run`s of the fake listener end with as soon as they are online (a
     /// crash, 4 = a run-once update).
     pub listener_exits: VecDeque<i32>,
+    /// A newer agent package the server asks online agents of an older version to update to
+    /// ([`package::AgentUpdate`]).
+    pub agent_update: Option<package::AgentUpdate>,
     /// Jobs agents took: (agent name, request id, whether it ran to its end).
     pub jobs: Vec<(String, u64, bool)>,
     pub next_request_id: u64,
@@ -396,6 +419,56 @@ pub struct State {
     pub approved_events: Vec<String>,
     /// The scheduled events endpoint answers 500 (IMDS trouble).
     pub events_down: bool,
+}
+
+/// What a restart keeps of [`State`] (`SimConfig::state_file`): what the real service would still
+/// know after the machine rebooted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Persisted {
+    pub requests: Vec<Request>,
+    pub token_order: Vec<String>,
+    pub tokens: BTreeMap<String, String>,
+    pub agents: BTreeMap<u64, Vec<ServerAgent>>,
+    pub next_agent_id: u64,
+    pub listener_reports: Vec<ListenerReport>,
+    pub package_downloads: u32,
+    pub next_request_id: u64,
+}
+
+impl Persisted {
+    pub fn of(st: &State) -> Self {
+        Self {
+            requests: st.requests.clone(),
+            token_order: st.token_order.clone(),
+            tokens: st.tokens.clone(),
+            agents: st.agents.clone(),
+            next_agent_id: st.next_agent_id,
+            listener_reports: st.listener_reports.clone(),
+            package_downloads: st.package_downloads,
+            next_request_id: st.next_request_id,
+        }
+    }
+
+    fn restore(self, st: &mut State) {
+        st.requests = self.requests;
+        st.token_order = self.token_order;
+        st.tokens = self.tokens;
+        st.agents = self.agents;
+        st.next_agent_id = self.next_agent_id.max(1);
+        st.listener_reports = self.listener_reports;
+        st.package_downloads = self.package_downloads;
+        st.next_request_id = self.next_request_id.max(5000);
+    }
+
+    /// Writes `self` to `path` atomically (temporary file, fsync, rename).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let mut f = fs_err::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        fs_err::rename(&tmp, path)
+    }
 }
 
 /// A scheduled event as IMDS serves it (`NotBefore` in `secs_from_now` seconds).
@@ -449,8 +522,24 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    /// Builds the package and serves on `127.0.0.1:port` (0: any free port) on its own thread.
+    /// Builds the package and serves on `127.0.0.1:port` (0: any free port) on its own thread,
+    /// and over TLS on another free loopback port when `config.tls`.
     pub fn start(config: SimConfig, port: u16) -> std::io::Result<Self> {
+        let tls: &[SocketAddr] = if config.tls {
+            &[SocketAddr::from(([127, 0, 0, 1], 0))]
+        } else {
+            &[]
+        };
+        Self::start_on(config, &[SocketAddr::from(([127, 0, 0, 1], port))], tls)
+    }
+
+    /// Builds the package and serves plain HTTP on each of `http` and TLS on each of `https` (the
+    /// first of each is [`Self::addr`] and [`Self::tls_addr`]), on its own thread.
+    pub fn start_on(
+        config: SimConfig,
+        http: &[SocketAddr],
+        https: &[SocketAddr],
+    ) -> std::io::Result<Self> {
         let package = package::build(
             &config.work_dir.join("packages"),
             &config.package,
@@ -470,17 +559,30 @@ impl Simulator {
                 fs_err::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
             }
         }
-        let state = Arc::new(Mutex::new(State {
+        let mut initial = State {
             next_agent_id: 1,
             token_lifetime: 86399,
             vm_id: config.vm_id.clone(),
             vm_name: "sim-vm-000001".to_owned(),
             next_request_id: 5000,
             ..Default::default()
-        }));
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        };
+        if let Some(path) = config.state_file.as_ref().filter(|p| p.is_file()) {
+            let kept: Persisted = serde_json::from_slice(&fs_err::read(path)?)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            kept.restore(&mut initial);
+        }
+        let state = Arc::new(Mutex::new(initial));
+        let bind = |addr: &SocketAddr| -> std::io::Result<std::net::TcpListener> {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        };
+        let plain = http.iter().map(bind).collect::<std::io::Result<Vec<_>>>()?;
+        let addr = plain
+            .first()
+            .ok_or_else(|| std::io::Error::other("no address to serve on"))?
+            .local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let shared = server::Shared {
             config: Arc::new(config.clone()),
@@ -489,23 +591,34 @@ impl Simulator {
             scheme: "http",
         };
         let app = server::router(shared.clone());
-        let tls = if config.tls {
-            let ca = tls::make(&config.work_dir.join("tls"))?;
-            let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-            l.set_nonblocking(true)?;
-            let app = server::router(server::Shared {
-                scheme: "https",
-                ..shared
-            });
-            Some((l, ca, app))
-        } else {
-            None
+        let secure = https
+            .iter()
+            .map(bind)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let (tls_addr, ca) = match secure.first() {
+            Some(l) => {
+                let dir = config
+                    .tls_dir
+                    .clone()
+                    .unwrap_or_else(|| config.work_dir.join("tls"));
+                (
+                    Some(l.local_addr()?),
+                    Some(tls::load_or_make(&dir, &config.tls_names)?),
+                )
+            }
+            None => (None, None),
         };
-        let tls_addr = match &tls {
-            Some((l, _, _)) => Some(l.local_addr()?),
-            None => None,
-        };
-        let ca_file = tls.as_ref().map(|(_, ca, _)| ca.ca_file.clone());
+        let ca_file = ca.as_ref().map(|ca| ca.ca_file.clone());
+        let tls_app = server::router(server::Shared {
+            scheme: "https",
+            ..shared
+        });
+        if let Some(path) = config.state_file.clone() {
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name("azure-sim-state".into())
+                .spawn(move || keep_state(&state, &path))?;
+        }
         let thread = std::thread::Builder::new()
             .name("azure-sim".into())
             .spawn(move || {
@@ -515,11 +628,20 @@ impl Simulator {
                     .build()
                     .expect("simulator runtime");
                 rt.block_on(async move {
-                    if let Some((l, ca, app)) = tls {
-                        let l = tokio::net::TcpListener::from_std(l).expect("tls listener");
-                        tokio::spawn(tls::serve(l, ca.server_config, app));
+                    if let Some(ca) = ca {
+                        for l in secure {
+                            let l = tokio::net::TcpListener::from_std(l).expect("tls listener");
+                            tokio::spawn(tls::serve(l, ca.server_config.clone(), tls_app.clone()));
+                        }
                     }
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    let mut plain = plain.into_iter();
+                    let first = plain.next().expect("one listener");
+                    for l in plain {
+                        let l = tokio::net::TcpListener::from_std(l).expect("listener");
+                        let app = app.clone();
+                        tokio::spawn(async move { axum::serve(l, app).await });
+                    }
+                    let listener = tokio::net::TcpListener::from_std(first).expect("listener");
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
                             let _ = rx.await;
@@ -580,6 +702,30 @@ impl Simulator {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Writes the kept part of the state to `path` whenever it changed (checked every 100 ms), so a
+/// power-off loses at most the last tenth of a second.
+fn keep_state(state: &Mutex<State>, path: &Path) {
+    let mut last = Vec::new();
+    loop {
+        let kept = match state.lock() {
+            Ok(st) => Persisted::of(&st),
+            Err(_) => return,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&kept)
+            && bytes != last
+        {
+            if let Err(e) = kept.save(path) {
+                eprintln!(
+                    "azure-sim: cannot keep the state in {}: {e}",
+                    path.display()
+                );
+            }
+            last = bytes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

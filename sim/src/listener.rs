@@ -238,6 +238,13 @@ pub fn main(args: &[String]) -> i32 {
                 version = args.get(i + 1).cloned().unwrap_or_default();
                 i += 2;
             }
+            // The fake package's node running `bin/AgentService.js`.
+            "--agent-service" => {
+                let script = PathBuf::from(args.get(i + 1).cloned().unwrap_or_default());
+                let rest = args.get(i + 2..).unwrap_or_default();
+                let rest = rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest);
+                return crate::agent_service::main(&script, rest);
+            }
             "--" => {
                 i += 1;
                 break;
@@ -918,9 +925,16 @@ fn windows_service(root: &Path, name: &str, display: &str) -> std::io::Result<()
     fs_err::write(root.join(".service"), name)
 }
 
-/// `run [--once]`: online, then take the simulator's queued jobs until SIGINT/SIGTERM (`--once`:
-/// after one job). A signal during a job abandons it, as the real listener cancels it. A scripted
-/// exit code ends the run at once, without going offline (a crash, or 4: a run-once update).
+/// `run [--once] [--startuptype T]`: online (reporting its version), then take the simulator's
+/// queued jobs until SIGINT/SIGTERM (`--once`: after one job). A signal during a job abandons it, as
+/// the real listener cancels it. A scripted exit code ends the run at once, without going offline (a
+/// crash). An `AgentRefresh` message is a self-update (`Agent.cs` `RunAsync`, `SelfUpdater.cs`),
+/// unless `agent.disableupdate` is set in the environment or `.env`: the new package is downloaded,
+/// checked against its SHA-256 and unpacked into `_work/_update`, its `bin` and `externals` copied to
+/// `bin.<version>` and `externals.<version>` and its root files over the root's, `_work/_update.sh`
+/// rendered from its `update.sh.template` and started with `bash` (the listener's child, in its
+/// process group), and the listener goes offline and exits 4 under `--once`, else 3. The script is
+/// told to start `run.sh` again in the background unless `--once` or the startup type is service.
 async fn run(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     let Some(settings) = read_bom_json(&ctx.root.join(".agent")) else {
         ctx.err("Agent is not configured.");
@@ -933,12 +947,16 @@ async fn run(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     let pool = settings["poolId"].as_u64().unwrap_or(0);
     let agent = settings["agentId"].as_u64().unwrap_or(0);
     let once = parsed.flags.get("once").copied().unwrap_or(false);
+    let service = startup_type_is_service(&ctx.root, parsed);
+    let update_disabled = env_or_dotenv(&ctx.root, "agent.disableupdate").is_some();
     let http = ctx.http.clone();
+    let version = ctx.version.clone();
     let say = |event: &'static str| {
         let http = http.clone();
         let url = format!("{base}/_sim/listener");
+        let version = version.clone();
         async move {
-            let body = json!({"event": event, "pool": pool, "agent": agent});
+            let body = json!({"event": event, "pool": pool, "agent": agent, "version": version});
             match http.post(url).body(body.to_string()).send().await {
                 Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
                 Err(_) => Value::Null,
@@ -966,6 +984,25 @@ async fn run(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             say("offline").await;
             return 0;
         };
+        if let Some(refresh) = answer.get("refresh") {
+            if update_disabled {
+                ctx.out(
+                    "Auto-update handling - Refresh message received but skipping autoupdate since agent.disableupdate is set",
+                );
+                continue;
+            }
+            match self_update(ctx, &settings, refresh, !once && !service).await {
+                Ok(()) => {
+                    say("offline").await;
+                    let _ = std::io::stdout().flush();
+                    return if once { 4 } else { 3 };
+                }
+                Err(e) => {
+                    ctx.err(&format!("Ignore agent update exception. {e}"));
+                    continue;
+                }
+            }
+        }
         let Some(millis) = answer["job"]["millis"].as_u64() else {
             continue;
         };
@@ -989,6 +1026,154 @@ async fn run(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             return 0;
         }
     }
+}
+
+/// `Agent.cs`: `--startuptype` (or `VSTS_AGENT_INPUT_STARTUPTYPE`) names it, case-insensitively
+/// (anything else is Manual); without it an agent configured as a service (`.service`) runs as one
+/// when stdin, stdout and stderr are all redirected.
+fn startup_type_is_service(root: &Path, parsed: &Parsed) -> bool {
+    use std::io::IsTerminal;
+    match parsed.values.get("startuptype") {
+        Some(t) => t.eq_ignore_ascii_case("service"),
+        None => {
+            root.join(".service").exists()
+                && !std::io::stdin().is_terminal()
+                && !std::io::stdout().is_terminal()
+                && !std::io::stderr().is_terminal()
+        }
+    }
+}
+
+/// A variable of the listener's environment, which `Program.cs` first fills from the root's `.env`
+/// (`NAME=value` lines; a later line wins, an empty value unsets): `None` when unset or empty.
+fn env_or_dotenv(root: &Path, name: &str) -> Option<String> {
+    let from_file = fs_err::read_to_string(root.join(".env"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| !k.is_empty() && *k == name)
+                .map(|(_, v)| v.to_owned())
+                .next_back()
+        });
+    from_file
+        .or_else(|| std::env::var(name).ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// `SelfUpdater.SelfUpdate`, from the download to the update script started (see [`run`]).
+async fn self_update(
+    ctx: &mut Ctx,
+    settings: &Value,
+    refresh: &Value,
+    restart_interactive: bool,
+) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    let target = refresh["targetVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let url = refresh["downloadUrl"].as_str().unwrap_or_default();
+    let hash = refresh["hashValue"].as_str().unwrap_or_default();
+    ctx.out("Agent update in progress, do not shutdown agent.");
+    ctx.out(&format!("Downloading {target} agent"));
+    let root = ctx.root.clone();
+    let work = root.join(settings["workFolder"].as_str().unwrap_or("_work"));
+    let update_dir = work.join("_update");
+    let _ = fs_err::remove_dir_all(&update_dir);
+    fs_err::create_dir_all(&update_dir).map_err(|e| e.to_string())?;
+    let archive = update_dir.join("agent1.tar.gz");
+    let bytes = async {
+        ctx.http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await
+    }
+    .await
+    .map_err(|e| {
+        format!(
+            "Failed to get package '{}' from '{url}'. {e}",
+            archive.display()
+        )
+    })?;
+    fs_err::write(&archive, &bytes).map_err(|e| e.to_string())?;
+    if !hex::encode(Sha256::digest(&bytes)).eq_ignore_ascii_case(hash) {
+        return Err("Agent package checksum validation failed.".into());
+    }
+    let tar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .current_dir(&update_dir)
+        .status()
+        .map_err(|e| e.to_string())?;
+    let _ = fs_err::remove_file(&archive);
+    if !tar.success() {
+        return Err(format!(
+            "Can't use 'tar -xzf' extract archive file: {}",
+            archive.display()
+        ));
+    }
+    ctx.out("Waiting for current job finish running.");
+    for dir in ["bin", "externals"] {
+        let to = root.join(format!("{dir}.{target}"));
+        fs_err::create_dir_all(&to).map_err(|e| e.to_string())?;
+        let copied = std::process::Command::new("cp")
+            .arg("-R")
+            .arg(update_dir.join(dir).join("."))
+            .arg(&to)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !copied.success() {
+            return Err(format!("copying {dir} to {} failed", to.display()));
+        }
+    }
+    for entry in fs_err::read_dir(&update_dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            fs_err::copy(entry.path(), root.join(entry.file_name())).map_err(|e| e.to_string())?;
+        }
+    }
+    ctx.out("Generate and execute update script.");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let diag = root.join("_diag");
+    fs_err::create_dir_all(&diag).map_err(|e| e.to_string())?;
+    let template = fs_err::read_to_string(root.join(format!("bin.{target}/update.sh.template")))
+        .map_err(|e| e.to_string())?;
+    let script = template
+        .replace("_PROCESS_ID_", &std::process::id().to_string())
+        .replace("_AGENT_PROCESS_NAME_", "Agent.Listener")
+        .replace("_ROOT_FOLDER_", &root.display().to_string())
+        .replace("_EXIST_AGENT_VERSION_", &ctx.version)
+        .replace("_DOWNLOAD_AGENT_VERSION_", &target)
+        .replace(
+            "_UPDATE_LOG_",
+            &diag
+                .join(format!("SelfUpdate-{stamp}.log"))
+                .display()
+                .to_string(),
+        )
+        .replace(
+            "_RESTART_INTERACTIVE_AGENT_",
+            if restart_interactive { "1" } else { "0" },
+        );
+    let path = work.join("_update.sh");
+    fs_err::write(&path, script).map_err(|e| e.to_string())?;
+    // `Process.Start("bash", path)`: a child of the listener, in its process group, with its
+    // standard streams.
+    std::process::Command::new("bash")
+        .arg(&path)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    ctx.out("Agent will exit shortly for update, should back online within 10 seconds.");
+    Ok(())
 }
 
 /// SIGINT or SIGTERM (Windows: Ctrl-C).

@@ -60,6 +60,47 @@ pub struct BuiltPackage {
     pub size: u64,
 }
 
+/// A newer package the simulated Azure DevOps asks agents to update to (`State::agent_update`): the
+/// download host serves it, and an online agent of an older version gets an `AgentRefresh` message
+/// naming it at its next poll, once per session. The message carries the package's URL and SHA-256
+/// (the real listener asks the packages API for the target version with its own credentials). An
+/// agent that was asked and has not come back on the new version gets no job: the service waits for
+/// the update before it considers the agent available (reported in microsoft/azure-pipelines-agent
+/// issue 2455 and microsoft/vsts-agent-docker issue 63 for agents that set `agent.disableupdate`).
+#[derive(Debug, Clone)]
+pub struct AgentUpdate {
+    pub spec: PackageSpec,
+    pub package: BuiltPackage,
+    /// Agents (ids) sent the message in their current session.
+    pub told: Vec<u64>,
+}
+
+impl AgentUpdate {
+    /// The simulator's package at `version` (same platform, same fake listener).
+    pub fn build(sim: &crate::Simulator, version: &str) -> std::io::Result<Self> {
+        let spec = PackageSpec {
+            version: version.to_owned(),
+            ..sim.config.package.clone()
+        };
+        let package = build(
+            &sim.config.work_dir.join("packages"),
+            &spec,
+            &sim.config.listener_exe,
+        )?;
+        Ok(Self {
+            spec,
+            package,
+            told: vec![],
+        })
+    }
+}
+
+/// Whether agent version `a` is older than `b` (`major.minor.patch`).
+pub fn older(a: &str, b: &str) -> bool {
+    let parse = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parse(a) < parse(b)
+}
+
 /// Builds (or reuses) the package in `dir`. `listener_exe` is the simulator binary the package's
 /// `bin/Agent.Listener` runs.
 pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Result<BuiltPackage> {
@@ -147,6 +188,7 @@ pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Re
         add("reauth.sh", 0o755, REAUTH_SH.as_bytes())?;
         add("env.sh", 0o755, ENV_SH.as_bytes())?;
         add("run.sh", 0o755, RUN_SH.as_bytes())?;
+        add("run-docker.sh", 0o755, RUN_DOCKER_SH.as_bytes())?;
         add(
             "license.html",
             0o644,
@@ -162,11 +204,28 @@ pub fn build(dir: &Path, spec: &PackageSpec, listener_exe: &Path) -> std::io::Re
             0o644,
             UNIT_TEMPLATE.as_bytes(),
         )?;
-        add("bin/runsvc.sh", 0o755, b"#!/bin/bash\n# simulated runsvc.sh\nexec ./bin/Agent.Listener run --startuptype service\n")?;
+        add("bin/runsvc.sh", 0o755, RUNSVC_SH.as_bytes())?;
         add(
             "bin/AgentService.js",
             0o644,
-            b"// simulated AgentService.js\n",
+            b"// simulated AgentService.js: the package's node (externals/node20_1/bin/node) runs the\n\
+              // simulator's port of it (azure-sim fake-listener --agent-service)\n",
+        )?;
+        let node = format!(
+            "#!/bin/sh\n# Simulated node: `--version`, and `AgentService.js`, which it runs as the simulator's\n\
+             # port of it (the real runsvc.sh runs `node ./bin/AgentService.js`).\n\
+             case \"$1\" in\n\
+             --version) echo v20.19.4; exit 0;;\n\
+             *AgentService.js) script=\"$1\"; shift; exec '{}' fake-listener --agent-service \"$script\" -- \"$@\";;\n\
+             *) echo \"simulated node runs only bin/AgentService.js\" >&2; exit 1;;\n\
+             esac\n",
+            listener_exe.display()
+        );
+        add("externals/node20_1/bin/node", 0o755, node.as_bytes())?;
+        add(
+            "bin/update.sh.template",
+            0o644,
+            UPDATE_SH_TEMPLATE.as_bytes(),
         )?;
         add(
             "bin/installdependencies.sh",
@@ -296,7 +355,7 @@ setlocal
 "#;
 
 /// Bump when a script below changes, so cached packages are rebuilt.
-const SCRIPTS_REVISION: &str = "scripts-5";
+const SCRIPTS_REVISION: &str = "scripts-6";
 
 /// Simulated `bin/installdependencies.sh`: root only, then the distribution's package manager
 /// (the real one reads /etc/os-release and installs libkrb5, zlib and libicu; this one asks apt-get
@@ -412,22 +471,241 @@ do
 done
 "#;
 
+/// The real `run.sh` (`src/Misc/layoutroot/run.sh`): the root check, its own directory with links
+/// resolved (no `cd`), `bin/Agent.Listener run $*`; on exit 4 (an update under `--once`) at least 5 s,
+/// up to 15 s more for `bin/Agent.Listener` to be executable again, then one more run. Any other
+/// code, 3 (an update without `--once`) included, is the script's exit code: the update script
+/// starts `run.sh` again itself, in the background.
 const RUN_SH: &str = r#"#!/bin/bash
 user_id=`id -u`
 if [ $user_id -eq 0 -a -z "$AGENT_ALLOW_RUNASROOT" ]; then
     echo "Must not run interactively with sudo"
     exit 1
 fi
-cd "$(dirname "$0")"
-./bin/Agent.Listener run $*
-# Return code 4 means the run once agent received an update message.
-# Sleep 5 seconds to wait for the update process finish and run the agent again.
-returnCode=$?
-if [[ $returnCode == 4 ]]; then
-    sleep 5
-    ./bin/Agent.Listener run $*
+
+SOURCE="${BASH_SOURCE[0]}"
+while [ -h "$SOURCE" ]; do
+  DIR="$( cd -P "$( dirname "$SOURCE" )" && pwd )"
+  SOURCE="$(readlink "$SOURCE")"
+  [[ $SOURCE != /* ]] && SOURCE="$DIR/$SOURCE"
+done
+DIR="$( cd -P "$( dirname "$SOURCE" )" && pwd )"
+
+shopt -s nocasematch
+if [[ "$1" == "localRun" ]]; then
+    "$DIR"/bin/Agent.Listener $*
 else
-    exit $returnCode
+    "$DIR"/bin/Agent.Listener run $*
+
+    # Return code 4 means the run once agent received an update message.
+    returnCode=$?
+    if [[ $returnCode == 4 ]]; then
+        sleep 5
+
+        retry=0
+        while [[ $retry != 15 ]] && [ ! -x "$DIR"/bin/Agent.Listener ]; do
+            sleep 1
+            retry=$[retry+1]
+        done
+
+        if [ ! -x "$DIR"/bin/Agent.Listener ]; then
+            echo "Failed to update within 20 seconds." >&2
+            exit 1
+        fi
+
+        "$DIR"/bin/Agent.Listener run $*
+    else
+        exit $returnCode
+    fi
+fi
+"#;
+
+/// The real `run-docker.sh` (`src/Misc/layoutroot/run-docker.sh`): without `--once` the listener
+/// runs with `--startuptype service` ("to prevent running of an agent in a separate process after
+/// self-update"), and on exit 3 or 4 it is run again after at least 5 s, once `bin/Agent.Listener`
+/// is executable (at most 15 s more).
+const RUN_DOCKER_SH: &str = r#"#!/bin/bash
+user_id=`id -u`
+if [ $user_id -eq 0 -a -z "$AGENT_ALLOW_RUNASROOT" ]; then
+    echo "Must not run interactively with sudo"
+    exit 1
+fi
+
+SOURCE="${BASH_SOURCE[0]}"
+while [ -h "$SOURCE" ]; do
+  DIR="$( cd -P "$( dirname "$SOURCE" )" && pwd )"
+  SOURCE="$(readlink "$SOURCE")"
+  [[ $SOURCE != /* ]] && SOURCE="$DIR/$SOURCE"
+done
+DIR="$( cd -P "$( dirname "$SOURCE" )" && pwd )"
+
+shopt -s nocasematch
+
+ONCE=false
+for a in $*; do
+    if [[ "$a" == "--once" ]]; then
+        ONCE=true
+    fi
+done
+
+FIRST_ARG=$1
+ARGUMENTS=$*
+
+function runAgent {
+    if [[ "$FIRST_ARG" == "localRun" ]]; then
+        "$DIR"/bin/Agent.Listener $ARGUMENTS
+    else
+        if [[ "$ONCE" = true ]]; then
+            "$DIR"/bin/Agent.Listener run $ARGUMENTS
+        else
+            echo "Starting Agent listener with startup type: service - to prevent running of an agent in a separate process after self-update"
+            "$DIR"/bin/Agent.Listener run --startuptype service $ARGUMENTS
+        fi
+
+        returnCode=$?
+        echo "Agent exit code $returnCode"
+
+        if [[ $returnCode == 3 || $returnCode == 4 ]]; then
+            sleep 5
+
+            retry=0
+            while [[ $retry != 15 ]] && [ ! -x "$DIR"/bin/Agent.Listener ]; do
+                sleep 1
+                retry=$[retry+1]
+            done
+
+            if [ ! -x "$DIR"/bin/Agent.Listener ]; then
+                echo "Failed to update within 20 seconds." >&2
+                exit 1
+            fi
+
+            runAgent
+        else
+            exit $returnCode
+        fi
+    fi
+}
+
+runAgent
+"#;
+
+/// The real `bin/runsvc.sh` (`src/Misc/layoutbin/runsvc.sh`, what the unit's `ExecStart=` runs once
+/// `svc.sh install` copied it to the root): `PATH` from `.path`, the package's node running
+/// `bin/AgentService.js` in the background, SIGTERM and SIGINT turned into SIGINT for it. The fake
+/// node runs the simulator's port of `AgentService.js` ([`crate::agent_service`]): the listener run
+/// with `--startuptype service` and launched again 5 s after any exit code but 0 and 1.
+const RUNSVC_SH: &str = r#"#!/bin/bash
+
+# convert SIGTERM signal to SIGINT
+trap 'kill -INT $PID' TERM INT
+
+if [ -f ".path" ]; then
+    # configure
+    export PATH=`cat .path`
+    echo ".path=${PATH}"
+fi
+
+# Prefer Node24, fall back to Node20, then Node16 only if present
+./externals/node24/bin/node --version 2>/dev/null
+if [ $? == 0 ]; then
+    NODE_VER="node24"
+else
+    ./externals/node20_1/bin/node --version 2>/dev/null
+    if [ $? == 0 ]; then
+        NODE_VER="node20_1"
+    elif [ -f "./externals/node16/bin/node" ]; then
+        ./externals/node16/bin/node --version 2>/dev/null
+        if [ $? == 0 ]; then
+            NODE_VER="node16"
+        else
+            echo "ERROR: No compatible Node.js runtime found." >&2
+            exit 1
+        fi
+    else
+        echo "ERROR: No compatible Node.js runtime found. Requires Node 20 or later." >&2
+        exit 1
+    fi
+fi
+
+# run the host process which keep the listener alive
+./externals/"$NODE_VER"/bin/node ./bin/AgentService.js &
+PID=$!
+wait $PID
+trap - TERM INT
+wait $PID
+"#;
+
+/// The real `bin/update.sh.template` (`src/Misc/layoutbin/update.sh.template`), which the listener's
+/// `SelfUpdater` renders into `_work/_update.sh` and starts with `bash` before it exits 3 (or 4 under
+/// `--once`): it waits for the listener's pid to be gone, renames `bin` and `externals` to
+/// `bin.<old>` and `externals.<old>` (or deletes them when they are links already), links them to
+/// `bin.<new>` and `externals.<new>`, renames the log to `.succeed` (`.failed` on an error) and, when
+/// `_RESTART_INTERACTIVE_AGENT_` is 1 (the listener ran without `--once` and not as a service), starts
+/// `run.sh` again in the background. `sleep 1` stands in for its `ping -c 2 -i 1 127.0.0.1`.
+const UPDATE_SH_TEMPLATE: &str = r#"#!/bin/bash
+
+agentpid=_PROCESS_ID_
+agentprocessname=_AGENT_PROCESS_NAME_
+rootfolder="_ROOT_FOLDER_"
+existagentversion=_EXIST_AGENT_VERSION_
+downloadagentversion=_DOWNLOAD_AGENT_VERSION_
+logfile="_UPDATE_LOG_"
+restartinteractiveagent=_RESTART_INTERACTIVE_AGENT_
+
+date "+[%F %T-%4N] --------whoami--------" >> "$logfile" 2>&1
+whoami >> "$logfile" 2>&1
+date "+[%F %T-%4N] --------whoami--------" >> "$logfile" 2>&1
+
+date "+[%F %T-%4N] Waiting for $agentprocessname ($agentpid) to complete" >> "$logfile" 2>&1
+while [ -e /proc/$agentpid ]
+do
+    date "+[%F %T-%4N] Process $agentpid still running" >> "$logfile" 2>&1
+    sleep 1
+done
+date "+[%F %T-%4N] Process $agentpid finished running" >> "$logfile" 2>&1
+
+date "+[%F %T-%4N] Sleep 1 more second to make sure process exited" >> "$logfile" 2>&1
+sleep 1
+
+function fail() {
+    date "+[%F %T-%4N] $1" >> "$logfile" 2>&1
+    mv -fv "$logfile" "$logfile.failed"
+    exit 1
+}
+
+if [[ -L "$rootfolder/bin" && -d "$rootfolder/bin" ]]
+then
+    date "+[%F %T-%4N] Delete existing junction bin folder" >> "$logfile" 2>&1
+    rm -f "$rootfolder/bin" >> "$logfile" 2>&1 || fail "Cannot delete existing junction bin folder"
+else
+    date "+[%F %T-%4N] move $rootfolder/bin $rootfolder/bin.$existagentversion" >> "$logfile" 2>&1
+    mv -fv "$rootfolder/bin" "$rootfolder/bin.$existagentversion" >> "$logfile" 2>&1 || fail "Cannot move $rootfolder/bin to $rootfolder/bin.$existagentversion"
+fi
+
+if [[ -L "$rootfolder/externals" && -d "$rootfolder/externals" ]]
+then
+    date "+[%F %T-%4N] Delete existing junction externals folder" >> "$logfile" 2>&1
+    rm -f "$rootfolder/externals" >> "$logfile" 2>&1 || fail "Cannot delete existing junction externals folder"
+else
+    date "+[%F %T-%4N] move $rootfolder/externals $rootfolder/externals.$existagentversion" >> "$logfile" 2>&1
+    mv -fv "$rootfolder/externals" "$rootfolder/externals.$existagentversion" >> "$logfile" 2>&1 || fail "Cannot move $rootfolder/externals to $rootfolder/externals.$existagentversion"
+fi
+
+date "+[%F %T-%4N] Create junction bin folder" >> "$logfile" 2>&1
+ln -s "$rootfolder/bin.$downloadagentversion" "$rootfolder/bin" >> "$logfile" 2>&1 || fail "Cannot create junction bin folder"
+
+date "+[%F %T-%4N] Create junction externals folder" >> "$logfile" 2>&1
+ln -s "$rootfolder/externals.$downloadagentversion" "$rootfolder/externals" >> "$logfile" 2>&1 || fail "Cannot create junction externals folder"
+
+date "+[%F %T-%4N] Update succeed" >> "$logfile" 2>&1
+
+date "+[%F %T-%4N] Rename $logfile to be $logfile.succeed" >> "$logfile" 2>&1
+mv -fv "$logfile" "$logfile.succeed"
+
+if [ $restartinteractiveagent -ne 0 ]
+then
+    date "+[%F %T-%4N] Restarting interactive agent"  >> "$logfile.succeed" 2>&1
+    "$rootfolder/run.sh" &
 fi
 "#;
 

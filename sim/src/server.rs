@@ -54,6 +54,8 @@ pub fn router(shared: Shared) -> Router {
         )
         .route("/{org}/_apis/distributedtask/packages/agent", get(packages))
         .route("/_download/agent/{version}/{file}", get(download))
+        .route("/agent/{version}/{file}", get(download))
+        .route("/tools/{file}", get(tool_file))
         .route("/_sim/config", get(sim_config))
         .route("/_sim/report", post(sim_report))
         .route("/_sim/listener", post(sim_listener))
@@ -1137,13 +1139,37 @@ async fn packages(
             "platform": spec.platform,
             "createdOn": "2026-08-12T00:00:00Z",
             "version": {"major": v[0], "minor": v[1], "patch": v[2]},
-            "downloadUrl": format!("{}://{host}/_download/agent/{}/{}", s.scheme, spec.version, spec.file_name()),
+            "downloadUrl": match &s.config.download_base {
+                Some(base) => format!("{base}/agent/{}/{}", spec.version, spec.file_name()),
+                None => format!("{}://{host}/_download/agent/{}/{}", s.scheme, spec.version, spec.file_name()),
+            },
             "infoUrl": "https://go.microsoft.com/fwlink/?LinkId=798199",
             "hashValue": s.package.sha256,
             "filename": spec.file_name(),
         }));
     }
     json_response(200, json!({"count": value.len(), "value": value}))
+}
+
+/// A file of `SimConfig::files_dir` (a public storage container: no credentials asked).
+async fn tool_file(
+    AxState(s): AxState<Shared>,
+    Path(file): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    record(&s, &method, &uri, &headers, "tools");
+    let found = s
+        .config
+        .files_dir
+        .as_ref()
+        .filter(|_| !file.contains('/') && !file.starts_with('.'))
+        .and_then(|d| fs_err::read(d.join(&file)).ok());
+    match found {
+        Some(bytes) => (StatusCode::OK, bytes).into_response(),
+        None => (StatusCode::NOT_FOUND, "BlobNotFound").into_response(),
+    }
 }
 
 async fn download(
@@ -1163,9 +1189,16 @@ async fn download(
             .into_response();
     }
     let spec = &s.config.package;
-    if version != spec.version || file != spec.file_name() {
-        return (StatusCode::NOT_FOUND, "BlobNotFound").into_response();
-    }
+    // The package agents install, or the newer one an update asks for.
+    let package = if version == spec.version && file == spec.file_name() {
+        s.package.clone()
+    } else {
+        let offered = s.state.lock().unwrap().agent_update.clone();
+        match offered.filter(|u| version == u.spec.version && file == u.spec.file_name()) {
+            Some(u) => u.package,
+            None => return (StatusCode::NOT_FOUND, "BlobNotFound").into_response(),
+        }
+    };
     let (faults, throttle) = {
         let mut st = s.state.lock().unwrap();
         st.package_downloads += 1;
@@ -1178,7 +1211,7 @@ async fn download(
     if let Some(status) = faults.fail_status {
         return (StatusCode::from_u16(status).unwrap(), "simulated failure").into_response();
     }
-    let size = s.package.size;
+    let size = package.size;
     let mut start = 0u64;
     let mut partial = false;
     if let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok())
@@ -1197,7 +1230,7 @@ async fn download(
     let cut_at = (faults.cut_after.is_some() && faults.cuts_left > 0)
         .then(|| start + faults.cut_after.unwrap_or(0));
     let corrupt_at = faults.corrupt.then_some(size / 2);
-    let path = s.package.path.clone();
+    let path = package.path.clone();
     let stream = async_stream(path, start, size, throttle, cut_at, corrupt_at);
     let mut response = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -1301,10 +1334,12 @@ async fn sim_report(AxState(s): AxState<Shared>, body: String) -> Response {
     }
 }
 
-/// The fake listener's `run`: `online` (status online; or a scripted exit), `poll` (a queued job,
-/// when the agent is enabled and idle), `done` (the job ran to its end), `offline` (a running job is
-/// abandoned). Not an Azure API: the real listener talks to the broker with its own credentials.
-async fn sim_listener(AxState(s): AxState<Shared>, body: String) -> Response {
+/// The fake listener's `run`: `online` (status online, at the version it reports; or a scripted
+/// exit), `poll` (an `AgentRefresh` for an offered update, once per session, to an agent of an older
+/// version, which then gets no job until it is back updated; else a queued job, when the agent is
+/// enabled and idle), `done` (the job ran to its end), `offline` (a running job is abandoned). Not
+/// an Azure API: the real listener talks to the broker with its own credentials.
+async fn sim_listener(AxState(s): AxState<Shared>, headers: HeaderMap, body: String) -> Response {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "bad json").into_response();
     };
@@ -1323,6 +1358,19 @@ async fn sim_listener(AxState(s): AxState<Shared>, body: String) -> Response {
         None
     };
     let request_id = st.next_request_id;
+    let update = st.agent_update.as_ref().map(|u| {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        let refresh = json!({
+            "targetVersion": u.spec.version,
+            "downloadUrl": format!("{}://{host}/_download/agent/{}/{}", s.scheme, u.spec.version, u.spec.file_name()),
+            "hashValue": u.package.sha256,
+        });
+        (u.spec.version.clone(), u.told.contains(&agent), refresh)
+    });
+    let mut told = false;
     let Some(a) = st
         .agents
         .get_mut(&pool)
@@ -1340,10 +1388,21 @@ async fn sim_listener(AxState(s): AxState<Shared>, body: String) -> Response {
             } else {
                 a.status = "online".into();
                 a.status_changed_on = now_secs();
+                if let Some(version) = v["version"].as_str() {
+                    a.version = version.to_owned();
+                }
             }
         }
         "poll" => {
-            if let Some(millis) = job
+            let outdated = update
+                .as_ref()
+                .filter(|(version, ..)| super::package::older(&a.version, version));
+            if let Some((_, already, refresh)) = outdated {
+                if !already {
+                    answer = json!({"refresh": refresh});
+                    told = true;
+                }
+            } else if let Some(millis) = job
                 && a.enabled
                 && a.assigned_request.is_none()
             {
@@ -1368,6 +1427,15 @@ async fn sim_listener(AxState(s): AxState<Shared>, body: String) -> Response {
     if answer.get("job").is_some() {
         st.queued_jobs.pop_front();
         st.next_request_id += 1;
+    }
+    if let Some(u) = st.agent_update.as_mut() {
+        // A new session starts afresh; the message is sent once per session.
+        if v["event"] == "online" {
+            u.told.retain(|id| *id != agent);
+        }
+        if told {
+            u.told.push(agent);
+        }
     }
     if let Some((r, completed)) = finished {
         st.jobs.push((name, r, completed));

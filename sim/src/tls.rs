@@ -20,8 +20,46 @@ fn err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// A fresh test CA and server certificate for `127.0.0.1` and `localhost`, in `dir`.
 pub fn make(dir: &Path) -> std::io::Result<TestCa> {
+    load_or_make(dir, &[])
+}
+
+/// The test CA and server certificate kept in `dir` (`ca.pem`, `server.pem`, `server.key`), made
+/// there first if missing, the server certificate naming `127.0.0.1`, `localhost` and `names`.
+/// Kept, the same CA survives a restart of the simulator: the booted-VM test installs it into the
+/// guest's system trust store as a corporate image carries its own root.
+pub fn load_or_make(dir: &Path, names: &[String]) -> std::io::Result<TestCa> {
     fs_err::create_dir_all(dir)?;
+    let (ca_file, chain_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    if !(ca_file.is_file() && chain_file.is_file() && key_file.is_file()) {
+        write_new(dir, names)?;
+    }
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&chain_file)
+        .map_err(err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key_file).map_err(err)?;
+    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(err)?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(err)?;
+    Ok(TestCa {
+        ca_file,
+        server_config: Arc::new(server_config),
+    })
+}
+
+fn write_new(dir: &Path, names: &[String]) -> std::io::Result<()> {
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -39,35 +77,31 @@ pub fn make(dir: &Path) -> std::io::Result<TestCa> {
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err)?;
 
     let leaf_key = KeyPair::generate().map_err(err)?;
-    let mut leaf_params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .map_err(err)?;
+    let mut sans = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    sans.extend(names.iter().cloned());
+    let mut leaf_params = CertificateParams::new(sans).map_err(err)?;
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "dev.azure.simulated");
     let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(err)?;
 
-    let ca_file = dir.join("ca.pem");
-    fs_err::write(&ca_file, ca.pem())?;
+    fs_err::write(dir.join("ca.pem"), ca.pem())?;
+    fs_err::write(
+        dir.join("server.pem"),
+        format!("{}{}", leaf.pem(), ca.pem()),
+    )?;
+    fs_err::write(dir.join("server.key"), leaf_key.serialize_pem())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-        fs_err::set_permissions(&ca_file, std::fs::Permissions::from_mode(0o644))?;
+        fs_err::set_permissions(dir.join("ca.pem"), std::fs::Permissions::from_mode(0o644))?;
+        fs_err::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )?;
     }
-    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(err)?;
-    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(err)?
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
-    .map_err(err)?;
-    Ok(TestCa {
-        ca_file,
-        server_config: Arc::new(server_config),
-    })
+    Ok(())
 }
 
 /// Serves `app` over TLS on `listener` until the runtime ends.

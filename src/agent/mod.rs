@@ -65,6 +65,11 @@ pub const CONFIG_FILES: &[&str] = &[
     ".credential_store",
 ];
 
+/// The listener's switch for its self-update: any non-empty value of this environment variable
+/// makes it ignore the server's update requests (`Agent.cs` `RunAsync`; there is no configure
+/// option for it). `Program.cs` loads `.env` into the listener's environment at every start.
+pub const UPDATE_SWITCH: &str = "agent.disableupdate";
+
 #[derive(Debug, Clone)]
 pub struct AgentDir {
     pub root: PathBuf,
@@ -160,6 +165,31 @@ impl AgentDir {
         (proxy, ca)
     }
 
+    /// `.env` with the listener's `agent.disableupdate` switch set to `true` (`disable`) or taken
+    /// out, every other line kept as it is; `None` when it is so already. `.env` is read as an
+    /// untrusted file (an unreadable one counts as empty: it is replaced, never written through).
+    pub fn env_with_update_switch(&self, disable: bool) -> Option<String> {
+        let now =
+            crate::fsx::read_untrusted(&self.root.join(".env"), 64 * 1024).unwrap_or_default();
+        let is_switch = |line: &str| {
+            line.split_once('=')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(UPDATE_SWITCH))
+        };
+        let mut lines: Vec<String> = now
+            .lines()
+            .filter(|l| !is_switch(l))
+            .map(str::to_owned)
+            .collect();
+        if disable {
+            lines.push(format!("{UPDATE_SWITCH}=true"));
+        }
+        let mut text = lines.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        (text != now).then_some(text)
+    }
+
     /// `.proxybypass` as it is now.
     pub fn proxy_bypass(&self) -> Option<String> {
         crate::fsx::read_untrusted(&self.root.join(".proxybypass"), 64 * 1024).ok()
@@ -250,5 +280,39 @@ mod tests {
         std::fs::create_dir(dir.path().join("bin.4.1.0")).unwrap();
         std::os::unix::fs::symlink("bin.4.1.0", dir.path().join("bin")).unwrap();
         assert!(a.self_updated());
+    }
+
+    #[test]
+    fn the_update_switch_is_one_line_of_env_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = AgentDir::new(dir.path(), &crate::os::Os::linux_x64());
+        assert_eq!(
+            a.env_with_update_switch(false),
+            None,
+            "no .env, nothing to take out"
+        );
+        assert_eq!(
+            a.env_with_update_switch(true).as_deref(),
+            Some("agent.disableupdate=true\n")
+        );
+        std::fs::write(
+            dir.path().join(".env"),
+            "LANG=C.UTF-8\nAgent.DisableUpdate=\nJAVA_HOME=/opt/jdk\n",
+        )
+        .unwrap();
+        assert_eq!(
+            a.env_with_update_switch(true).as_deref(),
+            Some("LANG=C.UTF-8\nJAVA_HOME=/opt/jdk\nagent.disableupdate=true\n")
+        );
+        assert_eq!(
+            a.env_with_update_switch(false).as_deref(),
+            Some("LANG=C.UTF-8\nJAVA_HOME=/opt/jdk\n")
+        );
+        std::fs::write(
+            dir.path().join(".env"),
+            "LANG=C.UTF-8\nagent.disableupdate=true\n",
+        )
+        .unwrap();
+        assert_eq!(a.env_with_update_switch(true), None, "already so");
     }
 }

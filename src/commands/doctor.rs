@@ -74,6 +74,8 @@ struct NetworkReport {
     no_proxy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_file: Option<String>,
+    /// Whether the system's trust store has any CA certificate (the agent trusts only it).
+    system_ca_certificates: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +117,7 @@ pub async fn run(
             proxy_user: n.proxy.as_ref().and_then(|p| p.user.clone()),
             no_proxy: n.no_proxy.clone().filter(|_| n.proxy.is_some()),
             ca_file: n.ca_file.as_ref().map(|p| p.display().to_string()),
+            system_ca_certificates: crate::net::tls::system_roots_present(),
         },
         identity,
         source: None,
@@ -467,13 +470,19 @@ fn render(r: &Doctor) -> String {
         )),
         None => t.push_str("proxy: none\n"),
     }
-    t.push_str(&format!(
-        "CA certificates: the system's{}\n",
-        n.ca_file
-            .as_deref()
-            .map(|c| format!(" and {c}"))
-            .unwrap_or_default()
-    ));
+    let extra = n
+        .ca_file
+        .as_deref()
+        .map(|c| format!(" and {c}"))
+        .unwrap_or_default();
+    if n.system_ca_certificates {
+        t.push_str(&format!("CA certificates: the system's{extra}\n"));
+    } else {
+        t.push_str(&format!(
+            "CA certificates: NONE in the system store{extra}: {}\n",
+            crate::net::no_ca_certificates_hint()
+        ));
+    }
     t.push_str(&format!(
         "checks (organization {}, pool '{}'):\n",
         r.organization, r.pool

@@ -1063,6 +1063,7 @@ async fn execute(
                 tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
                 super::agent_script(child, &network_masker(s, tokens)).await?;
                 write_proxy_bypass(s, env, agent, Some(&user)).await?;
+                write_update_switch(s, env, agent, Some(&user)).await?;
                 let local = agent.settings()?.ok_or_else(|| Error::Configure {
                     message: format!(
                         "{} reported success but wrote no .agent file",
@@ -1437,6 +1438,8 @@ async fn already_installed(
     // NO_PROXY changed: the agent reads .proxybypass when it starts.
     let account = user::lookup(s.user.name())?;
     let bypass_changed = write_proxy_bypass(s, env, agent, account.as_ref()).await?;
+    // --disable-update added or dropped: the agent reads .env when it starts.
+    let switch_changed = write_update_switch(s, env, agent, account.as_ref()).await?;
     // A configured agent whose service is missing or stopped (configure ran, the service step did not).
     if s.service && s.os.is_windows() && s.as_root {
         ensure_windows_service(env, &windows_service_name(s, &pool.name)).await?;
@@ -1448,7 +1451,7 @@ async fn already_installed(
         let ready = service::install_agent_unit(env, &sc, &unit, &s.agent_dir, &user).await?;
         if !ready.active {
             start_service(env, &unit.name, s.no_block_start).await?;
-        } else if bypass_changed {
+        } else if bypass_changed || switch_changed {
             sc.run(&["restart", &unit.name]).await?;
         }
     }
@@ -1756,7 +1759,8 @@ pub async fn configure(
     let child = network_secrets(s, child);
     tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
     super::agent_script(child, &network_masker(s, tokens)).await?;
-    write_proxy_bypass(s, env, agent, Some(user))
+    write_proxy_bypass(s, env, agent, Some(user)).await?;
+    write_update_switch(s, env, agent, Some(user))
         .await
         .map(drop)
 }
@@ -1827,6 +1831,62 @@ pub async fn write_proxy_bypass(
     Ok(true)
 }
 
+/// `--disable-update`: `agent.disableupdate=true` in the agent's `.env`, which the listener loads
+/// into its environment at every start (`Program.cs`) and checks before acting on an update request
+/// (`Agent.cs` `RunAsync`); the agent has no configure option for it (`CommandSettings`,
+/// `Constants.Agent.CommandLine`). Without the flag the line is taken out again; every other line
+/// is kept. Written by the agent user, like `.proxybypass` (root writes nothing in the agent dir).
+/// Returns whether the file changed.
+pub async fn write_update_switch(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    user: Option<&RunAs>,
+) -> Result<bool, Error> {
+    let Some(text) = agent.env_with_update_switch(s.disable_update) else {
+        return Ok(false);
+    };
+    if s.os.is_windows() {
+        // SYSTEM writes here: never through a junction or link the service account planted.
+        crate::fsx::replace_file_no_follow(&agent.root, ".env", text.as_bytes()).map_err(
+            |source| Error::Io {
+                action: "writing",
+                path: agent.root.join(".env"),
+                source,
+            },
+        )?;
+    } else {
+        let child = Child::new("write .env", "/bin/sh", env)
+            .args([
+                "-c",
+                "umask 022 && printf '%s' \"$DOTENV\" > .env.tmp && mv -f .env.tmp .env",
+            ])
+            .env("DOTENV", text)
+            .cwd(&agent.root)
+            .run_as(user.and_then(RunAs::unless_root))
+            .timeout(Duration::from_secs(30));
+        let done = process::run_async(child, crate::secret::Masker::new())
+            .await
+            .map_err(Error::ConfigureRun)?;
+        if !done.success() {
+            return Err(Error::Configure {
+                message: format!(
+                    "writing .env failed: {}",
+                    done.error_line().unwrap_or_default()
+                ),
+            });
+        }
+    }
+    if s.disable_update {
+        tracing::info!("the agent's self-update is off (agent.disableupdate in its .env)");
+    } else {
+        tracing::info!(
+            "the agent's self-update is on again (agent.disableupdate taken out of its .env)"
+        );
+    }
+    Ok(true)
+}
+
 fn saved_settings(
     s: &InstallSettings,
     identity: &IdentityRequest,
@@ -1879,6 +1939,7 @@ fn saved_settings(
         no_proxy: s.network.no_proxy.clone(),
         ca_file: s.network.ca_file.clone(),
         trusted_cas: vec![],
+        disable_update: s.disable_update,
     }
 }
 

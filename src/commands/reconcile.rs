@@ -86,6 +86,8 @@ pub struct Observed {
     pub network_drift: bool,
     /// `.proxybypass` was rewritten from the saved `NO_PROXY`: the agent reads it when it starts.
     pub bypass_changed: bool,
+    /// The agent's `.env` was rewritten for the saved `--disable-update`: read when it starts.
+    pub update_switch_changed: bool,
     /// Windows: the service is (re)created by configure (`--runAsService`), so a missing service
     /// is repaired by configuring again (from a fresh package, like every configure as SYSTEM).
     pub windows: bool,
@@ -136,7 +138,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
     match o.server {
         Server::Missing => register_again,
         Server::Known | Server::NotAsked if windows_service_gone => register_again,
-        Server::Known | Server::NotAsked => service(o.bypass_changed),
+        Server::Known | Server::NotAsked => service(o.bypass_changed || o.update_switch_changed),
         // Never stop or remove anything while we cannot tell; starting a stopped service is safe.
         Server::Unreachable => {
             if o.service_installed {
@@ -304,11 +306,18 @@ pub async fn run(
     } else {
         false
     };
+    let update_switch_changed = if local.is_some() && !tampered && !network_drift && !clone {
+        let s = settings::from_saved(&saved, env, os)?;
+        install::write_update_switch(&s, env, &agent, user.as_ref()).await?
+    } else {
+        false
+    };
     let observed = Observed {
         configured: local.is_some() || unreadable,
         tampered,
         network_drift,
         bypass_changed,
+        update_switch_changed,
         clone,
         service_installed: unit_state.is_some_and(|u| u.exists),
         unit: unit_state,
@@ -556,8 +565,18 @@ mod tests {
             server: Server::Known,
             network_drift: false,
             bypass_changed: false,
+            update_switch_changed: false,
             windows: false,
         }
+    }
+
+    #[test]
+    fn a_changed_update_switch_restarts_the_healthy_service() {
+        let o = Observed {
+            update_switch_changed: true,
+            ..healthy()
+        };
+        assert_eq!(decide(&o), [EnsureService { restart: true }]);
     }
 
     #[test]

@@ -2,16 +2,28 @@
 //! container, and never outlives it on the server.
 //!
 //! Token → preflight → package (one baked into the image is used as it is) → configure as the
-//! account running us (the install flow, without service or boot unit) → `run.sh [--once]` in the
+//! account running us (the install flow, without service or boot unit) → the listener in the
 //! foreground → unregister, however the agent ended (its own end, a crash, a stop) → exit with the
 //! agent's exit code.
+//!
+//! The listener runs as the agent's own `run-docker.sh` runs it (`src/Misc/layoutroot/run-docker.sh`):
+//! `bin/Agent.Listener run --startuptype service` (`run --once` under `--once`), and an exit for an
+//! update (3, `Constants.Agent.ReturnCode.AgentUpdating`; 4, `RunOnceAgentUpdating`, under
+//! `--once`) is never an end: the listener left its update script running in its process group
+//! (`SelfUpdater.cs`, `update.sh.template`), which swaps `bin` and `externals` to the new version
+//! once the listener is gone. We wait for that group to be empty (what is still in it after
+//! [`UPDATE_WAIT`] is killed), for at least [`UPDATE_DELAY`] after the exit and for
+//! `bin/Agent.Listener` to be executable again, then run the new version. With the service startup
+//! type the update script never starts `run.sh` in the background itself (it does for an
+//! interactive listener, `Agent.cs` `restartInteractiveAgent`), so the only listener is ours. Every
+//! other exit code ends the run, as in `run-docker.sh`.
 //!
 //! A stop (SIGTERM from the container runtime, Ctrl-C) drains first: the agent is disabled on the
 //! server so no new job is assigned, a running job may go on for `--stop-grace` seconds, then the
 //! agent gets SIGINT (what its own service host sends; the listener ends cleanly on it) and, if it
 //! has not ended after [`AGENT_STOP_WAIT`], SIGKILL. A second signal skips the wait. A stop that
 //! arrives while the agent is still being configured stops configuration and unregisters whatever
-//! got registered.
+//! got registered; one that arrives while the agent updates itself stops the update.
 //!
 //! The agent starts from the container's environment less every credential
 //! ([`Env::for_agent`]): the listener uploads its environment as capabilities, which anyone who can
@@ -41,8 +53,17 @@ pub const AGENT_STOP_WAIT: Duration = Duration::from_secs(15);
 const SETUP_STOP_WAIT: Duration = Duration::from_secs(15);
 /// How often the server is asked whether the agent still runs a job.
 const JOB_POLL: Duration = Duration::from_secs(1);
-/// An agent that keeps exiting for an update (4) is run again at most this often.
-const UPDATE_RERUNS: u32 = 3;
+/// How long the listener's update script may run after the listener exited for an update (it
+/// waits for the listener's pid to be gone, a second more, then renames and links two directories)
+/// before what is left of the listener's process tree is killed.
+pub const UPDATE_WAIT: Duration = Duration::from_secs(60);
+/// `run-docker.sh`: at least 5 s between an exit for an update and the next run…
+const UPDATE_DELAY: Duration = Duration::from_secs(5);
+/// …and at most 15 s more for `bin/Agent.Listener` to be executable again.
+const UPDATE_READY_WAIT: Duration = Duration::from_secs(15);
+/// `Constants.Agent.ReturnCode.AgentUpdating` and `RunOnceAgentUpdating`.
+const AGENT_UPDATING: i32 = 3;
+const RUN_ONCE_AGENT_UPDATING: i32 = 4;
 
 type Signals = tokio::sync::watch::Receiver<(u32, i32)>;
 type AgentTask = tokio::task::JoinHandle<Result<Finished, ProcessError>>;
@@ -127,7 +148,8 @@ async fn unregister(target: &Target, env: &Env, os: Os, net: &Net) -> Result<(),
     remove::remove_locked(target, false, env, os, net).await
 }
 
-/// Runs `run.sh` until the agent ends; on a stop, drains it first. Returns the agent's exit code.
+/// Runs the listener until the agent ends, again after each of its updates; on a stop, drains it
+/// first. Returns the agent's exit code.
 async fn run_agent(
     s: &RunSettings,
     env: &Env,
@@ -137,18 +159,22 @@ async fn run_agent(
 ) -> Result<u8, Error> {
     let i = &s.install;
     let agent = AgentDir::new(&i.agent_dir, &i.os);
-    let script = agent.root.join(i.os.run_script());
-    let mut reruns = 0;
+    let listener = agent.root.join(agent.listener);
     loop {
         let slot = TreeSlot::default();
-        let mut child = Child::new(i.os.run_script(), &script, env)
+        let mut child = Child::new("Agent.Listener", &listener, env)
+            .args(["run"])
             .base_env(env.for_agent())
             .cwd(&agent.root)
             .timeout(Duration::MAX)
             .tree_slot(slot.clone());
-        if s.once {
-            child = child.args(["--once"]);
-        }
+        // As run-docker.sh: the service startup type, so that an update never starts a second
+        // listener outside our supervision (under --once the update script starts none anyway).
+        child = if s.once {
+            child.args(["--once"])
+        } else {
+            child.args(["--startuptype", "service"])
+        };
         // run.sh refuses root without it, as config.sh does.
         if env.is_root() && !i.os.is_windows() {
             child = child.env("AGENT_ALLOW_RUNASROOT", "1");
@@ -166,10 +192,11 @@ async fn run_agent(
         };
         let finished = finished.map_err(Error::AgentRun)?;
         let code = finished.code;
-        if code == 4 && signal.is_none() && reruns < UPDATE_RERUNS {
-            reruns += 1;
-            tracing::warn!("the agent exited for an update (4); running it again");
-            continue;
+        if signal.is_none() && matches!(code, AGENT_UPDATING | RUN_ONCE_AGENT_UPDATING) {
+            match await_update(&listener, &slot, code, signals).await {
+                None => continue,
+                Some(end) => return Ok(end),
+            }
         }
         return Ok(match (u8::try_from(code), signal) {
             (Ok(c), _) => c,
@@ -177,6 +204,104 @@ async fn run_agent(
             (Err(_), Some(sig)) => code::SIGNALLED + sig as u8,
             (Err(_), None) => code::INTERNAL,
         });
+    }
+}
+
+/// After an exit for an update (see the module's documentation): `None` once the new version can
+/// run, else the code to end with (1 when the update did not complete, as `run-docker.sh` exits;
+/// 128 + the signal when a stop arrived meanwhile, the update stopped).
+async fn await_update(
+    listener: &std::path::Path,
+    slot: &TreeSlot,
+    code: i32,
+    signals: &mut Signals,
+) -> Option<u8> {
+    tracing::info!(
+        code,
+        "the agent exited to update itself; waiting for its update to finish to run it again"
+    );
+    let exited = tokio::time::Instant::now();
+    let tree = slot.get();
+    let mut killed = false;
+    loop {
+        let empty = tree.is_none_or(|t| t.is_empty());
+        if empty && exited.elapsed() >= UPDATE_DELAY {
+            break;
+        }
+        if !empty && !killed && exited.elapsed() >= UPDATE_WAIT {
+            tracing::warn!(
+                wait_s = UPDATE_WAIT.as_secs(),
+                "processes the agent left when it exited to update are still running; killing them"
+            );
+            if let Some(t) = tree {
+                t.kill(true);
+            }
+            killed = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = signals.changed() => {
+                let signal = signals.borrow_and_update().1;
+                tracing::warn!(
+                    "{} while the agent was updating itself: stopping its update",
+                    interrupt::signal_name(signal)
+                );
+                if let Some(t) = tree {
+                    t.kill(true);
+                }
+                return Some(code::SIGNALLED + signal as u8);
+            }
+        }
+    }
+    let ready_by = tokio::time::Instant::now() + UPDATE_READY_WAIT;
+    while !executable(listener) {
+        if tokio::time::Instant::now() >= ready_by {
+            tracing::error!(
+                "the agent's update did not complete: {} is not there {} s after it exited \
+                 (its log: _diag/SelfUpdate-*.log.failed)",
+                listener.display(),
+                (UPDATE_DELAY + UPDATE_READY_WAIT).as_secs()
+            );
+            return Some(code::INTERNAL);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = signals.changed() => {
+                let signal = signals.borrow_and_update().1;
+                return Some(code::SIGNALLED + signal as u8);
+            }
+        }
+    }
+    match updated_version(listener) {
+        Some(v) => tracing::info!(version = %v, "the agent updated itself; running it again"),
+        None => tracing::info!("running the agent again"),
+    }
+    None
+}
+
+/// `bin` is a link to `bin.<version>` after an update (only logged: the agent user wrote it).
+fn updated_version(listener: &std::path::Path) -> Option<String> {
+    let bin = listener.parent()?;
+    let target = fs_err::read_link(bin).ok()?;
+    let name = target.file_name()?.to_string_lossy().into_owned();
+    let version = name.strip_prefix("bin.")?;
+    (!version.is_empty()
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c)))
+    .then(|| version.to_owned())
+}
+
+/// What `run-docker.sh` waits for: `[ -x bin/Agent.Listener ]` (links followed).
+fn executable(path: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
     }
 }
 

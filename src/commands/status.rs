@@ -347,7 +347,7 @@ fn human(s: &Status) -> String {
         } else if server.same_id == Some(false) {
             "another agent has this name on the server".into()
         } else {
-            format!(
+            let mut text = format!(
                 "registered, {}, {}",
                 server.status.as_deref().unwrap_or("status unknown"),
                 if server.enabled == Some(false) {
@@ -355,7 +355,24 @@ fn human(s: &Status) -> String {
                 } else {
                     "enabled"
                 }
-            )
+            );
+            // The agent's service host (runsvc.sh → AgentService.js) keeps the unit active while
+            // it starts the listener again, 5 s after any exit but 0 and 1: not a dead agent.
+            let unit = s
+                .service_unit
+                .as_deref()
+                .filter(|u| u.ends_with(".service"));
+            if let Some(unit) = unit
+                && server.status.as_deref() == Some("offline")
+                && s.service.as_ref().is_some_and(|u| u.exists && u.active)
+            {
+                text.push_str(&format!(
+                    " while its service runs: the listener is starting, restarting (its service \
+                     host starts it again 5 s after an update or an error) or cannot reach Azure \
+                     DevOps; see `journalctl -u {unit}`"
+                ));
+            }
+            text
         },
     );
     line(

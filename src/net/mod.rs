@@ -109,6 +109,8 @@ pub struct Net {
     web: Arc<Mutex<Option<reqwest::Client>>>,
     network: Arc<RwLock<Network>>,
     refused: tls::Refused,
+    /// Set when the web client found no CA certificate in the system's store.
+    no_system_roots: Arc<std::sync::atomic::AtomicBool>,
     clock: Clock,
     policy: Policy,
     rng: Arc<Mutex<fastrand::Rng>>,
@@ -156,6 +158,7 @@ impl Net {
             web: Arc::new(Mutex::new(None)),
             network: Arc::new(RwLock::new(Network::default())),
             refused: tls::Refused::default(),
+            no_system_roots: Arc::default(),
             clock,
             policy: Policy::default(),
             rng: Arc::new(Mutex::new(rng)),
@@ -219,7 +222,11 @@ impl Net {
             .read_timeout(Duration::from_secs(60))
             .user_agent(USER_AGENT);
         match tls::client_config(&network.ca_certs, self.refused.clone()) {
-            Ok(config) => builder = builder.use_preconfigured_tls(config),
+            Ok((config, system_roots)) => {
+                self.no_system_roots
+                    .store(!system_roots, std::sync::atomic::Ordering::Relaxed);
+                builder = builder.use_preconfigured_tls(config);
+            }
             Err(e) => tracing::warn!("the platform's certificate store could not be used: {e}"),
         }
         // The environment was read once, into `network`, with curl's rules: reqwest reads nothing.
@@ -250,6 +257,19 @@ impl Net {
             reqwest::Client::new()
         })
     }
+}
+
+/// What to do on a machine whose trust store is empty (minimal images: Debian minbase,
+/// `*-slim` containers, hardened images without `ca-certificates`): the distribution's command.
+pub fn no_ca_certificates_hint() -> String {
+    let facts = crate::host::Facts::current();
+    let install = crate::deps::install_packages(&["ca-certificates"], facts.os_release.as_ref())
+        .unwrap_or_else(|| "your distribution's package manager".to_owned());
+    format!(
+        "this machine has no CA certificates (its system trust store is empty, as on minimal \
+         images): install them ({install}), or pass your CA with --ca-file PEM; the agent needs \
+         the system store too"
+    )
 }
 
 /// The rustls error somewhere in `e`'s causes, looking inside every `io::Error` on the way
@@ -291,7 +311,11 @@ impl Net {
                 .and_then(|der| tls::names(&der))
                 .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
             let network = self.network();
+            let no_system_roots = self
+                .no_system_roots
+                .load(std::sync::atomic::Ordering::Relaxed);
             let hint = match &network.ca_file {
+                None if no_system_roots => no_ca_certificates_hint(),
                 Some(ca) => format!(
                     "the certificates in {} do not vouch for it either: add the CA that \
                      issued '{issuer}', or find out what intercepts the connection",

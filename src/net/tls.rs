@@ -152,8 +152,12 @@ impl ServerCertVerifier for NoRoots {
 }
 
 /// The internet client's TLS configuration: the platform's roots and `extra` (DER), verified by
-/// the platform verifier, refused certificates recorded in `refused`.
-pub fn client_config(extra: &[Vec<u8>], refused: Refused) -> Result<rustls::ClientConfig, String> {
+/// the platform verifier, refused certificates recorded in `refused`; and whether the system's
+/// store had any certificate (`false` on minimal images without a CA bundle).
+pub fn client_config(
+    extra: &[Vec<u8>],
+    refused: Refused,
+) -> Result<(rustls::ClientConfig, bool), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra: Vec<CertificateDer<'static>> = extra
         .iter()
@@ -164,6 +168,7 @@ pub fn client_config(extra: &[Vec<u8>], refused: Refused) -> Result<rustls::Clie
     } else {
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra.clone(), provider.clone())
     };
+    let system_roots = platform.is_ok();
     let inner: Arc<dyn ServerCertVerifier> = match platform {
         Ok(v) => Arc::new(v),
         // A minimal image with no CA bundle (Debian minbase, an empty container): plain http
@@ -194,5 +199,12 @@ pub fn client_config(extra: &[Vec<u8>], refused: Refused) -> Result<rustls::Clie
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, system_roots))
+}
+
+/// Whether this machine's trust store has any CA certificate (what the platform verifier loads:
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`, else the distribution's bundle).
+pub fn system_roots_present() -> bool {
+    rustls_platform_verifier::Verifier::new(Arc::new(rustls::crypto::ring::default_provider()))
+        .is_ok()
 }

@@ -63,6 +63,25 @@ impl ProcessTree {
         let _ = killpg(nix::unistd::Pid::from_raw(self.pgid), Signal::SIGINT);
     }
 
+    /// No process is left in the group (what the child started has ended too). Members that are
+    /// our own children and have ended are reaped first: as a container's PID 1 we inherit the
+    /// group's orphans, which would otherwise stay as zombies, members for ever.
+    pub fn is_empty(&self) -> bool {
+        use nix::errno::Errno;
+        use nix::sys::signal::killpg;
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let group = nix::unistd::Pid::from_raw(-self.pgid);
+        while let Ok(status) = waitpid(group, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        matches!(
+            killpg(nix::unistd::Pid::from_raw(self.pgid), None),
+            Err(Errno::ESRCH)
+        )
+    }
+
     /// SIGTERM (or SIGKILL when `hard`) to the whole group.
     pub fn kill(&self, hard: bool) {
         use nix::sys::signal::{Signal, killpg};

@@ -289,6 +289,28 @@ impl ProcessTree {
         // SAFETY: the job handle is open.
         unsafe { TerminateJobObject(self.job.0, 1) };
     }
+
+    /// No process of the job is left (what the child started has ended too).
+    pub fn is_empty(&self) -> bool {
+        use windows_sys::Win32::System::JobObjects::{
+            JOBOBJECT_BASIC_ACCOUNTING_INFORMATION, JobObjectBasicAccountingInformation,
+            QueryInformationJobObject,
+        };
+        // SAFETY: zeroed is a valid JOBOBJECT_BASIC_ACCOUNTING_INFORMATION.
+        let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
+        // SAFETY: the job handle is open; the buffer is the structure and size the information
+        // class expects; the returned length is not asked for.
+        let ok = unsafe {
+            QueryInformationJobObject(
+                self.job.0,
+                JobObjectBasicAccountingInformation,
+                (&mut info as *mut JOBOBJECT_BASIC_ACCOUNTING_INFORMATION).cast(),
+                std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
+                std::ptr::null_mut(),
+            )
+        };
+        ok != 0 && info.ActiveProcesses == 0
+    }
 }
 
 /// Waits for Ctrl-C / Ctrl-Break (reported as SIGINT) or the console closing or the system

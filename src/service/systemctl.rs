@@ -56,11 +56,16 @@ impl Systemctl {
         Self::find(env).ok_or(ServiceError::NoSystemctl)
     }
 
-    async fn call(&self, args: &[&str]) -> Result<process::Finished, ServiceError> {
+    /// Runs `systemctl ARGS`. Its stderr is logged at debug only: it is commentary on success
+    /// ("Created symlink …", "Failed to get unit file state" for a unit not yet written), and on
+    /// failure its last line is in the error.
+    async fn call(&self, args: &[&str], probe: bool) -> Result<process::Finished, ServiceError> {
         let label = format!("systemctl {}", args.join(" "));
         let child = Child::new(label.clone(), &self.program, &self.env)
             .args(args.iter().copied())
-            .timeout(Duration::from_secs(90));
+            .timeout(Duration::from_secs(90))
+            .quiet_stderr();
+        let child = if probe { child.probe() } else { child };
         process::run_async(child, Masker::new())
             .await
             .map_err(|source| ServiceError::Run {
@@ -71,7 +76,7 @@ impl Systemctl {
 
     /// Runs a state-changing command; failure is an error.
     pub async fn run(&self, args: &[&str]) -> Result<(), ServiceError> {
-        let done = self.call(args).await?;
+        let done = self.call(args, false).await?;
         if done.success() {
             Ok(())
         } else {
@@ -84,7 +89,7 @@ impl Systemctl {
     }
 
     pub async fn state(&self, unit: &str) -> Result<UnitState, ServiceError> {
-        let enabled = self.call(&["is-enabled", unit]).await?;
+        let enabled = self.call(&["is-enabled", unit], true).await?;
         let word = enabled
             .stdout
             .first()
@@ -96,7 +101,7 @@ impl Systemctl {
             "disabled" | "masked" | "masked-runtime" => (true, false),
             _ => (false, false),
         };
-        let active = self.call(&["is-active", unit]).await?;
+        let active = self.call(&["is-active", unit], true).await?;
         let active = active
             .stdout
             .first()

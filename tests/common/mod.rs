@@ -935,3 +935,77 @@ pub fn assert_not_in_files_except(dir: &Path, secrets: &[String], sources: &[Pat
         }
     }
 }
+
+/// The agent version the server offers in [`offer_update`].
+pub const NEW_VERSION: &str = "4.265.0";
+
+/// The server offers agent [`NEW_VERSION`]: online agents of an older version are asked to update
+/// themselves (an `AgentRefresh` message).
+pub fn offer_update(w: &World) {
+    let update = azure_sim::package::AgentUpdate::build(&w.sim, NEW_VERSION).unwrap();
+    w.sim.state().agent_update = Some(update);
+}
+
+/// The version of the fake listener that made a report (its `--agent-version`).
+pub fn listener_version(r: &azure_sim::ListenerReport) -> String {
+    let at = r.argv.iter().position(|a| a == "--agent-version").unwrap();
+    r.argv[at + 1].clone()
+}
+
+/// The fake listeners running for the world's agent dir: (pid, parent pid).
+pub fn listeners(w: &World) -> Vec<(i32, i32)> {
+    let root = format!("--root {} ", w.agent_dir().display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if !cmdline.contains("fake-listener") || !cmdline.contains(&root) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid …: the name may hold spaces, the last ')' ends it.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// The agent's service as systemd runs its unit (`ExecStart=<root>/runsvc.sh`, `User=` the agent
+/// user, `WorkingDirectory=` the root): the simulated systemctl only records, so a test that needs
+/// the service's processes starts them with this. Its output is piped.
+pub fn service_host(w: &World) -> std::process::Child {
+    let user = agent_user();
+    let dir = w.agent_dir();
+    let mut cmd = Command::new(dir.join("runsvc.sh"));
+    cmd.current_dir(&dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &user.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::uid(&mut cmd, user.uid.as_raw());
+    std::os::unix::process::CommandExt::gid(&mut cmd, user.gid.as_raw());
+    cmd.spawn().unwrap()
+}
+
+/// Waits for `cond`, at most `secs` seconds.
+pub fn wait_for_secs(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
