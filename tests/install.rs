@@ -1129,3 +1129,112 @@ fn re_registering_an_agent_whose_unit_is_gone_installs_the_unit_again() {
     assert!(w.unit_active(UNIT) && w.unit_enabled(UNIT));
     assert_eq!(w.server_agents(1).len(), 1);
 }
+
+/// A fake `chcon` that records its arguments, and fails while `<world>/chcon-fails` exists.
+fn fake_chcon(w: &World) -> std::path::PathBuf {
+    let log = w.dir.path().join("chcon.log");
+    let fails = w.dir.path().join("chcon-fails");
+    w.fake_tool(
+        "chcon",
+        &format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{}' ]; then echo \"chcon: failed to change context of '$3': Operation not permitted\" >&2; exit 1; fi\n",
+            log.display(),
+            fails.display()
+        ),
+    );
+    log
+}
+
+fn chcon_calls(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn with_selinux_enabled_the_units_and_runsvc_get_the_labels_svc_sh_gives_them() {
+    let w = World::new();
+    let log = fake_chcon(&w);
+    let mut cmd = w.install_command(&[]);
+    cmd.env("AGENT_BOOTSTRAP_TEST_SELINUX", "enforcing");
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    let calls = chcon_calls(&log);
+    let unit = w.units_dir().join(UNIT);
+    let runsvc = w.agent_dir().join("runsvc.sh");
+    let want_unit = format!(
+        "-h system_u:object_r:systemd_unit_file_t:s0 {}",
+        unit.display()
+    );
+    let want_runsvc = format!("-h system_u:object_r:usr_t:s0 {}", runsvc.display());
+    assert!(calls.contains(&want_unit), "{calls:?}");
+    assert!(calls.contains(&want_runsvc), "{calls:?}");
+    // The boot unit too, and nothing outside the unit dir but runsvc.sh.
+    let units = w.units_dir().display().to_string();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("systemd_unit_file_t") && c.contains("/agent-bootstrap-")),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.contains(&units) || *c == want_runsvc),
+        "{calls:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("SELinux is enabled: labelled for systemd"),
+        "{}",
+        run.stderr
+    );
+
+    // A rerun on a healthy agent labels runsvc.sh again (a job may have replaced it), no unit.
+    std::fs::remove_file(&log).unwrap();
+    let mut cmd = w.install_command(&[]);
+    cmd.env("AGENT_BOOTSTRAP_TEST_SELINUX", "enforcing");
+    w.run_cmd(cmd).assert_code(0);
+    assert_eq!(chcon_calls(&log), vec![want_runsvc]);
+
+    // Without SELinux nothing is labelled.
+    std::fs::remove_file(&log).unwrap();
+    w.install(&[]).assert_code(0);
+    assert!(chcon_calls(&log).is_empty());
+}
+
+#[test]
+fn a_label_selinux_would_refuse_stops_the_install_when_enforcing_and_is_a_warning_when_permissive()
+{
+    let w = World::new();
+    let log = fake_chcon(&w);
+    std::fs::write(w.dir.path().join("chcon-fails"), "").unwrap();
+    let mut cmd = w.install_command(&[]);
+    cmd.env("AGENT_BOOTSTRAP_TEST_SELINUX", "enforcing");
+    let run = w.run_cmd(cmd);
+    run.assert_code(7);
+    let unit = w.units_dir().join(UNIT);
+    assert!(
+        run.stderr.contains(&format!(
+            "SELinux enforces here, and {} could not be labelled system_u:object_r:systemd_unit_file_t:s0",
+            unit.display()
+        )) && run.stderr.contains("fix: chcon -h")
+            && run.stderr.contains("Operation not permitted"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(chcon_calls(&log).len(), 1);
+
+    let mut cmd = w.install_command(&[]);
+    cmd.env("AGENT_BOOTSTRAP_TEST_SELINUX", "permissive");
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("SELinux is permissive: could not label"),
+        "{}",
+        run.stderr
+    );
+}

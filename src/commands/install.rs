@@ -1324,6 +1324,7 @@ pub async fn ensure_boot_unit(
     let systemctl = Systemctl::require(env)?;
     if !unchanged {
         service::write_unit_file(&path, &text)?;
+        service::selinux::label(env, &path, service::selinux::UNIT_FILE).await?;
         systemctl.run(&["daemon-reload"]).await?;
         tracing::info!(unit = %name, "installed the boot unit that runs reconcile");
     }
@@ -1351,6 +1352,7 @@ pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<
     let systemctl = Systemctl::require(env)?;
     if !unchanged {
         service::write_unit_file(&path, &text)?;
+        service::selinux::label(env, &path, service::selinux::UNIT_FILE).await?;
         systemctl.run(&["daemon-reload"]).await?;
         tracing::info!(unit = %name, "installed the scale-in watcher");
     }

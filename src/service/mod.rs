@@ -10,6 +10,7 @@
 //! at every boot. Unit files are written atomically ([`write_unit_file`]).
 
 pub mod boot;
+pub mod selinux;
 pub mod systemctl;
 pub mod unit;
 pub mod windows;
@@ -58,6 +59,16 @@ pub enum ServiceError {
     Unsafe { what: &'static str, value: String },
     #[error("systemctl was not found on PATH")]
     NoSystemctl,
+    #[error(
+        "SELinux enforces here, and {path} could not be labelled {label} for systemd, which would \
+         refuse it; fix: chcon -h {label} {path}, then run again"
+    )]
+    Selinux {
+        path: PathBuf,
+        label: String,
+        #[source]
+        source: Box<ServiceError>,
+    },
     #[error("could not delete the unit file '{path}'")]
     Remove {
         path: PathBuf,

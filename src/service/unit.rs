@@ -216,6 +216,7 @@ pub async fn install_agent_unit(
             tracing::warn!(unit = %unit.name, "the agent's unit file is not what it should be; rewriting it");
         }
         write_unit_file(&path, &text)?;
+        super::selinux::label(env, &path, super::selinux::UNIT_FILE).await?;
         sc.run(&["daemon-reload"]).await?;
     }
     let runsvc_ok = crate::fsx::is_regular(&root.join("runsvc.sh"));
@@ -231,6 +232,8 @@ pub async fn install_agent_unit(
         )
         .await?;
     }
+    // Every time: a job may have replaced runsvc.sh with a file of the agent dir's label.
+    super::selinux::label(env, &root.join("runsvc.sh"), super::selinux::PROGRAM).await?;
     let state = sc.state(&unit.name).await?;
     if !state.enabled {
         sc.run(&["enable", &unit.name]).await?;

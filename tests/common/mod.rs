@@ -214,6 +214,15 @@ impl World {
         self.dir.path().join("ca-bin")
     }
 
+    /// Puts a program first on the `PATH` of every command of this world (beside the fake CA-store
+    /// tools), replacing the machine's own for these commands.
+    pub fn fake_tool(&self, name: &str, script: &str) -> PathBuf {
+        let path = self.ca_bin().join(name);
+        std::fs::write(&path, script).unwrap();
+        set_mode(&path, 0o755);
+        path
+    }
+
     /// The bundle the fake `update-ca-certificates` builds: what OpenSSL, and so the agent,
     /// trusts on this simulated machine (`SSL_CERT_FILE` for every command of this world).
     pub fn ca_bundle(&self) -> PathBuf {
@@ -372,6 +381,8 @@ impl World {
             .env("AGENT_BOOTSTRAP_TEST_AGENT_USER", &self.user)
             // Hermetic on machines with and without systemd: the simulated unit dir stands in.
             .env("AGENT_BOOTSTRAP_TEST_SYSTEMD", "no")
+            // Hermetic on machines with and without SELinux: a test that wants it says so.
+            .env("AGENT_BOOTSTRAP_TEST_SELINUX", "disabled")
             .env("AGENT_BOOTSTRAP_STATE_DIR", self.state_dir())
             .env("AGENT_BOOTSTRAP_CACHE_DIR", self.cache_dir())
             // Hermetic: the machine's trust store is never changed. The scratch store stands in

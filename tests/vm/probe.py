@@ -6,8 +6,10 @@ scripts/vm-test.sh boots the guest three times; the phase is on the kernel comma
 console, which the host reads back; `VMTEST DONE <phase>` ends a phase, then the guest powers off.
 
 Everything the probe learns about the server it asks the way an operator would: over HTTPS to
-dev.azure.com (the simulator, trusted through the system store) with a token from IMDS
-(169.254.169.254), plus the simulator's kept state for what only the server knows (requests).
+dev.azure.com (the simulator, with a certificate from the private test CA the image carries as a
+file) with a token from IMDS (169.254.169.254), plus the simulator's kept state for what only the
+server knows (requests). Whether the system trust store holds that CA (install --ca-file puts it
+there, remove takes it out) is asked of the system's own OpenSSL, through Python's default context.
 """
 
 import glob
@@ -15,6 +17,8 @@ import json
 import os
 import pwd
 import re
+import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -26,6 +30,8 @@ POOL_ID = 1
 AGENT_USER = "azpagent"
 STATE = "/var/lib/azure-sim/state.json"
 KEEP = "/var/lib/vmtest"
+CA_FILE = "/etc/ssl/corp/corp-root-ca.pem"  # scripts/vm-test.sh, CA_FILE in the user-data
+CA_CONTEXT = ssl.create_default_context(cafile=CA_FILE)
 failures = 0
 
 
@@ -63,7 +69,7 @@ def ado(method, path):
         method=method,
         headers={"Authorization": "Bearer " + token(), "Accept": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=10) as r:
+    with urllib.request.urlopen(req, timeout=10, context=CA_CONTEXT) as r:
         body = r.read()
         return json.loads(body) if body else None
 
@@ -93,6 +99,46 @@ def kept_state():
 def registrations(state):
     path = f"/myorg/_apis/distributedtask/pools/{POOL_ID}/agents"
     return sum(1 for r in state["requests"] if r["method"] == "POST" and r["path"] == path)
+
+
+def pem_body(text):
+    return "".join(l for l in text.splitlines() if l and not l.startswith("-----"))
+
+
+def system_store_verifies():
+    """Whether the system's OpenSSL (its default store, no extra CA) accepts dev.azure.com."""
+    try:
+        with socket.create_connection(("dev.azure.com", 443), timeout=10) as raw:
+            with ssl.create_default_context().wrap_socket(raw, server_hostname="dev.azure.com"):
+                return True, "verified"
+    except ssl.SSLCertVerificationError as e:
+        return False, e.verify_message
+    except OSError as e:
+        return False, repr(e)
+
+
+def store_checks(expect):
+    """The private CA in the system trust store (expect=True) or not: our file, the bundle
+    update-ca-certificates made, and the system's OpenSSL verifying the server."""
+    with open(CA_FILE) as f:
+        ca = pem_body(f.read())
+    ours = glob.glob("/usr/local/share/ca-certificates/agent-bootstrap-*.crt")
+    with open("/etc/ssl/certs/ca-certificates.crt") as f:
+        in_bundle = ca in pem_body(f.read())
+    verified, why = system_store_verifies()
+    if expect:
+        held = False
+        for path in ours:
+            with open(path) as f:
+                held |= pem_body(f.read()) == ca
+        check("install --ca-file put the CA into the system store", len(ours) == 1 and held,
+              " ".join(ours))
+        check("update-ca-certificates put it into the bundle", in_bundle, "")
+        check("the system's OpenSSL verifies the server", verified, why)
+    else:
+        check("remove took our CA file out of the store", ours == [], " ".join(ours))
+        check("the bundle no longer holds the CA", not in_bundle, "")
+        check("the system's OpenSSL refuses the server again", not verified, why)
 
 
 def unit_files(pattern):
@@ -162,6 +208,10 @@ def phase_install():
     imds = [r for r in state["requests"] if r["path"].startswith("/metadata/identity")]
     check("the token came from IMDS at 169.254.169.254", bool(imds), f"{len(imds)} requests")
     agent_unit_checks()
+    store_checks(True)
+    rc, out = sh("agent-bootstrap", "status")
+    check("status names the CA it added", rc == 0 and "trusted CA:" in out,
+          out[-400:].replace("\n", " | "))
     unit = boot_unit()
     if check("one boot unit", unit is not None, " ".join(unit_files("agent-bootstrap-*"))):
         rc, out = sh("systemd-analyze", "verify", unit)
@@ -188,6 +238,7 @@ def phase_reboot():
     check("nothing reinstalled", state["package_downloads"] == before,
           f"{before} → {state['package_downloads']} package downloads")
     agent_unit_checks()
+    store_checks(True)
     if agent is not None:
         ado("DELETE", f"distributedtask/pools/{POOL_ID}/agents/{agent['id']}?api-version=7.1")
         check("the agent is deleted on the server", agents() == [], "")
@@ -217,6 +268,7 @@ def phase_deleted():
     left = [p for p in os.listdir("/proc") if p.isdigit() and os.stat(f"/proc/{p}").st_uid == uid]
     check("no process of the agent user", left == [], " ".join(left))
     check("deregistered on the server", agents() == [], json.dumps(agents())[:300])
+    store_checks(False)
 
     tokens = [t for t in kept_state()["tokens"] if len(t) >= 16]
     check("the simulator issued tokens", bool(tokens), str(len(tokens)))
