@@ -110,6 +110,10 @@ if [ ! -s "$zsh_f" ] || [ ! -s "$fish_f" ]; then fail "zsh or fish completions a
 
 step "cloud-init schema"
 cloud-init schema --config-file packaging/cloud-init.yaml
+# Its runcmd script, as sh runs it (cloud-init's own Python has PyYAML).
+python3 -c 'import sys, yaml; sys.stdout.write(yaml.safe_load(open(sys.argv[1]))["runcmd"][0][2])' \
+    packaging/cloud-init.yaml >"$work/cloud-init-runcmd.sh"
+shellcheck -s sh -e SC1091 "$work/cloud-init-runcmd.sh"
 # Terraform's placeholders, filled as templatefile would (URLs where URLs go).
 # shellcheck disable=SC2016 # the ${…} are the template's, not the shell's
 sed -e 's|${install_sh_url}|https://example.com/install.sh|' \

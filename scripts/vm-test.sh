@@ -8,19 +8,22 @@
 # 2. Per run, a copy of it gets: the simulator (/opt/azure-sim, tests/vm/azure-sim.service) serving
 #    IMDS on a dummy interface at 169.254.169.254 and, over TLS on loopback, dev.azure.com,
 #    download.agent.dev.azure.com and example.blob.core.windows.net (named in /etc/hosts), with a
-#    certificate from a test CA installed in the system trust store with update-ca-certificates;
+#    certificate from a private test CA that is NOT in the system trust store: the image carries
+#    only its PEM file (/etc/ssl/corp/corp-root-ca.pem), as a private CA's users have it;
 #    our .deb in the simulated storage account; packaging/cloud-init.yaml itself as NoCloud
-#    user-data, with only the package URL and its SHA-256 filled in; the probe (tests/vm/probe.py).
+#    user-data, with only the package URL, its SHA-256 and CA_FILE filled in (so curl and
+#    agent-bootstrap install --ca-file use the CA); the probe (tests/vm/probe.py).
 # 3. Three boots of the same disk, with no network device (qemu -nic none):
 #    install   cloud-init downloads and verifies the .deb, dpkg installs it, agent-bootstrap
-#              install registers the agent; checked: online on the server, one registration, the
-#              agent's unit active under real systemd as the agent user, the boot unit enabled and
-#              passing systemd-analyze verify;
+#              install registers the agent; checked: the CA put into the system trust store by
+#              update-ca-certificates (the system's OpenSSL now verifies the server), online on the
+#              server, one registration, the agent's unit active under real systemd as the agent
+#              user, the boot unit enabled and passing systemd-analyze verify;
 #    reboot    the boot unit reconciled: still one registration, nothing downloaded again, online;
 #              then the probe deletes the agent on the server;
 #    deleted   the boot unit re-registered it: a new agent, online; then agent-bootstrap remove: no
-#              unit, no process of the agent user, deregistered; and no token in the journal or in
-#              any file of the guest.
+#              unit, no process of the agent user, deregistered, the CA out of the system trust
+#              store again; and no token in the journal or in any file of the guest.
 # Each check is a `VMTEST PASS|FAIL` line the guest writes to its serial console.
 #
 # Acceleration: KVM when /dev/kvm works with hardware virtualization, else TCG (multi-threaded;
@@ -100,13 +103,19 @@ echo "vm-test.sh: preparing the guest in $work" >&2
 cp -a "$base" "$root"
 rm -f "$root/.complete"
 
-# The corporate root CA, carried by the image in its system trust store.
+# The corporate root CA: the image carries its PEM file, not in the system trust store (install
+# --ca-file puts it there, which the probe checks).
 names="dev.azure.com download.agent.dev.azure.com example.blob.core.windows.net"
 set --
 for n in $names; do set -- "$@" --tls-name "$n"; done
 "$sim" make-tls --dir "$work/tls" "$@"
-install -D -m 0644 "$work/tls/ca.pem" "$root/usr/local/share/ca-certificates/corp-root-ca.crt"
-chroot "$root" update-ca-certificates >/dev/null
+ca_file=/etc/ssl/corp/corp-root-ca.pem
+install -D -m 0644 "$work/tls/ca.pem" "$root$ca_file"
+ca_body=$(grep -v -- '-----' "$work/tls/ca.pem" | tr -d '\n')
+if tr -d '\n' <"$root/etc/ssl/certs/ca-certificates.crt" | grep -qF "$ca_body"; then
+    echo "vm-test.sh: the image's trust store already holds the test CA" >&2
+    exit 1
+fi
 printf '127.0.0.1 %s\n' "$names" >>"$root/etc/hosts"
 
 # The simulator, its state and TLS material, and the storage account's files.
@@ -127,9 +136,10 @@ mkdir -p "$seed"
 printf 'instance-id: vmtest-0001\nlocal-hostname: vmtest\n' >"$seed/meta-data"
 sha=$(sha256sum "$deb" | cut -d' ' -f1)
 sed -e "s|^\( *PACKAGE_URL=\).*|\1https://example.blob.core.windows.net/tools/$(basename "$deb")|" \
-    -e "s|^\( *PACKAGE_SHA256=\).*|\1$sha|" packaging/cloud-init.yaml >"$seed/user-data"
-if diff packaging/cloud-init.yaml "$seed/user-data" | grep '^>' | grep -qv -e PACKAGE_URL= -e PACKAGE_SHA256=; then
-    echo "vm-test.sh: the user-data differs from packaging/cloud-init.yaml beyond the package's URL and SHA-256" >&2
+    -e "s|^\( *PACKAGE_SHA256=\).*|\1$sha|" -e "s|^\( *CA_FILE=\).*|\1$ca_file|" \
+    packaging/cloud-init.yaml >"$seed/user-data"
+if diff packaging/cloud-init.yaml "$seed/user-data" | grep '^>' | grep -qv -e PACKAGE_URL= -e PACKAGE_SHA256= -e CA_FILE=; then
+    echo "vm-test.sh: the user-data differs from packaging/cloud-init.yaml beyond the package's URL, SHA-256 and CA file" >&2
     exit 1
 fi
 
