@@ -20,6 +20,14 @@ use common::{Run, World};
 const X64: &str = "x86_64-unknown-linux-musl";
 const ARM64: &str = "aarch64-unknown-linux-musl";
 
+/// The release binaries ignore the test switch that gives each world its own agent account, so
+/// every install they run uses `azpagent`, and configure ends every process of that account: two
+/// such tests at once would kill each other's `config.sh`. They take turns.
+fn shared_agent_account() -> std::sync::MutexGuard<'static, ()> {
+    static ACCOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ACCOUNT.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn required() -> bool {
     std::env::var("AGENT_BOOTSTRAP_STATIC_TESTS").is_ok_and(|v| v == "1")
 }
@@ -160,6 +168,7 @@ fn the_static_x86_64_binary_on_debian_with_a_musl_loader_gets_the_glibc_package(
     let Some(bin) = static_bin(X64) else {
         return skip("no static x86_64 build (scripts/check-static.sh builds it)");
     };
+    let _account = shared_agent_account();
     let _loader = MuslLoader::ensure();
     let w = World::new();
     installs_asking_for(&w, &bin, &[], "linux-x64");
@@ -176,6 +185,7 @@ fn the_aarch64_binary_under_qemu_user_gets_the_arm64_package_and_runs_the_lifecy
         return skip("qemu-aarch64-static is not installed (scripts/cross-setup.sh)");
     };
     let b = bin.to_str().unwrap();
+    let _account = shared_agent_account();
     let w = World::with(|c| c.package.platform = "linux-arm64".into());
     installs_asking_for(&w, &qemu, &[b], "linux-arm64");
     let dir = w.agent_dir().display().to_string();
