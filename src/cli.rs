@@ -8,10 +8,20 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `--version`: the version, the commit it was built from and the target (`build.rs`).
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AGENT_BOOTSTRAP_COMMIT"),
+    ", ",
+    env!("AGENT_BOOTSTRAP_TARGET"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agent-bootstrap",
-    version,
+    version = LONG_VERSION,
     about = "Register this machine as a self-hosted Azure Pipelines agent using its identity",
     long_about = None,
     after_help = "Exit codes: 0 ok, 1 internal error, 2 invalid input, 3 no token from the identity, \
@@ -22,6 +32,15 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// Log less: -q warnings and errors only, -qq errors only. Wins over AGENT_BOOTSTRAP_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+
+    /// Log more: -v debug, -vv trace (agent-bootstrap's own lines; -vv also the libraries' debug
+    /// lines). Wins over AGENT_BOOTSTRAP_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +75,16 @@ pub enum Command {
     Remove(RemoveArgs),
     /// Show the agent's local state and, when a token can be had, the server's view.
     Status(StatusArgs),
+    /// Print the shell completion script for SHELL on stdout (e.g. `agent-bootstrap completions
+    /// bash > /etc/bash_completion.d/agent-bootstrap`).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args, Default, Clone)]

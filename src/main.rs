@@ -21,7 +21,11 @@ fn main() -> ExitCode {
         _ => Ok(()),
     };
     let env = Env::capture().with_vars(scrub::take_secrets());
-    logging::init(cli.log_format, &env);
+    let verbosity = logging::Verbosity {
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    logging::init(cli.log_format, verbosity, &env);
     if let Err(e) = restarted {
         tracing::warn!("{e}; the secret variables stay in this process's environment");
     }

@@ -1,6 +1,7 @@
 //! The subcommands. Each takes resolved settings and an injected environment and clock, and returns
 //! a typed error that `main` turns into an exit code.
 
+pub mod completions;
 pub mod doctor;
 pub mod drain;
 pub mod install;
@@ -113,6 +114,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
             configure_saved(&net, &t, &env)?;
             status::run(&t, args.json, &env, os, &net).await.map(|()| 0)
         }
+        Command::Completions(args) => completions::run(args.shell).map(|()| 0),
     }
 }
 

@@ -363,8 +363,18 @@ impl Net {
             detail: crate::error::one_line(&e),
             blocked: self.blocked(&e),
         };
-        let response = request.send().await.map_err(failed)?;
+        let (client, request) = request.build_split();
+        let request = request.map_err(failed)?;
+        // `-v`: each call, without its query (a SAS or a token may ride in one).
+        let (method, mut url) = (request.method().clone(), request.url().clone());
+        url.set_query(None);
+        let started = std::time::Instant::now();
+        let response = client.execute(request).await.map_err(|e| {
+            tracing::debug!(%method, %url, error = %crate::error::one_line(&e), "request failed");
+            failed(e)
+        })?;
         let status = response.status().as_u16();
+        tracing::debug!(%method, %url, status, ms = started.elapsed().as_millis() as u64, "request");
         let headers = response.headers().clone();
         let body = response.text().await.map_err(failed)?;
         Ok(Answer {
