@@ -25,7 +25,9 @@ const ARM64: &str = "aarch64-unknown-linux-musl";
 /// such tests at once would kill each other's `config.sh`. They take turns.
 fn shared_agent_account() -> std::sync::MutexGuard<'static, ()> {
     static ACCOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ACCOUNT.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    ACCOUNT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn required() -> bool {
