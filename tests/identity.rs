@@ -513,6 +513,42 @@ fn a_pat_is_sent_only_as_basic_and_never_reaches_the_agent() {
 }
 
 #[test]
+fn auto_with_a_pat_and_an_identity_uses_the_identity_and_says_so_loudly() {
+    let w = pat_world();
+    let mut cmd = w.install_command(&[]);
+    cmd.env("AZP_TOKEN", PAT);
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("WARN")
+            && run.stderr.contains(
+                "AZP_TOKEN is set, but the machine's identity (imds) is used: --identity auto \
+                 prefers an identity over a PAT; pass --identity pat to use the PAT"
+            ),
+        "{}",
+        run.stderr
+    );
+    // Every call (the agent's configure too) carried a token IMDS issued, none the PAT.
+    let ado = ado_requests(&w);
+    assert!(
+        !ado.is_empty() && ado.iter().all(|r| r.token.is_some()),
+        "{ado:?}"
+    );
+    assert_eq!(saved(&w)["identity_source"], "imds");
+    // Chosen explicitly, the PAT is used and nothing is said about the identity.
+    let w = pat_world();
+    let mut cmd = w.install_command(&["--identity", "pat"]);
+    cmd.env("AZP_TOKEN", PAT);
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    assert!(
+        !run.stderr.contains("prefers an identity"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn a_pat_file_must_be_private_and_serves_later_boots() {
     let w = pat_world();
     let secrets = w.secrets_dir();

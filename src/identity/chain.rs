@@ -89,6 +89,9 @@ pub async fn resolve(
     for (i, kind) in kinds.iter().copied().enumerate() {
         match detect(kind, req, pinned, env, os, net).await {
             Ok(Found::Here { source, why }) => {
+                if !pinned && kind != Kind::Pat {
+                    warn_unused_pat(kind, env);
+                }
                 push(&mut report, kind, Verdict::Chosen(why));
                 for rest in &kinds[i + 1..] {
                     push(&mut report, *rest, Verdict::NotTried);
@@ -124,6 +127,23 @@ pub async fn resolve(
         })
         .collect();
     (Err(IdentityError::NoSource { tried }), report)
+}
+
+/// `--identity auto` found the machine's identity while a PAT is in the environment too: the
+/// identity wins (a PAT left in an image or a pipeline variable expires and is no one's to renew;
+/// the identity is what the machine was given), and that is said loudly, with how to choose the PAT.
+fn warn_unused_pat(chosen: Kind, env: &Env) {
+    if let Some(name) = [pat::FILE_ENV, pat::TOKEN_ENV]
+        .into_iter()
+        .find(|n| env.var(n).is_some_and(|v| !v.trim().is_empty()))
+    {
+        tracing::warn!(
+            source = chosen.name(),
+            "{name} is set, but the machine's identity ({}) is used: --identity auto prefers an \
+             identity over a PAT; pass --identity pat to use the PAT",
+            chosen.name()
+        );
+    }
 }
 
 /// The selector for sources that take `AZURE_CLIENT_ID` as the default user-assigned identity.
