@@ -541,8 +541,44 @@ pub fn unauthorized_hint(scheme: Scheme) -> &'static str {
     }
 }
 
+/// What to do when the server does not take Entra ID tokens at all: Azure DevOps Server.
+pub const ON_PREMISES_HINT: &str = "this looks like Azure DevOps Server (on-premises), which does \
+    not accept Entra ID tokens: use a personal access token with the scope Agent Pools (Read & \
+    manage): --identity pat with AZP_TOKEN_FILE (or AZP_TOKEN)";
+
+/// The authentication schemes a 401 offers (`WWW-Authenticate`), when it offers some and Bearer
+/// is not among them: the server takes no Entra ID token, whoever it names. Azure DevOps Services
+/// offers `Bearer authorization_uri=…`; Azure DevOps Server behind IIS offers `Negotiate`, `NTLM`
+/// and perhaps `Basic`.
+pub fn no_bearer_offered(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let schemes: Vec<String> = headers
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|part| part.split_whitespace().next())
+        // `realm="…"` and other parameters after a comma are not schemes.
+        .filter(|word| !word.contains('='))
+        .map(str::to_owned)
+        .collect();
+    (!schemes.is_empty() && !schemes.iter().any(|s| s.eq_ignore_ascii_case("bearer")))
+        .then(|| schemes.join(", "))
+}
+
 fn refusal(a: Answer, url: &str, scheme: Scheme) -> DevOpsError {
     match a.status {
+        401 if scheme == Scheme::Bearer && no_bearer_offered(&a.headers).is_some() => {
+            let offered = no_bearer_offered(&a.headers).unwrap_or_default();
+            DevOpsError::Unauthorized {
+                url: url.to_owned(),
+                status: a.status,
+                message: format!(
+                    "{}; the server offers {offered} authentication, not Bearer",
+                    server_message(&a.body)
+                ),
+                hint: ON_PREMISES_HINT,
+            }
+        }
         // 203 is what Azure DevOps answers to a bad credential from a non-browser client: an HTML
         // sign-in page.
         401 | 203 => DevOpsError::Unauthorized {
@@ -578,6 +614,31 @@ fn server_message(body: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_challenge_without_bearer_is_a_server_that_takes_no_entra_token() {
+        use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+        let of = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(WWW_AUTHENTICATE, HeaderValue::from_static(v));
+            }
+            no_bearer_offered(&h)
+        };
+        assert_eq!(
+            of(&["Negotiate", "NTLM", "Basic realm=\"tfs\""]).as_deref(),
+            Some("Negotiate, NTLM, Basic")
+        );
+        assert_eq!(
+            of(&[
+                "Bearer authorization_uri=https://login.microsoftonline.com/t, Basic realm=\"x\", TFS-Federated"
+            ]),
+            None
+        );
+        assert_eq!(of(&["bearer"]), None);
+        assert_eq!(of(&[]), None, "no challenge says nothing");
+    }
+
     use super::*;
 
     #[test]

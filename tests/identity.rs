@@ -549,6 +549,50 @@ fn auto_with_a_pat_and_an_identity_uses_the_identity_and_says_so_loudly() {
 }
 
 #[test]
+fn azure_devops_server_refusing_entra_tokens_is_named_with_the_pat_way() {
+    let w = pat_world();
+    w.sim.state().on_premises = true;
+    let run = w.install(&[]);
+    run.assert_code(4);
+    assert!(
+        run.stderr
+            .contains("the server offers Negotiate, NTLM, Basic authentication, not Bearer")
+            && run.stderr.contains(
+                "hint: this looks like Azure DevOps Server (on-premises), which does not accept \
+                 Entra ID tokens"
+            )
+            && run.stderr.contains("--identity pat with AZP_TOKEN_FILE"),
+        "{}",
+        run.stderr
+    );
+    assert!(!w.agent_dir().join(".agent").exists());
+    assert!(w.server_agents(1).is_empty());
+    // doctor says the same before anything is tried.
+    let run = w.run(&["doctor", "--url", &w.org_url()]);
+    run.assert_code(4);
+    assert!(
+        run.stdout.contains("Azure DevOps Server (on-premises)"),
+        "{}",
+        run.stdout
+    );
+    // With a PAT it installs.
+    let mut cmd = w.install_command(&["--identity", "pat"]);
+    cmd.env("AZP_TOKEN", PAT);
+    w.run_cmd(cmd).assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 1);
+    // Azure DevOps Services offers Bearer: a refused Entra token keeps its own hint.
+    let w = World::new();
+    let run = w.install(&["--client-id", azure_sim::ids::OUTSIDER_CLIENT]);
+    run.assert_code(4);
+    assert!(
+        run.stderr.contains("add the identity to the organization")
+            && !run.stderr.contains("on-premises"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn a_pat_file_must_be_private_and_serves_later_boots() {
     let w = pat_world();
     let secrets = w.secrets_dir();

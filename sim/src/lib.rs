@@ -389,6 +389,10 @@ pub struct State {
     pub package_downloads: u32,
     /// Azure DevOps answers 503 to everything (an outage).
     pub ado_down: bool,
+    /// The organization plays Azure DevOps Server (on-premises): Entra tokens are refused with
+    /// the challenges IIS sends (Negotiate, NTLM, Basic; no Bearer), PATs work, and
+    /// connectionData says `deploymentType: onPremises`.
+    pub on_premises: bool,
     /// The VM id IMDS reports (tests change it to play a clone of the image).
     pub vm_id: String,
     /// Personal access tokens Azure DevOps accepts (as HTTP Basic only) → identity object id.

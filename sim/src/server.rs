@@ -634,19 +634,45 @@ fn ado_error(status: u16, type_key: &str, message: &str) -> Response {
     )
 }
 
+/// A 401 with the `WWW-Authenticate` challenges the server sends: Azure DevOps Services offers
+/// Bearer (with Entra's authorization URI), Basic and its federated sign-in; Azure DevOps Server
+/// behind IIS offers Windows authentication and Basic, never Bearer.
+fn challenge(mut response: Response, on_premises: bool) -> Response {
+    let offered: &[&str] = if on_premises {
+        &["Negotiate", "NTLM", "Basic realm=\"tfs.example.com\""]
+    } else {
+        &[
+            "Bearer authorization_uri=https://login.microsoftonline.com/00000000-0000-4000-8000-0000000a11ce",
+            "Basic realm=\"https://tfsprodeus2su6.app.visualstudio.com/\"",
+            "TFS-Federated",
+        ]
+    };
+    for value in offered {
+        response.headers_mut().append(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static(value),
+        );
+    }
+    response
+}
+
 /// The caller of an Azure DevOps request: Bearer or Basic (any user name, token as password).
 fn authenticate(
     s: &Shared,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<IdentitySpec, Box<(String, Response)>> {
+    let on_premises = s.state.lock().unwrap().on_premises;
     let Some((scheme, token)) = presented_token(headers) else {
         return Err(Box::new((
             "none".into(),
-            ado_error(
-                401,
-                "UnauthorizedRequestException",
-                "TF400813: Resource not available for anonymous access. Client authentication required.",
+            challenge(
+                ado_error(
+                    401,
+                    "UnauthorizedRequestException",
+                    "TF400813: Resource not available for anonymous access. Client authentication required.",
+                ),
+                on_premises,
             ),
         )));
     };
@@ -657,6 +683,21 @@ fn authenticate(
             state.pats.get(&token).cloned(),
         )
     };
+    // Azure DevOps Server takes Windows accounts and PATs; an Entra token is just not a credential
+    // there, whoever it names.
+    if on_premises && scheme == Scheme::Bearer {
+        return Err(Box::new((
+            "invalid".into(),
+            challenge(
+                ado_error(
+                    401,
+                    "UnauthorizedRequestException",
+                    "TF400813: Resource not available for anonymous access. Client authentication required.",
+                ),
+                true,
+            ),
+        )));
+    }
     // A PAT is accepted only as Basic, as Azure DevOps does.
     let oid = match (oid, pat) {
         (Some(oid), _) => Some(oid),
@@ -666,14 +707,17 @@ fn authenticate(
     let Some(oid) = oid else {
         return Err(Box::new((
             "invalid".into(),
-            ado_error(
-                401,
-                "VssUnauthorizedException",
-                &format!(
-                    "VS30063: You are not authorized to access http://{}{}.",
-                    s.config.org,
-                    uri.path()
+            challenge(
+                ado_error(
+                    401,
+                    "VssUnauthorizedException",
+                    &format!(
+                        "VS30063: You are not authorized to access http://{}{}.",
+                        s.config.org,
+                        uri.path()
+                    ),
                 ),
+                on_premises,
             ),
         )));
     };
@@ -687,10 +731,15 @@ fn authenticate(
     if !identity.org_member {
         return Err(Box::new((
             oid.clone(),
-            ado_error(
-                401,
-                "UnauthorizedRequestException",
-                &format!("TF400813: The user '{oid}' is not authorized to access this resource."),
+            challenge(
+                ado_error(
+                    401,
+                    "UnauthorizedRequestException",
+                    &format!(
+                        "TF400813: The user '{oid}' is not authorized to access this resource."
+                    ),
+                ),
+                on_premises,
             ),
         )));
     }
@@ -775,7 +824,7 @@ async fn connection_data(
             "authorizedUser": user,
             "instanceId": "00000000-0000-4000-8000-00000000beef",
             "deploymentId": "00000000-0000-4000-8000-00000000cafe",
-            "deploymentType": "hosted",
+            "deploymentType": if s.state.lock().unwrap().on_premises { "onPremises" } else { "hosted" },
             "locationServiceData": {"serviceOwner": "00025394-6065-48ca-87d9-7f5672854ef7"}
         }),
     )
