@@ -424,7 +424,7 @@ mod tests {
             },
             command: "apt-get install -y libssl3 libicu72".into(),
         };
-        let text = crate::error::report(&e);
+        let text = crate::report::report(&e);
         assert!(text.contains("libssl.so.3, libicu"), "{text}");
         assert!(
             text.contains("`apt-get install -y libssl3 libicu72`"),

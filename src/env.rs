@@ -13,6 +13,14 @@ use std::path::PathBuf;
 /// on machines with and without systemd.
 pub const SYSTEMD_ENV: &str = "AGENT_BOOTSTRAP_TEST_SYSTEMD";
 
+/// The dedicated account the agent runs as unless `--user` names another (the agent's own
+/// documentation's example name).
+pub const DEFAULT_USER: &str = "azpagent";
+
+/// The pipe `run` reads its secrets from after it started itself again without them
+/// (`crate::scrub`); never passed on.
+pub const SECRETS_FD_ENV: &str = "AGENT_BOOTSTRAP_SECRETS_FD";
+
 /// Debug builds only: the name of the dedicated agent account ([`Env::dedicated_user`]).
 pub const AGENT_USER_ENV: &str = "AGENT_BOOTSTRAP_TEST_AGENT_USER";
 
@@ -182,7 +190,7 @@ impl Env {
     pub fn dedicated_user(&self) -> String {
         match self.var(AGENT_USER_ENV) {
             Some(name) if cfg!(debug_assertions) => name.to_owned(),
-            _ => crate::settings::DEFAULT_USER.to_owned(),
+            _ => DEFAULT_USER.to_owned(),
         }
     }
 
@@ -332,7 +340,7 @@ impl Env {
     /// environment the program works with.
     pub fn with_vars(mut self, vars: Vec<(String, String)>) -> Self {
         self.vars.extend(vars);
-        self.vars.remove(crate::scrub::FD_ENV);
+        self.vars.remove(SECRETS_FD_ENV);
         self
     }
 }
@@ -430,7 +438,7 @@ mod tests {
         let want = if cfg!(debug_assertions) {
             "azp-test-1"
         } else {
-            crate::settings::DEFAULT_USER
+            DEFAULT_USER
         };
         assert_eq!(env.dedicated_user(), want);
         assert_eq!(Env::fake(&[], "h", true).dedicated_user(), "azpagent");

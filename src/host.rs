@@ -213,7 +213,35 @@ pub fn kernel_machine() -> String {
     }
 }
 
+/// The machine this binary runs on: on Linux, libc and architecture from the host itself, never
+/// from how this binary was built.
+pub fn current_os() -> Os {
+    if cfg!(windows) {
+        Os {
+            arch: binary_arch(),
+            ..Os::windows_x64()
+        }
+    } else if cfg!(target_os = "macos") {
+        Os {
+            family: Family::MacOs,
+            arch: binary_arch(),
+            musl: false,
+        }
+    } else {
+        Facts::current().os()
+    }
+}
+
 impl Facts {
+    /// Linux as these facts describe it.
+    pub fn os(&self) -> Os {
+        Os {
+            family: Family::Linux,
+            arch: self.arch(),
+            musl: self.libc == Libc::Musl,
+        }
+    }
+
     /// The machine this process runs on.
     pub fn current() -> Self {
         Self::probe(Path::new("/"), &kernel_machine(), binary_arch())
@@ -360,7 +388,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// The report for `os` (what [`Os::current`] chose): on Linux with this machine's facts.
+    /// The report for `os` (what [`current_os`] chose): on Linux with this machine's facts.
     pub fn for_os(os: &Os) -> Self {
         if os.family != Family::Linux {
             return Self {

@@ -32,6 +32,7 @@ pub mod package;
 pub mod platform;
 pub mod process;
 pub mod progress;
+pub mod report;
 pub mod scrub;
 pub mod secret;
 pub mod service;

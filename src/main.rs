@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use agent_bootstrap::{cli::Cli, commands, crash, env::Env, error, interrupt, logging, scrub};
+use agent_bootstrap::{
+    cli::Cli, commands, crash, env::Env, error, interrupt, logging, report, scrub,
+};
 
 fn main() -> ExitCode {
     crash::install_hook();
@@ -53,7 +55,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(e)) => {
-            tracing::error!("{}", error::report(&e));
+            tracing::error!("{}", report::report(&e));
             ExitCode::from(e.exit_code())
         }
         Err(signal) => {

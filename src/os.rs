@@ -88,34 +88,6 @@ impl Os {
         }
     }
 
-    /// The machine this binary runs on: on Linux, libc and architecture from the host itself
-    /// ([`crate::host`]), never from how this binary was built.
-    pub fn current() -> Self {
-        if cfg!(windows) {
-            Self {
-                arch: crate::host::binary_arch(),
-                ..Self::windows_x64()
-            }
-        } else if cfg!(target_os = "macos") {
-            Self {
-                family: Family::MacOs,
-                arch: crate::host::binary_arch(),
-                musl: false,
-            }
-        } else {
-            Self::from_facts(&crate::host::Facts::current())
-        }
-    }
-
-    /// Linux as `facts` describe it.
-    pub fn from_facts(facts: &crate::host::Facts) -> Self {
-        Self {
-            family: Family::Linux,
-            arch: facts.arch(),
-            musl: facts.libc == crate::host::Libc::Musl,
-        }
-    }
-
     /// The platform a runtime id names (`linux-musl-arm64`, `win-x86`, …), or `None` when it is not
     /// one of the agent's.
     pub fn from_rid(rid: &str) -> Option<Self> {

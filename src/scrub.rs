@@ -7,7 +7,7 @@
 //! only in the tool's memory, which `PR_SET_DUMPABLE` 0 (set by `run`) keeps from the jobs too.
 
 /// The variable that names the pipe's descriptor in the started-again process.
-pub const FD_ENV: &str = "AGENT_BOOTSTRAP_SECRETS_FD";
+pub use crate::env::SECRETS_FD_ENV as FD_ENV;
 
 /// At most this much is moved through the pipe (written before the `execve`, so it must fit in the
 /// pipe's buffer).

@@ -32,9 +32,10 @@ use crate::package::{self, Source};
 
 pub const DEFAULT_POOL: &str = "Default";
 pub const DEFAULT_WORK: &str = "_work";
-pub const DEFAULT_USER: &str = "azpagent";
+
 /// The Windows service account's password, as the agent itself reads it (`agent.md` §2).
 pub use crate::agent::config::LOGON_PASSWORD_ENV;
+pub use crate::env::DEFAULT_USER;
 /// Overrides for where install keeps its state and cache (tests, unusual layouts).
 pub const STATE_DIR_ENV: &str = "AGENT_BOOTSTRAP_STATE_DIR";
 pub const CACHE_DIR_ENV: &str = "AGENT_BOOTSTRAP_CACHE_DIR";

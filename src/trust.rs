@@ -546,7 +546,7 @@ async fn rebuild(store: &Store, env: &Env) -> Result<(), String> {
         Err(e) => Err(format!(
             "{}: {}",
             store.tool_display(),
-            crate::error::one_line(&e)
+            crate::report::one_line(&e)
         )),
     }
 }
@@ -674,7 +674,7 @@ async fn certutil(env: &Env, args: &[&str]) -> Result<process::Finished, String>
         .probe();
     process::run_async(child, Masker::new())
         .await
-        .map_err(|e| crate::error::one_line(&e))
+        .map_err(|e| crate::report::one_line(&e))
 }
 
 /// Whether `LocalMachine\Root` has the certificate of this thumbprint.

@@ -47,7 +47,7 @@ impl Check {
 
     /// A failed check from an error: its text, with the `hint:` part as the fix.
     fn failed(name: &'static str, e: &(dyn std::error::Error + 'static)) -> Self {
-        let text = crate::error::report(e);
+        let text = crate::report::report(e);
         let (detail, fix) = match text.split_once("\nhint: ") {
             Some((d, f)) => (d.to_owned(), Some(f.replace("\nhint: ", "; "))),
             None => (text, None),
@@ -272,7 +272,7 @@ async fn check(
                 None => crate::package::PackageError::Download {
                     url: url.to_string(),
                     attempts: 1,
-                    detail: crate::error::one_line(&e),
+                    detail: crate::report::one_line(&e),
                 },
             };
             report.checks.push(Check::failed("download", &e));
@@ -342,7 +342,7 @@ async fn hops(target: &DoctorSettings, net: &Net, report: &mut Doctor) -> Option
                 report.checks.push(Check {
                     name: "proxy",
                     ok: false,
-                    detail: crate::error::report(&e),
+                    detail: crate::report::report(&e),
                     fix: Some(format!(
                         "check --proxy / {} and that the proxy runs",
                         p.from
@@ -376,7 +376,7 @@ async fn hops(target: &DoctorSettings, net: &Net, report: &mut Doctor) -> Option
                     url: url.to_string(),
                     attempts: 1,
                     elapsed: Duration::ZERO,
-                    last: crate::error::one_line(&e),
+                    last: crate::report::one_line(&e),
                 },
             };
             report.checks.push(Check::failed("connection", &e));

@@ -66,7 +66,7 @@ impl<'a> Drain<'a> {
             Err(e) => {
                 tracing::warn!(
                     "could not mark the agent {verb}: {}",
-                    crate::error::report(&e)
+                    crate::report::report(&e)
                 );
                 false
             }
@@ -88,7 +88,7 @@ impl<'a> Drain<'a> {
                     .unwrap_or(0)
             })),
             Ok(None) => Ok(None),
-            Err(e) => Err(crate::error::report(&e)),
+            Err(e) => Err(crate::report::report(&e)),
         }
     }
 

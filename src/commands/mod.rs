@@ -47,7 +47,7 @@ pub fn handles_signals(cli: &Cli) -> bool {
 /// Runs the command; the exit code on success (0, or the agent's own under `run`).
 pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
     let net = Net::new(Clock::from_env(&env));
-    let os = Os::current();
+    let os = crate::host::current_os();
     let progress = || Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
     match &cli.command {
         Command::Token(args) => {
@@ -154,7 +154,7 @@ pub(crate) async fn saved_tokens(
     let request = settings::saved_identity(saved)?;
     match tokens(&request, env, os, net).await {
         Err(e) if tolerant && !e.is_input() => {
-            tracing::warn!("{}", crate::error::report(&e));
+            tracing::warn!("{}", crate::report::report(&e));
             Ok(std::sync::Arc::new(crate::identity::Tokens::new(
                 crate::identity::Source::Unavailable {
                     kind: request.kind,

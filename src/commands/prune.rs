@@ -120,7 +120,7 @@ pub async fn run(
                     Verdict::KeptBusy
                 }
                 Err(e) => {
-                    tracing::warn!(agent = %agent.name, "{}", crate::error::report(&e));
+                    tracing::warn!(agent = %agent.name, "{}", crate::report::report(&e));
                     row.error = Some(e.to_string());
                     Verdict::Failed
                 }

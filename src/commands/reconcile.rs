@@ -215,7 +215,7 @@ pub async fn run(
     let (local, unreadable) = match agent.settings() {
         Ok(l) => (l, false),
         Err(e) => {
-            tracing::warn!("{}", crate::error::one_line(&e));
+            tracing::warn!("{}", crate::report::one_line(&e));
             (None, true)
         }
     };
@@ -288,7 +288,7 @@ pub async fn run(
                 Err(e) => {
                     tracing::warn!(
                         "could not check the agent with Azure DevOps: {}",
-                        crate::error::report(&e)
+                        crate::report::report(&e)
                     );
                     network_error = Some(e);
                     Server::Unreachable

@@ -110,7 +110,7 @@ pub async fn run(s: &RunSettings, env: &Env, net: &Net, progress: &Progress) -> 
             let _ = tokio::time::timeout(SETUP_STOP_WAIT, &mut setup).await;
             interrupt::sweep();
             if let Err(e) = unregister(&target, env, i.os, net).await {
-                tracing::error!("{}", crate::error::report(&e));
+                tracing::error!("{}", crate::report::report(&e));
             }
             return Ok(code::SIGNALLED + signal as u8);
         }
@@ -118,7 +118,7 @@ pub async fn run(s: &RunSettings, env: &Env, net: &Net, progress: &Progress) -> 
     if let Err(e) = configured {
         // A configuration that failed after registering leaves saved settings: unregister.
         if let Err(e) = unregister(&target, env, i.os, net).await {
-            tracing::error!("{}", crate::error::report(&e));
+            tracing::error!("{}", crate::report::report(&e));
         }
         return Err(e);
     }
@@ -324,7 +324,7 @@ async fn stop(
     );
     let until = tokio::time::Instant::now() + s.stop_grace;
     match super::saved_tokens(saved, env, &s.install.os, net, false).await {
-        Err(e) => tracing::warn!("cannot drain on the server: {}", crate::error::report(&e)),
+        Err(e) => tracing::warn!("cannot drain on the server: {}", crate::report::report(&e)),
         Ok(tokens) => {
             let devops = DevOpsClient::new(&s.install.url, tokens, net);
             let drain = super::drain::Drain::new(&devops, saved.pool_id, saved.agent_id, net);

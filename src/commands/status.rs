@@ -86,7 +86,7 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
     let agent = AgentDir::new(agent_dir, &os);
     let (local, agent_file_error) = match agent.settings() {
         Ok(l) => (l, None),
-        Err(e) => (None, Some(crate::error::one_line(&e))),
+        Err(e) => (None, Some(crate::report::one_line(&e))),
     };
     let windows = os.is_windows();
     let systemctl = Systemctl::find(env).filter(|_| !windows);
@@ -175,7 +175,7 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
                         server.enabled = a.enabled;
                     }
                 }
-                Err(e) => server.error = Some(crate::error::report(&e)),
+                Err(e) => server.error = Some(crate::report::report(&e)),
             }
         }
         (None, Some(_)) => {

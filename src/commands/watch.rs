@@ -107,7 +107,7 @@ pub async fn run(t: &Target, every: Duration, env: &Env, os: Os, net: &Net) -> R
                             seen.insert(event.event_id.clone());
                         }
                         // Tried again at the next look, while the event is there.
-                        Err(e) => tracing::error!("{}", crate::error::report(&e)),
+                        Err(e) => tracing::error!("{}", crate::report::report(&e)),
                     }
                 }
             }

@@ -375,7 +375,7 @@ mod tests {
         let found = detect(
             &env,
             &Selector::Default,
-            &Os::current(),
+            &crate::host::current_os(),
             &Net::new(Clock::virtual_clock()),
         );
         let real_agent = Path::new("/opt/azcmagent/bin/himds").is_file();
@@ -399,7 +399,7 @@ mod tests {
             "h",
             true,
         );
-        let os = Os::current();
+        let os = crate::host::current_os();
         assert!(matches!(
             detect(&env, &Selector::Default, &os, &net),
             Ok(Found::Here { .. })

@@ -244,7 +244,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(resolve(req, &env, &Os::current(), &net))
+        rt.block_on(resolve(req, &env, &crate::host::current_os(), &net))
     }
 
     fn verdicts(r: &Report) -> Vec<(String, &'static str)> {

@@ -253,7 +253,7 @@ impl Net {
             }
         };
         builder.build().unwrap_or_else(|e| {
-            tracing::warn!("{}; using the defaults", crate::error::one_line(&e));
+            tracing::warn!("{}; using the defaults", crate::report::one_line(&e));
             reqwest::Client::new()
         })
     }
@@ -335,7 +335,7 @@ impl Net {
                 hint,
             });
         }
-        let text = crate::error::one_line(e);
+        let text = crate::report::one_line(e);
         let network = self.network();
         let proxy = network.proxy.as_ref()?;
         if text.contains("proxy authorization required") {
@@ -360,7 +360,7 @@ impl Net {
     /// its message and causes on one line.
     pub async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<Answer, Failed> {
         let failed = |e: reqwest::Error| Failed {
-            detail: crate::error::one_line(&e),
+            detail: crate::report::one_line(&e),
             blocked: self.blocked(&e),
         };
         let (client, request) = request.build_split();
@@ -370,7 +370,7 @@ impl Net {
         url.set_query(None);
         let started = std::time::Instant::now();
         let response = client.execute(request).await.map_err(|e| {
-            tracing::debug!(%method, %url, error = %crate::error::one_line(&e), "request failed");
+            tracing::debug!(%method, %url, error = %crate::report::one_line(&e), "request failed");
             failed(e)
         })?;
         let status = response.status().as_u16();

@@ -282,7 +282,7 @@ pub async fn fetch_and_extract(
                     // A damaged cache entry must not fail every later run: drop it, fetch again.
                     tracing::warn!(
                         "the cached package is unusable ({}); removing it and fetching again",
-                        crate::error::report(&e)
+                        crate::report::report(&e)
                     );
                     fs_err::remove_file(&cached).map_err(io_err("removing", &cached))?;
                     staging = staging.reset(target.tag)?;
@@ -541,7 +541,7 @@ async fn feed_url(
                     if let Some(blocked) = net.blocked(&e) {
                         return Try::Stop(blocked);
                     }
-                    return again(Class::Backoff, None, crate::error::one_line(&e), false);
+                    return again(Class::Backoff, None, crate::report::one_line(&e), false);
                 }
             };
             let status = response.status().as_u16();
@@ -596,7 +596,7 @@ async fn feed_url(
                     Ok(c) => c,
                     Err(e) => {
                         let moved = sink.bytes > offset;
-                        return again(Class::Backoff, None, crate::error::one_line(&e), moved);
+                        return again(Class::Backoff, None, crate::report::one_line(&e), moved);
                     }
                 };
                 if skip > 0 {
