@@ -1,9 +1,13 @@
-//! The Azure DevOps REST calls agent-bootstrap makes with the managed-identity token.
+//! The Azure DevOps REST calls agent-bootstrap makes itself (registration is the agent's own
+//! `config.sh`), with the identity's token.
 //!
-//! They exist to fail fast with a message that says what to fix, before anything touches the disk:
-//! `_apis/connectionData` (is the token accepted, who am I), the pool by name with
-//! `actionFilter=manage` (does it exist, may I register agents in it), the agent by name (is an
-//! existing registration still known), and the packages API (which agent package, and its SHA-256).
+//! Before anything touches the disk they fail fast with a message that says what to fix:
+//! `_apis/connectionData` (is the token accepted, who am I; a 401 that offers no Bearer is Azure
+//! DevOps Server), the pool by name with `actionFilter=manage` (does it exist, may I register agents
+//! in it), the agent by name (is an existing registration still known, is it online or busy), and
+//! the packages API (which agent package, and its SHA-256). After, they act on agents the way
+//! `config.sh remove` and the web UI do, for `remove`, `run`, `watch` and `prune`: list, disable
+//! (`enabled: false` while a job drains) and delete.
 //! The token is sent as `Authorization: Bearer` (a PAT as HTTP Basic), never logged, and never sent anywhere but the
 //! organization URL the user gave (or root's saved settings hold). Requests go through
 //! [`crate::net`]: one retry table, one budget per operation, `Retry-After` honoured, and a token

@@ -1,13 +1,25 @@
 //! agent-bootstrap: a bare Azure VM, scale-set instance or container → a registered, running
 //! self-hosted Azure Pipelines agent, using the machine's own identity and no stored secret.
 //!
-//! The flow is parse ([`cli`]) → resolve ([`settings`]) → act ([`commands`]). Each concern has its
-//! module: [`identity`] (tokens from every identity source), [`devops`] (Azure DevOps REST), [`net`] (the one network
-//! policy: transport, retry table, budgets), [`package`] (verified streaming download and
-//! extraction), [`agent`] (the agent's files and scripts), [`fsx`] (file operations next to files
-//! the agent user controls), [`user`], [`service`], [`state`] (what later runs need), [`process`]
-//! (every child process), [`interrupt`] (SIGTERM/SIGINT), [`platform`] (the OS calls). The simulated Azure the tests, the demo and
-//! the benchmark run against is a crate of its own (`sim/`, `azure-sim`).
+//! The flow is parse ([`cli`]) → resolve ([`settings`]) → act ([`commands`]); [`error`] maps every
+//! module's error to the documented exit code, [`report`] shows it. Each concern has its module:
+//!
+//! - the machine: [`env`] (the environment, captured once and passed down), [`clock`], [`host`]
+//!   (distribution, libc, architecture, SELinux, read from the system itself), [`os`] (the
+//!   platform as a value), [`platform`] (the OS calls; the only unsafe code), [`deps`] (the agent's
+//!   own dependencies), [`user`] (the agent account), [`acl`] (Windows directory permissions);
+//! - the network: [`net`] (the one policy: proxy, TLS, retry table, budgets), [`identity`] (tokens
+//!   from every identity source), [`devops`] (Azure DevOps REST), [`events`] (IMDS Scheduled
+//!   Events), [`trust`] (private CAs in the system trust store);
+//! - the agent: [`package`] (verified streaming download and extraction), [`agent`] (the agent's
+//!   files and scripts), [`fsx`] (file operations next to files the agent user controls),
+//!   [`service`] (its service and our boot units), [`state`] (what later runs need), [`lock`];
+//! - running things: [`process`] (every child process), [`interrupt`] (SIGTERM/SIGINT), [`scrub`]
+//!   (`run` without secrets in its environment), [`secret`] (masked values), [`crash`] (test
+//!   knobs for dying at a chosen moment), [`logging`], [`progress`].
+//!
+//! The simulated Azure the tests, the demo and the benchmark run against is a crate of its own
+//! (`sim/`, `azure-sim`).
 
 pub mod acl;
 pub mod agent;

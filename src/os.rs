@@ -2,7 +2,8 @@
 //!
 //! Everything that differs between Linux and Windows (package runtime id and archive format, script
 //! names, default directories, how the service is installed) is decided from an [`Os`] passed in, never
-//! from `cfg!` deep in the logic, so the Windows plan is built and tested on Linux too.
+//! from `cfg!` deep in the logic, so the Windows plan is built and tested on Linux too. Which one
+//! this machine is comes from [`crate::host::current_os`], which reads the system itself.
 
 use std::path::PathBuf;
 

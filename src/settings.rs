@@ -3,7 +3,7 @@
 //! Flags win over the environment (`AZP_URL`, `AZP_POOL`, `AZP_AGENT_NAME`, `AZP_WORK`, the names of
 //! Microsoft's Docker sample), which wins over defaults. Every value is checked here and a bad one is
 //! reported with the flag (or variable) that carried it; nothing in this module does I/O beyond
-//! looking at a `--package` path, so every rule is a unit test.
+//! looking at a `--package` path and the ownership of a `--ca-file`, so every rule is a unit test.
 //!
 //! Values that end up in a unit file, a unit name or a command line are held to the strictest rule
 //! any of those places needs: no control characters anywhere; no shell metacharacters in pool and

@@ -6,8 +6,10 @@
 //! is never run: configure writes it as the agent user, and pipeline jobs can rewrite it (and every
 //! file its `cp`/`chown` would touch) before root would get to run it. Windows: `config.cmd
 //! --runAsService` installs and starts the service during configuration (`agent.md` §5.2), so there
-//! is no separate step. [`systemctl`] talks to systemd; [`boot`] is the unit that runs `reconcile`
-//! at every boot. Unit files are written atomically ([`write_unit_file`]).
+//! is no separate step ([`windows`]: the Service Control Manager and the boot task). [`systemctl`]
+//! talks to systemd; [`boot`] holds our own units: the one that runs `reconcile` at every boot and
+//! the scale-in watcher (`watch`). Unit files are written atomically ([`write_unit_file`]) and, where
+//! SELinux is enabled, labelled as the agent's `svc.sh` labels them ([`selinux`]).
 
 pub mod boot;
 pub mod selinux;
