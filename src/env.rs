@@ -35,7 +35,9 @@ pub const CA_STORE_ENV: &str = "AGENT_BOOTSTRAP_TEST_CA_STORE";
 const OPENSSL_STORE_VARS: &[&str] = &["SSL_CERT_FILE", "SSL_CERT_DIR"];
 
 /// Variables children inherit: locale, time zone, proxies, and what the agent's `env.sh` snapshots
-/// for its jobs (`VSTS_HTTP_PROXY_PASSWORD` excluded: env.sh would write it into `.env`).
+/// for its jobs. Not the agent's own proxy variables (`VSTS_HTTP_PROXY`, `_USERNAME`, `_PASSWORD`):
+/// env.sh would freeze them into `.env` for good (it never replaces a line), and the agent gets the
+/// proxy the tool resolved (them included) as `--proxyurl` instead.
 const CHILD_VARS: &[&str] = &[
     "PATH",
     "LANG",
@@ -49,8 +51,6 @@ const CHILD_VARS: &[&str] = &[
     "HTTPS_PROXY",
     "NO_PROXY",
     "ALL_PROXY",
-    "VSTS_HTTP_PROXY",
-    "VSTS_HTTP_PROXY_USERNAME",
     "JAVA_HOME",
     "ANT_HOME",
     "M2_HOME",

@@ -585,3 +585,101 @@ fn a_loopback_http_organization_never_sends_its_token_through_the_proxy() {
     );
     assert!(proxy.tunnels().is_empty(), "{:?}", proxy.tunnels());
 }
+
+/// #18 item 3: the agent reads `.proxybypass` while it configures (`SetupProxy` →
+/// `LoadProxyBypassList`) and only the lowercase `no_proxy`; the simulator's listener is told to
+/// treat loopback as remote so its bypass list is what keeps it off the proxy.
+#[test]
+fn the_agent_configures_with_its_bypass_list_already_in_place() {
+    let w = tls_world();
+    w.sim.state().listener_loopback_remote = true;
+    let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+    let ca = ca(&w);
+    let mut cmd = install_via(&w, &proxy, &["--ca-file", &ca]);
+    // The uppercase variable only, which the agent does not read.
+    cmd.env("NO_PROXY", "127.0.0.1");
+    let run = w.run_cmd(cmd);
+    run.assert_code(0);
+    let argv = configure_report(&w).argv.join(" ");
+    assert!(
+        argv.contains(&format!("--proxyurl {}/", proxy.url())),
+        "{argv}"
+    );
+    assert!(
+        proxy.tunnels().is_empty(),
+        "the tool or the agent's configure went through the proxy: {:?}\n{}",
+        proxy.tunnels(),
+        run.stderr
+    );
+    assert!(read(w.agent_dir().join(".proxybypass")).contains("127\\.0\\.0\\.1"));
+}
+
+/// #18 item 4: `VSTS_HTTP_PROXY` and lowercase `http_proxy` are the agent's own proxy variables
+/// (`AgentKnobs.ProxyAddress`): the tool uses the same proxy, gives it to the agent as
+/// `--proxyurl`, and env.sh does not freeze the variable into `.env`.
+#[test]
+fn the_agents_own_proxy_variables_are_the_tools_too_and_stay_out_of_env() {
+    for var in ["VSTS_HTTP_PROXY", "http_proxy"] {
+        let w = tls_world();
+        let proxy = ProxySim::start(ProxyConfig::default()).unwrap();
+        let ca = ca(&w);
+        let mut cmd = install_via(&w, &proxy, &["--ca-file", &ca]);
+        cmd.env_remove("HTTPS_PROXY").env(var, proxy.url());
+        let run = w.run_cmd(cmd);
+        run.assert_code(0);
+        assert!(
+            proxy.tunnels().len() >= 2,
+            "{var}: the tool went direct: {:?}\n{}",
+            proxy.tunnels(),
+            run.stderr
+        );
+        let argv = configure_report(&w).argv.join(" ");
+        assert!(
+            argv.contains(&format!("--proxyurl {}/", proxy.url())),
+            "{var}: {argv}"
+        );
+        let env = read(w.agent_dir().join(".env"));
+        assert!(!env.contains("VSTS_HTTP_PROXY"), "{var}: {env}");
+    }
+}
+
+/// #18 item 9: what `config.sh remove` deletes, plus env.sh's snapshot (`.env`, `.path`), which
+/// it leaves and a later install would inherit; a proxy line env.sh froze earlier is taken out
+/// at the next configure.
+#[test]
+fn remove_leaves_a_clean_agent_dir_and_a_frozen_proxy_line_is_taken_out() {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    let dir = w.agent_dir();
+    assert!(dir.join(".path").is_file());
+    as_agent_user_ok(&format!(
+        "printf 'LANG=C.UTF-8\\nVSTS_HTTP_PROXY=http://old.proxy:3128\\n' > {}/.env",
+        dir.display()
+    ));
+    w.install(&["--disable-update"]).assert_code(0);
+    let env = read(dir.join(".env"));
+    assert!(
+        env.contains("LANG=C.UTF-8")
+            && env.contains("agent.disableupdate=true")
+            && !env.contains("old.proxy"),
+        "{env}"
+    );
+    w.run(&["remove", "--agent-dir", dir.to_str().unwrap()])
+        .assert_code(0);
+    for f in [
+        ".agent",
+        ".credentials",
+        ".credentials_rsaparams",
+        ".credential_store",
+        ".proxy",
+        ".proxybypass",
+        ".env",
+        ".path",
+        ".service",
+    ] {
+        assert!(!dir.join(f).exists(), "{f} is left");
+    }
+    // A new install on the same dir starts from a clean one.
+    w.install(&[]).assert_code(0);
+    assert!(!read(dir.join(".env")).contains("agent.disableupdate"));
+}

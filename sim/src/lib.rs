@@ -393,6 +393,9 @@ pub struct State {
     /// the challenges IIS sends (Negotiate, NTLM, Basic; no Bearer), PATs work, and
     /// connectionData says `deploymentType: onPremises`.
     pub on_premises: bool,
+    /// The fake listener treats loopback as any other host (the real one always bypasses its
+    /// proxy for loopback), so tests on loopback see its bypass list at work.
+    pub listener_loopback_remote: bool,
     /// The VM id IMDS reports (tests change it to play a clone of the image).
     pub vm_id: String,
     /// Personal access tokens Azure DevOps accepts (as HTTP Basic only) → identity object id.

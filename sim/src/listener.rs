@@ -260,11 +260,12 @@ pub fn main(args: &[String]) -> i32 {
         .expect("runtime");
     // Configure takes the proxy and CA from its options; every other verb from the files
     // configure saved (`VstsAgentWebProxy`, `AgentCertificateManager`).
-    let web = if parsed.verb == "configure" {
-        WebSettings::options(&parsed)
+    let mut web = if parsed.verb == "configure" {
+        WebSettings::options(&parsed, &root)
     } else {
         WebSettings::saved(&root)
     };
+    web.loopback_remote = rt.block_on(loopback_remote(&web, &parsed, &root));
     let mut ctx = Ctx {
         http: web.client(),
         report_http: web.report_client(),
@@ -320,17 +321,79 @@ struct WebSettings {
     user: Option<String>,
     password: Option<String>,
     ca: Option<String>,
+    /// `VstsAgentWebProxy.LoadProxyBypassList`: `.proxybypass`'s lines as they are, then the
+    /// lowercase `no_proxy` variable's entries with their dots escaped (`ProcessProxyByPassFromEnv`).
+    bypass: Vec<regex::Regex>,
+    /// A simulator switch (`State::listener_loopback_remote`): loopback is not bypassed, so tests
+    /// on loopback can see the bypass list at work. The real listener always bypasses loopback.
+    loopback_remote: bool,
+}
+
+/// The agent's proxy when configure names none and no `.proxy` exists: `AgentKnobs.ProxyAddress`
+/// reads `VSTS_HTTP_PROXY`, then `http_proxy` (lowercase only), and takes it only when it is a
+/// well-formed absolute URI (`VstsAgentWebProxy.LoadProxySetting`).
+fn env_proxy() -> Option<String> {
+    ["VSTS_HTTP_PROXY", "http_proxy"]
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| reqwest::Url::parse(v).is_ok())
+}
+
+/// `LoadProxyBypassList`: `.proxybypass` (read at configure by `SetupProxy`, and at every start),
+/// then `no_proxy` — only the lowercase variable (`AgentKnobs.NoProxy`) — split on `,` and `;`,
+/// each entry's dots escaped unless part of `.*` or escaped already. Each becomes a
+/// case-insensitive regex; one that does not compile is skipped (`AgentWebProxy.Update`).
+fn bypass_list(root: &Path) -> Vec<regex::Regex> {
+    let mut sources: Vec<String> = fs_err::read_to_string(root.join(".proxybypass"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Ok(env) = std::env::var("no_proxy") {
+        for entry in env
+            .split([',', ';'])
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let mut out = String::new();
+            let chars: Vec<char> = entry.chars().collect();
+            for (i, c) in chars.iter().enumerate() {
+                let escaped = i > 0 && chars[i - 1] == '\\';
+                let wildcard = chars.get(i + 1) == Some(&'*');
+                if *c == '.' && !escaped && !wildcard {
+                    out.push('\\');
+                }
+                out.push(*c);
+            }
+            sources.push(out);
+        }
+    }
+    sources
+        .iter()
+        .filter_map(|s| {
+            regex::RegexBuilder::new(s)
+                .case_insensitive(true)
+                .build()
+                .ok()
+        })
+        .collect()
 }
 
 impl WebSettings {
-    /// From configure's options (`--proxyurl`, `--proxyusername`, the password, `--sslcacert`).
-    fn options(parsed: &Parsed) -> Self {
+    /// From configure's options (`--proxyurl`, `--proxyusername`, the password, `--sslcacert`),
+    /// else the environment's proxy; the bypass list as `SetupProxy` loads it.
+    fn options(parsed: &Parsed, root: &Path) -> Self {
         let get = |k: &str| parsed.values.get(k).cloned();
         Self {
-            proxy: get("proxyurl"),
+            proxy: get("proxyurl").or_else(env_proxy),
             user: get("proxyusername"),
             password: get("proxypassword"),
             ca: get("sslcacert"),
+            bypass: bypass_list(root),
+            loopback_remote: false,
         }
     }
 
@@ -354,10 +417,12 @@ impl WebSettings {
         let ca = read_bom_json(&root.join(".certificates"))
             .and_then(|c| c["caCert"].as_str().map(str::to_owned));
         Self {
-            proxy,
+            proxy: proxy.or_else(env_proxy),
             user,
             password,
             ca,
+            bypass: bypass_list(root),
+            loopback_remote: false,
         }
     }
 
@@ -383,9 +448,13 @@ impl WebSettings {
         b = match &self.proxy {
             None => b.no_proxy(),
             Some(url) => {
-                // The real agent never sends a loopback request through its proxy
-                // (`VstsAgentWebProxy.IsBypassed`: `uri.IsLoopback || IsMatchInBypassList(uri)`).
+                // The real agent never sends a loopback request through its proxy, nor one its
+                // bypass list matches (`AgentWebProxy.IsBypassed`: `uri.IsLoopback ||
+                // IsMatchInBypassList(uri)`, which matches `scheme://host[:port]`, the port only
+                // when it is not the scheme's default).
                 let target = reqwest::Url::parse(url).expect("proxy url");
+                let bypass = self.bypass.clone();
+                let loopback_remote = self.loopback_remote;
                 let mut p = reqwest::Proxy::custom(move |u| {
                     let loopback = match u.host() {
                         Some(url::Host::Ipv4(a)) => a.is_loopback(),
@@ -393,7 +462,14 @@ impl WebSettings {
                         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
                         None => false,
                     };
-                    (!loopback).then(|| target.clone())
+                    let host = u.host_str().unwrap_or_default();
+                    let matched = match u.port() {
+                        Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                        None => format!("{}://{host}", u.scheme()),
+                    };
+                    let listed = bypass.iter().any(|r| r.is_match(&matched));
+                    let bypassed = (loopback && !loopback_remote) || listed;
+                    (!bypassed).then(|| target.clone())
                 });
                 if let (Some(u), Some(pw)) = (&self.user, &self.password) {
                     p = p.basic_auth(u, pw);
@@ -841,7 +917,13 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         ctx.err(&format!("Failed to save settings: {e}"));
         return 1;
     }
-    if let Err(e) = WebSettings::options(parsed).save(&ctx.root) {
+    // `SaveProxySetting` only when `--proxyurl` was given (`SetupVstsProxySetting`): a proxy from
+    // the environment is used for configure's calls but not saved.
+    let mut given = WebSettings::options(parsed, &ctx.root);
+    if !parsed.values.contains_key("proxyurl") {
+        given.proxy = None;
+    }
+    if let Err(e) = given.save(&ctx.root) {
         ctx.err(&format!("Failed to save settings: {e}"));
         return 1;
     }
@@ -1362,4 +1444,35 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     }
     ctx.out("Successfully re-authenticated the agent");
     0
+}
+
+/// The simulator's `listener_loopback_remote` switch, asked of the simulator named by `--url` (or
+/// `.agent`) over the back channel; false when it cannot be asked.
+async fn loopback_remote(web: &WebSettings, parsed: &Parsed, root: &Path) -> bool {
+    let url = parsed.values.get("url").cloned().or_else(|| {
+        read_bom_json(&root.join(".agent")).and_then(|a| {
+            a.get("serverUrl")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+    });
+    let Some(base) = url
+        .and_then(|u| reqwest::Url::parse(&u).ok())
+        .map(|u| u.origin().ascii_serialization())
+    else {
+        return false;
+    };
+    let Ok(r) = web
+        .report_client()
+        .get(format!("{base}/_sim/config"))
+        .send()
+        .await
+    else {
+        return false;
+    };
+    r.json::<Value>()
+        .await
+        .ok()
+        .and_then(|v| v["listener_loopback_remote"].as_bool())
+        .unwrap_or(false)
 }

@@ -355,7 +355,7 @@ setlocal
 "#;
 
 /// Bump when a script below changes, so cached packages are rebuilt.
-const SCRIPTS_REVISION: &str = "scripts-6";
+const SCRIPTS_REVISION: &str = "scripts-7";
 
 /// Simulated `bin/installdependencies.sh`: root only, then the distribution's package manager
 /// (the real one reads /etc/os-release and installs libkrb5, zlib and libicu; this one asks apt-get
@@ -447,7 +447,7 @@ source ./env.sh
 
 const ENV_SH: &str = r#"#!/bin/bash
 # Simulated env.sh: snapshots PATH into .path and selected variables into .env.
-varCheckList=('LANG' 'JAVA_HOME' 'ANT_HOME' 'M2_HOME' 'ANDROID_HOME' 'GRADLE_HOME' 'NVM_BIN' 'NVM_PATH' 'LD_LIBRARY_PATH' 'PERL5LIB' 'AGENT_TOOLSDIRECTORY')
+varCheckList=('LANG' 'JAVA_HOME' 'ANT_HOME' 'M2_HOME' 'ANDROID_HOME' 'GRADLE_HOME' 'NVM_BIN' 'NVM_PATH' 'VSTS_HTTP_PROXY' 'VSTS_HTTP_PROXY_USERNAME' 'VSTS_HTTP_PROXY_PASSWORD' 'LD_LIBRARY_PATH' 'PERL5LIB' 'AGENT_TOOLSDIRECTORY')
 envContents=""
 if [ -f ".env" ]; then
     envContents=`cat .env`

@@ -1369,7 +1369,11 @@ fn async_stream(
 async fn sim_config(AxState(s): AxState<Shared>) -> Response {
     json_response(
         200,
-        json!({"systemd_dir": s.config.work_dir.join("systemd"), "org": s.config.org}),
+        json!({
+            "systemd_dir": s.config.work_dir.join("systemd"),
+            "org": s.config.org,
+            "listener_loopback_remote": s.state.lock().unwrap().listener_loopback_remote,
+        }),
     )
 }
 

@@ -65,6 +65,16 @@ pub const CONFIG_FILES: &[&str] = &[
     ".credential_store",
 ];
 
+/// The proxy variables the agent's `env.sh` copies into `.env` at configure and never replaces
+/// afterwards (`src/Misc/layoutroot/env.sh`, `varCheckList`): a stale one would outlive every
+/// reconfiguration. The tool gives the agent its proxy as `--proxyurl` (`.proxy`), so none of
+/// these belongs in `.env`; configure takes out any that an earlier configure left.
+pub const FROZEN_PROXY_VARS: &[&str] = &[
+    "VSTS_HTTP_PROXY",
+    "VSTS_HTTP_PROXY_USERNAME",
+    "VSTS_HTTP_PROXY_PASSWORD",
+];
+
 /// The listener's switch for its self-update: any non-empty value of this environment variable
 /// makes it ignore the server's update requests (`Agent.cs` `RunAsync`; there is no configure
 /// option for it). `Program.cs` loads `.env` into the listener's environment at every start.
@@ -166,14 +176,18 @@ impl AgentDir {
     }
 
     /// `.env` with the listener's `agent.disableupdate` switch set to `true` (`disable`) or taken
-    /// out, every other line kept as it is; `None` when it is so already. `.env` is read as an
-    /// untrusted file (an unreadable one counts as empty: it is replaced, never written through).
+    /// out, and without the agent's own proxy variables ([`FROZEN_PROXY_VARS`]: the proxy is
+    /// configured, in `.proxy`), every other line kept as it is; `None` when it is so already.
+    /// `.env` is read as an untrusted file (an unreadable one counts as empty: it is replaced,
+    /// never written through).
     pub fn env_with_update_switch(&self, disable: bool) -> Option<String> {
         let now =
             crate::fsx::read_untrusted(&self.root.join(".env"), 64 * 1024).unwrap_or_default();
         let is_switch = |line: &str| {
-            line.split_once('=')
-                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(UPDATE_SWITCH))
+            line.split_once('=').is_some_and(|(k, _)| {
+                let k = k.trim();
+                k.eq_ignore_ascii_case(UPDATE_SWITCH) || FROZEN_PROXY_VARS.contains(&k)
+            })
         };
         let mut lines: Vec<String> = now
             .lines()
@@ -195,11 +209,15 @@ impl AgentDir {
         crate::fsx::read_untrusted(&self.root.join(".proxybypass"), 64 * 1024).ok()
     }
 
-    /// Deletes everything `config.sh remove` deletes locally: the registration, then the proxy,
-    /// certificate and credential-store files, `.agent` last.
+    /// Deletes everything `config.sh remove` deletes locally (`ConfigurationManager.
+    /// UnconfigureAsync`: the credentials and RSA key, `DeleteProxySetting`,
+    /// `DeleteCertificateSetting`, the runtime options, the settings), `.agent` last; and also
+    /// `env.sh`'s snapshot of the provisioning environment (`.env`, `.path`), which config.sh
+    /// leaves but a later install would inherit (env.sh never replaces a line of `.env`).
     pub fn remove_configuration(&self) -> Result<(), AgentError> {
         self.remove_files(&[".credentials", ".credentials_rsaparams"])?;
         self.remove_files(CONFIG_FILES)?;
+        self.remove_files(&[".env", ".path"])?;
         self.remove_files(&[".agent"])
     }
 
@@ -216,15 +234,70 @@ impl AgentDir {
     }
 }
 
-/// Whether two organization URLs are the same one (`.agent` keeps a trailing `/`, case may differ).
+/// Whether two organization URLs are the same one: `.agent` keeps a trailing `/` and case may
+/// differ; and an Azure DevOps Services organization has two URLs, `https://dev.azure.com/ORG` and
+/// the older `https://ORG.visualstudio.com`. The agent records the URL the server returns for it
+/// (`ConfigurationManager.ConfigureAsync`, "respect the serverUrl resolve by server": the server's
+/// path with the scheme, host and port the user gave), so `.agent` may name the organization in
+/// the other form, or as `https://ORG.visualstudio.com/ORG/`, than root's settings do.
 pub fn same_server(a: &str, b: &str) -> bool {
     let norm = |s: &str| s.trim().trim_end_matches('/').to_ascii_lowercase();
-    norm(a) == norm(b)
+    norm(a) == norm(b) || services_org(a).is_some_and(|org| services_org(b) == Some(org))
+}
+
+/// The organization of an Azure DevOps Services URL (`https://dev.azure.com/ORG[/…]`,
+/// `https://ORG.visualstudio.com[/…]`), lowercased; `None` for any other URL.
+fn services_org(url: &str) -> Option<String> {
+    let u = url::Url::parse(url.trim()).ok()?;
+    if u.scheme() != "https" || u.port().is_some() {
+        return None;
+    }
+    let host = u.host_str()?.to_ascii_lowercase();
+    let first = u
+        .path_segments()
+        .and_then(|mut p| p.next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_ascii_lowercase);
+    if host == "dev.azure.com" {
+        return first;
+    }
+    let org = host.strip_suffix(".visualstudio.com")?;
+    // `https://ORG.visualstudio.com/` or `/ORG/` (the server's path under the user's host);
+    // another path is another collection, not this organization.
+    match first {
+        None => Some(org.to_owned()),
+        Some(p) if p == org => Some(org.to_owned()),
+        Some(_) => None,
+    }
+    .filter(|o| !o.is_empty() && !o.contains('.'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_urls_of_an_organization_are_the_same_server() {
+        for (a, b) in [
+            ("https://dev.azure.com/MyOrg", "https://dev.azure.com/myorg/"),
+            ("https://dev.azure.com/myorg", "https://myorg.visualstudio.com/"),
+            ("https://MyOrg.visualstudio.com", "https://dev.azure.com/myorg/"),
+            ("https://myorg.visualstudio.com/myorg/", "https://dev.azure.com/myorg"),
+            ("http://127.0.0.1:8080/myorg", "http://127.0.0.1:8080/MyOrg/"),
+        ] {
+            assert!(same_server(a, b), "{a} {b}");
+            assert!(same_server(b, a), "{b} {a}");
+        }
+        for (a, b) in [
+            ("https://dev.azure.com/myorg", "https://dev.azure.com/other"),
+            ("https://dev.azure.com/myorg", "https://other.visualstudio.com"),
+            ("https://myorg.visualstudio.com/otherorg", "https://dev.azure.com/myorg"),
+            ("https://dev.azure.com/myorg", "https://evil.example/myorg"),
+            ("https://dev.azure.com:8443/myorg", "https://myorg.visualstudio.com"),
+        ] {
+            assert!(!same_server(a, b), "{a} {b}");
+        }
+    }
 
     #[test]
     fn reads_agent_file_with_bom() {

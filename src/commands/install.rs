@@ -1042,28 +1042,11 @@ async fn execute(
                 agent.remove_registration()?;
             }
             Step::Configure { program, args, .. } => {
-                let token = tokens.get(budget).await?;
                 if ends_user_processes(s, Some(&user)) {
                     nothing_started_since(&user).await?;
                 }
-                let mut child = super::agent_child(
-                    env,
-                    s.os.config_script(),
-                    program.clone(),
-                    &agent.root,
-                    Some(&user),
-                    &token,
-                    s.config_timeout,
-                )
-                .args(args.clone());
-                child = network_secrets(s, child);
-                if let Some(password) = &s.logon_password {
-                    child = child.secret_env(config::LOGON_PASSWORD_ENV, password.clone());
-                }
-                tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
-                super::agent_script(child, &network_masker(s, tokens)).await?;
-                write_proxy_bypass(s, env, agent, Some(&user)).await?;
-                write_update_switch(s, env, agent, Some(&user)).await?;
+                let command = (program.clone(), args.clone());
+                configure_with(s, env, agent, &user, tokens, budget, command).await?;
                 let local = agent.settings()?.ok_or_else(|| Error::Configure {
                     message: format!(
                         "{} reported success but wrote no .agent file",
@@ -1746,9 +1729,26 @@ pub async fn configure(
     tokens: &Tokens,
     budget: &Budget,
 ) -> Result<(), Error> {
-    let (program, args) = configure_command(s, agent);
+    let command = configure_command(s, agent);
+    configure_with(s, env, agent, user, tokens, budget, command).await
+}
+
+/// The one way the agent is configured: `.proxybypass` first (the agent reads it while it
+/// configures: `SetupProxy` → `LoadProxyBypassList`, not only when it starts), then the configure
+/// script as the agent user with the token (and a Windows logon password, a proxy password) only in
+/// its environment, then the `.env` switches.
+async fn configure_with(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    user: &RunAs,
+    tokens: &Tokens,
+    budget: &Budget,
+    (program, args): (PathBuf, Vec<String>),
+) -> Result<(), Error> {
+    write_proxy_bypass(s, env, agent, Some(user)).await?;
     let token = tokens.get(budget).await?;
-    let child = super::agent_child(
+    let mut child = super::agent_child(
         env,
         s.os.config_script(),
         program,
@@ -1758,10 +1758,12 @@ pub async fn configure(
         s.config_timeout,
     )
     .args(args);
-    let child = network_secrets(s, child);
+    child = network_secrets(s, child);
+    if let Some(password) = &s.logon_password {
+        child = child.secret_env(config::LOGON_PASSWORD_ENV, password.clone());
+    }
     tracing::info!(command = %child.display(), user = %user.name, "configuring the agent");
     super::agent_script(child, &network_masker(s, tokens)).await?;
-    write_proxy_bypass(s, env, agent, Some(user)).await?;
     write_update_switch(s, env, agent, Some(user))
         .await
         .map(drop)

@@ -3,8 +3,8 @@
 //! `VSTS_AGENT_INPUT_PROXYPASSWORD`, `--sslcacert`, `.proxybypass`).
 //!
 //! [`Network`] is resolved once per run, from the flags, else the environment as curl reads it
-//! (`https_proxy`/`HTTPS_PROXY`, then `all_proxy`/`ALL_PROXY`; `no_proxy`/`NO_PROXY`), else the
-//! settings install saved. The proxy carries Azure DevOps, the download host and Entra; identity
+//! (`https_proxy`/`HTTPS_PROXY`, then `all_proxy`/`ALL_PROXY`; `no_proxy`/`NO_PROXY`) and then as
+//! the agent reads it (`VSTS_HTTP_PROXY`, `http_proxy`), else the settings install saved. The proxy carries Azure DevOps, the download host and Entra; identity
 //! endpoints on the machine (IMDS, App Service, Arc) never go through it ([`super::Service`]).
 //! The proxy password comes from `AGENT_BOOTSTRAP_PROXY_PASSWORD`, a file (`--proxy-password-file`,
 //! whose path is saved for later runs; the password never is), or the environment's proxy URL;
@@ -79,7 +79,17 @@ impl Network {
         };
         let (raw, from, flag) = match given.proxy {
             Some(p) => (Some(p), "--proxy".to_owned(), true),
-            None => match from_env(&["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]) {
+            // curl's variables for https, then the agent's own (`AgentKnobs.ProxyAddress`:
+            // `VSTS_HTTP_PROXY`, then lowercase `http_proxy`), so that the tool never goes direct
+            // where the agent would use a proxy; the agent is then given this one (`--proxyurl`).
+            None => match from_env(&[
+                "https_proxy",
+                "HTTPS_PROXY",
+                "all_proxy",
+                "ALL_PROXY",
+                "VSTS_HTTP_PROXY",
+                "http_proxy",
+            ]) {
                 Some((name, v)) => (Some(v), name.to_owned(), false),
                 None => (None, String::new(), false),
             },
