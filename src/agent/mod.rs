@@ -279,21 +279,45 @@ mod tests {
     #[test]
     fn both_urls_of_an_organization_are_the_same_server() {
         for (a, b) in [
-            ("https://dev.azure.com/MyOrg", "https://dev.azure.com/myorg/"),
-            ("https://dev.azure.com/myorg", "https://myorg.visualstudio.com/"),
-            ("https://MyOrg.visualstudio.com", "https://dev.azure.com/myorg/"),
-            ("https://myorg.visualstudio.com/myorg/", "https://dev.azure.com/myorg"),
-            ("http://127.0.0.1:8080/myorg", "http://127.0.0.1:8080/MyOrg/"),
+            (
+                "https://dev.azure.com/MyOrg",
+                "https://dev.azure.com/myorg/",
+            ),
+            (
+                "https://dev.azure.com/myorg",
+                "https://myorg.visualstudio.com/",
+            ),
+            (
+                "https://MyOrg.visualstudio.com",
+                "https://dev.azure.com/myorg/",
+            ),
+            (
+                "https://myorg.visualstudio.com/myorg/",
+                "https://dev.azure.com/myorg",
+            ),
+            (
+                "http://127.0.0.1:8080/myorg",
+                "http://127.0.0.1:8080/MyOrg/",
+            ),
         ] {
             assert!(same_server(a, b), "{a} {b}");
             assert!(same_server(b, a), "{b} {a}");
         }
         for (a, b) in [
             ("https://dev.azure.com/myorg", "https://dev.azure.com/other"),
-            ("https://dev.azure.com/myorg", "https://other.visualstudio.com"),
-            ("https://myorg.visualstudio.com/otherorg", "https://dev.azure.com/myorg"),
+            (
+                "https://dev.azure.com/myorg",
+                "https://other.visualstudio.com",
+            ),
+            (
+                "https://myorg.visualstudio.com/otherorg",
+                "https://dev.azure.com/myorg",
+            ),
             ("https://dev.azure.com/myorg", "https://evil.example/myorg"),
-            ("https://dev.azure.com:8443/myorg", "https://myorg.visualstudio.com"),
+            (
+                "https://dev.azure.com:8443/myorg",
+                "https://myorg.visualstudio.com",
+            ),
         ] {
             assert!(!same_server(a, b), "{a} {b}");
         }

@@ -1797,42 +1797,59 @@ pub async fn write_proxy_bypass(
     if agent.proxy_bypass().unwrap_or_default() == text {
         return Ok(false);
     }
-    if s.os.is_windows() {
-        // SYSTEM writes here: never through a junction or link the service account planted.
-        crate::fsx::replace_file_no_follow(&agent.root, ".proxybypass", text.as_bytes()).map_err(
-            |source| Error::Io {
-                action: "writing",
-                path: agent.root.join(".proxybypass"),
-                source,
-            },
-        )?;
-    } else {
-        let child = Child::new("write .proxybypass", "/bin/sh", env)
-            .args([
-                "-c",
-                "umask 022 && printf '%s' \"$BYPASS\" > .proxybypass.tmp && mv -f .proxybypass.tmp .proxybypass",
-            ])
-            .env("BYPASS", text.clone())
-            .cwd(&agent.root)
-            .run_as(user.and_then(RunAs::unless_root))
-            .timeout(Duration::from_secs(30));
-        let done = process::run_async(child, crate::secret::Masker::new())
-            .await
-            .map_err(Error::ConfigureRun)?;
-        if !done.success() {
-            return Err(Error::Configure {
-                message: format!(
-                    "writing .proxybypass failed: {}",
-                    done.error_line().unwrap_or_default()
-                ),
-            });
-        }
-    }
+    write_agent_file(s, env, agent, user, ".proxybypass", &text).await?;
     tracing::info!(
         entries = text.lines().count(),
         "wrote the agent's .proxybypass from NO_PROXY"
     );
     Ok(true)
+}
+
+/// Replaces one of the agent's own files (`.proxybypass`, `.env`) with `text`, as the agent user (a
+/// shell as that account, the text in its environment, a temporary file renamed over the old one):
+/// root opens nothing in the agent dir. On Windows, SYSTEM writes it, never through a junction or
+/// link the service account planted.
+async fn write_agent_file(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    user: Option<&RunAs>,
+    name: &str,
+    text: &str,
+) -> Result<(), Error> {
+    if s.os.is_windows() {
+        return crate::fsx::replace_file_no_follow(&agent.root, name, text.as_bytes()).map_err(
+            |source| Error::Io {
+                action: "writing",
+                path: agent.root.join(name),
+                source,
+            },
+        );
+    }
+    let child = Child::new(format!("write {name}"), "/bin/sh", env)
+        .args([
+            "-c",
+            "umask 022 && printf '%s' \"$TEXT\" > \"$1.tmp\" && mv -f \"$1.tmp\" \"$1\"",
+            "sh",
+            name,
+        ])
+        .env("TEXT", text)
+        .cwd(&agent.root)
+        .run_as(user.and_then(RunAs::unless_root))
+        .timeout(Duration::from_secs(30));
+    let done = process::run_async(child, crate::secret::Masker::new())
+        .await
+        .map_err(Error::ConfigureRun)?;
+    if done.success() {
+        Ok(())
+    } else {
+        Err(Error::Configure {
+            message: format!(
+                "writing {name} failed: {}",
+                done.error_line().unwrap_or_default()
+            ),
+        })
+    }
 }
 
 /// `--disable-update`: `agent.disableupdate=true` in the agent's `.env`, which the listener loads
@@ -1850,37 +1867,7 @@ pub async fn write_update_switch(
     let Some(text) = agent.env_with_update_switch(s.disable_update) else {
         return Ok(false);
     };
-    if s.os.is_windows() {
-        // SYSTEM writes here: never through a junction or link the service account planted.
-        crate::fsx::replace_file_no_follow(&agent.root, ".env", text.as_bytes()).map_err(
-            |source| Error::Io {
-                action: "writing",
-                path: agent.root.join(".env"),
-                source,
-            },
-        )?;
-    } else {
-        let child = Child::new("write .env", "/bin/sh", env)
-            .args([
-                "-c",
-                "umask 022 && printf '%s' \"$DOTENV\" > .env.tmp && mv -f .env.tmp .env",
-            ])
-            .env("DOTENV", text)
-            .cwd(&agent.root)
-            .run_as(user.and_then(RunAs::unless_root))
-            .timeout(Duration::from_secs(30));
-        let done = process::run_async(child, crate::secret::Masker::new())
-            .await
-            .map_err(Error::ConfigureRun)?;
-        if !done.success() {
-            return Err(Error::Configure {
-                message: format!(
-                    "writing .env failed: {}",
-                    done.error_line().unwrap_or_default()
-                ),
-            });
-        }
-    }
+    write_agent_file(s, env, agent, user, ".env", &text).await?;
     if s.disable_update {
         tracing::info!("the agent's self-update is off (agent.disableupdate in its .env)");
     } else {
