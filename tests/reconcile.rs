@@ -855,3 +855,41 @@ fn disable_update_is_saved_and_written_again_by_every_configure() {
     );
     assert!(saved().contains("\"disable_update\": false"), "{}", saved());
 }
+
+/// #24: the boot's re-registration of an agent deleted on the server is killed after the server
+/// registered the agent and before the agent wrote `.agent` and `.credentials`. The next boot
+/// finds this machine's own registration under the name: it converges (one agent of that name,
+/// `.agent` naming it, the service running), never exits 4.
+#[test]
+fn a_registration_orphaned_by_a_kill_during_reconcile_is_taken_back_at_the_next_boot() {
+    // Killed before the agent saved anything, and between its `.credentials` and its `.agent`.
+    orphaned_then_reconciled(&[".agent", ".credentials"]);
+    orphaned_then_reconciled(&[".agent"]);
+}
+
+fn orphaned_then_reconciled(missing: &[&str]) {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    let pool = 1;
+    let old = w.server_agents(pool)[0].clone();
+    // Deleted on the server; the re-registration reached the server (a new id) and was killed.
+    {
+        let mut st = w.sim.state();
+        let agents = st.agents.get_mut(&pool).unwrap();
+        agents.retain(|a| a.id != old.id);
+        let mut orphan = old.clone();
+        orphan.id = old.id + 100;
+        orphan.status = "offline".into();
+        agents.push(orphan);
+    }
+    for f in missing {
+        std::fs::remove_file(w.agent_dir().join(f)).unwrap();
+    }
+    let run = reconcile(&w);
+    run.assert_code(0);
+    let agents = w.server_agents(pool);
+    assert_eq!(agents.len(), 1, "{agents:?}\n{}", run.stderr);
+    let local = read_agent_json(&w.agent_dir().join(".agent"));
+    assert_eq!(local["agentId"], agents[0].id, "{}", run.stderr);
+    assert!(active(&w, UNIT));
+}
