@@ -86,6 +86,8 @@ impl Error {
             Self::Trust(_) => CONFIGURE,
             Self::Service(_) => SERVICE,
             Self::User(UserError::Missing { .. } | UserError::Shared { .. }) => INPUT,
+            // Settings cut short or edited: the user runs install again (the message says so).
+            Self::State(StateError::Parse { .. }) => INPUT,
             Self::User(_) | Self::Agent(_) | Self::State(_) | Self::Lock(_) | Self::Io { .. } => {
                 INTERNAL
             }

@@ -23,7 +23,12 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the saved settings '{path}' are not valid: {detail}")]
+    #[error(
+        "the saved settings '{path}' are not valid ({detail}): cut short or changed since install \
+         wrote them (a power cut, an edit), so nothing in them is used\n\
+         hint: run `agent-bootstrap install` again with the flags the agent was installed with; it \
+         writes them anew"
+    )]
     Parse { path: PathBuf, detail: String },
 }
 
@@ -219,6 +224,18 @@ pub fn load(state_dir: &Path, agent_dir: &Path) -> Result<Option<Saved>, StateEr
             path,
             detail: e.to_string(),
         })
+}
+
+/// [`load`] for `install`, which writes the settings anew from its flags: a file that is not
+/// valid (cut short by a power cut, edited) is reported and treated as absent, never trusted.
+pub fn load_or_replace(state_dir: &Path, agent_dir: &Path) -> Result<Option<Saved>, StateError> {
+    match load(state_dir, agent_dir) {
+        Err(e @ StateError::Parse { .. }) => {
+            tracing::warn!("{e}; install writes them anew");
+            Ok(None)
+        }
+        other => other,
+    }
 }
 
 pub fn machine_id() -> Option<String> {

@@ -350,3 +350,29 @@ fn without_root_an_agent_dir_it_cannot_write_is_refused_before_anything_is_conta
     assert!(!root_owned.exists());
     assert!(!Path::new(&home.join(".local")).exists(), "nothing written");
 }
+
+/// #24, power cut: a saved-settings file cut short (or edited into garbage) is never trusted:
+/// reconcile names it and the fix, and install, run again, writes it anew.
+#[test]
+fn a_torn_settings_file_is_reported_and_install_writes_it_anew() {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    let file = w.saved_settings_files()[0].clone();
+    let text = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let run = w.reconcile();
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(&file.display().to_string())
+            && run.stderr.contains("cut short or changed")
+            && run.stderr.contains("agent-bootstrap install"),
+        "{}",
+        run.stderr
+    );
+    let run = w.install(&[]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("not valid"), "{}", run.stderr);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(saved["agent_name"], "test-agent");
+    w.reconcile().assert_code(0);
+}

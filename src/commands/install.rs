@@ -1440,7 +1440,7 @@ async fn already_installed(
             sc.run(&["restart", &unit.name]).await?;
         }
     }
-    let previous = state::load(&s.state_dir, &s.agent_dir)?;
+    let previous = state::load_or_replace(&s.state_dir, &s.agent_dir)?;
     // What the agent reports to the server follows its self-updates; root's record follows it.
     let agent_version = newest(
         previous.as_ref().and_then(|p| p.agent_version.as_deref()),
