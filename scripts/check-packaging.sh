@@ -148,8 +148,18 @@ vmss = [r for r in tf["resource"] if "azurerm_linux_virtual_machine_scale_set" i
 vmss = vmss["azurerm_linux_virtual_machine_scale_set"]["agents"]
 assert vmss["identity"][0]["type"] == "UserAssigned", vmss["identity"]
 assert "templatefile" in vmss["custom_data"], vmss["custom_data"]
+# Overprovisioned twins would register and vanish; instances start at 0 (access is granted first).
+assert str(vmss["overprovision"]).lower() == "false", vmss.get("overprovision")
+(instances,) = [v["instances"] for v in tf["variable"] if "instances" in v]
+assert int(instances["default"]) == 0, instances
 packer = plain(hcl2.load(open("packaging/packer/agent-image.pkr.hcl")))
 assert packer["build"][0]["provisioner"], packer["build"]
+for prov in packer["build"][0]["provisioner"]:
+    cmd = prov["shell"]["execute_command"]
+    # .Vars outside any quotes of ours: Packer quotes each value itself (a SAS URL has '&').
+    assert cmd.startswith("chmod +x {{ .Path }}; {{ .Vars }} sudo -E "), cmd
+first_boot = " ".join(packer["build"][0]["provisioner"][-1]["shell"]["inline"])
+assert "Restart=on-failure" in first_boot, "the first-boot unit retries until access is granted"
 for path, script in [
     ("packaging/arm/custom-script-linux.json", "install.sh"),
     ("packaging/arm/custom-script-windows.json", "install.ps1"),
@@ -181,7 +191,9 @@ docker = open("packaging/container/Dockerfile").read()
 joined = re.sub(r"\\\n", " ", docker)
 entry = json.loads(re.search(r"^ENTRYPOINT (.*)$", joined, re.M).group(1))
 cmd = json.loads(re.search(r"^CMD (.*)$", joined, re.M).group(1))
-assert entry == ["agent-bootstrap"], entry
+assert entry == ["tini", "--", "agent-bootstrap"], entry
+assert " tini " in joined, "tini is installed"
+assert "vsts-agent-${platform}-" in joined and "linux-arm64" in joined, "the agent package follows TARGETARCH"
 argvs.append(cmd)
 args = re.findall(r"^ARG (\w+)", joined, re.M)
 runs = re.findall(r"^RUN (.*)$", joined, re.M)

@@ -60,7 +60,7 @@ build {
 
   # agent-bootstrap, verified.
   provisioner "shell" {
-    execute_command = "sudo sh -c '{{ .Vars }} {{ .Path }}'"
+    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E sh '{{ .Path }}'"
     environment_vars = [
       "DEB_URL=${var.deb_url}",
       "DEB_SHA256=${var.deb_sha256}",
@@ -77,7 +77,7 @@ build {
   # The agent package, verified, extracted where install looks for it; root's, so install hands
   # it to the agent user as it is.
   provisioner "shell" {
-    execute_command = "sudo sh -c '{{ .Vars }} {{ .Path }}'"
+    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E sh '{{ .Path }}'"
     environment_vars = [
       "AGENT_VERSION=${var.agent_version}",
       "AGENT_SHA256=${var.agent_sha256}",
@@ -96,7 +96,7 @@ build {
   # First boot: register. ConditionPathExists stops it once install has saved its settings;
   # from then on install's own boot unit runs `agent-bootstrap reconcile`.
   provisioner "shell" {
-    execute_command = "sudo sh -c '{{ .Vars }} {{ .Path }}'"
+    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E sh '{{ .Path }}'"
     environment_vars = [
       "AZP_URL=https://dev.azure.com/${var.organization}",
       "AZP_POOL=${var.pool}",
@@ -106,7 +106,7 @@ build {
       "set -eu",
       "install -d -m 0755 /etc/agent-bootstrap",
       "printf 'AZP_URL=%s\\nAZP_POOL=%s\\n' \"$AZP_URL\" \"$AZP_POOL\" > /etc/agent-bootstrap/agent.env",
-      "cat > /etc/systemd/system/agent-bootstrap-first-boot.service <<UNIT\n[Unit]\nDescription=Register this VM as an Azure Pipelines agent (agent-bootstrap)\nWants=network-online.target\nAfter=network-online.target\nConditionPathExists=!/var/lib/agent-bootstrap/agents\n\n[Service]\nType=oneshot\nEnvironmentFile=/etc/agent-bootstrap/agent.env\nExecStart=/usr/bin/agent-bootstrap install --agent-version $AGENT_VERSION --log-format json\nTimeoutStartSec=20min\n\n[Install]\nWantedBy=multi-user.target\nUNIT",
+      "cat > /etc/systemd/system/agent-bootstrap-first-boot.service <<UNIT\n[Unit]\nDescription=Register this VM as an Azure Pipelines agent (agent-bootstrap)\nWants=network-online.target\nAfter=network-online.target\nConditionPathExists=!/var/lib/agent-bootstrap/agents\n\n[Service]\nType=oneshot\nEnvironmentFile=/etc/agent-bootstrap/agent.env\nExecStart=/usr/bin/agent-bootstrap install --agent-version $AGENT_VERSION --log-format json\nTimeoutStartSec=20min\nRestart=on-failure\nRestartSec=60s\n\n[Install]\nWantedBy=multi-user.target\nUNIT",
       "systemctl enable agent-bootstrap-first-boot.service",
       # Generalize: the image must not carry this build VM's identity.
       "/usr/sbin/waagent -force -deprovision+user && export HISTSIZE=0 && sync",

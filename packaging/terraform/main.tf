@@ -37,9 +37,12 @@ variable "install_sh_url" { type = string }
 variable "install_sh_sha256" { type = string }
 variable "release_url" { type = string }
 variable "release_sha256" { type = string }
+# 0 at first: an instance that boots before the identity may use the organization and the pool
+# cannot register (install exits 4). Grant access (packaging/README.md), then scale out
+# (terraform apply -var instances=N, or az vmss scale).
 variable "instances" {
   type    = number
-  default = 2
+  default = 0
 }
 
 resource "azurerm_user_assigned_identity" "agents" {
@@ -54,6 +57,8 @@ resource "azurerm_linux_virtual_machine_scale_set" "agents" {
   location            = var.location
   sku                 = "Standard_D2s_v5"
   instances           = var.instances
+  # Overprovisioned extra instances would register as agents and vanish when Azure deletes them.
+  overprovision       = false
   admin_username      = "azureuser"
   upgrade_mode        = "Manual"
 
