@@ -211,6 +211,14 @@ props = job["properties"]
 assert props["configuration"]["triggerType"] == "Event"
 (rule,) = props["configuration"]["eventTriggerConfig"]["scale"]["rules"]
 assert rule["type"] == "azure-pipelines" and rule["identity"], rule
+# A scale rule's own identity needs api-version 2025-01-01; the scaler takes the organization from
+# a trigger parameter (its *FromEnv names the scaled container's variables, which the Container
+# Apps scaler does not read).
+assert job["apiVersion"] >= "2025-01-01", job["apiVersion"]
+assert {"secretRef": "organization-url", "triggerParameter": "organizationURL"} in rule["auth"], rule
+assert "organizationURLFromEnv" not in rule["metadata"], rule
+secrets = {x["name"] for x in props["configuration"]["secrets"]}
+assert "organization-url" in secrets, secrets
 env = {e["name"] for e in props["template"]["containers"][0]["env"]}
 assert {"AZP_URL", "AZP_POOL", "AZURE_CLIENT_ID"} <= env, env
 used = {p for p in t["parameters"] if f"parameters('{p}')" in json.dumps(t["resources"])}
