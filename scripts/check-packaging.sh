@@ -175,7 +175,67 @@ for path, script in [
             used.add(p)
     assert used == set(t["parameters"]), (path, set(t["parameters"]) - used)
 json.load(open("packaging/custom-script-extension.json"))
-print("HCL and JSON parse; the templates use every parameter they declare")
+
+# The extensions' command lines, rendered as ARM would with a SAS URL ('&') and a pool name with
+# a space, then split as sh does: each value stays one word.
+import re, shlex
+
+def arm_eval(expr, params, variables):
+    """concat/if/empty over parameters() and variables(): what these templates use."""
+    expr = expr.strip()
+    if expr.startswith("'"):
+        return expr[1:-1].replace("''", "'")
+    m = re.fullmatch(r"(\w+)\((.*)\)", expr, re.S)
+    fn, inner = m.group(1), m.group(2)
+    args, depth, quote, cur = [], 0, False, ""
+    for ch in inner:
+        if ch == "'" :
+            quote = not quote
+        if not quote and ch == "(":
+            depth += 1
+        if not quote and ch == ")":
+            depth -= 1
+        if not quote and depth == 0 and ch == ",":
+            args.append(cur); cur = ""; continue
+        cur += ch
+    args.append(cur)
+    if fn == "parameters":
+        return params[arm_eval(args[0], params, variables)]
+    if fn == "variables":
+        return arm_eval(variables[arm_eval(args[0], params, variables)][1:-1], params, variables)
+    vals = [arm_eval(a, params, variables) for a in args]
+    if fn == "concat":
+        return "".join(vals)
+    if fn == "empty":
+        return vals[0] == ""
+    if fn == "if":
+        return vals[1] if vals[0] else vals[2]
+    raise ValueError(fn)
+
+sas = "https://acct.blob.core.windows.net/rel/agent-bootstrap.tar.gz?sv=2024-11-04&sig=a%2Bb"
+t = json.load(open("packaging/arm/custom-script-linux.json"))
+cmd = arm_eval(t["resources"][0]["properties"]["protectedSettings"]["commandToExecute"][1:-1],
+               {"releaseUrl": sas, "releaseSha256": "a" * 64, "organization": "myorg",
+                "pool": "Build Pool", "identityClientId": "11111111-2222-3333-4444-555555555555"},
+               t["variables"])
+def sh_words(text):
+    """Words as sh splits them, with its operators ('&', ';', '|') as words of their own."""
+    lex = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    return list(lex)
+
+words = sh_words(cmd)
+assert words[:4] == ["sh", "install.sh", "--release", sas], words
+assert words[words.index("--pool") + 1] == "Build Pool", words
+assert words[words.index("--client-id") + 1] == "11111111-2222-3333-4444-555555555555", words
+t = json.load(open("packaging/arm/custom-script-windows.json"))
+assert "identityClientId" in t["parameters"], "the Windows template takes a user-assigned identity"
+cmd = arm_eval(t["resources"][0]["properties"]["protectedSettings"]["commandToExecute"][1:-1],
+               {"releaseZipUrl": sas, "releaseSha256": "a" * 64, "organization": "myorg",
+                "pool": "Build Pool", "identityClientId": ""}, t["variables"])
+assert f'-Url "{sas}"' in cmd and '--pool "Build Pool"' in cmd and "--client-id" not in cmd, cmd
+print("HCL and JSON parse; the templates use every parameter they declare; the extensions' "
+      "command lines keep a SAS URL and a pool name with a space whole")
 PY
 
 step "container examples: Dockerfile, Container Apps job, KEDA ScaledJob"

@@ -27,7 +27,7 @@ ever logged), an http:// URL on a loopback host, or the path of a local file.
 The zip's SHA-256, 64 hexadecimal digits (published beside each release).
 
 .EXAMPLE
-powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File install.ps1 -Url https://example.blob.core.windows.net/tools/agent-bootstrap-x86_64-pc-windows-gnu.zip -Sha256 0123...cdef --org myorg --pool Default --log-format json
+powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File install.ps1 -Url https://example.blob.core.windows.net/tools/agent-bootstrap-0.1.0-x86_64-windows.zip -Sha256 0123...cdef --org myorg --pool Default --log-format json
 #>
 [CmdletBinding(PositionalBinding = $false)]
 param(

@@ -30,7 +30,9 @@ param pool string = 'Default'
 param identityClientId string = ''
 
 var selector = empty(identityClientId) ? '' : ' --client-id ${identityClientId}'
-var agentArgs = '--org ${organization} --pool ${pool}${selector} --log-format json'
+// Quoted: a SAS URL carries '&', a pool name may hold spaces (the tool refuses quotes in both).
+var linuxArgs = '--org \'${organization}\' --pool \'${pool}\'${selector} --log-format json'
+var windowsArgs = '--org "${organization}" --pool "${pool}"${selector} --log-format json'
 
 resource vm 'Microsoft.Compute/virtualMachines@2024-07-01' existing = {
   name: vmName
@@ -48,7 +50,7 @@ resource agentBootstrap 'Microsoft.Compute/virtualMachines/extensions@2024-07-01
         autoUpgradeMinorVersion: true
         protectedSettings: {
           fileUris: [installScriptUrl]
-          commandToExecute: 'sh install.sh --release ${releaseUrl} --sha256 ${releaseSha256} -- ${agentArgs}'
+          commandToExecute: 'sh install.sh --release \'${releaseUrl}\' --sha256 ${releaseSha256} -- ${linuxArgs}'
         }
       }
     : {
@@ -58,7 +60,7 @@ resource agentBootstrap 'Microsoft.Compute/virtualMachines/extensions@2024-07-01
         autoUpgradeMinorVersion: true
         protectedSettings: {
           fileUris: [installScriptUrl]
-          commandToExecute: 'powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File install.ps1 -Url ${releaseUrl} -Sha256 ${releaseSha256} ${agentArgs}'
+          commandToExecute: 'powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File install.ps1 -Url "${releaseUrl}" -Sha256 ${releaseSha256} ${windowsArgs}'
         }
       }
 }
