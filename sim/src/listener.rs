@@ -444,6 +444,27 @@ impl WebSettings {
     }
 
     fn build(&self, any_certificate: bool) -> reqwest::Client {
+        match self.builder(any_certificate).build() {
+            Ok(client) => client,
+            // The machine has no CA certificates: .NET then trusts no server certificate and
+            // still talks plain http (an organization on loopback), so the listener does too.
+            Err(_) => {
+                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .expect("protocol versions")
+                    .dangerous()
+                    .with_custom_certificate_verifier(std::sync::Arc::new(TrustNothing(provider)))
+                    .with_no_client_auth();
+                self.builder(any_certificate)
+                    .tls_backend_preconfigured(config)
+                    .build()
+                    .expect("client")
+            }
+        }
+    }
+
+    fn builder(&self, any_certificate: bool) -> reqwest::ClientBuilder {
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
         b = match &self.proxy {
             None => b.no_proxy(),
@@ -480,7 +501,7 @@ impl WebSettings {
         if any_certificate {
             b = b.tls_danger_accept_invalid_certs(true);
         }
-        b.build().expect("client")
+        b
     }
 
     /// What configure saves (`SaveProxySetting`, `SaveCertificateSetting`); the password goes to
@@ -1475,4 +1496,45 @@ async fn loopback_remote(web: &WebSettings, parsed: &Parsed, root: &Path) -> boo
         .ok()
         .and_then(|v| v["listener_loopback_remote"].as_bool())
         .unwrap_or(false)
+}
+
+/// A trust store without a certificate: every server certificate is refused.
+#[derive(Debug)]
+struct TrustNothing(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for TrustNothing {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("no certificate is trusted".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("no certificate is trusted".into()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
