@@ -296,6 +296,10 @@ pub struct WatchArgs {
 pub struct DoctorArgs {
     #[command(flatten)]
     pub place: OrgArgs,
+    /// The agent dir an install would use, checked for a writable file system mounted with exec
+    /// [default: install's].
+    #[arg(long, value_name = "DIR")]
+    pub agent_dir: Option<PathBuf>,
     #[command(flatten)]
     pub identity: IdentityArgs,
     #[command(flatten)]

@@ -45,6 +45,16 @@ pub enum DepsError {
         missing.describe()
     )]
     Missing { missing: Missing, command: String },
+    /// A program the agent's scripts need is not on this machine (minimal images).
+    #[error(
+        "{tool} is not installed here: {why}\n\
+         hint: install it with `{command}`"
+    )]
+    MissingTool {
+        tool: &'static str,
+        why: &'static str,
+        command: String,
+    },
     #[error("could not check the agent's dependencies")]
     Check(#[source] ProcessError),
     #[error("refusing to run {}: {reason}", path.display())]
@@ -223,18 +233,73 @@ fn blocking_run(child: &Child) -> Result<crate::process::Finished, ProcessError>
 }
 
 /// `name` on the environment's `PATH` (then the usual system directories), as a shell finds it.
-fn program(name: &str, env: &Env) -> PathBuf {
+fn find(name: &str, env: &Env) -> Option<PathBuf> {
     let path = format!(
         "{}:/usr/sbin:/usr/bin:/sbin:/bin",
         env.var("PATH").unwrap_or_default()
     );
-    which::which_in(name, Some(path), "/").unwrap_or_else(|_| PathBuf::from(name))
+    which::which_in(name, Some(path), "/").ok()
+}
+
+fn program(name: &str, env: &Env) -> PathBuf {
+    find(name, env).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The programs the agent's scripts run before anything else, each with why and the package
+/// that ships it: its scripts are `#!/bin/bash` (`config.sh`, `run.sh`, `env.sh`), and
+/// `config.sh` stops with "Can not find 'ldd'" / "Can not find 'ldconfig'" without them
+/// (microsoft/azure-pipelines-agent `src/Misc/layoutroot/config.sh`). Minimal images lack them:
+/// Alpine has no bash, a distroless or scratch-based one has none of the three.
+pub fn check_tools(facts: &Facts, env: &Env) -> Result<(), DepsError> {
+    let os = facts.os_release.as_ref();
+    let alpine = os.is_some_and(|r| r.is_like(&["alpine"]));
+    let family = os.and_then(family);
+    let missing = |tool: &'static str, why: &'static str, package: &str| {
+        let command = install_packages(&[package], os).unwrap_or_else(|| {
+            format!("your distribution's package manager (the package that ships {tool})")
+        });
+        DepsError::MissingTool { tool, why, command }
+    };
+    // The kernel runs `#!/bin/bash` by that path, whatever PATH says.
+    if !crate::fsx::is_executable_file(Path::new("/bin/bash")) {
+        return Err(missing(
+            "bash",
+            "the agent's scripts (config.sh, run.sh, env.sh) start with #!/bin/bash",
+            "bash",
+        ));
+    }
+    let libc_tools = match family {
+        Some(Family::Alpine) => "musl-utils",
+        Some(Family::Debian) => "libc-bin",
+        Some(Family::Dnf) => "glibc-common",
+        _ => "glibc",
+    };
+    if find("ldd", env).is_none() {
+        return Err(missing(
+            "ldd",
+            "the agent's config.sh runs it on the .NET runtime's libraries and stops without it",
+            libc_tools,
+        ));
+    }
+    if !alpine && find("ldconfig", env).is_none() {
+        return Err(missing(
+            "ldconfig",
+            "the agent's config.sh runs `ldconfig -NXv` to find libicu and stops without it",
+            if family == Some(Family::Dnf) {
+                "glibc"
+            } else {
+                libc_tools
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `config.sh`'s checks against the package extracted at `package_root` (the verified
 /// staging tree): `Err(DepsError::Missing)` names what is missing and the command that installs
 /// it. Blocking (call from `spawn_blocking`).
 pub fn check(package_root: &Path, facts: &Facts, env: &Env) -> Result<(), DepsError> {
+    check_tools(facts, env)?;
     let mut missing = Missing::default();
     for lib in LDD_CHECKED {
         let path = package_root.join(lib);

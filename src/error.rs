@@ -56,6 +56,9 @@ pub enum Error {
     /// The CA file's certificates could not be put into (or taken out of) the system trust store.
     #[error(transparent)]
     Trust(#[from] crate::trust::TrustError),
+    /// A file system an install needs is read-only or `noexec` (`crate::preflight`).
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     #[error("{action} '{path}' failed")]
     Io {
         action: &'static str,
@@ -69,7 +72,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         use code::*;
         match self {
-            Self::Settings(_) | Self::Input(_) => INPUT,
+            Self::Settings(_) | Self::Input(_) | Self::Preflight(_) => INPUT,
             Self::Identity(e) if e.is_input() => INPUT,
             Self::Identity(_) => NO_TOKEN,
             Self::DevOps(DevOpsError::Token(e)) if e.is_input() => INPUT,

@@ -350,6 +350,23 @@ pub fn is_regular(path: &Path) -> bool {
     fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
 }
 
+/// A file a program could be run from: a regular file (links followed, as `exec` follows them)
+/// with an execute bit set (on Windows: a regular file).
+pub fn is_executable_file(path: &Path) -> bool {
+    let Ok(m) = fs_err::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        m.is_file() && m.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        m.is_file()
+    }
+}
+
 /// `lstat` says: a symbolic link.
 pub fn is_symlink(path: &Path) -> bool {
     fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())

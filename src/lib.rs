@@ -7,7 +7,8 @@
 //! - the machine: [`env`] (the environment, captured once and passed down), [`clock`], [`host`]
 //!   (distribution, libc, architecture, SELinux, read from the system itself), [`os`] (the
 //!   platform as a value), [`platform`] (the OS calls; the only unsafe code), [`deps`] (the agent's
-//!   own dependencies), [`user`] (the agent account), [`acl`] (Windows directory permissions);
+//!   own dependencies), [`preflight`] (read-only and noexec file systems, found before an install),
+//!   [`user`] (the agent account), [`acl`] (Windows directory permissions);
 //! - the network: [`net`] (the one policy: proxy, TLS, retry table, budgets), [`identity`] (tokens
 //!   from every identity source), [`devops`] (Azure DevOps REST), [`events`] (IMDS Scheduled
 //!   Events), [`trust`] (private CAs in the system trust store);
@@ -42,6 +43,7 @@ pub mod net;
 pub mod os;
 pub mod package;
 pub mod platform;
+pub mod preflight;
 pub mod process;
 pub mod progress;
 pub mod report;

@@ -432,12 +432,26 @@ fn pool(arg: Option<&str>, env: &Env, os: &Os) -> Result<String, SettingsError> 
 pub struct DoctorSettings {
     pub url: Url,
     pub pool: String,
+    /// Where an install would put the agent, its state and its cache (checked for read-only and
+    /// noexec file systems).
+    pub agent_dir: PathBuf,
+    pub paths: Paths,
+    /// The account an install would configure the agent as.
+    pub user: AgentUser,
 }
 
 pub fn doctor(args: &DoctorArgs, env: &Env, os: &Os) -> Result<DoctorSettings, SettingsError> {
+    let paths = paths(env, os)?;
     Ok(DoctorSettings {
         url: org_url(args.place.org.as_deref(), args.place.url.as_deref(), env)?,
         pool: pool(args.place.pool.as_deref(), env, os)?,
+        agent_dir: agent_dir(args.agent_dir.as_deref(), &paths, os)?,
+        paths,
+        user: if env.is_root() {
+            AgentUser::Dedicated(env.dedicated_user())
+        } else {
+            AgentUser::Existing(env.username().to_owned())
+        },
     })
 }
 
@@ -706,6 +720,22 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
                 "only root can configure the agent as another user",
             ));
         }
+    }
+    // A service wanted where no systemd runs (a container, a chroot, WSL without systemd): the
+    // agent would be registered and left stopped, an offline agent nobody starts. Said before
+    // anything is contacted; a dry run says it too.
+    if env.is_root()
+        && !os.is_windows()
+        && !args.no_service
+        && !crate::service::systemd_available(env)
+    {
+        return Err(bad(
+            "--no-service",
+            format!(
+                "{}; or pass --no-service to only register and configure the agent",
+                crate::host::Facts::no_systemd_hint()
+            ),
+        ));
     }
     if args.config_timeout == 0 {
         return Err(bad("--config-timeout", "must be at least 1 second"));

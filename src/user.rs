@@ -96,6 +96,23 @@ pub async fn ensure(user: &AgentUser, env: &crate::env::Env) -> Result<RunAs, Us
     create(&name, env).await
 }
 
+/// What creates an account here: `useradd`, else BusyBox's `adduser` and `addgroup`, else why
+/// none can (`doctor` reports it before an install needs it).
+pub fn creation_tool(env: &crate::env::Env) -> Result<&'static str, String> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let found = |program: &str| which::which_in(program, env.var("PATH"), &cwd).is_ok();
+    if found("useradd") {
+        Ok("useradd")
+    } else if found("adduser") && found("addgroup") {
+        Ok("BusyBox adduser")
+    } else {
+        Err(NO_ACCOUNT_TOOL.to_owned())
+    }
+}
+
+const NO_ACCOUNT_TOOL: &str = "neither useradd (shadow-utils, passwd) nor BusyBox's adduser and \
+                               addgroup were found on PATH; create the account yourself and pass --user";
+
 /// `useradd --system --create-home` (Unix); where there is no `useradd` (Alpine and other
 /// BusyBox systems), BusyBox's `addgroup -S` and `adduser -S -D`.
 async fn create(name: &str, env: &crate::env::Env) -> Result<RunAs, UserError> {
@@ -146,9 +163,7 @@ async fn create(name: &str, env: &crate::env::Env) -> Result<RunAs, UserError> {
         _ => {
             return Err(UserError::Create {
                 name,
-                detail: "neither useradd (shadow-utils, passwd) nor BusyBox's adduser and \
-                         addgroup were found on PATH; create the account yourself and pass --user"
-                    .to_owned(),
+                detail: NO_ACCOUNT_TOOL.to_owned(),
             });
         }
     };

@@ -294,16 +294,19 @@ fn the_static_x86_64_binary_runs_in_an_empty_root() {
     runs_inside(&w, &root);
 }
 
-/// Test 1 of the real-machines issue, Debian 11 (glibc 2.31, older than the 2.34 a glibc build
-/// of this tool needs): a debootstrap root, cached outside the clone (scripts/debian-root.sh).
+/// A copy of the Debian 11 (bullseye, glibc 2.31) `minbase` root (no ca-certificates, no procps,
+/// no systemd: a minimal image) with the static binary in it: debootstrap, cached outside the
+/// clone (scripts/debian-root.sh); each test gets a copy of its own. `None` (after `skip`) where
+/// it cannot be had.
 #[cfg(target_arch = "x86_64")]
-#[test]
-fn the_static_x86_64_binary_runs_in_debian_11() {
+fn debian_11_root(w: &World) -> Option<PathBuf> {
     let Some(bin) = static_bin(X64) else {
-        return skip("no static x86_64 build (scripts/check-static.sh builds it)");
+        skip("no static x86_64 build (scripts/check-static.sh builds it)");
+        return None;
     };
     if tool("debootstrap").is_none() && !Path::new("/usr/sbin/debootstrap").exists() {
-        return skip("debootstrap is not installed (scripts/cross-setup.sh)");
+        skip("debootstrap is not installed (scripts/cross-setup.sh)");
+        return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/debian-root.sh");
     let out = Command::new(&script).arg("bullseye").output().unwrap();
@@ -315,8 +318,6 @@ fn the_static_x86_64_binary_runs_in_debian_11() {
     let cached = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     let os_release = std::fs::read_to_string(cached.join("etc/os-release")).unwrap();
     assert!(os_release.contains("VERSION_ID=\"11\""), "{os_release}");
-    let w = World::new();
-    // The cached root is shared by every run: each test runs in a copy of its own.
     let root = w.dir.path().join("bullseye");
     let status = Command::new("cp")
         .args(["-a", "--reflink=auto"])
@@ -326,5 +327,142 @@ fn the_static_x86_64_binary_runs_in_debian_11() {
         .unwrap();
     assert!(status.success());
     std::fs::copy(&bin, root.join("usr/local/bin/agent-bootstrap")).unwrap();
+    Some(root)
+}
+
+/// Test 1 of the real-machines issue, Debian 11 (glibc 2.31, older than the 2.34 a glibc build
+/// of this tool needs).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_static_x86_64_binary_runs_in_debian_11() {
+    let w = World::new();
+    let Some(root) = debian_11_root(&w) else {
+        return;
+    };
     runs_inside(&w, &root);
+}
+
+/// The images people actually use, for real: a Debian 11 `minbase` root is what a minimal or
+/// hardened image is (no CA certificates, no systemd running, no libicu), and each missing
+/// piece gets its message and exit code from the static binary chrooted there, with nothing
+/// registered and nothing put in place; `doctor` reports the machine first.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_minimal_debian_11_root_gets_a_clear_answer_for_each_missing_piece() {
+    let _account = shared_agent_account();
+    let w = World::with(|c| c.tls = true);
+    let Some(root) = debian_11_root(&w) else {
+        return;
+    };
+    assert!(
+        !root.join("etc/ssl/certs").exists(),
+        "minbase has no ca-certificates"
+    );
+    let dir = "/opt/azure-pipelines-agent";
+    let org = w.org_url();
+    let tls_org = w.sim.tls_org_url();
+    // No unit dir of the tests': this root runs no systemd, as the machine says.
+    let run = |args: &[&str]| {
+        let mut all = vec![];
+        all.extend_from_slice(args);
+        let root_s = root.to_str().unwrap();
+        let script = "mount -t proc proc \"$0/proc\" && exec chroot \"$0\" /usr/local/bin/agent-bootstrap \"$@\"";
+        let mut cmd = command_with(
+            &w,
+            Path::new("unshare"),
+            &[
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+                root_s,
+            ],
+            &all,
+        );
+        cmd.env_remove("AGENT_BOOTSTRAP_UNIT_DIR")
+            .env_remove("SSL_CERT_FILE");
+        w.run_cmd(cmd)
+    };
+    let install = |url: &str, extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            "--url",
+            url,
+            "--agent-dir",
+            dir,
+            "--agent-name",
+            "minimal",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+
+    // doctor: the machine, then the organization over plain http (no CA needed).
+    let d = run(&["doctor", "--url", &org, "--agent-dir", dir]);
+    assert!(
+        d.stdout.contains("machine checks:")
+            && d.stdout.contains("ok     agent tools")
+            && d.stdout.contains("ok     account")
+            && d.stdout.contains("CA certificates: NONE"),
+        "{}\n{}",
+        d.stdout,
+        d.stderr
+    );
+    d.assert_code(0);
+
+    // A service where systemd is not running: refused before anything is contacted.
+    let before = w.requests().len();
+    let r = install(&org, &[]);
+    r.assert_code(2);
+    assert!(
+        r.stderr.contains("systemd is not running") && r.stderr.contains("--no-service"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(w.requests().len(), before, "nothing contacted");
+
+    // https with no CA certificate on the machine: the package that fills the store, exit 4.
+    let r = install(&tls_org, &["--no-service"]);
+    r.assert_code(4);
+    assert!(
+        r.stderr.contains("no CA certificates")
+            && r.stderr.contains("apt-get install -y ca-certificates"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+
+    // Plain http: the agent's own dependency check, as its config.sh makes it, finds no libicu
+    // (Debian 11's is libicu67), before anything is registered.
+    let r = install(&org, &["--no-service"]);
+    r.assert_code(6);
+    assert!(
+        r.stderr.contains("libicu") && r.stderr.contains("apt-get install -y libicu67"),
+        "{}",
+        r.stderr
+    );
+
+    // Without ldd (config.sh stops on it): the package that ships it.
+    std::fs::remove_file(root.join("usr/bin/ldd")).unwrap();
+    let r = install(&org, &["--no-service"]);
+    r.assert_code(6);
+    assert!(
+        r.stderr.contains("ldd is not installed")
+            && r.stderr.contains("apt-get install -y libc-bin"),
+        "{}",
+        r.stderr
+    );
+    let d = run(&["doctor", "--url", &org, "--agent-dir", dir]);
+    d.assert_code(6);
+    assert!(d.stdout.contains("FAILED agent tools"), "{}", d.stdout);
+
+    assert!(w.server_agents(1).is_empty(), "nothing registered");
+    let agent_dir = root.join(dir.trim_start_matches('/'));
+    assert!(
+        !agent_dir.join(".agent").exists() && !agent_dir.join("config.sh").exists(),
+        "nothing put in place"
+    );
 }

@@ -271,3 +271,195 @@ fn without_useradd_the_account_is_made_with_busybox_adduser() {
     );
     assert_eq!(w.server_agents(1).len(), 1);
 }
+
+/// `cmd` run in a mount namespace of its own where each `(dir, options)` is a fresh tmpfs
+/// mounted with those options (so nothing stays mounted after it).
+fn with_tmpfs(
+    cmd: &std::process::Command,
+    mounts: &[(&std::path::Path, &str)],
+) -> std::process::Command {
+    let mut script = String::new();
+    for (i, (dir, opts)) in mounts.iter().enumerate() {
+        std::fs::create_dir_all(dir).unwrap();
+        script.push_str(&format!("mount -t tmpfs -o {opts} tmpfs \"$MNT{i}\" && ",));
+        let _ = dir;
+    }
+    script.push_str("exec \"$@\"");
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    for (i, (dir, _)) in mounts.iter().enumerate() {
+        wrapped.env(format!("MNT{i}"), dir);
+    }
+    wrapped
+}
+
+/// A container or chroot without systemd: a service cannot be installed, and install says so
+/// before it contacts anything (it used to register the agent and leave it stopped), naming
+/// `run` and --no-service; with --no-service it installs.
+#[test]
+fn without_systemd_a_service_install_is_refused_before_anything_is_contacted() {
+    let w = World::new();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let mut cmd = w.install_command(extra);
+        cmd.env_remove("AGENT_BOOTSTRAP_UNIT_DIR");
+        let run = w.run_cmd(cmd);
+        run.assert_code(2);
+        assert!(
+            run.stderr.contains("systemd is not running")
+                && run.stderr.contains("agent-bootstrap run")
+                && run.stderr.contains("--no-service"),
+            "{}",
+            run.stderr
+        );
+        assert!(w.requests().is_empty(), "{:?}", w.requests());
+        assert!(!w.agent_dir().exists());
+    }
+    let mut cmd = w.install_command(&["--no-service"]);
+    cmd.env_remove("AGENT_BOOTSTRAP_UNIT_DIR");
+    w.run_cmd(cmd).assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 1);
+}
+
+/// Kubernetes `readOnlyRootFilesystem` and immutable images: a read-only state dir, package cache
+/// or agent dir, and an agent dir on a `noexec` file system, are each named with the mount point
+/// and the setting that moves it, exit 2, before anything is contacted or written; `doctor`
+/// finds the same. With the place writable, the same install completes.
+#[test]
+fn read_only_and_noexec_file_systems_are_named_before_anything_is_contacted() {
+    let w = World::new();
+    let ro = w.dir.path().join("ro");
+    let noexec = w.dir.path().join("noexec");
+    let cases: [(&str, &std::path::Path, &str, &str, &str); 4] = [
+        (
+            "AGENT_BOOTSTRAP_STATE_DIR",
+            &ro,
+            "ro,mode=0755",
+            "the state dir",
+            "read-only file system",
+        ),
+        (
+            "AGENT_BOOTSTRAP_CACHE_DIR",
+            &ro,
+            "ro,mode=0755",
+            "the package cache",
+            "read-only file system",
+        ),
+        (
+            "--agent-dir",
+            &ro,
+            "ro,mode=0755",
+            "the agent dir",
+            "read-only file system",
+        ),
+        (
+            "--agent-dir",
+            &noexec,
+            "noexec,mode=0755",
+            "the agent dir",
+            "mounted noexec",
+        ),
+    ];
+    for (setting, mount, opts, what, problem) in cases {
+        let place = mount.join("sub");
+        let mut cmd = if setting == "--agent-dir" {
+            w.command(&[
+                "install",
+                "--url",
+                &w.org_url(),
+                "--agent-name",
+                "test-agent",
+                "--agent-dir",
+                place.to_str().unwrap(),
+            ])
+        } else {
+            let mut c = w.install_command(&[]);
+            c.env(setting, &place);
+            c
+        };
+        cmd.env("RUST_LOG", "off");
+        let run = w.run_cmd(with_tmpfs(&cmd, &[(mount, opts)]));
+        run.assert_code(2);
+        let want = format!("{what} {} is on a", place.display());
+        assert!(
+            run.stderr.contains(&want)
+                && run.stderr.contains(problem)
+                && run.stderr.contains(&format!("at {}", mount.display()))
+                && run.stderr.contains(setting),
+            "{setting}: {}",
+            run.stderr
+        );
+        assert!(w.requests().is_empty(), "{setting}: {:?}", w.requests());
+        assert!(w.server_agents(1).is_empty());
+    }
+
+    // doctor names it too, among the machine checks, and exits as install would.
+    let place = noexec.join("agent");
+    let cmd = w.command(&[
+        "doctor",
+        "--url",
+        &w.org_url(),
+        "--agent-dir",
+        place.to_str().unwrap(),
+    ]);
+    let run = w.run_cmd(with_tmpfs(&cmd, &[(&noexec, "noexec,mode=0755")]));
+    run.assert_code(2);
+    assert!(
+        run.stdout.contains("machine checks:")
+            && run.stdout.contains("FAILED file systems")
+            && run.stdout.contains("mounted noexec")
+            && run.stdout.contains("ok     agent tools")
+            && run.stdout.contains("ok     account"),
+        "{}",
+        run.stdout
+    );
+
+    // The same on a file system mounted with exec: installed.
+    let cmd = w.command(&[
+        "install",
+        "--url",
+        &w.org_url(),
+        "--agent-name",
+        "test-agent",
+        "--agent-dir",
+        place.to_str().unwrap(),
+    ]);
+    let run = w.run_cmd(with_tmpfs(&cmd, &[(&noexec, "exec,mode=0755")]));
+    run.assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 1);
+}
+
+/// Root in a bare environment (cloud-init's runcmd, a custom-script extension, `env -i`): no
+/// HOME, the C locale, and a TMPDIR mounted noexec (a hardened /tmp) change nothing: installed.
+#[test]
+fn no_home_the_c_locale_and_a_noexec_tmp_change_nothing() {
+    let w = World::new();
+    let tmp = w.dir.path().join("tmp");
+    let mut cmd = w.install_command(&[]);
+    cmd.env_remove("HOME")
+        .env_remove("LANG")
+        .env_remove("LANGUAGE")
+        .env("LC_ALL", "C")
+        .env("TMPDIR", &tmp);
+    let run = w.run_cmd(with_tmpfs(&cmd, &[(&tmp, "noexec,mode=1777")]));
+    run.assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 1);
+    assert!(w.agent_dir().join(".agent").exists());
+}

@@ -1,6 +1,8 @@
 //! `agent-bootstrap doctor`: why would an install fail here, and what to do about it.
 //!
-//! It runs the identity chain and reports every source (chosen, skipped and why, failed), gets a
+//! It checks the machine first (read-only or `noexec` file systems where the agent dir, the state
+//! and the cache would go; the tools the agent's `config.sh` stops without; the agent's account
+//! or what makes it), each whatever the others find. Then it runs the identity chain and reports every source (chosen, skipped and why, failed), gets a
 //! token and reads its claims (object id, tenant, application, audience, expiry; decoded, not
 //! verified, and the token itself never printed), then asks the organization who the token
 //! belongs to, whether the pool exists and may be managed (registering agents needs it), and
@@ -90,6 +92,9 @@ struct Doctor {
     source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     claims: Option<Claims>,
+    /// What the machine itself must offer (file systems, the agent's tools, a way to make its
+    /// account), checked whatever the network checks find.
+    machine: Vec<Check>,
     checks: Vec<Check>,
     /// An install would get past every check.
     ok: bool,
@@ -122,16 +127,88 @@ pub async fn run(
         identity,
         source: None,
         claims: None,
+        machine: vec![],
         checks: vec![],
         ok: false,
     };
+    let (before, after) = machine(target, env, &os, &mut report.machine);
     let failure = check(target, source, &budget, os, net, &mut report).await;
+    // The exit code install would have: it checks the file systems before anything is
+    // contacted, and meets the agent's tools and account after the network checks.
+    let failure = before.or(failure).or(after);
     report.ok = failure.is_none();
     print(&report, json)?;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The machine's own checks, each whatever the others found (they are local and quick): the
+/// file systems install checks before it contacts anything, then the agent's account and the
+/// tools its `config.sh` stops without, which install meets after the network. Returns the
+/// first failure of each group.
+fn machine(
+    target: &DoctorSettings,
+    env: &Env,
+    os: &Os,
+    checks: &mut Vec<Check>,
+) -> (Option<Error>, Option<Error>) {
+    fn fail(checks: &mut Vec<Check>, first: &mut Option<Error>, name: &'static str, e: Error) {
+        checks.push(Check::failed(name, &e));
+        first.get_or_insert(e);
+    }
+    let (mut before, mut after) = (None, None);
+    let places = crate::preflight::install_places(
+        &target.agent_dir,
+        &target.paths.state_dir,
+        &target.paths.cache_dir,
+    );
+    match crate::preflight::check(&places) {
+        Ok(()) => checks.push(Check::ok(
+            "file systems",
+            format!(
+                "agent dir {} (writable, exec), state {} and cache {} (writable)",
+                target.agent_dir.display(),
+                target.paths.state_dir.display(),
+                target.paths.cache_dir.display()
+            ),
+        )),
+        Err(e) => fail(checks, &mut before, "file systems", e.into()),
+    }
+    if os.is_windows() {
+        return (before, None);
+    }
+    let facts = crate::host::Facts::current();
+    match crate::deps::check_tools(&facts, env) {
+        Ok(()) => checks.push(Check::ok(
+            "agent tools",
+            "bash, ldd and ldconfig, which the agent's config.sh needs".into(),
+        )),
+        Err(e) => fail(checks, &mut after, "agent tools", e.into()),
+    }
+    let name = target.user.name();
+    match crate::user::lookup(name) {
+        Ok(Some(_)) => checks.push(Check::ok("account", format!("'{name}' exists"))),
+        Ok(None) => match crate::user::creation_tool(env) {
+            Ok(tool) => checks.push(Check::ok(
+                "account",
+                format!("'{name}' does not exist yet; install creates it with {tool}"),
+            )),
+            Err(detail) => fail(
+                checks,
+                &mut after,
+                "account",
+                crate::user::UserError::Create {
+                    name: name.to_owned(),
+                    detail,
+                }
+                .into(),
+            ),
+        },
+        Err(e) => fail(checks, &mut after, "account", e.into()),
+    }
+    (before, after)
 }
 
 /// Runs the checks in order, each only when the ones before passed; the first failure is returned.
@@ -483,11 +560,25 @@ fn render(r: &Doctor) -> String {
             crate::net::no_ca_certificates_hint()
         ));
     }
+    if !r.machine.is_empty() {
+        t.push_str("machine checks:\n");
+        render_checks(&mut t, &r.machine);
+    }
     t.push_str(&format!(
         "checks (organization {}, pool '{}'):\n",
         r.organization, r.pool
     ));
-    for c in &r.checks {
+    render_checks(&mut t, &r.checks);
+    t.push_str(if r.ok {
+        "result: an install with these settings would get past every check\n"
+    } else {
+        "result: an install would fail here; fix the first FAILED line above\n"
+    });
+    t
+}
+
+fn render_checks(t: &mut String, checks: &[Check]) {
+    for c in checks {
         t.push_str(&format!(
             "  {:<6} {:<12} {}\n",
             if c.ok { "ok" } else { "FAILED" },
@@ -498,12 +589,6 @@ fn render(r: &Doctor) -> String {
             t.push_str(&format!("  {:<6} {:<12} fix: {fix}\n", "", ""));
         }
     }
-    t.push_str(if r.ok {
-        "result: an install with these settings would get past every check\n"
-    } else {
-        "result: an install would fail here; fix the first FAILED line above\n"
-    });
-    t
 }
 
 #[cfg(test)]

@@ -308,9 +308,35 @@ pub async fn run(
 }
 
 /// Refuses, before anything is contacted, an agent dir that root could be tricked into acting on
-/// through a path another account controls, or (without root) one this account cannot create.
+/// through a path another account controls, or (without root) one this account cannot create,
+/// and a read-only or `noexec` file system where the agent dir, the state or the cache would go
+/// (before the lock, which lives in the state dir).
 pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
+    crate::preflight::check(&crate::preflight::install_places(
+        &s.agent_dir,
+        &s.state_dir,
+        &s.cache_dir,
+    ))?;
     let agent_uid = user::lookup(s.user.name()).ok().flatten().map(|u| u.uid);
+    // The dedicated account is made by useradd, which writes /etc: on a read-only root that
+    // fails only after the package is downloaded, with useradd's "cannot lock /etc/passwd".
+    if s.as_root
+        && !s.os.is_windows()
+        && agent_uid.is_none()
+        && matches!(s.user, crate::settings::AgentUser::Dedicated(_))
+    {
+        let name = s.user.name();
+        crate::preflight::check(&[crate::preflight::Place {
+            what: "the account database",
+            path: "/etc/passwd".into(),
+            exec: false,
+            fix: format!(
+                "the agent's account '{name}' does not exist and cannot be created here: create \
+                 it in the image (useradd --system --create-home {name}), or pass --user with an \
+                 existing account"
+            ),
+        }])?;
+    }
     super::check_agent_dir(&s.agent_dir, env, agent_uid)?;
     if matches!(
         boot_step(s, env),

@@ -1,0 +1,149 @@
+//! What the machine's file systems must allow before an install changes anything, checked first
+//! so a locked-down image gets one clear answer instead of a failure halfway through.
+//!
+//! Hardened and container images mount things in ways an install cannot work around: a
+//! read-only root file system (Kubernetes `readOnlyRootFilesystem`, immutable images) where the
+//! agent dir, root's state or the package cache would go, or an agent dir on a file system
+//! mounted `noexec` (a hardened `/opt` or `/var`), where the agent's own programs (`config.sh`,
+//! `run.sh`, `bin/Agent.Listener`) cannot start: the download and the registration would succeed
+//! and `config.sh` would then fail with "Permission denied". Each is found here from the mount's
+//! flags (`statvfs`) of the nearest existing directory, and named with its mount point and the
+//! setting that moves the directory elsewhere. Read-only checks (a dry run and `doctor` make
+//! them too); nothing is created.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(
+        "{what} {} is on a read-only file system (mounted at {})\nhint: {fix}",
+        path.display(),
+        mount.display()
+    )]
+    ReadOnly {
+        what: &'static str,
+        path: PathBuf,
+        mount: PathBuf,
+        fix: String,
+    },
+    #[error(
+        "{what} {} is on a file system mounted noexec (at {}): the agent runs its programs \
+         (config.sh, run.sh, bin/Agent.Listener) from there\nhint: {fix}",
+        path.display(),
+        mount.display()
+    )]
+    NoExec {
+        what: &'static str,
+        path: PathBuf,
+        mount: PathBuf,
+        fix: String,
+    },
+}
+
+/// A directory an install writes to, and what it needs of its file system.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// How a user knows it ("the agent dir (--agent-dir)").
+    pub what: &'static str,
+    pub path: PathBuf,
+    /// Programs run from it (the agent dir).
+    pub exec: bool,
+    /// How to put it elsewhere.
+    pub fix: String,
+}
+
+/// The flags of the file system `path` would be created on (its nearest existing ancestor's),
+/// and that file system's mount point. `None` where that cannot be told (not Unix, no ancestor).
+#[cfg(unix)]
+fn mount_of(path: &Path) -> Option<(PathBuf, nix::sys::statvfs::FsFlags)> {
+    use std::os::unix::fs::MetadataExt;
+    let existing = path.ancestors().find(|p| p.is_dir())?;
+    let existing = fs_err::canonicalize(existing).ok()?;
+    let flags = nix::sys::statvfs::statvfs(&existing).ok()?.flags();
+    let dev = fs_err::metadata(&existing).ok()?.dev();
+    // The mount point: the highest ancestor still on the same device.
+    let mut mount = existing.clone();
+    for a in existing.ancestors().skip(1) {
+        match fs_err::metadata(a) {
+            Ok(m) if m.dev() == dev => mount = a.to_owned(),
+            _ => break,
+        }
+    }
+    Some((mount, flags))
+}
+
+/// Checks each place; the first that cannot work is the error.
+pub fn check(places: &[Place]) -> Result<(), PreflightError> {
+    #[cfg(unix)]
+    for p in places {
+        use nix::sys::statvfs::FsFlags;
+        let Some((mount, flags)) = mount_of(&p.path) else {
+            continue;
+        };
+        if flags.contains(FsFlags::ST_RDONLY) {
+            return Err(PreflightError::ReadOnly {
+                what: p.what,
+                path: p.path.clone(),
+                mount,
+                fix: p.fix.clone(),
+            });
+        }
+        if p.exec && flags.contains(FsFlags::ST_NOEXEC) {
+            return Err(PreflightError::NoExec {
+                what: p.what,
+                path: p.path.clone(),
+                mount,
+                fix: p.fix.clone(),
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = places;
+    Ok(())
+}
+
+/// The places an install writes to: the agent dir (programs run from it), root's state and the
+/// package cache.
+pub fn install_places(agent_dir: &Path, state_dir: &Path, cache_dir: &Path) -> Vec<Place> {
+    vec![
+        Place {
+            what: "the agent dir",
+            path: agent_dir.to_owned(),
+            exec: true,
+            fix: "pass --agent-dir on a writable file system mounted with exec (a volume in a \
+                  container), or remount it"
+                .into(),
+        },
+        Place {
+            what: "the state dir",
+            path: state_dir.to_owned(),
+            exec: false,
+            fix: format!(
+                "mount a writable volume there, or set {} to a writable directory",
+                crate::settings::STATE_DIR_ENV
+            ),
+        },
+        Place {
+            what: "the package cache",
+            path: cache_dir.to_owned(),
+            exec: false,
+            fix: format!(
+                "mount a writable volume there, or set {} to a writable directory",
+                crate::settings::CACHE_DIR_ENV
+            ),
+        },
+    ]
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mount_point_of_a_missing_path_is_its_nearest_existing_ancestors() {
+        let (mount, _) = mount_of(Path::new("/proc/no/such/dir")).unwrap();
+        assert_eq!(mount, Path::new("/proc"));
+        let (mount, _) = mount_of(Path::new("/no-such-dir-here")).unwrap();
+        assert_eq!(mount, Path::new("/"));
+    }
+}
