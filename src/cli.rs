@@ -351,6 +351,13 @@ pub struct InstallArgs {
     /// terminate notifications on the scale set. (Linux)
     #[arg(long, conflicts_with = "no_service")]
     pub scale_in_drain: bool,
+    /// Keep trying while the identity may not register agents yet (a new VM booting before its
+    /// organization membership or pool role has propagated: 401 not a member, no Manage, the
+    /// identity not yet on the VM): the token, the organization and the pool are asked again with
+    /// backoff (5 s doubling to 60 s) for up to DURATION (like 30m or 1h); other failures stop at
+    /// once.
+    #[arg(long, value_name = "DURATION")]
+    pub wait_for_access: Option<String>,
     /// Turn the agent's self-update off, for images that pin a version: the agent ignores the
     /// server's update requests (its `agent.disableupdate`, written to its .env; saved for
     /// reconcile). Azure DevOps may then hold jobs back from it until it updates.

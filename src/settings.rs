@@ -112,6 +112,9 @@ pub struct InstallSettings {
     pub boot: bool,
     /// Install the unit that runs `watch` (`--scale-in-drain`).
     pub scale_in_drain: bool,
+    /// `--wait-for-access`: how long to keep asking while the identity may not register agents
+    /// yet. Never saved: reconcile's own deadline bounds it at boot.
+    pub wait_for_access: Option<std::time::Duration>,
     /// The agent's self-update off (`--disable-update`: `agent.disableupdate` in its `.env`).
     pub disable_update: bool,
     /// The proxy and extra CAs, for the tool and for the agent.
@@ -561,6 +564,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         no_service: true,
         no_boot: true,
         scale_in_drain: false,
+        wait_for_access: None,
         disable_update: args.disable_update,
         identity: args.identity.clone(),
         network: args.network.clone(),
@@ -784,6 +788,11 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         service: !args.no_service,
         boot: !args.no_boot,
         scale_in_drain: args.scale_in_drain,
+        wait_for_access: args
+            .wait_for_access
+            .as_deref()
+            .map(|t| duration("--wait-for-access", t))
+            .transpose()?,
         disable_update: args.disable_update,
         network,
         identity: identity(&args.identity)?,
@@ -983,6 +992,7 @@ pub fn from_saved(
         service: saved.service,
         boot: saved.boot_unit.is_some(),
         scale_in_drain: saved.watch_unit.is_some(),
+        wait_for_access: None,
         disable_update: saved.disable_update,
         network: saved_network(saved, env)?,
         identity: saved_identity(saved)?,

@@ -828,3 +828,81 @@ fn imds_throttling_during_the_chain_is_the_one_retry_table() {
     let waits = retry_waits(&run.stderr);
     assert!((3.0..=3.3).contains(&waits[0]), "{waits:?}");
 }
+
+/// A new VM boots before its identity's organization membership and pool role have reached
+/// Azure DevOps (minutes, with Terraform or a scale set created with its role assignments).
+/// Without --wait-for-access install stops at the first 401 (exit 4, nothing registered); with
+/// it, install asks again with backoff, says what it waits for, and installs once access is
+/// there; when the time is up it stops with the last answer. Other failures never wait.
+#[test]
+fn wait_for_access_keeps_asking_until_propagation_is_done() {
+    let w = World::new();
+    w.sim.state().membership_pending = 1;
+    let run = w.install(&[]);
+    run.assert_code(4);
+    assert!(run.stderr.contains("TF400813"), "{}", run.stderr);
+    assert!(w.server_agents(1).is_empty());
+
+    // Membership for 3 more requests, then the pool role for 2 lookups.
+    {
+        let mut st = w.sim.state();
+        st.membership_pending = 3;
+        st.manage_pending = 2;
+    }
+    let run = w.install(&["--wait-for-access", "30m"]);
+    run.assert_code(0);
+    let waits: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("waiting for access"))
+        .collect();
+    assert_eq!(waits.len(), 5, "{}", run.stderr);
+    assert!(
+        waits[0].contains("the organization does not accept the identity yet")
+            && waits[0].contains("asking again in 5s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        waits[1].contains("asking again in 10s")
+            && waits[4].contains("the identity may not manage the pool yet")
+            && waits[4].contains("asking again in 60s"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.server_agents(1).len(), 1);
+
+    // Never granted: the time runs out, the last answer is the error.
+    let w = World::new();
+    w.sim.state().membership_pending = 10_000;
+    let run = w.install(&["--wait-for-access", "3m"]);
+    run.assert_code(4);
+    assert!(
+        run.stderr
+            .contains("still: the organization does not accept the identity yet")
+            && run.stderr.contains("TF400813"),
+        "{}",
+        run.stderr
+    );
+    assert!(w.server_agents(1).is_empty());
+
+    // A failure waiting cannot fix (an organization that does not exist) stops at once.
+    let run = w.run(&[
+        "install",
+        "--url",
+        &w.org_url().replace("myorg", "otherorg"),
+        "--agent-dir",
+        w.agent_dir().to_str().unwrap(),
+        "--agent-name",
+        "test-agent",
+        "--wait-for-access",
+        "30m",
+    ]);
+    run.assert_code(4);
+    assert!(!run.stderr.contains("waiting for access"), "{}", run.stderr);
+
+    // Bad input names the flag.
+    let run = w.install(&["--wait-for-access", "soon"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("--wait-for-access"), "{}", run.stderr);
+}

@@ -106,7 +106,7 @@ build {
       "set -eu",
       "install -d -m 0755 /etc/agent-bootstrap",
       "printf 'AZP_URL=%s\\nAZP_POOL=%s\\n' \"$AZP_URL\" \"$AZP_POOL\" > /etc/agent-bootstrap/agent.env",
-      "cat > /etc/systemd/system/agent-bootstrap-first-boot.service <<UNIT\n[Unit]\nDescription=Register this VM as an Azure Pipelines agent (agent-bootstrap)\nWants=network-online.target\nAfter=network-online.target\nConditionPathExists=!/var/lib/agent-bootstrap/agents\n\n[Service]\nType=oneshot\nEnvironmentFile=/etc/agent-bootstrap/agent.env\nExecStart=/usr/bin/agent-bootstrap install --agent-version $AGENT_VERSION --log-format json\nTimeoutStartSec=20min\nRestart=on-failure\nRestartSec=60s\n\n[Install]\nWantedBy=multi-user.target\nUNIT",
+      "cat > /etc/systemd/system/agent-bootstrap-first-boot.service <<UNIT\n[Unit]\nDescription=Register this VM as an Azure Pipelines agent (agent-bootstrap)\nWants=network-online.target\nAfter=network-online.target\nConditionPathExists=!/var/lib/agent-bootstrap/agents\n\n[Service]\nType=oneshot\nEnvironmentFile=/etc/agent-bootstrap/agent.env\nExecStart=/usr/bin/agent-bootstrap install --agent-version $AGENT_VERSION --wait-for-access 15m --log-format json\nTimeoutStartSec=20min\nRestart=on-failure\nRestartSec=60s\n\n[Install]\nWantedBy=multi-user.target\nUNIT",
       "systemctl enable agent-bootstrap-first-boot.service",
       # Generalize: the image must not carry this build VM's identity.
       "/usr/sbin/waagent -force -deprovision+user && export HISTSIZE=0 && sync",

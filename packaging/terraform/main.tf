@@ -37,9 +37,9 @@ variable "install_sh_url" { type = string }
 variable "install_sh_sha256" { type = string }
 variable "release_url" { type = string }
 variable "release_sha256" { type = string }
-# 0 at first: an instance that boots before the identity may use the organization and the pool
-# cannot register (install exits 4). Grant access (packaging/README.md), then scale out
-# (terraform apply -var instances=N, or az vmss scale).
+# 0 at first: grant the identity access (packaging/README.md), then scale out (terraform apply
+# -var instances=N, or az vmss scale). An instance that boots before the grant has propagated
+# waits for it (install --wait-for-access 30m) instead of exiting 4.
 variable "instances" {
   type    = number
   default = 0

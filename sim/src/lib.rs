@@ -396,6 +396,13 @@ pub struct State {
     /// The fake listener treats loopback as any other host (the real one always bypasses its
     /// proxy for loopback), so tests on loopback see its bypass list at work.
     pub listener_loopback_remote: bool,
+    /// Access still propagating after it was granted (a new VM booting before its identity's
+    /// organization membership has reached Azure DevOps): this many authenticated requests are
+    /// answered as from a non-member (401 TF400813) first.
+    pub membership_pending: u32,
+    /// The same for the pool's Administrator role: this many pool lookups (and agent
+    /// registrations) see the caller without Manage first.
+    pub manage_pending: u32,
     /// The VM id IMDS reports (tests change it to play a clone of the image).
     pub vm_id: String,
     /// Personal access tokens Azure DevOps accepts (as HTTP Basic only) → identity object id.

@@ -728,7 +728,13 @@ fn authenticate(
         .find(|i| i.object_id == oid)
         .cloned()
         .expect("tokens are issued for known identities");
-    if !identity.org_member {
+    let pending = {
+        let mut st = s.state.lock().unwrap();
+        let pending = st.membership_pending > 0;
+        st.membership_pending = st.membership_pending.saturating_sub(1);
+        pending
+    };
+    if !identity.org_member || pending {
         return Err(Box::new((
             oid.clone(),
             challenge(
@@ -854,7 +860,7 @@ async fn pools(
             q.get("poolName")
                 .is_none_or(|n| n.eq_ignore_ascii_case(&p.name))
         })
-        .filter(|p| !manage || p.admins.contains(&me.object_id))
+        .filter(|p| !manage || (p.admins.contains(&me.object_id) && !manage_pending(&s)))
         .map(pool_json)
         .collect();
     json_response(200, json!({"count": value.len(), "value": value}))
@@ -944,6 +950,14 @@ fn pool_not_found(pool: &str) -> Response {
     )
 }
 
+/// Whether the caller's pool role is still propagating (`State::manage_pending`): counts one.
+fn manage_pending(s: &Shared) -> bool {
+    let mut st = s.state.lock().unwrap();
+    let pending = st.manage_pending > 0;
+    st.manage_pending = st.manage_pending.saturating_sub(1);
+    pending
+}
+
 /// The pool, if the caller may manage it (Administrator); else the server's error.
 #[allow(clippy::result_large_err)]
 fn managed_pool<'a>(
@@ -952,7 +966,7 @@ fn managed_pool<'a>(
     me: &IdentitySpec,
 ) -> Result<&'a super::PoolSpec, Response> {
     let p = find_pool(s, pool).ok_or_else(|| pool_not_found(pool))?;
-    if !p.admins.contains(&me.object_id) {
+    if !p.admins.contains(&me.object_id) || manage_pending(s) {
         return Err(access_denied(me, p));
     }
     Ok(p)

@@ -393,7 +393,10 @@ pub async fn run_locked(
     // trusts: what cannot be done stops here, before anything is contacted or changed.
     let trust = trust_plan(s, env).await?;
 
-    // 2. Token, then the preflight requests at once.
+    // 2. Token, then the preflight requests at once (after waiting for access, if asked).
+    if let Some(limit) = s.wait_for_access {
+        wait_for_access(s, env, net, limit).await?;
+    }
     let budget = clock.budget(NETWORK_BUDGET);
     let tokens = super::tokens(&s.identity, env, &s.os, net).await?;
     let identity = tokens.source().request();
@@ -1683,6 +1686,90 @@ async fn fetch_into_place(
     );
     package::place(staging, &s.agent_dir, &carried_dirs(&s.work_dir), owner)?;
     Ok(fetched.sha256)
+}
+
+/// Why `e` may pass by itself once access granted to a new machine has propagated, or `None`
+/// when waiting cannot help: the identity not on the VM yet, not a member of the organization
+/// yet (401), no Manage on the pool yet, the pool not visible yet. Azure DevOps Server's 401
+/// (no Entra token is ever accepted there) is not one of them.
+fn not_yet_allowed(e: &Error) -> Option<&'static str> {
+    use crate::devops::DevOpsError as D;
+    use crate::identity::IdentityError as I;
+    let identity = |i: &I| {
+        matches!(
+            i,
+            I::NoIdentity { .. } | I::SelectedIdentityNotAssigned { .. }
+        )
+        .then_some("this machine has no identity yet")
+    };
+    match e {
+        Error::Identity(i) | Error::DevOps(D::Token(i)) => identity(i),
+        Error::DevOps(D::Unauthorized { hint, .. }) if *hint != crate::devops::ON_PREMISES_HINT => {
+            Some("the organization does not accept the identity yet")
+        }
+        Error::DevOps(D::NoManagePermission { .. }) => {
+            Some("the identity may not manage the pool yet")
+        }
+        Error::DevOps(D::PoolNotFound { .. }) => {
+            Some("the pool is not visible to the identity yet")
+        }
+        _ => None,
+    }
+}
+
+/// `--wait-for-access`: asks for the token, the organization and the pool (with Manage) until
+/// they all answer yes, while the answer is one that propagation changes by itself, with backoff
+/// (5 s doubling to 60 s) for up to `limit`, saying each time what it waits for. Any other
+/// failure, or the last "not yet" when the time is up, is returned as it is.
+async fn wait_for_access(
+    s: &InstallSettings,
+    env: &Env,
+    net: &Net,
+    limit: Duration,
+) -> Result<(), Error> {
+    let clock = net.clock().clone();
+    let until = clock.budget(limit);
+    let mut delay = Duration::from_secs(5);
+    loop {
+        let attempt = async {
+            let budget = clock.budget(NETWORK_BUDGET.min(until.remaining(&clock)));
+            let tokens = super::tokens(&s.identity, env, &s.os, net).await?;
+            tokens.get(&budget).await?;
+            let devops = DevOpsClient::new(&s.url, tokens, net);
+            let me = devops.connection_data(&budget).await?.authenticated_user;
+            if devops.pool_if_manageable(&s.pool, &budget).await?.is_none() {
+                let who = me.provider_display_name.unwrap_or(me.id);
+                return Err(devops
+                    .explain_unmanageable(&s.pool, &who, &budget)
+                    .await
+                    .into());
+            }
+            Ok::<(), Error>(())
+        };
+        let e = match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let left = until.remaining(&clock);
+        let Some(why) = not_yet_allowed(&e) else {
+            return Err(e);
+        };
+        if left < delay {
+            tracing::warn!(
+                "waited {}s for access (--wait-for-access); still: {why}",
+                until.spent(&clock).as_secs()
+            );
+            return Err(e);
+        }
+        tracing::warn!(
+            "waiting for access: {why}; asking again in {}s ({}s left of --wait-for-access)",
+            delay.as_secs(),
+            left.as_secs()
+        );
+        tracing::debug!("{}", crate::report::one_line(&e));
+        clock.sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
 }
 
 /// The agent's own dependencies, checked on the verified extraction before it is put in place
