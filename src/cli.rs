@@ -272,6 +272,12 @@ pub struct RunArgs {
     /// then hold jobs back from it until it updates.
     #[arg(long)]
     pub disable_update: bool,
+    /// A capability of the agent that pipelines can demand (`demands: gpu -equals true`),
+    /// repeatable: written to the agent's `.capabilities`, which the agent reports with its
+    /// system capabilities when it registers and whenever it starts. KEY: letters, digits, `.`, `_`,
+    /// `-`.
+    #[arg(long = "capability", value_name = "KEY=VALUE")]
+    pub capabilities: Vec<String>,
     #[command(flatten)]
     pub identity: IdentityArgs,
     #[command(flatten)]
@@ -358,6 +364,13 @@ pub struct InstallArgs {
     /// once.
     #[arg(long, value_name = "DURATION")]
     pub wait_for_access: Option<String>,
+    /// A capability of the agent that pipelines can demand (`demands: gpu -equals true`),
+    /// repeatable: written to the agent's `.capabilities`, which the agent reports with its
+    /// system capabilities when it registers and whenever it starts; saved, so every later
+    /// configure (reconcile's re-registration) writes it again. KEY: letters, digits, `.`, `_`,
+    /// `-`.
+    #[arg(long = "capability", value_name = "KEY=VALUE")]
+    pub capabilities: Vec<String>,
     /// Turn the agent's self-update off, for images that pin a version: the agent ignores the
     /// server's update requests (its `agent.disableupdate`, written to its .env; saved for
     /// reconcile). Azure DevOps may then hold jobs back from it until it updates.

@@ -16,6 +16,7 @@
 //! and `~/azure-pipelines-agent` as the default agent dir, so a person trying the tool without root
 //! gets a working setup instead of `Permission denied` half-way.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -117,6 +118,8 @@ pub struct InstallSettings {
     pub wait_for_access: Option<std::time::Duration>,
     /// The agent's self-update off (`--disable-update`: `agent.disableupdate` in its `.env`).
     pub disable_update: bool,
+    /// `--capability KEY=VALUE`: the agent's `.capabilities`.
+    pub capabilities: BTreeMap<String, String>,
     /// The proxy and extra CAs, for the tool and for the agent.
     pub network: crate::net::Network,
     /// Where the token comes from, and which identity.
@@ -566,6 +569,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         scale_in_drain: false,
         wait_for_access: None,
         disable_update: args.disable_update,
+        capabilities: args.capabilities.clone(),
         identity: args.identity.clone(),
         network: args.network.clone(),
         pkg: args.pkg.clone(),
@@ -581,6 +585,44 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
 }
 
 /// `7d`, `12h`, `90m`, `30s`, or several (`1d12h`); at least a minute.
+/// `--capability KEY=VALUE`, each: a name the agent's `.capabilities` and a pipeline's demands
+/// read the same way (letters, digits, `.`, `_`, `-`; at most 256), a value on one line (no
+/// control character; at most 1024), each name once.
+pub fn capabilities(args: &[String]) -> Result<BTreeMap<String, String>, SettingsError> {
+    let mut out = BTreeMap::new();
+    for arg in args {
+        let Some((key, value)) = arg.split_once('=') else {
+            return Err(bad(
+                "--capability",
+                format!("'{arg}' is not KEY=VALUE (like gpu=true)"),
+            ));
+        };
+        if key.is_empty()
+            || key.len() > 256
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(bad(
+                "--capability",
+                format!(
+                    "'{key}' is not a capability name: 1 to 256 letters, digits, '.', '_' or '-'"
+                ),
+            ));
+        }
+        if value.len() > 1024 || value.chars().any(char::is_control) {
+            return Err(bad(
+                "--capability",
+                format!("the value of '{key}' must be one line of at most 1024 characters"),
+            ));
+        }
+        if out.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(bad("--capability", format!("'{key}' is given twice")));
+        }
+    }
+    Ok(out)
+}
+
 pub fn duration(what: &str, text: &str) -> Result<std::time::Duration, SettingsError> {
     let invalid = || {
         bad(
@@ -794,6 +836,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
             .map(|t| duration("--wait-for-access", t))
             .transpose()?,
         disable_update: args.disable_update,
+        capabilities: capabilities(&args.capabilities)?,
         network,
         identity: identity(&args.identity)?,
         package: package_choice(&args.pkg)?,
@@ -994,6 +1037,7 @@ pub fn from_saved(
         scale_in_drain: saved.watch_unit.is_some(),
         wait_for_access: None,
         disable_update: saved.disable_update,
+        capabilities: saved.capabilities.clone(),
         network: saved_network(saved, env)?,
         identity: saved_identity(saved)?,
         package,

@@ -106,6 +106,9 @@ pub struct Saved {
     /// `--disable-update`: `agent.disableupdate` goes into the agent's `.env` at every configure.
     #[serde(default)]
     pub disable_update: bool,
+    /// `--capability KEY=VALUE`: the agent's `.capabilities`, written at every configure.
+    #[serde(default)]
+    pub capabilities: std::collections::BTreeMap<String, String>,
 }
 
 /// A CA certificate agent-bootstrap put into the system trust store.
@@ -291,6 +294,7 @@ mod tests {
                 thumbprint: None,
             }],
             disable_update: true,
+            capabilities: [("gpu".to_owned(), "true".to_owned())].into(),
         };
         let path = save(dir.path(), &saved).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();

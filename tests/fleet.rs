@@ -24,6 +24,7 @@ fn agent(id: u64, name: &str, status: &str, changed_days_ago: u64, busy: bool) -
         created_on: changed - DAY,
         status_changed_on: changed,
         assigned_request: busy.then_some(1000 + id),
+        system_capabilities: Default::default(),
     }
 }
 

@@ -1238,3 +1238,56 @@ fn a_label_selinux_would_refuse_stops_the_install_when_enforcing_and_is_a_warnin
         run.stderr
     );
 }
+
+/// `--capability KEY=VALUE`: the agent's `.capabilities` (the real agent's
+/// UserCapabilitiesProvider reads it when it registers and whenever it starts), written by the
+/// agent user before configure, so the registration carries the capabilities; saved, so the
+/// re-registration of an agent deleted on the server carries them again. Bad input names the flag.
+#[test]
+fn capabilities_reach_the_registration_and_survive_a_re_registration() {
+    let w = World::new();
+    let run = w.install(&[
+        "--capability",
+        "gpu=true",
+        "--capability",
+        "image.version=2026.12=rc1",
+    ]);
+    run.assert_code(0);
+    let caps = |w: &World| {
+        let agents = w.server_agents(1);
+        assert_eq!(agents.len(), 1);
+        agents[0].system_capabilities.clone()
+    };
+    let got = caps(&w);
+    assert_eq!(got.get("gpu").map(String::as_str), Some("true"));
+    assert_eq!(
+        got.get("image.version").map(String::as_str),
+        Some("2026.12=rc1")
+    );
+    let file = w.agent_dir().join(".capabilities");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "gpu=true\nimage.version=2026.12=rc1\n"
+    );
+    assert_eq!(owner(&file), w.agent_account().uid.as_raw());
+
+    // Deleted on the server: reconcile registers it again, from the saved settings.
+    w.sim.state().agents.clear();
+    w.reconcile().assert_code(0);
+    assert_eq!(caps(&w).get("gpu").map(String::as_str), Some("true"));
+
+    for bad in ["gpu", "=true", "a b=c", "gpu=a\nb"] {
+        let w = World::new();
+        let run = w.install(&["--capability", bad]);
+        run.assert_code(2);
+        assert!(run.stderr.contains("--capability"), "{bad}: {}", run.stderr);
+        assert!(w.requests().is_empty(), "{bad}");
+    }
+    let run = w.install(&["--capability", "gpu=1", "--capability", "gpu=2"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("'gpu' is given twice"),
+        "{}",
+        run.stderr
+    );
+}

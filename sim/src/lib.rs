@@ -313,6 +313,10 @@ pub struct ServerAgent {
     /// The job it runs (`assignedRequest.requestId`), if any.
     #[serde(default)]
     pub assigned_request: Option<u64>,
+    /// What the agent sent as `systemCapabilities` when it registered (its environment and its
+    /// `.capabilities` file).
+    #[serde(default)]
+    pub system_capabilities: BTreeMap<String, String>,
 }
 
 /// Unix seconds as RFC 3339 (`2026-11-30T10:00:00.000Z`), the way Azure DevOps writes dates.

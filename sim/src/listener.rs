@@ -340,6 +340,21 @@ fn env_proxy() -> Option<String> {
         .filter(|v| reqwest::Url::parse(v).is_ok())
 }
 
+/// `UserCapabilitiesProvider` (src/Microsoft.VisualStudio.Services.Agent/Capabilities/
+/// UserCapabilitiesProvider.cs): the agent root's `.capabilities`, each line with an `=` after its
+/// first character a capability (name before the first `=`, the rest its value, nothing
+/// trimmed), sent with the system capabilities when the agent registers (and when it starts).
+fn user_capabilities(root: &Path) -> serde_json::Map<String, serde_json::Value> {
+    fs_err::read_to_string(root.join(".capabilities"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| match l.find('=') {
+            Some(i) if i > 0 => Some((l[..i].to_owned(), json!(l[i + 1..]))),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `LoadProxyBypassList`: `.proxybypass` (read at configure by `SetupProxy`, and at every start),
 /// then `no_proxy` — only the lowercase variable (`AgentKnobs.NoProxy`) — split on `,` and `;`,
 /// each entry's dots escaped unless part of `.*` or escaped already. Each becomes a
@@ -841,8 +856,10 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     let pool_id = pool["id"].as_u64().unwrap_or(0);
     let real_pool_name = pool["name"].as_str().unwrap_or(&pool_name).to_owned();
     ctx.out("Scanning for tool capabilities.");
+    let capabilities = user_capabilities(&ctx.root);
     ctx.out("Connecting to the server.");
     let body = json!({"name": agent_name, "version": ctx.version,
+                      "systemCapabilities": capabilities,
                       "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
     let agent = loop {
         let existing = match api.agent_by_name(pool_id, &agent_name).await {

@@ -990,6 +990,8 @@ struct AgentBody {
     version: Option<String>,
     #[serde(default)]
     authorization: Option<serde_json::Value>,
+    #[serde(default, rename = "systemCapabilities")]
+    system_capabilities: std::collections::BTreeMap<String, String>,
 }
 
 fn public_key(body: &AgentBody) -> String {
@@ -1043,6 +1045,7 @@ async fn add_agent(
         created_on: now_secs(),
         status_changed_on: now_secs(),
         assigned_request: None,
+        system_capabilities: body.system_capabilities.clone(),
     };
     list.push(agent.clone());
     state.next_agent_id += 1;
@@ -1078,6 +1081,7 @@ async fn update_agent(
         Err(response) => return response,
     };
     a.public_key = public_key(&body);
+    a.system_capabilities = body.system_capabilities.clone();
     if let Some(v) = body.version {
         a.version = v;
     }

@@ -1860,6 +1860,7 @@ async fn configure_with(
     (program, args): (PathBuf, Vec<String>),
 ) -> Result<(), Error> {
     write_proxy_bypass(s, env, agent, Some(user)).await?;
+    write_capabilities(s, env, agent, user).await?;
     let token = tokens.get(budget).await?;
     let mut child = super::agent_child(
         env,
@@ -1916,6 +1917,33 @@ pub async fn write_proxy_bypass(
         "wrote the agent's .proxybypass from NO_PROXY"
     );
     Ok(true)
+}
+
+/// `--capability`: the agent's `.capabilities` (its `UserCapabilitiesProvider` reads `KEY=VALUE`
+/// lines from the agent root when it registers and whenever it starts:
+/// src/Microsoft.VisualStudio.Services.Agent/Capabilities/UserCapabilitiesProvider.cs), before
+/// configure, so the registration carries them. Without `--capability` the file is the user's and
+/// left as it is.
+async fn write_capabilities(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    user: &RunAs,
+) -> Result<(), Error> {
+    if s.capabilities.is_empty() {
+        return Ok(());
+    }
+    let text: String = s
+        .capabilities
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    write_agent_file(s, env, agent, Some(user), ".capabilities", &text).await?;
+    tracing::info!(
+        capabilities = s.capabilities.len(),
+        "wrote the agent's .capabilities"
+    );
+    Ok(())
 }
 
 /// Replaces one of the agent's own files (`.proxybypass`, `.env`) with `text`, as the agent user (a
@@ -2044,6 +2072,7 @@ fn saved_settings(
         ca_file: s.network.ca_file.clone(),
         trusted_cas: vec![],
         disable_update: s.disable_update,
+        capabilities: s.capabilities.clone(),
     }
 }
 

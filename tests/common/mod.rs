@@ -456,6 +456,7 @@ impl World {
                 created_on: 0,
                 status_changed_on: 0,
                 assigned_request: None,
+                system_capabilities: Default::default(),
             }],
         );
         st.next_agent_id = 78;
