@@ -42,8 +42,39 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// The result on stdout: text, or one JSON object at the end whatever the outcome
+    /// (schema_version, exit code and meaning, error, summary, agent, report) for install,
+    /// reconcile, remove, status, doctor and prune.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
+    pub output: OutputFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Install(_) => "install",
+            Self::Token(_) => "token",
+            Self::Doctor(_) => "doctor",
+            Self::Prune(_) => "prune",
+            Self::Run(_) => "run",
+            Self::Watch(_) => "watch",
+            Self::Reconcile(_) => "reconcile",
+            Self::Remove(_) => "remove",
+            Self::Status(_) => "status",
+            Self::Completions(_) => "completions",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -20,6 +20,22 @@ pub mod code {
     pub const SERVICE: u8 = 7;
     /// Stopped by a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM), as shells report.
     pub const SIGNALLED: u8 = 128;
+
+    /// What a code means, in the README's words ("Exit codes").
+    pub fn meaning(code: u8) -> &'static str {
+        match code {
+            OK => "success",
+            INTERNAL => "internal error",
+            INPUT => "invalid input or usage",
+            NO_TOKEN => "no token from the identity source",
+            REFUSED => "Azure DevOps refused",
+            PACKAGE => "agent package download, verification or extraction failed",
+            CONFIGURE => "agent configuration failed",
+            SERVICE => "service installation or start failed",
+            c if c > SIGNALLED => "stopped by a signal",
+            _ => "the agent's own exit code",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,8 @@
 //!   [`service`] (its service and our boot units), [`state`] (what later runs need), [`lock`];
 //! - running things: [`process`] (every child process), [`interrupt`] (SIGTERM/SIGINT), [`scrub`]
 //!   (`run` without secrets in its environment), [`secret`] (masked values), [`crash`] (test
-//!   knobs for dying at a chosen moment), [`logging`], [`progress`].
+//!   knobs for dying at a chosen moment), [`logging`], [`progress`], [`output`] (the result on
+//!   stdout, as text or one JSON object).
 //!
 //! The simulated Azure the tests, the demo and the benchmark run against is a crate of its own
 //! (`sim/`, `azure-sim`).
@@ -41,6 +42,7 @@ pub mod lock;
 pub mod logging;
 pub mod net;
 pub mod os;
+pub mod output;
 pub mod package;
 pub mod platform;
 pub mod preflight;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use agent_bootstrap::{
-    cli::Cli, commands, crash, env::Env, error, interrupt, logging, report, scrub,
+    cli::Cli, commands, crash, env::Env, error, interrupt, logging, output::Out, report, scrub,
 };
 
 fn main() -> ExitCode {
@@ -43,19 +43,25 @@ fn main() -> ExitCode {
         }
     };
     let handles_signals = commands::handles_signals(&cli);
+    let out = Out::new(cli.output);
+    let command = cli.command.name();
     let outcome = runtime.block_on(async {
         if handles_signals {
-            return Ok(commands::run(cli, env).await);
+            return Ok(commands::run(cli, env, &out).await);
         }
         tokio::select! {
-            result = commands::run(cli, env) => Ok(result),
+            result = commands::run(cli, env, &out) => Ok(result),
             signal = interrupt::wait_for_signal() => Err(signal),
         }
     });
     match outcome {
-        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Ok(code)) => {
+            out.finish(command, code, None);
+            ExitCode::from(code)
+        }
         Ok(Err(e)) => {
             tracing::error!("{}", report::report(&e));
+            out.finish(command, e.exit_code(), Some(&e));
             ExitCode::from(e.exit_code())
         }
         Err(signal) => {
@@ -74,7 +80,9 @@ fn main() -> ExitCode {
                 "stopped by {name}: the agent's scripts were stopped and partial files removed; \
                  nothing was left half-installed (run the same command again to finish)"
             );
-            ExitCode::from(error::code::SIGNALLED + signal as u8)
+            let code = error::code::SIGNALLED + signal as u8;
+            out.finish(command, code, None);
+            ExitCode::from(code)
         }
     }
 }

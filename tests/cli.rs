@@ -111,3 +111,92 @@ fn quiet_and_verbose_set_how_much_is_logged() {
     both.assert_code(2);
     assert!(both.stderr.contains("--quiet"), "{}", both.stderr);
 }
+
+/// `--output json`: one JSON object on stdout at the end of install, status, reconcile, doctor,
+/// prune and remove, whatever the outcome (schema_version, exit code and its meaning, the error,
+/// what was done, the agent, the command's own report); logs stay on stderr. Commands whose
+/// stdout is data of their own refuse it.
+#[test]
+fn output_json_is_one_object_whatever_the_outcome() {
+    let w = World::new();
+    let dir = w.agent_dir();
+    let dir = dir.to_str().unwrap();
+    let doc = |run: &Run| -> serde_json::Value {
+        serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", run.stdout))
+    };
+
+    let run = w.install(&["--output", "json"]);
+    run.assert_code(0);
+    let d = doc(&run);
+    let server = w.server_agents(1);
+    assert_eq!(d["schema_version"], 1);
+    assert_eq!(d["command"], "install");
+    assert_eq!(d["ok"], true);
+    assert_eq!(d["exit_code"], 0);
+    assert_eq!(d["result"], "success");
+    assert_eq!(d["summary"][0], "installed");
+    assert_eq!(d["agent"]["name"], "test-agent");
+    assert_eq!(d["agent"]["id"], server[0].id);
+    assert_eq!(d["agent"]["pool"], "Default");
+    assert!(d["agent"]["version"].is_string(), "{d}");
+    assert!(d.get("error").is_none());
+
+    let run = w.run(&["status", "--agent-dir", dir, "--output", "json"]);
+    run.assert_code(0);
+    let d = doc(&run);
+    assert_eq!(d["command"], "status");
+    assert_eq!(d["agent"]["name"], "test-agent");
+    assert!(d["report"].is_object(), "{d}");
+
+    w.sim.state().agents.clear();
+    let run = w.run(&["reconcile", "--agent-dir", dir, "--output", "json"]);
+    run.assert_code(0);
+    let d = doc(&run);
+    assert_eq!(d["command"], "reconcile");
+    assert_eq!(d["agent"]["id"], w.server_agents(1)[0].id);
+
+    let url = w.org_url();
+    let run = w.run(&["doctor", "--url", &url, "--output", "json"]);
+    run.assert_code(0);
+    assert_eq!(doc(&run)["report"]["ok"], true);
+
+    let run = w.run(&[
+        "prune",
+        "--url",
+        &url,
+        "--offline-for",
+        "7d",
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
+    run.assert_code(0);
+    assert!(doc(&run)["report"].is_array(), "{}", run.stdout);
+
+    let run = w.run(&["remove", "--agent-dir", dir, "--output", "json"]);
+    run.assert_code(0);
+    let d = doc(&run);
+    assert_eq!(d["command"], "remove");
+    assert_eq!(d["agent"]["name"], "test-agent");
+    assert!(
+        d["summary"][0].as_str().unwrap().starts_with("removed: "),
+        "{d}"
+    );
+
+    // A failure is a document too: the code, its meaning, the error with its hint.
+    let run = w.install(&["--pool", "NoSuchPool", "--output", "json"]);
+    run.assert_code(4);
+    let d = doc(&run);
+    assert_eq!(d["ok"], false);
+    assert_eq!(d["exit_code"], 4);
+    assert_eq!(d["result"], "Azure DevOps refused");
+    assert!(d["error"].as_str().unwrap().contains("NoSuchPool"), "{d}");
+    assert_eq!(d["summary"], serde_json::json!([]));
+
+    let run = w.run(&["token", "--output", "json"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("--output json"), "{}", run.stderr);
+    let d = doc(&run);
+    assert_eq!(d["exit_code"], 2);
+}

@@ -23,6 +23,7 @@ use crate::identity::claims::{self, Claims};
 use crate::identity::{Report, Request, Tokens, Verdict};
 use crate::net::{Net, Service};
 use crate::os::Os;
+use crate::output::Out;
 use crate::settings::DoctorSettings;
 
 /// Everything doctor asks of the network, together.
@@ -107,6 +108,7 @@ pub async fn run(
     env: &Env,
     os: Os,
     net: &Net,
+    out: &Out,
 ) -> Result<(), Error> {
     let budget = net.clock().budget(BUDGET);
     let (source, identity) = crate::identity::resolve(request, env, &os, net).await;
@@ -137,7 +139,11 @@ pub async fn run(
     // contacted, and meets the agent's tools and account after the network checks.
     let failure = before.or(failure).or(after);
     report.ok = failure.is_none();
-    print(&report, json)?;
+    if out.is_json() {
+        out.report(serde_json::to_value(&report).expect("serializable"));
+    } else {
+        print(&report, json)?;
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

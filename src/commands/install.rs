@@ -8,7 +8,6 @@
 //! change). What will happen is computed once as a [`Plan`]: `--dry-run` prints it, a real run
 //! carries it out, step by step, so the two cannot disagree.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::identity::{Request as IdentityRequest, Tokens};
 use crate::net::Net;
+use crate::output::{AgentRef, Out, Outcome};
 use crate::package::{self, Limits, Owner, PackageError, Request, Source};
 use crate::process::{self, Child, RunAs};
 use crate::progress::Progress;
@@ -298,13 +298,16 @@ pub async fn run(
     env: &Env,
     net: &Net,
     progress: &Progress,
+    out: &Out,
 ) -> Result<(), Error> {
     check_location(s, env)?;
-    if s.dry_run {
-        return run_locked(s, env, net, progress, "installed").await;
-    }
-    let _lock = crate::lock::acquire(&s.state_dir, &s.agent_dir, LOCK_WAIT).await?;
-    run_locked(s, env, net, progress, "installed").await
+    let done = if s.dry_run {
+        run_locked(s, env, net, progress, "installed").await?
+    } else {
+        let _lock = crate::lock::acquire(&s.state_dir, &s.agent_dir, LOCK_WAIT).await?;
+        run_locked(s, env, net, progress, "installed").await?
+    };
+    out.outcome(done)
 }
 
 /// Refuses, before anything is contacted, an agent dir that root could be tricked into acting on
@@ -370,7 +373,7 @@ pub async fn run_locked(
     net: &Net,
     progress: &Progress,
     headline: &str,
-) -> Result<(), Error> {
+) -> Result<Outcome, Error> {
     let agent = AgentDir::new(&s.agent_dir, &s.os);
     let clock = net.clock().clone();
 
@@ -1013,7 +1016,7 @@ async fn execute(
     headline: &str,
     trust: Option<&TrustPlan>,
     done: &mut Progressed,
-) -> Result<(), Error> {
+) -> Result<Outcome, Error> {
     if user.uid == 0 && s.user.name() == "root" {
         tracing::warn!(
             "the agent will run as root (--user root): jobs get full control of this machine"
@@ -1178,7 +1181,7 @@ async fn execute(
         }
     }
     drop_watch_unit(s, env).await?;
-    print_summary(headline, saved.as_ref().expect("configure ran"))
+    Ok(summary(headline, saved.as_ref().expect("configure ran")))
 }
 
 /// [`user::end_processes`] for the agent's account (Linux, root).
@@ -1423,7 +1426,7 @@ async fn already_installed(
     server: &crate::devops::ServerAgent,
     identity: &IdentityRequest,
     trust: Option<&TrustPlan>,
-) -> Result<(), Error> {
+) -> Result<Outcome, Error> {
     let server_id = server.id;
     tracing::info!(
         agent = %s.agent_name,
@@ -1431,17 +1434,17 @@ async fn already_installed(
         "already configured and known to the server"
     );
     if s.dry_run {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "dry run: nothing would change");
-        let _ = writeln!(
-            out,
-            "agent '{}' (id {}) is already configured in {} and registered in pool '{}'",
-            s.agent_name,
-            server_id,
-            s.agent_dir.display(),
-            pool.name
-        );
-        return Ok(());
+        return Ok(Outcome::new(
+            format!(
+                "dry run: nothing would change\n\
+                 agent '{}' (id {}) is already configured in {} and registered in pool '{}'\n",
+                s.agent_name,
+                server_id,
+                s.agent_dir.display(),
+                pool.name
+            ),
+            None,
+        ));
     }
     // The CA the agent needs is in the system trust store (a reinstall after it was taken out,
     // or an agent configured before install added it there).
@@ -1509,7 +1512,7 @@ async fn already_installed(
         ensure_boot_unit(s, env, &pool.name).await?;
         ensure_watch_unit(s, env).await?;
     }
-    print_summary("already installed, nothing to do", &saved)
+    Ok(summary("already installed, nothing to do", &saved))
 }
 
 async fn plan_package(
@@ -2076,45 +2079,39 @@ fn saved_settings(
     }
 }
 
-fn out_err(source: std::io::Error) -> Error {
-    Error::Io {
-        action: "writing to",
-        path: "stdout".into(),
-        source,
-    }
-}
-
-pub fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
+/// What install shows when it is done: the agent, where it is, how it runs.
+pub fn summary(headline: &str, saved: &Saved) -> Outcome {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let service = match (&saved.service_unit, saved.service) {
         (Some(unit), _) => unit.clone(),
         (None, true) => "installed by configure".into(),
         (None, false) => "none (--no-service): start it with ./run.sh".into(),
     };
-    writeln!(out, "{headline}").map_err(out_err)?;
+    writeln!(out, "{headline}").unwrap_or(());
     writeln!(
         out,
         "  agent:        {} (id {})",
         saved.agent_name, saved.agent_id
     )
-    .map_err(out_err)?;
-    writeln!(out, "  pool:         {} (id {})", saved.pool, saved.pool_id).map_err(out_err)?;
-    writeln!(out, "  organization: {}", saved.url).map_err(out_err)?;
+    .unwrap_or(());
+    writeln!(out, "  pool:         {} (id {})", saved.pool, saved.pool_id).unwrap_or(());
+    writeln!(out, "  organization: {}", saved.url).unwrap_or(());
     writeln!(
         out,
         "  version:      {}",
         saved.agent_version.as_deref().unwrap_or("unknown")
     )
-    .map_err(out_err)?;
-    writeln!(out, "  agent dir:    {}", saved.agent_dir.display()).map_err(out_err)?;
-    writeln!(out, "  runs as:      {}", saved.user).map_err(out_err)?;
-    writeln!(out, "  service:      {service}").map_err(out_err)?;
+    .unwrap_or(());
+    writeln!(out, "  agent dir:    {}", saved.agent_dir.display()).unwrap_or(());
+    writeln!(out, "  runs as:      {}", saved.user).unwrap_or(());
+    writeln!(out, "  service:      {service}").unwrap_or(());
     writeln!(
         out,
         "  logs:         {}",
         saved.agent_dir.join("_diag").display()
     )
-    .map_err(out_err)?;
+    .unwrap_or(());
     for ca in &saved.trusted_cas {
         let place = match (&ca.file, &ca.thumbprint) {
             (Some(f), _) => f.display().to_string(),
@@ -2126,35 +2123,37 @@ pub fn print_summary(headline: &str, saved: &Saved) -> Result<(), Error> {
             "  trusted CA:   {} (added to the system trust store: {place})",
             ca.subject
         )
-        .map_err(out_err)?;
+        .unwrap_or(());
     }
-    Ok(())
+    Outcome::new(out, Some(AgentRef::from(saved)))
 }
 
+/// What a dry run shows: what install would do, and that nothing was changed.
 fn print_plan(
     s: &InstallSettings,
     c: &Checked,
     package: &PackagePlan,
     plan: &Plan,
-) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "dry run: nothing was changed").map_err(out_err)?;
-    writeln!(out, "identity:     {} (token accepted)", c.who).map_err(out_err)?;
-    writeln!(out, "organization: {}", s.url).map_err(out_err)?;
+) -> Result<Outcome, Error> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "dry run: nothing was changed").unwrap_or(());
+    writeln!(out, "identity:     {} (token accepted)", c.who).unwrap_or(());
+    writeln!(out, "organization: {}", s.url).unwrap_or(());
     writeln!(
         out,
         "pool:         {} (id {}), Manage permission: yes",
         c.pool.name, c.pool.id
     )
-    .map_err(out_err)?;
-    writeln!(out, "agent:        {}", s.agent_name).map_err(out_err)?;
-    writeln!(out, "agent dir:    {}", s.agent_dir.display()).map_err(out_err)?;
+    .unwrap_or(());
+    writeln!(out, "agent:        {}", s.agent_name).unwrap_or(());
+    writeln!(out, "agent dir:    {}", s.agent_dir.display()).unwrap_or(());
     match package {
         PackagePlan::Keep { reason } => writeln!(
             out,
             "package:      keep the one in the agent dir ({reason})"
         )
-        .map_err(out_err)?,
+        .unwrap_or(()),
         PackagePlan::Fetch { request, version } => writeln!(
             out,
             "package:      {} from {} (sha256 {})",
@@ -2162,13 +2161,13 @@ fn print_plan(
             request.source,
             request.sha256.as_deref().unwrap_or("not given: unverified")
         )
-        .map_err(out_err)?,
+        .unwrap_or(()),
     }
-    writeln!(out, "steps:").map_err(out_err)?;
+    writeln!(out, "steps:").unwrap_or(());
     for (i, step) in plan.steps.iter().enumerate() {
-        writeln!(out, "  {}. {step}", i + 1).map_err(out_err)?;
+        writeln!(out, "  {}. {step}", i + 1).unwrap_or(());
     }
-    Ok(())
+    Ok(Outcome::new(out, None))
 }
 
 #[cfg(test)]

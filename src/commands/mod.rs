@@ -19,6 +19,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::net::Net;
 use crate::os::Os;
+use crate::output::Out;
 use crate::progress::Progress;
 use crate::settings::{self, Paths};
 
@@ -45,9 +46,16 @@ pub fn handles_signals(cli: &Cli) -> bool {
 }
 
 /// Runs the command; the exit code on success (0, or the agent's own under `run`).
-pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
+pub async fn run(cli: Cli, env: Env, out: &Out) -> Result<u8, Error> {
     let net = Net::new(Clock::from_env(&env));
     let os = crate::host::current_os();
+    if out.is_json() && !crate::output::JSON_COMMANDS.contains(&cli.command.name()) {
+        return Err(Error::Input(format!(
+            "invalid --output json for {}: it is for {}",
+            cli.command.name(),
+            crate::output::JSON_COMMANDS.join(", ")
+        )));
+    }
     let progress = || Progress::for_stderr(cli.log_format == crate::cli::LogFormat::Text);
     match &cli.command {
         Command::Token(args) => {
@@ -59,7 +67,9 @@ pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
             let request = settings::identity(&args.identity)?;
             let s = settings::prune(args, &env, &os)?;
             net.configure(settings::network(&args.network, &env)?);
-            prune::run(&s, &request, &env, os, &net).await.map(|()| 0)
+            prune::run(&s, &request, &env, os, &net, out)
+                .await
+                .map(|()| 0)
         }
         Command::Run(args) => {
             let s = settings::run(args, &env, os)?;
@@ -83,7 +93,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
             let request = settings::identity(&args.identity)?;
             let target = settings::doctor(args, &env, &os)?;
             net.configure(settings::network(&args.network, &env)?);
-            doctor::run(&target, &request, args.json, &env, os, &net)
+            doctor::run(&target, &request, args.json, &env, os, &net, out)
                 .await
                 .map(|()| 0)
         }
@@ -91,28 +101,30 @@ pub async fn run(cli: Cli, env: Env) -> Result<u8, Error> {
             let settings = settings::install(args, &env, os)?;
             net.configure(settings.network.clone());
             net.prewarm();
-            install::run(&settings, &env, &net, &progress())
+            install::run(&settings, &env, &net, &progress(), out)
                 .await
                 .map(|()| 0)
         }
         Command::Reconcile(args) => {
             let t = target(args.agent_dir.as_deref(), &env, &os)?;
             configure_saved(&net, &t, &env)?;
-            reconcile::run(&t, &env, os, &net, &progress())
+            reconcile::run(&t, &env, os, &net, &progress(), out)
                 .await
                 .map(|()| 0)
         }
         Command::Remove(args) => {
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
             configure_saved(&net, &t, &env)?;
-            remove::run(&t, args.purge, &env, os, &net)
+            remove::run(&t, args.purge, &env, os, &net, out)
                 .await
                 .map(|()| 0)
         }
         Command::Status(args) => {
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
             configure_saved(&net, &t, &env)?;
-            status::run(&t, args.json, &env, os, &net).await.map(|()| 0)
+            status::run(&t, args.json, &env, os, &net, out)
+                .await
+                .map(|()| 0)
         }
         Command::Completions(args) => completions::run(args.shell).map(|()| 0),
     }

@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::identity::Request;
 use crate::net::Net;
 use crate::os::Os;
+use crate::output::Out;
 use crate::settings::PruneSettings;
 
 /// Listing and deleting, together.
@@ -72,6 +73,7 @@ pub async fn run(
     env: &Env,
     os: Os,
     net: &Net,
+    out: &Out,
 ) -> Result<(), Error> {
     let clock = net.clock().clone();
     let budget = clock.budget(BUDGET);
@@ -135,7 +137,11 @@ pub async fn run(
         "pruned agents offline for longer than {}",
         span(s.offline_for.as_secs())
     );
-    print(&rows, s.json)?;
+    if out.is_json() {
+        out.report(serde_json::to_value(&rows).expect("serializable"));
+    } else {
+        print(&rows, s.json)?;
+    }
     let failed: Vec<&Row> = rows
         .iter()
         .filter(|r| r.action == Verdict::Failed)

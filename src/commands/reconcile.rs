@@ -38,6 +38,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::net::Net;
 use crate::os::Os;
+use crate::output::{AgentRef, Out, Outcome};
 use crate::progress::Progress;
 use crate::service::{self, AgentUnit, Systemctl, UnitState};
 use crate::settings;
@@ -190,7 +191,20 @@ pub async fn run(
     os: Os,
     net: &Net,
     progress: &Progress,
+    out: &Out,
 ) -> Result<(), Error> {
+    let done = reconcile(t, env, os, net, progress).await?;
+    out.outcome(done)
+}
+
+/// The reconcile flow; what it did, for the caller to show.
+async fn reconcile(
+    t: &Target,
+    env: &Env,
+    os: Os,
+    net: &Net,
+    progress: &Progress,
+) -> Result<Outcome, Error> {
     let clock = net.clock().clone();
     let deadline = clock.budget(DEADLINE);
     let agent_dir = t.agent_dir.as_path();
@@ -410,13 +424,17 @@ pub async fn run(
     if summary.is_empty() {
         summary.push("nothing to do".into());
     }
-    println!(
-        "reconcile: agent '{}' (id {}): {}",
-        saved.agent_name,
-        local.as_ref().map(|l| l.agent_id).unwrap_or(saved.agent_id),
-        summary.join("; ")
-    );
-    Ok(())
+    let mut agent = AgentRef::from(&saved);
+    agent.id = local.as_ref().map(|l| l.agent_id).unwrap_or(saved.agent_id);
+    Ok(Outcome::new(
+        format!(
+            "reconcile: agent '{}' (id {}): {}",
+            saved.agent_name,
+            agent.id,
+            summary.join("; ")
+        ),
+        Some(agent),
+    ))
 }
 
 /// What is left of the run's deadline, for the agent's scripts (at least a minute).

@@ -20,6 +20,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::net::Net;
 use crate::os::Os;
+use crate::output::{AgentRef, Out, Outcome};
 use crate::service::{self, AgentUnit, Systemctl};
 use crate::settings;
 use crate::state;
@@ -31,9 +32,17 @@ const REMOVE_DELAY: Duration = Duration::from_secs(30);
 /// IMDS and Azure DevOps, for one attempt of the deletion.
 const NETWORK_BUDGET: Duration = Duration::from_secs(300);
 
-pub async fn run(t: &Target, purge: bool, env: &Env, os: Os, net: &Net) -> Result<(), Error> {
+pub async fn run(
+    t: &Target,
+    purge: bool,
+    env: &Env,
+    os: Os,
+    net: &Net,
+    out: &Out,
+) -> Result<(), Error> {
     let _lock = crate::lock::acquire(&t.paths.state_dir, &t.agent_dir, install::LOCK_WAIT).await?;
-    remove_locked(t, purge, env, os, net).await
+    let done = remove_locked(t, purge, env, os, net).await?;
+    out.outcome(done)
 }
 
 /// The remove flow, with the agent dir's lock held by the caller (remove, or `run` once its agent
@@ -44,7 +53,7 @@ pub async fn remove_locked(
     env: &Env,
     os: Os,
     net: &Net,
-) -> Result<(), Error> {
+) -> Result<Outcome, Error> {
     let saved = state::load(&t.paths.state_dir, &t.agent_dir)?;
     remove_known(t, purge, env, os, net, saved).await
 }
@@ -59,8 +68,9 @@ pub async fn remove_known(
     os: Os,
     net: &Net,
     saved: Option<state::Saved>,
-) -> Result<(), Error> {
+) -> Result<Outcome, Error> {
     let agent_dir = t.agent_dir.as_path();
+    let removed_agent = saved.as_ref().map(AgentRef::from);
     let (state_dir, cache_dir) = (&t.paths.state_dir, &t.paths.cache_dir);
     let agent = AgentDir::new(agent_dir, &os);
     let agent_uid = saved
@@ -198,12 +208,12 @@ pub async fn remove_known(
             }
         }
     }
-    if done.is_empty() {
-        println!("nothing to remove in {}", agent_dir.display());
+    let text = if done.is_empty() {
+        format!("nothing to remove in {}", agent_dir.display())
     } else {
-        println!("removed: {}", done.join("; "));
-    }
-    Ok(())
+        format!("removed: {}", done.join("; "))
+    };
+    Ok(Outcome::new(text, removed_agent))
 }
 
 /// Deletes this machine's agent on the server (`DELETE …/agents/{id}`, the call `config.sh remove`

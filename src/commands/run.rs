@@ -42,6 +42,7 @@ use crate::error::{Error, code};
 use crate::interrupt;
 use crate::net::Net;
 use crate::os::Os;
+use crate::output::Out;
 use crate::process::{self, Child, Finished, ProcessError, TreeSlot};
 use crate::progress::Progress;
 use crate::settings::{Paths, RunSettings};
@@ -115,12 +116,15 @@ pub async fn run(s: &RunSettings, env: &Env, net: &Net, progress: &Progress) -> 
             return Ok(code::SIGNALLED + signal as u8);
         }
     };
-    if let Err(e) = configured {
-        // A configuration that failed after registering leaves saved settings: unregister.
-        if let Err(e) = unregister(&target, env, i.os, net).await {
-            tracing::error!("{}", crate::report::report(&e));
+    match configured {
+        Ok(done) => Out::text().outcome(done)?,
+        Err(e) => {
+            // A configuration that failed after registering leaves saved settings: unregister.
+            if let Err(e) = unregister(&target, env, i.os, net).await {
+                tracing::error!("{}", crate::report::report(&e));
+            }
+            return Err(e);
         }
-        return Err(e);
     }
     let saved = state::load(&i.state_dir, &i.agent_dir)?.ok_or_else(|| Error::Configure {
         message: "the agent was configured but no settings were saved".into(),
@@ -133,19 +137,23 @@ pub async fn run(s: &RunSettings, env: &Env, net: &Net, progress: &Progress) -> 
     // are this account's, which its jobs could have rewritten to send the token elsewhere.
     let unregistered = remove::remove_known(&target, false, env, i.os, net, Some(saved)).await;
     let code = ran?;
-    if let Err(e) = unregistered {
-        tracing::error!(
-            "the agent ended (exit code {code}) but could not be unregistered; `agent-bootstrap \
-             prune` removes it once it has been offline long enough"
-        );
-        return Err(e);
+    match unregistered {
+        Ok(done) => Out::text().outcome(done)?,
+        Err(e) => {
+            tracing::error!(
+                "the agent ended (exit code {code}) but could not be unregistered; \
+                 `agent-bootstrap prune` removes it once it has been offline long enough"
+            );
+            return Err(e);
+        }
     }
     tracing::info!(code, "the agent ended and was unregistered");
     Ok(code)
 }
 
 async fn unregister(target: &Target, env: &Env, os: Os, net: &Net) -> Result<(), Error> {
-    remove::remove_locked(target, false, env, os, net).await
+    let done = remove::remove_locked(target, false, env, os, net).await?;
+    Out::text().outcome(done)
 }
 
 /// Runs the listener until the agent ends, again after each of its updates; on a stop, drains it

@@ -19,6 +19,7 @@ use crate::env::Env;
 use crate::error::Error;
 use crate::net::Net;
 use crate::os::Os;
+use crate::output::{AgentRef, Out};
 use crate::service::{AgentUnit, Systemctl, UnitState};
 use crate::settings;
 use crate::state;
@@ -79,7 +80,14 @@ pub struct ServerStatus {
     pub error: Option<String>,
 }
 
-pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result<(), Error> {
+pub async fn run(
+    t: &Target,
+    json: bool,
+    env: &Env,
+    os: Os,
+    net: &Net,
+    out: &Out,
+) -> Result<(), Error> {
     let agent_dir = t.agent_dir.as_path();
     let state_dir = &t.paths.state_dir;
     let saved = state::load(state_dir, agent_dir)?;
@@ -229,7 +237,12 @@ pub async fn run(t: &Target, json: bool, env: &Env, os: Os, net: &Net) -> Result
         server,
         host: crate::host::Report::for_os(&os),
     };
-    if json {
+    if out.is_json() {
+        if let Some(saved) = &saved {
+            out.agent(AgentRef::from(saved));
+        }
+        out.report(serde_json::to_value(&status).expect("status serializes"));
+    } else if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&status).expect("status serializes")
