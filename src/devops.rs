@@ -53,12 +53,24 @@ pub enum DevOpsError {
     #[error(
         "pool '{pool}' has another agent named '{name}' (this one was id {local_id}); it is not \
          taken over unattended\n\
-         hint: run `agent-bootstrap install` to replace it, or remove this agent"
+         hint: run `agent-bootstrap install --replace` to replace it, or remove this agent"
     )]
     NameTaken {
         pool: String,
         name: String,
         local_id: u64,
+    },
+    #[error(
+        "pool '{pool}' already has an agent named '{name}' (id {id}), {by}; it is not taken over\n\
+         hint: pass --replace to take it over (whatever runs it loses its registration), or \
+         choose another --agent-name"
+    )]
+    NameTakenByAnother {
+        pool: String,
+        name: String,
+        id: u64,
+        /// Who registered it, as far as the server's record tells.
+        by: String,
     },
     #[error("Azure DevOps request {url} failed with HTTP {status}: {message}")]
     Status {
@@ -112,6 +124,7 @@ impl DevOpsError {
                 | Self::PoolNotFound { .. }
                 | Self::NoManagePermission { .. }
                 | Self::NameTaken { .. }
+                | Self::NameTakenByAnother { .. }
         ) || matches!(self, Self::Status { status, .. } if *status == 403 || *status == 404)
     }
 }
@@ -154,6 +167,10 @@ pub struct ServerAgent {
     /// The job it runs; only when asked for (`includeAssignedRequest=true`).
     #[serde(default)]
     pub assigned_request: Option<serde_json::Value>,
+    /// What the agent reported when it registered or last started (its environment and its
+    /// `.capabilities`); only when asked for (`includeCapabilities=true`).
+    #[serde(default)]
+    pub system_capabilities: std::collections::BTreeMap<String, String>,
 }
 
 impl ServerAgent {
@@ -387,7 +404,7 @@ impl DevOpsClient {
         }
     }
 
-    /// The agent with this name in the pool, if the server knows it.
+    /// The pool's agent of this name (with its capabilities), if the server knows it.
     pub async fn find_agent(
         &self,
         pool_id: u64,
@@ -397,7 +414,14 @@ impl DevOpsClient {
         let path = format!("_apis/distributedtask/pools/{pool_id}/agents");
         let list: List<ServerAgent> = self
             .get(
-                self.api(&path, &[("agentName", name), ("api-version", API_VERSION)]),
+                self.api(
+                    &path,
+                    &[
+                        ("agentName", name),
+                        ("includeCapabilities", "true"),
+                        ("api-version", API_VERSION),
+                    ],
+                ),
                 budget,
             )
             .await?;

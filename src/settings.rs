@@ -120,6 +120,9 @@ pub struct InstallSettings {
     pub disable_update: bool,
     /// `--capability KEY=VALUE`: the agent's `.capabilities`.
     pub capabilities: BTreeMap<String, String>,
+    /// `--replace`: take over a same-named agent nothing shows is this machine's (`run`: always;
+    /// its name is its container's).
+    pub replace: bool,
     /// The proxy and extra CAs, for the tool and for the agent.
     pub network: crate::net::Network,
     /// Where the token comes from, and which identity.
@@ -568,6 +571,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         no_boot: true,
         scale_in_drain: false,
         wait_for_access: None,
+        replace: true,
         disable_update: args.disable_update,
         capabilities: args.capabilities.clone(),
         identity: args.identity.clone(),
@@ -837,6 +841,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
             .transpose()?,
         disable_update: args.disable_update,
         capabilities: capabilities(&args.capabilities)?,
+        replace: args.replace,
         network,
         identity: identity(&args.identity)?,
         package: package_choice(&args.pkg)?,
@@ -1038,6 +1043,7 @@ pub fn from_saved(
         wait_for_access: None,
         disable_update: saved.disable_update,
         capabilities: saved.capabilities.clone(),
+        replace: false,
         network: saved_network(saved, env)?,
         identity: saved_identity(saved)?,
         package,

@@ -379,7 +379,7 @@ fn config_that_loops_forever_is_stopped_after_the_timeout() {
     let w = World::new();
     w.make_configure_loop();
     let start = std::time::Instant::now();
-    let run = w.install(&["--config-timeout", "3"]);
+    let run = w.install(&["--config-timeout", "3", "--replace"]);
     run.assert_code(6);
     assert!(start.elapsed() < std::time::Duration::from_secs(30));
     assert!(
@@ -1265,9 +1265,10 @@ fn capabilities_reach_the_registration_and_survive_a_re_registration() {
         Some("2026.12=rc1")
     );
     let file = w.agent_dir().join(".capabilities");
+    let vm = w.sim.state().vm_id.clone();
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
-        "gpu=true\nimage.version=2026.12=rc1\n"
+        format!("AgentBootstrap.Machine={vm}\ngpu=true\nimage.version=2026.12=rc1\n")
     );
     assert_eq!(owner(&file), w.agent_account().uid.as_raw());
 
@@ -1290,4 +1291,91 @@ fn capabilities_reach_the_registration_and_survive_a_re_registration() {
         "{}",
         run.stderr
     );
+}
+
+/// An agent dir without a registration, and the pool has an agent of that name: it is this
+/// machine's own when root's saved settings name it (an install killed before `.agent`) or when
+/// it carries this machine's `AgentBootstrap.Machine` capability (written before configure: a
+/// reimaged VM, its state gone), and then it is registered again in its place; another machine's,
+/// or one registered by hand, is never taken over without --replace (exit 4, before anything is
+/// downloaded or changed).
+#[test]
+fn a_same_named_agent_is_replaced_only_on_evidence_that_it_is_this_machines() {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    let first = w.server_agents(1);
+    assert_eq!(
+        first[0].system_capabilities.get("AgentBootstrap.Machine"),
+        Some(&w.sim.state().vm_id),
+        "the registration names this VM"
+    );
+
+    // Killed before `.agent` was written: root's saved settings name the agent.
+    std::fs::remove_file(w.agent_dir().join(".agent")).unwrap();
+    let run = w.install(&[]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("registered from this machine"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.server_agents(1).len(), 1);
+
+    // Reimaged: no `.agent`, no saved settings; the capability is the evidence.
+    std::fs::remove_file(w.agent_dir().join(".agent")).unwrap();
+    for f in w.saved_settings_files() {
+        std::fs::remove_file(f).unwrap();
+    }
+    w.install(&[]).assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 1);
+
+    // Another machine's agent of that name, and one registered by hand: left alone.
+    for (capability, says) in [
+        (
+            Some("another-vm"),
+            "registered from another machine (AgentBootstrap.Machine another-vm)",
+        ),
+        (None, "not registered by agent-bootstrap on this machine"),
+    ] {
+        let w = World::new();
+        {
+            let mut st = w.sim.state();
+            let mut agent = azure_sim::ServerAgent {
+                id: 77,
+                name: "test-agent".into(),
+                version: "4.264.2".into(),
+                status: "online".into(),
+                enabled: true,
+                public_key: "theirs".into(),
+                created_on: 0,
+                status_changed_on: 0,
+                assigned_request: None,
+                system_capabilities: Default::default(),
+            };
+            if let Some(c) = capability {
+                agent
+                    .system_capabilities
+                    .insert("AgentBootstrap.Machine".into(), c.into());
+            }
+            st.agents.insert(1, vec![agent]);
+        }
+        let run = w.install(&[]);
+        run.assert_code(4);
+        assert!(
+            run.stderr.contains(says) && run.stderr.contains("--replace"),
+            "{}",
+            run.stderr
+        );
+        let agents = w.server_agents(1);
+        assert_eq!((agents.len(), agents[0].id), (1, 77));
+        assert_eq!(agents[0].public_key, "theirs", "not taken over");
+        assert_eq!(w.downloads(), 0, "nothing downloaded");
+        assert!(!w.agent_dir().exists());
+
+        let run = w.install(&["--replace"]);
+        run.assert_code(0);
+        let agents = w.server_agents(1);
+        assert_eq!(agents.len(), 1);
+        assert_ne!(agents[0].public_key, "theirs", "taken over with --replace");
+    }
 }

@@ -184,7 +184,7 @@ fn ctrl_c_during_configuration_stops_the_agents_whole_process_group() {
     let w = World::new();
     w.make_configure_loop();
     let root = w.agent_dir().display().to_string();
-    let child = spawn(w.install_command(&["--config-timeout", "600"]));
+    let child = spawn(w.install_command(&["--config-timeout", "600", "--replace"]));
     wait_for(Duration::from_secs(30), "config.sh to run", || {
         process_running(&["fake-listener", &root])
     });

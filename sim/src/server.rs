@@ -882,6 +882,22 @@ fn agent_json(a: &ServerAgent, include_assigned: bool) -> serde_json::Value {
     v
 }
 
+/// `includeCapabilities=true`: the agent's `systemCapabilities` (and its `userCapabilities`,
+/// none here), as Agents - List and Get return them when asked.
+fn with_capabilities(
+    mut v: serde_json::Value,
+    a: &ServerAgent,
+    q: &HashMap<String, String>,
+) -> serde_json::Value {
+    if q.get("includeCapabilities")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        v["systemCapabilities"] = json!(a.system_capabilities);
+        v["userCapabilities"] = json!({});
+    }
+    v
+}
+
 fn wants_assigned(q: &HashMap<String, String>) -> bool {
     q.get("includeAssignedRequest")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
@@ -914,7 +930,7 @@ async fn list_agents(
             q.get("agentName")
                 .is_none_or(|n| n.eq_ignore_ascii_case(&a.name))
         })
-        .map(|a| agent_json(a, wants_assigned(&q)))
+        .map(|a| with_capabilities(agent_json(a, wants_assigned(&q)), a, &q))
         .collect();
     json_response(200, json!({"count": value.len(), "value": value}))
 }
@@ -933,7 +949,10 @@ async fn get_agent(
         .and_then(|p| state.agents.get(&p.id))
         .and_then(|list| list.iter().find(|a| a.id == agent));
     match found {
-        Some(a) => json_response(200, agent_json(a, wants_assigned(&q))),
+        Some(a) => json_response(
+            200,
+            with_capabilities(agent_json(a, wants_assigned(&q)), a, &q),
+        ),
         None => ado_error(
             404,
             "TaskAgentNotFoundException",

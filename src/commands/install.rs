@@ -288,6 +288,8 @@ struct Checked {
     reregister: bool,
     /// The VM id, when it was asked for alongside the preflight.
     vm_id: Option<String>,
+    /// This machine, as the registration names it ([`MACHINE_CAPABILITY`]).
+    machine: Option<String>,
     /// systemd knows the agent's unit: it is stopped before the account's processes are ended
     /// (systemd would start the agent again).
     unit_exists: bool,
@@ -464,7 +466,7 @@ pub async fn run_locked(
         },
         // Saved to tell a clone of this machine later; only a fresh install needs it.
         async {
-            if existing.is_none() && !s.dry_run {
+            if existing.is_none() {
                 tokens.source().vm_id().await
             } else {
                 None
@@ -533,6 +535,17 @@ pub async fn run_locked(
             }
         }
     }
+    // No registration here, but the pool may have an agent of this name: this machine's own (an
+    // install or re-registration killed after the server registered it and before `.agent` was
+    // written; this VM reimaged) is replaced; another machine's only with --replace.
+    let machine = vm_id.clone().or_else(state::machine_id);
+    if existing.is_none()
+        && let Some(a) = devops.find_agent(pool.id, &s.agent_name, &budget).await?
+    {
+        let previous = state::load(&s.state_dir, &s.agent_dir).ok().flatten();
+        adopt_or_refuse(s, &a, &pool, machine.as_deref(), previous.as_ref())?;
+        server_version = a.version.clone();
+    }
     // Root configures a registration again only from a fresh package: the version from root's
     // settings or the server's record of the agent (it may have updated itself), whichever is
     // newer, never from the agent's files.
@@ -557,6 +570,7 @@ pub async fn run_locked(
         pool,
         reregister,
         vm_id,
+        machine,
         unit_exists,
     };
 
@@ -1078,6 +1092,7 @@ async fn execute(
                     nothing_started_since(&user).await?;
                 }
                 let command = (program.clone(), args.clone());
+                write_capabilities(s, env, agent, &user, c.machine.as_deref()).await?;
                 configure_with(s, env, agent, &user, tokens, budget, command).await?;
                 let local = agent.settings()?.ok_or_else(|| Error::Configure {
                     message: format!(
@@ -1691,6 +1706,58 @@ async fn fetch_into_place(
     Ok(fetched.sha256)
 }
 
+/// The capability every registration of ours carries, naming the machine that registered it
+/// (the Azure VM id, else `/etc/machine-id`): the evidence a later run recognises its own
+/// registration by when `.agent` is missing.
+pub const MACHINE_CAPABILITY: &str = "AgentBootstrap.Machine";
+
+/// The pool has an agent of the name this install registers, and this agent dir has no
+/// registration: is it this machine's? Yes when root's saved settings for this agent dir name
+/// that very agent (its id), or when the agent carries [`MACHINE_CAPABILITY`] with this machine's
+/// id (written before configure, so an install killed after the server registered the agent, or
+/// a reimaged VM, finds it). Anything else is another machine's (a clone has another VM id and
+/// registers under its own name): refused, exit 4, unless `--replace`.
+fn adopt_or_refuse(
+    s: &InstallSettings,
+    found: &crate::devops::ServerAgent,
+    pool: &Pool,
+    machine: Option<&str>,
+    previous: Option<&Saved>,
+) -> Result<(), Error> {
+    let recorded = found.system_capabilities.get(MACHINE_CAPABILITY);
+    let saved_id = previous
+        .filter(|p| p.pool_id == pool.id && p.agent_name.eq_ignore_ascii_case(&found.name))
+        .is_some_and(|p| p.agent_id == found.id);
+    if saved_id || (machine.is_some() && recorded.map(String::as_str) == machine) {
+        tracing::info!(
+            agent = %found.name,
+            id = found.id,
+            "the pool's agent of this name was registered from this machine (an interrupted \
+             install, or this machine reimaged): registering it again in its place"
+        );
+        return Ok(());
+    }
+    let by = match recorded {
+        Some(m) => format!("registered from another machine ({MACHINE_CAPABILITY} {m})"),
+        None => "not registered by agent-bootstrap on this machine".to_owned(),
+    };
+    if s.replace {
+        tracing::warn!(
+            agent = %found.name,
+            id = found.id,
+            "the pool's agent of this name was {by}; taking it over (--replace)"
+        );
+        return Ok(());
+    }
+    Err(crate::devops::DevOpsError::NameTakenByAnother {
+        pool: pool.name.clone(),
+        name: found.name.clone(),
+        id: found.id,
+        by,
+    }
+    .into())
+}
+
 /// Why `e` may pass by itself once access granted to a new machine has propagated, or `None`
 /// when waiting cannot help: the identity not on the VM yet, not a member of the organization
 /// yet (401), no Manage on the pool yet, the pool not visible yet. Azure DevOps Server's 401
@@ -1836,19 +1903,6 @@ fn network_secrets(s: &InstallSettings, child: Child) -> Child {
     }
 }
 
-/// Configures the agent (reconcile's re-registration of an old agent uses it too).
-pub async fn configure(
-    s: &InstallSettings,
-    env: &Env,
-    agent: &AgentDir,
-    user: &RunAs,
-    tokens: &Tokens,
-    budget: &Budget,
-) -> Result<(), Error> {
-    let command = configure_command(s, agent);
-    configure_with(s, env, agent, user, tokens, budget, command).await
-}
-
 /// The one way the agent is configured: `.proxybypass` first (the agent reads it while it
 /// configures: `SetupProxy` → `LoadProxyBypassList`, not only when it starts), then the configure
 /// script as the agent user with the token (and a Windows logon password, a proxy password) only in
@@ -1863,7 +1917,6 @@ async fn configure_with(
     (program, args): (PathBuf, Vec<String>),
 ) -> Result<(), Error> {
     write_proxy_bypass(s, env, agent, Some(user)).await?;
-    write_capabilities(s, env, agent, user).await?;
     let token = tokens.get(budget).await?;
     let mut child = super::agent_child(
         env,
@@ -1922,30 +1975,28 @@ pub async fn write_proxy_bypass(
     Ok(true)
 }
 
-/// `--capability`: the agent's `.capabilities` (its `UserCapabilitiesProvider` reads `KEY=VALUE`
-/// lines from the agent root when it registers and whenever it starts:
+/// The agent's `.capabilities` (its `UserCapabilitiesProvider` reads `KEY=VALUE` lines from the
+/// agent root when it registers and whenever it starts:
 /// src/Microsoft.VisualStudio.Services.Agent/Capabilities/UserCapabilitiesProvider.cs), before
-/// configure, so the registration carries them. Without `--capability` the file is the user's and
-/// left as it is.
+/// configure, so the registration carries them: `--capability`, and [`MACHINE_CAPABILITY`] naming
+/// this machine, the evidence a later run recognises its own registration by.
 async fn write_capabilities(
     s: &InstallSettings,
     env: &Env,
     agent: &AgentDir,
     user: &RunAs,
+    machine: Option<&str>,
 ) -> Result<(), Error> {
-    if s.capabilities.is_empty() {
+    let mut all = s.capabilities.clone();
+    if let Some(m) = machine {
+        all.insert(MACHINE_CAPABILITY.to_owned(), m.to_owned());
+    }
+    if all.is_empty() {
         return Ok(());
     }
-    let text: String = s
-        .capabilities
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect();
+    let text: String = all.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     write_agent_file(s, env, agent, Some(user), ".capabilities", &text).await?;
-    tracing::info!(
-        capabilities = s.capabilities.len(),
-        "wrote the agent's .capabilities"
-    );
+    tracing::info!(capabilities = all.len(), "wrote the agent's .capabilities");
     Ok(())
 }
 
