@@ -54,7 +54,15 @@ def main():
                     "target/release/agent-bootstrap")
     ap.add_argument("--sim", help="azure-sim program to serve the package [default: build "
                     "target/release/examples/azure-sim]")
+    ap.add_argument("--kill-runs", type=int, metavar="N",
+                    help="instead of the benchmark: the kill-anywhere property test "
+                    "(tests/kill_anywhere.rs) with N kills per command (CI runs 3); "
+                    "AGENT_BOOTSTRAP_KILL_SEED repeats a seed")
     args = ap.parse_args()
+    if args.kill_runs is not None:
+        env = dict(os.environ, AGENT_BOOTSTRAP_KILL_RUNS=str(args.kill_runs))
+        sys.exit(subprocess.call(["cargo", "test", "--test", "kill_anywhere", "--", "--nocapture"],
+                                 cwd=ROOT, env=env))
     if os.geteuid() != 0:
         sys.exit("run as root (the benchmark creates the agent user and runs config.sh as it)")
 

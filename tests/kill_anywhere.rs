@@ -1,0 +1,235 @@
+//! Interrupted at any moment: the real binary, against the simulator, is killed with SIGKILL at
+//! moments drawn at random across a measured run of each command that changes something
+//! (`install`; `reconcile` re-registering an agent deleted on the server; `remove`), together with
+//! every process it started (a VM that dies takes them all), while the simulated Azure keeps
+//! running. The same command is then run again, and must converge: one agent of that name on the
+//! server and `.agent` naming it, its unit active (or, after `remove`, nothing: no agent, no unit,
+//! no settings), and nothing left beside the agent dir, in the cache or in root's state (staging
+//! trees, partial downloads, temporary files).
+//!
+//! Seeded: `AGENT_BOOTSTRAP_KILL_SEED` (else the clock) and `AGENT_BOOTSTRAP_KILL_RUNS` kills per
+//! command (default 3); every failure names the seed and the moment, so a case can be run again:
+//! `AGENT_BOOTSTRAP_KILL_SEED=<seed> cargo test --test kill_anywhere`. `scripts/bench.sh
+//! --kill-runs N` runs a longer search.
+
+#![cfg(unix)]
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn seed() -> u64 {
+    std::env::var("AGENT_BOOTSTRAP_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+fn runs() -> usize {
+    std::env::var("AGENT_BOOTSTRAP_KILL_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Every process that belongs to the world: its command line or its working directory names the
+/// world's directory (the binary, config.sh, the fake listener, the agent's scripts).
+fn world_processes(dir: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&needle) || cwd.starts_with(dir)
+        })
+        .collect()
+}
+
+/// A power cut: SIGKILL to the run's process group, then to every process of the world, until
+/// none is left (the simulator runs in this test process and stays).
+fn kill_everything(w: &World, child: &mut std::process::Child) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+    let start = Instant::now();
+    loop {
+        let left = world_processes(w.dir.path());
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "processes survive SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `cmd` in a process group of its own, lets it run for `after`, then cuts the power.
+fn run_and_kill(w: &World, mut cmd: Command, after: Duration) {
+    cmd.process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(after);
+    kill_everything(w, &mut child);
+}
+
+/// How long an uninterrupted run of `cmd` takes (it must succeed).
+fn measure(w: &World, cmd: Command) -> Duration {
+    let start = Instant::now();
+    w.run_cmd(cmd).assert_code(0);
+    start.elapsed()
+}
+
+/// Files a run writes on the way and must not leave: staging trees, partial downloads, temporary
+/// files of atomic writes, anywhere in the world but inside the agent dir (the agent's own).
+fn debris(w: &World) -> Vec<String> {
+    let agent_dir = w.agent_dir();
+    walkdir::WalkDir::new(w.dir.path())
+        .into_iter()
+        .filter_entry(|e| e.path() != agent_dir && !e.path().starts_with(w.dir.path().join("sim")))
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy();
+            n.contains("staging") || n.ends_with(".partial") || n.contains(".tmp")
+        })
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+/// Installed and running, once: the convergence checks.
+fn assert_installed(w: &World, case: &str) {
+    let agents = w.server_agents(1);
+    assert_eq!(agents.len(), 1, "{case}: agents on the server: {agents:?}");
+    let local = read_agent_json(&w.agent_dir().join(".agent"));
+    assert_eq!(
+        local["agentId"], agents[0].id,
+        "{case}: .agent names another agent"
+    );
+    let saved = w.saved_settings_files();
+    assert_eq!(saved.len(), 1, "{case}: saved settings {saved:?}");
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved[0]).unwrap()).unwrap();
+    assert_eq!(
+        s["agent_id"], agents[0].id,
+        "{case}: saved settings name another agent"
+    );
+    let unit = s["service_unit"].as_str().expect("a unit");
+    assert!(w.unit_active(unit), "{case}: {unit} is not active");
+    // No unit that points at a missing directory.
+    for u in std::fs::read_dir(w.units_dir()).unwrap().flatten() {
+        let text = std::fs::read_to_string(u.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(dir) = line.strip_prefix("WorkingDirectory=") {
+                assert!(
+                    Path::new(dir).is_dir(),
+                    "{case}: {} points at {dir}",
+                    u.path().display()
+                );
+            }
+        }
+    }
+    let d = debris(w);
+    assert!(d.is_empty(), "{case}: left behind: {d:?}");
+}
+
+/// One command under kills: `prepare` makes the world's starting state, `cmd` the command;
+/// `check` the convergence after the rerun.
+fn property(
+    name: &str,
+    prepare: impl Fn(&World),
+    cmd: impl Fn(&World) -> Command,
+    check: impl Fn(&World, &str),
+) {
+    let seed = seed();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let w = World::new();
+    prepare(&w);
+    let took = measure(&w, cmd(&w));
+    for i in 0..runs() {
+        let at = Duration::from_micros(rng.u64(0..=took.as_micros() as u64));
+        let case =
+            format!("{name}: kill {i} at {at:?} of {took:?} (AGENT_BOOTSTRAP_KILL_SEED={seed})");
+        let w = World::new();
+        prepare(&w);
+        run_and_kill(&w, cmd(&w), at);
+        let again = w.run_cmd(cmd(&w));
+        assert_eq!(again.code, 0, "{case}: the rerun failed\n{}", again.stderr);
+        check(&w, &case);
+    }
+}
+
+#[test]
+fn install_killed_anywhere_converges_on_the_next_install() {
+    property(
+        "install",
+        |_| {},
+        |w| w.install_command(&[]),
+        assert_installed,
+    );
+}
+
+#[test]
+fn reconcile_killed_while_it_re_registers_converges_on_the_next_reconcile() {
+    let dir = |w: &World| w.agent_dir().display().to_string();
+    property(
+        "reconcile",
+        |w| {
+            w.install(&[]).assert_code(0);
+            w.sim.state().agents.clear();
+        },
+        |w| w.command(&["reconcile", "--agent-dir", &dir(w)]),
+        assert_installed,
+    );
+}
+
+#[test]
+fn remove_killed_anywhere_converges_on_the_next_remove() {
+    let dir = |w: &World| w.agent_dir().display().to_string();
+    property(
+        "remove",
+        |w| {
+            w.install(&[]).assert_code(0);
+        },
+        |w| w.command(&["remove", "--agent-dir", &dir(w)]),
+        |w, case| {
+            assert!(w.server_agents(1).is_empty(), "{case}: still registered");
+            assert!(w.saved_settings_files().is_empty(), "{case}: settings left");
+            let units: Vec<_> = std::fs::read_dir(w.units_dir())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(units.is_empty(), "{case}: units left: {units:?}");
+            assert!(
+                !w.agent_dir().join(".agent").exists(),
+                "{case}: the agent is still configured"
+            );
+            let d = debris(w);
+            assert!(d.is_empty(), "{case}: left behind: {d:?}");
+        },
+    );
+}
