@@ -72,6 +72,25 @@ fn mount_of(path: &Path) -> Option<(PathBuf, nix::sys::statvfs::FsFlags)> {
     Some((mount, flags))
 }
 
+/// The file system `path` is (or would be created) on: its mount point and the bytes free to an
+/// unprivileged writer (`f_bavail`; root may have a little more). `None` where that cannot be told.
+pub fn free_space(path: &Path) -> Option<(PathBuf, u64)> {
+    #[cfg(unix)]
+    {
+        let (mount, _) = mount_of(path)?;
+        let existing = path.ancestors().find(|p| p.is_dir())?;
+        let st = nix::sys::statvfs::statvfs(existing).ok()?;
+        #[allow(clippy::useless_conversion)] // the field types differ between targets
+        let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+        Some((mount, free))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Checks each place; the first that cannot work is the error.
 pub fn check(places: &[Place]) -> Result<(), PreflightError> {
     #[cfg(unix)]

@@ -272,45 +272,6 @@ fn without_useradd_the_account_is_made_with_busybox_adduser() {
     assert_eq!(w.server_agents(1).len(), 1);
 }
 
-/// `cmd` run in a mount namespace of its own where each `(dir, options)` is a fresh tmpfs
-/// mounted with those options (so nothing stays mounted after it).
-fn with_tmpfs(
-    cmd: &std::process::Command,
-    mounts: &[(&std::path::Path, &str)],
-) -> std::process::Command {
-    let mut script = String::new();
-    for (i, (dir, opts)) in mounts.iter().enumerate() {
-        std::fs::create_dir_all(dir).unwrap();
-        script.push_str(&format!("mount -t tmpfs -o {opts} tmpfs \"$MNT{i}\" && ",));
-        let _ = dir;
-    }
-    script.push_str("exec \"$@\"");
-    let mut wrapped = std::process::Command::new("unshare");
-    wrapped
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapped.env(k, v),
-            None => wrapped.env_remove(k),
-        };
-    }
-    for (i, (dir, _)) in mounts.iter().enumerate() {
-        wrapped.env(format!("MNT{i}"), dir);
-    }
-    wrapped
-}
-
 /// A container or chroot without systemd: a service cannot be installed, and install says so
 /// before it contacts anything (it used to register the agent and leave it stopped), naming
 /// `run` and --no-service; with --no-service it installs.

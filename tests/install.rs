@@ -96,9 +96,15 @@ fn happy_path_registers_and_starts_the_agent_as_an_unprivileged_user() {
     assert_eq!(saved["agent_name"], "test-agent");
     assert_eq!(saved["pool_id"], 1);
     assert_eq!(saved["user"], w.user.as_str());
+    let mut cached = w.cache_files();
+    cached.sort();
+    // The verified archive, and what it took once extracted (for the next free-space check).
     assert_eq!(
-        w.cache_files(),
-        vec![format!("{}.tar.gz", w.sim.package.sha256)]
+        cached,
+        vec![
+            format!("{}.size", w.sim.package.sha256),
+            format!("{}.tar.gz", w.sim.package.sha256)
+        ]
     );
     assert!(w.staging_leftovers().is_empty());
 

@@ -84,6 +84,22 @@ pub enum PackageError {
         #[source]
         source: ExtractError,
     },
+    #[error(
+        "not enough space for the agent package: {place} is on {}, which has {} free{}; nothing \
+         was installed\nhint: free space on {}, or put {place} on another file system ({fix}), \
+         and run the same command again",
+        mount.display(),
+        mib(*free),
+        need.map(|n| format!(", and it needs about {}", mib(n))).unwrap_or_default(),
+        mount.display()
+    )]
+    NoSpace {
+        place: &'static str,
+        mount: PathBuf,
+        free: u64,
+        need: Option<u64>,
+        fix: &'static str,
+    },
     #[error("{action} '{path}' failed")]
     Io {
         action: &'static str,
@@ -91,6 +107,122 @@ pub enum PackageError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Where a download and its extraction write, and how much the extraction needs: checked against
+/// the free space of each file system before the first byte is written, and used to name the
+/// file system when a write finds the disk full anyway.
+#[derive(Debug, Clone)]
+struct Room {
+    /// The package cache (`None` when the package is read from it).
+    cache: Option<PathBuf>,
+    /// The staging tree beside the agent dir.
+    staging: PathBuf,
+    /// What this package took once extracted, measured by an earlier run.
+    extracted: Option<u64>,
+}
+
+/// Extracted packages are larger than their archives; without a measurement, assume this much.
+const EXTRACTED_PER_ARCHIVE_BYTE: u64 = 3;
+
+impl Room {
+    fn new(req: &Request, from_cache: bool, cache_dir: &Path, staging: &Path) -> Self {
+        Self {
+            cache: (!from_cache).then(|| cache_dir.to_owned()),
+            staging: staging.to_owned(),
+            extracted: req
+                .sha256
+                .as_deref()
+                .and_then(|sha| fs_err::read_to_string(size_record(cache_dir, sha)).ok())
+                .and_then(|t| t.trim().parse().ok()),
+        }
+    }
+
+    const CACHE: &'static str = "the package cache";
+    const AGENT_DIR: &'static str = "the agent dir";
+
+    fn fix(place: &'static str) -> &'static str {
+        if place == Self::CACHE {
+            "AGENT_BOOTSTRAP_CACHE_DIR"
+        } else {
+            "--agent-dir"
+        }
+    }
+
+    /// Before writing an archive of `total` bytes: enough free space for its copy in the cache and
+    /// for its extraction (measured, or estimated), with a tenth more; both on one file system
+    /// count together.
+    fn check(&self, total: u64) -> Result<(), PackageError> {
+        let extracted = self
+            .extracted
+            .unwrap_or(total.saturating_mul(EXTRACTED_PER_ARCHIVE_BYTE));
+        let margin = |n: u64| n.saturating_add(n / 10);
+        let staging = crate::preflight::free_space(&self.staging);
+        let cache = self.cache.as_deref().and_then(crate::preflight::free_space);
+        let mut wants = vec![];
+        if let Some((mount, free)) = cache {
+            wants.push((Self::CACHE, mount, free, margin(total)));
+        }
+        if let Some((mount, free)) = staging {
+            match wants.iter_mut().find(|w| w.1 == mount) {
+                Some(w) => w.3 = w.3.saturating_add(margin(extracted)),
+                None => wants.push((Self::AGENT_DIR, mount, free, margin(extracted))),
+            }
+        }
+        match wants.into_iter().find(|w| w.2 < w.3) {
+            Some((place, mount, free, need)) => Err(PackageError::NoSpace {
+                place,
+                mount,
+                free,
+                need: Some(need),
+                fix: Self::fix(place),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `e` as the full disk it is (ENOSPC, EDQUOT anywhere in its chain), naming the file system.
+    fn explain(&self, e: PackageError) -> PackageError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut full = false;
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>()
+                && (io.kind() == std::io::ErrorKind::StorageFull
+                    || io.kind() == std::io::ErrorKind::QuotaExceeded)
+            {
+                full = true;
+            }
+            cause = c.source();
+        }
+        if !full {
+            return e;
+        }
+        let in_cache = matches!(&e, PackageError::Io { path, .. }
+            if self.cache.as_deref().is_some_and(|c| path.starts_with(c)));
+        let (place, path) = match (&self.cache, in_cache) {
+            (Some(c), true) => (Self::CACHE, c.clone()),
+            _ => (Self::AGENT_DIR, self.staging.clone()),
+        };
+        match crate::preflight::free_space(&path) {
+            Some((mount, free)) => PackageError::NoSpace {
+                place,
+                mount,
+                free,
+                need: None,
+                fix: Self::fix(place),
+            },
+            None => e,
+        }
+    }
+}
+
+/// Where the measured extracted size of the package with this SHA-256 is kept.
+fn size_record(cache_dir: &Path, sha256: &str) -> PathBuf {
+    cache_dir.join(format!("{sha256}.size"))
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PackageError {
@@ -290,7 +422,15 @@ pub async fn fetch_and_extract(
             }
         }
     }
-    let fetched = fetch_once(req, &req.source, false, target, &staging, net, progress).await?;
+    let room = Room::new(req, false, cache_dir, staging.path());
+    let fetched = fetch_once(req, &req.source, false, target, &staging, net, progress)
+        .await
+        .map_err(|e| room.explain(e))?;
+    // Measured once per package: the next run's free-space check knows what extraction takes.
+    let record = size_record(cache_dir, &fetched.sha256);
+    if let Err(e) = fs_err::write(&record, fetched.stats.bytes.to_string()) {
+        tracing::debug!("{e}");
+    }
     Ok((staging, fetched))
 }
 
@@ -363,6 +503,7 @@ async fn fetch_once(
         },
         file_path: partial.as_ref().map(|p| p.path().to_owned()),
         tx: Some(tx),
+        room: Room::new(req, from_cache, cache_dir, staging.path()),
     };
 
     // A file is opened once: what is hashed is what is extracted (no second open by path that
@@ -456,6 +597,7 @@ struct Sink {
     file: Option<tokio::fs::File>,
     file_path: Option<PathBuf>,
     tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    room: Room,
 }
 
 impl Sink {
@@ -496,6 +638,9 @@ async fn feed_file(
             .map_err(io_err("opening the package", path))?,
     );
     let total = file.metadata().await.ok().map(|m| m.len());
+    if let Some(n) = total {
+        sink.room.check(n)?;
+    }
     progress.start(total);
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -586,6 +731,11 @@ async fn feed_url(
                     // The server ignored Range: read past what we already have.
                     skip = offset;
                     if offset == 0 {
+                        if let Some(n) = total
+                            && let Err(e) = sink.room.check(n)
+                        {
+                            return Try::Done(Err(e));
+                        }
                         progress.start(total);
                     }
                 }

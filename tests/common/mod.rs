@@ -1021,3 +1021,41 @@ pub fn wait_for_secs(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `cmd` run in a mount namespace of its own where each `(dir, options)` is a fresh tmpfs
+/// mounted with those options (so nothing stays mounted after it).
+pub fn with_tmpfs(
+    cmd: &std::process::Command,
+    mounts: &[(&std::path::Path, &str)],
+) -> std::process::Command {
+    let mut script = String::new();
+    for (i, (dir, opts)) in mounts.iter().enumerate() {
+        std::fs::create_dir_all(dir).unwrap();
+        script.push_str(&format!("mount -t tmpfs -o {opts} tmpfs \"$MNT{i}\" && "));
+    }
+    script.push_str("exec \"$@\"");
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    for (i, (dir, _)) in mounts.iter().enumerate() {
+        wrapped.env(format!("MNT{i}"), dir);
+    }
+    wrapped
+}
