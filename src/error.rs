@@ -88,6 +88,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         use code::*;
         match self {
+            Self::Preflight(e) if e.is_no_space() => PACKAGE,
             Self::Settings(_) | Self::Input(_) | Self::Preflight(_) => INPUT,
             Self::Identity(e) if e.is_input() => INPUT,
             Self::Identity(_) => NO_TOKEN,

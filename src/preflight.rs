@@ -38,7 +38,35 @@ pub enum PreflightError {
         mount: PathBuf,
         fix: String,
     },
+    #[error(
+        "{what} {} is on a full file system ({} has {} KiB free, {} KiB needed): nothing was \
+         changed\nhint: free space on {}, or {fix}",
+        path.display(),
+        mount.display(),
+        free / 1024,
+        need / 1024,
+        mount.display()
+    )]
+    NoSpace {
+        what: &'static str,
+        path: PathBuf,
+        mount: PathBuf,
+        free: u64,
+        need: u64,
+        fix: String,
+    },
 }
+
+impl PreflightError {
+    /// A full disk (exit 5, as a package that does not fit) rather than a setting to change.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Self::NoSpace { .. })
+    }
+}
+
+/// What root's state needs free before an install starts: its settings are written after the
+/// agent is registered, and a disk full then would leave a registration nothing records.
+pub const STATE_ROOM: u64 = 1024 * 1024;
 
 /// A directory an install writes to, and what it needs of its file system.
 #[derive(Debug, Clone)]
@@ -48,6 +76,8 @@ pub struct Place {
     pub path: PathBuf,
     /// Programs run from it (the agent dir).
     pub exec: bool,
+    /// Bytes that must be free there (the package's own need is checked when its size is known).
+    pub room: u64,
     /// How to put it elsewhere.
     pub fix: String,
 }
@@ -115,6 +145,19 @@ pub fn check(places: &[Place]) -> Result<(), PreflightError> {
                 fix: p.fix.clone(),
             });
         }
+        if p.room > 0
+            && let Some((mount, free)) = free_space(&p.path)
+            && free < p.room
+        {
+            return Err(PreflightError::NoSpace {
+                what: p.what,
+                path: p.path.clone(),
+                mount,
+                free,
+                need: p.room,
+                fix: p.fix.clone(),
+            });
+        }
     }
     #[cfg(not(unix))]
     let _ = places;
@@ -129,6 +172,7 @@ pub fn install_places(agent_dir: &Path, state_dir: &Path, cache_dir: &Path) -> V
             what: "the agent dir",
             path: agent_dir.to_owned(),
             exec: true,
+            room: 0,
             fix: "pass --agent-dir on a writable file system mounted with exec (a volume in a \
                   container), or remount it"
                 .into(),
@@ -137,6 +181,7 @@ pub fn install_places(agent_dir: &Path, state_dir: &Path, cache_dir: &Path) -> V
             what: "the state dir",
             path: state_dir.to_owned(),
             exec: false,
+            room: STATE_ROOM,
             fix: format!(
                 "mount a writable volume there, or set {} to a writable directory",
                 crate::settings::STATE_DIR_ENV
@@ -146,6 +191,7 @@ pub fn install_places(agent_dir: &Path, state_dir: &Path, cache_dir: &Path) -> V
             what: "the package cache",
             path: cache_dir.to_owned(),
             exec: false,
+            room: 0,
             fix: format!(
                 "mount a writable volume there, or set {} to a writable directory",
                 crate::settings::CACHE_DIR_ENV

@@ -115,3 +115,24 @@ fn a_disk_that_fills_during_the_extraction_is_named_and_left_clean() {
     );
     assert_nothing_done(&w, "during extraction");
 }
+
+/// Root's state dir on a full file system: its settings are written once the agent is
+/// registered, so install stops before it contacts anything (exit 5), naming the file system.
+#[test]
+fn a_full_state_dir_stops_install_before_anything_is_contacted() {
+    let w = World::new();
+    let small = w.dir.path().join("small-state");
+    let mut cmd = w.install_command(&[]);
+    cmd.env("AGENT_BOOTSTRAP_STATE_DIR", small.join("s"));
+    let run = w.run_cmd(with_tmpfs(&cmd, &[(&small, "size=256k,mode=0755")]));
+    run.assert_code(5);
+    assert!(
+        run.stderr.contains("the state dir")
+            && run.stderr.contains("is on a full file system")
+            && run.stderr.contains(&small.display().to_string())
+            && run.stderr.contains("AGENT_BOOTSTRAP_STATE_DIR"),
+        "{}",
+        run.stderr
+    );
+    assert!(w.requests().is_empty(), "{:?}", w.requests());
+}

@@ -335,6 +335,7 @@ pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
             what: "the account database",
             path: "/etc/passwd".into(),
             exec: false,
+            room: 0,
             fix: format!(
                 "the agent's account '{name}' does not exist and cannot be created here: create \
                  it in the image (useradd --system --create-home {name}), or pass --user with an \
