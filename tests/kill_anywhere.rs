@@ -1,6 +1,6 @@
 //! Interrupted at any moment: the real binary, against the simulator, is killed with SIGKILL at
 //! moments drawn at random across a measured run of each command that changes something
-//! (`install`; `reconcile` re-registering an agent deleted on the server; `remove`), together with
+//! (`install`; `reconcile` re-registering an agent deleted on the server; `remove`; `run --once`), with
 //! every process it started (a VM that dies takes them all), while the simulated Azure keeps
 //! running. The same command is then run again, and must converge: one agent of that name on the
 //! server and `.agent` naming it, its unit active (or, after `remove`, nothing: no agent, no unit,
@@ -98,6 +98,41 @@ fn run_and_kill(w: &World, mut cmd: Command, after: Duration) {
     kill_everything(w, &mut child);
 }
 
+/// The same command again, to its end (at most two minutes: a rerun that hangs is a failure).
+fn rerun(w: &World, mut cmd: Command, case: &str) -> Run {
+    // Output to files, read at the end: a pipe nobody reads while it runs could fill and stall it.
+    let (out, err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    cmd.process_group(0)
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            kill_everything(w, &mut child);
+            panic!("{case}: the rerun did not end within two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut text).unwrap();
+        text
+    };
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: read(out),
+        stderr: read(err),
+    };
+    w.assert_no_token_leak(&run);
+    run
+}
+
 /// How long an uninterrupted run of `cmd` takes (it must succeed).
 fn measure(w: &World, cmd: Command) -> Duration {
     let start = Instant::now();
@@ -176,7 +211,7 @@ fn property(
         let w = World::new();
         prepare(&w);
         run_and_kill(&w, cmd(&w), at);
-        let again = w.run_cmd(cmd(&w));
+        let again = rerun(&w, cmd(&w), &case);
         assert_eq!(again.code, 0, "{case}: the rerun failed\n{}", again.stderr);
         check(&w, &case);
     }
@@ -227,6 +262,42 @@ fn remove_killed_anywhere_converges_on_the_next_remove() {
             assert!(
                 !w.agent_dir().join(".agent").exists(),
                 "{case}: the agent is still configured"
+            );
+            let d = debris(w);
+            assert!(d.is_empty(), "{case}: left behind: {d:?}");
+        },
+    );
+}
+
+/// `run --once` (a container): killed while it registers, takes its job or unregisters; the next
+/// container with the same name and agent dir takes a job and leaves no agent behind.
+#[test]
+fn run_killed_anywhere_leaves_no_agent_after_the_next_run() {
+    let cmd = |w: &World| {
+        w.command(&[
+            "run",
+            "--url",
+            &w.org_url(),
+            "--agent-dir",
+            &w.agent_dir().display().to_string(),
+            "--agent-name",
+            "pod-1",
+            "--once",
+        ])
+    };
+    property(
+        "run",
+        |w| {
+            let mut st = w.sim.state();
+            st.queued_jobs.push_back(300);
+            st.queued_jobs.push_back(301);
+        },
+        cmd,
+        |w, case| {
+            assert!(
+                w.server_agents(1).is_empty(),
+                "{case}: agents left: {:?}",
+                w.server_agents(1)
             );
             let d = debris(w);
             assert!(d.is_empty(), "{case}: left behind: {d:?}");

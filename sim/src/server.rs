@@ -1473,6 +1473,13 @@ async fn sim_listener(AxState(s): AxState<Shared>, headers: HeaderMap, body: Str
     let mut answer = json!({});
     match v["event"].as_str().unwrap_or_default() {
         "online" => {
+            // A new session of an agent that still holds a job: the listener that ran it is gone
+            // (killed with its VM or container) and never renewed the job's lock, so the server
+            // abandons that job and the agent can take others (Azure DevOps does so once the lock
+            // expires; here at once).
+            if let Some(r) = a.assigned_request.take() {
+                finished = Some((r, false));
+            }
             if let Some(code) = next_exit {
                 answer = json!({"exit": code});
             } else {
