@@ -17,6 +17,11 @@ pub const SYSTEMD_ENV: &str = "AGENT_BOOTSTRAP_TEST_SYSTEMD";
 /// documentation's example name).
 pub const DEFAULT_USER: &str = "azpagent";
 
+/// Overrides for where agent-bootstrap keeps its state and cache (tests, unusual layouts, a
+/// writable volume under a read-only root).
+pub const STATE_DIR_ENV: &str = "AGENT_BOOTSTRAP_STATE_DIR";
+pub const CACHE_DIR_ENV: &str = "AGENT_BOOTSTRAP_CACHE_DIR";
+
 /// The pipe `run` reads its secrets from after it started itself again without them
 /// (`crate::scrub`); never passed on.
 pub const SECRETS_FD_ENV: &str = "AGENT_BOOTSTRAP_SECRETS_FD";

@@ -184,7 +184,7 @@ pub fn install_places(agent_dir: &Path, state_dir: &Path, cache_dir: &Path) -> V
             room: STATE_ROOM,
             fix: format!(
                 "mount a writable volume there, or set {} to a writable directory",
-                crate::settings::STATE_DIR_ENV
+                crate::env::STATE_DIR_ENV
             ),
         },
         Place {
@@ -194,7 +194,7 @@ pub fn install_places(agent_dir: &Path, state_dir: &Path, cache_dir: &Path) -> V
             room: 0,
             fix: format!(
                 "mount a writable volume there, or set {} to a writable directory",
-                crate::settings::CACHE_DIR_ENV
+                crate::env::CACHE_DIR_ENV
             ),
         },
     ]

@@ -36,10 +36,7 @@ pub const DEFAULT_WORK: &str = "_work";
 
 /// The Windows service account's password, as the agent itself reads it (`agent.md` §2).
 pub use crate::agent::config::LOGON_PASSWORD_ENV;
-pub use crate::env::DEFAULT_USER;
-/// Overrides for where install keeps its state and cache (tests, unusual layouts).
-pub const STATE_DIR_ENV: &str = "AGENT_BOOTSTRAP_STATE_DIR";
-pub const CACHE_DIR_ENV: &str = "AGENT_BOOTSTRAP_CACHE_DIR";
+pub use crate::env::{CACHE_DIR_ENV, DEFAULT_USER, STATE_DIR_ENV};
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {what}: {problem}")]
