@@ -68,6 +68,9 @@ impl PreflightError {
 /// agent is registered, and a disk full then would leave a registration nothing records.
 pub const STATE_ROOM: u64 = 1024 * 1024;
 
+/// What the unit directory needs free for the agent's unit, the boot unit and the watcher.
+pub const UNIT_ROOM: u64 = 256 * 1024;
+
 /// A directory an install writes to, and what it needs of its file system.
 #[derive(Debug, Clone)]
 pub struct Place {

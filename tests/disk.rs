@@ -136,3 +136,22 @@ fn a_full_state_dir_stops_install_before_anything_is_contacted() {
     );
     assert!(w.requests().is_empty(), "{:?}", w.requests());
 }
+
+/// The unit directory (/etc/systemd/system) full: named before anything is contacted, exit 5.
+#[test]
+fn a_full_unit_directory_stops_install_before_anything_is_contacted() {
+    let w = World::new();
+    let small = w.dir.path().join("small-units");
+    let mut cmd = w.install_command(&[]);
+    cmd.env("AGENT_BOOTSTRAP_UNIT_DIR", small.join("system"));
+    let run = w.run_cmd(with_tmpfs(&cmd, &[(&small, "size=64k,mode=0755")]));
+    run.assert_code(5);
+    assert!(
+        run.stderr.contains("the systemd unit directory")
+            && run.stderr.contains("is on a full file system")
+            && run.stderr.contains("--no-service and --no-boot"),
+        "{}",
+        run.stderr
+    );
+    assert!(w.requests().is_empty(), "{:?}", w.requests());
+}

@@ -322,6 +322,17 @@ pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
         &s.state_dir,
         &s.cache_dir,
     ))?;
+    // The units go into the unit directory after the agent is registered: a read-only or full
+    // /etc is found now, before anything is contacted.
+    if manages_units(s, env) && (s.service || s.boot || s.scale_in_drain) {
+        crate::preflight::check(&[crate::preflight::Place {
+            what: "the systemd unit directory",
+            path: service::unit_dir(env),
+            exec: false,
+            room: crate::preflight::UNIT_ROOM,
+            fix: "pass --no-service and --no-boot to install no unit".into(),
+        }])?;
+    }
     let agent_uid = user::lookup(s.user.name()).ok().flatten().map(|u| u.uid);
     // The dedicated account is made by useradd, which writes /etc: on a read-only root that
     // fails only after the package is downloaded, with useradd's "cannot lock /etc/passwd".
