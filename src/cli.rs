@@ -400,6 +400,11 @@ pub struct InstallArgs {
     /// interrupted install, a reimaged VM) is replaced without it.
     #[arg(long)]
     pub replace: bool,
+    /// Several agents on this machine (Linux, root): N agents named NAME-1 … NAME-N, each in
+    /// its own agent dir (DIR-1 …), as its own dedicated account (azpagent-1 …) with its own
+    /// service and boot unit; reconcile, remove and status take each agent dir.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u32,
     /// A capability of the agent that pipelines can demand (`demands: gpu -equals true`),
     /// repeatable: written to the agent's `.capabilities`, which the agent reports with its
     /// system capabilities when it registers and whenever it starts; saved, so every later

@@ -569,6 +569,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
         scale_in_drain: false,
         wait_for_access: None,
         replace: true,
+        count: 1,
         disable_update: args.disable_update,
         capabilities: args.capabilities.clone(),
         identity: args.identity.clone(),
@@ -693,6 +694,52 @@ fn named_platform(given: Option<&str>, os: Os) -> Result<Os, SettingsError> {
         ));
     }
     Ok(named)
+}
+
+/// The most agents `--count` puts on one machine.
+pub const MAX_COUNT: u32 = 32;
+
+/// `install`, once per agent `--count` asks for: NAME-i in DIR-i as its own dedicated account
+/// (an account shared by two agents would have one's configure end the other's processes).
+pub fn install_all(
+    args: &InstallArgs,
+    env: &Env,
+    os: Os,
+) -> Result<Vec<InstallSettings>, SettingsError> {
+    if args.count == 0 || args.count > MAX_COUNT {
+        return Err(bad(
+            "--count",
+            format!("must be 1 to {MAX_COUNT}, not {}", args.count),
+        ));
+    }
+    let one = install(args, env, os)?;
+    if args.count == 1 {
+        return Ok(vec![one]);
+    }
+    if os.is_windows() || !env.is_root() {
+        return Err(bad(
+            "--count",
+            "several agents are for Linux, as root (each gets its own account and service)",
+        ));
+    }
+    if args.user.is_some() {
+        return Err(bad(
+            "--user",
+            "cannot be used with --count: each agent gets a dedicated account of its own \
+             (configuring one ends every process of its account)",
+        ));
+    }
+    let dir = one.agent_dir.display().to_string();
+    (1..=args.count)
+        .map(|i| {
+            let mut each = args.clone();
+            each.agent_name = Some(format!("{}-{i}", one.agent_name));
+            each.agent_dir = Some(PathBuf::from(format!("{dir}-{i}")));
+            let mut s = install(&each, env, os)?;
+            s.user = AgentUser::Dedicated(format!("{}-{i}", env.dedicated_user()));
+            Ok(s)
+        })
+        .collect()
 }
 
 pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings, SettingsError> {

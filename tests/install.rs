@@ -1385,3 +1385,73 @@ fn a_same_named_agent_is_replaced_only_on_evidence_that_it_is_this_machines() {
         assert_ne!(agents[0].public_key, "theirs", "taken over with --replace");
     }
 }
+
+/// `--count N`: N agents on one machine, NAME-i in DIR-i, each as a dedicated account of its own
+/// with its own unit; each agent dir is reconciled and removed on its own. An account shared by
+/// two agents is refused (configuring one would end the other's processes).
+#[test]
+fn count_installs_several_agents_each_with_its_own_account_dir_and_unit() {
+    let w = World::new();
+    let run = w.install(&["--count", "2"]);
+    let users: Vec<String> = (1..=2).map(|i| format!("{}-{i}", w.user)).collect();
+    let cleanup = || {
+        for u in &users {
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-U", u])
+                .output();
+            let _ = std::process::Command::new("userdel")
+                .args(["--remove", u])
+                .output();
+        }
+    };
+    if run.code != 0 {
+        cleanup();
+    }
+    run.assert_code(0);
+    let mut names: Vec<String> = w.server_agents(1).into_iter().map(|a| a.name).collect();
+    names.sort();
+    assert_eq!(names, ["test-agent-1", "test-agent-2"]);
+    let dir = w.agent_dir().display().to_string();
+    let mut units = vec![];
+    for (i, user) in users.iter().enumerate() {
+        let d = std::path::PathBuf::from(format!("{dir}-{}", i + 1));
+        let agent = read_agent_json(&d.join(".agent"));
+        assert_eq!(agent["agentName"], format!("test-agent-{}", i + 1));
+        let uid = nix::unistd::User::from_name(user)
+            .unwrap()
+            .expect("its account")
+            .uid;
+        assert_eq!(owner(&d.join(".agent")), uid.as_raw(), "{user}");
+        units.push(d);
+    }
+    assert_eq!(w.saved_settings_files().len(), 2);
+    // Each agent dir on its own: reconcile (after a delete on the server) and remove.
+    w.sim
+        .state()
+        .agents
+        .get_mut(&1)
+        .unwrap()
+        .retain(|a| a.name != "test-agent-2");
+    w.run(&["reconcile", "--agent-dir", units[1].to_str().unwrap()])
+        .assert_code(0);
+    assert_eq!(w.server_agents(1).len(), 2);
+    w.run(&["remove", "--agent-dir", units[0].to_str().unwrap()])
+        .assert_code(0);
+    let names: Vec<String> = w.server_agents(1).into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["test-agent-2"]);
+    w.run(&["remove", "--agent-dir", units[1].to_str().unwrap()])
+        .assert_code(0);
+    cleanup();
+
+    for (args, flag) in [
+        (&["--count", "2", "--user", "nobody"][..], "--user"),
+        (&["--count", "0"][..], "--count"),
+        (&["--count", "33"][..], "--count"),
+    ] {
+        let w = World::new();
+        let run = w.install(args);
+        run.assert_code(2);
+        assert!(run.stderr.contains(flag), "{args:?}: {}", run.stderr);
+        assert!(w.requests().is_empty(), "{args:?}");
+    }
+}

@@ -98,12 +98,15 @@ pub async fn run(cli: Cli, env: Env, out: &Out) -> Result<u8, Error> {
                 .map(|()| 0)
         }
         Command::Install(args) => {
-            let settings = settings::install(args, &env, os)?;
-            net.configure(settings.network.clone());
+            let all = settings::install_all(args, &env, os)?;
+            net.configure(all[0].network.clone());
             net.prewarm();
-            install::run(&settings, &env, &net, &progress(), out)
-                .await
-                .map(|()| 0)
+            // `--count`: one after the other; the first failure stops (those before stay
+            // installed, and said so).
+            for settings in &all {
+                install::run(settings, &env, &net, &progress(), out).await?;
+            }
+            Ok(0)
         }
         Command::Reconcile(args) => {
             let t = target(args.agent_dir.as_deref(), &env, &os)?;
