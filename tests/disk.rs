@@ -15,15 +15,7 @@ use std::path::Path;
 use common::*;
 
 fn install_on(w: &World, agent_dir: &Path) -> std::process::Command {
-    w.command(&[
-        "install",
-        "--url",
-        &w.org_url(),
-        "--agent-name",
-        "test-agent",
-        "--agent-dir",
-        agent_dir.to_str().unwrap(),
-    ])
+    w.install_command(&["--agent-dir", agent_dir.to_str().unwrap()])
 }
 
 fn assert_nothing_done(w: &World, case: &str) {

@@ -233,10 +233,10 @@ fn the_aarch64_binary_under_qemu_user_gets_the_arm64_package_and_runs_the_lifecy
 
 /// `agent-bootstrap ARGS` chrooted into `root`, with `/proc` mounted there (as on any running
 /// system) in a private mount namespace of its own, so nothing is left mounted afterwards.
-fn chroot_run(w: &World, root: &Path, args: &[&str]) -> Run {
+fn chroot_command(w: &World, root: &Path, args: &[&str]) -> Command {
     let root = root.to_str().unwrap();
     let script = "mount -t proc proc \"$0/proc\" && exec chroot \"$0\" /usr/local/bin/agent-bootstrap \"$@\"";
-    w.run_cmd(command_with(
+    command_with(
         w,
         Path::new("unshare"),
         &[
@@ -250,7 +250,11 @@ fn chroot_run(w: &World, root: &Path, args: &[&str]) -> Run {
             root,
         ],
         args,
-    ))
+    )
+}
+
+fn chroot_run(w: &World, root: &Path, args: &[&str]) -> Run {
+    w.run_cmd(chroot_command(w, root, args))
 }
 
 /// `--version` and a dry-run install against the simulator inside `root`.
@@ -363,25 +367,7 @@ fn a_minimal_debian_11_root_gets_a_clear_answer_for_each_missing_piece() {
     let tls_org = w.sim.tls_org_url();
     // No unit dir of the tests': this root runs no systemd, as the machine says.
     let run = |args: &[&str]| {
-        let mut all = vec![];
-        all.extend_from_slice(args);
-        let root_s = root.to_str().unwrap();
-        let script = "mount -t proc proc \"$0/proc\" && exec chroot \"$0\" /usr/local/bin/agent-bootstrap \"$@\"";
-        let mut cmd = command_with(
-            &w,
-            Path::new("unshare"),
-            &[
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-                script,
-                root_s,
-            ],
-            &all,
-        );
+        let mut cmd = chroot_command(&w, &root, args);
         cmd.env_remove("AGENT_BOOTSTRAP_UNIT_DIR")
             .env_remove("SSL_CERT_FILE");
         w.run_cmd(cmd)

@@ -341,15 +341,7 @@ fn read_only_and_noexec_file_systems_are_named_before_anything_is_contacted() {
     for (setting, mount, opts, what, problem) in cases {
         let place = mount.join("sub");
         let mut cmd = if setting == "--agent-dir" {
-            w.command(&[
-                "install",
-                "--url",
-                &w.org_url(),
-                "--agent-name",
-                "test-agent",
-                "--agent-dir",
-                place.to_str().unwrap(),
-            ])
+            w.install_command(&["--agent-dir", place.to_str().unwrap()])
         } else {
             let mut c = w.install_command(&[]);
             c.env(setting, &place);
@@ -393,15 +385,7 @@ fn read_only_and_noexec_file_systems_are_named_before_anything_is_contacted() {
     );
 
     // The same on a file system mounted with exec: installed.
-    let cmd = w.command(&[
-        "install",
-        "--url",
-        &w.org_url(),
-        "--agent-name",
-        "test-agent",
-        "--agent-dir",
-        place.to_str().unwrap(),
-    ]);
+    let cmd = w.install_command(&["--agent-dir", place.to_str().unwrap()]);
     let run = w.run_cmd(with_tmpfs(&cmd, &[(&noexec, "exec,mode=0755")]));
     run.assert_code(0);
     assert_eq!(w.server_agents(1).len(), 1);

@@ -317,21 +317,17 @@ pub async fn run(
 /// and a read-only or `noexec` file system where the agent dir, the state or the cache would go
 /// (before the lock, which lives in the state dir).
 pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
-    crate::preflight::check(&crate::preflight::install_places(
-        &s.agent_dir,
-        &s.state_dir,
-        &s.cache_dir,
-    ))?;
+    let mut places = crate::preflight::install_places(&s.agent_dir, &s.state_dir, &s.cache_dir);
     // The units go into the unit directory after the agent is registered: a read-only or full
     // /etc is found now, before anything is contacted.
     if manages_units(s, env) && (s.service || s.boot || s.scale_in_drain) {
-        crate::preflight::check(&[crate::preflight::Place {
+        places.push(crate::preflight::Place {
             what: "the systemd unit directory",
             path: service::unit_dir(env),
             exec: false,
             room: crate::preflight::UNIT_ROOM,
             fix: "pass --no-service and --no-boot to install no unit".into(),
-        }])?;
+        });
     }
     let agent_uid = user::lookup(s.user.name()).ok().flatten().map(|u| u.uid);
     // The dedicated account is made by useradd, which writes /etc: on a read-only root that
@@ -342,7 +338,7 @@ pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
         && matches!(s.user, crate::settings::AgentUser::Dedicated(_))
     {
         let name = s.user.name();
-        crate::preflight::check(&[crate::preflight::Place {
+        places.push(crate::preflight::Place {
             what: "the account database",
             path: "/etc/passwd".into(),
             exec: false,
@@ -352,8 +348,9 @@ pub fn check_location(s: &InstallSettings, env: &Env) -> Result<(), Error> {
                  it in the image (useradd --system --create-home {name}), or pass --user with an \
                  existing account"
             ),
-        }])?;
+        });
     }
+    crate::preflight::check(&places)?;
     super::check_agent_dir(&s.agent_dir, env, agent_uid)?;
     if matches!(
         boot_step(s, env),

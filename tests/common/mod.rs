@@ -406,17 +406,15 @@ impl World {
         self.run_cmd(self.command(args))
     }
 
-    /// `install --url <sim> --agent-dir <world>/agent --agent-name test-agent EXTRA…`, to run.
+    /// `install --url <sim> --agent-dir <world>/agent --agent-name test-agent EXTRA…`, to run
+    /// (EXTRA's own `--agent-dir` or `--agent-name` replaces the default).
     pub fn install_command(&self, extra: &[&str]) -> Command {
         let url = self.org_url();
         let dir = self.agent_dir();
-        let mut args = vec![
-            "install",
-            "--url",
-            url.as_str(),
-            "--agent-dir",
-            dir.to_str().unwrap(),
-        ];
+        let mut args = vec!["install", "--url", url.as_str()];
+        if !extra.contains(&"--agent-dir") {
+            args.extend(["--agent-dir", dir.to_str().unwrap()]);
+        }
         if !extra.contains(&"--agent-name") {
             args.extend(["--agent-name", "test-agent"]);
         }
