@@ -308,21 +308,52 @@ pub fn replace_file_no_follow(dir: &Path, name: &str, contents: &[u8]) -> std::i
     written
 }
 
-/// Writes `name` in `dir`, a directory of root's (the system trust store's), as a file of mode
-/// `mode`: the text goes into a new file created through a descriptor of `dir` (`O_EXCL |
-/// O_NOFOLLOW`: nothing that exists, a link included, is opened), synced, then renamed over `name`
-/// within the same descriptor (a link there is replaced, never written through), and the rename
-/// synced.
+/// Debug builds only: `AGENT_BOOTSTRAP_TEST_CRASH_BEFORE_RENAME=NAME` kills the run (`SIGKILL` on
+/// itself, as a power cut or `kill -9` would) when an atomic write of a file whose name contains
+/// `NAME` has written and synced its temporary file and not yet renamed it: the one moment of
+/// [`write_atomic`] a test cannot otherwise hit (a release build ignores it).
+pub const TEST_CRASH_BEFORE_RENAME_ENV: &str = "AGENT_BOOTSTRAP_TEST_CRASH_BEFORE_RENAME";
+
+static CRASH_BEFORE_RENAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Reads [`TEST_CRASH_BEFORE_RENAME_ENV`] from the run's environment (debug builds, at the start
+/// of `main`).
+pub fn arm_crash_point(env: &crate::env::Env) {
+    if cfg!(debug_assertions)
+        && let Some(name) = env
+            .var(TEST_CRASH_BEFORE_RENAME_ENV)
+            .filter(|n| !n.is_empty())
+    {
+        let _ = CRASH_BEFORE_RENAME.set(name.to_owned());
+    }
+}
+
+/// The crash point between an atomic write's sync and its rename.
+fn before_rename(name: &str) {
+    if cfg!(debug_assertions)
+        && CRASH_BEFORE_RENAME
+            .get()
+            .is_some_and(|n| name.contains(n.as_str()))
+    {
+        #[cfg(unix)]
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        std::process::abort();
+    }
+}
+
+/// Writes `name` in `dir`, a directory of root's (its saved settings, a unit directory, the system
+/// trust store), as a file of mode `mode`, so that a kill or power cut at any moment leaves the old
+/// file or the new one, never part of one: the text goes into a new file created through a
+/// descriptor of `dir` (`O_EXCL | O_NOFOLLOW`: nothing that exists, a link included, is opened),
+/// synced, then renamed over `name` within the same descriptor (a link there is replaced, never
+/// written through), and the rename synced. The temporary file is `.NAME.PID.RANDOM.tmp`; one left
+/// by a process that no longer runs (a killed write of the same file) is deleted first.
 #[cfg(unix)]
-pub fn write_new_then_rename(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-    mode: u32,
-) -> std::io::Result<()> {
+pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     let held = open_dir(dir).map_err(std::io::Error::from)?;
-    let tmp = format!(".{name}.{:016x}.tmp", fastrand::u64(..));
+    remove_dead_temps(dir, Some(name));
+    let tmp = temp_name(name);
     let written = (|| -> std::io::Result<()> {
         let fd = openat(
             &held,
@@ -335,6 +366,7 @@ pub fn write_new_then_rename(
         let mut file = std::fs::File::from(fd);
         file.write_all(contents)?;
         file.sync_all()?;
+        before_rename(name);
         nix::fcntl::renameat(&held, tmp.as_str(), &held, name)?;
         Ok(())
     })();
@@ -343,6 +375,99 @@ pub fn write_new_then_rename(
     }
     written?;
     std::fs::File::from(held).sync_all()
+}
+
+/// Windows: the same through a temporary file in `dir` renamed over `name` (`mode` does not apply;
+/// the directory's ACL does). Windows makes the rename durable itself.
+#[cfg(not(unix))]
+pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], _mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    remove_dead_temps(dir, Some(name));
+    let tmp = dir.join(temp_name(name));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        before_rename(name);
+        std::fs::rename(&tmp, dir.join(name))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Deletes `name` in `dir` (the entry itself, never what a link leads to) and any temporary file a
+/// killed [`write_atomic`] of it left. `Ok(false)`: there was no `name`.
+pub fn remove_atomic(dir: &Path, name: &str) -> std::io::Result<bool> {
+    remove_dead_temps(dir, Some(name));
+    match std::fs::remove_file(dir.join(name)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The temporary name [`write_atomic`] writes `name` under: the writer's process id lets a later
+/// run tell a killed write's file from one being written right now by another run.
+fn temp_name(name: &str) -> String {
+    format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    )
+}
+
+/// Deletes the temporary files of `name` in `dir` (of every file [`write_atomic`] writes there,
+/// when `None`) whose writer is no longer running: writes killed between creating their file and
+/// the rename. A run writing one right now is alive and keeps its file. Best effort: what cannot
+/// be read or deleted stays, and is tried again at the next write.
+pub fn remove_dead_temps(dir: &Path, name: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some((of, pid)) = file.to_str().and_then(parse_temp_name) else {
+            continue;
+        };
+        if name.is_none_or(|n| n == of) && pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The file name and writer's process id in a name [`temp_name`] made (`.NAME.PID.RANDOM.tmp`,
+/// RANDOM 16 hex digits).
+fn parse_temp_name(file: &str) -> Option<(&str, u32)> {
+    let rest = file.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (rest, random) = rest.rsplit_once('.')?;
+    let (name, pid) = rest.rsplit_once('.')?;
+    (random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()) && !name.is_empty())
+        .then_some(())?;
+    Some((name, pid.parse().ok()?))
+}
+
+/// Whether a process of this id exists (Unix: `kill(pid, 0)` does not fail with `ESRCH`).
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(Errno::ESRCH)
+    )
+}
+
+/// Windows: whether a process of this id can be opened.
+#[cfg(windows)]
+fn process_alive(pid: u32) -> bool {
+    crate::platform::process_exists(pid)
 }
 
 /// `lstat` says: a regular file (not a link to one).
@@ -903,6 +1028,51 @@ mod windows_tests {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn temporary_names_say_the_file_and_the_writer() {
+        let t = temp_name("vsts.agent.o.p.a.service");
+        assert_eq!(
+            parse_temp_name(&t),
+            Some(("vsts.agent.o.p.a.service", std::process::id()))
+        );
+        assert_eq!(
+            parse_temp_name(".x.json.12.0123456789abcdef.tmp"),
+            Some(("x.json", 12))
+        );
+        assert_eq!(parse_temp_name(".x.json.12.short.tmp"), None);
+        assert_eq!(parse_temp_name("x.json.12.0123456789abcdef.tmp"), None);
+        assert_eq!(parse_temp_name(".tmpAbc123"), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_dead_writers_temporary_file_goes_and_a_live_ones_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        // A child that has ended (and was reaped) is a pid no process has.
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        let dead_tmp = format!(".a.json.{dead_pid}.0123456789abcdef.tmp");
+        let live_tmp = ".a.json.1.0123456789abcdef.tmp".to_owned(); // init
+        let other = format!(".b.json.{dead_pid}.0123456789abcdef.tmp");
+        for f in [&dead_tmp, &live_tmp, &other] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        write_atomic(dir.path(), "a.json", b"{}", 0o600).unwrap();
+        assert!(!dir.path().join(&dead_tmp).exists());
+        assert!(dir.path().join(&live_tmp).exists());
+        assert!(
+            dir.path().join(&other).exists(),
+            "another file's is left to its writer"
+        );
+        assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"{}");
+        remove_dead_temps(dir.path(), None);
+        assert!(!dir.path().join(&other).exists());
+        assert!(remove_atomic(dir.path(), "a.json").unwrap());
+        assert!(!remove_atomic(dir.path(), "a.json").unwrap());
+    }
 
     #[test]
     fn untrusted_reads_refuse_links_fifos_and_big_files() {

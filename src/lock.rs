@@ -67,6 +67,10 @@ pub async fn acquire(
                 if told {
                     tracing::info!(waited_s = start.elapsed().as_secs(), "lock acquired");
                 }
+                // What a killed holder's atomic writes of saved settings left.
+                if let Some(dir) = crate::state::file_for(state_dir, agent_dir).parent() {
+                    crate::fsx::remove_dead_temps(dir, None);
+                }
                 return Ok(AgentLock { _file: file });
             }
             Err(std::fs::TryLockError::WouldBlock) => {}

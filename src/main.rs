@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         tracing::warn!("{e}; the secret variables stay in this process's environment");
     }
     crash::panic_if_asked(&env);
+    agent_bootstrap::fsx::arm_crash_point(&env);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -68,6 +68,11 @@ impl PreflightError {
 /// agent is registered, and a disk full then would leave a registration nothing records.
 pub const STATE_ROOM: u64 = 1024 * 1024;
 
+/// What the system trust store needs free where the certificate goes and where the bundle is
+/// rebuilt: the distribution's tool writes the whole bundle anew (Debian's is about 220 KiB;
+/// `update-ca-trust` writes a handful of bundles of that size).
+pub const TRUST_ROOM: u64 = 2 * 1024 * 1024;
+
 /// What the unit directory needs free for the agent's unit, the boot unit and the watcher.
 pub const UNIT_ROOM: u64 = 256 * 1024;
 
@@ -148,22 +153,33 @@ pub fn check(places: &[Place]) -> Result<(), PreflightError> {
                 fix: p.fix.clone(),
             });
         }
-        if p.room > 0
-            && let Some((mount, free)) = free_space(&p.path)
-            && free < p.room
-        {
-            return Err(PreflightError::NoSpace {
-                what: p.what,
-                path: p.path.clone(),
-                mount,
-                free,
-                need: p.room,
-                fix: p.fix.clone(),
-            });
-        }
+        check_room(p)?;
     }
     #[cfg(not(unix))]
     let _ = places;
+    Ok(())
+}
+
+/// Checks only that each place has its room free (a place whose other failures the caller's own
+/// step reports better, such as a read-only trust store).
+pub fn check_space(places: &[Place]) -> Result<(), PreflightError> {
+    places.iter().try_for_each(check_room)
+}
+
+fn check_room(p: &Place) -> Result<(), PreflightError> {
+    if p.room > 0
+        && let Some((mount, free)) = free_space(&p.path)
+        && free < p.room
+    {
+        return Err(PreflightError::NoSpace {
+            what: p.what,
+            path: p.path.clone(),
+            mount,
+            free,
+            need: p.room,
+            fix: p.fix.clone(),
+        });
+    }
     Ok(())
 }
 

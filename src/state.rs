@@ -159,9 +159,11 @@ pub fn trusted_elsewhere(state_dir: &Path, agent_dir: &Path) -> Vec<TrustedCa> {
 /// Removes the saved settings (remove, or a purge).
 pub fn delete(state_dir: &Path, agent_dir: &Path) -> Result<(), StateError> {
     let path = file_for(state_dir, agent_dir);
-    match fs_err::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    match crate::fsx::remove_atomic(dir, &name.to_string_lossy()) {
+        Ok(_) => Ok(()),
         Err(source) => Err(StateError::Write { path, source }),
     }
 }
@@ -205,12 +207,9 @@ pub fn save(state_dir: &Path, saved: &Saved) -> Result<PathBuf, StateError> {
     let dir = path.parent().expect("state file has a parent");
     crate::fsx::create_private_dir_all(dir).map_err(write)?;
     let json = serde_json::to_vec_pretty(saved).expect("settings serialize");
-    // Write to a temporary file, then rename: a crash never leaves half a file.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
-    std::io::Write::write_all(&mut tmp, &json).map_err(write)?;
-    tmp.as_file().sync_all().map_err(write)?;
-    tmp.persist(&path).map_err(|e| write(e.error))?;
-    crate::fsx::sync_dir(dir).map_err(write)?;
+    // A crash or power cut leaves the old file or the new one, never half of one.
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    crate::fsx::write_atomic(dir, &name, &json, 0o600).map_err(write)?;
     Ok(path)
 }
 

@@ -237,6 +237,31 @@ impl Store {
         }
     }
 
+    /// The directories a change to the store writes (Linux: the certificate's and the bundle's),
+    /// with the room the rebuilt bundle needs.
+    pub fn places(&self) -> Vec<crate::preflight::Place> {
+        let Kind::Linux(l) = &self.kind else {
+            return vec![];
+        };
+        let bundle = self.at(l.bundle);
+        [
+            self.at(l.anchors),
+            bundle.parent().unwrap_or(&bundle).to_owned(),
+        ]
+        .into_iter()
+        .map(|path| crate::preflight::Place {
+            what: "the system trust store",
+            path,
+            exec: false,
+            room: crate::preflight::TRUST_ROOM,
+            fix: format!(
+                "add the CA in the image instead of passing --ca-file ({})",
+                self.manual_fix()
+            ),
+        })
+        .collect()
+    }
+
     /// How a person adds the CA by hand (or in the image build).
     pub fn manual_fix(&self) -> String {
         let file = self.ca_file.display();
@@ -637,7 +662,7 @@ fn delete_files(store: &Store, entries: &[TrustedCa]) -> Result<Vec<TrustedCa>, 
             );
             continue;
         }
-        match remove_file(&dir, &name) {
+        match crate::fsx::remove_atomic(&dir, &name) {
             Ok(true) => removed.push(e.clone()),
             Ok(false) => {}
             Err(err) => {
@@ -688,9 +713,8 @@ fn is_regular(path: &Path) -> bool {
     crate::fsx::is_regular(path)
 }
 
-/// Writes `name` into `dir` (created 0755 if missing) as root's 0644 file: a new file created
-/// through a descriptor of `dir` (`O_EXCL | O_NOFOLLOW`), synced, renamed over `name` (a link
-/// there is replaced, never followed).
+/// Writes `name` into `dir` (created 0755 if missing) as root's 0644 file, atomically and never
+/// through a link ([`crate::fsx::write_atomic`]).
 #[cfg(unix)]
 fn write_file(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -698,23 +722,13 @@ fn write_file(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o755)
         .create(dir)?;
-    crate::fsx::write_new_then_rename(dir, name, contents, 0o644)
+    crate::fsx::write_atomic(dir, name, contents, 0o644)
 }
 
 #[cfg(not(unix))]
 fn write_file(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     crate::fsx::replace_file_no_follow(dir, name, contents)
-}
-
-/// Deletes `name` in `dir` (the entry itself, never what a link leads to). `Ok(false)`: there was
-/// nothing.
-fn remove_file(dir: &Path, name: &str) -> std::io::Result<bool> {
-    match std::fs::remove_file(dir.join(name)) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(all(test, unix))]

@@ -527,6 +527,33 @@ fn a_ca_that_cannot_be_added_stops_the_install_before_configure() {
     assert!(in_store(&w));
 }
 
+/// #24: a full file system where the CA goes (the distribution's tool rebuilds the whole bundle
+/// there) is named, with its free space, before anything is contacted: exit 5, as every other full
+/// place, not the tool's own error after the download; the same command installs once there is
+/// room.
+#[test]
+fn a_full_trust_store_is_named_before_anything_is_contacted() {
+    let w = tls_world();
+    let run = w.run_cmd(with_tmpfs(
+        &install_tls(&w, &[]),
+        &[(&anchors(&w), "size=64k,mode=0755")],
+    ));
+    run.assert_code(5);
+    for want in [
+        "the system trust store",
+        anchors(&w).to_str().unwrap(),
+        "KiB free, 2048 KiB needed",
+        "--ca-file",
+    ] {
+        assert!(run.stderr.contains(want), "missing {want}: {}", run.stderr);
+    }
+    assert!(w.requests().is_empty(), "contacted something first");
+    assert!(!w.agent_dir().exists());
+    assert!(w.saved_settings_files().is_empty());
+    w.run_cmd(install_tls(&w, &[])).assert_code(0);
+    assert!(in_store(&w));
+}
+
 #[test]
 fn without_root_a_ca_missing_from_the_store_is_refused_with_the_fix() {
     let w = tls_world();

@@ -179,12 +179,17 @@ pub async fn trust_plan(s: &InstallSettings, env: &Env) -> Result<Option<TrustPl
         known.extend(own.trusted_cas);
     }
     let actions = trust::assess(&store, &certs, &known, s.as_root, env).await?;
-    Ok(Some(TrustPlan {
+    let plan = TrustPlan {
         store,
         certs,
         actions,
         known,
-    }))
+    };
+    // A full disk there would fail the distribution's tool after the download, naming a file.
+    if plan.needs_work() {
+        crate::preflight::check_space(&plan.store.places())?;
+    }
+    Ok(Some(plan))
 }
 
 impl TrustPlan {
@@ -1359,7 +1364,7 @@ pub async fn ensure_boot_unit(
     }
     let before = (s.service && s.as_root).then(|| agent_unit(s, pool).name);
     let text = service::render_boot_unit(&exe, &s.agent_dir, &s.state_dir, before.as_deref())?;
-    let unchanged = fs_err::read_to_string(&path).is_ok_and(|t| t == text);
+    let unchanged = unit_file_is(&path, &text, &name);
     let systemctl = Systemctl::require(env)?;
     if !unchanged {
         service::write_unit_file(&path, &text)?;
@@ -1372,6 +1377,19 @@ pub async fn ensure_boot_unit(
     }
     systemctl.run(&["enable", &name]).await?;
     Ok(Some(name))
+}
+
+/// Whether the unit file at `path` says `text`; one that says something else (an older version's,
+/// or a file cut short or edited) is reported, and the caller writes it anew.
+fn unit_file_is(path: &Path, text: &str, name: &str) -> bool {
+    match fs_err::read_to_string(path) {
+        Ok(t) if t == text => true,
+        Ok(_) => {
+            tracing::warn!(unit = %name, "the unit file is not what it should be (an older version's, cut short or changed); rewriting it");
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// Writes, enables and starts the unit that runs `watch` (`--scale-in-drain`); restarts it when
@@ -1387,7 +1405,7 @@ pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<
         _ => None,
     };
     let text = service::render_watch_unit(&exe, &s.agent_dir, &s.state_dir, boot.as_deref())?;
-    let unchanged = fs_err::read_to_string(&path).is_ok_and(|t| t == text);
+    let unchanged = unit_file_is(&path, &text, &name);
     let systemctl = Systemctl::require(env)?;
     if !unchanged {
         service::write_unit_file(&path, &text)?;

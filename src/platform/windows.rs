@@ -25,7 +25,8 @@ use windows_sys::Win32::System::JobObjects::{
     SetInformationJobObject, TerminateJobObject,
 };
 use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_SET_QUOTA, PROCESS_TERMINATE,
+    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_SET_QUOTA, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE, WaitForSingleObject,
 };
 
 use super::Account;
@@ -178,6 +179,27 @@ pub fn volume_of(path: &Path) -> Option<PathBuf> {
     }
     let end = buf.iter().position(|u| *u == 0).unwrap_or(buf.len());
     Some(PathBuf::from(String::from_utf16_lossy(&buf[..end])))
+}
+
+/// Whether a process of this id is running: it can be opened and has not ended (one that cannot be
+/// opened for lack of rights exists all the same).
+pub fn process_exists(pid: u32) -> bool {
+    // SAFETY: opens a process by id with query rights; the handle is closed by `Owned`.
+    let process = unsafe {
+        OpenProcess(
+            PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_SYNCHRONIZE,
+            0,
+            pid,
+        )
+    };
+    if process.is_null() {
+        return std::io::Error::last_os_error().raw_os_error()
+            == Some(windows_sys::Win32::Foundation::ERROR_ACCESS_DENIED as i32);
+    }
+    let process = Owned(process);
+    // SAFETY: the handle is open; a zero timeout only polls.
+    let waited = unsafe { WaitForSingleObject(process.0, 0) };
+    waited == windows_sys::Win32::Foundation::WAIT_TIMEOUT
 }
 
 /// Whether this process runs elevated (an administrator past UAC, or SYSTEM).

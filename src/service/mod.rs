@@ -99,10 +99,7 @@ pub async fn delete_own_unit(
             sc.run(&["disable", name]).await?;
         }
     }
-    fs_err::remove_file(&path).map_err(|source| ServiceError::Remove {
-        path: path.clone(),
-        source,
-    })?;
+    remove_unit_file(&path)?;
     if let Some(sc) = &sc {
         sc.run(&["daemon-reload"]).await?;
     }
@@ -120,32 +117,30 @@ pub fn process_in_unit(pid: i32, unit: &str) -> bool {
     })
 }
 
+/// Deletes a unit file, and any temporary file a killed [`write_unit_file`] of it left.
+pub fn remove_unit_file(path: &Path) -> Result<(), ServiceError> {
+    let err = |source| ServiceError::Remove {
+        path: path.to_owned(),
+        source,
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    crate::fsx::remove_atomic(dir, &name.to_string_lossy()).map_err(err)?;
+    Ok(())
+}
+
 /// Writes a unit file atomically (a temporary file in the same directory, fsynced, then renamed
 /// over the old one), mode 0644. A crash leaves the old unit or the new one, never half of one.
 pub fn write_unit_file(path: &Path, text: &str) -> Result<(), ServiceError> {
-    use std::io::Write;
     let err = |source| ServiceError::Write {
         path: path.to_owned(),
         source,
     };
     let dir = path.parent().expect("unit files live in a directory");
+    let name = path.file_name().expect("a unit file has a name");
     fs_err::create_dir_all(dir).map_err(err)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".agent-bootstrap-unit-")
-        .tempfile_in(dir)
-        .map_err(err)?;
-    tmp.write_all(text.as_bytes()).map_err(err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(err)?;
-    }
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    crate::fsx::sync_dir(dir).map_err(err)?;
-    Ok(())
+    crate::fsx::write_atomic(dir, &name.to_string_lossy(), text.as_bytes(), 0o644).map_err(err)
 }
 
 /// The value for a unit-file setting that takes a plain string (`Description=`,

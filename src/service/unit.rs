@@ -132,13 +132,17 @@ pub fn render_agent_unit(
 
 /// The agent dir a unit file runs in, if it says (`WorkingDirectory=`).
 fn working_directory(text: &str) -> Option<String> {
-    text.lines()
+    // A last line without its newline is a file cut short (a torn write): not believed.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .filter_map(|l| l.trim().strip_prefix("WorkingDirectory="))
         .map(|v| v.trim().replace("%%", "%"))
         .next_back()
 }
 
-/// A unit file that runs in another agent dir (a damaged one, without the line, is not foreign).
+/// A unit file that runs in another agent dir (a damaged one, without the line or cut short in it,
+/// is not foreign).
 fn foreign(path: &Path, text: &str, root: &Path) -> Result<(), ServiceError> {
     match working_directory(text) {
         Some(d) if Path::new(&d) != root => Err(ServiceError::Foreign {
@@ -211,6 +215,10 @@ pub async fn install_agent_unit(
         foreign(&path, t, root)?;
     }
     let reinstalled = current.as_deref() != Some(text.as_str());
+    // What a killed write of this unit left, even when the unit itself is right.
+    if let Some(dir) = path.parent() {
+        crate::fsx::remove_dead_temps(dir, Some(&unit.name));
+    }
     if reinstalled {
         if current.is_some() {
             tracing::warn!(unit = %unit.name, "the agent's unit file is not what it should be; rewriting it");
@@ -265,10 +273,7 @@ pub async fn uninstall_agent_unit(
     let _ = sc.run(&["stop", name]).await;
     if current.is_some() {
         sc.run(&["disable", name]).await?;
-        fs_err::remove_file(&path).map_err(|source| ServiceError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        super::remove_unit_file(&path)?;
     }
     // unlink does not follow links: safe in a directory the agent user owns.
     let _ = fs_err::remove_file(root.join(".service"));
