@@ -909,6 +909,20 @@ pub fn check_agent_dir_location(
 mod windows_tests {
     use super::*;
 
+    #[test]
+    fn an_atomic_write_replaces_the_file_and_a_dead_writers_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has pid 4294967291 (ids are multiples of 4).
+        let dead = ".s.json.4294967291.0123456789abcdef.tmp";
+        std::fs::write(dir.path().join(dead), "x").unwrap();
+        write_atomic(dir.path(), "s.json", b"one", 0o600).unwrap();
+        write_atomic(dir.path(), "s.json", b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("s.json")).unwrap(), b"two");
+        assert!(!dir.path().join(dead).exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(remove_atomic(dir.path(), "s.json").unwrap());
+    }
+
     /// Under Wine: it keeps a directory's ACL only as far as its Unix mode can say.
     fn wine() -> bool {
         Path::new(r"C:\windows\system32\wineboot.exe").exists()
@@ -1028,6 +1042,18 @@ mod windows_tests {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn the_crash_point_knob_only_works_in_debug_builds() {
+        // A name no test writes: arming it must not kill this process.
+        let env = crate::env::Env::fake(
+            &[(TEST_CRASH_BEFORE_RENAME_ENV, "never-written-by-a-test")],
+            "h",
+            true,
+        );
+        arm_crash_point(&env);
+        assert_eq!(CRASH_BEFORE_RENAME.get().is_some(), cfg!(debug_assertions));
+    }
 
     #[test]
     fn temporary_names_say_the_file_and_the_writer() {

@@ -122,7 +122,14 @@ pub fn free_space(path: &Path) -> Option<(PathBuf, u64)> {
         let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
         Some((mount, free))
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        let existing = path.ancestors().find(|p| p.is_dir())?;
+        let free = crate::platform::free_bytes(existing)?;
+        let volume = crate::platform::volume_of(existing).unwrap_or_else(|| existing.to_owned());
+        Some((volume, free))
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = path;
         None
@@ -155,8 +162,9 @@ pub fn check(places: &[Place]) -> Result<(), PreflightError> {
         }
         check_room(p)?;
     }
+    // Windows: no read-only or noexec flags to read; the room is checked all the same.
     #[cfg(not(unix))]
-    let _ = places;
+    places.iter().try_for_each(check_room)?;
     Ok(())
 }
 
@@ -229,5 +237,36 @@ mod tests {
         assert_eq!(mount, Path::new("/proc"));
         let (mount, _) = mount_of(Path::new("/no-such-dir-here")).unwrap();
         assert_eq!(mount, Path::new("/"));
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    /// Linux (statvfs) and Windows (`GetDiskFreeSpaceExW`, run under Wine in CI) alike.
+    #[test]
+    fn free_space_is_read_and_a_shortfall_names_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not/yet");
+        let (mount, free) = free_space(&missing).expect("free space");
+        assert!(free > 0 && !mount.as_os_str().is_empty());
+        let place = Place {
+            what: "the state dir",
+            path: missing.clone(),
+            exec: false,
+            room: u64::MAX,
+            fix: "set X".into(),
+        };
+        let e = check(std::slice::from_ref(&place)).unwrap_err();
+        assert!(e.is_no_space());
+        let text = e.to_string();
+        assert!(
+            text.contains(&missing.display().to_string())
+                && text.contains(&mount.display().to_string())
+                && text.contains("KiB free"),
+            "{text}"
+        );
+        assert!(check_space(&[Place { room: 1, ..place }]).is_ok());
     }
 }

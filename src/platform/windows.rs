@@ -18,7 +18,9 @@ use windows_sys::Win32::Security::{
     DACL_SECURITY_INFORMATION, GetTokenInformation, PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES,
     TOKEN_ELEVATION, TOKEN_QUERY, TokenElevation,
 };
-use windows_sys::Win32::Storage::FileSystem::{CreateDirectoryW, GetVolumePathNameW};
+use windows_sys::Win32::Storage::FileSystem::{
+    CreateDirectoryW, GetDiskFreeSpaceExW, GetVolumePathNameW,
+};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
@@ -179,6 +181,22 @@ pub fn volume_of(path: &Path) -> Option<PathBuf> {
     }
     let end = buf.iter().position(|u| *u == 0).unwrap_or(buf.len());
     Some(PathBuf::from(String::from_utf16_lossy(&buf[..end])))
+}
+
+/// The bytes free to this account on the volume of `path` (an existing directory).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let name = wide(path);
+    let mut available = 0u64;
+    // SAFETY: `name` is NUL-terminated; the two totals this caller does not want may be null.
+    let ok = unsafe {
+        GetDiskFreeSpaceExW(
+            name.as_ptr(),
+            &mut available,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    (ok != 0).then_some(available)
 }
 
 /// Whether a process of this id is running: it can be opened and has not ended (one that cannot be
