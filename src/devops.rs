@@ -116,6 +116,15 @@ pub enum DevOpsError {
 }
 
 impl DevOpsError {
+    /// The server refused to delete the agent because it runs a job (`TaskAgentBusyException`,
+    /// HTTP 400 or 409; the message names the job): `remove` waits for it, `prune` skips it.
+    pub fn is_agent_busy(&self) -> bool {
+        matches!(self, Self::Status { status: 400 | 409, message, .. }
+            if message.contains("TaskAgentBusy")
+                || message.to_ascii_lowercase().contains("running a job")
+                || message.to_ascii_lowercase().contains("busy"))
+    }
+
     /// Errors where the server said no (exit 4), as opposed to not answering.
     pub fn is_refusal(&self) -> bool {
         matches!(

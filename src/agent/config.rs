@@ -28,6 +28,20 @@ pub struct Configure {
     pub ca_file: Option<String>,
 }
 
+/// `config.sh` and `run.sh` refuse to run as root unless this is set (`src/Misc/layoutroot/config.sh`:
+/// `if [ $user_id -eq 0 -a -z "$AGENT_ALLOW_RUNASROOT" ]`); Windows has no such check.
+pub const ALLOW_RUN_AS_ROOT_ENV: &str = "AGENT_ALLOW_RUNASROOT";
+
+/// One of the agent's scripts run as root on Linux gets [`ALLOW_RUN_AS_ROOT_ENV`]; run as the
+/// agent's account, or on Windows, it does not.
+pub fn allow_root(child: crate::process::Child, as_root: bool) -> crate::process::Child {
+    if as_root && cfg!(unix) {
+        child.env(ALLOW_RUN_AS_ROOT_ENV, "1")
+    } else {
+        child
+    }
+}
+
 /// The proxy's password, for `config.sh` (never an argument; the agent keeps it in its
 /// credential store).
 pub const PROXY_PASSWORD_ENV: &str = "VSTS_AGENT_INPUT_PROXYPASSWORD";

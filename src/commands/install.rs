@@ -959,9 +959,9 @@ impl std::fmt::Display for Step {
                     .args(args.clone())
                     .secret_env(TOKEN_ENV, Secret::new(String::new()));
                 let as_root = if user == "root" {
-                    "AGENT_ALLOW_RUNASROOT=1 "
+                    format!("{}=1 ", config::ALLOW_RUN_AS_ROOT_ENV)
                 } else {
-                    ""
+                    String::new()
                 };
                 if program.extension().is_some_and(|e| e == "cmd")
                     || program.to_string_lossy().ends_with(".cmd")
@@ -1348,7 +1348,7 @@ pub async fn ensure_boot_unit(
     env: &Env,
     pool: &str,
 ) -> Result<Option<String>, Error> {
-    let Some(Step::BootUnit { name, path }) = boot_step(s, env) else {
+    let Some(Step::BootUnit { name, .. }) = boot_step(s, env) else {
         return Ok(None);
     };
     let exe = boot_program()?;
@@ -1364,12 +1364,9 @@ pub async fn ensure_boot_unit(
     }
     let before = (s.service && s.as_root).then(|| agent_unit(s, pool).name);
     let text = service::render_boot_unit(&exe, &s.agent_dir, &s.state_dir, before.as_deref())?;
-    let unchanged = unit_file_is(&path, &text, &name);
     let systemctl = Systemctl::require(env)?;
+    let unchanged = !service::put_unit_file(env, &systemctl, &name, &text).await?;
     if !unchanged {
-        service::write_unit_file(&path, &text)?;
-        service::selinux::label(env, &path, service::selinux::UNIT_FILE).await?;
-        systemctl.run(&["daemon-reload"]).await?;
         tracing::info!(unit = %name, "installed the boot unit that runs reconcile");
     }
     if unchanged && systemctl.state(&name).await?.enabled {
@@ -1379,23 +1376,10 @@ pub async fn ensure_boot_unit(
     Ok(Some(name))
 }
 
-/// Whether the unit file at `path` says `text`; one that says something else (an older version's,
-/// or a file cut short or edited) is reported, and the caller writes it anew.
-fn unit_file_is(path: &Path, text: &str, name: &str) -> bool {
-    match fs_err::read_to_string(path) {
-        Ok(t) if t == text => true,
-        Ok(_) => {
-            tracing::warn!(unit = %name, "the unit file is not what it should be (an older version's, cut short or changed); rewriting it");
-            false
-        }
-        Err(_) => false,
-    }
-}
-
 /// Writes, enables and starts the unit that runs `watch` (`--scale-in-drain`); restarts it when
 /// its text changed. Returns its name, or `None` where there is none.
 pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<String>, Error> {
-    let Some(Step::WatchUnit { name, path }) = watch_step(s, env) else {
+    let Some(Step::WatchUnit { name, .. }) = watch_step(s, env) else {
         drop_watch_unit(s, env).await?;
         return Ok(None);
     };
@@ -1405,12 +1389,9 @@ pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<
         _ => None,
     };
     let text = service::render_watch_unit(&exe, &s.agent_dir, &s.state_dir, boot.as_deref())?;
-    let unchanged = unit_file_is(&path, &text, &name);
     let systemctl = Systemctl::require(env)?;
+    let unchanged = !service::put_unit_file(env, &systemctl, &name, &text).await?;
     if !unchanged {
-        service::write_unit_file(&path, &text)?;
-        service::selinux::label(env, &path, service::selinux::UNIT_FILE).await?;
-        systemctl.run(&["daemon-reload"]).await?;
         tracing::info!(unit = %name, "installed the scale-in watcher");
     }
     let state = systemctl.state(&name).await?;

@@ -213,16 +213,13 @@ pub(crate) fn agent_child(
     let run_as = user.and_then(crate::process::RunAs::unless_root);
     // config.sh refuses root without it; Windows has no such check (and no account switch).
     let as_root = run_as.is_none() && cfg!(unix);
-    let mut child = crate::process::Child::new(label, program, env)
+    let child = crate::process::Child::new(label, program, env)
         .base_env(crate::env::without_proxy_passwords(env.for_children()))
         .cwd(root)
         .secret_env(crate::agent::config::TOKEN_ENV, token.clone())
         .run_as(run_as)
         .timeout(timeout);
-    if as_root {
-        child = child.env("AGENT_ALLOW_RUNASROOT", "1");
-    }
-    child
+    crate::agent::config::allow_root(child, as_root)
 }
 
 /// Runs one of the agent's own scripts (`config.sh`, `config.sh remove`, `reauth.sh`) and turns a

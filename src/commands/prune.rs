@@ -117,7 +117,7 @@ pub async fn run(
                     tracing::info!(agent = %agent.name, id = agent.id, "deleted");
                     Verdict::Deleted
                 }
-                Err(e) if is_busy(&e) => {
+                Err(e) if e.is_agent_busy() => {
                     tracing::warn!(agent = %agent.name, "busy now: kept");
                     Verdict::KeptBusy
                 }
@@ -156,11 +156,6 @@ pub async fn run(
         .into());
     }
     Ok(())
-}
-
-fn is_busy(e: &DevOpsError) -> bool {
-    matches!(e, DevOpsError::Status { status: 400 | 409, message, .. }
-        if message.contains("TaskAgentBusy") || message.to_ascii_lowercase().contains("running a job"))
 }
 
 /// "9d 3h", "5h 2m", "40m".

@@ -272,14 +272,9 @@ async fn reconcile(
     let manage_win = env.is_root() && saved.service && windows;
     let unit_state = match &systemctl {
         Some(sc) => Some(sc.state(&unit.name).await?),
-        None if manage_win => {
-            let st = service::windows::query(env, &win_service).await?;
-            Some(UnitState {
-                exists: st.exists,
-                enabled: st.exists,
-                active: st.running,
-            })
-        }
+        None if manage_win => Some(UnitState::from(
+            service::windows::query(env, &win_service).await?,
+        )),
         None => None,
     };
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::agent::AgentDir;
 use crate::commands::{Target, install};
-use crate::devops::{DevOpsClient, DevOpsError};
+use crate::devops::DevOpsClient;
 use crate::env::Env;
 use crate::error::Error;
 use crate::net::Net;
@@ -274,7 +274,7 @@ pub async fn unregister_with(
                     saved.agent_name, server.id
                 ));
             }
-            Err(e) if is_busy(&e) && attempt < attempts => {
+            Err(e) if e.is_agent_busy() && attempt < attempts => {
                 tracing::warn!(
                     attempt,
                     "the agent is running a job ({e}); retrying in {}s",
@@ -282,7 +282,7 @@ pub async fn unregister_with(
                 );
                 clock.sleep(delay).await;
             }
-            Err(e) if is_busy(&e) => {
+            Err(e) if e.is_agent_busy() => {
                 return Err(Error::Configure {
                     message: format!("gave up after {attempt} attempts: {e}"),
                 });
@@ -290,11 +290,4 @@ pub async fn unregister_with(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// The server refused because the agent runs a job (`TaskAgentBusyException`).
-fn is_busy(e: &DevOpsError) -> bool {
-    matches!(e, DevOpsError::Status { status: 400 | 409, message, .. }
-        if message.to_ascii_lowercase().contains("running a job")
-            || message.to_ascii_lowercase().contains("busy"))
 }

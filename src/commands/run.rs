@@ -184,9 +184,7 @@ async fn run_agent(
             child.args(["--startuptype", "service"])
         };
         // run.sh refuses root without it, as config.sh does.
-        if env.is_root() && !i.os.is_windows() {
-            child = child.env("AGENT_ALLOW_RUNASROOT", "1");
-        }
+        child = crate::agent::config::allow_root(child, env.is_root() && !i.os.is_windows());
         tracing::info!(command = %child.display(), "running the agent in the foreground");
         let mut task: AgentTask = tokio::task::spawn_blocking(move || {
             process::run(&child, &crate::secret::Masker::new())

@@ -111,16 +111,10 @@ pub async fn run(
     let service = match (&systemctl, &service_unit) {
         (Some(sc), Some(u)) => sc.state(u).await.ok(),
         // The Service Control Manager's view.
-        (None, Some(u)) if windows => {
-            crate::service::windows::query(env, u)
-                .await
-                .ok()
-                .map(|st| UnitState {
-                    exists: st.exists,
-                    enabled: st.exists,
-                    active: st.running,
-                })
-        }
+        (None, Some(u)) if windows => crate::service::windows::query(env, u)
+            .await
+            .ok()
+            .map(UnitState::from),
         _ => None,
     };
     let boot_unit = saved.as_ref().and_then(|s| s.boot_unit.clone());

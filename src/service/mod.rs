@@ -117,6 +117,35 @@ pub fn process_in_unit(pid: i32, unit: &str) -> bool {
     })
 }
 
+/// Makes the unit file `name` say `text`: when it does not (missing, an older version's, cut short
+/// or changed: reported), writes it ([`write_unit_file`]), labels it for SELinux and reloads
+/// systemd. Returns whether it was written. Enabling and starting are the caller's.
+pub async fn put_unit_file(
+    env: &crate::env::Env,
+    sc: &Systemctl,
+    name: &str,
+    text: &str,
+) -> Result<bool, ServiceError> {
+    let path = unit_dir(env).join(name);
+    // What a killed write of this unit left, even when the unit itself is right.
+    if let Some(dir) = path.parent() {
+        crate::fsx::remove_dead_temps(dir, Some(name));
+    }
+    match fs_err::read_to_string(&path) {
+        Ok(t) if t == text => return Ok(false),
+        Ok(_) => tracing::warn!(
+            unit = %name,
+            "the unit file is not what it should be (an older version's, cut short or changed); \
+             rewriting it"
+        ),
+        Err(_) => {}
+    }
+    write_unit_file(&path, text)?;
+    selinux::label(env, &path, selinux::UNIT_FILE).await?;
+    sc.run(&["daemon-reload"]).await?;
+    Ok(true)
+}
+
 /// Deletes a unit file, and any temporary file a killed [`write_unit_file`] of it left.
 pub fn remove_unit_file(path: &Path) -> Result<(), ServiceError> {
     let err = |source| ServiceError::Remove {

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{ServiceError, Systemctl, exec_word, unit_dir, unit_value, write_unit_file};
+use super::{ServiceError, Systemctl, exec_word, unit_dir, unit_value};
 use crate::env::Env;
 use crate::process::{self, Child};
 use crate::secret::Masker;
@@ -210,23 +210,10 @@ pub async fn install_agent_unit(
 ) -> Result<ReadyUnit, ServiceError> {
     let path = unit_dir(env).join(&unit.name);
     let text = render_agent_unit(root, &user.name, &unit.description)?;
-    let current = fs_err::read_to_string(&path).ok();
-    if let Some(t) = &current {
-        foreign(&path, t, root)?;
+    if let Ok(t) = fs_err::read_to_string(&path) {
+        foreign(&path, &t, root)?;
     }
-    let reinstalled = current.as_deref() != Some(text.as_str());
-    // What a killed write of this unit left, even when the unit itself is right.
-    if let Some(dir) = path.parent() {
-        crate::fsx::remove_dead_temps(dir, Some(&unit.name));
-    }
-    if reinstalled {
-        if current.is_some() {
-            tracing::warn!(unit = %unit.name, "the agent's unit file is not what it should be; rewriting it");
-        }
-        write_unit_file(&path, &text)?;
-        super::selinux::label(env, &path, super::selinux::UNIT_FILE).await?;
-        sc.run(&["daemon-reload"]).await?;
-    }
+    let reinstalled = super::put_unit_file(env, sc, &unit.name, &text).await?;
     let runsvc_ok = crate::fsx::is_regular(&root.join("runsvc.sh"));
     let service_file_ok = crate::fsx::is_regular(&root.join(".service"));
     if reinstalled || !runsvc_ok || !service_file_ok {

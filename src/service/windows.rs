@@ -35,6 +35,18 @@ pub struct ScState {
     pub running: bool,
 }
 
+impl From<ScState> for super::UnitState {
+    /// The Service Control Manager's view as systemd's: a service exists enabled (configure
+    /// creates it to start automatically).
+    fn from(st: ScState) -> Self {
+        Self {
+            exists: st.exists,
+            enabled: st.exists,
+            active: st.running,
+        }
+    }
+}
+
 /// Reads `sc.exe query NAME`: exit 1060 (or "FAILED 1060") is "no such service"; the `STATE` line
 /// says whether it runs (`4  RUNNING`, `2  START_PENDING`).
 pub fn parse_sc_query(code: i32, stdout: &[String]) -> ScState {
