@@ -1,0 +1,144 @@
+//! `--ca-file` and the system trust store: what an install adds, and taking out again what no
+//! install needs any more.
+
+use super::*;
+
+/// The CA file's certificates and what install does with each ([`trust::assess`]).
+pub struct TrustPlan {
+    pub(super) store: trust::Store,
+    pub(super) certs: Vec<trust::Cert>,
+    pub(super) actions: Vec<trust::Action>,
+    /// What any install recorded as added (this agent dir's saved settings included): such a
+    /// certificate in the store is ours, not the machine's.
+    pub(super) known: Vec<TrustedCa>,
+}
+
+/// Looks at the system trust store for `--ca-file` (nothing changed). What cannot be done (no
+/// root, no tool, an unknown distribution) stops the install here, before anything is contacted.
+pub async fn trust_plan(s: &InstallSettings, env: &Env) -> Result<Option<TrustPlan>, Error> {
+    let Some(ca_file) = &s.network.ca_file else {
+        return Ok(None);
+    };
+    let mut certs: Vec<trust::Cert> = vec![];
+    for cert in s.network.ca_certs.iter().cloned().map(trust::Cert::new) {
+        // A bundle may name a certificate twice.
+        if !certs.iter().any(|c| c.sha256 == cert.sha256) {
+            certs.push(cert);
+        }
+    }
+    let store = trust::Store::for_machine(
+        s.os.is_windows(),
+        &crate::host::Facts::current(),
+        env,
+        ca_file,
+    );
+    let mut known = state::trusted_elsewhere(&s.state_dir, &s.agent_dir);
+    if let Ok(Some(own)) = state::load(&s.state_dir, &s.agent_dir) {
+        known.extend(own.trusted_cas);
+    }
+    let actions = trust::assess(&store, &certs, &known, s.as_root, env).await?;
+    let plan = TrustPlan {
+        store,
+        certs,
+        actions,
+        known,
+    };
+    // A full disk there would fail the distribution's tool after the download, naming a file.
+    if plan.needs_work() {
+        crate::preflight::check_space(&plan.store.places())?;
+    }
+    Ok(Some(plan))
+}
+
+impl TrustPlan {
+    pub(super) fn step(&self) -> Step {
+        Step::TrustCa {
+            ca_file: self.store.ca_file.clone(),
+            tool: self.store.tool_display(),
+            certs: self
+                .certs
+                .iter()
+                .zip(&self.actions)
+                .map(|(c, a)| (c.subject.clone(), self.store.file_for(c), a.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether something must be written or the tool run.
+    pub fn needs_work(&self) -> bool {
+        self.actions.iter().any(|a| {
+            matches!(
+                a,
+                trust::Action::Add | trust::Action::Ours { in_bundle: false }
+            )
+        })
+    }
+
+    /// Puts the certificates into the store; logs what was done. Returns what the saved settings
+    /// record, and what this call added.
+    pub async fn ensure(&self, s: &InstallSettings, env: &Env) -> Result<trust::Ensured, Error> {
+        if s.os.is_windows() {
+            // certutil reads each certificate from a file in SYSTEM's private directory.
+            crate::fsx::create_private_dir_all(&s.state_dir).map_err(|source| Error::Io {
+                action: "creating",
+                path: s.state_dir.clone(),
+                source,
+            })?;
+        }
+        let done = trust::ensure(&self.store, &self.certs, &self.known, &s.state_dir, env).await?;
+        for c in &done.present {
+            tracing::info!(
+                ca = %c.subject,
+                "the CA certificate is already in the system trust store; left as it is"
+            );
+        }
+        for c in &done.added_now {
+            tracing::info!(
+                ca = %c.subject,
+                file = %c.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "LocalMachine\\Root".into()),
+                tool = %self.store.tool_display(),
+                "added the CA certificate to the system trust store (the agent trusts only that \
+                 store for its connections); `agent-bootstrap remove` takes it out again"
+            );
+        }
+        Ok(done)
+    }
+}
+
+/// Takes out of the system trust store what an install had added and no longer needs (`previous`
+/// less `kept`), unless another agent dir's install recorded it too. Best effort: logged.
+pub(super) async fn release_unneeded(
+    s: &InstallSettings,
+    env: &Env,
+    previous: &[TrustedCa],
+    kept: &[TrustedCa],
+) {
+    let elsewhere = state::trusted_elsewhere(&s.state_dir, &s.agent_dir);
+    let unneeded: Vec<TrustedCa> = previous
+        .iter()
+        .filter(|p| !kept.iter().chain(&elsewhere).any(|k| k.sha256 == p.sha256))
+        .cloned()
+        .collect();
+    if unneeded.is_empty() {
+        return;
+    }
+    let ca_file = s.network.ca_file.clone().unwrap_or_default();
+    let store = trust::Store::for_machine(
+        s.os.is_windows(),
+        &crate::host::Facts::current(),
+        env,
+        &ca_file,
+    );
+    match trust::release(&store, &unneeded, env).await {
+        Ok(removed) => {
+            for c in removed {
+                tracing::info!(
+                    ca = %c.subject,
+                    "took the CA certificate an earlier install added out of the system trust store \
+                     (no longer asked for)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
+}

@@ -1,0 +1,449 @@
+//! What an install will do, as a value: the [`Step`]s `--dry-run` prints and a real run carries
+//! out in order, and how they are chosen from what was seen.
+
+use super::*;
+
+/// What will be installed, once the packages API (or `--package`) has been asked.
+#[derive(Debug, Clone)]
+pub(super) enum PackagePlan {
+    /// The agent dir already has a usable package.
+    Keep { reason: String },
+    Fetch {
+        request: Request,
+        version: Option<String>,
+    },
+}
+
+/// One step of an install, as `--dry-run` prints it and the executor runs it.
+#[derive(Debug, Clone)]
+pub(super) enum Step {
+    /// Something a person should know (no boot unit here, and why).
+    Note(String),
+    CreateUser {
+        name: String,
+    },
+    /// Put the CA file's certificates into the system trust store (the agent's listener trusts
+    /// nothing else), or leave them where the store has them already ([`crate::trust`]).
+    TrustCa {
+        ca_file: PathBuf,
+        tool: String,
+        /// Each certificate's subject, the file of ours it goes to (Linux), and what is done.
+        certs: Vec<(String, Option<PathBuf>, trust::Action)>,
+    },
+    KeepPackage {
+        reason: String,
+    },
+    /// Give a package root extracted (an image build) to the agent user, by descriptor.
+    GiveAgentDir {
+        user: String,
+    },
+    Fetch {
+        request: Request,
+        version: Option<String>,
+        cached: Option<PathBuf>,
+    },
+    StopService {
+        unit: String,
+    },
+    /// End every process of the agent's account and see them gone, before anything a configure
+    /// with the token runs from is put in place ([`user::end_processes`]).
+    EndUserProcesses {
+        user: String,
+    },
+    RemoveRegistration,
+    Configure {
+        program: PathBuf,
+        args: Vec<String>,
+        user: String,
+    },
+    InstallUnit {
+        unit: AgentUnit,
+        user: String,
+    },
+    StartService {
+        unit: String,
+        no_block: bool,
+    },
+    SaveSettings {
+        path: PathBuf,
+    },
+    BootUnit {
+        name: String,
+        path: PathBuf,
+    },
+    /// The service that runs `watch` (`--scale-in-drain`).
+    WatchUnit {
+        name: String,
+        path: PathBuf,
+    },
+    /// Windows: the agent dir's ACL (SYSTEM and Administrators full, the service account modify).
+    SecureAgentDir {
+        account: String,
+    },
+    /// Windows: stop the service configure is about to replace.
+    StopWindowsService {
+        name: String,
+    },
+    /// Windows: the service configure created is running (started if it is not).
+    WindowsService {
+        name: String,
+    },
+    /// Windows: the scheduled task that runs `reconcile` at startup.
+    BootTask {
+        name: String,
+    },
+}
+
+/// The steps of one install, in order.
+#[derive(Debug, Clone)]
+pub(super) struct Plan {
+    pub(super) steps: Vec<Step>,
+}
+
+pub(super) fn make_plan(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    c: &Checked,
+    package: &PackagePlan,
+    account: Option<&RunAs>,
+) -> Plan {
+    let mut steps = vec![];
+    let windows = s.os.is_windows();
+    if account.is_none() && !windows {
+        steps.push(Step::CreateUser {
+            name: s.user.name().to_owned(),
+        });
+    }
+    let unit = agent_unit(s, &c.pool.name);
+    let units = manages_units(s, env);
+    let win_service = windows_service_name(s, &c.pool.name);
+    // The agent stops before its files change: a listener still running with the old key would
+    // not pick up the new one, and systemd would start again what is ended below.
+    if s.service && units && (c.reregister || c.unit_exists) {
+        steps.push(Step::StopService {
+            unit: unit.name.clone(),
+        });
+    }
+    if s.service && windows && c.reregister {
+        steps.push(Step::StopWindowsService {
+            name: win_service.clone(),
+        });
+    }
+    if ends_user_processes(s, account) {
+        steps.push(Step::EndUserProcesses {
+            user: s.user.name().to_owned(),
+        });
+    }
+    match package {
+        PackagePlan::Keep { reason } => {
+            steps.push(Step::KeepPackage {
+                reason: reason.clone(),
+            });
+            let owned_by_user =
+                account.is_some_and(|u| crate::platform::owner_id(&s.agent_dir) == Some(u.uid));
+            if s.as_root && !owned_by_user && !windows {
+                steps.push(Step::GiveAgentDir {
+                    user: s.user.name().to_owned(),
+                });
+            }
+        }
+        PackagePlan::Fetch { request, version } => steps.push(Step::Fetch {
+            request: request.clone(),
+            version: version.clone(),
+            cached: request
+                .sha256
+                .as_ref()
+                .map(|h| package::cache_path(&s.cache_dir, h, request.kind))
+                .filter(|p| p.is_file()),
+        }),
+    }
+    if windows && s.as_root {
+        steps.push(Step::SecureAgentDir {
+            account: s.user.name().to_owned(),
+        });
+    }
+    if c.reregister || agent.has_stale_registration() {
+        steps.push(Step::RemoveRegistration);
+    }
+    let (program, args) = configure_command(s, agent);
+    steps.push(Step::Configure {
+        program,
+        args,
+        user: s.user.name().to_owned(),
+    });
+    // Saved as soon as the agent is registered: whatever fails after, reconcile and remove know it.
+    steps.push(Step::SaveSettings {
+        path: state::file_for(&s.state_dir, &s.agent_dir),
+    });
+    if s.service && windows {
+        steps.push(Step::WindowsService { name: win_service });
+    }
+    if s.service && !windows {
+        if units {
+            steps.push(Step::InstallUnit {
+                unit: unit.clone(),
+                user: s.user.name().to_owned(),
+            });
+            steps.push(Step::StartService {
+                unit: unit.name.clone(),
+                no_block: s.no_block_start,
+            });
+        } else {
+            steps.push(Step::Note(
+                "systemd is not running here: the agent's service is not installed; start \
+                 ./run.sh yourself"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(step) = boot_step(s, env) {
+        steps.push(step);
+    }
+    if let Some(step) = watch_step(s, env) {
+        steps.push(step);
+    }
+    Plan { steps }
+}
+
+/// Whether configuring ends the account's processes first: as root on Linux, for an account that
+/// is not root (the agent's jobs run as it, and the token passes through its configure).
+pub(super) fn ends_user_processes(s: &InstallSettings, account: Option<&RunAs>) -> bool {
+    s.as_root && cfg!(unix) && !s.os.is_windows() && account.is_none_or(|a| a.uid != 0)
+}
+
+/// The watcher's unit step (`--scale-in-drain`), or the note saying why there is none.
+pub(super) fn watch_step(s: &InstallSettings, env: &Env) -> Option<Step> {
+    if !s.scale_in_drain {
+        return None;
+    }
+    if !service::systemd_available(env) {
+        return Some(Step::Note(format!(
+            "systemd is not running here: no scale-in watcher installed; run `agent-bootstrap \
+             watch --agent-dir {}` as root yourself",
+            s.agent_dir.display()
+        )));
+    }
+    let name = service::watch_unit_name(&s.agent_dir);
+    Some(Step::WatchUnit {
+        path: service::unit_dir(env).join(&name),
+        name,
+    })
+}
+
+/// The boot unit step, or the note saying why there is none.
+pub(super) fn boot_step(s: &InstallSettings, env: &Env) -> Option<Step> {
+    if !s.boot {
+        return None;
+    }
+    let by_hand = format!(
+        "run `agent-bootstrap reconcile --agent-dir {}` at start yourself",
+        s.agent_dir.display()
+    );
+    if s.os.is_windows() {
+        return Some(if s.as_root {
+            Step::BootTask {
+                name: service::windows::boot_task_name(&s.agent_dir),
+            }
+        } else {
+            Step::Note(format!(
+                "not elevated: no boot task (it would run as SYSTEM); {by_hand}"
+            ))
+        });
+    }
+    if !s.as_root {
+        return Some(Step::Note(format!(
+            "not running as root: no boot unit (it would run as root); {by_hand}"
+        )));
+    }
+    if !service::systemd_available(env) {
+        return Some(Step::Note(format!(
+            "systemd is not running here: no boot unit installed; {by_hand}"
+        )));
+    }
+    let name = service::boot_unit_name(&s.agent_dir);
+    Some(Step::BootUnit {
+        path: service::unit_dir(env).join(&name),
+        name,
+    })
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Note(text) => write!(f, "note: {text}"),
+            Step::CreateUser { name } => write!(
+                f,
+                "create system user '{name}' (useradd --system --create-home)"
+            ),
+            Step::TrustCa {
+                ca_file,
+                tool,
+                certs,
+            } => {
+                write!(
+                    f,
+                    "put the CA certificates of {} into the system trust store (the agent's \
+                     listener trusts only that store):",
+                    ca_file.display()
+                )?;
+                for (subject, file, action) in certs {
+                    let place = file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "LocalMachine\\Root".into());
+                    match action {
+                        trust::Action::Present => {
+                            write!(f, " '{subject}' is there already: left as it is;")?
+                        }
+                        trust::Action::Ours { in_bundle: true } => write!(
+                            f,
+                            " '{subject}' is there already ({place}, added by agent-bootstrap);"
+                        )?,
+                        trust::Action::Ours { in_bundle: false } => {
+                            write!(f, " '{subject}' in {place}, then {tool};")?
+                        }
+                        trust::Action::Add => {
+                            write!(f, " add '{subject}' as {place}, then {tool};")?
+                        }
+                    }
+                }
+                write!(f, " `remove` takes out what was added")
+            }
+            Step::KeepPackage { reason } => {
+                write!(f, "keep the agent package in the agent dir ({reason})")
+            }
+            Step::GiveAgentDir { user } => write!(
+                f,
+                "give the agent dir to '{user}' (through directory descriptors, children first)"
+            ),
+            Step::Fetch {
+                request, cached, ..
+            } => {
+                match cached {
+                    Some(p) => write!(f, "read the cached package {}", p.display())?,
+                    None => write!(f, "download {} into the cache", request.source)?,
+                }
+                write!(
+                    f,
+                    ", verifying its SHA-256 ({}), extracting it into a private staging \
+                     directory, then swap it in as the agent dir (its _work and _diag kept)",
+                    request.sha256.as_deref().unwrap_or("not given: unverified")
+                )
+            }
+            Step::StopService { unit } => write!(f, "run as root: systemctl stop {unit}"),
+            Step::EndUserProcesses { user } => write!(
+                f,
+                "end every process of '{user}' (stopped, then killed) and wait until none is \
+                 left: none may read the token from configure or change the package it runs"
+            ),
+            Step::RemoveRegistration => write!(
+                f,
+                "remove the local registration (.agent, .credentials, .credentials_rsaparams)"
+            ),
+            Step::Configure {
+                program,
+                args,
+                user,
+            } => {
+                let child = Child::new("configure", program, &Env::default())
+                    .args(args.clone())
+                    .secret_env(TOKEN_ENV, Secret::new(String::new()));
+                let as_root = if user == "root" {
+                    format!("{}=1 ", config::ALLOW_RUN_AS_ROOT_ENV)
+                } else {
+                    String::new()
+                };
+                if program.extension().is_some_and(|e| e == "cmd")
+                    || program.to_string_lossy().ends_with(".cmd")
+                {
+                    write!(f, "run elevated: {}", child.display())
+                } else {
+                    write!(f, "run as '{user}': {as_root}{}", child.display())
+                }
+            }
+            Step::InstallUnit { unit, user } => write!(
+                f,
+                "write the unit {} (the agent's template, User={user}), systemctl daemon-reload, \
+                 systemctl enable {}",
+                unit.name, unit.name
+            ),
+            Step::StartService { unit, no_block } => write!(
+                f,
+                "systemctl start{} {unit} (restart if it runs)",
+                if *no_block { " --no-block" } else { "" }
+            ),
+            Step::SaveSettings { path } => {
+                write!(f, "save settings (no secret) to {}", path.display())
+            }
+            Step::BootUnit { name, path } => write!(
+                f,
+                "write {} and enable {name} (runs `agent-bootstrap reconcile` at every boot)",
+                path.display()
+            ),
+            Step::WatchUnit { name, path } => write!(
+                f,
+                "write {} and enable and start {name} (runs `agent-bootstrap watch`: drains and \
+                 unregisters the agent on a scale-in or eviction)",
+                path.display()
+            ),
+            Step::SecureAgentDir { account } => write!(
+                f,
+                "set the agent dir's ACL: SYSTEM and Administrators full control, '{account}' \
+                 modify, nobody else"
+            ),
+            Step::StopWindowsService { name } => write!(f, "sc.exe stop {name}"),
+            Step::WindowsService { name } => write!(
+                f,
+                "check the service {name} configure created (sc.exe query), start it if it is stopped"
+            ),
+            Step::BootTask { name } => write!(
+                f,
+                "register the scheduled task {name} (runs `agent-bootstrap reconcile` as SYSTEM \
+                 at every startup)"
+            ),
+        }
+    }
+}
+
+/// What a dry run shows: what install would do, and that nothing was changed.
+pub(super) fn print_plan(
+    s: &InstallSettings,
+    c: &Checked,
+    package: &PackagePlan,
+    plan: &Plan,
+) -> Result<Outcome, Error> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "dry run: nothing was changed").unwrap_or(());
+    writeln!(out, "identity:     {} (token accepted)", c.who).unwrap_or(());
+    writeln!(out, "organization: {}", s.url).unwrap_or(());
+    writeln!(
+        out,
+        "pool:         {} (id {}), Manage permission: yes",
+        c.pool.name, c.pool.id
+    )
+    .unwrap_or(());
+    writeln!(out, "agent:        {}", s.agent_name).unwrap_or(());
+    writeln!(out, "agent dir:    {}", s.agent_dir.display()).unwrap_or(());
+    match package {
+        PackagePlan::Keep { reason } => writeln!(
+            out,
+            "package:      keep the one in the agent dir ({reason})"
+        )
+        .unwrap_or(()),
+        PackagePlan::Fetch { request, version } => writeln!(
+            out,
+            "package:      {} from {} (sha256 {})",
+            version.as_deref().unwrap_or("as given"),
+            request.source,
+            request.sha256.as_deref().unwrap_or("not given: unverified")
+        )
+        .unwrap_or(()),
+    }
+    writeln!(out, "steps:").unwrap_or(());
+    for (i, step) in plan.steps.iter().enumerate() {
+        writeln!(out, "  {}. {step}", i + 1).unwrap_or(());
+    }
+    Ok(Outcome::new(out, None))
+}
