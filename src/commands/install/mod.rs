@@ -5,13 +5,13 @@
 //! the token and the organization/pool permissions are checked before the disk is touched (the
 //! three preflight requests run at once), the package is verified before it is moved into place,
 //! and an agent that is already configured and known to the server is left alone (exit 0, no
-//! change). What will happen is computed once as a [`Plan`]: `--dry-run` prints it, a real run
+//! change). What will happen is computed once as a `Plan`: `--dry-run` prints it, a real run
 //! carries it out, step by step, so the two cannot disagree.
 //!
-//! This file reads as the command's steps ([`run_locked`]); each part lives beside it:
-//! [`checks`] (what stops an install first), [`plan`] (the steps, printed or carried out),
-//! [`execute`], [`fetch`] (the package), [`configure`] (the agent's files and `config.sh`),
-//! [`ca`] (`--ca-file` and the trust store) and [`summary`] (saved settings and the result).
+//! This file reads as the command's steps (`run_locked`); each part lives beside it:
+//! `checks` (what stops an install first), `plan` (the steps, printed or carried out),
+//! `execute`, `fetch` (the package), `configure` (the agent's files and `config.sh`),
+//! `ca` (`--ca-file` and the trust store) and `summary` (saved settings and the result).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
