@@ -67,6 +67,9 @@ impl From<&Saved> for AgentRef {
 pub struct Outcome {
     pub text: String,
     pub agent: Option<AgentRef>,
+    /// `install`: the steps carried out, or (a dry run) the steps it would carry out, in the
+    /// dry run's words.
+    pub steps: Option<Vec<String>>,
 }
 
 impl Outcome {
@@ -74,7 +77,14 @@ impl Outcome {
         Self {
             text: text.into(),
             agent,
+            steps: None,
         }
+    }
+
+    /// With the steps planned or carried out.
+    pub fn with_steps(mut self, steps: &[impl std::fmt::Display]) -> Self {
+        self.steps = Some(steps.iter().map(ToString::to_string).collect());
+        self
     }
 }
 
@@ -93,6 +103,10 @@ pub struct Document {
     pub summary: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentRef>,
+    /// `install`: the steps carried out in order (a dry run: the steps it would carry out), in
+    /// the words of `--dry-run`; `[]` when nothing needed doing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<String>>,
     /// `status`, `doctor` and `prune`: their report, as their `--json` prints it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<serde_json::Value>,
@@ -102,6 +116,7 @@ pub struct Document {
 struct Recorded {
     summary: Vec<String>,
     agent: Option<AgentRef>,
+    steps: Option<Vec<String>>,
     report: Option<serde_json::Value>,
 }
 
@@ -172,6 +187,9 @@ impl Out {
         if let Some(a) = o.agent {
             self.agent(a);
         }
+        if o.steps.is_some() {
+            self.recorded().steps = o.steps;
+        }
         self.lines(&o.text)
     }
 
@@ -192,6 +210,7 @@ impl Out {
             error: error.map(|e| crate::report::report(e)),
             summary: std::mem::take(&mut r.summary),
             agent: r.agent.take(),
+            steps: r.steps.take(),
             report: r.report.take(),
         }
     }

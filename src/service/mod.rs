@@ -24,7 +24,7 @@ pub use boot::{
 };
 pub use systemctl::{Systemctl, UNIT_DIR_ENV, UnitState, systemd_available, unit_dir};
 pub use unit::{
-    AgentUnit, ReadyUnit, agent_unit_name, install_agent_unit, is_agent_unit_name,
+    AgentUnit, ReadyUnit, agent_unit_name, agent_unit_off, install_agent_unit, is_agent_unit_name,
     render_agent_unit, systemd_escape_path, uninstall_agent_unit,
 };
 

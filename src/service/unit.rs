@@ -197,6 +197,28 @@ pub struct ReadyUnit {
     pub active: bool,
 }
 
+/// Whether [`install_agent_unit`] has something to do (nothing is changed): the unit file is
+/// missing or not what it should be, `runsvc.sh` or `.service` is missing from the agent dir, or
+/// the unit is not enabled. A unit file of another agent dir is refused, as install refuses it.
+pub async fn agent_unit_off(
+    env: &Env,
+    sc: &Systemctl,
+    unit: &AgentUnit,
+    root: &Path,
+    user: &str,
+) -> Result<bool, ServiceError> {
+    let path = unit_dir(env).join(&unit.name);
+    let text = render_agent_unit(root, user, &unit.description)?;
+    let current = fs_err::read_to_string(&path).ok();
+    if let Some(t) = &current {
+        foreign(&path, t, root)?;
+    }
+    Ok(current.as_deref() != Some(text.as_str())
+        || !crate::fsx::is_regular(&root.join("runsvc.sh"))
+        || !crate::fsx::is_regular(&root.join(".service"))
+        || !sc.state(&unit.name).await?.enabled)
+}
+
 /// What `svc.sh install <user>` does, done by root without running the agent user's svc.sh: the
 /// unit file (written when missing or different from what it should be), `daemon-reload`,
 /// `runsvc.sh` and `.service` restored by the agent user in its own dir, and `enable`. Starting it

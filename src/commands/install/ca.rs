@@ -64,6 +64,28 @@ impl TrustPlan {
         }
     }
 
+    /// What root's settings will record as in the store because of agent-bootstrap once the plan
+    /// ran: the certificates that are ours already (as recorded) or will be added.
+    pub(super) fn kept(&self) -> Vec<TrustedCa> {
+        self.certs
+            .iter()
+            .zip(&self.actions)
+            .filter(|(_, a)| !matches!(a, trust::Action::Present))
+            .map(|(c, _)| {
+                self.known
+                    .iter()
+                    .find(|k| k.sha256 == c.sha256)
+                    .cloned()
+                    .unwrap_or_else(|| TrustedCa {
+                        subject: c.subject.clone(),
+                        sha256: c.sha256.clone(),
+                        file: self.store.file_for(c),
+                        thumbprint: None,
+                    })
+            })
+            .collect()
+    }
+
     /// Whether something must be written or the tool run.
     pub fn needs_work(&self) -> bool {
         self.actions.iter().any(|a| {
@@ -105,23 +127,27 @@ impl TrustPlan {
     }
 }
 
-/// Takes out of the system trust store what an install had added and no longer needs (`previous`
-/// less `kept`), unless another agent dir's install recorded it too. Best effort: logged.
-pub(super) async fn release_unneeded(
+/// The CA certificates an earlier install of this agent dir added (`previous`) that neither this
+/// one keeps (`kept`) nor another agent dir's install recorded.
+pub(super) fn unneeded_cas(
     s: &InstallSettings,
-    env: &Env,
     previous: &[TrustedCa],
     kept: &[TrustedCa],
-) {
+) -> Vec<TrustedCa> {
+    if previous.is_empty() {
+        return vec![];
+    }
     let elsewhere = state::trusted_elsewhere(&s.state_dir, &s.agent_dir);
-    let unneeded: Vec<TrustedCa> = previous
+    previous
         .iter()
         .filter(|p| !kept.iter().chain(&elsewhere).any(|k| k.sha256 == p.sha256))
         .cloned()
-        .collect();
-    if unneeded.is_empty() {
-        return;
-    }
+        .collect()
+}
+
+/// Takes `cas` out of the system trust store; a failure is reported, not fatal (the agent is
+/// registered and its settings saved).
+pub(super) async fn release_cas(s: &InstallSettings, env: &Env, cas: &[TrustedCa]) {
     let ca_file = s.network.ca_file.clone().unwrap_or_default();
     let store = trust::Store::for_machine(
         s.os.is_windows(),
@@ -129,7 +155,7 @@ pub(super) async fn release_unneeded(
         env,
         &ca_file,
     );
-    match trust::release(&store, &unneeded, env).await {
+    match trust::release(&store, cas, env).await {
         Ok(removed) => {
             for c in removed {
                 tracing::info!(

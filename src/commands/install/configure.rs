@@ -89,6 +89,13 @@ pub(super) fn network_masker(s: &InstallSettings, tokens: &Tokens) -> crate::sec
     masker
 }
 
+/// The `.proxybypass` the agent must have for `NO_PROXY`, when its own differs (with a proxy).
+pub(super) fn proxy_bypass_text(s: &InstallSettings, agent: &AgentDir) -> Option<String> {
+    s.network.proxy.as_ref()?;
+    let (text, _) = s.network.agent_bypass();
+    (agent.proxy_bypass().unwrap_or_default() != text).then_some(text)
+}
+
 /// `.proxybypass` from `NO_PROXY`, in the agent's regex form, when the agent has a proxy. Written
 /// by the agent user (a shell as that account, the text in its environment): root opens nothing in
 /// the agent dir. Returns whether the file changed.
@@ -98,15 +105,12 @@ pub async fn write_proxy_bypass(
     agent: &AgentDir,
     user: Option<&RunAs>,
 ) -> Result<bool, Error> {
-    if s.network.proxy.is_none() {
+    let Some(text) = proxy_bypass_text(s, agent) else {
         return Ok(false);
-    }
-    let (text, skipped) = s.network.agent_bypass();
+    };
+    let (_, skipped) = s.network.agent_bypass();
     for entry in &skipped {
         tracing::warn!("NO_PROXY entry left out of the agent's .proxybypass: {entry}");
-    }
-    if agent.proxy_bypass().unwrap_or_default() == text {
-        return Ok(false);
     }
     write_agent_file(s, env, agent, user, ".proxybypass", &text).await?;
     tracing::info!(

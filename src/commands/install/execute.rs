@@ -158,14 +158,8 @@ pub(super) async fn execute(
                     _ => None,
                 });
                 record.trusted_cas = done.trusted.clone();
-                let previous = state::load(&s.state_dir, &s.agent_dir)
-                    .ok()
-                    .flatten()
-                    .map(|p| p.trusted_cas)
-                    .unwrap_or_default();
                 let path = state::save(&s.state_dir, record)?;
                 done.saved = true;
-                release_unneeded(s, env, &previous, &done.trusted).await;
                 if s.os.is_windows() && s.as_root {
                     // Readable by SYSTEM and Administrators only.
                     service::windows::make_private(env, &s.state_dir).await?;
@@ -195,10 +189,16 @@ pub(super) async fn execute(
             Step::BootTask { .. } => {
                 ensure_boot_task(s, env).await?;
             }
+            Step::ReleaseCas { cas } => release_cas(s, env, cas).await,
+            Step::DropWatchUnit { .. } => drop_watch_unit(s, env).await?,
+            // Only an installed agent's upkeep has these (`upkeep_plan`).
+            Step::ProxyBypass { .. }
+            | Step::UpdateSwitch { .. }
+            | Step::RestartService { .. }
+            | Step::LabelRunsvc => {}
         }
     }
-    drop_watch_unit(s, env).await?;
-    Ok(summary(headline, saved.as_ref().expect("configure ran")))
+    Ok(summary(headline, saved.as_ref().expect("configure ran")).with_steps(&plan.steps))
 }
 
 /// [`user::end_processes`] for the agent's account (Linux, root).
@@ -336,7 +336,7 @@ pub async fn ensure_boot_unit(
     env: &Env,
     pool: &str,
 ) -> Result<Option<String>, Error> {
-    let Some(Step::BootUnit { name, .. }) = boot_step(s, env) else {
+    let Some((name, text)) = boot_unit_text(s, env, pool)? else {
         return Ok(None);
     };
     let exe = boot_program()?;
@@ -350,8 +350,6 @@ pub async fn ensure_boot_unit(
              next boot; install it in /usr/local/bin"
         );
     }
-    let before = (s.service && s.as_root).then(|| agent_unit(s, pool).name);
-    let text = service::render_boot_unit(&exe, &s.agent_dir, &s.state_dir, before.as_deref())?;
     let systemctl = Systemctl::require(env)?;
     let unchanged = !service::put_unit_file(env, &systemctl, &name, &text).await?;
     if !unchanged {
@@ -367,16 +365,9 @@ pub async fn ensure_boot_unit(
 /// Writes, enables and starts the unit that runs `watch` (`--scale-in-drain`); restarts it when
 /// its text changed. Returns its name, or `None` where there is none.
 pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<String>, Error> {
-    let Some(Step::WatchUnit { name, .. }) = watch_step(s, env) else {
-        drop_watch_unit(s, env).await?;
+    let Some((name, text)) = watch_unit_text(s, env)? else {
         return Ok(None);
     };
-    let exe = boot_program()?;
-    let boot = match boot_step(s, env) {
-        Some(Step::BootUnit { name, .. }) => Some(name),
-        _ => None,
-    };
-    let text = service::render_watch_unit(&exe, &s.agent_dir, &s.state_dir, boot.as_deref())?;
     let systemctl = Systemctl::require(env)?;
     let unchanged = !service::put_unit_file(env, &systemctl, &name, &text).await?;
     if !unchanged {
@@ -406,8 +397,10 @@ pub(super) async fn drop_watch_unit(s: &InstallSettings, env: &Env) -> Result<()
     Ok(())
 }
 
+/// An agent configured here and known to the server: only what is not as it should be is put
+/// right ([`upkeep_plan`]), and a dry run shows exactly those steps.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn already_installed(
+pub(super) async fn keep_installed(
     s: &InstallSettings,
     env: &Env,
     agent: &AgentDir,
@@ -417,55 +410,42 @@ pub(super) async fn already_installed(
     identity: &IdentityRequest,
     trust: Option<&TrustPlan>,
 ) -> Result<Outcome, Error> {
-    let server_id = server.id;
     tracing::info!(
         agent = %s.agent_name,
         id = cfg.agent_id,
         "already configured and known to the server"
     );
-    if s.dry_run {
-        return Ok(Outcome::new(
-            format!(
-                "dry run: nothing would change\n\
-                 agent '{}' (id {}) is already configured in {} and registered in pool '{}'\n",
-                s.agent_name,
-                server_id,
-                s.agent_dir.display(),
-                pool.name
-            ),
-            None,
-        ));
-    }
-    // The CA the agent needs is in the system trust store (a reinstall after it was taken out,
-    // or an agent configured before install added it there).
-    let trusted = match trust {
-        Some(t) => t.ensure(s, env).await?.ours,
-        None => vec![],
-    };
-    // NO_PROXY changed: the agent reads .proxybypass when it starts.
-    let account = user::lookup(s.user.name())?;
-    let bypass_changed = write_proxy_bypass(s, env, agent, account.as_ref()).await?;
-    // --disable-update added or dropped: the agent reads .env when it starts.
-    let switch_changed = write_update_switch(s, env, agent, account.as_ref()).await?;
-    // A configured agent whose service is missing or stopped (configure ran, the service step did not).
-    if s.service && s.os.is_windows() && s.as_root {
-        ensure_windows_service(env, &windows_service_name(s, &pool.name)).await?;
-    }
-    if s.service && manages_units(s, env) {
-        let user = user::ensure(&s.user, env).await?;
-        let sc = Systemctl::require(env)?;
-        let unit = agent_unit(s, &pool.name);
-        let ready = service::install_agent_unit(env, &sc, &unit, &s.agent_dir, &user).await?;
-        if !ready.active {
-            start_service(env, &unit.name, s.no_block_start).await?;
-        } else if bypass_changed || switch_changed {
-            sc.run(&["restart", &unit.name]).await?;
-        }
-    }
     let previous = state::load_or_replace(&s.state_dir, &s.agent_dir)?;
+    let mut saved = upkeep_settings(s, env, pool, server, identity, previous.as_ref());
+    saved.trusted_cas = trust.map(TrustPlan::kept).unwrap_or_default();
+    let plan = upkeep_plan(s, env, agent, pool, trust, &saved, previous.as_ref()).await?;
+    if s.dry_run {
+        return Ok(print_upkeep(s, server.id, pool, &plan));
+    }
+    for step in &plan.steps {
+        upkeep_step(s, env, agent, pool, step, trust, &mut saved).await?;
+    }
+    let headline = if plan.steps.is_empty() {
+        "already installed, nothing to do"
+    } else {
+        "already installed; put right what was not as it should be"
+    };
+    Ok(summary(headline, &saved).with_steps(&plan.steps))
+}
+
+/// Root's settings for an installed agent: the versions and machine it recorded, the rest from
+/// this run's settings.
+fn upkeep_settings(
+    s: &InstallSettings,
+    env: &Env,
+    pool: &Pool,
+    server: &crate::devops::ServerAgent,
+    identity: &IdentityRequest,
+    previous: Option<&Saved>,
+) -> Saved {
     // What the agent reports to the server follows its self-updates; root's record follows it.
     let agent_version = newest(
-        previous.as_ref().and_then(|p| p.agent_version.as_deref()),
+        previous.and_then(|p| p.agent_version.as_deref()),
         server.version.as_deref(),
     )
     .map(str::to_owned);
@@ -473,14 +453,12 @@ pub(super) async fn already_installed(
         s,
         identity,
         pool,
-        server_id,
+        server.id,
         agent_version,
-        previous.as_ref().and_then(|p| p.package_sha256.clone()),
+        previous.and_then(|p| p.package_sha256.clone()),
     );
-    saved.machine_id = previous
-        .as_ref()
-        .map_or(saved.machine_id.clone(), |p| p.machine_id.clone());
-    saved.vm_id = previous.as_ref().and_then(|p| p.vm_id.clone());
+    saved.machine_id = previous.map_or(saved.machine_id.clone(), |p| p.machine_id.clone());
+    saved.vm_id = previous.and_then(|p| p.vm_id.clone());
     saved.boot_unit = match boot_step(s, env) {
         Some(Step::BootUnit { name, .. } | Step::BootTask { name }) => Some(name),
         _ => None,
@@ -489,18 +467,64 @@ pub(super) async fn already_installed(
         Some(Step::WatchUnit { name, .. }) => Some(name),
         _ => None,
     };
-    saved.trusted_cas = trusted;
-    if previous.as_ref() != Some(&saved) {
-        state::save(&s.state_dir, &saved)?;
+    saved
+}
+
+/// One step of an installed agent's upkeep.
+async fn upkeep_step(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    pool: &Pool,
+    step: &Step,
+    trust: Option<&TrustPlan>,
+    saved: &mut Saved,
+) -> Result<(), Error> {
+    let account = || user::lookup(s.user.name());
+    match step {
+        Step::TrustCa { .. } => {
+            let t = trust.expect("planned from the trust plan");
+            saved.trusted_cas = t.ensure(s, env).await?.ours;
+        }
+        Step::CreateUser { .. } => {
+            user::ensure(&s.user, env).await?;
+        }
+        Step::ProxyBypass { .. } => {
+            write_proxy_bypass(s, env, agent, account()?.as_ref()).await?;
+        }
+        Step::UpdateSwitch { .. } => {
+            write_update_switch(s, env, agent, account()?.as_ref()).await?;
+        }
+        Step::WindowsService { name } => ensure_windows_service(env, name).await?,
+        Step::InstallUnit { unit, .. } => {
+            let user = user::ensure(&s.user, env).await?;
+            let sc = Systemctl::require(env)?;
+            service::install_agent_unit(env, &sc, unit, &s.agent_dir, &user).await?;
+        }
+        Step::StartService { unit, no_block } => start_service(env, unit, *no_block).await?,
+        Step::RestartService { unit } => {
+            Systemctl::require(env)?.run(&["restart", unit]).await?;
+        }
+        Step::SaveSettings { .. } => {
+            state::save(&s.state_dir, saved)?;
+        }
+        Step::ReleaseCas { cas } => release_cas(s, env, cas).await,
+        Step::BootUnit { .. } => {
+            ensure_boot_unit(s, env, &pool.name).await?;
+        }
+        Step::WatchUnit { .. } => {
+            ensure_watch_unit(s, env).await?;
+        }
+        Step::BootTask { .. } => {
+            ensure_boot_task(s, env).await?;
+        }
+        Step::DropWatchUnit { .. } => drop_watch_unit(s, env).await?,
+        Step::LabelRunsvc => {
+            let runsvc = s.agent_dir.join("runsvc.sh");
+            service::selinux::label(env, &runsvc, service::selinux::PROGRAM).await?;
+        }
+        Step::Note(text) => tracing::warn!("{text}"),
+        other => unreachable!("not a step of an installed agent's upkeep: {other}"),
     }
-    if let Some(p) = &previous {
-        release_unneeded(s, env, &p.trusted_cas, &saved.trusted_cas).await;
-    }
-    if s.os.is_windows() {
-        ensure_boot_task(s, env).await?;
-    } else {
-        ensure_boot_unit(s, env, &pool.name).await?;
-        ensure_watch_unit(s, env).await?;
-    }
-    Ok(summary("already installed, nothing to do", &saved))
+    Ok(())
 }

@@ -90,6 +90,9 @@ struct Checked {
     /// systemd knows the agent's unit: it is stopped before the account's processes are ended
     /// (systemd would start the agent again).
     unit_exists: bool,
+    /// What an earlier install of this agent dir added to the trust store and this one does not
+    /// keep: taken out once the new settings are saved.
+    release: Vec<TrustedCa>,
 }
 
 pub async fn run(
@@ -305,17 +308,8 @@ pub async fn run_locked(
         server_version = found.as_ref().and_then(|a| a.version.clone());
         match found {
             Some(a) if a.id == cfg.agent_id && network_matches(&agent, &s.network) => {
-                return already_installed(
-                    s,
-                    env,
-                    &agent,
-                    cfg,
-                    &pool,
-                    &a,
-                    &identity,
-                    trust.as_ref(),
-                )
-                .await;
+                return keep_installed(s, env, &agent, cfg, &pool, &a, &identity, trust.as_ref())
+                    .await;
             }
             Some(_) if !network_matches(&agent, &s.network) => {
                 tracing::warn!(
@@ -371,6 +365,15 @@ pub async fn run_locked(
             .is_ok_and(|st| st.exists),
         None => false,
     };
+    let release = unneeded_cas(
+        s,
+        &state::load(&s.state_dir, &s.agent_dir)
+            .ok()
+            .flatten()
+            .map(|p| p.trusted_cas)
+            .unwrap_or_default(),
+        &trust.as_ref().map(TrustPlan::kept).unwrap_or_default(),
+    );
     let checked = Checked {
         who,
         pool,
@@ -378,9 +381,11 @@ pub async fn run_locked(
         vm_id,
         machine,
         unit_exists,
+        release,
     };
 
     // 4. The account (a real run creates it now: the version check below runs as it).
+    let new_account = user::lookup(s.user.name())?.is_none();
     let account = match user::lookup(s.user.name())? {
         Some(u) => Some(u),
         None if s.dry_run => None,
@@ -392,7 +397,15 @@ pub async fn run_locked(
         check_shared_account(s, account, &checked)?;
     }
     let package = plan_package(s, &agent, &seen, meta, account.as_ref(), env).await?;
-    let mut plan = make_plan(s, env, &agent, &checked, &package, account.as_ref());
+    let mut plan = make_plan(
+        s,
+        env,
+        &agent,
+        &checked,
+        &package,
+        account.as_ref(),
+        new_account,
+    );
     if let Some(t) = &trust {
         // First: a certificate that cannot be added stops the install with nothing else done.
         let at = plan

@@ -92,6 +92,30 @@ pub(super) enum Step {
     BootTask {
         name: String,
     },
+    /// `.proxybypass` rewritten from `NO_PROXY` (the agent reads it when it starts).
+    ProxyBypass {
+        entries: usize,
+    },
+    /// `agent.disableupdate` put into or taken out of the agent's `.env` (`--disable-update`).
+    UpdateSwitch {
+        disable: bool,
+    },
+    /// Restart the running agent: a file it reads at start changed.
+    RestartService {
+        unit: String,
+    },
+    /// Take out of the system trust store the CA certificates an earlier install added that no
+    /// install asks for any more.
+    ReleaseCas {
+        cas: Vec<TrustedCa>,
+    },
+    /// Stop, disable and delete the scale-in watcher (installed before, no `--scale-in-drain` now).
+    DropWatchUnit {
+        name: String,
+    },
+    /// SELinux: `runsvc.sh` labelled for systemd again (a job may have replaced it with a file of
+    /// the agent dir's label, which systemd would refuse to run at the next start).
+    LabelRunsvc,
 }
 
 /// The steps of one install, in order.
@@ -107,10 +131,11 @@ pub(super) fn make_plan(
     c: &Checked,
     package: &PackagePlan,
     account: Option<&RunAs>,
+    new_account: bool,
 ) -> Plan {
     let mut steps = vec![];
     let windows = s.os.is_windows();
-    if account.is_none() && !windows {
+    if new_account && !windows {
         steps.push(Step::CreateUser {
             name: s.user.name().to_owned(),
         });
@@ -176,6 +201,11 @@ pub(super) fn make_plan(
     steps.push(Step::SaveSettings {
         path: state::file_for(&s.state_dir, &s.agent_dir),
     });
+    if !c.release.is_empty() {
+        steps.push(Step::ReleaseCas {
+            cas: c.release.clone(),
+        });
+    }
     if s.service && windows {
         steps.push(Step::WindowsService { name: win_service });
     }
@@ -203,6 +233,7 @@ pub(super) fn make_plan(
     if let Some(step) = watch_step(s, env) {
         steps.push(step);
     }
+    steps.extend(stale_watch_unit(s, env));
     Plan { steps }
 }
 
@@ -402,6 +433,41 @@ impl std::fmt::Display for Step {
                 "register the scheduled task {name} (runs `agent-bootstrap reconcile` as SYSTEM \
                  at every startup)"
             ),
+            Step::ProxyBypass { entries } => write!(
+                f,
+                "rewrite the agent's .proxybypass from NO_PROXY ({entries} entries; as the agent's \
+                 account)"
+            ),
+            Step::UpdateSwitch { disable: true } => write!(
+                f,
+                "turn the agent's self-update off (agent.disableupdate in its .env)"
+            ),
+            Step::UpdateSwitch { disable: false } => write!(
+                f,
+                "turn the agent's self-update on again (agent.disableupdate out of its .env)"
+            ),
+            Step::RestartService { unit } => write!(
+                f,
+                "systemctl restart {unit} (the agent reads what changed when it starts)"
+            ),
+            Step::ReleaseCas { cas } => {
+                let names: Vec<_> = cas.iter().map(|c| format!("'{}'", c.subject)).collect();
+                write!(
+                    f,
+                    "take {} out of the system trust store (added by an earlier install; no \
+                     install asks for it now)",
+                    names.join(", ")
+                )
+            }
+            Step::LabelRunsvc => write!(
+                f,
+                "label runsvc.sh for systemd ({}; SELinux is enabled, and a job may have replaced it)",
+                service::selinux::PROGRAM
+            ),
+            Step::DropWatchUnit { name } => write!(
+                f,
+                "stop, disable and delete {name} (the scale-in watcher; no --scale-in-drain)"
+            ),
         }
     }
 }
@@ -441,9 +507,196 @@ pub(super) fn print_plan(
         )
         .unwrap_or(()),
     }
+    write_steps(&mut out, plan);
+    Ok(Outcome::new(out, None).with_steps(&plan.steps))
+}
+
+fn write_steps(out: &mut String, plan: &Plan) {
+    use std::fmt::Write as _;
     writeln!(out, "steps:").unwrap_or(());
     for (i, step) in plan.steps.iter().enumerate() {
         writeln!(out, "  {}. {step}", i + 1).unwrap_or(());
     }
-    Ok(Outcome::new(out, None))
+}
+
+/// What a dry run on an installed agent shows: the steps that would put right what is not as it
+/// should be, or that nothing would change.
+pub(super) fn print_upkeep(s: &InstallSettings, id: u64, pool: &Pool, plan: &Plan) -> Outcome {
+    let mut out = format!(
+        "dry run: nothing was changed\n\
+         agent '{}' (id {}) is already configured in {} and registered in pool '{}'\n",
+        s.agent_name,
+        id,
+        s.agent_dir.display(),
+        pool.name
+    );
+    if plan.steps.is_empty() {
+        out.push_str("nothing would change\n");
+    } else {
+        write_steps(&mut out, plan);
+    }
+    Outcome::new(out, None).with_steps(&plan.steps)
+}
+
+/// The boot unit's name and the text it must have, where there is one.
+pub(super) fn boot_unit_text(
+    s: &InstallSettings,
+    env: &Env,
+    pool: &str,
+) -> Result<Option<(String, String)>, Error> {
+    let Some(Step::BootUnit { name, .. }) = boot_step(s, env) else {
+        return Ok(None);
+    };
+    let exe = boot_program()?;
+    let before = (s.service && s.as_root).then(|| agent_unit(s, pool).name);
+    let text = service::render_boot_unit(&exe, &s.agent_dir, &s.state_dir, before.as_deref())?;
+    Ok(Some((name, text)))
+}
+
+/// The scale-in watcher's unit name and the text it must have, where there is one.
+pub(super) fn watch_unit_text(
+    s: &InstallSettings,
+    env: &Env,
+) -> Result<Option<(String, String)>, Error> {
+    let Some(Step::WatchUnit { name, .. }) = watch_step(s, env) else {
+        return Ok(None);
+    };
+    let exe = boot_program()?;
+    let boot = match boot_step(s, env) {
+        Some(Step::BootUnit { name, .. }) => Some(name),
+        _ => None,
+    };
+    let text = service::render_watch_unit(&exe, &s.agent_dir, &s.state_dir, boot.as_deref())?;
+    Ok(Some((name, text)))
+}
+
+/// The watcher's unit left from an earlier install with `--scale-in-drain`, now without it.
+pub(super) fn stale_watch_unit(s: &InstallSettings, env: &Env) -> Option<Step> {
+    if s.scale_in_drain || !s.as_root || s.os.is_windows() || !service::systemd_available(env) {
+        return None;
+    }
+    let name = service::watch_unit_name(&s.agent_dir);
+    crate::fsx::is_regular(&service::unit_dir(env).join(&name))
+        .then_some(Step::DropWatchUnit { name })
+}
+
+/// Whether one of agent-bootstrap's own units is not as it must be: its file's text, enabled,
+/// and (`running`) active.
+async fn own_unit_off(
+    sc: &Systemctl,
+    env: &Env,
+    name: &str,
+    text: &str,
+    running: bool,
+) -> Result<bool, Error> {
+    let path = service::unit_dir(env).join(name);
+    if fs_err::read_to_string(&path).ok().as_deref() != Some(text) {
+        return Ok(true);
+    }
+    let state = sc.state(name).await?;
+    Ok(!state.enabled || (running && !state.active))
+}
+
+/// What a configured agent the server knows needs, found by looking only (nothing is changed):
+/// each step is something not as it should be, so an agent that is as it should be gets an empty
+/// plan. `saved` is what root's settings will say; `previous` what they say now.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn upkeep_plan(
+    s: &InstallSettings,
+    env: &Env,
+    agent: &AgentDir,
+    pool: &Pool,
+    trust: Option<&TrustPlan>,
+    saved: &Saved,
+    previous: Option<&Saved>,
+) -> Result<Plan, Error> {
+    let mut steps = vec![];
+    let windows = s.os.is_windows();
+    if let Some(t) = trust.filter(|t| t.needs_work()) {
+        steps.push(t.step());
+    }
+    let units = s.service && manages_units(s, env);
+    let account = user::lookup(s.user.name())?;
+    if units && account.is_none() {
+        steps.push(Step::CreateUser {
+            name: s.user.name().to_owned(),
+        });
+    }
+    let bypass = proxy_bypass_text(s, agent);
+    if let Some(text) = &bypass {
+        steps.push(Step::ProxyBypass {
+            entries: text.lines().count(),
+        });
+    }
+    let switch = agent.env_with_update_switch(s.disable_update).is_some();
+    if switch {
+        steps.push(Step::UpdateSwitch {
+            disable: s.disable_update,
+        });
+    }
+    if s.service && windows && s.as_root {
+        let name = windows_service_name(s, &pool.name);
+        if !service::windows::query(env, &name).await?.running {
+            steps.push(Step::WindowsService { name });
+        }
+    }
+    if units {
+        let sc = Systemctl::require(env)?;
+        let unit = agent_unit(s, &pool.name);
+        if service::agent_unit_off(env, &sc, &unit, &s.agent_dir, s.user.name()).await? {
+            steps.push(Step::InstallUnit {
+                unit: unit.clone(),
+                user: s.user.name().to_owned(),
+            });
+        } else if service::selinux::mode(env).is_some() {
+            // install_agent_unit labels it as part of its work.
+            steps.push(Step::LabelRunsvc);
+        }
+        if !sc.state(&unit.name).await?.active {
+            steps.push(Step::StartService {
+                unit: unit.name.clone(),
+                no_block: s.no_block_start,
+            });
+        } else if bypass.is_some() || switch {
+            steps.push(Step::RestartService { unit: unit.name });
+        }
+    }
+    if previous != Some(saved) {
+        steps.push(Step::SaveSettings {
+            path: state::file_for(&s.state_dir, &s.agent_dir),
+        });
+    }
+    let unneeded = unneeded_cas(
+        s,
+        previous.map_or(&[][..], |p| &p.trusted_cas),
+        &saved.trusted_cas,
+    );
+    if !unneeded.is_empty() {
+        steps.push(Step::ReleaseCas { cas: unneeded });
+    }
+    if windows {
+        // Registered again every time (schtasks /Create /F): its program or settings may have moved.
+        if let Some(step @ Step::BootTask { .. }) = boot_step(s, env) {
+            steps.push(step);
+        }
+    } else if let Some(sc) = Systemctl::find(env).filter(|_| s.as_root) {
+        if let Some((name, text)) = boot_unit_text(s, env, &pool.name)?
+            && own_unit_off(&sc, env, &name, &text, false).await?
+        {
+            steps.push(Step::BootUnit {
+                path: service::unit_dir(env).join(&name),
+                name,
+            });
+        }
+        if let Some((name, text)) = watch_unit_text(s, env)?
+            && own_unit_off(&sc, env, &name, &text, true).await?
+        {
+            steps.push(Step::WatchUnit {
+                path: service::unit_dir(env).join(&name),
+                name,
+            });
+        }
+    }
+    steps.extend(stale_watch_unit(s, env));
+    Ok(Plan { steps })
 }
