@@ -2,5 +2,5 @@
 //! the fake agent's `Agent.Listener`, and `serve` for the demo and the benchmark. Not shipped.
 
 fn main() {
-    azure_sim::cli::main()
+    azure_sim::cli::main();
 }

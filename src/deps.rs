@@ -534,7 +534,7 @@ mod tests {
                 }
                 // A temp dir under a directory writable by others (no sticky bit) is refused too.
                 Err(DepsError::UnsafeInstaller { reason, .. }) => {
-                    println!("SKIPPED: the temp dir is not root-only: {reason}")
+                    println!("SKIPPED: the temp dir is not root-only: {reason}");
                 }
                 Err(e) => panic!("{e}"),
             }
@@ -557,7 +557,7 @@ mod tests {
                 assert!(line.contains("Can not find 'apt'"), "{line}");
             }
             Err(DepsError::UnsafeInstaller { reason, .. }) => {
-                println!("SKIPPED: the temp dir is not root-only: {reason}")
+                println!("SKIPPED: the temp dir is not root-only: {reason}");
             }
             other => panic!("{other:?}"),
         }

@@ -709,8 +709,7 @@ pub fn check_agent_dir_location(
         nix::unistd::User::from_uid(uid.into())
             .ok()
             .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| format!("uid {uid}"))
+            .map_or_else(|| format!("uid {uid}"), |u| u.name)
     };
     match fs_err::symlink_metadata(agent_dir) {
         Ok(m) if m.file_type().is_symlink() => {
@@ -744,8 +743,7 @@ pub fn check_agent_dir_location(
         {
             let real = std::fs::canonicalize(agent_dir)
                 .or_else(|_| std::fs::canonicalize(&prefix))
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "?".into());
+                .map_or_else(|_| "?".into(), |p| p.display().to_string());
             return Err(UnsafeLocation(format!(
                 "{} is a symbolic link (to {real}); give the real path, with no link in it",
                 prefix.display()
@@ -1230,7 +1228,7 @@ mod tests {
             return;
         }
         let mode = |p: &Path, m: u32| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
         };
         let dir = tempfile::tempdir().unwrap();
         mode(dir.path(), 0o755);

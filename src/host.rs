@@ -203,9 +203,10 @@ pub fn binary_arch() -> Arch {
 pub fn kernel_machine() -> String {
     #[cfg(unix)]
     {
-        nix::sys::utsname::uname()
-            .map(|u| u.machine().to_string_lossy().into_owned())
-            .unwrap_or_else(|_| std::env::consts::ARCH.to_owned())
+        nix::sys::utsname::uname().map_or_else(
+            |_| std::env::consts::ARCH.to_owned(),
+            |u| u.machine().to_string_lossy().into_owned(),
+        )
     }
     #[cfg(not(unix))]
     {

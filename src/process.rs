@@ -65,7 +65,7 @@ pub struct TreeSlot(
 
 impl TreeSlot {
     pub fn get(&self) -> Option<&crate::platform::ProcessTree> {
-        self.0.get().map(|t| t.as_ref())
+        self.0.get().map(std::convert::AsRef::as_ref)
     }
 }
 

@@ -52,7 +52,7 @@ pub struct Masker {
 
 impl fmt::Debug for Masker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.secrets.read().map(|s| s.len()).unwrap_or(0);
+        let n = self.secrets.read().map_or(0, |s| s.len());
         write!(f, "Masker({n} secrets)")
     }
 }

@@ -949,9 +949,10 @@ pub fn paths(env: &Env, os: &Os) -> Result<Paths, SettingsError> {
             Some(c) => c,
             None => xdg("XDG_CACHE_HOME", ".cache").ok_or_else(no_home)?,
         },
-        default_agent_dir: home
-            .map(|h| h.join("azure-pipelines-agent"))
-            .unwrap_or_else(|| os.default_agent_dir()),
+        default_agent_dir: home.map_or_else(
+            || os.default_agent_dir(),
+            |h| h.join("azure-pipelines-agent"),
+        ),
     })
 }
 
@@ -1415,7 +1416,9 @@ mod tests {
             AgentUser::Existing(r"NT AUTHORITY\NETWORK SERVICE".into())
         );
         assert_eq!(
-            s.logon_password.as_ref().map(|p| p.expose()),
+            s.logon_password
+                .as_ref()
+                .map(super::super::secret::Secret::expose),
             Some("s3cret-password")
         );
         let err = |a: &InstallArgs| install(a, &e, win).unwrap_err().to_string();

@@ -211,8 +211,7 @@ impl Store {
                     distribution: facts
                         .os_release
                         .as_ref()
-                        .map(|r| format!("ID={}", r.id))
-                        .unwrap_or_else(|| "no /etc/os-release".into()),
+                        .map_or_else(|| "no /etc/os-release".into(), |r| format!("ID={}", r.id)),
                 },
             }
         };

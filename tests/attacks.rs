@@ -30,7 +30,7 @@ fn rewrite_agent_file(w: &World, edit: impl FnOnce(&mut serde_json::Value)) {
     .unwrap();
     let mode = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap()
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
     };
     mode(&staged);
     as_agent_user_ok(&format!(

@@ -23,8 +23,10 @@ fn version_names_the_commit_and_the_target() {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into());
+        .map_or_else(
+            || "unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
     let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     assert_eq!(line.trim_end(), format!("{want_prefix}{head}, {target})"));
 }

@@ -999,7 +999,7 @@ fn environment_variables_of_the_docker_sample_are_honoured() {
             id: 3,
             name: "EnvPool".into(),
             admins: vec![ids::SYSTEM_OBJECT.into()],
-        })
+        });
     });
     let mut cmd = w.command(&[
         "install",

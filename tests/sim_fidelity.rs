@@ -257,7 +257,7 @@ fn root_names_the_unit_as_the_agents_svc_sh_would() {
             id: 3,
             name: long_pool.clone(),
             admins: vec![azure_sim::ids::SYSTEM_OBJECT.into()],
-        })
+        });
     });
     for (pool, agent) in [
         ("Default", "test-agent"),

@@ -72,8 +72,7 @@ fn windows_builds() -> Option<&'static (PathBuf, PathBuf)> {
 /// Where the Wine prefix keeps `C:\`.
 fn drive_c() -> PathBuf {
     let prefix = std::env::var_os("WINEPREFIX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target/wine-prefix"));
+        .map_or_else(|| Path::new(ROOT).join("target/wine-prefix"), PathBuf::from);
     prefix.join("drive_c")
 }
 
@@ -451,7 +450,13 @@ fn run_once_on_windows_takes_a_job_and_unregisters() {
     expect(&run, 0);
     let jobs = w.sim.state().jobs.clone();
     assert_eq!(jobs, [(w.agent_name.clone(), 5000, true)], "{}", run.stderr);
-    assert!(w.sim.state().agents.get(&1).is_none_or(|a| a.is_empty()));
+    assert!(
+        w.sim
+            .state()
+            .agents
+            .get(&1)
+            .is_none_or(std::vec::Vec::is_empty)
+    );
     assert!(!w.agent_dir().join(".agent").exists());
     // No service: the agent ran in the foreground (run.cmd), configured without --runAsService.
     let configure = w.sim.state().listener_reports[0].clone();

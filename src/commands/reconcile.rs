@@ -178,7 +178,7 @@ pub fn clone_name(saved_name: &str, hostname: &str, machine: Option<&str>) -> St
     let suffix: String = machine
         .unwrap_or("clone")
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
+        .filter(char::is_ascii_alphanumeric)
         .take(8)
         .collect();
     let base: String = saved_name.chars().take(64 - 1 - suffix.len()).collect();
@@ -420,7 +420,7 @@ async fn reconcile(
         summary.push("nothing to do".into());
     }
     let mut agent = AgentRef::from(&saved);
-    agent.id = local.as_ref().map(|l| l.agent_id).unwrap_or(saved.agent_id);
+    agent.id = local.as_ref().map_or(saved.agent_id, |l| l.agent_id);
     Ok(Outcome::new(
         format!(
             "reconcile: agent '{}' (id {}): {}",

@@ -230,7 +230,7 @@ async fn await_update(
     let tree = slot.get();
     let mut killed = false;
     loop {
-        let empty = tree.is_none_or(|t| t.is_empty());
+        let empty = tree.is_none_or(crate::platform::ProcessTree::is_empty);
         if empty && exited.elapsed() >= UPDATE_DELAY {
             break;
         }

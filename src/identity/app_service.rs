@@ -17,8 +17,8 @@ use crate::env::Env;
 use crate::net::{Answer, Net, Service};
 use crate::secret::Secret;
 
-pub const ENDPOINT_ENV: &str = "IDENTITY_ENDPOINT";
-pub const HEADER_ENV: &str = "IDENTITY_HEADER";
+pub(crate) const ENDPOINT_ENV: &str = "IDENTITY_ENDPOINT";
+pub(crate) const HEADER_ENV: &str = "IDENTITY_HEADER";
 const API_VERSION: &str = "2019-08-01";
 const SOURCE: &str = "the App Service identity endpoint";
 
@@ -31,7 +31,7 @@ pub struct AppService {
 
 /// Whether this environment has the App Service endpoint (`IDENTITY_ENDPOINT` and
 /// `IDENTITY_HEADER`).
-pub fn detect(
+pub(crate) fn detect(
     env: &Env,
     selector: &Selector,
     net: &Net,

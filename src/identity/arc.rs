@@ -21,15 +21,15 @@ use crate::net::{Answer, Net, Service};
 use crate::os::Os;
 use crate::secret::{Masker, Secret};
 
-pub const ENDPOINT_ENV: &str = "IDENTITY_ENDPOINT";
-pub const IMDS_ENDPOINT_ENV: &str = "IMDS_ENDPOINT";
+pub(crate) const ENDPOINT_ENV: &str = "IDENTITY_ENDPOINT";
+pub(crate) const IMDS_ENDPOINT_ENV: &str = "IMDS_ENDPOINT";
 const DEFAULT_ENDPOINT: &str = "http://localhost:40342/metadata/identity/oauth2/token";
 const API_VERSION: &str = "2020-06-01";
 /// The largest key file read (all Azure SDKs use the same limit).
 const MAX_KEY: u64 = 4096;
 /// Debug builds only: a directory standing in for the Arc agent's (`himds`, `tokens/`), so the
 /// tests neither find nor need a real agent.
-pub const TEST_DIR_ENV: &str = "AGENT_BOOTSTRAP_TEST_ARC_DIR";
+pub(crate) const TEST_DIR_ENV: &str = "AGENT_BOOTSTRAP_TEST_ARC_DIR";
 const SOURCE: &str = "the Azure Arc identity endpoint";
 
 pub struct Arc {
@@ -70,7 +70,7 @@ fn layout(env: &Env, os: &Os) -> Layout {
 }
 
 /// Whether this is an Arc-enabled server: the agent's variables, or its binary.
-pub fn detect(
+pub(crate) fn detect(
     env: &Env,
     selector: &Selector,
     os: &Os,

@@ -40,7 +40,7 @@ pub struct AzureCli {
 }
 
 /// Whether `az` is on `PATH` (and, as root, only root can replace it).
-pub fn detect(
+pub(crate) fn detect(
     env: &Env,
     selector: &Selector,
     az_login: bool,
@@ -48,7 +48,7 @@ pub fn detect(
 ) -> Result<Found<AzureCli>, IdentityError> {
     let name = if cfg!(windows) { "az.cmd" } else { "az" };
     let path = env.var("PATH").unwrap_or_default().to_owned();
-    let cwd = env.home().map(PathBuf::from).unwrap_or_else(|| "/".into());
+    let cwd = env.home().map_or_else(|| "/".into(), PathBuf::from);
     let Ok(az) = which::which_in(name, Some(path), cwd) else {
         return Ok(Found::Absent(format!("{name} is not on PATH")));
     };

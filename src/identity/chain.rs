@@ -52,10 +52,10 @@ impl Report {
         for c in &self.candidates {
             match &c.verdict {
                 Verdict::Chosen(why) => {
-                    tracing::info!(source = %c.kind, "identity source: {} ({why})", c.kind)
+                    tracing::info!(source = %c.kind, "identity source: {} ({why})", c.kind);
                 }
                 Verdict::Skipped(why) => {
-                    tracing::info!(source = %c.kind, "identity source {} skipped: {why}", c.kind)
+                    tracing::info!(source = %c.kind, "identity source {} skipped: {why}", c.kind);
                 }
                 Verdict::Failed(_) | Verdict::NotTried => {}
             }
@@ -84,7 +84,7 @@ pub async fn resolve(
         report.candidates.push(Candidate {
             kind: kind.name().to_owned(),
             verdict,
-        })
+        });
     };
     for (i, kind) in kinds.iter().copied().enumerate() {
         match detect(kind, req, pinned, env, os, net).await {
@@ -105,7 +105,7 @@ pub async fn resolve(
             Ok(Found::Absent(why)) => push(&mut report, kind, Verdict::Skipped(why)),
             // Auto: a selector meant for another source is no reason to stop.
             Err(e @ IdentityError::UnsupportedSelector { .. }) if !pinned => {
-                push(&mut report, kind, Verdict::Skipped(e.to_string()))
+                push(&mut report, kind, Verdict::Skipped(e.to_string()));
             }
             Err(e) => {
                 push(&mut report, kind, Verdict::Failed(e.to_string()));

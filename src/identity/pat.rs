@@ -15,8 +15,8 @@ use crate::clock::Clock;
 use crate::env::Env;
 use crate::secret::Secret;
 
-pub const TOKEN_ENV: &str = "AZP_TOKEN";
-pub const FILE_ENV: &str = "AZP_TOKEN_FILE";
+pub(crate) const TOKEN_ENV: &str = "AZP_TOKEN";
+pub(crate) const FILE_ENV: &str = "AZP_TOKEN_FILE";
 /// PATs are 52 to 84 characters; anything near this is not one.
 const MAX_PAT: u64 = 4096;
 
@@ -31,7 +31,7 @@ pub struct Pat {
 }
 
 /// Whether a PAT was given: `AZP_TOKEN_FILE`, `AZP_TOKEN`, or the file install remembered.
-pub fn detect(
+pub(crate) fn detect(
     env: &Env,
     selector: &Selector,
     saved_file: Option<&Path>,

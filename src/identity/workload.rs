@@ -17,9 +17,9 @@ use crate::env::Env;
 use crate::net::{Net, Service};
 use crate::secret::Secret;
 
-pub const TOKEN_FILE_ENV: &str = "AZURE_FEDERATED_TOKEN_FILE";
-pub const TENANT_ENV: &str = "AZURE_TENANT_ID";
-pub const AUTHORITY_ENV: &str = "AZURE_AUTHORITY_HOST";
+pub(crate) const TOKEN_FILE_ENV: &str = "AZURE_FEDERATED_TOKEN_FILE";
+pub(crate) const TENANT_ENV: &str = "AZURE_TENANT_ID";
+pub(crate) const AUTHORITY_ENV: &str = "AZURE_AUTHORITY_HOST";
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
 /// A projected service-account token is a few kilobytes.
 const MAX_ASSERTION: u64 = 64 * 1024;
@@ -33,7 +33,11 @@ pub struct Workload {
 }
 
 /// Whether the workload identity webhook's variables are all here.
-pub fn detect(env: &Env, selector: &Selector, net: &Net) -> Result<Found<Workload>, IdentityError> {
+pub(crate) fn detect(
+    env: &Env,
+    selector: &Selector,
+    net: &Net,
+) -> Result<Found<Workload>, IdentityError> {
     let client_id = match selector {
         Selector::ClientId(c) => Some(c.clone()),
         _ => env.var(CLIENT_ID_ENV).map(|c| c.trim().to_owned()),

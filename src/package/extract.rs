@@ -538,7 +538,7 @@ pub fn untar_gz(
             Ok(entry
                 .link_name()
                 .map_err(corrupt)?
-                .map(|t| t.into_owned())
+                .map(std::borrow::Cow::into_owned)
                 .unwrap_or_default())
         };
         use tar::EntryType as T;

@@ -20,8 +20,7 @@ pub fn systemd_available(env: &Env) -> bool {
 
 pub fn unit_dir(env: &Env) -> PathBuf {
     env.var(UNIT_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_UNIT_DIR))
+        .map_or_else(|| PathBuf::from(DEFAULT_UNIT_DIR), PathBuf::from)
 }
 
 /// What systemd says about a unit.

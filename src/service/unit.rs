@@ -32,7 +32,7 @@ pub fn systemd_escape_path(s: &str) -> String {
             b'/' => out.push('-'),
             b'.' if i == 0 => out.push_str("\\x2e"),
             b if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b':' => {
-                out.push(b as char)
+                out.push(b as char);
             }
             b => out.push_str(&format!("\\x{b:02x}")),
         }

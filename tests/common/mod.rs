@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 
 use azure_sim::{SimConfig, Simulator};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_agent-bootstrap");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_agent-bootstrap");
 /// The agent's unit for `test-agent` in pool `Default` of the simulator (host 127.0.0.1).
-pub const UNIT: &str = "vsts.agent.127.Default.test\\x2dagent.service";
+pub(crate) const UNIT: &str = "vsts.agent.127.Default.test\\x2dagent.service";
 
 /// The simulator program (`examples/azure-sim.rs`, built by `cargo test` with the tests). Built
 /// here when a single test target was asked for (`cargo test --test install` builds no examples).
@@ -90,7 +90,7 @@ fn listener_exe() -> PathBuf {
 }
 
 /// The agent-bootstrap binary, copied where an unprivileged user can execute it.
-pub fn bin_for_any_user() -> PathBuf {
+pub(crate) fn bin_for_any_user() -> PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
         let dir = listener_exe().parent().unwrap().to_owned();
@@ -102,7 +102,7 @@ pub fn bin_for_any_user() -> PathBuf {
     .clone()
 }
 
-pub struct World {
+pub(crate) struct World {
     pub sim: Simulator,
     pub dir: tempfile::TempDir,
     /// The dedicated agent account install creates for this world (`azpt<pid>x<n>`): configuring
@@ -157,14 +157,14 @@ impl Drop for World {
 }
 
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Run {
-    pub fn of(out: std::process::Output) -> Self {
+    pub(crate) fn of(out: std::process::Output) -> Self {
         Self {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -172,7 +172,7 @@ impl Run {
         }
     }
 
-    pub fn assert_code(&self, code: i32) -> &Self {
+    pub(crate) fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(
             self.code, code,
             "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
@@ -183,11 +183,11 @@ impl Run {
 }
 
 impl World {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with(|_| {})
     }
 
-    pub fn with(edit: impl FnOnce(&mut SimConfig)) -> Self {
+    pub(crate) fn with(edit: impl FnOnce(&mut SimConfig)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("w-")
             .tempdir_in(tests_root())
@@ -205,18 +205,18 @@ impl World {
     /// The scratch system trust store every command of this world uses instead of the machine's
     /// (`AGENT_BOOTSTRAP_TEST_CA_STORE`): a root laid out like Debian's, with
     /// `usr/share/ca-certificates/distribution.pem` standing for the distribution's certificates.
-    pub fn ca_store(&self) -> PathBuf {
+    pub(crate) fn ca_store(&self) -> PathBuf {
         self.dir.path().join("ca-store")
     }
 
     /// Where the fake `update-ca-certificates` and `update-ca-trust` are (first on `PATH`).
-    pub fn ca_bin(&self) -> PathBuf {
+    pub(crate) fn ca_bin(&self) -> PathBuf {
         self.dir.path().join("ca-bin")
     }
 
     /// Puts a program first on the `PATH` of every command of this world (beside the fake CA-store
     /// tools), replacing the machine's own for these commands.
-    pub fn fake_tool(&self, name: &str, script: &str) -> PathBuf {
+    pub(crate) fn fake_tool(&self, name: &str, script: &str) -> PathBuf {
         let path = self.ca_bin().join(name);
         std::fs::write(&path, script).unwrap();
         set_mode(&path, 0o755);
@@ -225,13 +225,13 @@ impl World {
 
     /// The bundle the fake `update-ca-certificates` builds: what OpenSSL, and so the agent,
     /// trusts on this simulated machine (`SSL_CERT_FILE` for every command of this world).
-    pub fn ca_bundle(&self) -> PathBuf {
+    pub(crate) fn ca_bundle(&self) -> PathBuf {
         self.ca_store().join("etc/ssl/certs/ca-certificates.crt")
     }
 
     /// The calls the fake CA-store tools got, one per line (`update-ca-certificates`,
     /// `update-ca-trust extract`).
-    pub fn ca_tool_calls(&self) -> Vec<String> {
+    pub(crate) fn ca_tool_calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.ca_store().join("calls.log"))
             .unwrap_or_default()
             .lines()
@@ -240,13 +240,13 @@ impl World {
     }
 
     /// The PEM certificates now in the scratch store's bundle, as written (one string each).
-    pub fn ca_bundle_certs(&self) -> Vec<String> {
+    pub(crate) fn ca_bundle_certs(&self) -> Vec<String> {
         pem_blocks(&std::fs::read_to_string(self.ca_bundle()).unwrap_or_default())
     }
 
     /// This world's agent account, created now as install would create it (for attacks staged
     /// before the first install), and made the current one.
-    pub fn agent_account(&self) -> nix::unistd::User {
+    pub(crate) fn agent_account(&self) -> nix::unistd::User {
         if nix::unistd::User::from_name(&self.user).unwrap().is_none() {
             let home = format!("/home/{}", self.user);
             let ok = Command::new("useradd")
@@ -274,17 +274,17 @@ impl World {
         CURRENT_USER.with(|u| *u.borrow_mut() = Some(self.user.clone()));
     }
 
-    pub fn agent_dir(&self) -> PathBuf {
+    pub(crate) fn agent_dir(&self) -> PathBuf {
         self.dir.path().join("agent")
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
     /// A fake `az` (the simulator program named `az`) in a directory of its own, configured to
     /// use this world's IMDS; returns that directory (for `PATH`) and the `AZURE_CONFIG_DIR`.
-    pub fn fake_az(&self) -> (PathBuf, PathBuf) {
+    pub(crate) fn fake_az(&self) -> (PathBuf, PathBuf) {
         let bin = self.dir.path().join("az-bin");
         let config = self.dir.path().join("azure");
         std::fs::create_dir_all(&bin).unwrap();
@@ -301,7 +301,7 @@ impl World {
     }
 
     /// `cmd` with `dir` first on its `PATH`.
-    pub fn prepend_path(cmd: &mut Command, dir: &Path) {
+    pub(crate) fn prepend_path(cmd: &mut Command, dir: &Path) {
         let path = cmd
             .get_envs()
             .find(|(k, _)| *k == "PATH")
@@ -311,13 +311,13 @@ impl World {
     }
 
     /// Where a test keeps secrets it gives the tool (PAT files, the federated token).
-    pub fn secrets_dir(&self) -> PathBuf {
+    pub(crate) fn secrets_dir(&self) -> PathBuf {
         self.dir.path().join("secrets")
     }
 
     /// AKS workload identity for `cmd`, as the webhook sets it up: the service-account token in a
     /// file, the user-assigned identity's client id, the tenant, Entra at `authority`.
-    pub fn workload_identity(&self, cmd: &mut Command, assertion: &str, authority: &str) {
+    pub(crate) fn workload_identity(&self, cmd: &mut Command, assertion: &str, authority: &str) {
         let secrets = self.secrets_dir();
         std::fs::create_dir_all(&secrets).unwrap();
         let file = secrets.join("azure-identity-token");
@@ -329,15 +329,15 @@ impl World {
             .env("AZURE_AUTHORITY_HOST", format!("{authority}/"));
     }
 
-    pub fn cache_dir(&self) -> PathBuf {
+    pub(crate) fn cache_dir(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
 
-    pub fn org_url(&self) -> String {
+    pub(crate) fn org_url(&self) -> String {
         self.sim.org_url()
     }
 
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         self.make_current();
         let mut cmd = Command::new(BIN);
         cmd.args(args);
@@ -396,19 +396,19 @@ impl World {
         cmd
     }
 
-    pub fn run_cmd(&self, mut cmd: Command) -> Run {
+    pub(crate) fn run_cmd(&self, mut cmd: Command) -> Run {
         let run = Run::of(cmd.output().unwrap());
         self.assert_no_token_leak(&run);
         run
     }
 
-    pub fn run(&self, args: &[&str]) -> Run {
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
         self.run_cmd(self.command(args))
     }
 
     /// `install --url <sim> --agent-dir <world>/agent --agent-name test-agent EXTRA…`, to run
     /// (EXTRA's own `--agent-dir` or `--agent-name` replaces the default).
-    pub fn install_command(&self, extra: &[&str]) -> Command {
+    pub(crate) fn install_command(&self, extra: &[&str]) -> Command {
         let url = self.org_url();
         let dir = self.agent_dir();
         let mut args = vec!["install", "--url", url.as_str()];
@@ -423,12 +423,12 @@ impl World {
     }
 
     /// `install --url <sim> --agent-dir <world>/agent --agent-name test-agent EXTRA…`
-    pub fn install(&self, extra: &[&str]) -> Run {
+    pub(crate) fn install(&self, extra: &[&str]) -> Run {
         self.run_cmd(self.install_command(extra))
     }
 
     /// The user `nobody`, with a home directory of its own inside the world.
-    pub fn nobody_home(&self) -> (nix::unistd::User, PathBuf) {
+    pub(crate) fn nobody_home(&self) -> (nix::unistd::User, PathBuf) {
         let user = nix::unistd::User::from_name("nobody")
             .unwrap()
             .expect("nobody exists");
@@ -440,7 +440,7 @@ impl World {
 
     /// The pool already has a `test-agent` and every update of it fails: `config.sh --replace`
     /// then loops forever, like the real listener.
-    pub fn make_configure_loop(&self) {
+    pub(crate) fn make_configure_loop(&self) {
         let mut st = self.sim.state();
         st.agents.insert(
             1,
@@ -462,7 +462,7 @@ impl World {
     }
 
     /// The verbs the fake listener ran, in order (configure, reauth, remove).
-    pub fn listener_verbs(&self) -> Vec<String> {
+    pub(crate) fn listener_verbs(&self) -> Vec<String> {
         self.sim
             .state()
             .listener_reports
@@ -472,13 +472,13 @@ impl World {
     }
 
     /// `reconcile --agent-dir <world>/agent`
-    pub fn reconcile(&self) -> Run {
+    pub(crate) fn reconcile(&self) -> Run {
         let dir = self.agent_dir();
         self.run(&["reconcile", "--agent-dir", dir.to_str().unwrap()])
     }
 
     /// `status --agent-dir <world>/agent EXTRA…`
-    pub fn status(&self, extra: &[&str]) -> Run {
+    pub(crate) fn status(&self, extra: &[&str]) -> Run {
         let dir = self.agent_dir();
         let mut args = vec!["status", "--agent-dir", dir.to_str().unwrap()];
         args.extend(extra);
@@ -486,11 +486,11 @@ impl World {
     }
 
     /// Where the simulated systemd keeps unit files.
-    pub fn units_dir(&self) -> PathBuf {
+    pub(crate) fn units_dir(&self) -> PathBuf {
         self.sim.systemd_dir().join("units")
     }
 
-    pub fn unit_active(&self, unit: &str) -> bool {
+    pub(crate) fn unit_active(&self, unit: &str) -> bool {
         self.sim
             .systemd_dir()
             .join("state")
@@ -498,7 +498,7 @@ impl World {
             .exists()
     }
 
-    pub fn unit_enabled(&self, unit: &str) -> bool {
+    pub(crate) fn unit_enabled(&self, unit: &str) -> bool {
         self.sim
             .systemd_dir()
             .join("state")
@@ -507,7 +507,7 @@ impl World {
     }
 
     /// The saved-settings file install wrote for the world's agent dir.
-    pub fn saved_settings_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn saved_settings_files(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.state_dir().join("agents"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
@@ -515,7 +515,7 @@ impl World {
 
     /// Extracts the simulator's agent package into `dir` with the system tar, as an image build or
     /// a hand-made setup would.
-    pub fn extract_package_into(&self, dir: &Path) {
+    pub(crate) fn extract_package_into(&self, dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
         let ok = Command::new("tar")
             .args([
@@ -531,13 +531,13 @@ impl World {
     }
 
     /// The tokens the simulated identity endpoints issued, in order.
-    pub fn issued_tokens(&self) -> Vec<String> {
+    pub(crate) fn issued_tokens(&self) -> Vec<String> {
         self.sim.state().token_order.clone()
     }
 
     /// Every secret the simulated Azure handed out or accepts: tokens, PATs, Arc keys, the App
     /// Service header, the workload assertion.
-    pub fn tokens(&self) -> Vec<String> {
+    pub(crate) fn tokens(&self) -> Vec<String> {
         let st = self.sim.state();
         let mut all: Vec<String> = st.tokens.keys().cloned().collect();
         all.extend(st.pats.keys().cloned());
@@ -549,7 +549,7 @@ impl World {
 
     /// No issued token in our output, in any file under the world, in any argv the fake listener
     /// saw, or in the argv it was given.
-    pub fn assert_no_token_leak(&self, run: &Run) {
+    pub(crate) fn assert_no_token_leak(&self, run: &Run) {
         let tokens = self.tokens();
         for t in &tokens {
             // `token` prints the token on stdout by design; everything else must not.
@@ -592,11 +592,11 @@ impl World {
         }
     }
 
-    pub fn requests(&self) -> Vec<azure_sim::Request> {
+    pub(crate) fn requests(&self) -> Vec<azure_sim::Request> {
         self.sim.state().requests.clone()
     }
 
-    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+    pub(crate) fn count(&self, method: &str, path_contains: &str) -> usize {
         self.requests()
             .iter()
             .filter(|r| r.method == method && r.path.contains(path_contains))
@@ -604,7 +604,7 @@ impl World {
     }
 
     /// IMDS token requests (with `Metadata: true`; the auto chain's probe has none).
-    pub fn imds_token_requests(&self) -> Vec<azure_sim::Request> {
+    pub(crate) fn imds_token_requests(&self) -> Vec<azure_sim::Request> {
         self.requests()
             .into_iter()
             .filter(|r| r.path == "/metadata/identity/oauth2/token" && r.metadata_header)
@@ -612,23 +612,23 @@ impl World {
     }
 
     /// The auto chain's probes of IMDS (no `Metadata` header).
-    pub fn imds_probes(&self) -> usize {
+    pub(crate) fn imds_probes(&self) -> usize {
         self.requests()
             .iter()
             .filter(|r| r.path == "/metadata/identity/oauth2/token" && !r.metadata_header)
             .count()
     }
 
-    pub fn downloads(&self) -> usize {
+    pub(crate) fn downloads(&self) -> usize {
         self.count("GET", "/_download/")
     }
 
-    pub fn systemctl_log(&self) -> String {
+    pub(crate) fn systemctl_log(&self) -> String {
         std::fs::read_to_string(self.sim.systemd_dir().join("systemctl.log")).unwrap_or_default()
     }
 
     /// The systemctl calls that change something (queries left out).
-    pub fn systemctl_changes(&self) -> Vec<String> {
+    pub(crate) fn systemctl_changes(&self) -> Vec<String> {
         self.systemctl_log()
             .lines()
             .filter(|l| {
@@ -638,7 +638,7 @@ impl World {
             .collect()
     }
 
-    pub fn server_agents(&self, pool: u64) -> Vec<azure_sim::ServerAgent> {
+    pub(crate) fn server_agents(&self, pool: u64) -> Vec<azure_sim::ServerAgent> {
         self.sim
             .state()
             .agents
@@ -648,7 +648,7 @@ impl World {
     }
 
     /// Directories or files left beside the agent dir by a staging area.
-    pub fn staging_leftovers(&self) -> Vec<String> {
+    pub(crate) fn staging_leftovers(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.path())
             .unwrap()
             .flatten()
@@ -657,7 +657,7 @@ impl World {
             .collect()
     }
 
-    pub fn cache_files(&self) -> Vec<String> {
+    pub(crate) fn cache_files(&self) -> Vec<String> {
         std::fs::read_dir(self.cache_dir())
             .map(|d| {
                 d.flatten()
@@ -669,7 +669,7 @@ impl World {
 }
 
 /// The `-----BEGIN CERTIFICATE-----` blocks of a PEM text, each with its base64 joined on one line.
-pub fn pem_blocks(text: &str) -> Vec<String> {
+pub(crate) fn pem_blocks(text: &str) -> Vec<String> {
     let mut out = vec![];
     let mut cur: Option<String> = None;
     for line in text.lines().map(str::trim) {
@@ -768,7 +768,7 @@ fn make_ca_store(dir: &Path) {
 }
 
 /// The same command, run as `user` by the copy of the binary any account can execute.
-pub fn as_user(cmd: &Command, user: &nix::unistd::User) -> Command {
+pub(crate) fn as_user(cmd: &Command, user: &nix::unistd::User) -> Command {
     let mut c = Command::new(bin_for_any_user());
     c.args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
@@ -783,14 +783,14 @@ pub fn as_user(cmd: &Command, user: &nix::unistd::User) -> Command {
 }
 
 /// A world with the agent installed (as root, the dedicated user, the simulated service).
-pub fn installed() -> World {
+pub(crate) fn installed() -> World {
     let w = World::new();
     w.install(&[]).assert_code(0);
     w
 }
 
 /// The dedicated agent user install created for the world this test made last.
-pub fn agent_user() -> nix::unistd::User {
+pub(crate) fn agent_user() -> nix::unistd::User {
     let name = CURRENT_USER
         .with(|u| u.borrow().clone())
         .expect("a world ran a command on this thread");
@@ -801,7 +801,7 @@ pub fn agent_user() -> nix::unistd::User {
 
 /// Runs a shell script as the agent user, the way a pipeline job would: its own uid and gid, no
 /// supplementary groups, a bare environment.
-pub fn as_agent_user(script: &str) -> std::process::Output {
+pub(crate) fn as_agent_user(script: &str) -> std::process::Output {
     let user = agent_user();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -816,7 +816,7 @@ pub fn as_agent_user(script: &str) -> std::process::Output {
 }
 
 /// Like [`as_agent_user`], asserting the script succeeded.
-pub fn as_agent_user_ok(script: &str) {
+pub(crate) fn as_agent_user_ok(script: &str) {
     let out = as_agent_user(script);
     assert!(
         out.status.success(),
@@ -828,14 +828,14 @@ pub fn as_agent_user_ok(script: &str) {
 
 /// A root-owned file and directory for an attack to aim at; [`Decoy::assert_untouched`] checks
 /// that nothing about them changed (owner, mode, content, entries).
-pub struct Decoy {
+pub(crate) struct Decoy {
     pub file: PathBuf,
     pub dir: PathBuf,
     snapshot: Vec<(PathBuf, u32, u32, u32, Vec<u8>)>,
 }
 
 impl Decoy {
-    pub fn new(w: &World) -> Self {
+    pub(crate) fn new(w: &World) -> Self {
         let root = w.dir.path().join("root-owned");
         let dir = root.join("etc");
         std::fs::create_dir_all(dir.join("sub")).unwrap();
@@ -874,13 +874,13 @@ impl Decoy {
         out
     }
 
-    pub fn assert_untouched(&self) {
+    pub(crate) fn assert_untouched(&self) {
         assert_eq!(self.take(), self.snapshot, "a root-owned file was changed");
     }
 }
 
 /// Whether any process's command line contains all of `needles`.
-pub fn process_running(needles: &[&str]) -> bool {
+pub(crate) fn process_running(needles: &[&str]) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
             let c = String::from_utf8_lossy(&c).replace('\0', " ");
@@ -890,7 +890,7 @@ pub fn process_running(needles: &[&str]) -> bool {
 }
 
 /// The waits the log announced ("retrying in 10.4s"), in seconds, in order.
-pub fn retry_waits(log: &str) -> Vec<f64> {
+pub(crate) fn retry_waits(log: &str) -> Vec<f64> {
     log.match_indices("retrying in ")
         .filter_map(|(i, m)| {
             let rest = &log[i + m.len()..];
@@ -901,7 +901,7 @@ pub fn retry_waits(log: &str) -> Vec<f64> {
 }
 
 /// Reads a JSON file the agent wrote (BOM-prefixed).
-pub fn read_agent_json(path: &Path) -> serde_json::Value {
+pub(crate) fn read_agent_json(path: &Path) -> serde_json::Value {
     let raw = std::fs::read(path).unwrap();
     assert!(
         raw.starts_with(&[0xEF, 0xBB, 0xBF]),
@@ -911,24 +911,24 @@ pub fn read_agent_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&raw[3..]).unwrap()
 }
 
-pub fn owner(path: &Path) -> u32 {
+pub(crate) fn owner(path: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().uid()
 }
 
-pub fn mode(path: &Path) -> u32 {
+pub(crate) fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 /// No file under `dir` (links not followed) contains any of `secrets`.
-pub fn assert_not_in_files(dir: &Path, secrets: &[String]) {
+pub(crate) fn assert_not_in_files(dir: &Path, secrets: &[String]) {
     assert_not_in_files_except(dir, secrets, &[]);
 }
 
 /// [`assert_not_in_files`], except below the directories `sources` (where a test keeps the
 /// secrets it gives the tool).
-pub fn assert_not_in_files_except(dir: &Path, secrets: &[String], sources: &[PathBuf]) {
+pub(crate) fn assert_not_in_files_except(dir: &Path, secrets: &[String], sources: &[PathBuf]) {
     for entry in walkdir::WalkDir::new(dir).follow_links(false) {
         let Ok(entry) = entry else { continue };
         if !entry.file_type().is_file() || sources.iter().any(|s| entry.path().starts_with(s)) {
@@ -947,23 +947,23 @@ pub fn assert_not_in_files_except(dir: &Path, secrets: &[String], sources: &[Pat
 }
 
 /// The agent version the server offers in [`offer_update`].
-pub const NEW_VERSION: &str = "4.265.0";
+pub(crate) const NEW_VERSION: &str = "4.265.0";
 
 /// The server offers agent [`NEW_VERSION`]: online agents of an older version are asked to update
 /// themselves (an `AgentRefresh` message).
-pub fn offer_update(w: &World) {
+pub(crate) fn offer_update(w: &World) {
     let update = azure_sim::package::AgentUpdate::build(&w.sim, NEW_VERSION).unwrap();
     w.sim.state().agent_update = Some(update);
 }
 
 /// The version of the fake listener that made a report (its `--agent-version`).
-pub fn listener_version(r: &azure_sim::ListenerReport) -> String {
+pub(crate) fn listener_version(r: &azure_sim::ListenerReport) -> String {
     let at = r.argv.iter().position(|a| a == "--agent-version").unwrap();
     r.argv[at + 1].clone()
 }
 
 /// The fake listeners running for the world's agent dir: (pid, parent pid).
-pub fn listeners(w: &World) -> Vec<(i32, i32)> {
+pub(crate) fn listeners(w: &World) -> Vec<(i32, i32)> {
     let root = format!("--root {} ", w.agent_dir().display());
     std::fs::read_dir("/proc")
         .unwrap()
@@ -992,7 +992,7 @@ pub fn listeners(w: &World) -> Vec<(i32, i32)> {
 /// The agent's service as systemd runs its unit (`ExecStart=<root>/runsvc.sh`, `User=` the agent
 /// user, `WorkingDirectory=` the root): the simulated systemctl only records, so a test that needs
 /// the service's processes starts them with this. Its output is piped.
-pub fn service_host(w: &World) -> std::process::Child {
+pub(crate) fn service_host(w: &World) -> std::process::Child {
     let user = agent_user();
     let dir = w.agent_dir();
     let mut cmd = Command::new(dir.join("runsvc.sh"));
@@ -1009,7 +1009,7 @@ pub fn service_host(w: &World) -> std::process::Child {
 }
 
 /// Waits for `cond`, at most `secs` seconds.
-pub fn wait_for_secs(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_for_secs(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while !cond() {
         assert!(
@@ -1022,7 +1022,7 @@ pub fn wait_for_secs(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
 
 /// `cmd` run in a mount namespace of its own where each `(dir, options)` is a fresh tmpfs
 /// mounted with those options (so nothing stays mounted after it).
-pub fn with_tmpfs(
+pub(crate) fn with_tmpfs(
     cmd: &std::process::Command,
     mounts: &[(&std::path::Path, &str)],
 ) -> std::process::Command {

@@ -117,7 +117,7 @@ impl TrustPlan {
         for c in &done.added_now {
             tracing::info!(
                 ca = %c.subject,
-                file = %c.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "LocalMachine\\Root".into()),
+                file = %c.file.as_ref().map_or_else(|| "LocalMachine\\Root".into(), |f| f.display().to_string()),
                 tool = %self.store.tool_display(),
                 "added the CA certificate to the system trust store (the agent trusts only that \
                  store for its connections); `agent-bootstrap remove` takes it out again"

@@ -288,14 +288,11 @@ pub async fn run_locked(
         .clone()
         .unwrap_or_else(|| me.id.clone());
     tracing::info!(identity = %who, org = %s.url, "token accepted by Azure DevOps");
-    let pool = match pool? {
-        Some(p) => p,
-        None => {
-            return Err(devops
-                .explain_unmanageable(&s.pool, &who, &budget)
-                .await
-                .into());
-        }
+    let Some(pool) = pool? else {
+        return Err(devops
+            .explain_unmanageable(&s.pool, &who, &budget)
+            .await
+            .into());
     };
     tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
     let mut meta = meta.transpose()?;

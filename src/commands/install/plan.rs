@@ -321,21 +321,20 @@ impl std::fmt::Display for Step {
                 for (subject, file, action) in certs {
                     let place = file
                         .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "LocalMachine\\Root".into());
+                        .map_or_else(|| "LocalMachine\\Root".into(), |p| p.display().to_string());
                     match action {
                         trust::Action::Present => {
-                            write!(f, " '{subject}' is there already: left as it is;")?
+                            write!(f, " '{subject}' is there already: left as it is;")?;
                         }
                         trust::Action::Ours { in_bundle: true } => write!(
                             f,
                             " '{subject}' is there already ({place}, added by agent-bootstrap);"
                         )?,
                         trust::Action::Ours { in_bundle: false } => {
-                            write!(f, " '{subject}' in {place}, then {tool};")?
+                            write!(f, " '{subject}' in {place}, then {tool};")?;
                         }
                         trust::Action::Add => {
-                            write!(f, " add '{subject}' as {place}, then {tool};")?
+                            write!(f, " add '{subject}' as {place}, then {tool};")?;
                         }
                     }
                 }
