@@ -101,7 +101,7 @@ pub enum Command {
     /// unregister it and let the platform proceed (what `install --scale-in-drain` runs).
     Watch(WatchArgs),
     /// Bring an installed agent back to registered and running (what the boot unit runs).
-    Reconcile(AgentDirArgs),
+    Reconcile(ReconcileArgs),
     /// Unregister the agent and remove its service and boot unit.
     Remove(RemoveArgs),
     /// Show the agent's local state and, when a token can be had, the server's view.
@@ -123,6 +123,16 @@ pub struct AgentDirArgs {
     /// The agent dir install used [default: /opt/azure-pipelines-agent].
     #[arg(long, value_name = "DIR")]
     pub agent_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub dir: AgentDirArgs,
+    /// Look, check with Azure DevOps, and print the steps a real run would carry out (the install
+    /// flow's too, when it would configure the agent again); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]

@@ -127,6 +127,9 @@ pub struct InstallSettings {
     pub package: PackageChoice,
     pub config_timeout: std::time::Duration,
     pub dry_run: bool,
+    /// A dry run of `reconcile` whose plan removes the local registration before the install
+    /// flow: the flow is planned as the real run will find the agent dir, without it.
+    pub assume_unregistered: bool,
     /// Start the service with `systemctl start --no-block`: at boot the
     /// agent's unit is ordered after ours, and a blocking start would wait for ourselves.
     pub no_block_start: bool,
@@ -891,6 +894,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         package: package_choice(&args.pkg)?,
         config_timeout: std::time::Duration::from_secs(args.config_timeout),
         dry_run: args.dry_run,
+        assume_unregistered: false,
         no_block_start: false,
         state_dir: paths.state_dir,
         cache_dir: paths.cache_dir,
@@ -1094,6 +1098,7 @@ pub fn from_saved(
         package,
         config_timeout: std::time::Duration::from_secs(600),
         dry_run: false,
+        assume_unregistered: false,
         no_block_start: true,
         state_dir: paths.state_dir,
         cache_dir: paths.cache_dir,

@@ -163,3 +163,107 @@ fn a_re_registration_does_what_its_dry_run_says() {
     );
     assert_eq!(w.server_agents(1).len(), 1);
 }
+
+/// The steps of one `reconcile` run (`--output json`), and its exit code.
+fn reconcile_steps(w: &World, dry: bool) -> (i32, Vec<String>) {
+    let dir = w.agent_dir().display().to_string();
+    let mut args = vec!["reconcile", "--agent-dir", &dir, "--output", "json"];
+    if dry {
+        args.push("--dry-run");
+    }
+    let run = w.run(&args);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+    let steps = doc["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps: {doc}\n{}", run.stderr))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    (run.code, steps)
+}
+
+/// One reconcile row: the dry run's steps, then the real run's: equal, and what was expected
+/// among them; then a dry run with nothing left to do, and a real run that changes nothing.
+fn truthful_reconcile(w: &World, case: &str, expect: &[&str]) {
+    let agents = |w: &World| {
+        let mut ids: Vec<_> = w.server_agents(1).iter().map(|a| (a.id, a.name.clone())).collect();
+        ids.sort();
+        ids
+    };
+    let (changes, before) = (w.systemctl_changes(), agents(w));
+    let (code, planned) = reconcile_steps(w, true);
+    assert_eq!(code, 0, "{case}: the dry run failed");
+    assert_eq!(w.systemctl_changes(), changes, "{case}: the dry run changed systemd");
+    assert_eq!(agents(w), before, "{case}: the dry run changed the server");
+    let (code, done) = reconcile_steps(w, false);
+    assert_eq!(code, 0, "{case}: the real run failed");
+    assert_eq!(planned, done, "{case}: the dry run said one thing, the real run did another");
+    for want in expect {
+        assert!(
+            done.iter().any(|s| s.contains(want)),
+            "{case}: no step '{want}' in {done:#?}"
+        );
+    }
+    let after = w.systemctl_changes();
+    let (_, left) = reconcile_steps(w, true);
+    assert!(left.is_empty(), "{case}: still to do after the real run: {left:#?}");
+    let (_, again) = reconcile_steps(w, false);
+    assert!(again.is_empty(), "{case}: the second real run did {again:#?}");
+    assert_eq!(w.systemctl_changes(), after, "{case}: a run with nothing to do changed systemd");
+}
+
+#[test]
+fn each_reconcile_row_does_what_its_dry_run_says() {
+    let w = World::new();
+    w.install(&["--disable-update"]).assert_code(0);
+    let unit = unit_named(&w, "vsts.agent.");
+
+    truthful_reconcile(&w, "healthy", &[]);
+
+    std::fs::remove_file(state_file(&w, &format!("{unit}.active"))).unwrap();
+    std::fs::remove_file(state_file(&w, &format!("{unit}.enabled"))).unwrap();
+    truthful_reconcile(&w, "stopped and disabled", &["systemctl enable", "systemctl start"]);
+
+    std::fs::remove_file(w.units_dir().join(&unit)).unwrap();
+    truthful_reconcile(&w, "unit file gone", &["write the agent's unit"]);
+
+    // A job took the update switch out of .env.
+    let env_file = w.agent_dir().join(".env");
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.contains("agent.disableupdate"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&env_file, without).unwrap();
+    truthful_reconcile(&w, "update switch", &["self-update off", "systemctl restart"]);
+
+    w.sim.state().agents.clear();
+    truthful_reconcile(
+        &w,
+        "deleted on the server",
+        &["remove the local registration", "the install flow", "run as"],
+    );
+    assert_eq!(w.server_agents(1).len(), 1);
+
+    // Not configured (a reimaged data disk): the install flow.
+    for f in [".agent", ".credentials", ".credentials_rsaparams"] {
+        let _ = std::fs::remove_file(w.agent_dir().join(f));
+    }
+    truthful_reconcile(&w, "not configured", &["the install flow", "run as"]);
+    assert_eq!(w.server_agents(1).len(), 1);
+}
+
+#[test]
+fn a_clone_does_what_its_dry_run_says() {
+    let w = World::new();
+    w.install(&[]).assert_code(0);
+    w.sim.state().vm_id = "6f1c2d3e-0000-4000-8000-00000000c10e".into();
+    truthful_reconcile(
+        &w,
+        "clone",
+        &["original machine's service", "register this machine as"],
+    );
+    assert_eq!(w.server_agents(1).len(), 2, "the original and the clone");
+}

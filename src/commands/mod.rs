@@ -109,9 +109,9 @@ pub async fn run(cli: Cli, env: Env, out: &Out) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Reconcile(args) => {
-            let t = target(args.agent_dir.as_deref(), &env, &os)?;
+            let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
             configure_saved(&net, &t, &env)?;
-            reconcile::run(&t, &env, os, &net, &progress(), out)
+            reconcile::run(&t, args.dry_run, &env, os, &net, &progress(), out)
                 .await
                 .map(|()| 0)
         }

@@ -187,19 +187,21 @@ pub fn clone_name(saved_name: &str, hostname: &str, machine: Option<&str>) -> St
 
 pub async fn run(
     t: &Target,
+    dry_run: bool,
     env: &Env,
     os: Os,
     net: &Net,
     progress: &Progress,
     out: &Out,
 ) -> Result<(), Error> {
-    let done = reconcile(t, env, os, net, progress).await?;
+    let done = reconcile(t, dry_run, env, os, net, progress).await?;
     out.outcome(done)
 }
 
 /// The reconcile flow; what it did, for the caller to show.
 async fn reconcile(
     t: &Target,
+    dry_run: bool,
     env: &Env,
     os: Os,
     net: &Net,
@@ -210,7 +212,12 @@ async fn reconcile(
     let agent_dir = t.agent_dir.as_path();
     let state_dir = &t.paths.state_dir;
     let lock_wait = LOCK_WAIT.min(deadline.remaining(&clock));
-    let _lock = crate::lock::acquire(state_dir, agent_dir, lock_wait).await?;
+    // A dry run changes nothing, so it waits for no one.
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(crate::lock::acquire(state_dir, agent_dir, lock_wait).await?)
+    };
     // Read after the lock: a concurrent install may just have written it.
     let saved = state::load(state_dir, agent_dir)?.ok_or_else(|| {
         Error::Input(format!(
@@ -305,28 +312,15 @@ async fn reconcile(
             }
         }
     };
-    let user = crate::user::lookup(&saved.user)?;
-    if server == Server::Known {
-        follow_version(state_dir, &saved, server_version.as_deref())?;
-    }
-    let bypass_changed = if local.is_some() && !tampered && !network_drift && !clone {
-        let s = settings::from_saved(&saved, env, os)?;
-        install::write_proxy_bypass(&s, env, &agent, user.as_ref()).await?
-    } else {
-        false
-    };
-    let update_switch_changed = if local.is_some() && !tampered && !network_drift && !clone {
-        let s = settings::from_saved(&saved, env, os)?;
-        install::write_update_switch(&s, env, &agent, user.as_ref()).await?
-    } else {
-        false
-    };
+    let s = settings::from_saved(&saved, env, os)?;
+    let keeps_registration = local.is_some() && !tampered && !network_drift && !clone;
     let observed = Observed {
         configured: local.is_some() || unreadable,
         tampered,
         network_drift,
-        bypass_changed,
-        update_switch_changed,
+        bypass_changed: keeps_registration && install::proxy_bypass_text(&s, &agent).is_some(),
+        update_switch_changed: keeps_registration
+            && agent.env_with_update_switch(s.disable_update).is_some(),
         clone,
         service_installed: unit_state.is_some_and(|u| u.exists),
         unit: unit_state,
@@ -337,72 +331,130 @@ async fn reconcile(
     let actions = decide(&observed);
     tracing::info!(?observed, ?actions, "reconcile plan");
 
-    let mut summary = vec![];
+    // The actions as steps, found by looking only: a dry run prints them, a real run carries
+    // them out, in order.
+    let mut steps = vec![];
+    if server == Server::Known
+        && let Some(version) = newer_version(&saved, server_version.as_deref())
+    {
+        steps.push(Op::FollowVersion { version });
+    }
+    if observed.bypass_changed {
+        steps.push(Op::ProxyBypass);
+    }
+    if observed.update_switch_changed {
+        steps.push(Op::UpdateSwitch {
+            disable: s.disable_update,
+        });
+    }
     for action in &actions {
         match action {
             Action::EnsureService { restart } if windows => {
                 let running = unit_state.is_some_and(|u| u.active);
                 if *restart && running {
-                    service::windows::stop(env, &win_service).await?;
+                    steps.push(Op::StopWindowsService);
                 }
                 if *restart || !running {
-                    service::windows::start(env, &win_service).await?;
-                    summary.push("started the service".to_owned());
-                } else {
-                    summary.push("healthy, service running".to_owned());
+                    steps.push(Op::StartWindowsService);
                 }
             }
             Action::EnsureService { restart } => {
-                let done = ensure_service(env, &saved, &agent, &unit, *restart).await?;
-                summary.push(done);
-            }
-            Action::UninstallService => {
-                if let Some(sc) = &systemctl {
-                    service::uninstall_agent_unit(env, sc, &unit.name, agent_dir).await?;
+                let sc = Systemctl::require(env)?;
+                if service::agent_unit_off(env, &sc, &unit, agent_dir, &saved.user).await? {
+                    steps.push(Op::InstallUnit);
+                } else if service::selinux::mode(env).is_some() {
+                    steps.push(Op::LabelRunsvc);
                 }
-                if manage_win {
-                    service::windows::stop_and_delete(env, &win_service).await?;
+                if *restart {
+                    steps.push(Op::RestartService);
+                } else if !unit_state.is_some_and(|u| u.active) {
+                    steps.push(Op::StartService);
                 }
-                summary.push("removed the original machine's service".to_owned());
             }
-            Action::RemoveRegistration => {
-                agent.remove_registration()?;
-            }
+            Action::UninstallService => steps.push(Op::UninstallService),
+            Action::RemoveRegistration => steps.push(Op::RemoveRegistration),
             Action::Install { new_name } => {
-                let mut s = settings::from_saved(&saved, env, os)?;
-                s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
-                // Configure as root (SYSTEM) runs only from a tree extracted just now (the install
-                // flow); the running Windows service holds files in the old one, so it stops first.
-                if manage_win && let Err(e) = service::windows::stop(env, &win_service).await {
-                    tracing::warn!("{e}");
+                if manage_win {
+                    steps.push(Op::StopWindowsService);
                 }
-                if *new_name {
-                    s.agent_name = clone_name(
+                let name = new_name.then(|| {
+                    clone_name(
                         &saved.agent_name,
                         env.hostname(),
                         vm_id.as_deref().or(machine_id.as_deref()),
-                    );
-                    tracing::info!(agent = %s.agent_name, "registering this machine under its own name");
-                }
-                let headline = if *new_name {
-                    "reconcile: registered this clone under its own name"
-                } else {
-                    "reconcile: configured the agent from the saved settings"
-                };
-                return install::run_locked(&s, env, net, progress, headline).await;
+                    )
+                });
+                steps.push(Op::Install { new_name: name });
             }
         }
     }
     // The CA certificates install added to the system trust store (the agent trusts nothing
-    // else): put back if they went.
-    if env.is_root() && !saved.trusted_cas.is_empty() && !clone {
-        let s = settings::from_saved(&saved, env, os)?;
-        if let Some(plan) = install::trust_plan(&s, env).await?
-            && plan.needs_work()
-        {
-            plan.ensure(&s, env).await?;
-            summary.push("put the CA certificate back into the system trust store".to_owned());
+    // else): put back if they went (the install flow does it itself).
+    let installs = steps.iter().any(|op| matches!(op, Op::Install { .. }));
+    let trust = if env.is_root() && !saved.trusted_cas.is_empty() && !clone && !installs {
+        install::trust_plan(&s, env)
+            .await?
+            .filter(install::TrustPlan::needs_work)
+    } else {
+        None
+    };
+    if trust.is_some() {
+        steps.push(Op::TrustCa);
+    }
+
+    let mut view = Carry {
+        env,
+        saved: &saved,
+        s: &s,
+        agent: &agent,
+        unit: &unit,
+        win_service: &win_service,
+        trust: trust.as_ref(),
+        summary: vec![],
+        done: vec![],
+    };
+    for op in &steps {
+        if let Op::Install { new_name } = op {
+            let mut s = s.clone();
+            s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
+            s.dry_run = dry_run;
+            s.assume_unregistered = dry_run && steps.contains(&Op::RemoveRegistration);
+            if let Some(name) = new_name {
+                s.agent_name.clone_from(name);
+                tracing::info!(agent = %s.agent_name, "registering this machine under its own name");
+            }
+            let headline = if new_name.is_some() {
+                "reconcile: registered this clone under its own name"
+            } else {
+                "reconcile: configured the agent from the saved settings"
+            };
+            let flow = install::run_locked(&s, env, net, progress, headline).await?;
+            view.done.push(op.to_string());
+            view.done.extend(flow.steps.clone().unwrap_or_default());
+            let text = if dry_run {
+                dry_run_text(&saved, &view.done)
+            } else {
+                flow.text.clone()
+            };
+            return Ok(Outcome {
+                text,
+                agent: flow.agent,
+                steps: Some(view.done),
+            });
         }
+        if !dry_run {
+            view.carry_out(op).await?;
+        }
+        view.done.push(op.to_string());
+    }
+    let done = view.done;
+    let mut summary = view.summary;
+    if dry_run {
+        return Ok(Outcome {
+            text: dry_run_text(&saved, &done),
+            agent: None,
+            steps: Some(done),
+        });
     }
     if let Some(e) = network_error {
         return Err(e);
@@ -417,19 +469,235 @@ async fn reconcile(
         .into());
     }
     if summary.is_empty() {
-        summary.push("nothing to do".into());
+        summary.push(if actions.is_empty() {
+            "nothing to do".into()
+        } else {
+            "healthy, service running".into()
+        });
     }
     let mut agent = AgentRef::from(&saved);
     agent.id = local.as_ref().map_or(saved.agent_id, |l| l.agent_id);
-    Ok(Outcome::new(
-        format!(
+    Ok(Outcome {
+        text: format!(
             "reconcile: agent '{}' (id {}): {}",
             saved.agent_name,
             agent.id,
-            summary.join("; ")
+            summary.join(", ")
         ),
-        Some(agent),
-    ))
+        agent: Some(agent),
+        steps: Some(done),
+    })
+}
+
+/// What a dry run of reconcile shows.
+fn dry_run_text(saved: &Saved, steps: &[String]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "dry run: nothing was changed\nreconcile: agent '{}' of pool '{}' in {}\n",
+        saved.agent_name,
+        saved.pool,
+        saved.agent_dir.display()
+    );
+    if steps.is_empty() {
+        out.push_str("nothing would change\n");
+    } else {
+        out.push_str("steps:\n");
+        for (i, step) in steps.iter().enumerate() {
+            writeln!(out, "  {}. {step}", i + 1).unwrap_or(());
+        }
+    }
+    out
+}
+
+/// One step of reconcile, as its dry run prints it and a real run carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    /// Root's record of the agent's version follows the server's (the agent updated itself).
+    FollowVersion { version: String },
+    ProxyBypass,
+    UpdateSwitch { disable: bool },
+    InstallUnit,
+    LabelRunsvc,
+    StartService,
+    RestartService,
+    StopWindowsService,
+    StartWindowsService,
+    UninstallService,
+    RemoveRegistration,
+    /// The install flow from the saved settings (under a new name for a clone); its own steps
+    /// follow it.
+    Install { new_name: Option<String> },
+    TrustCa,
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::FollowVersion { version } => write!(
+                f,
+                "record agent version {version} in root's settings (the agent updated itself)"
+            ),
+            Op::ProxyBypass => write!(f, "rewrite the agent's .proxybypass from the saved NO_PROXY"),
+            Op::UpdateSwitch { disable: true } => {
+                write!(f, "turn the agent's self-update off (agent.disableupdate in its .env)")
+            }
+            Op::UpdateSwitch { disable: false } => write!(
+                f,
+                "turn the agent's self-update on again (agent.disableupdate out of its .env)"
+            ),
+            Op::InstallUnit => write!(
+                f,
+                "write the agent's unit (its template, from root's settings), systemctl \
+                 daemon-reload, restore runsvc.sh, systemctl enable"
+            ),
+            Op::LabelRunsvc => write!(f, "label runsvc.sh for systemd (SELinux is enabled)"),
+            Op::StartService => write!(f, "systemctl start --no-block the agent's unit"),
+            Op::RestartService => write!(
+                f,
+                "systemctl restart --no-block the agent's unit (it reads what changed when it starts)"
+            ),
+            Op::StopWindowsService => write!(f, "sc.exe stop the agent's service"),
+            Op::StartWindowsService => write!(f, "sc.exe start the agent's service"),
+            Op::UninstallService => write!(
+                f,
+                "stop, disable and delete the original machine's service (this machine is a clone)"
+            ),
+            Op::RemoveRegistration => write!(
+                f,
+                "remove the local registration (.agent, .credentials, .credentials_rsaparams)"
+            ),
+            Op::Install { new_name: None } => write!(
+                f,
+                "configure the agent again from root's saved settings (the install flow, steps below)"
+            ),
+            Op::Install {
+                new_name: Some(name),
+            } => write!(
+                f,
+                "register this machine as '{name}' from root's saved settings (the install flow, \
+                 steps below)"
+            ),
+            Op::TrustCa => write!(
+                f,
+                "put the CA certificates root's settings record back into the system trust store"
+            ),
+        }
+    }
+}
+
+/// What carrying out reconcile's steps needs, and what it reports.
+struct Carry<'a> {
+    env: &'a Env,
+    saved: &'a Saved,
+    s: &'a settings::InstallSettings,
+    agent: &'a AgentDir,
+    unit: &'a AgentUnit,
+    win_service: &'a str,
+    trust: Option<&'a install::TrustPlan>,
+    /// What the text output says was done.
+    summary: Vec<String>,
+    /// The steps carried out.
+    done: Vec<String>,
+}
+
+impl Carry<'_> {
+    async fn carry_out(&mut self, op: &Op) -> Result<(), Error> {
+        let env = self.env;
+        let user = || {
+            crate::user::lookup(&self.saved.user)?.ok_or_else(|| {
+                Error::from(crate::user::UserError::Missing {
+                    name: self.saved.user.clone(),
+                })
+            })
+        };
+        match op {
+            Op::FollowVersion { version } => {
+                let mut updated = self.saved.clone();
+                updated.agent_version = Some(version.clone());
+                state::save(&self.s.state_dir, &updated)?;
+                tracing::info!(version, "the agent updated itself; recorded its version");
+            }
+            Op::ProxyBypass => {
+                install::write_proxy_bypass(self.s, env, self.agent, Some(&user()?)).await?;
+            }
+            Op::UpdateSwitch { .. } => {
+                install::write_update_switch(self.s, env, self.agent, Some(&user()?)).await?;
+            }
+            Op::InstallUnit => {
+                let sc = Systemctl::require(env)?;
+                let ready =
+                    service::install_agent_unit(env, &sc, self.unit, &self.agent.root, &user()?)
+                        .await?;
+                if ready.reinstalled {
+                    self.summary.push("reinstalled the service".into());
+                }
+                if ready.enabled_now {
+                    self.summary.push("enabled the service".into());
+                }
+            }
+            Op::LabelRunsvc => {
+                let runsvc = self.agent.root.join("runsvc.sh");
+                service::selinux::label(env, &runsvc, service::selinux::PROGRAM).await?;
+            }
+            // --no-block: at boot our unit is ordered before the agent's; a blocking start would
+            // wait for ourselves.
+            Op::StartService => {
+                Systemctl::require(env)?
+                    .run(&["start", "--no-block", &self.unit.name])
+                    .await?;
+                self.summary.push("started the service".into());
+            }
+            Op::RestartService => {
+                Systemctl::require(env)?
+                    .run(&["restart", "--no-block", &self.unit.name])
+                    .await?;
+                self.summary.push("restarted the service".into());
+            }
+            Op::StopWindowsService => {
+                if let Err(e) = service::windows::stop(env, self.win_service).await {
+                    tracing::warn!("{e}");
+                }
+            }
+            Op::StartWindowsService => {
+                service::windows::start(env, self.win_service).await?;
+                self.summary.push("started the service".into());
+            }
+            Op::UninstallService => {
+                if let Some(sc) = Systemctl::find(env).filter(|_| !self.s.os.is_windows()) {
+                    service::uninstall_agent_unit(env, &sc, &self.unit.name, &self.agent.root)
+                        .await?;
+                }
+                if self.s.os.is_windows() {
+                    service::windows::stop_and_delete(env, self.win_service).await?;
+                }
+                self.summary
+                    .push("removed the original machine's service".into());
+            }
+            Op::RemoveRegistration => self.agent.remove_registration()?,
+            Op::TrustCa => {
+                if let Some(plan) = self.trust {
+                    plan.ensure(self.s, env).await?;
+                    self.summary
+                        .push("put the CA certificate back into the system trust store".into());
+                }
+            }
+            // Carried out by the caller (it ends the run).
+            Op::Install { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// The version the server reports for the agent, when it is newer than root's record (the agent
+/// updated itself).
+fn newer_version(saved: &Saved, server_version: Option<&str>) -> Option<String> {
+    let reported = server_version.filter(|v| parse_version(v).is_some())?;
+    let newer = saved
+        .agent_version
+        .as_deref()
+        .and_then(parse_version)
+        .is_none_or(|have| parse_version(reported).is_some_and(|v| v > have));
+    newer.then(|| reported.to_owned())
 }
 
 /// What is left of the run's deadline, for the agent's scripts (at least a minute).
@@ -477,69 +745,7 @@ async fn server_view(
     Ok((view, version))
 }
 
-/// A healthy agent that updated itself: root's record of its version follows what the agent
-/// reports to the server (never its files), so that configuring it again later never downgrades
-/// it.
-fn follow_version(
-    state_dir: &std::path::Path,
-    saved: &Saved,
-    server_version: Option<&str>,
-) -> Result<(), Error> {
-    let Some(reported) = server_version.filter(|v| parse_version(v).is_some()) else {
-        return Ok(());
-    };
-    let newer = saved
-        .agent_version
-        .as_deref()
-        .and_then(parse_version)
-        .is_none_or(|have| parse_version(reported).is_some_and(|v| v > have));
-    if newer {
-        let mut updated = saved.clone();
-        updated.agent_version = Some(reported.to_owned());
-        state::save(state_dir, &updated)?;
-        tracing::info!(
-            version = reported,
-            "the agent updated itself; recorded its version"
-        );
-    }
-    Ok(())
-}
 
-async fn ensure_service(
-    env: &Env,
-    saved: &Saved,
-    agent: &AgentDir,
-    unit: &AgentUnit,
-    restart: bool,
-) -> Result<String, Error> {
-    let sc = Systemctl::require(env)?;
-    let user =
-        crate::user::lookup(&saved.user)?.ok_or_else(|| crate::user::UserError::Missing {
-            name: saved.user.clone(),
-        })?;
-    let ready = service::install_agent_unit(env, &sc, unit, &agent.root, &user).await?;
-    let mut did = vec![];
-    if ready.reinstalled {
-        did.push("reinstalled the service");
-    }
-    if ready.enabled_now {
-        did.push("enabled the service");
-    }
-    // --no-block: at boot our unit is ordered before the agent's; a blocking start would wait for
-    // ourselves.
-    if restart {
-        sc.run(&["restart", "--no-block", &ready.unit]).await?;
-        did.push("restarted the service");
-    } else if !ready.active {
-        sc.run(&["start", "--no-block", &ready.unit]).await?;
-        did.push("started the service");
-    }
-    Ok(if did.is_empty() {
-        "healthy, service running".to_owned()
-    } else {
-        did.join(", ")
-    })
-}
 
 #[cfg(test)]
 mod tests {

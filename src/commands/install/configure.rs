@@ -90,7 +90,7 @@ pub(super) fn network_masker(s: &InstallSettings, tokens: &Tokens) -> crate::sec
 }
 
 /// The `.proxybypass` the agent must have for `NO_PROXY`, when its own differs (with a proxy).
-pub(super) fn proxy_bypass_text(s: &InstallSettings, agent: &AgentDir) -> Option<String> {
+pub fn proxy_bypass_text(s: &InstallSettings, agent: &AgentDir) -> Option<String> {
     s.network.proxy.as_ref()?;
     let (text, _) = s.network.agent_bypass();
     (agent.proxy_bypass().unwrap_or_default() != text).then_some(text)

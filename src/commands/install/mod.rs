@@ -47,7 +47,9 @@ use ca::*;
 pub use ca::{TrustPlan, trust_plan};
 use checks::*;
 use configure::*;
-pub use configure::{MACHINE_CAPABILITY, network_matches, write_proxy_bypass, write_update_switch};
+pub use configure::{
+    MACHINE_CAPABILITY, network_matches, proxy_bypass_text, write_proxy_bypass, write_update_switch,
+};
 use execute::*;
 pub use execute::{
     ensure_boot_task, ensure_boot_unit, ensure_watch_unit, ensure_windows_service, start_service,
@@ -198,7 +200,11 @@ pub async fn run_locked(
     }
 
     // 1. Local state that makes the request impossible, before any network call.
-    let existing = agent.settings()?;
+    let existing = if s.assume_unregistered {
+        None
+    } else {
+        agent.settings()?
+    };
     if let Some(cfg) = &existing {
         check_same_agent(cfg, s)?;
     }
@@ -248,7 +254,7 @@ pub async fn run_locked(
     // rest on the same view.
     let package_present = agent.package_present();
     let seen = Seen {
-        configured: existing.is_some() || agent.is_configured(),
+        configured: existing.is_some() || (!s.assume_unregistered && agent.is_configured()),
         self_updated: agent.self_updated(),
         package_present,
         root_only: s.as_root && package_present && crate::fsx::root_only_tree(&agent.root),

@@ -188,7 +188,7 @@ pub(super) fn make_plan(
             account: s.user.name().to_owned(),
         });
     }
-    if c.reregister || agent.has_stale_registration() {
+    if c.reregister || (!s.assume_unregistered && agent.has_stale_registration()) {
         steps.push(Step::RemoveRegistration);
     }
     let (program, args) = configure_command(s, agent);
