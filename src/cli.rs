@@ -142,6 +142,9 @@ pub struct RemoveArgs {
     /// Also delete the agent dir and the package cache.
     #[arg(long)]
     pub purge: bool,
+    /// Print the steps a real run would carry out, found by looking only; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]

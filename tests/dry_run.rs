@@ -187,18 +187,29 @@ fn reconcile_steps(w: &World, dry: bool) -> (i32, Vec<String>) {
 /// among them; then a dry run with nothing left to do, and a real run that changes nothing.
 fn truthful_reconcile(w: &World, case: &str, expect: &[&str]) {
     let agents = |w: &World| {
-        let mut ids: Vec<_> = w.server_agents(1).iter().map(|a| (a.id, a.name.clone())).collect();
+        let mut ids: Vec<_> = w
+            .server_agents(1)
+            .iter()
+            .map(|a| (a.id, a.name.clone()))
+            .collect();
         ids.sort();
         ids
     };
     let (changes, before) = (w.systemctl_changes(), agents(w));
     let (code, planned) = reconcile_steps(w, true);
     assert_eq!(code, 0, "{case}: the dry run failed");
-    assert_eq!(w.systemctl_changes(), changes, "{case}: the dry run changed systemd");
+    assert_eq!(
+        w.systemctl_changes(),
+        changes,
+        "{case}: the dry run changed systemd"
+    );
     assert_eq!(agents(w), before, "{case}: the dry run changed the server");
     let (code, done) = reconcile_steps(w, false);
     assert_eq!(code, 0, "{case}: the real run failed");
-    assert_eq!(planned, done, "{case}: the dry run said one thing, the real run did another");
+    assert_eq!(
+        planned, done,
+        "{case}: the dry run said one thing, the real run did another"
+    );
     for want in expect {
         assert!(
             done.iter().any(|s| s.contains(want)),
@@ -207,10 +218,20 @@ fn truthful_reconcile(w: &World, case: &str, expect: &[&str]) {
     }
     let after = w.systemctl_changes();
     let (_, left) = reconcile_steps(w, true);
-    assert!(left.is_empty(), "{case}: still to do after the real run: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "{case}: still to do after the real run: {left:#?}"
+    );
     let (_, again) = reconcile_steps(w, false);
-    assert!(again.is_empty(), "{case}: the second real run did {again:#?}");
-    assert_eq!(w.systemctl_changes(), after, "{case}: a run with nothing to do changed systemd");
+    assert!(
+        again.is_empty(),
+        "{case}: the second real run did {again:#?}"
+    );
+    assert_eq!(
+        w.systemctl_changes(),
+        after,
+        "{case}: a run with nothing to do changed systemd"
+    );
 }
 
 #[test]
@@ -223,7 +244,11 @@ fn each_reconcile_row_does_what_its_dry_run_says() {
 
     std::fs::remove_file(state_file(&w, &format!("{unit}.active"))).unwrap();
     std::fs::remove_file(state_file(&w, &format!("{unit}.enabled"))).unwrap();
-    truthful_reconcile(&w, "stopped and disabled", &["systemctl enable", "systemctl start"]);
+    truthful_reconcile(
+        &w,
+        "stopped and disabled",
+        &["systemctl enable", "systemctl start"],
+    );
 
     std::fs::remove_file(w.units_dir().join(&unit)).unwrap();
     truthful_reconcile(&w, "unit file gone", &["write the agent's unit"]);
@@ -237,13 +262,21 @@ fn each_reconcile_row_does_what_its_dry_run_says() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&env_file, without).unwrap();
-    truthful_reconcile(&w, "update switch", &["self-update off", "systemctl restart"]);
+    truthful_reconcile(
+        &w,
+        "update switch",
+        &["self-update off", "systemctl restart"],
+    );
 
     w.sim.state().agents.clear();
     truthful_reconcile(
         &w,
         "deleted on the server",
-        &["remove the local registration", "the install flow", "run as"],
+        &[
+            "remove the local registration",
+            "the install flow",
+            "run as",
+        ],
     );
     assert_eq!(w.server_agents(1).len(), 1);
 
@@ -266,4 +299,62 @@ fn a_clone_does_what_its_dry_run_says() {
         &["original machine's service", "register this machine as"],
     );
     assert_eq!(w.server_agents(1).len(), 2, "the original and the clone");
+}
+
+/// The steps of one `remove` run (`--output json`).
+fn remove_steps(w: &World, extra: &[&str]) -> (i32, Vec<String>) {
+    let dir = w.agent_dir().display().to_string();
+    let mut args = vec!["remove", "--agent-dir", &dir, "--output", "json"];
+    args.extend_from_slice(extra);
+    let run = w.run(&args);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+    let steps = doc["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps: {doc}\n{}", run.stderr))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    (run.code, steps)
+}
+
+#[test]
+fn remove_does_what_its_dry_run_says() {
+    let w = World::new();
+    w.install(&["--scale-in-drain"]).assert_code(0);
+    let changes = w.systemctl_changes();
+    let (code, planned) = remove_steps(&w, &["--purge", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        w.systemctl_changes(),
+        changes,
+        "the dry run changed systemd"
+    );
+    assert_eq!(w.server_agents(1).len(), 1, "the dry run unregistered");
+    assert!(w.agent_dir().join(".agent").exists());
+    let (code, done) = remove_steps(&w, &["--purge"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        planned, done,
+        "the dry run said one thing, the real run did another"
+    );
+    for want in [
+        "systemctl stop and disable vsts.agent.",
+        "on the server",
+        "local registration",
+        "scale-in watcher",
+        "boot unit",
+        "saved settings",
+        "delete /",
+    ] {
+        assert!(
+            done.iter().any(|s| s.contains(want)),
+            "no '{want}' in {done:#?}"
+        );
+    }
+    assert!(w.server_agents(1).is_empty());
+    assert!(!w.agent_dir().exists());
+    let (code, left) = remove_steps(&w, &["--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(left.is_empty(), "still to do: {left:#?}");
 }

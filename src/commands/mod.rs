@@ -118,7 +118,7 @@ pub async fn run(cli: Cli, env: Env, out: &Out) -> Result<u8, Error> {
         Command::Remove(args) => {
             let t = target(args.dir.agent_dir.as_deref(), &env, &os)?;
             configure_saved(&net, &t, &env)?;
-            remove::run(&t, args.purge, &env, os, &net, out)
+            remove::run(&t, args.purge, args.dry_run, &env, os, &net, out)
                 .await
                 .map(|()| 0)
         }

@@ -513,9 +513,13 @@ fn dry_run_text(saved: &Saved, steps: &[String]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
     /// Root's record of the agent's version follows the server's (the agent updated itself).
-    FollowVersion { version: String },
+    FollowVersion {
+        version: String,
+    },
     ProxyBypass,
-    UpdateSwitch { disable: bool },
+    UpdateSwitch {
+        disable: bool,
+    },
     InstallUnit,
     LabelRunsvc,
     StartService,
@@ -526,7 +530,9 @@ enum Op {
     RemoveRegistration,
     /// The install flow from the saved settings (under a new name for a clone); its own steps
     /// follow it.
-    Install { new_name: Option<String> },
+    Install {
+        new_name: Option<String>,
+    },
     TrustCa,
 }
 
@@ -537,9 +543,15 @@ impl std::fmt::Display for Op {
                 f,
                 "record agent version {version} in root's settings (the agent updated itself)"
             ),
-            Op::ProxyBypass => write!(f, "rewrite the agent's .proxybypass from the saved NO_PROXY"),
+            Op::ProxyBypass => write!(
+                f,
+                "rewrite the agent's .proxybypass from the saved NO_PROXY"
+            ),
             Op::UpdateSwitch { disable: true } => {
-                write!(f, "turn the agent's self-update off (agent.disableupdate in its .env)")
+                write!(
+                    f,
+                    "turn the agent's self-update off (agent.disableupdate in its .env)"
+                )
             }
             Op::UpdateSwitch { disable: false } => write!(
                 f,
@@ -744,8 +756,6 @@ async fn server_view(
     };
     Ok((view, version))
 }
-
-
 
 #[cfg(test)]
 mod tests {

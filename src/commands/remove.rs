@@ -35,11 +35,17 @@ const NETWORK_BUDGET: Duration = Duration::from_secs(300);
 pub async fn run(
     t: &Target,
     purge: bool,
+    dry_run: bool,
     env: &Env,
     os: Os,
     net: &Net,
     out: &Out,
 ) -> Result<(), Error> {
+    if dry_run {
+        let saved = state::load(&t.paths.state_dir, &t.agent_dir)?;
+        let plan = plan(t, purge, env, os, saved.as_ref()).await?;
+        return out.outcome(Outcome::new(dry_run_text(t, &plan), None).with_steps(&plan));
+    }
     let _lock = crate::lock::acquire(&t.paths.state_dir, &t.agent_dir, install::LOCK_WAIT).await?;
     let done = remove_locked(t, purge, env, os, net).await?;
     out.outcome(done)
@@ -69,19 +75,125 @@ pub async fn remove_known(
     net: &Net,
     saved: Option<state::Saved>,
 ) -> Result<Outcome, Error> {
-    let agent_dir = t.agent_dir.as_path();
     let removed_agent = saved.as_ref().map(AgentRef::from);
+    let steps = plan(t, purge, env, os, saved.as_ref()).await?;
+    let mut done: Vec<String> = vec![];
+    for step in &steps {
+        if let Some(said) = carry_out(step, t, env, os, net, saved.as_ref()).await? {
+            done.push(said);
+        }
+    }
+    let text = if done.is_empty() {
+        format!("nothing to remove in {}", t.agent_dir.display())
+    } else {
+        format!("removed: {}", done.join("; "))
+    };
+    Ok(Outcome::new(text, removed_agent).with_steps(&steps))
+}
+
+/// One step of `remove`, as `--dry-run` prints it and a real run carries it out.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Stop, disable and delete the agent's unit (what `svc.sh uninstall` does).
+    UninstallUnit {
+        unit: String,
+    },
+    /// Windows: stop and delete the agent's service.
+    UninstallWindowsService {
+        name: String,
+    },
+    /// Delete the agent on the server, by the id root saved.
+    Unregister {
+        name: String,
+        id: u64,
+    },
+    RemoveRegistration,
+    RemoveBootTask {
+        name: String,
+    },
+    /// One of agent-bootstrap's own units (the watcher, the boot unit).
+    RemoveOwnUnit {
+        what: &'static str,
+        name: String,
+        stop: bool,
+    },
+    /// A CA certificate another agent dir's install recorded too: left in the store.
+    KeepCa {
+        subject: String,
+    },
+    ReleaseCas {
+        cas: Vec<state::TrustedCa>,
+    },
+    DeleteSettings {
+        path: std::path::PathBuf,
+    },
+    Purge {
+        dir: std::path::PathBuf,
+    },
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::UninstallUnit { unit } => {
+                write!(f, "systemctl stop and disable {unit}, delete its unit file")
+            }
+            Step::UninstallWindowsService { name } => write!(f, "sc.exe stop and delete {name}"),
+            Step::Unregister { name, id } => write!(
+                f,
+                "delete agent '{name}' (id {id}) on the server if it is still there (retried \
+                 while it runs a job)"
+            ),
+            Step::RemoveRegistration => write!(
+                f,
+                "delete the local registration (.agent, .credentials, .credentials_rsaparams and \
+                 the agent's settings files)"
+            ),
+            Step::RemoveBootTask { name } => write!(f, "delete the scheduled task {name}"),
+            Step::RemoveOwnUnit { what, name, .. } => {
+                write!(f, "stop, disable and delete {what} {name}")
+            }
+            Step::KeepCa { subject } => write!(
+                f,
+                "keep the CA certificate '{subject}' in the system trust store (another agent \
+                 here needs it)"
+            ),
+            Step::ReleaseCas { cas } => {
+                let names: Vec<_> = cas.iter().map(|c| format!("'{}'", c.subject)).collect();
+                write!(
+                    f,
+                    "take {} (added by install) out of the system trust store",
+                    names.join(", ")
+                )
+            }
+            Step::DeleteSettings { path } => {
+                write!(f, "delete root's saved settings {}", path.display())
+            }
+            Step::Purge { dir } => write!(f, "delete {}", dir.display()),
+        }
+    }
+}
+
+/// What removing needs, found by looking only (nothing is changed): a dry run prints it, a real
+/// run carries it out, in order.
+async fn plan(
+    t: &Target,
+    purge: bool,
+    env: &Env,
+    os: Os,
+    saved: Option<&state::Saved>,
+) -> Result<Vec<Step>, Error> {
+    let agent_dir = t.agent_dir.as_path();
     let (state_dir, cache_dir) = (&t.paths.state_dir, &t.paths.cache_dir);
     let agent = AgentDir::new(agent_dir, &os);
     let agent_uid = saved
-        .as_ref()
         .and_then(|s| crate::user::lookup(&s.user).ok().flatten())
         .map(|u| u.uid);
     super::check_agent_dir(agent_dir, env, agent_uid)?;
-    let mut done: Vec<String> = vec![];
-
-    match &saved {
-        None if agent.is_configured() || agent.has_stale_registration() => {
+    let configured = agent.is_configured() || agent.has_stale_registration();
+    let mut steps = vec![];
+    match saved {
+        None if configured => {
             return Err(Error::Input(format!(
                 "no saved settings for --agent-dir {} in {}: agent-bootstrap did not install this \
                  agent (or removed it already), so it does not know where to unregister it, and \
@@ -100,9 +212,9 @@ pub async fn remove_known(
                 && !os.is_windows()
                 && let Some(sc) = Systemctl::find(env)
             {
-                let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name);
-                if service::uninstall_agent_unit(env, &sc, &unit.name, agent_dir).await? {
-                    done.push("uninstalled the service".into());
+                let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name).name;
+                if service::unit_dir(env).join(&unit).is_file() || sc.state(&unit).await?.exists {
+                    steps.push(Step::UninstallUnit { unit });
                 }
             }
             // Windows: what `config.cmd remove` does to the service, without running it as
@@ -110,110 +222,177 @@ pub async fn remove_known(
             if saved.service && env.is_root() && os.is_windows() {
                 let name =
                     service::windows::service_name(&saved.url, &saved.pool, &saved.agent_name);
-                if service::windows::stop_and_delete(env, &name).await? {
-                    done.push("uninstalled the service".into());
+                if service::windows::query(env, &name).await?.exists {
+                    steps.push(Step::UninstallWindowsService { name });
                 }
             }
             // 2. The registration on the server.
-            done.push(unregister(saved, env, &os, net).await?);
+            steps.push(Step::Unregister {
+                name: saved.agent_name.clone(),
+                id: saved.agent_id,
+            });
         }
     }
-
     // 3. The local registration, as `config.sh remove` deletes it.
-    if agent.is_configured() || agent.has_stale_registration() {
-        agent.remove_configuration()?;
-        done.push("removed the local registration".into());
+    if configured {
+        steps.push(Step::RemoveRegistration);
     }
-
-    // 4. The boot unit (Windows: the boot task).
+    // 4. The boot task, the watcher and the boot unit.
     if os.is_windows() {
-        let task = saved
-            .as_ref()
+        let name = saved
             .and_then(|s| s.boot_unit.clone())
             .unwrap_or_else(|| service::windows::boot_task_name(agent_dir));
-        if env.is_root() && service::windows::remove_boot_task(env, &task).await? {
-            done.push(format!("removed the boot task {task}"));
+        if env.is_root() && service::windows::task_file(env, &name).is_file() {
+            steps.push(Step::RemoveBootTask { name });
+        }
+    } else if env.is_root() {
+        let watch = saved
+            .and_then(|s| s.watch_unit.clone())
+            .unwrap_or_else(|| service::watch_unit_name(agent_dir));
+        let boot = saved
+            .and_then(|s| s.boot_unit.clone())
+            .unwrap_or_else(|| service::boot_unit_name(agent_dir));
+        for (what, name, stop) in [
+            ("the scale-in watcher", watch, true),
+            ("the boot unit", boot, false),
+        ] {
+            if service::unit_dir(env).join(&name).is_file() {
+                steps.push(Step::RemoveOwnUnit { what, name, stop });
+            }
         }
     }
-    // The watcher (`--scale-in-drain`) and the boot unit.
-    let watch_name = saved
-        .as_ref()
-        .and_then(|s| s.watch_unit.clone())
-        .unwrap_or_else(|| service::watch_unit_name(agent_dir));
-    let boot_name = saved
-        .as_ref()
-        .and_then(|s| s.boot_unit.clone())
-        .unwrap_or_else(|| service::boot_unit_name(agent_dir));
-    for (what, unit_name, stop) in [
-        ("the scale-in watcher", watch_name, true),
-        ("the boot unit", boot_name, false),
-    ] {
-        if env.is_root()
-            && !os.is_windows()
-            && service::delete_own_unit(env, &unit_name, stop).await?
-        {
-            done.push(format!("removed {what} {unit_name}"));
-        }
-    }
-
     // 5. The CA certificates install added to the system trust store, unless another agent dir's
     // install recorded them too (a certificate the store had before is never listed).
-    if let Some(saved) = saved.as_ref().filter(|s| !s.trusted_cas.is_empty()) {
+    if let Some(saved) = saved.filter(|s| !s.trusted_cas.is_empty()) {
         let elsewhere = state::trusted_elsewhere(state_dir, agent_dir);
         let (shared, ours): (Vec<_>, Vec<_>) = saved
             .trusted_cas
             .iter()
             .cloned()
             .partition(|c| elsewhere.iter().any(|e| e.sha256 == c.sha256));
-        for c in &shared {
-            done.push(format!(
-                "kept the CA certificate '{}' in the system trust store (another agent here \
-                 needs it)",
-                c.subject
-            ));
-        }
-        let store = crate::trust::Store::for_machine(
-            os.is_windows(),
-            &crate::host::Facts::current(),
-            env,
-            saved.ca_file.as_deref().unwrap_or(std::path::Path::new("")),
+        steps.extend(
+            shared
+                .into_iter()
+                .map(|c| Step::KeepCa { subject: c.subject }),
         );
-        for c in crate::trust::release(&store, &ours, env).await? {
-            done.push(format!(
-                "took the CA certificate '{}' install added out of the system trust store ({})",
-                c.subject,
-                c.file
-                    .as_ref()
-                    .map(|f| f.display().to_string())
-                    .or(c.thumbprint.map(|t| format!("LocalMachine\\Root {t}")))
-                    .unwrap_or_default()
-            ));
+        if !ours.is_empty() {
+            steps.push(Step::ReleaseCas { cas: ours });
         }
     }
-
     // 6. What install remembered, and with --purge the files.
     if saved.is_some() {
-        state::delete(state_dir, agent_dir)?;
+        steps.push(Step::DeleteSettings {
+            path: state::file_for(state_dir, agent_dir),
+        });
     }
     if purge {
         for dir in [agent_dir, cache_dir.as_path()] {
             if fs_err::symlink_metadata(dir).is_ok() {
-                // Does not follow links inside the agent user's tree.
-                std::fs::remove_dir_all(dir).map_err(|source| Error::Io {
-                    action: "deleting",
-                    path: dir.to_owned(),
-                    source,
-                })?;
-                done.push(format!("deleted {}", dir.display()));
+                steps.push(Step::Purge {
+                    dir: dir.to_owned(),
+                });
             }
         }
     }
-    let text = if done.is_empty() {
-        format!("nothing to remove in {}", agent_dir.display())
+    Ok(steps)
+}
+
+/// Carries out one step; what the text output says about it.
+async fn carry_out(
+    step: &Step,
+    t: &Target,
+    env: &Env,
+    os: Os,
+    net: &Net,
+    saved: Option<&state::Saved>,
+) -> Result<Option<String>, Error> {
+    let agent_dir = t.agent_dir.as_path();
+    Ok(match step {
+        Step::UninstallUnit { unit } => {
+            let sc = Systemctl::require(env)?;
+            service::uninstall_agent_unit(env, &sc, unit, agent_dir)
+                .await?
+                .then(|| "uninstalled the service".to_owned())
+        }
+        Step::UninstallWindowsService { name } => service::windows::stop_and_delete(env, name)
+            .await?
+            .then(|| "uninstalled the service".to_owned()),
+        Step::Unregister { .. } => {
+            let saved = saved.expect("planned from the saved settings");
+            Some(unregister(saved, env, &os, net).await?)
+        }
+        Step::RemoveRegistration => {
+            AgentDir::new(agent_dir, &os).remove_configuration()?;
+            Some("removed the local registration".into())
+        }
+        Step::RemoveBootTask { name } => service::windows::remove_boot_task(env, name)
+            .await?
+            .then(|| format!("removed the boot task {name}")),
+        Step::RemoveOwnUnit { what, name, stop } => service::delete_own_unit(env, name, *stop)
+            .await?
+            .then(|| format!("removed {what} {name}")),
+        Step::KeepCa { subject } => Some(format!(
+            "kept the CA certificate '{subject}' in the system trust store (another agent here \
+             needs it)"
+        )),
+        Step::ReleaseCas { cas } => {
+            let saved = saved.expect("planned from the saved settings");
+            let store = crate::trust::Store::for_machine(
+                os.is_windows(),
+                &crate::host::Facts::current(),
+                env,
+                saved.ca_file.as_deref().unwrap_or(std::path::Path::new("")),
+            );
+            let removed: Vec<String> = crate::trust::release(&store, cas, env)
+                .await?
+                .into_iter()
+                .map(|c| {
+                    format!(
+                        "took the CA certificate '{}' install added out of the system trust store \
+                         ({})",
+                        c.subject,
+                        c.file
+                            .as_ref()
+                            .map(|f| f.display().to_string())
+                            .or(c.thumbprint.map(|t| format!("LocalMachine\\Root {t}")))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            (!removed.is_empty()).then(|| removed.join("; "))
+        }
+        Step::DeleteSettings { .. } => {
+            state::delete(&t.paths.state_dir, agent_dir)?;
+            None
+        }
+        Step::Purge { dir } => {
+            // Does not follow links inside the agent user's tree.
+            std::fs::remove_dir_all(dir).map_err(|source| Error::Io {
+                action: "deleting",
+                path: dir.clone(),
+                source,
+            })?;
+            Some(format!("deleted {}", dir.display()))
+        }
+    })
+}
+
+/// What a dry run of remove shows.
+fn dry_run_text(t: &Target, steps: &[Step]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "dry run: nothing was changed\nremove: {}\n",
+        t.agent_dir.display()
+    );
+    if steps.is_empty() {
+        out.push_str("nothing to remove\n");
     } else {
-        format!("removed: {}", done.join("; "))
-    };
-    Ok(Outcome::new(text, removed_agent))
+        out.push_str("steps:\n");
+        for (i, step) in steps.iter().enumerate() {
+            writeln!(out, "  {}. {step}", i + 1).unwrap_or(());
+        }
+    }
+    out
 }
 
 /// Deletes this machine's agent on the server (`DELETE …/agents/{id}`, the call `config.sh remove`
