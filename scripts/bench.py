@@ -29,17 +29,54 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def timed(cmd, env=None):
-    """Wall seconds and peak RSS (KiB) of one command (its own process tree)."""
+def timed(cmd, env=None, log=None):
+    """Wall seconds and peak RSS (KiB) of one command (its own process tree); with `log` (a
+    list), the wall-clock start and its stderr are appended to it."""
     start = time.monotonic()
+    started_at = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - start
-    err = proc.stderr.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         sys.exit(f"command failed ({code}): {' '.join(cmd)}\n{err}")
+    if log is not None:
+        log.append((started_at, wall, err))
     return wall, usage.ru_maxrss
+
+
+# The log lines (`--log-format json`) that end each phase of an install, in order.
+MILESTONES = (
+    ("token, preflight, packages API, agent lookup", "fetching the agent package"),
+    ("download, SHA-256, extraction, dependency check, swap into place", "configuring the agent"),
+    ("config.sh (the agent's own configuration)", "saved settings for later runs"),
+)
+
+
+def phases(started_at, wall, stderr):
+    """Seconds of each install phase, from the log's timestamps; the rest is after the settings
+    were saved (service and boot units, none in the benchmark) and the process's exit."""
+    import datetime
+    import json
+    at = {}
+    for line in stderr.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        msg = event.get("message") or event.get("fields", {}).get("message", "")
+        ts = event.get("timestamp")
+        if msg and ts and msg not in at:
+            at[msg] = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    out, prev = [], started_at
+    for label, msg in MILESTONES:
+        if msg not in at:
+            return None
+        out.append((label, at[msg] - prev))
+        prev = at[msg]
+    out.append(("the rest, and exit", started_at + wall - prev))
+    return out
 
 
 def main():
@@ -125,6 +162,7 @@ def run(args, work, ours, sim, small):
           f"{args.rounds} rounds, cold cache each time")
     results = {"ours": [], "ms-doc": [], "verified": [], "download-only": []}
     rss = []
+    logs = []
     cfg = "./config.sh --unattended --url {org} --auth pat --pool Default --agent {name} --replace --acceptTeeEula >/dev/null"
     for i in range(args.rounds):
         for method in ("download-only", "ours", "ms-doc", "verified"):
@@ -136,7 +174,7 @@ def run(args, work, ours, sim, small):
             if method == "ours":
                 e = dict(env, AGENT_BOOTSTRAP_CACHE_DIR=cache)
                 wall, maxrss = timed([ours, "install", "--url", org, "--agent-name", name, "--agent-dir", d,
-                                      "--no-service", "--no-boot"], env=e)
+                                      "--no-service", "--no-boot", "--log-format", "json"], env=e, log=logs)
                 rss.append(maxrss)
             else:
                 os.makedirs(d)
@@ -163,6 +201,18 @@ def run(args, work, ours, sim, small):
                      ("verified", "curl -o, sha256sum -c, tar -xzf, then config.sh"),
                      ("download-only", "curl -o /dev/null (the link alone)")):
         print(f"| {label} | {med[k]:.2f} s | {med[k] / med['ours']:.2f}x |")
+    print()
+    print(f"agent-bootstrap at {med['ours'] / med['ms-doc']:.2f}x of curl | tar (goal: at most 1.0x), "
+          f"{med['ours'] / med['verified']:.2f}x of the verified sequential way, "
+          f"{med['ours'] / med['download-only']:.2f}x of the bare link (goal: within 1.05x)")
+    split = [p for p in (phases(*l) for l in logs) if p]
+    if split:
+        print()
+        print("| where agent-bootstrap's time goes (median over rounds) | seconds | share |")
+        print("|---|---|---|")
+        for i, (label, _) in enumerate(split[0]):
+            secs = statistics.median(p[i][1] for p in split)
+            print(f"| {label} | {secs:.2f} | {secs / med['ours'] * 100:.0f} % |")
     # The same install of a 2 MB package: peak memory must not depend on the package size.
     d = os.path.join(work, "agent-small")
     shutil.rmtree(d, ignore_errors=True)

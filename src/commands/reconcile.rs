@@ -198,7 +198,7 @@ pub async fn run(
     out.outcome(done)
 }
 
-/// The reconcile flow; what it did, for the caller to show.
+/// The reconcile flow: look, decide, plan the steps, carry them out (a dry run: print them).
 async fn reconcile(
     t: &Target,
     dry_run: bool,
@@ -209,15 +209,88 @@ async fn reconcile(
 ) -> Result<Outcome, Error> {
     let clock = net.clock().clone();
     let deadline = clock.budget(DEADLINE);
-    let agent_dir = t.agent_dir.as_path();
-    let state_dir = &t.paths.state_dir;
     let lock_wait = LOCK_WAIT.min(deadline.remaining(&clock));
     // A dry run changes nothing, so it waits for no one.
     let _lock = if dry_run {
         None
     } else {
-        Some(crate::lock::acquire(state_dir, agent_dir, lock_wait).await?)
+        Some(crate::lock::acquire(&t.paths.state_dir, &t.agent_dir, lock_wait).await?)
     };
+    let look = look(t, env, os, net, &deadline).await?;
+    let s = settings::from_saved(&look.saved, env, os)?;
+    let agent = AgentDir::new(&t.agent_dir, &os);
+    let observed = look.observed(&s, &agent);
+    let actions = decide(&observed);
+    tracing::info!(?observed, ?actions, "reconcile plan");
+    let (steps, trust) = plan(&look, &observed, &actions, &s, env).await?;
+
+    let mut carry = Carry {
+        env,
+        saved: &look.saved,
+        s: &s,
+        agent: &agent,
+        unit: &look.unit,
+        win_service: &look.win_service,
+        trust: trust.as_ref(),
+        summary: vec![],
+        done: vec![],
+    };
+    for op in &steps {
+        if let Op::Install { new_name } = op {
+            let mut s = s.clone();
+            s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
+            s.dry_run = dry_run;
+            s.assume_unregistered = dry_run && steps.contains(&Op::RemoveRegistration);
+            let mut done = carry.done;
+            done.push(op.to_string());
+            let name = new_name.as_deref();
+            return install_flow(&look.saved, s, name, done, env, net, progress).await;
+        }
+        if !dry_run {
+            carry.carry_out(op).await?;
+        }
+        carry.done.push(op.to_string());
+    }
+    let (done, summary) = (carry.done, carry.summary);
+    if dry_run {
+        return Ok(Outcome {
+            text: dry_run_text(&look.saved, &done),
+            agent: None,
+            steps: Some(done),
+        });
+    }
+    look.outcome(&actions, summary, done)
+}
+
+/// What reconcile looked at, before deciding.
+struct Look {
+    saved: Saved,
+    /// `.agent`, when it could be read.
+    local: Option<AgentSettings>,
+    unreadable: bool,
+    tampered: bool,
+    network_drift: bool,
+    clone: bool,
+    vm_id: Option<String>,
+    machine_id: Option<String>,
+    unit: AgentUnit,
+    win_service: String,
+    manage_units: bool,
+    manage_win: bool,
+    windows: bool,
+    unit_state: Option<UnitState>,
+    server: Server,
+    server_version: Option<String>,
+    /// Azure DevOps could not be asked: reported once the safe steps are done.
+    network_error: Option<Error>,
+}
+
+/// Looks at the saved settings, the agent dir, the service and (only when it decides something)
+/// the server. Changes nothing.
+async fn look(t: &Target, env: &Env, os: Os, net: &Net, deadline: &Budget) -> Result<Look, Error> {
+    let clock = net.clock().clone();
+    let agent_dir = t.agent_dir.as_path();
+    let state_dir = &t.paths.state_dir;
     // Read after the lock: a concurrent install may just have written it.
     let saved = state::load(state_dir, agent_dir)?.ok_or_else(|| {
         Error::Input(format!(
@@ -271,13 +344,12 @@ async fn reconcile(
     }
 
     let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name);
-    let manage_units =
-        env.is_root() && saved.service && !os.is_windows() && service::systemd_available(env);
-    let systemctl = Systemctl::find(env).filter(|_| manage_units);
     let windows = os.is_windows();
+    let manage_units =
+        env.is_root() && saved.service && !windows && service::systemd_available(env);
     let win_service = service::windows::service_name(&saved.url, &saved.pool, &saved.agent_name);
     let manage_win = env.is_root() && saved.service && windows;
-    let unit_state = match &systemctl {
+    let unit_state = match Systemctl::find(env).filter(|_| manage_units) {
         Some(sc) => Some(sc.state(&unit.name).await?),
         None if manage_win => Some(UnitState::from(
             service::windows::query(env, &win_service).await?,
@@ -312,30 +384,104 @@ async fn reconcile(
             }
         }
     };
-    let s = settings::from_saved(&saved, env, os)?;
-    let keeps_registration = local.is_some() && !tampered && !network_drift && !clone;
-    let observed = Observed {
-        configured: local.is_some() || unreadable,
+    Ok(Look {
+        saved,
+        local,
+        unreadable,
         tampered,
         network_drift,
-        bypass_changed: keeps_registration && install::proxy_bypass_text(&s, &agent).is_some(),
-        update_switch_changed: keeps_registration
-            && agent.env_with_update_switch(s.disable_update).is_some(),
         clone,
-        service_installed: unit_state.is_some_and(|u| u.exists),
-        unit: unit_state,
-        wants_service: manage_units || manage_win,
-        server,
+        vm_id,
+        machine_id,
+        unit,
+        win_service,
+        manage_units,
+        manage_win,
         windows,
-    };
-    let actions = decide(&observed);
-    tracing::info!(?observed, ?actions, "reconcile plan");
+        unit_state,
+        server,
+        server_version,
+        network_error,
+    })
+}
 
-    // The actions as steps, found by looking only: a dry run prints them, a real run carries
-    // them out, in order.
+impl Look {
+    /// What [`decide`] takes.
+    fn observed(&self, s: &settings::InstallSettings, agent: &AgentDir) -> Observed {
+        let keeps_registration =
+            self.local.is_some() && !self.tampered && !self.network_drift && !self.clone;
+        Observed {
+            configured: self.local.is_some() || self.unreadable,
+            tampered: self.tampered,
+            network_drift: self.network_drift,
+            bypass_changed: keeps_registration && install::proxy_bypass_text(s, agent).is_some(),
+            update_switch_changed: keeps_registration
+                && agent.env_with_update_switch(s.disable_update).is_some(),
+            clone: self.clone,
+            service_installed: self.unit_state.is_some_and(|u| u.exists),
+            unit: self.unit_state,
+            wants_service: self.manage_units || self.manage_win,
+            server: self.server,
+            windows: self.windows,
+        }
+    }
+
+    /// The result of a real run that did not configure again: the error Azure DevOps gave, the
+    /// name another agent took, or what was done.
+    fn outcome(
+        self,
+        actions: &[Action],
+        mut summary: Vec<String>,
+        done: Vec<String>,
+    ) -> Result<Outcome, Error> {
+        if let Some(e) = self.network_error {
+            return Err(e);
+        }
+        let saved = &self.saved;
+        if self.server == Server::Conflict {
+            let l = self.local.as_ref().expect("configured");
+            return Err(crate::devops::DevOpsError::NameTaken {
+                pool: saved.pool.clone(),
+                name: saved.agent_name.clone(),
+                local_id: l.agent_id,
+            }
+            .into());
+        }
+        if summary.is_empty() {
+            summary.push(if actions.is_empty() {
+                "nothing to do".into()
+            } else {
+                "healthy, service running".into()
+            });
+        }
+        let mut agent = AgentRef::from(saved);
+        agent.id = self.local.as_ref().map_or(saved.agent_id, |l| l.agent_id);
+        Ok(Outcome {
+            text: format!(
+                "reconcile: agent '{}' (id {}): {}",
+                saved.agent_name,
+                agent.id,
+                summary.join(", ")
+            ),
+            agent: Some(agent),
+            steps: Some(done),
+        })
+    }
+}
+
+/// The decision's actions as steps, found by looking only: a dry run prints them, a real run
+/// carries them out, in order. Also the trust store's plan when a CA must be put back.
+async fn plan(
+    look: &Look,
+    observed: &Observed,
+    actions: &[Action],
+    s: &settings::InstallSettings,
+    env: &Env,
+) -> Result<(Vec<Op>, Option<install::TrustPlan>), Error> {
+    let saved = &look.saved;
     let mut steps = vec![];
-    if server == Server::Known
-        && let Some(version) = newer_version(&saved, server_version.as_deref())
+    if look.server == Server::Known
+        && let Some(version) = newer_version(saved, look.server_version.as_deref())
     {
         steps.push(Op::FollowVersion { version });
     }
@@ -347,41 +493,41 @@ async fn reconcile(
             disable: s.disable_update,
         });
     }
-    for action in &actions {
+    let active = look.unit_state.is_some_and(|u| u.active);
+    for action in actions {
         match action {
-            Action::EnsureService { restart } if windows => {
-                let running = unit_state.is_some_and(|u| u.active);
-                if *restart && running {
+            Action::EnsureService { restart } if look.windows => {
+                if *restart && active {
                     steps.push(Op::StopWindowsService);
                 }
-                if *restart || !running {
+                if *restart || !active {
                     steps.push(Op::StartWindowsService);
                 }
             }
             Action::EnsureService { restart } => {
                 let sc = Systemctl::require(env)?;
-                if service::agent_unit_off(env, &sc, &unit, agent_dir, &saved.user).await? {
+                if service::agent_unit_off(env, &sc, &look.unit, &s.agent_dir, &saved.user).await? {
                     steps.push(Op::InstallUnit);
                 } else if service::selinux::mode(env).is_some() {
                     steps.push(Op::LabelRunsvc);
                 }
                 if *restart {
                     steps.push(Op::RestartService);
-                } else if !unit_state.is_some_and(|u| u.active) {
+                } else if !active {
                     steps.push(Op::StartService);
                 }
             }
             Action::UninstallService => steps.push(Op::UninstallService),
             Action::RemoveRegistration => steps.push(Op::RemoveRegistration),
             Action::Install { new_name } => {
-                if manage_win {
+                if look.manage_win {
                     steps.push(Op::StopWindowsService);
                 }
                 let name = new_name.then(|| {
                     clone_name(
                         &saved.agent_name,
                         env.hostname(),
-                        vm_id.as_deref().or(machine_id.as_deref()),
+                        look.vm_id.as_deref().or(look.machine_id.as_deref()),
                     )
                 });
                 steps.push(Op::Install { new_name: name });
@@ -391,8 +537,8 @@ async fn reconcile(
     // The CA certificates install added to the system trust store (the agent trusts nothing
     // else): put back if they went (the install flow does it itself).
     let installs = steps.iter().any(|op| matches!(op, Op::Install { .. }));
-    let trust = if env.is_root() && !saved.trusted_cas.is_empty() && !clone && !installs {
-        install::trust_plan(&s, env)
+    let trust = if env.is_root() && !saved.trusted_cas.is_empty() && !look.clone && !installs {
+        install::trust_plan(s, env)
             .await?
             .filter(install::TrustPlan::needs_work)
     } else {
@@ -401,90 +547,39 @@ async fn reconcile(
     if trust.is_some() {
         steps.push(Op::TrustCa);
     }
+    Ok((steps, trust))
+}
 
-    let mut view = Carry {
-        env,
-        saved: &saved,
-        s: &s,
-        agent: &agent,
-        unit: &unit,
-        win_service: &win_service,
-        trust: trust.as_ref(),
-        summary: vec![],
-        done: vec![],
+/// The install flow from the saved settings (`s`, a dry run's when reconcile's is), under a new
+/// name for a clone; it ends the run. Its steps follow reconcile's (`done`, this step's included).
+async fn install_flow(
+    saved: &Saved,
+    mut s: settings::InstallSettings,
+    new_name: Option<&str>,
+    mut done: Vec<String>,
+    env: &Env,
+    net: &Net,
+    progress: &Progress,
+) -> Result<Outcome, Error> {
+    if let Some(name) = new_name {
+        name.clone_into(&mut s.agent_name);
+        tracing::info!(agent = %s.agent_name, "registering this machine under its own name");
+    }
+    let headline = if new_name.is_some() {
+        "reconcile: registered this clone under its own name"
+    } else {
+        "reconcile: configured the agent from the saved settings"
     };
-    for op in &steps {
-        if let Op::Install { new_name } = op {
-            let mut s = s.clone();
-            s.config_timeout = s.config_timeout.min(deadline_left(&deadline, &clock));
-            s.dry_run = dry_run;
-            s.assume_unregistered = dry_run && steps.contains(&Op::RemoveRegistration);
-            if let Some(name) = new_name {
-                s.agent_name.clone_from(name);
-                tracing::info!(agent = %s.agent_name, "registering this machine under its own name");
-            }
-            let headline = if new_name.is_some() {
-                "reconcile: registered this clone under its own name"
-            } else {
-                "reconcile: configured the agent from the saved settings"
-            };
-            let flow = install::run_locked(&s, env, net, progress, headline).await?;
-            view.done.push(op.to_string());
-            view.done.extend(flow.steps.clone().unwrap_or_default());
-            let text = if dry_run {
-                dry_run_text(&saved, &view.done)
-            } else {
-                flow.text.clone()
-            };
-            return Ok(Outcome {
-                text,
-                agent: flow.agent,
-                steps: Some(view.done),
-            });
-        }
-        if !dry_run {
-            view.carry_out(op).await?;
-        }
-        view.done.push(op.to_string());
-    }
-    let done = view.done;
-    let mut summary = view.summary;
-    if dry_run {
-        return Ok(Outcome {
-            text: dry_run_text(&saved, &done),
-            agent: None,
-            steps: Some(done),
-        });
-    }
-    if let Some(e) = network_error {
-        return Err(e);
-    }
-    if server == Server::Conflict {
-        let l = local.as_ref().expect("configured");
-        return Err(crate::devops::DevOpsError::NameTaken {
-            pool: saved.pool.clone(),
-            name: saved.agent_name.clone(),
-            local_id: l.agent_id,
-        }
-        .into());
-    }
-    if summary.is_empty() {
-        summary.push(if actions.is_empty() {
-            "nothing to do".into()
-        } else {
-            "healthy, service running".into()
-        });
-    }
-    let mut agent = AgentRef::from(&saved);
-    agent.id = local.as_ref().map_or(saved.agent_id, |l| l.agent_id);
+    let flow = install::run_locked(&s, env, net, progress, headline).await?;
+    done.extend(flow.steps.clone().unwrap_or_default());
+    let text = if s.dry_run {
+        dry_run_text(saved, &done)
+    } else {
+        flow.text
+    };
     Ok(Outcome {
-        text: format!(
-            "reconcile: agent '{}' (id {}): {}",
-            saved.agent_name,
-            agent.id,
-            summary.join(", ")
-        ),
-        agent: Some(agent),
+        text,
+        agent: flow.agent,
         steps: Some(done),
     })
 }
