@@ -182,6 +182,14 @@ pub struct ServerAgent {
     pub system_capabilities: std::collections::BTreeMap<String, String>,
 }
 
+/// What [`DevOpsClient::access`] found: the identity as Azure DevOps names it, and the pool it may
+/// manage.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub who: String,
+    pub pool: Pool,
+}
+
 impl ServerAgent {
     pub fn is_online(&self) -> bool {
         self.status
@@ -371,6 +379,22 @@ impl DevOpsClient {
         budget: &Budget,
     ) -> Result<Option<Pool>, DevOpsError> {
         Ok(find_named(self.pools(name, true, budget).await?, name))
+    }
+
+    /// The preflight every command that registers or deletes agents makes first, both requests at
+    /// once: is the token accepted (who is it), and may it manage the pool. A pool it may not
+    /// manage is explained ([`Self::explain_unmanageable`]).
+    pub async fn access(&self, pool: &str, budget: &Budget) -> Result<Access, DevOpsError> {
+        let (me, found) = tokio::join!(
+            self.connection_data(budget),
+            self.pool_if_manageable(pool, budget)
+        );
+        let me = me?.authenticated_user;
+        let who = me.provider_display_name.clone().unwrap_or(me.id);
+        match found? {
+            Some(pool) => Ok(Access { who, pool }),
+            None => Err(self.explain_unmanageable(pool, &who, budget).await),
+        }
     }
 
     /// Why a pool is not manageable: it exists without Manage permission, or it does not exist

@@ -517,3 +517,56 @@ fn system_keeps_its_dirs_private_from_creation_on_windows() {
         "nothing staged beside the agent dir: {beside:?}"
     );
 }
+
+/// The `steps` of one `--output json` run.
+fn json_steps(run: &Run) -> Vec<String> {
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+    doc["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps: {doc}\n{}", run.stderr))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// #19 on Windows: install's, reconcile's and remove's dry runs list the steps their real runs
+/// then carry out (the boot task is registered again at every install, and both say so).
+#[test]
+fn dry_runs_on_windows_list_what_the_real_runs_do() {
+    let Some(w) = WinWorld::new() else { return };
+    let json = ["--output", "json"];
+    let dry = w.install(&["--output", "json", "--dry-run"]);
+    expect(&dry, 0);
+    let real = w.install(&json);
+    expect(&real, 0);
+    assert_eq!(json_steps(&dry), json_steps(&real), "fresh install");
+    assert!(json_steps(&real).iter().any(|s| s.contains("run elevated")));
+
+    // Installed and running: the rerun's only step is the boot task, registered again every time
+    // (its program may have moved), and the dry run says so.
+    let dry = w.install(&["--output", "json", "--dry-run"]);
+    expect(&dry, 0);
+    let real = w.install(&json);
+    expect(&real, 0);
+    assert_eq!(json_steps(&dry), json_steps(&real), "rerun");
+    let steps = json_steps(&real);
+    assert!(
+        steps.len() == 1 && steps[0].contains("scheduled task"),
+        "{steps:?}"
+    );
+
+    let dry = w.with_dir("reconcile", &["--output", "json", "--dry-run"]);
+    expect(&dry, 0);
+    let real = w.with_dir("reconcile", &json);
+    expect(&real, 0);
+    assert_eq!(json_steps(&dry), json_steps(&real), "reconcile");
+
+    let dry = w.with_dir("remove", &["--output", "json", "--dry-run"]);
+    expect(&dry, 0);
+    assert!(w.service().0, "the dry run removed nothing");
+    let real = w.with_dir("remove", &json);
+    expect(&real, 0);
+    assert_eq!(json_steps(&dry), json_steps(&real), "remove");
+    assert!(!w.service().0, "the service is gone");
+}

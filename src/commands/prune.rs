@@ -79,14 +79,7 @@ pub async fn run(
     let budget = clock.budget(BUDGET);
     let tokens = super::tokens(request, env, &os, net).await?;
     let devops = DevOpsClient::new(&s.url, tokens, net);
-    let me = devops.connection_data(&budget).await?.authenticated_user;
-    let who = me.provider_display_name.clone().unwrap_or(me.id.clone());
-    let Some(pool) = devops.pool_if_manageable(&s.pool, &budget).await? else {
-        return Err(devops
-            .explain_unmanageable(&s.pool, &who, &budget)
-            .await
-            .into());
-    };
+    let pool = devops.access(&s.pool, &budget).await?.pool;
     let agents = devops.list_agents(pool.id, &budget).await?;
     let now = clock.unix_now();
     let mut rows = vec![];

@@ -158,14 +158,7 @@ pub(super) async fn wait_for_access(
             let tokens = super::super::tokens(&s.identity, env, &s.os, net).await?;
             tokens.get(&budget).await?;
             let devops = DevOpsClient::new(&s.url, tokens, net);
-            let me = devops.connection_data(&budget).await?.authenticated_user;
-            if devops.pool_if_manageable(&s.pool, &budget).await?.is_none() {
-                let who = me.provider_display_name.unwrap_or(me.id);
-                return Err(devops
-                    .explain_unmanageable(&s.pool, &who, &budget)
-                    .await
-                    .into());
-            }
+            devops.access(&s.pool, &budget).await?;
             Ok::<(), Error>(())
         };
         let e = match attempt.await {

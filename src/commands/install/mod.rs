@@ -269,9 +269,8 @@ pub async fn run_locked(
         _ => None,
     };
     let rid = s.os.rid();
-    let (me, pool, meta, vm_id) = tokio::join!(
-        devops.connection_data(&budget),
-        devops.pool_if_manageable(&s.pool, &budget),
+    let (access, meta, vm_id) = tokio::join!(
+        devops.access(&s.pool, &budget),
         async {
             if wants_api {
                 Some(devops.agent_package(&rid, wanted_version, &budget).await)
@@ -288,18 +287,8 @@ pub async fn run_locked(
             }
         },
     );
-    let me = me?.authenticated_user;
-    let who = me
-        .provider_display_name
-        .clone()
-        .unwrap_or_else(|| me.id.clone());
+    let crate::devops::Access { who, pool } = access?;
     tracing::info!(identity = %who, org = %s.url, "token accepted by Azure DevOps");
-    let Some(pool) = pool? else {
-        return Err(devops
-            .explain_unmanageable(&s.pool, &who, &budget)
-            .await
-            .into());
-    };
     tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
     let mut meta = meta.transpose()?;
 
