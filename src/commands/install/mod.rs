@@ -220,34 +220,7 @@ pub async fn run_locked(
     let budget = clock.budget(NETWORK_BUDGET);
     let tokens = super::tokens(&s.identity, env, &s.os, net).await?;
     let identity = tokens.source().request();
-    if identity.kind == crate::identity::Kind::Pat
-        && identity.pat_file.is_none()
-        && matches!(
-            boot_step(s, env),
-            Some(Step::BootUnit { .. } | Step::BootTask { .. })
-        )
-    {
-        tracing::warn!(
-            "the PAT came from AZP_TOKEN, which is not saved: reconcile at boot will have no token \
-             and cannot re-register the agent; put the PAT in a file only root can read and pass \
-             AZP_TOKEN_FILE instead"
-        );
-    }
-    if s.network
-        .proxy
-        .as_ref()
-        .is_some_and(|p| p.user.is_some() && p.password_file.is_none())
-        && matches!(
-            boot_step(s, env),
-            Some(Step::BootUnit { .. } | Step::BootTask { .. })
-        )
-    {
-        tracing::warn!(
-            "the proxy password did not come from a file, and it is not saved: reconcile at boot \
-             will have no proxy password; put it in a file only root can read and pass \
-             --proxy-password-file instead"
-        );
-    }
+    warn_unsaved_secrets(s, env, &identity);
     tokens.get(&budget).await?;
     let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
     // Looked at once: the agent user can change the dir at any time, and every decision below must
@@ -292,52 +265,27 @@ pub async fn run_locked(
     tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
     let mut meta = meta.transpose()?;
 
-    // 3. An existing registration: healthy → nothing to do; gone from the server → register again.
-    let mut reregister = false;
-    let mut server_version = None;
-    if let Some(cfg) = &existing {
-        let found = devops.find_agent(pool.id, &s.agent_name, &budget).await?;
-        server_version = found.as_ref().and_then(|a| a.version.clone());
-        match found {
-            Some(a) if a.id == cfg.agent_id && network_matches(&agent, &s.network) => {
-                return keep_installed(s, env, &agent, cfg, &pool, &a, &identity, trust.as_ref())
-                    .await;
-            }
-            Some(_) if !network_matches(&agent, &s.network) => {
-                tracing::warn!(
-                    "the agent's proxy or CA settings differ from these; configuring it again \
-                     (--replace keeps its registration)"
-                );
-                reregister = true;
-            }
-            Some(a) => {
-                tracing::warn!(
-                    local_id = cfg.agent_id,
-                    server_id = a.id,
-                    "the pool has another agent with this name; registering this one again (--replace)"
-                );
-                reregister = true;
-            }
-            None => {
-                tracing::warn!(
-                    agent = %cfg.agent_name,
-                    "the agent is configured here but unknown to the server (deleted?); registering it again"
-                );
-                reregister = true;
-            }
-        }
-    }
-    // No registration here, but the pool may have an agent of this name: this machine's own (an
-    // install or re-registration killed after the server registered it and before `.agent` was
-    // written; this VM reimaged) is replaced; another machine's only with --replace.
+    // 3. An existing registration: healthy → only what is not as it should be; gone from the
+    // server → register again. None here, but one of this name on the server: this machine's own
+    // is replaced, another's only with --replace.
     let machine = vm_id.clone().or_else(state::machine_id);
-    if existing.is_none()
-        && let Some(a) = devops.find_agent(pool.id, &s.agent_name, &budget).await?
+    let (reregister, server_version) = match on_server(
+        s,
+        &agent,
+        existing.as_ref(),
+        &devops,
+        &pool,
+        machine.as_deref(),
+        &budget,
+    )
+    .await?
     {
-        let previous = state::load(&s.state_dir, &s.agent_dir).ok().flatten();
-        adopt_or_refuse(s, &a, &pool, machine.as_deref(), previous.as_ref())?;
-        server_version = a.version.clone();
-    }
+        OnServer::Healthy(a) => {
+            let cfg = existing.as_ref().expect("a registration here");
+            return keep_installed(s, env, &agent, cfg, &pool, &a, &identity, trust.as_ref()).await;
+        }
+        OnServer::Register { again, version } => (again, version),
+    };
     // Root configures a registration again only from a fresh package: the version from root's
     // settings or the server's record of the agent (it may have updated itself), whichever is
     // newer, never from the agent's files.
@@ -449,6 +397,94 @@ pub async fn run_locked(
         }
     }
     result
+}
+
+/// Secrets a boot's reconcile will not have, said once at install (a PAT from the environment, a
+/// proxy password not from a file).
+fn warn_unsaved_secrets(s: &InstallSettings, env: &Env, identity: &IdentityRequest) {
+    let boot = matches!(
+        boot_step(s, env),
+        Some(Step::BootUnit { .. } | Step::BootTask { .. })
+    );
+    if boot && identity.kind == crate::identity::Kind::Pat && identity.pat_file.is_none() {
+        tracing::warn!(
+            "the PAT came from AZP_TOKEN, which is not saved: reconcile at boot will have no token \
+             and cannot re-register the agent; put the PAT in a file only root can read and pass \
+             AZP_TOKEN_FILE instead"
+        );
+    }
+    if boot
+        && s.network
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.user.is_some() && p.password_file.is_none())
+    {
+        tracing::warn!(
+            "the proxy password did not come from a file, and it is not saved: reconcile at boot \
+             will have no proxy password; put it in a file only root can read and pass \
+             --proxy-password-file instead"
+        );
+    }
+}
+
+/// What the server says about the agent of this name.
+enum OnServer {
+    /// The registration here is the server's, with these settings: kept.
+    Healthy(crate::devops::ServerAgent),
+    /// Configure: `again` when a registration here is replaced; the version the server knows the
+    /// agent by, if any.
+    Register {
+        again: bool,
+        version: Option<String>,
+    },
+}
+
+/// Step 3: the registration here (if any) against the server's agent of that name; with none
+/// here, a same-named agent on the server is this machine's own (replaced) or refused
+/// ([`adopt_or_refuse`]).
+async fn on_server(
+    s: &InstallSettings,
+    agent: &AgentDir,
+    existing: Option<&AgentSettings>,
+    devops: &DevOpsClient,
+    pool: &Pool,
+    machine: Option<&str>,
+    budget: &Budget,
+) -> Result<OnServer, Error> {
+    let found = devops.find_agent(pool.id, &s.agent_name, budget).await?;
+    let version = found.as_ref().and_then(|a| a.version.clone());
+    let Some(cfg) = existing else {
+        if let Some(a) = &found {
+            let previous = state::load(&s.state_dir, &s.agent_dir).ok().flatten();
+            adopt_or_refuse(s, a, pool, machine, previous.as_ref())?;
+        }
+        return Ok(OnServer::Register {
+            again: false,
+            version,
+        });
+    };
+    match found {
+        Some(a) if a.id == cfg.agent_id && network_matches(agent, &s.network) => {
+            return Ok(OnServer::Healthy(a));
+        }
+        Some(_) if !network_matches(agent, &s.network) => tracing::warn!(
+            "the agent's proxy or CA settings differ from these; configuring it again \
+             (--replace keeps its registration)"
+        ),
+        Some(a) => tracing::warn!(
+            local_id = cfg.agent_id,
+            server_id = a.id,
+            "the pool has another agent with this name; registering this one again (--replace)"
+        ),
+        None => tracing::warn!(
+            agent = %cfg.agent_name,
+            "the agent is configured here but unknown to the server (deleted?); registering it again"
+        ),
+    }
+    Ok(OnServer::Register {
+        again: true,
+        version,
+    })
 }
 
 /// The unit the agent's service gets, from root's own settings.
