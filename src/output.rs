@@ -88,6 +88,21 @@ impl Outcome {
     }
 }
 
+/// A dry run's text: its header, then the steps numbered, or `nothing` when there are none.
+pub fn dry_run_text(header: &str, steps: &[impl std::fmt::Display], nothing: &str) -> String {
+    let mut out = format!("dry run: nothing was changed\n{header}\n");
+    if steps.is_empty() {
+        out.push_str(nothing);
+        out.push('\n');
+    } else {
+        out.push_str("steps:\n");
+        for (i, step) in steps.iter().enumerate() {
+            out.push_str(&format!("  {}. {step}\n", i + 1));
+        }
+    }
+    out
+}
+
 /// The one JSON object of `--output json`.
 #[derive(Debug, Serialize)]
 pub struct Document {

@@ -9,11 +9,10 @@ mod common;
 
 use common::*;
 
-/// The steps of one `install` run (`--output json`).
-fn steps(w: &World, extra: &[&str]) -> (i32, Vec<String>) {
-    let mut args = vec!["--output", "json"];
-    args.extend_from_slice(extra);
-    let run = w.install(&args);
+/// The exit code and `steps` of one run of `cmd` with `--output json`.
+fn json_steps(w: &World, mut cmd: std::process::Command) -> (i32, Vec<String>) {
+    cmd.args(["--output", "json"]);
+    let run = w.run_cmd(cmd);
     let doc: serde_json::Value = serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
     let steps = doc["steps"]
@@ -25,19 +24,47 @@ fn steps(w: &World, extra: &[&str]) -> (i32, Vec<String>) {
     (run.code, steps)
 }
 
-/// The dry run's steps, then the real run's: equal; then a dry run that has nothing to do.
-fn truthful(w: &World, case: &str, extra: &[&str], expect: &[&str]) {
-    let mut dry_args = vec!["--dry-run"];
-    dry_args.extend_from_slice(extra);
-    let changes = w.systemctl_changes();
-    let (code, planned) = steps(w, &dry_args);
+/// The steps of one `install` run.
+fn steps(w: &World, extra: &[&str]) -> (i32, Vec<String>) {
+    json_steps(w, w.install_command(extra))
+}
+
+/// The steps of one run of `verb --agent-dir <world's> EXTRA…` (reconcile, remove).
+fn dir_steps(w: &World, verb: &str, extra: &[&str]) -> (i32, Vec<String>) {
+    let dir = w.agent_dir().display().to_string();
+    let mut args = vec![verb, "--agent-dir", &dir];
+    args.extend_from_slice(extra);
+    json_steps(w, w.command(&args))
+}
+
+/// The dry run's steps (`run(w, true)`), then the real run's: equal, and what was expected among
+/// them; neither systemd nor the server's agents changed by the dry run; then a dry run with
+/// nothing left to do, and a real run that changes nothing.
+fn truthful_with(
+    w: &World,
+    case: &str,
+    run: impl Fn(&World, bool) -> (i32, Vec<String>),
+    expect: &[&str],
+) {
+    let agents = |w: &World| {
+        let mut ids: Vec<_> = w
+            .server_agents(1)
+            .iter()
+            .map(|a| (a.id, a.name.clone()))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (changes, before) = (w.systemctl_changes(), agents(w));
+    let (code, planned) = run(w, true);
     assert_eq!(code, 0, "{case}: the dry run failed");
     assert_eq!(
         w.systemctl_changes(),
         changes,
         "{case}: the dry run changed systemd"
     );
-    let (code, done) = steps(w, extra);
+    assert_eq!(agents(w), before, "{case}: the dry run changed the server");
+    let (code, done) = run(w, false);
     assert_eq!(code, 0, "{case}: the real run failed");
     assert_eq!(
         planned, done,
@@ -50,12 +77,12 @@ fn truthful(w: &World, case: &str, extra: &[&str], expect: &[&str]) {
         );
     }
     let after = w.systemctl_changes();
-    let (_, left) = steps(w, &dry_args);
+    let (_, left) = run(w, true);
     assert!(
         left.is_empty(),
         "{case}: still to do after the real run: {left:#?}"
     );
-    let (_, again) = steps(w, extra);
+    let (_, again) = run(w, false);
     assert!(
         again.is_empty(),
         "{case}: the second real run did {again:#?}"
@@ -65,6 +92,18 @@ fn truthful(w: &World, case: &str, extra: &[&str], expect: &[&str]) {
         after,
         "{case}: a run with nothing to do changed systemd"
     );
+}
+
+/// [`truthful_with`] for `install EXTRA…`.
+fn truthful(w: &World, case: &str, extra: &[&str], expect: &[&str]) {
+    let run = |w: &World, dry: bool| {
+        let mut args = extra.to_vec();
+        if dry {
+            args.push("--dry-run");
+        }
+        steps(w, &args)
+    };
+    truthful_with(w, case, run, expect);
 }
 
 fn state_file(w: &World, name: &str) -> std::path::PathBuf {
@@ -164,74 +203,11 @@ fn a_re_registration_does_what_its_dry_run_says() {
     assert_eq!(w.server_agents(1).len(), 1);
 }
 
-/// The steps of one `reconcile` run (`--output json`), and its exit code.
-fn reconcile_steps(w: &World, dry: bool) -> (i32, Vec<String>) {
-    let dir = w.agent_dir().display().to_string();
-    let mut args = vec!["reconcile", "--agent-dir", &dir, "--output", "json"];
-    if dry {
-        args.push("--dry-run");
-    }
-    let run = w.run(&args);
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
-    let steps = doc["steps"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no steps: {doc}\n{}", run.stderr))
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect();
-    (run.code, steps)
-}
-
-/// One reconcile row: the dry run's steps, then the real run's: equal, and what was expected
-/// among them; then a dry run with nothing left to do, and a real run that changes nothing.
+/// [`truthful_with`] for one reconcile row.
 fn truthful_reconcile(w: &World, case: &str, expect: &[&str]) {
-    let agents = |w: &World| {
-        let mut ids: Vec<_> = w
-            .server_agents(1)
-            .iter()
-            .map(|a| (a.id, a.name.clone()))
-            .collect();
-        ids.sort();
-        ids
-    };
-    let (changes, before) = (w.systemctl_changes(), agents(w));
-    let (code, planned) = reconcile_steps(w, true);
-    assert_eq!(code, 0, "{case}: the dry run failed");
-    assert_eq!(
-        w.systemctl_changes(),
-        changes,
-        "{case}: the dry run changed systemd"
-    );
-    assert_eq!(agents(w), before, "{case}: the dry run changed the server");
-    let (code, done) = reconcile_steps(w, false);
-    assert_eq!(code, 0, "{case}: the real run failed");
-    assert_eq!(
-        planned, done,
-        "{case}: the dry run said one thing, the real run did another"
-    );
-    for want in expect {
-        assert!(
-            done.iter().any(|s| s.contains(want)),
-            "{case}: no step '{want}' in {done:#?}"
-        );
-    }
-    let after = w.systemctl_changes();
-    let (_, left) = reconcile_steps(w, true);
-    assert!(
-        left.is_empty(),
-        "{case}: still to do after the real run: {left:#?}"
-    );
-    let (_, again) = reconcile_steps(w, false);
-    assert!(
-        again.is_empty(),
-        "{case}: the second real run did {again:#?}"
-    );
-    assert_eq!(
-        w.systemctl_changes(),
-        after,
-        "{case}: a run with nothing to do changed systemd"
-    );
+    let run =
+        |w: &World, dry: bool| dir_steps(w, "reconcile", if dry { &["--dry-run"] } else { &[] });
+    truthful_with(w, case, run, expect);
 }
 
 #[test]
@@ -301,29 +277,12 @@ fn a_clone_does_what_its_dry_run_says() {
     assert_eq!(w.server_agents(1).len(), 2, "the original and the clone");
 }
 
-/// The steps of one `remove` run (`--output json`).
-fn remove_steps(w: &World, extra: &[&str]) -> (i32, Vec<String>) {
-    let dir = w.agent_dir().display().to_string();
-    let mut args = vec!["remove", "--agent-dir", &dir, "--output", "json"];
-    args.extend_from_slice(extra);
-    let run = w.run(&args);
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
-    let steps = doc["steps"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no steps: {doc}\n{}", run.stderr))
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect();
-    (run.code, steps)
-}
-
 #[test]
 fn remove_does_what_its_dry_run_says() {
     let w = World::new();
     w.install(&["--scale-in-drain"]).assert_code(0);
     let changes = w.systemctl_changes();
-    let (code, planned) = remove_steps(&w, &["--purge", "--dry-run"]);
+    let (code, planned) = dir_steps(&w, "remove", &["--purge", "--dry-run"]);
     assert_eq!(code, 0);
     assert_eq!(
         w.systemctl_changes(),
@@ -332,7 +291,7 @@ fn remove_does_what_its_dry_run_says() {
     );
     assert_eq!(w.server_agents(1).len(), 1, "the dry run unregistered");
     assert!(w.agent_dir().join(".agent").exists());
-    let (code, done) = remove_steps(&w, &["--purge"]);
+    let (code, done) = dir_steps(&w, "remove", &["--purge"]);
     assert_eq!(code, 0);
     assert_eq!(
         planned, done,
@@ -354,7 +313,7 @@ fn remove_does_what_its_dry_run_says() {
     }
     assert!(w.server_agents(1).is_empty());
     assert!(!w.agent_dir().exists());
-    let (code, left) = remove_steps(&w, &["--dry-run"]);
+    let (code, left) = dir_steps(&w, "remove", &["--dry-run"]);
     assert_eq!(code, 0);
     assert!(left.is_empty(), "still to do: {left:#?}");
 }

@@ -586,22 +586,13 @@ async fn install_flow(
 
 /// What a dry run of reconcile shows.
 fn dry_run_text(saved: &Saved, steps: &[String]) -> String {
-    use std::fmt::Write as _;
-    let mut out = format!(
-        "dry run: nothing was changed\nreconcile: agent '{}' of pool '{}' in {}\n",
+    let header = format!(
+        "reconcile: agent '{}' of pool '{}' in {}",
         saved.agent_name,
         saved.pool,
         saved.agent_dir.display()
     );
-    if steps.is_empty() {
-        out.push_str("nothing would change\n");
-    } else {
-        out.push_str("steps:\n");
-        for (i, step) in steps.iter().enumerate() {
-            writeln!(out, "  {}. {step}", i + 1).unwrap_or(());
-        }
-    }
-    out
+    crate::output::dry_run_text(&header, steps, "nothing would change")
 }
 
 /// One step of reconcile, as its dry run prints it and a real run carries it out.

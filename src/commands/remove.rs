@@ -379,20 +379,8 @@ async fn carry_out(
 
 /// What a dry run of remove shows.
 fn dry_run_text(t: &Target, steps: &[Step]) -> String {
-    use std::fmt::Write as _;
-    let mut out = format!(
-        "dry run: nothing was changed\nremove: {}\n",
-        t.agent_dir.display()
-    );
-    if steps.is_empty() {
-        out.push_str("nothing to remove\n");
-    } else {
-        out.push_str("steps:\n");
-        for (i, step) in steps.iter().enumerate() {
-            writeln!(out, "  {}. {step}", i + 1).unwrap_or(());
-        }
-    }
-    out
+    let header = format!("remove: {}", t.agent_dir.display());
+    crate::output::dry_run_text(&header, steps, "nothing to remove")
 }
 
 /// Deletes this machine's agent on the server (`DELETE …/agents/{id}`, the call `config.sh remove`

@@ -284,44 +284,32 @@ pub async fn ensure_boot_task(s: &InstallSettings, env: &Env) -> Result<Option<S
     Ok(Some(name))
 }
 
-/// This binary, which the boot unit will run as root at every boot: refused (exit 2, before
-/// anything is contacted) unless only root can replace it, see
-/// [`crate::fsx::check_root_only_program`].
-#[cfg(unix)]
+/// This binary, which the boot unit (Windows: the boot task) will run as root (SYSTEM) at every
+/// boot: refused (exit 2, before anything is contacted) unless only root (SYSTEM, Administrators
+/// and TrustedInstaller) can replace it, see [`crate::fsx::check_root_only_program`].
 pub(super) fn boot_program() -> Result<std::path::PathBuf, Error> {
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         action: "finding",
         path: "the agent-bootstrap binary".into(),
         source,
     })?;
+    let (runner, who, place) = if cfg!(unix) {
+        (
+            "the boot unit",
+            "root",
+            "in a directory only root can change (e.g. /usr/local/bin)",
+        )
+    } else {
+        (
+            "the boot task",
+            "SYSTEM",
+            "under Program Files (scripts/install.ps1 does)",
+        )
+    };
     crate::fsx::check_root_only_program(&exe).map_err(|e| {
         Error::Input(format!(
-            "the boot unit would run {} as root at every boot, but {}: another account could \
-             replace what root runs; install agent-bootstrap in a directory only root can change \
-             (e.g. /usr/local/bin), or pass --no-boot",
-            exe.display(),
-            e.0
-        ))
-    })?;
-    Ok(exe)
-}
-
-/// Windows: the boot task runs this binary as SYSTEM at every startup; refused (exit 2, before
-/// anything is contacted) unless only SYSTEM, Administrators and TrustedInstaller can replace it
-/// (`scripts/install.ps1` places it under Program Files), see
-/// [`crate::fsx::check_root_only_program`].
-#[cfg(not(unix))]
-pub(super) fn boot_program() -> Result<std::path::PathBuf, Error> {
-    let exe = std::env::current_exe().map_err(|source| Error::Io {
-        action: "finding",
-        path: "the agent-bootstrap binary".into(),
-        source,
-    })?;
-    crate::fsx::check_root_only_program(&exe).map_err(|e| {
-        Error::Input(format!(
-            "the boot task would run {} as SYSTEM at every startup, but {}: another account \
-             could replace what SYSTEM runs; install agent-bootstrap under Program Files \
-             (scripts/install.ps1 does), or pass --no-boot",
+            "{runner} would run {} as {who} at every boot, but {}: another account could replace \
+             what {who} runs; install agent-bootstrap {place}, or pass --no-boot",
             exe.display(),
             e.0
         ))

@@ -521,22 +521,16 @@ fn write_steps(out: &mut String, plan: &Plan) {
 /// What a dry run on an installed agent shows: the steps that would put right what is not as it
 /// should be, or that nothing would change.
 pub(super) fn print_upkeep(s: &InstallSettings, id: u64, pool: &Pool, plan: &Plan) -> Outcome {
-    let mut out = format!(
-        "dry run: nothing was changed\n\
-         agent '{}' (id {}) is already configured in {} and registered in pool '{}'\n",
+    let header = format!(
+        "agent '{}' (id {}) is already configured in {} and registered in pool '{}'",
         s.agent_name,
         id,
         s.agent_dir.display(),
         pool.name
     );
-    if plan.steps.is_empty() {
-        out.push_str("nothing would change\n");
-    } else {
-        write_steps(&mut out, plan);
-    }
-    Outcome::new(out, None).with_steps(&plan.steps)
+    let text = crate::output::dry_run_text(&header, &plan.steps, "nothing would change");
+    Outcome::new(text, None).with_steps(&plan.steps)
 }
-
 /// The boot unit's name and the text it must have, where there is one.
 pub(super) fn boot_unit_text(
     s: &InstallSettings,
