@@ -381,17 +381,15 @@ impl DevOpsClient {
         Ok(find_named(self.pools(name, true, budget).await?, name))
     }
 
-    /// The preflight every command that registers or deletes agents makes first, both requests at
-    /// once: is the token accepted (who is it), and may it manage the pool. A pool it may not
-    /// manage is explained ([`Self::explain_unmanageable`]).
+    /// The preflight every command that registers or deletes agents makes first: is the token
+    /// accepted (who is it), then may it manage the pool. A pool it may not manage is explained
+    /// ([`Self::explain_unmanageable`]). In this order, not at once: a token the organization
+    /// does not accept yet is the answer, and a second request would only repeat it (and count
+    /// against the organization's rate limit while a fleet waits for access).
     pub async fn access(&self, pool: &str, budget: &Budget) -> Result<Access, DevOpsError> {
-        let (me, found) = tokio::join!(
-            self.connection_data(budget),
-            self.pool_if_manageable(pool, budget)
-        );
-        let me = me?.authenticated_user;
+        let me = self.connection_data(budget).await?.authenticated_user;
         let who = me.provider_display_name.clone().unwrap_or(me.id);
-        match found? {
+        match self.pool_if_manageable(pool, budget).await? {
             Some(pool) => Ok(Access { who, pool }),
             None => Err(self.explain_unmanageable(pool, &who, budget).await),
         }
