@@ -70,8 +70,9 @@ fn everything_but_identity_goes_through_the_proxy_and_the_private_ca_is_trusted(
     run.assert_code(0);
 
     // Azure DevOps, the download and the agent's own traffic: all tunnelled, all to the TLS host.
+    // The tool's requests share kept-alive tunnels; the agent's configure opens its own.
     let tunnels = proxy.tunnels();
-    assert!(tunnels.len() >= 3, "{tunnels:?}");
+    assert!(tunnels.len() >= 2, "{tunnels:?}");
     assert!(
         tunnels
             .iter()
@@ -204,7 +205,7 @@ fn a_proxy_that_wants_credentials_gets_them_and_the_password_stays_secret() {
         .filter(|t| t.status == 200)
         .collect();
     assert!(
-        ok.len() >= 3 && ok.iter().all(|t| t.user.as_deref() == Some("alice")),
+        ok.len() >= 2 && ok.iter().all(|t| t.user.as_deref() == Some("alice")),
         "{ok:?}"
     );
 
