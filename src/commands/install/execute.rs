@@ -190,7 +190,7 @@ pub(super) async fn execute(
                 ensure_boot_task(s, env).await?;
             }
             Step::ReleaseCas { cas } => release_cas(s, env, cas).await,
-            Step::DropWatchUnit { .. } => drop_watch_unit(s, env).await?,
+            Step::DropWatchUnit { name } => drop_watch_unit(env, name).await?,
             // Only an installed agent's upkeep has these (`upkeep_plan`).
             Step::ProxyBypass { .. }
             | Step::UpdateSwitch { .. }
@@ -373,13 +373,10 @@ pub async fn ensure_watch_unit(s: &InstallSettings, env: &Env) -> Result<Option<
     Ok(Some(name))
 }
 
-/// An install without `--scale-in-drain` over one with it: the watcher goes.
-pub(super) async fn drop_watch_unit(s: &InstallSettings, env: &Env) -> Result<(), Error> {
-    if s.scale_in_drain || !s.as_root || s.os.is_windows() || !service::systemd_available(env) {
-        return Ok(());
-    }
-    let name = service::watch_unit_name(&s.agent_dir);
-    if service::delete_own_unit(env, &name, true).await? {
+/// An install without `--scale-in-drain` over one with it: the watcher `name` goes (the plan
+/// found it: [`stale_watch_unit`]).
+async fn drop_watch_unit(env: &Env, name: &str) -> Result<(), Error> {
+    if service::delete_own_unit(env, name, true).await? {
         tracing::info!(unit = %name, "removed the scale-in watcher (no --scale-in-drain)");
     }
     Ok(())
@@ -506,7 +503,7 @@ async fn upkeep_step(
         Step::BootTask { .. } => {
             ensure_boot_task(s, env).await?;
         }
-        Step::DropWatchUnit { .. } => drop_watch_unit(s, env).await?,
+        Step::DropWatchUnit { name } => drop_watch_unit(env, name).await?,
         Step::LabelRunsvc => {
             let runsvc = s.agent_dir.join("runsvc.sh");
             service::selinux::label(env, &runsvc, service::selinux::PROGRAM).await?;
