@@ -303,23 +303,7 @@ async fn look(t: &Target, env: &Env, os: Os, net: &Net, deadline: &Budget) -> Re
     let agent_uid = crate::user::lookup(&saved.user)?.map(|u| u.uid);
     super::check_agent_dir(agent_dir, env, agent_uid)?;
     let agent = AgentDir::new(agent_dir, &os);
-    // An `.agent` that cannot be read (a FIFO, a link, garbage) or that names another
-    // organization, pool or agent was changed behind our back: it is not believed, and the agent
-    // is configured again from the saved settings.
-    let (local, unreadable) = match agent.settings() {
-        Ok(l) => (l, false),
-        Err(e) => {
-            tracing::warn!("{}", crate::report::one_line(&e));
-            (None, true)
-        }
-    };
-    let tampered = unreadable || local.as_ref().is_some_and(|l| !matches_saved(l, &saved));
-    if tampered {
-        tracing::warn!(
-            "the agent's .agent does not match the saved settings (changed by a job?); \
-             configuring the agent again from the saved settings"
-        );
-    }
+    let (local, unreadable, tampered) = registration_here(&agent, &saved);
     let network_drift =
         local.is_some() && !tampered && !install::network_matches(&agent, &net.network());
     if network_drift {
@@ -356,34 +340,12 @@ async fn look(t: &Target, env: &Env, os: Os, net: &Net, deadline: &Budget) -> Re
         )),
         None => None,
     };
-
     // The server's view, only when it decides something.
-    let mut network_error: Option<Error> = None;
-    let mut server_version = None;
-    let server = match local.as_ref().filter(|_| !clone && !tampered) {
-        None => Server::NotAsked,
-        Some(cfg) => {
-            let client = DevOpsClient::new(
-                &settings::check_url("the saved url", &saved.url)?,
-                tokens.clone(),
-                net,
-            );
-            match server_view(&saved, cfg, &client, &network).await {
-                Ok((view, version)) => {
-                    server_version = version;
-                    view
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "could not check the agent with Azure DevOps: {}",
-                        crate::report::report(&e)
-                    );
-                    network_error = Some(e);
-                    Server::Unreachable
-                }
-            }
-        }
-    };
+    let (server, server_version, network_error) =
+        match local.as_ref().filter(|_| !clone && !tampered) {
+            None => (Server::NotAsked, None, None),
+            Some(cfg) => ask_server(&saved, cfg, tokens, net, &network).await?,
+        };
     Ok(Look {
         saved,
         local,
@@ -811,6 +773,51 @@ fn matches_saved(local: &AgentSettings, saved: &Saved) -> bool {
             .as_deref()
             .is_none_or(|p| p.eq_ignore_ascii_case(&saved.pool))
         && local.agent_name.eq_ignore_ascii_case(&saved.agent_name)
+}
+
+/// The registration configured here: `(local, unreadable, tampered)`. An `.agent` that cannot be
+/// read (a FIFO, a link, garbage) or that names another organization, pool or agent was changed
+/// behind our back: it is not believed, and the agent is configured again from the saved settings.
+fn registration_here(agent: &AgentDir, saved: &Saved) -> (Option<AgentSettings>, bool, bool) {
+    let (local, unreadable) = match agent.settings() {
+        Ok(l) => (l, false),
+        Err(e) => {
+            tracing::warn!("{}", crate::report::one_line(&e));
+            (None, true)
+        }
+    };
+    let tampered = unreadable || local.as_ref().is_some_and(|l| !matches_saved(l, saved));
+    if tampered {
+        tracing::warn!(
+            "the agent's .agent does not match the saved settings (changed by a job?); \
+             configuring the agent again from the saved settings"
+        );
+    }
+    (local, unreadable, tampered)
+}
+
+/// The server's view of the registration here, with the version it knows the agent by; an
+/// organization that cannot be asked is [`Server::Unreachable`] with the error, reported once the
+/// safe steps are done.
+async fn ask_server(
+    saved: &Saved,
+    cfg: &AgentSettings,
+    tokens: std::sync::Arc<crate::identity::Tokens>,
+    net: &Net,
+    network: &Budget,
+) -> Result<(Server, Option<String>, Option<Error>), Error> {
+    let url = settings::check_url("the saved url", &saved.url)?;
+    let client = DevOpsClient::new(&url, tokens, net);
+    Ok(match server_view(saved, cfg, &client, network).await {
+        Ok((view, version)) => (view, version, None),
+        Err(e) => {
+            tracing::warn!(
+                "could not check the agent with Azure DevOps: {}",
+                crate::report::report(&e)
+            );
+            (Server::Unreachable, None, Some(e))
+        }
+    })
 }
 
 /// One Azure DevOps request (and the token it needs): is the agent still the server's? Asked with

@@ -11,6 +11,7 @@
 //! listener would send it to whatever server `.agent` names. Without saved settings nothing is
 //! unregistered: `.agent` alone is not trusted with a token.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::agent::AgentDir;
@@ -207,25 +208,7 @@ async fn plan(
         Some(saved) => {
             settings::check_saved(saved, &os)?;
             // 1. The service first: no new job may start while the agent is being deleted.
-            if saved.service
-                && env.is_root()
-                && !os.is_windows()
-                && let Some(sc) = Systemctl::find(env)
-            {
-                let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name).name;
-                if service::unit_dir(env).join(&unit).is_file() || sc.state(&unit).await?.exists {
-                    steps.push(Step::UninstallUnit { unit });
-                }
-            }
-            // Windows: what `config.cmd remove` does to the service, without running it as
-            // SYSTEM from a dir the service account can write.
-            if saved.service && env.is_root() && os.is_windows() {
-                let name =
-                    service::windows::service_name(&saved.url, &saved.pool, &saved.agent_name);
-                if service::windows::query(env, &name).await?.exists {
-                    steps.push(Step::UninstallWindowsService { name });
-                }
-            }
+            steps.extend(service_steps(saved, env, os).await?);
             // 2. The registration on the server.
             steps.push(Step::Unregister {
                 name: saved.agent_name.clone(),
@@ -238,46 +221,11 @@ async fn plan(
         steps.push(Step::RemoveRegistration);
     }
     // 4. The boot task, the watcher and the boot unit.
-    if os.is_windows() {
-        let name = saved
-            .and_then(|s| s.boot_unit.clone())
-            .unwrap_or_else(|| service::windows::boot_task_name(agent_dir));
-        if env.is_root() && service::windows::task_file(env, &name).is_file() {
-            steps.push(Step::RemoveBootTask { name });
-        }
-    } else if env.is_root() {
-        let watch = saved
-            .and_then(|s| s.watch_unit.clone())
-            .unwrap_or_else(|| service::watch_unit_name(agent_dir));
-        let boot = saved
-            .and_then(|s| s.boot_unit.clone())
-            .unwrap_or_else(|| service::boot_unit_name(agent_dir));
-        for (what, name, stop) in [
-            ("the scale-in watcher", watch, true),
-            ("the boot unit", boot, false),
-        ] {
-            if service::unit_dir(env).join(&name).is_file() {
-                steps.push(Step::RemoveOwnUnit { what, name, stop });
-            }
-        }
-    }
+    steps.extend(own_unit_steps(saved, env, os, agent_dir));
     // 5. The CA certificates install added to the system trust store, unless another agent dir's
     // install recorded them too (a certificate the store had before is never listed).
-    if let Some(saved) = saved.filter(|s| !s.trusted_cas.is_empty()) {
-        let elsewhere = state::trusted_elsewhere(state_dir, agent_dir);
-        let (shared, ours): (Vec<_>, Vec<_>) = saved
-            .trusted_cas
-            .iter()
-            .cloned()
-            .partition(|c| elsewhere.iter().any(|e| e.sha256 == c.sha256));
-        steps.extend(
-            shared
-                .into_iter()
-                .map(|c| Step::KeepCa { subject: c.subject }),
-        );
-        if !ours.is_empty() {
-            steps.push(Step::ReleaseCas { cas: ours });
-        }
+    if let Some(saved) = saved {
+        steps.extend(ca_steps(saved, state_dir, agent_dir));
     }
     // 6. What install remembered, and with --purge the files.
     if saved.is_some() {
@@ -295,6 +243,82 @@ async fn plan(
         }
     }
     Ok(steps)
+}
+
+/// The agent's service: a systemd unit known to systemd or its directory, or (Windows) what
+/// `config.cmd remove` does to the service, without running it as SYSTEM from a dir the service
+/// account can write.
+async fn service_steps(saved: &state::Saved, env: &Env, os: Os) -> Result<Vec<Step>, Error> {
+    let mut steps = vec![];
+    if !saved.service || !env.is_root() {
+        return Ok(steps);
+    }
+    if os.is_windows() {
+        let name = service::windows::service_name(&saved.url, &saved.pool, &saved.agent_name);
+        if service::windows::query(env, &name).await?.exists {
+            steps.push(Step::UninstallWindowsService { name });
+        }
+    } else if let Some(sc) = Systemctl::find(env) {
+        let unit = AgentUnit::new(&saved.url, &saved.pool, &saved.agent_name).name;
+        if service::unit_dir(env).join(&unit).is_file() || sc.state(&unit).await?.exists {
+            steps.push(Step::UninstallUnit { unit });
+        }
+    }
+    Ok(steps)
+}
+
+/// The boot task (Windows), or the watcher and the boot unit, where they are.
+fn own_unit_steps(saved: Option<&state::Saved>, env: &Env, os: Os, agent_dir: &Path) -> Vec<Step> {
+    let mut steps = vec![];
+    if !env.is_root() {
+        return steps;
+    }
+    if os.is_windows() {
+        let name = saved
+            .and_then(|s| s.boot_unit.clone())
+            .unwrap_or_else(|| service::windows::boot_task_name(agent_dir));
+        if service::windows::task_file(env, &name).is_file() {
+            steps.push(Step::RemoveBootTask { name });
+        }
+        return steps;
+    }
+    let watch = saved
+        .and_then(|s| s.watch_unit.clone())
+        .unwrap_or_else(|| service::watch_unit_name(agent_dir));
+    let boot = saved
+        .and_then(|s| s.boot_unit.clone())
+        .unwrap_or_else(|| service::boot_unit_name(agent_dir));
+    for (what, name, stop) in [
+        ("the scale-in watcher", watch, true),
+        ("the boot unit", boot, false),
+    ] {
+        if service::unit_dir(env).join(&name).is_file() {
+            steps.push(Step::RemoveOwnUnit { what, name, stop });
+        }
+    }
+    steps
+}
+
+/// The CA certificates install recorded: kept when another agent dir's install recorded them
+/// too, otherwise taken out of the system trust store.
+fn ca_steps(saved: &state::Saved, state_dir: &Path, agent_dir: &Path) -> Vec<Step> {
+    if saved.trusted_cas.is_empty() {
+        return vec![];
+    }
+    let elsewhere = state::trusted_elsewhere(state_dir, agent_dir);
+    let (shared, ours): (Vec<_>, Vec<_>) = saved
+        .trusted_cas
+        .iter()
+        .cloned()
+        .partition(|c| elsewhere.iter().any(|e| e.sha256 == c.sha256));
+    let mut steps: Vec<Step> = shared
+        .into_iter()
+        .map(|c| Step::KeepCa { subject: c.subject })
+        .collect();
+    if !ours.is_empty() {
+        steps.push(Step::ReleaseCas { cas: ours });
+    }
+    steps
 }
 
 /// Carries out one step; what the text output says about it.

@@ -1,7 +1,13 @@
 //! `--ca-file` and the system trust store: what an install adds, and taking out again what no
 //! install needs any more.
 
-use super::*;
+use crate::env::Env;
+use crate::error::Error;
+use crate::settings::InstallSettings;
+use crate::state::TrustedCa;
+use crate::{state, trust};
+
+use super::plan::Step;
 
 /// The CA file's certificates and what install does with each ([`trust::assess`]).
 pub struct TrustPlan {

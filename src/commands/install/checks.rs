@@ -2,7 +2,19 @@
 //! that runs programs of its own, a same-named agent that is not this machine's, and access not yet
 //! granted (`--wait-for-access`).
 
-use super::*;
+use std::time::Duration;
+
+use crate::agent::{AgentSettings, same_server};
+use crate::devops::{DevOpsClient, Pool};
+use crate::env::Env;
+use crate::error::Error;
+use crate::net::Net;
+use crate::process::RunAs;
+use crate::settings::InstallSettings;
+use crate::state::Saved;
+
+use super::configure::MACHINE_CAPABILITY;
+use super::{Checked, NETWORK_BUDGET};
 
 /// An account the user named (`--user`) that runs programs of its own (not the agent's service,
 /// which is stopped first) is not ended without `--end-user-processes`: refused, exit 2.
@@ -12,6 +24,11 @@ pub(super) fn check_shared_account(
     account: &RunAs,
     c: &Checked,
 ) -> Result<(), Error> {
+    use super::agent_unit;
+    use super::plan::ends_user_processes;
+    use crate::settings::AgentUser;
+    use crate::{service, user};
+
     if !ends_user_processes(s, Some(account))
         || s.end_user_processes
         || matches!(s.user, AgentUser::Dedicated(_))

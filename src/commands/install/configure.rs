@@ -2,7 +2,18 @@
 //! `.env`) and its unattended configuration (`config.sh` / `config.cmd`), the token only in its
 //! environment.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::agent::config::Configure;
+use crate::agent::{AgentDir, config};
+use crate::clock::Budget;
+use crate::env::Env;
+use crate::error::Error;
+use crate::identity::Tokens;
+use crate::process;
+use crate::process::{Child, RunAs};
+use crate::settings::InstallSettings;
 
 /// The capability every registration of ours carries, naming the machine that registered it
 /// (the Azure VM id, else `/etc/machine-id`): the evidence a later run recognises its own

@@ -1,7 +1,35 @@
 //! Carrying out a [`Plan`](super::plan::Plan), step by step, and keeping an installed agent's
 //! service, boot unit and watcher as they should be.
 
-use super::*;
+use std::path::PathBuf;
+
+use crate::agent::{AgentDir, AgentSettings};
+use crate::clock::Budget;
+use crate::devops::{DevOpsClient, Pool};
+use crate::env::Env;
+use crate::error::Error;
+use crate::identity::{Request as IdentityRequest, Tokens};
+use crate::net::Net;
+use crate::output::Outcome;
+use crate::package::Owner;
+use crate::process::RunAs;
+use crate::progress::Progress;
+use crate::service::Systemctl;
+use crate::settings::InstallSettings;
+use crate::state::{Saved, TrustedCa};
+use crate::{service, state, trust, user};
+
+use super::ca::{TrustPlan, release_cas};
+use super::configure::{
+    configure_with, write_capabilities, write_proxy_bypass, write_update_switch,
+};
+use super::fetch::fetch_into_place;
+use super::plan::{
+    Plan, Step, boot_step, boot_unit_text, ends_user_processes, print_upkeep, upkeep_plan,
+    watch_step, watch_unit_text,
+};
+use super::summary::{saved_settings, summary};
+use super::{Checked, newest};
 
 /// What the executor learned along the way.
 #[derive(Default)]
@@ -16,51 +44,60 @@ pub(super) struct Progressed {
     pub(super) saved: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn execute(
-    s: &InstallSettings,
-    env: &Env,
-    net: &Net,
-    progress: &Progress,
-    agent: &AgentDir,
-    c: &Checked,
-    devops: &DevOpsClient,
-    tokens: &Tokens,
-    budget: &Budget,
-    plan: &Plan,
-    user: RunAs,
-    headline: &str,
-    trust: Option<&TrustPlan>,
-    done: &mut Progressed,
-) -> Result<Outcome, Error> {
-    if user.uid == 0 && s.user.name() == "root" {
-        tracing::warn!(
-            "the agent will run as root (--user root): jobs get full control of this machine"
-        );
+/// Carries out a fresh install's plan: what one run needs to do every step, and what it learned
+/// along the way ([`Progressed`], which the caller reads when a step fails).
+pub(super) struct Executor<'a> {
+    pub(super) s: &'a InstallSettings,
+    pub(super) env: &'a Env,
+    pub(super) net: &'a Net,
+    pub(super) progress: &'a Progress,
+    pub(super) agent: &'a AgentDir,
+    pub(super) checked: &'a Checked,
+    pub(super) devops: &'a DevOpsClient,
+    pub(super) tokens: &'a Tokens,
+    pub(super) budget: &'a Budget,
+    pub(super) trust: Option<&'a TrustPlan>,
+    /// The agent's account, which owns the agent dir and runs `config.sh`.
+    pub(super) user: RunAs,
+    pub(super) done: Progressed,
+    /// Root's settings for the new registration, once configure has run.
+    pub(super) saved: Option<Saved>,
+}
+
+impl Executor<'_> {
+    /// Every step of `plan`, in order; the result names the registration saved.
+    pub(super) async fn run(&mut self, plan: &Plan, headline: &str) -> Result<Outcome, Error> {
+        if self.user.uid == 0 && self.s.user.name() == "root" {
+            tracing::warn!(
+                "the agent will run as root (--user root): jobs get full control of this machine"
+            );
+        }
+        for step in &plan.steps {
+            self.step(step, plan).await?;
+        }
+        let saved = self.saved.as_ref().expect("configure ran");
+        Ok(summary(headline, saved).with_steps(&plan.steps))
     }
-    let owner = (s.as_root && user.uid != 0).then_some(Owner {
-        uid: user.uid,
-        gid: user.gid,
-    });
-    let mut saved: Option<Saved> = None;
-    for step in &plan.steps {
+
+    async fn step(&mut self, step: &Step, plan: &Plan) -> Result<(), Error> {
+        let (s, env) = (self.s, self.env);
         match step {
             Step::Note(text) => tracing::warn!("{text}"),
             // A real run creates the account before planning (the version check runs as it), so
             // only a dry run's plan shows this step.
             Step::CreateUser { .. } => {}
             Step::TrustCa { .. } => {
-                let t = trust.expect("planned from the trust plan");
+                let t = self.trust.expect("planned from the trust plan");
                 let ensured = t.ensure(s, env).await?;
-                done.trusted = ensured.ours;
-                done.added_now = ensured.added_now;
+                self.done.trusted = ensured.ours;
+                self.done.added_now = ensured.added_now;
             }
             Step::KeepPackage { reason } => tracing::info!(
                 "keeping the agent package in {}: {reason}",
                 s.agent_dir.display()
             ),
             Step::GiveAgentDir { .. } => {
-                crate::fsx::give_tree(&s.agent_dir, user.uid, user.gid).map_err(|e| {
+                crate::fsx::give_tree(&s.agent_dir, self.user.uid, self.user.gid).map_err(|e| {
                     Error::Input(format!(
                         "invalid --agent-dir {}: {e}",
                         s.agent_dir.display()
@@ -70,9 +107,13 @@ pub(super) async fn execute(
             Step::Fetch {
                 request, version, ..
             } => {
-                done.package_sha256 =
-                    Some(fetch_into_place(s, env, request, owner, net, progress).await?);
-                done.agent_version = version.clone();
+                let owner = (s.as_root && self.user.uid != 0).then_some(Owner {
+                    uid: self.user.uid,
+                    gid: self.user.gid,
+                });
+                let sha = fetch_into_place(s, env, request, owner, self.net, self.progress).await?;
+                self.done.package_sha256 = Some(sha);
+                self.done.agent_version.clone_from(version);
             }
             Step::StopService { unit } => {
                 // A unit that is not there (never installed) has nothing to stop.
@@ -80,97 +121,24 @@ pub(super) async fn execute(
                     tracing::warn!("{e}");
                 }
             }
-            Step::EndUserProcesses { .. } => {
-                end_user_processes(&user).await?;
-            }
+            Step::EndUserProcesses { .. } => end_user_processes(&self.user).await?,
             Step::RemoveRegistration => {
-                if !c.reregister {
+                if !self.checked.reregister {
                     tracing::warn!("removing a registration left by an interrupted configuration");
                 }
-                agent.remove_registration()?;
+                self.agent.remove_registration()?;
             }
             Step::Configure { program, args, .. } => {
-                if ends_user_processes(s, Some(&user)) {
-                    nothing_started_since(&user).await?;
-                }
-                let command = (program.clone(), args.clone());
-                write_capabilities(s, env, agent, &user, c.machine.as_deref()).await?;
-                configure_with(s, env, agent, &user, tokens, budget, command).await?;
-                let local = agent.settings()?.ok_or_else(|| Error::Configure {
-                    message: format!(
-                        "{} reported success but wrote no .agent file",
-                        s.os.config_script()
-                    ),
-                })?;
-                // The server says which agent now has our name; `.agent` is the agent user's.
-                let server = devops
-                    .find_agent(c.pool.id, &s.agent_name, budget)
-                    .await?
-                    .ok_or_else(|| Error::Configure {
-                        message: format!(
-                            "{} reported success but the pool has no agent '{}'",
-                            s.os.config_script(),
-                            s.agent_name
-                        ),
-                    })?;
-                if done.agent_version.is_none() {
-                    // The version the agent reported to the server, never its files' word.
-                    done.agent_version = server.version.clone();
-                }
-                let mut record = saved_settings(
-                    s,
-                    &tokens.source().request(),
-                    &c.pool,
-                    server.id,
-                    done.agent_version.clone(),
-                    done.package_sha256.clone(),
-                );
-                if local.agent_id != server.id {
-                    tracing::warn!(
-                        local = local.agent_id,
-                        server = server.id,
-                        "the agent's .agent names another id than the server; the server's is saved"
-                    );
-                }
-                record.vm_id = match &c.vm_id {
-                    Some(id) => Some(id.clone()),
-                    None => tokens.source().vm_id().await,
-                };
-                saved = Some(record);
+                self.configure((program.clone(), args.clone())).await?;
             }
             Step::InstallUnit { unit, .. } => {
                 let sc = Systemctl::require(env)?;
-                service::install_agent_unit(env, &sc, unit, &s.agent_dir, &user).await?;
+                service::install_agent_unit(env, &sc, unit, &s.agent_dir, &self.user).await?;
             }
-            Step::StartService { unit, no_block } => {
-                start_service(env, unit, *no_block).await?;
-            }
-            Step::SaveSettings { .. } => {
-                let record = saved
-                    .as_mut()
-                    .expect("configure ran before the settings are saved");
-                record.boot_unit = plan.steps.iter().find_map(|st| match st {
-                    Step::BootUnit { name, .. } | Step::BootTask { name } => Some(name.clone()),
-                    _ => None,
-                });
-                record.watch_unit = plan.steps.iter().find_map(|st| match st {
-                    Step::WatchUnit { name, .. } => Some(name.clone()),
-                    _ => None,
-                });
-                record.trusted_cas = done.trusted.clone();
-                let path = state::save(&s.state_dir, record)?;
-                done.saved = true;
-                if s.os.is_windows() && s.as_root {
-                    // Readable by SYSTEM and Administrators only.
-                    service::windows::make_private(env, &s.state_dir).await?;
-                    if s.cache_dir.is_dir() {
-                        service::windows::make_private(env, &s.cache_dir).await?;
-                    }
-                }
-                tracing::info!(file = %path.display(), "saved settings for later runs");
-            }
+            Step::StartService { unit, no_block } => start_service(env, unit, *no_block).await?,
+            Step::SaveSettings { .. } => self.save(plan).await?,
             Step::BootUnit { .. } => {
-                ensure_boot_unit(s, env, &c.pool.name).await?;
+                ensure_boot_unit(s, env, &self.checked.pool.name).await?;
             }
             Step::WatchUnit { .. } => {
                 ensure_watch_unit(s, env).await?;
@@ -183,9 +151,7 @@ pub(super) async fn execute(
                     tracing::warn!("{e}");
                 }
             }
-            Step::WindowsService { name } => {
-                ensure_windows_service(env, name).await?;
-            }
+            Step::WindowsService { name } => ensure_windows_service(env, name).await?,
             Step::BootTask { .. } => {
                 ensure_boot_task(s, env).await?;
             }
@@ -197,8 +163,120 @@ pub(super) async fn execute(
             | Step::RestartService { .. }
             | Step::LabelRunsvc => {}
         }
+        Ok(())
     }
-    Ok(summary(headline, saved.as_ref().expect("configure ran")).with_steps(&plan.steps))
+
+    /// `config.sh` as the agent's account, then the server's word on which agent now has the
+    /// name: root's settings for the new registration.
+    async fn configure(&mut self, command: (PathBuf, Vec<String>)) -> Result<(), Error> {
+        let (s, env, agent, user) = (self.s, self.env, self.agent, &self.user);
+        if ends_user_processes(s, Some(user)) {
+            nothing_started_since(user).await?;
+        }
+        let machine = self.checked.machine.as_deref();
+        write_capabilities(s, env, agent, user, machine).await?;
+        configure_with(s, env, agent, user, self.tokens, self.budget, command).await?;
+        let local = agent.settings()?.ok_or_else(|| Error::Configure {
+            message: format!(
+                "{} reported success but wrote no .agent file",
+                s.os.config_script()
+            ),
+        })?;
+        // The server says which agent now has our name; `.agent` is the agent user's.
+        let server = self.registered_agent().await?;
+        if self.done.agent_version.is_none() {
+            // The version the agent reported to the server, never its files' word.
+            self.done.agent_version.clone_from(&server.version);
+        }
+        if local.agent_id != server.id {
+            tracing::warn!(
+                local = local.agent_id,
+                server = server.id,
+                "the agent's .agent names another id than the server; the server's is saved"
+            );
+        }
+        let source = self.tokens.source();
+        let mut record = saved_settings(
+            s,
+            &source.request(),
+            &self.checked.pool,
+            server.id,
+            self.done.agent_version.clone(),
+            self.done.package_sha256.clone(),
+        );
+        record.vm_id = match &self.checked.vm_id {
+            Some(id) => Some(id.clone()),
+            None => source.vm_id().await,
+        };
+        self.saved = Some(record);
+        Ok(())
+    }
+
+    /// The pool's agent of our name, which configure has just registered.
+    async fn registered_agent(&self) -> Result<crate::devops::ServerAgent, Error> {
+        let (s, pool) = (self.s, &self.checked.pool);
+        self.devops
+            .find_agent(pool.id, &s.agent_name, self.budget)
+            .await?
+            .ok_or_else(|| Error::Configure {
+                message: format!(
+                    "{} reported success but the pool has no agent '{}'",
+                    s.os.config_script(),
+                    s.agent_name
+                ),
+            })
+    }
+
+    /// Root's settings, naming the boot unit, the watcher and the CAs this plan keeps.
+    async fn save(&mut self, plan: &Plan) -> Result<(), Error> {
+        let (s, env) = (self.s, self.env);
+        let record = self
+            .saved
+            .as_mut()
+            .expect("configure ran before the settings are saved");
+        record.boot_unit = plan.steps.iter().find_map(|st| match st {
+            Step::BootUnit { name, .. } | Step::BootTask { name } => Some(name.clone()),
+            _ => None,
+        });
+        record.watch_unit = plan.steps.iter().find_map(|st| match st {
+            Step::WatchUnit { name, .. } => Some(name.clone()),
+            _ => None,
+        });
+        record.trusted_cas.clone_from(&self.done.trusted);
+        let path = state::save(&s.state_dir, record)?;
+        self.done.saved = true;
+        if s.os.is_windows() && s.as_root {
+            // Readable by SYSTEM and Administrators only.
+            service::windows::make_private(env, &s.state_dir).await?;
+            if s.cache_dir.is_dir() {
+                service::windows::make_private(env, &s.cache_dir).await?;
+            }
+        }
+        tracing::info!(file = %path.display(), "saved settings for later runs");
+        Ok(())
+    }
+
+    /// After a failed run that saved no registration: what this run added to the trust store
+    /// goes again (unless an install recorded it, this agent dir's included).
+    pub(super) async fn undo_trust(&self) {
+        let Some(trust) = self.trust.filter(|_| !self.done.saved) else {
+            return;
+        };
+        let ours: Vec<TrustedCa> = (self.done.added_now.iter())
+            .filter(|a| !trust.known.iter().any(|k| k.sha256 == a.sha256))
+            .cloned()
+            .collect();
+        if ours.is_empty() {
+            return;
+        }
+        match trust::release(&trust.store, &ours, self.env).await {
+            Ok(removed) if !removed.is_empty() => tracing::info!(
+                "took the CA certificates this install added out of the system trust store again"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
 }
 
 /// [`user::end_processes`] for the agent's account (Linux, root).

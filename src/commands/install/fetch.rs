@@ -1,7 +1,22 @@
 //! Which agent package an install uses (the one in the agent dir, or the verified archive of the
 //! version wanted) and putting a fresh one in place with the agent's work and logs carried over.
 
-use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::agent::AgentDir;
+use crate::devops::PackageMetadata;
+use crate::env::Env;
+use crate::error::Error;
+use crate::net::Net;
+use crate::package::{Limits, Owner, PackageError, Request, Source};
+use crate::process::{Child, RunAs};
+use crate::progress::Progress;
+use crate::settings::{InstallSettings, PackageChoice};
+use crate::{package, process, state};
+
+use super::Seen;
+use super::plan::PackagePlan;
 
 pub(super) async fn plan_package(
     s: &InstallSettings,

@@ -13,26 +13,22 @@
 //! `execute`, `fetch` (the package), `configure` (the agent's files and `config.sh`),
 //! `ca` (`--ca-file` and the trust store) and `summary` (saved settings and the result).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use crate::agent::config::{self, Configure, TOKEN_ENV};
-use crate::agent::{AgentDir, AgentSettings, same_server};
+use crate::agent::{AgentDir, AgentSettings};
 use crate::clock::Budget;
 use crate::devops::{DevOpsClient, PackageMetadata, Pool};
 use crate::env::Env;
 use crate::error::Error;
 use crate::identity::{Request as IdentityRequest, Tokens};
 use crate::net::Net;
-use crate::output::{AgentRef, Out, Outcome};
-use crate::package::{self, Limits, Owner, PackageError, Request, Source};
-use crate::process::{self, Child, RunAs};
+use crate::output::{Out, Outcome};
+use crate::package;
 use crate::progress::Progress;
-use crate::secret::Secret;
 use crate::service::{self, AgentUnit, Systemctl};
-use crate::settings::{AgentUser, InstallSettings, PackageChoice};
-use crate::state::{self, Saved, TrustedCa};
-use crate::trust;
+use crate::settings::{InstallSettings, PackageChoice};
+use crate::state::{self, TrustedCa};
 use crate::user;
 
 mod ca;
@@ -43,22 +39,20 @@ mod fetch;
 mod plan;
 mod summary;
 
-use ca::*;
+use ca::unneeded_cas;
 pub use ca::{TrustPlan, trust_plan};
-use checks::*;
-use configure::*;
+use checks::{adopt_or_refuse, check_same_agent, check_shared_account, wait_for_access};
 pub use configure::{
     MACHINE_CAPABILITY, network_matches, proxy_bypass_text, write_proxy_bypass, write_update_switch,
 };
-use execute::*;
+use execute::{Executor, Progressed, boot_program, keep_installed};
 pub use execute::{
     ensure_boot_task, ensure_boot_unit, ensure_watch_unit, ensure_windows_service, start_service,
 };
 pub use fetch::installed_version;
-use fetch::*;
-use plan::*;
+use fetch::plan_package;
+use plan::{Step, boot_step, make_plan, print_plan, watch_step};
 pub use summary::summary;
-use summary::*;
 
 /// How long install waits for another run working on the same agent dir (cloud-init's install
 /// waits out the boot unit's reconcile, which ends within [`service::BOOT_TIMEOUT`]).
@@ -188,142 +182,48 @@ pub async fn run_locked(
     headline: &str,
 ) -> Result<Outcome, Error> {
     let agent = AgentDir::new(&s.agent_dir, &s.os);
-    let clock = net.clock().clone();
-
     // 0. What a killed run left (staging trees, partial downloads), under the lock.
-    if !s.dry_run
-        && let Some(parent) = s.agent_dir.parent()
-    {
-        for p in package::remove_stale(parent, &s.cache_dir, &state::tag(&s.agent_dir)) {
-            tracing::info!(path = %p.display(), "removed what an interrupted run left");
-        }
-    }
-
-    // 1. Local state that makes the request impossible, before any network call.
-    let existing = if s.assume_unregistered {
-        None
-    } else {
-        agent.settings()?
-    };
-    if let Some(cfg) = &existing {
-        check_same_agent(cfg, s)?;
-    }
-
-    // The CA file's certificates must reach the system trust store, which is all the agent
-    // trusts: what cannot be done stops here, before anything is contacted or changed.
+    clear_interrupted(s);
+    // 1. Local state that makes the request impossible, before any network call. The CA file's
+    // certificates must reach the system trust store, which is all the agent trusts: what cannot
+    // be done stops here, before anything is contacted or changed.
+    let existing = registration_here(s, &agent)?;
     let trust = trust_plan(s, env).await?;
-
     // 2. Token, then the preflight requests at once (after waiting for access, if asked).
-    if let Some(limit) = s.wait_for_access {
-        wait_for_access(s, env, net, limit).await?;
-    }
-    let budget = clock.budget(NETWORK_BUDGET);
-    let tokens = super::tokens(&s.identity, env, &s.os, net).await?;
-    let identity = tokens.source().request();
-    warn_unsaved_secrets(s, env, &identity);
-    tokens.get(&budget).await?;
-    let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
-    // Looked at once: the agent user can change the dir at any time, and every decision below must
-    // rest on the same view.
-    let package_present = agent.package_present();
-    let seen = Seen {
-        configured: existing.is_some() || (!s.assume_unregistered && agent.is_configured()),
-        self_updated: agent.self_updated(),
-        package_present,
-        root_only: s.as_root && package_present && crate::fsx::root_only_tree(&agent.root),
-    };
-    // As root (SYSTEM) a configured or self-updated agent dir is never configured from: only a
-    // registration that needs repair gets this far, and it gets a fresh package.
-    let wants_api = !seen.configured
-        && (s.as_root || !seen.self_updated)
-        && matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_));
-    let wanted_version = match &s.package {
-        PackageChoice::Version(v) => Some(v.as_str()),
-        _ => None,
-    };
-    let rid = s.os.rid();
-    let (access, meta, vm_id) = tokio::join!(
-        devops.access(&s.pool, &budget),
-        async {
-            if wants_api {
-                Some(devops.agent_package(&rid, wanted_version, &budget).await)
-            } else {
-                None
-            }
-        },
-        // Saved to tell a clone of this machine later; only a fresh install needs it.
-        async {
-            if existing.is_none() {
-                tokens.source().vm_id().await
-            } else {
-                None
-            }
-        },
-    );
-    let crate::devops::Access { who, pool } = access?;
-    tracing::info!(identity = %who, org = %s.url, "token accepted by Azure DevOps");
-    tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
-    let mut meta = meta.transpose()?;
-
+    let link = connect(s, env, net).await?;
+    let seen = look(s, &agent, existing.as_ref());
+    let found = preflight(s, &link, &seen, existing.is_none()).await?;
     // 3. An existing registration: healthy → only what is not as it should be; gone from the
     // server → register again. None here, but one of this name on the server: this machine's own
     // is replaced, another's only with --replace.
-    let machine = vm_id.clone().or_else(state::machine_id);
-    let (reregister, server_version) = match on_server(
+    let machine = found.vm_id.clone().or_else(state::machine_id);
+    let on_server = on_server(
         s,
         &agent,
         existing.as_ref(),
-        &devops,
-        &pool,
+        &link.devops,
+        &found.pool,
         machine.as_deref(),
-        &budget,
-    )
-    .await?
-    {
+        &link.budget,
+    );
+    let (reregister, server_version) = match on_server.await? {
         OnServer::Healthy(a) => {
             let cfg = existing.as_ref().expect("a registration here");
-            return keep_installed(s, env, &agent, cfg, &pool, &a, &identity, trust.as_ref()).await;
+            let (pool, trust) = (&found.pool, trust.as_ref());
+            return keep_installed(s, env, &agent, cfg, pool, &a, &link.identity, trust).await;
         }
         OnServer::Register { again, version } => (again, version),
     };
-    // Root configures a registration again only from a fresh package: the version from root's
-    // settings or the server's record of the agent (it may have updated itself), whichever is
-    // newer, never from the agent's files.
-    if s.as_root
-        && meta.is_none()
-        && matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_))
-    {
-        let wanted = newest(wanted_version, server_version.as_deref());
-        meta = Some(devops.agent_package(&rid, wanted, &budget).await?);
-    }
-    // Only to know whether to stop it first: a machine where systemctl cannot answer (a chroot, a
-    // dry run on an image) has no unit of ours running; installing one later says what is wrong.
-    let unit_exists = match Systemctl::find(env).filter(|_| manages_units(s, env) && s.service) {
-        Some(sc) => sc
-            .state(&agent_unit(s, &pool.name).name)
-            .await
-            .is_ok_and(|st| st.exists),
-        None => false,
-    };
-    let release = unneeded_cas(
-        s,
-        &state::load(&s.state_dir, &s.agent_dir)
-            .ok()
-            .flatten()
-            .map(|p| p.trusted_cas)
-            .unwrap_or_default(),
-        &trust.as_ref().map(TrustPlan::kept).unwrap_or_default(),
-    );
+    let meta = fresh_package(s, &link, found.meta, server_version.as_deref()).await?;
     let checked = Checked {
-        who,
-        pool,
+        unit_exists: agent_unit_exists(s, env, &found.pool.name).await,
+        release: released_cas(s, trust.as_ref()),
+        who: found.who,
+        pool: found.pool,
         reregister,
-        vm_id,
+        vm_id: found.vm_id,
         machine,
-        unit_exists,
-        release,
     };
-
     // 4. The account (a real run creates it now: the version check below runs as it).
     let new_account = user::lookup(s.user.name())?.is_none();
     let account = match user::lookup(s.user.name())? {
@@ -331,8 +231,7 @@ pub async fn run_locked(
         None if s.dry_run => None,
         None => Some(user::ensure(&s.user, env).await?),
     };
-
-    // 5. Which package, then the whole plan.
+    // 5. Which package, then the whole plan: printed, or carried out.
     if let Some(account) = &account {
         check_shared_account(s, account, &checked)?;
     }
@@ -347,56 +246,210 @@ pub async fn run_locked(
         new_account,
     );
     if let Some(t) = &trust {
-        // First: a certificate that cannot be added stops the install with nothing else done.
-        let at = plan
-            .steps
-            .iter()
-            .take_while(|st| matches!(st, Step::CreateUser { .. }))
-            .count();
-        plan.steps.insert(at, t.step());
+        plan.trust_first(t.step());
     }
     if s.dry_run {
         return print_plan(s, &checked, &package, &plan);
     }
-    let account = account.expect("a real run has created the account");
-    let mut done = Progressed::default();
-    let result = execute(
+    let mut executor = Executor {
         s,
         env,
         net,
         progress,
-        &agent,
-        &checked,
-        &devops,
-        &tokens,
-        &budget,
-        &plan,
-        account,
-        headline,
-        trust.as_ref(),
-        &mut done,
-    )
-    .await;
-    if result.is_err() && !done.saved && !done.added_now.is_empty() {
-        // Nothing registered was saved: what this run added to the trust store goes again (unless
-        // an install recorded it, this agent dir's included).
-        let store = &trust.as_ref().expect("added through the plan").store;
-        let known = &trust.as_ref().expect("added through the plan").known;
-        let ours: Vec<TrustedCa> = done
-            .added_now
-            .iter()
-            .filter(|a| !known.iter().any(|k| k.sha256 == a.sha256))
-            .cloned()
-            .collect();
-        match trust::release(store, &ours, env).await {
-            Ok(removed) if !removed.is_empty() => tracing::info!(
-                "took the CA certificates this install added out of the system trust store again"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("{e}"),
-        }
+        agent: &agent,
+        checked: &checked,
+        devops: &link.devops,
+        tokens: &link.tokens,
+        budget: &link.budget,
+        trust: trust.as_ref(),
+        user: account.expect("a real run has created the account"),
+        done: Progressed::default(),
+        saved: None,
+    };
+    let result = executor.run(&plan, headline).await;
+    if result.is_err() {
+        executor.undo_trust().await;
     }
     result
+}
+
+/// Removes what a killed run left beside the agent dir and in the cache (not in a dry run).
+fn clear_interrupted(s: &InstallSettings) {
+    if s.dry_run {
+        return;
+    }
+    let Some(parent) = s.agent_dir.parent() else {
+        return;
+    };
+    for p in package::remove_stale(parent, &s.cache_dir, &state::tag(&s.agent_dir)) {
+        tracing::info!(path = %p.display(), "removed what an interrupted run left");
+    }
+}
+
+/// The registration configured here, if any (none when reconcile plans past its removal), and
+/// refused when it is another agent's than the one asked for.
+fn registration_here(
+    s: &InstallSettings,
+    agent: &AgentDir,
+) -> Result<Option<AgentSettings>, Error> {
+    if s.assume_unregistered {
+        return Ok(None);
+    }
+    let existing = agent.settings()?;
+    if let Some(cfg) = &existing {
+        check_same_agent(cfg, s)?;
+    }
+    Ok(existing)
+}
+
+/// The identity's token and a client for the organization, under one network budget.
+struct Link {
+    budget: Budget,
+    tokens: std::sync::Arc<Tokens>,
+    identity: IdentityRequest,
+    devops: DevOpsClient,
+}
+
+/// Waits for access if asked, then gets a token the organization can be asked with.
+async fn connect(s: &InstallSettings, env: &Env, net: &Net) -> Result<Link, Error> {
+    if let Some(limit) = s.wait_for_access {
+        wait_for_access(s, env, net, limit).await?;
+    }
+    let budget = net.clock().budget(NETWORK_BUDGET);
+    let tokens = super::tokens(&s.identity, env, &s.os, net).await?;
+    let identity = tokens.source().request();
+    warn_unsaved_secrets(s, env, &identity);
+    tokens.get(&budget).await?;
+    let devops = DevOpsClient::new(&s.url, tokens.clone(), net);
+    Ok(Link {
+        budget,
+        tokens,
+        identity,
+        devops,
+    })
+}
+
+/// The agent dir, looked at once: the agent user can change it at any time, and every decision
+/// below must rest on the same view.
+fn look(s: &InstallSettings, agent: &AgentDir, existing: Option<&AgentSettings>) -> Seen {
+    let package_present = agent.package_present();
+    Seen {
+        configured: existing.is_some() || (!s.assume_unregistered && agent.is_configured()),
+        self_updated: agent.self_updated(),
+        package_present,
+        root_only: s.as_root && package_present && crate::fsx::root_only_tree(&agent.root),
+    }
+}
+
+/// What the preflight requests found.
+struct Found {
+    who: String,
+    pool: Pool,
+    /// The packages API's answer, when a package was asked for alongside.
+    meta: Option<PackageMetadata>,
+    vm_id: Option<String>,
+}
+
+/// The identity's access to the pool, with (at once) the package a fresh install needs and the
+/// VM id saved to tell a clone of this machine later.
+async fn preflight(
+    s: &InstallSettings,
+    link: &Link,
+    seen: &Seen,
+    fresh: bool,
+) -> Result<Found, Error> {
+    // As root (SYSTEM) a configured or self-updated agent dir is never configured from: only a
+    // registration that needs repair gets this far, and it gets a fresh package.
+    let wants_api = !seen.configured
+        && (s.as_root || !seen.self_updated)
+        && matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_));
+    let rid = s.os.rid();
+    let (access, meta, vm_id) = tokio::join!(
+        link.devops.access(&s.pool, &link.budget),
+        async {
+            if wants_api {
+                let wanted = wanted_version(s);
+                Some(link.devops.agent_package(&rid, wanted, &link.budget).await)
+            } else {
+                None
+            }
+        },
+        async {
+            if fresh {
+                link.tokens.source().vm_id().await
+            } else {
+                None
+            }
+        },
+    );
+    let crate::devops::Access { who, pool } = access?;
+    tracing::info!(identity = %who, org = %s.url, "token accepted by Azure DevOps");
+    tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
+    Ok(Found {
+        who,
+        pool,
+        meta: meta.transpose()?,
+        vm_id,
+    })
+}
+
+/// `--agent-version`, if given.
+fn wanted_version(s: &InstallSettings) -> Option<&str> {
+    match &s.package {
+        PackageChoice::Version(v) => Some(v.as_str()),
+        _ => None,
+    }
+}
+
+/// Root configures a registration again only from a fresh package: the version from root's
+/// settings or the server's record of the agent (it may have updated itself), whichever is
+/// newer, never from the agent's files.
+async fn fresh_package(
+    s: &InstallSettings,
+    link: &Link,
+    meta: Option<PackageMetadata>,
+    server_version: Option<&str>,
+) -> Result<Option<PackageMetadata>, Error> {
+    if !s.as_root
+        || meta.is_some()
+        || !matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_))
+    {
+        return Ok(meta);
+    }
+    let wanted = newest(wanted_version(s), server_version);
+    let rid = s.os.rid();
+    Ok(Some(
+        link.devops
+            .agent_package(&rid, wanted, &link.budget)
+            .await?,
+    ))
+}
+
+/// Whether systemd knows the agent's unit, only to know whether to stop it first: a machine
+/// where systemctl cannot answer (a chroot, a dry run on an image) has no unit of ours running;
+/// installing one later says what is wrong.
+async fn agent_unit_exists(s: &InstallSettings, env: &Env, pool: &str) -> bool {
+    match Systemctl::find(env).filter(|_| manages_units(s, env) && s.service) {
+        Some(sc) => sc
+            .state(&agent_unit(s, pool).name)
+            .await
+            .is_ok_and(|st| st.exists),
+        None => false,
+    }
+}
+
+/// What an earlier install of this agent dir added to the trust store and this one does not keep.
+fn released_cas(s: &InstallSettings, trust: Option<&TrustPlan>) -> Vec<TrustedCa> {
+    let recorded = state::load(&s.state_dir, &s.agent_dir)
+        .ok()
+        .flatten()
+        .map(|p| p.trusted_cas)
+        .unwrap_or_default();
+    unneeded_cas(
+        s,
+        &recorded,
+        &trust.map(TrustPlan::kept).unwrap_or_default(),
+    )
 }
 
 /// Secrets a boot's reconcile will not have, said once at install (a PAT from the environment, a

@@ -1,7 +1,26 @@
 //! What an install will do, as a value: the [`Step`]s `--dry-run` prints and a real run carries
 //! out in order, and how they are chosen from what was seen.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use crate::agent::config::TOKEN_ENV;
+use crate::agent::{AgentDir, config};
+use crate::devops::Pool;
+use crate::env::Env;
+use crate::error::Error;
+use crate::output::Outcome;
+use crate::package::Request;
+use crate::process::{Child, RunAs};
+use crate::secret::Secret;
+use crate::service::{AgentUnit, Systemctl};
+use crate::settings::InstallSettings;
+use crate::state::{Saved, TrustedCa};
+use crate::{package, service, state, trust, user};
+
+use super::ca::{TrustPlan, unneeded_cas};
+use super::configure::{configure_command, proxy_bypass_text};
+use super::execute::boot_program;
+use super::{Checked, agent_unit, manages_units, windows_service_name};
 
 /// What will be installed, once the packages API (or `--package`) has been asked.
 #[derive(Debug, Clone)]
@@ -124,6 +143,18 @@ pub(super) struct Plan {
     pub(super) steps: Vec<Step>,
 }
 
+impl Plan {
+    /// Adds the trust store's step first (after the account's): a certificate that cannot be
+    /// added stops the install with nothing else done.
+    pub(super) fn trust_first(&mut self, step: Step) {
+        let at = (self.steps.iter())
+            .take_while(|st| matches!(st, Step::CreateUser { .. }))
+            .count();
+        self.steps.insert(at, step);
+    }
+}
+
+/// The steps of a fresh install, a re-registration or a repair, in the order they run.
 pub(super) fn make_plan(
     s: &InstallSettings,
     env: &Env,
@@ -140,49 +171,8 @@ pub(super) fn make_plan(
             name: s.user.name().to_owned(),
         });
     }
-    let unit = agent_unit(s, &c.pool.name);
-    let units = manages_units(s, env);
-    let win_service = windows_service_name(s, &c.pool.name);
-    // The agent stops before its files change: a listener still running with the old key would
-    // not pick up the new one, and systemd would start again what is ended below.
-    if s.service && units && (c.reregister || c.unit_exists) {
-        steps.push(Step::StopService {
-            unit: unit.name.clone(),
-        });
-    }
-    if s.service && windows && c.reregister {
-        steps.push(Step::StopWindowsService {
-            name: win_service.clone(),
-        });
-    }
-    if ends_user_processes(s, account) {
-        steps.push(Step::EndUserProcesses {
-            user: s.user.name().to_owned(),
-        });
-    }
-    match package {
-        PackagePlan::Keep { reason } => {
-            steps.push(Step::KeepPackage {
-                reason: reason.clone(),
-            });
-            let owned_by_user =
-                account.is_some_and(|u| crate::platform::owner_id(&s.agent_dir) == Some(u.uid));
-            if s.as_root && !owned_by_user && !windows {
-                steps.push(Step::GiveAgentDir {
-                    user: s.user.name().to_owned(),
-                });
-            }
-        }
-        PackagePlan::Fetch { request, version } => steps.push(Step::Fetch {
-            request: request.clone(),
-            version: version.clone(),
-            cached: request
-                .sha256
-                .as_ref()
-                .map(|h| package::cache_path(&s.cache_dir, h, request.kind))
-                .filter(|p| p.is_file()),
-        }),
-    }
+    steps.extend(stop_steps(s, env, c, account));
+    steps.extend(package_steps(s, package, account));
     if windows && s.as_root {
         steps.push(Step::SecureAgentDir {
             account: s.user.name().to_owned(),
@@ -206,35 +196,87 @@ pub(super) fn make_plan(
             cas: c.release.clone(),
         });
     }
-    if s.service && windows {
-        steps.push(Step::WindowsService { name: win_service });
-    }
-    if s.service && !windows {
-        if units {
-            steps.push(Step::InstallUnit {
-                unit: unit.clone(),
-                user: s.user.name().to_owned(),
-            });
-            steps.push(Step::StartService {
-                unit: unit.name.clone(),
-                no_block: s.no_block_start,
-            });
-        } else {
-            steps.push(Step::Note(
-                "systemd is not running here: the agent's service is not installed; start \
-                 ./run.sh yourself"
-                    .into(),
-            ));
-        }
-    }
-    if let Some(step) = boot_step(s, env) {
-        steps.push(step);
-    }
-    if let Some(step) = watch_step(s, env) {
-        steps.push(step);
-    }
+    steps.extend(service_steps(s, env, &c.pool.name));
+    steps.extend(boot_step(s, env));
+    steps.extend(watch_step(s, env));
     steps.extend(stale_watch_unit(s, env));
     Plan { steps }
+}
+
+/// The agent stops before its files change: a listener still running with the old key would not
+/// pick up the new one, and systemd would start again what is ended here.
+fn stop_steps(s: &InstallSettings, env: &Env, c: &Checked, account: Option<&RunAs>) -> Vec<Step> {
+    let mut steps = vec![];
+    if s.service && manages_units(s, env) && (c.reregister || c.unit_exists) {
+        steps.push(Step::StopService {
+            unit: agent_unit(s, &c.pool.name).name,
+        });
+    }
+    if s.service && s.os.is_windows() && c.reregister {
+        steps.push(Step::StopWindowsService {
+            name: windows_service_name(s, &c.pool.name),
+        });
+    }
+    if ends_user_processes(s, account) {
+        steps.push(Step::EndUserProcesses {
+            user: s.user.name().to_owned(),
+        });
+    }
+    steps
+}
+
+/// The package kept (and given to the agent's account), or fetched.
+fn package_steps(s: &InstallSettings, package: &PackagePlan, account: Option<&RunAs>) -> Vec<Step> {
+    match package {
+        PackagePlan::Keep { reason } => {
+            let mut steps = vec![Step::KeepPackage {
+                reason: reason.clone(),
+            }];
+            let owned_by_user =
+                account.is_some_and(|u| crate::platform::owner_id(&s.agent_dir) == Some(u.uid));
+            if s.as_root && !owned_by_user && !s.os.is_windows() {
+                steps.push(Step::GiveAgentDir {
+                    user: s.user.name().to_owned(),
+                });
+            }
+            steps
+        }
+        PackagePlan::Fetch { request, version } => vec![Step::Fetch {
+            request: request.clone(),
+            version: version.clone(),
+            cached: request
+                .sha256
+                .as_ref()
+                .map(|h| package::cache_path(&s.cache_dir, h, request.kind))
+                .filter(|p| p.is_file()),
+        }],
+    }
+}
+
+/// The agent's service: Windows' (configure made it), a systemd unit, or a note saying why none.
+fn service_steps(s: &InstallSettings, env: &Env, pool: &str) -> Vec<Step> {
+    if !s.service {
+        return vec![];
+    }
+    if s.os.is_windows() {
+        return vec![Step::WindowsService {
+            name: windows_service_name(s, pool),
+        }];
+    }
+    if !manages_units(s, env) {
+        return vec![Step::Note(
+            "systemd is not running here: the agent's service is not installed; start \
+             ./run.sh yourself"
+                .into(),
+        )];
+    }
+    let unit = agent_unit(s, pool);
+    let start = Step::StartService {
+        unit: unit.name.clone(),
+        no_block: s.no_block_start,
+    };
+    let user = s.user.name().to_owned();
+    vec![Step::InstallUnit { unit, user }, start]
 }
 
 /// Whether configuring ends the account's processes first: as root on Linux, for an account that
@@ -311,35 +353,7 @@ impl std::fmt::Display for Step {
                 ca_file,
                 tool,
                 certs,
-            } => {
-                write!(
-                    f,
-                    "put the CA certificates of {} into the system trust store (the agent's \
-                     listener trusts only that store):",
-                    ca_file.display()
-                )?;
-                for (subject, file, action) in certs {
-                    let place = file
-                        .as_ref()
-                        .map_or_else(|| "LocalMachine\\Root".into(), |p| p.display().to_string());
-                    match action {
-                        trust::Action::Present => {
-                            write!(f, " '{subject}' is there already: left as it is;")?;
-                        }
-                        trust::Action::Ours { in_bundle: true } => write!(
-                            f,
-                            " '{subject}' is there already ({place}, added by agent-bootstrap);"
-                        )?,
-                        trust::Action::Ours { in_bundle: false } => {
-                            write!(f, " '{subject}' in {place}, then {tool};")?;
-                        }
-                        trust::Action::Add => {
-                            write!(f, " add '{subject}' as {place}, then {tool};")?;
-                        }
-                    }
-                }
-                write!(f, " `remove` takes out what was added")
-            }
+            } => trust_ca_text(f, ca_file, tool, certs),
             Step::KeepPackage { reason } => {
                 write!(f, "keep the agent package in the agent dir ({reason})")
             }
@@ -349,18 +363,7 @@ impl std::fmt::Display for Step {
             ),
             Step::Fetch {
                 request, cached, ..
-            } => {
-                match cached {
-                    Some(p) => write!(f, "read the cached package {}", p.display())?,
-                    None => write!(f, "download {} into the cache", request.source)?,
-                }
-                write!(
-                    f,
-                    ", verifying its SHA-256 ({}), extracting it into a private staging \
-                     directory, then swap it in as the agent dir (its _work and _diag kept)",
-                    request.sha256.as_deref().unwrap_or("not given: unverified")
-                )
-            }
+            } => fetch_text(f, request, cached.as_deref()),
             Step::StopService { unit } => write!(f, "run as root: systemctl stop {unit}"),
             Step::EndUserProcesses { user } => write!(
                 f,
@@ -375,23 +378,7 @@ impl std::fmt::Display for Step {
                 program,
                 args,
                 user,
-            } => {
-                let child = Child::new("configure", program, &Env::default())
-                    .args(args.clone())
-                    .secret_env(TOKEN_ENV, Secret::new(String::new()));
-                let as_root = if user == "root" {
-                    format!("{}=1 ", config::ALLOW_RUN_AS_ROOT_ENV)
-                } else {
-                    String::new()
-                };
-                if program.extension().is_some_and(|e| e == "cmd")
-                    || program.to_string_lossy().ends_with(".cmd")
-                {
-                    write!(f, "run elevated: {}", child.display())
-                } else {
-                    write!(f, "run as '{user}': {as_root}{}", child.display())
-                }
-            }
+            } => configure_text(f, program, args, user),
             Step::InstallUnit { unit, user } => write!(
                 f,
                 "write the unit {} (the agent's template, User={user}), systemctl daemon-reload, \
@@ -417,38 +404,14 @@ impl std::fmt::Display for Step {
                  unregisters the agent on a scale-in or eviction)",
                 path.display()
             ),
-            Step::SecureAgentDir { account } => write!(
-                f,
-                "set the agent dir's ACL: SYSTEM and Administrators full control, '{account}' \
-                 modify, nobody else"
-            ),
-            Step::StopWindowsService { name } => write!(f, "sc.exe stop {name}"),
-            Step::WindowsService { name } => write!(
-                f,
-                "check the service {name} configure created (sc.exe query), start it if it is stopped"
-            ),
-            Step::BootTask { name } => write!(
-                f,
-                "register the scheduled task {name} (runs `agent-bootstrap reconcile` as SYSTEM \
-                 at every startup)"
-            ),
-            Step::ProxyBypass { entries } => write!(
-                f,
-                "rewrite the agent's .proxybypass from NO_PROXY ({entries} entries; as the agent's \
-                 account)"
-            ),
-            Step::UpdateSwitch { disable: true } => write!(
-                f,
-                "turn the agent's self-update off (agent.disableupdate in its .env)"
-            ),
-            Step::UpdateSwitch { disable: false } => write!(
-                f,
-                "turn the agent's self-update on again (agent.disableupdate out of its .env)"
-            ),
-            Step::RestartService { unit } => write!(
-                f,
-                "systemctl restart {unit} (the agent reads what changed when it starts)"
-            ),
+            Step::SecureAgentDir { .. }
+            | Step::StopWindowsService { .. }
+            | Step::WindowsService { .. }
+            | Step::BootTask { .. } => windows_text(self, f),
+            Step::ProxyBypass { .. }
+            | Step::UpdateSwitch { .. }
+            | Step::RestartService { .. }
+            | Step::LabelRunsvc => upkeep_text(self, f),
             Step::ReleaseCas { cas } => {
                 let names: Vec<_> = cas.iter().map(|c| format!("'{}'", c.subject)).collect();
                 write!(
@@ -458,16 +421,139 @@ impl std::fmt::Display for Step {
                     names.join(", ")
                 )
             }
-            Step::LabelRunsvc => write!(
-                f,
-                "label runsvc.sh for systemd ({}; SELinux is enabled, and a job may have replaced it)",
-                service::selinux::PROGRAM
-            ),
             Step::DropWatchUnit { name } => write!(
                 f,
                 "stop, disable and delete {name} (the scale-in watcher; no --scale-in-drain)"
             ),
         }
+    }
+}
+
+/// The steps only Windows has, as the plan shows them.
+fn windows_text(step: &Step, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match step {
+        Step::SecureAgentDir { account } => write!(
+            f,
+            "set the agent dir's ACL: SYSTEM and Administrators full control, '{account}' \
+             modify, nobody else"
+        ),
+        Step::StopWindowsService { name } => write!(f, "sc.exe stop {name}"),
+        Step::WindowsService { name } => write!(
+            f,
+            "check the service {name} configure created (sc.exe query), start it if it is stopped"
+        ),
+        Step::BootTask { name } => write!(
+            f,
+            "register the scheduled task {name} (runs `agent-bootstrap reconcile` as SYSTEM \
+             at every startup)"
+        ),
+        _ => unreachable!("not a Windows step: {step:?}"),
+    }
+}
+
+/// The steps only an installed agent's upkeep has, as the plan shows them.
+fn upkeep_text(step: &Step, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match step {
+        Step::ProxyBypass { entries } => write!(
+            f,
+            "rewrite the agent's .proxybypass from NO_PROXY ({entries} entries; as the agent's \
+             account)"
+        ),
+        Step::UpdateSwitch { disable: true } => write!(
+            f,
+            "turn the agent's self-update off (agent.disableupdate in its .env)"
+        ),
+        Step::UpdateSwitch { disable: false } => write!(
+            f,
+            "turn the agent's self-update on again (agent.disableupdate out of its .env)"
+        ),
+        Step::RestartService { unit } => write!(
+            f,
+            "systemctl restart {unit} (the agent reads what changed when it starts)"
+        ),
+        Step::LabelRunsvc => write!(
+            f,
+            "label runsvc.sh for systemd ({}; SELinux is enabled, and a job may have replaced it)",
+            service::selinux::PROGRAM
+        ),
+        _ => unreachable!("not an upkeep step: {step:?}"),
+    }
+}
+
+/// [`Step::TrustCa`] as the plan shows it: each certificate and what happens to it.
+fn trust_ca_text(
+    f: &mut std::fmt::Formatter<'_>,
+    ca_file: &Path,
+    tool: &str,
+    certs: &[(String, Option<PathBuf>, trust::Action)],
+) -> std::fmt::Result {
+    write!(
+        f,
+        "put the CA certificates of {} into the system trust store (the agent's listener trusts \
+         only that store):",
+        ca_file.display()
+    )?;
+    for (subject, file, action) in certs {
+        let place = file
+            .as_ref()
+            .map_or_else(|| "LocalMachine\\Root".into(), |p| p.display().to_string());
+        match action {
+            trust::Action::Present => {
+                write!(f, " '{subject}' is there already: left as it is;")?;
+            }
+            trust::Action::Ours { in_bundle: true } => write!(
+                f,
+                " '{subject}' is there already ({place}, added by agent-bootstrap);"
+            )?,
+            trust::Action::Ours { in_bundle: false } => {
+                write!(f, " '{subject}' in {place}, then {tool};")?;
+            }
+            trust::Action::Add => write!(f, " add '{subject}' as {place}, then {tool};")?,
+        }
+    }
+    write!(f, " `remove` takes out what was added")
+}
+
+/// [`Step::Fetch`] as the plan shows it.
+fn fetch_text(
+    f: &mut std::fmt::Formatter<'_>,
+    request: &Request,
+    cached: Option<&Path>,
+) -> std::fmt::Result {
+    match cached {
+        Some(p) => write!(f, "read the cached package {}", p.display())?,
+        None => write!(f, "download {} into the cache", request.source)?,
+    }
+    write!(
+        f,
+        ", verifying its SHA-256 ({}), extracting it into a private staging directory, then swap \
+         it in as the agent dir (its _work and _diag kept)",
+        request.sha256.as_deref().unwrap_or("not given: unverified")
+    )
+}
+
+/// [`Step::Configure`] as the plan shows it: the command line, with the token's variable named
+/// and never its value.
+fn configure_text(
+    f: &mut std::fmt::Formatter<'_>,
+    program: &Path,
+    args: &[String],
+    user: &str,
+) -> std::fmt::Result {
+    let child = Child::new("configure", program, &Env::default())
+        .args(args.to_vec())
+        .secret_env(TOKEN_ENV, Secret::new(String::new()));
+    let as_root = if user == "root" {
+        format!("{}=1 ", config::ALLOW_RUN_AS_ROOT_ENV)
+    } else {
+        String::new()
+    };
+    if program.extension().is_some_and(|e| e == "cmd")
+        || program.to_string_lossy().ends_with(".cmd")
+    {
+        write!(f, "run elevated: {}", child.display())
+    } else {
+        write!(f, "run as '{user}': {as_root}{}", child.display())
     }
 }
 

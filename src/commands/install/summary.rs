@@ -1,6 +1,13 @@
 //! What an install leaves for later runs (root's saved settings) and what it tells the user.
 
-use super::*;
+use crate::devops::Pool;
+use crate::identity::Request as IdentityRequest;
+use crate::output::{AgentRef, Outcome};
+use crate::settings::{AgentUser, InstallSettings, PackageChoice};
+use crate::state;
+use crate::state::Saved;
+
+use super::{agent_unit, windows_service_name};
 
 pub(super) fn saved_settings(
     s: &InstallSettings,
