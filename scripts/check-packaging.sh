@@ -2,7 +2,8 @@
 # Checks what a release ships, and the provisioning examples, with the real tools (CI runs this
 # after the tests; it needs root, and the tools .ci/run installs): builds the .deb, the .rpm and
 # the tarball (scripts/package.sh), lints both packages, installs the .deb and uses it, validates
-# the cloud-configs, the HCL and the JSON templates, shellchecks every shell script, and runs
+# the cloud-configs, the HCL and the JSON templates, the ARM templates and KEDA objects against
+# their schemas (check-jsonschema, packaging/schemas/), shellchecks every shell script, and runs
 # scripts/install.sh against the tarball served over HTTP on loopback, which installs an agent
 # against the simulated Azure; the boot unit it writes is checked with systemd-analyze.
 set -eu
@@ -314,6 +315,82 @@ with open(f"{work}/argvs.json", "w") as f:
 print(f"{len(argvs)} command lines to check; {len(runs)} RUN steps")
 PY
 shellcheck "$work/dockerfile-run.sh"
+
+step "schemas: the ARM templates and the KEDA manifests (check-jsonschema)"
+# The published schemas can be neither committed here nor downloaded by CI, so
+# packaging/schemas/build.py builds them from registry packages generated from the same sources:
+# the Azure SDKs' models of each resource's api-version (2025-01-01 is azure-mgmt-appcontainers
+# 3.2.0; azure-mgmt-compute 34.0.0 carries 2024-07-01) and KEDA's CRDs as cloudcoil.models.keda
+# has them (packaging/schemas/README.md: what each checks, against the published ones).
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check check-jsonschema \
+    azure-mgmt-appcontainers==3.2.0 azure-mgmt-compute==34.0.0 cloudcoil.models.keda==2.16.1.0
+"$work/venv/bin/python" packaging/schemas/build.py "$work/schemas"
+arm_examples="packaging/arm/custom-script-linux.json packaging/arm/custom-script-windows.json
+packaging/container/containerapps-job.json"
+# shellcheck disable=SC2086 # a list of paths without spaces
+"$work/venv/bin/check-jsonschema" --schemafile "$work/schemas/deployment-template.json" $arm_examples
+# check-jsonschema takes one document a file: the KEDA objects, each on its own.
+"$work/venv/bin/python" - "$work" <<'PY'
+import json, sys
+import yaml
+
+kinds = []
+for doc in yaml.safe_load_all(open("packaging/container/keda-scaledjob.yaml")):
+    if doc["apiVersion"].startswith("keda.sh/"):
+        json.dump(doc, open(f"{sys.argv[1]}/keda-{doc['kind']}.json", "w"))
+        kinds.append(doc["kind"])
+assert kinds == ["TriggerAuthentication", "ScaledJob"], kinds
+PY
+for kind in TriggerAuthentication ScaledJob; do
+    "$work/venv/bin/check-jsonschema" --schemafile "$work/schemas/keda-$kind.json" "$work/keda-$kind.json"
+done
+# Each schema rejects a broken copy of its example (a schema that accepts anything checks nothing).
+"$work/venv/bin/python" - "$work" <<'PY'
+import json, subprocess, sys
+
+work = sys.argv[1]
+def ext_props(t):
+    return t["resources"][0]["properties"]
+
+def job_config(t):
+    return t["resources"][0]["properties"]["configuration"]
+
+cases = [
+    ("deployment-template", "packaging/arm/custom-script-linux.json",
+     lambda t: ext_props(t).pop("publisher"), "'publisher' is a required property"),
+    ("deployment-template", "packaging/arm/custom-script-windows.json",
+     lambda t: ext_props(t).update(autoUpgradeMinorVersion="true"), "'true' is not of type 'boolean'"),
+    ("deployment-template", "packaging/container/containerapps-job.json",
+     lambda t: job_config(t).update(replicaTimeout="2h"), "'2h' is not of type 'integer'"),
+    ("deployment-template", "packaging/container/containerapps-job.json",
+     lambda t: job_config(t).update(triggerType="Queue"), "'Queue' is not one of"),
+    ("deployment-template", "packaging/container/containerapps-job.json",
+     lambda t: t.update(contentVersion="1.0"), "'1.0' does not match"),
+    ("keda-ScaledJob", f"{work}/keda-ScaledJob.json",
+     lambda d: d["spec"]["jobTargetRef"]["template"]["spec"].update(restartpolicy="Never"),
+     "'restartpolicy' was unexpected"),
+    ("keda-ScaledJob", f"{work}/keda-ScaledJob.json",
+     lambda d: d["spec"]["triggers"][0].pop("type"), "'type' is a required property"),
+    ("keda-TriggerAuthentication", f"{work}/keda-TriggerAuthentication.json",
+     lambda d: d["spec"]["podIdentity"].update(provider="azure-wl"), "'azure-wl' is not one of"),
+]
+by_schema = {}
+for n, (schema, path, breaks, expected) in enumerate(cases):
+    broken = json.load(open(path))
+    breaks(broken)
+    with open(f"{work}/broken-{n}.json", "w") as f:
+        json.dump(broken, f)
+    by_schema.setdefault(schema, []).append((f"{work}/broken-{n}.json", path, expected))
+for schema, files in by_schema.items():
+    r = subprocess.run([f"{work}/venv/bin/check-jsonschema", "--output-format", "json", "--schemafile",
+                        f"{work}/schemas/{schema}.json", *[f for f, _, _ in files]],
+                       capture_output=True, text=True)
+    errors = json.loads(r.stdout)["errors"]
+    for broken, path, expected in files:
+        found = json.dumps([e for e in errors if e["filename"] == broken])
+        assert expected in found, (schema, path, expected, r.returncode, found)
+        print(f"{schema}: a broken {path} is rejected ({expected})")
+PY
 # Each example's command line parses (clap stops at --help only after every earlier flag is valid).
 "$work/venv/bin/python" - "$work/argvs.json" <<'PY'
 import json, subprocess, sys
