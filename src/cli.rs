@@ -236,6 +236,32 @@ pub struct OrgArgs {
     pub pool: Option<String>,
 }
 
+/// A deployment group or an environment instead of a pool.
+#[derive(Debug, Args, Default, Clone)]
+pub struct GroupArgs {
+    /// Register the agent as a target of this deployment group (classic release pipelines)
+    /// instead of in a pool; needs --project. The identity needs the Administrator role on it.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["pool", "environment"], requires = "project")]
+    pub deployment_group: Option<String>,
+    /// Register the agent as a virtual-machine resource of this environment (YAML pipelines'
+    /// deployment jobs) instead of in a pool; needs --project. The identity needs the
+    /// Administrator role on the environment.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "pool",
+        requires = "project"
+    )]
+    pub environment: Option<String>,
+    /// The project of --deployment-group or --environment (its name or id).
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
+    /// A tag of the deployment target or VM resource (repeat it, or separate tags with commas);
+    /// kept across re-registration.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
 #[derive(Debug, Args, Default, Clone)]
 pub struct TokenArgs {
     #[command(flatten)]
@@ -363,6 +389,8 @@ pub struct DoctorArgs {
 pub struct InstallArgs {
     #[command(flatten)]
     pub place: OrgArgs,
+    #[command(flatten)]
+    pub group: GroupArgs,
     /// Agent name (env AZP_AGENT_NAME) [default: the host name].
     #[arg(long, value_name = "NAME")]
     pub agent_name: Option<String>,

@@ -51,6 +51,29 @@ pub enum DevOpsError {
     )]
     NoManagePermission { pool: String, identity: String },
     #[error(
+        "{what} '{group}' was not found in project '{project}' of {org}\n\
+         hint: create it (Pipelines → {what}s in project '{project}') or pass the right {flag} and \
+         --project"
+    )]
+    GroupNotFound {
+        what: &'static str,
+        flag: &'static str,
+        group: String,
+        project: String,
+        org: String,
+    },
+    #[error(
+        "{identity} may not register agents in deployment group '{group}' of project '{project}' \
+         (no Manage permission)\n\
+         hint: make the identity an Administrator of the deployment group (Pipelines → Deployment \
+         groups → {group} → Security → Add → Role: Administrator)"
+    )]
+    NoGroupPermission {
+        group: String,
+        project: String,
+        identity: String,
+    },
+    #[error(
         "pool '{pool}' has another agent named '{name}' (this one was id {local_id}); it is not \
          taken over unattended\n\
          hint: run `agent-bootstrap install --replace` to replace it, or remove this agent"
@@ -132,6 +155,8 @@ impl DevOpsError {
             Self::Unauthorized { .. }
                 | Self::PoolNotFound { .. }
                 | Self::NoManagePermission { .. }
+                | Self::GroupNotFound { .. }
+                | Self::NoGroupPermission { .. }
                 | Self::NameTaken { .. }
                 | Self::NameTakenByAnother { .. }
         ) || matches!(self, Self::Status { status, .. } if *status == 403 || *status == 404)
@@ -156,6 +181,11 @@ pub struct ConnectionData {
 pub struct Pool {
     pub id: u64,
     pub name: String,
+    /// Set when the agent registers in a deployment group or an environment ([`crate::scope`]):
+    /// then `id` and `name` are its deployment pool's (an environment's name and 0), and its
+    /// agents are found and deleted through the group's routes.
+    #[serde(skip)]
+    pub group: Option<crate::scope::GroupRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +210,9 @@ pub struct ServerAgent {
     /// `.capabilities`); only when asked for (`includeCapabilities=true`).
     #[serde(default)]
     pub system_capabilities: std::collections::BTreeMap<String, String>,
+    /// A group's agent: its deployment target's or VM resource's id ([`crate::scope`]).
+    #[serde(skip)]
+    pub member_id: Option<u64>,
 }
 
 /// What [`DevOpsClient::access`] found: the identity as Azure DevOps names it, and the pool it may
@@ -263,13 +296,13 @@ impl DevOpsClient {
         &self.org_url
     }
 
-    fn api(&self, path: &str, query: &[(&str, &str)]) -> Url {
+    pub(crate) fn api(&self, path: &str, query: &[(&str, &str)]) -> Url {
         api_url(&self.org_url, path, query)
     }
 
     /// One call with the token, retried per the table within `budget` (which also pays for
     /// renewing the token). Fatal answers become the matching [`DevOpsError`].
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         url: Url,
@@ -336,7 +369,7 @@ impl DevOpsClient {
         }
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(
         &self,
         url: Url,
         budget: &Budget,
@@ -386,9 +419,20 @@ impl DevOpsClient {
     /// ([`Self::explain_unmanageable`]). In this order, not at once: a token the organization
     /// does not accept yet is the answer, and a second request would only repeat it (and count
     /// against the organization's rate limit while a fleet waits for access).
-    pub async fn access(&self, pool: &str, budget: &Budget) -> Result<Access, DevOpsError> {
+    /// With `group`, the deployment group or environment instead of the pool
+    /// ([`Self::group_access`]).
+    pub async fn access(
+        &self,
+        pool: &str,
+        group: Option<&crate::scope::Group>,
+        budget: &Budget,
+    ) -> Result<Access, DevOpsError> {
         let me = self.connection_data(budget).await?.authenticated_user;
         let who = me.provider_display_name.clone().unwrap_or(me.id);
+        if let Some(g) = group {
+            let pool = self.group_access(g, &who, budget).await?;
+            return Ok(Access { who, pool });
+        }
         match self.pool_if_manageable(pool, budget).await? {
             Some(pool) => Ok(Access { who, pool }),
             None => Err(self.explain_unmanageable(pool, &who, budget).await),
@@ -435,14 +479,17 @@ impl DevOpsClient {
         }
     }
 
-    /// The pool's agent of this name (with its capabilities), if the server knows it.
+    /// The pool's (or group's) agent of this name (with its capabilities), if the server knows it.
     pub async fn find_agent(
         &self,
-        pool_id: u64,
+        pool: &Pool,
         name: &str,
         budget: &Budget,
     ) -> Result<Option<ServerAgent>, DevOpsError> {
-        let path = format!("_apis/distributedtask/pools/{pool_id}/agents");
+        if let Some(g) = &pool.group {
+            return self.find_group_agent(g, name, budget).await;
+        }
+        let path = format!("_apis/distributedtask/pools/{}/agents", pool.id);
         let list: List<ServerAgent> = self
             .get(
                 self.api(
@@ -538,6 +585,20 @@ impl DevOpsClient {
             // Already gone: what we wanted.
             Err(DevOpsError::Status { status: 404, .. }) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a registered agent wherever it is: from its pool, or its deployment target or VM
+    /// resource from its group ([`crate::scope`]).
+    pub async fn unregister(
+        &self,
+        pool: &Pool,
+        agent: &ServerAgent,
+        budget: &Budget,
+    ) -> Result<(), DevOpsError> {
+        match &pool.group {
+            Some(g) => self.delete_group_agent(g, agent, budget).await,
+            None => self.delete_agent(pool.id, agent.id, budget).await,
         }
     }
 

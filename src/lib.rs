@@ -49,6 +49,7 @@ pub mod preflight;
 pub mod process;
 pub mod progress;
 pub mod report;
+pub mod scope;
 pub mod scrub;
 pub mod secret;
 pub mod service;

@@ -39,6 +39,9 @@ pub struct AgentRef {
     pub id: u64,
     pub pool: String,
     pub pool_id: u64,
+    /// A deployment group's or environment's agent: which (`kind`, `project`, `name`, `id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::scope::GroupRef>,
     pub organization: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -54,6 +57,7 @@ impl From<&Saved> for AgentRef {
             id: s.agent_id,
             pool: s.pool.clone(),
             pool_id: s.pool_id,
+            group: s.group.clone(),
             organization: s.url.clone(),
             version: s.agent_version.clone(),
             agent_dir: s.agent_dir.clone(),

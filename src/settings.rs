@@ -101,6 +101,8 @@ pub struct InstallSettings {
     pub named_platform: Option<String>,
     pub url: Url,
     pub pool: String,
+    /// `--deployment-group` / `--environment` instead of the pool.
+    pub group: Option<crate::scope::Group>,
     pub agent_name: String,
     pub agent_dir: PathBuf,
     pub work_dir: String,
@@ -436,6 +438,58 @@ fn pool(arg: Option<&str>, env: &Env, os: &Os) -> Result<String, SettingsError> 
     check_name(what, raw, 256, POOL_FORBIDDEN, os)
 }
 
+/// `--deployment-group` or `--environment` with `--project` and `--tag` (clap has refused them with
+/// `--pool`, and without `--project`); refused where the agent could not follow.
+fn group(args: &InstallArgs, os: &Os) -> Result<Option<crate::scope::Group>, SettingsError> {
+    use crate::scope::{Group, GroupKind};
+    let g = &args.group;
+    let (kind, what, raw) = match (&g.deployment_group, &g.environment) {
+        (Some(n), _) => (GroupKind::DeploymentGroup, "--deployment-group", n),
+        (None, Some(n)) => (GroupKind::Environment, "--environment", n),
+        (None, None) => {
+            for (flag, given) in [
+                ("--project", g.project.is_some()),
+                ("--tag", !g.tags.is_empty()),
+            ] {
+                if given {
+                    return Err(bad(
+                        flag,
+                        "is for --deployment-group or --environment (a pool has no project or tags)",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+    };
+    if args.scale_in_drain {
+        return Err(bad(
+            "--scale-in-drain",
+            format!(
+                "is for pool agents of a scale set (it disables the agent in its pool); {what} \
+                 targets are long-lived machines"
+            ),
+        ));
+    }
+    let name = check_name(what, raw, 256, POOL_FORBIDDEN, os)?;
+    let project = check_name(
+        "--project",
+        g.project.as_deref().unwrap_or(""),
+        64,
+        POOL_FORBIDDEN,
+        os,
+    )?;
+    let tags = crate::scope::parse_tags(g.tags.iter().map(String::as_str));
+    for t in &tags {
+        check_name("--tag", t, 256, POOL_FORBIDDEN, os)?;
+    }
+    Ok(Some(Group {
+        kind,
+        project,
+        name,
+        tags,
+    }))
+}
+
 /// What `doctor` checks access to: the organization and the pool, resolved as install does.
 #[derive(Debug, Clone)]
 pub struct DoctorSettings {
@@ -560,6 +614,7 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
     }
     let install_args = InstallArgs {
         place: args.place.clone(),
+        group: crate::cli::GroupArgs::default(),
         agent_name: args.agent_name.clone(),
         agent_dir: args.agent_dir.clone(),
         work_dir: args.work_dir.clone(),
@@ -874,6 +929,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         named_platform: args.pkg.platform.as_ref().map(|_| os.rid()),
         url,
         pool,
+        group: group(args, &os)?,
         agent_name,
         agent_dir,
         work_dir,
@@ -1069,6 +1125,7 @@ pub fn from_saved(
     Ok(InstallSettings {
         url,
         pool: saved.pool.clone(),
+        group: saved.group.as_ref().map(crate::scope::GroupRef::group),
         agent_name: saved.agent_name.clone(),
         agent_dir: saved.agent_dir.clone(),
         work_dir: saved.work_dir.clone(),
@@ -1128,6 +1185,13 @@ pub fn saved_identity(saved: &crate::state::Saved) -> Result<Request, SettingsEr
 pub fn check_saved(saved: &crate::state::Saved, os: &Os) -> Result<(), SettingsError> {
     check_url("the saved url", &saved.url)?;
     check_name("the saved pool", &saved.pool, 256, POOL_FORBIDDEN, os)?;
+    if let Some(g) = &saved.group {
+        check_name("the saved group", &g.name, 256, POOL_FORBIDDEN, os)?;
+        check_name("the saved project", &g.project, 64, POOL_FORBIDDEN, os)?;
+        for t in &g.tags {
+            check_name("a saved tag", t, 256, POOL_FORBIDDEN, os)?;
+        }
+    }
     check_name(
         "the saved agent name",
         &saved.agent_name,

@@ -36,8 +36,12 @@ pub enum StateError {
 pub struct Saved {
     pub schema: u32,
     pub url: String,
+    /// The pool, or a group's deployment pool (an environment's name and 0: see `group`).
     pub pool: String,
     pub pool_id: u64,
+    /// `--deployment-group` / `--environment`: the group the agent is registered in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::scope::GroupRef>,
     pub agent_name: String,
     pub agent_id: u64,
     pub agent_dir: PathBuf,
@@ -128,6 +132,15 @@ pub struct TrustedCa {
 }
 
 impl Saved {
+    /// Where the agent is registered, as the REST calls take it.
+    pub fn pool(&self) -> crate::devops::Pool {
+        crate::devops::Pool {
+            id: self.pool_id,
+            name: self.pool.clone(),
+            group: self.group.clone(),
+        }
+    }
+
     /// Whether this machine is not the one that configured the agent: the VM id differs (when both
     /// are known), else the machine id differs (when both are known).
     pub fn is_clone(&self, vm_id: Option<&str>, machine_id: Option<&str>) -> bool {
@@ -255,6 +268,7 @@ mod tests {
     fn round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let saved = Saved {
+            group: None,
             schema: 1,
             url: "https://dev.azure.com/o".into(),
             pool: "Default".into(),

@@ -15,6 +15,8 @@ pub const TOKEN_ENV: &str = "VSTS_AGENT_INPUT_TOKEN";
 pub struct Configure {
     pub url: String,
     pub pool: String,
+    /// A deployment group or environment instead of `pool` ([`crate::scope::configure_args`]).
+    pub group: Option<crate::scope::Group>,
     pub agent: String,
     pub work: String,
     /// Windows: let configure install and start the service itself (`--runAsService`), as this
@@ -58,14 +60,18 @@ pub fn configure_command(os: &Os, root: &Path, c: &Configure) -> (PathBuf, Vec<S
         // Explicit: an invalid --auth silently falls back, and PAT is what carries an Entra token.
         "--auth".into(),
         "pat".into(),
-        "--pool".into(),
-        c.pool.clone(),
+    ];
+    match &c.group {
+        Some(g) => args.extend(crate::scope::configure_args(g)),
+        None => args.extend(["--pool".into(), c.pool.clone()]),
+    }
+    args.extend([
         "--agent".into(),
         c.agent.clone(),
         "--work".into(),
         c.work.clone(),
         "--replace".into(),
-    ];
+    ]);
     if let Some(url) = &c.proxy_url {
         args.extend(["--proxyurl".into(), url.clone()]);
         if let Some(user) = &c.proxy_user {
@@ -95,6 +101,7 @@ mod tests {
         Configure {
             url: "https://dev.azure.com/myorg".into(),
             pool: "Default".into(),
+            group: None,
             agent: "vm1".into(),
             work: "_work".into(),
             windows_service: Some(r"NT AUTHORITY\NETWORK SERVICE".into()),

@@ -40,9 +40,42 @@ pub struct AgentSettings {
     pub pool_id: u64,
     #[serde(default)]
     pub pool_name: Option<String>,
+    /// A deployment group's target (`--deploymentgroup`); 0 otherwise.
+    #[serde(default)]
+    pub deployment_group_id: u64,
+    /// An environment's VM resource (`--environment`); 0 otherwise.
+    #[serde(default)]
+    pub environment_id: u64,
+    #[serde(default)]
+    pub environment_name: Option<String>,
     pub server_url: String,
     #[serde(default)]
     pub work_folder: Option<String>,
+}
+
+impl AgentSettings {
+    /// Whether this registration is in the place named: the pool (no group ids), the deployment
+    /// group or the environment with this id (`None`: not known yet, any of that kind), as the
+    /// agent itself tells the kinds apart (`ConfigurationManager.UnconfigureAsync`).
+    pub fn registered_in(
+        &self,
+        pool: &str,
+        group: Option<(crate::scope::GroupKind, Option<u64>)>,
+    ) -> bool {
+        use crate::scope::GroupKind;
+        let same = |id: u64, want: Option<u64>| id > 0 && want.is_none_or(|w| w == id);
+        match group {
+            None => {
+                self.deployment_group_id == 0
+                    && self.environment_id == 0
+                    && (self.pool_name.as_deref()).is_none_or(|p| p.eq_ignore_ascii_case(pool))
+            }
+            Some((GroupKind::DeploymentGroup, id)) => same(self.deployment_group_id, id),
+            Some((GroupKind::Environment, id)) => {
+                self.deployment_group_id == 0 && same(self.environment_id, id)
+            }
+        }
+    }
 }
 
 /// Strips the UTF-8 BOM the agent writes (`Encoding.UTF8`).

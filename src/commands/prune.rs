@@ -79,7 +79,7 @@ pub async fn run(
     let budget = clock.budget(BUDGET);
     let tokens = super::tokens(request, env, &os, net).await?;
     let devops = DevOpsClient::new(&s.url, tokens, net);
-    let pool = devops.access(&s.pool, &budget).await?.pool;
+    let pool = devops.access(&s.pool, None, &budget).await?.pool;
     let agents = devops.list_agents(pool.id, &budget).await?;
     let now = clock.unix_now();
     let mut rows = vec![];

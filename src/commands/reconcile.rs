@@ -767,11 +767,9 @@ fn deadline_left(deadline: &Budget, clock: &crate::clock::Clock) -> Duration {
 
 /// `.agent` is about the agent root's saved settings describe (same organization, pool, name).
 fn matches_saved(local: &AgentSettings, saved: &Saved) -> bool {
+    let group = saved.group.as_ref().map(|g| (g.kind, Some(g.id)));
     same_server(&local.server_url, &saved.url)
-        && local
-            .pool_name
-            .as_deref()
-            .is_none_or(|p| p.eq_ignore_ascii_case(&saved.pool))
+        && local.registered_in(&saved.pool, group)
         && local.agent_name.eq_ignore_ascii_case(&saved.agent_name)
 }
 
@@ -829,7 +827,7 @@ async fn server_view(
     budget: &Budget,
 ) -> Result<(Server, Option<String>), Error> {
     let found = client
-        .find_agent(saved.pool_id, &saved.agent_name, budget)
+        .find_agent(&saved.pool(), &saved.agent_name, budget)
         .await?;
     let version = found.as_ref().and_then(|a| a.version.clone());
     let view = match found {

@@ -438,9 +438,8 @@ pub async fn unregister_with(
     loop {
         attempt += 1;
         let budget = clock.budget(NETWORK_BUDGET);
-        let found = devops
-            .find_agent(saved.pool_id, &saved.agent_name, &budget)
-            .await?;
+        let pool = saved.pool();
+        let found = devops.find_agent(&pool, &saved.agent_name, &budget).await?;
         let Some(server) = found else {
             return Ok(format!(
                 "agent '{}' was not registered on the server any more",
@@ -458,7 +457,7 @@ pub async fn unregister_with(
                 server.name, server.id
             ));
         }
-        match devops.delete_agent(saved.pool_id, server.id, &budget).await {
+        match devops.unregister(&pool, &server, &budget).await {
             Ok(()) => {
                 return Ok(format!(
                     "unregistered agent '{}' (id {})",

@@ -160,7 +160,7 @@ pub async fn run(
                 let url = settings::check_url("the saved url", &saved.url)?;
                 let client = DevOpsClient::new(&url, tokens, net);
                 Ok(client
-                    .find_agent(saved.pool_id, &saved.agent_name, &budget)
+                    .find_agent(&saved.pool(), &saved.agent_name, &budget)
                     .await?)
             }
             .await;

@@ -60,10 +60,8 @@ pub(super) fn check_shared_account(
 }
 
 pub(super) fn check_same_agent(cfg: &AgentSettings, s: &InstallSettings) -> Result<(), Error> {
-    let same_pool = cfg
-        .pool_name
-        .as_deref()
-        .is_none_or(|p| p.eq_ignore_ascii_case(&s.pool));
+    // Before anything is asked, a group's id is not known: any registration of that kind.
+    let same_pool = cfg.registered_in(&s.pool, s.group.as_ref().map(|g| (g.kind, None)));
     if same_server(&cfg.server_url, s.url.as_str())
         && same_pool
         && cfg.agent_name.eq_ignore_ascii_case(&s.agent_name)
@@ -152,6 +150,14 @@ pub(super) fn not_yet_allowed(e: &Error) -> Option<&'static str> {
         Error::DevOps(D::PoolNotFound { .. }) => {
             Some("the pool is not visible to the identity yet")
         }
+        Error::DevOps(D::NoGroupPermission { .. }) => {
+            Some("the identity may not manage the deployment group yet")
+        }
+        // A group's list shows only what the identity may see: a role not yet propagated.
+        Error::DevOps(D::GroupNotFound { what, .. }) => Some(match *what {
+            "environment" => "the environment is not visible to the identity yet",
+            _ => "the deployment group is not visible to the identity yet",
+        }),
         _ => None,
     }
 }
@@ -175,7 +181,7 @@ pub(super) async fn wait_for_access(
             let tokens = super::super::tokens(&s.identity, env, &s.os, net).await?;
             tokens.get(&budget).await?;
             let devops = DevOpsClient::new(&s.url, tokens, net);
-            devops.access(&s.pool, &budget).await?;
+            devops.access(&s.pool, s.group.as_ref(), &budget).await?;
             Ok::<(), Error>(())
         };
         let e = match attempt.await {

@@ -28,6 +28,7 @@ pub(super) fn configure_command(s: &InstallSettings, agent: &AgentDir) -> (PathB
         &Configure {
             url: s.url.to_string(),
             pool: s.pool.clone(),
+            group: s.group.clone(),
             agent: s.agent_name.clone(),
             work: s.work_dir.clone(),
             windows_service: s.service.then(|| s.user.name().to_owned()),

@@ -216,7 +216,7 @@ impl Executor<'_> {
     async fn registered_agent(&self) -> Result<crate::devops::ServerAgent, Error> {
         let (s, pool) = (self.s, &self.checked.pool);
         self.devops
-            .find_agent(pool.id, &s.agent_name, self.budget)
+            .find_agent(pool, &s.agent_name, self.budget)
             .await?
             .ok_or_else(|| Error::Configure {
                 message: format!(

@@ -365,7 +365,7 @@ async fn preflight(
         && matches!(s.package, PackageChoice::Latest | PackageChoice::Version(_));
     let rid = s.os.rid();
     let (access, meta, vm_id) = tokio::join!(
-        link.devops.access(&s.pool, &link.budget),
+        link.devops.access(&s.pool, s.group.as_ref(), &link.budget),
         async {
             if wants_api {
                 let wanted = wanted_version(s);
@@ -384,7 +384,18 @@ async fn preflight(
     );
     let crate::devops::Access { who, pool } = access?;
     tracing::info!(identity = %who, org = %s.url, "token accepted by Azure DevOps");
-    tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
+    match &pool.group {
+        None => {
+            tracing::info!(pool = %pool.name, pool_id = pool.id, "identity may manage the pool");
+        }
+        Some(g) => tracing::info!(
+            project = %g.project,
+            id = g.id,
+            "found the {} '{}'",
+            g.kind.noun(),
+            g.name
+        ),
+    }
     Ok(Found {
         who,
         pool,
@@ -504,7 +515,7 @@ async fn on_server(
     machine: Option<&str>,
     budget: &Budget,
 ) -> Result<OnServer, Error> {
-    let found = devops.find_agent(pool.id, &s.agent_name, budget).await?;
+    let found = devops.find_agent(pool, &s.agent_name, budget).await?;
     let version = found.as_ref().and_then(|a| a.version.clone());
     let Some(cfg) = existing else {
         if let Some(a) = &found {

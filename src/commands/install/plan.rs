@@ -569,12 +569,7 @@ pub(super) fn print_plan(
     writeln!(out, "dry run: nothing was changed").unwrap_or(());
     writeln!(out, "identity:     {} (token accepted)", c.who).unwrap_or(());
     writeln!(out, "organization: {}", s.url).unwrap_or(());
-    writeln!(
-        out,
-        "pool:         {} (id {}), Manage permission: yes",
-        c.pool.name, c.pool.id
-    )
-    .unwrap_or(());
+    writeln!(out, "{}", place_line(&c.pool)).unwrap_or(());
     writeln!(out, "agent:        {}", s.agent_name).unwrap_or(());
     writeln!(out, "agent dir:    {}", s.agent_dir.display()).unwrap_or(());
     match package {
@@ -606,6 +601,26 @@ fn write_steps(out: &mut String, plan: &Plan) {
 
 /// What a dry run on an installed agent shows: the steps that would put right what is not as it
 /// should be, or that nothing would change.
+/// Where the agent registers, as the dry run says it.
+fn place_line(pool: &Pool) -> String {
+    use crate::scope::GroupKind;
+    match &pool.group {
+        None => format!(
+            "pool:         {} (id {}), Manage permission: yes",
+            pool.name, pool.id
+        ),
+        Some(g) if g.kind == GroupKind::DeploymentGroup => format!(
+            "deployment group: {} (id {}) of project {}, deployment pool {} (id {}), Manage \
+             permission: yes",
+            g.name, g.id, g.project, pool.name, pool.id
+        ),
+        Some(g) => format!(
+            "environment:  {} (id {}) of project {} (its role is checked when the agent registers)",
+            g.name, g.id, g.project
+        ),
+    }
+}
+
 pub(super) fn print_upkeep(s: &InstallSettings, id: u64, pool: &Pool, plan: &Plan) -> Outcome {
     let header = format!(
         "agent '{}' (id {}) is already configured in {} and registered in pool '{}'",

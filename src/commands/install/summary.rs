@@ -22,6 +22,7 @@ pub(super) fn saved_settings(
         url: s.url.to_string(),
         pool: pool.name.clone(),
         pool_id: pool.id,
+        group: pool.group.clone(),
         agent_name: s.agent_name.clone(),
         agent_id,
         agent_dir: s.agent_dir.clone(),
@@ -82,7 +83,23 @@ pub fn summary(headline: &str, saved: &Saved) -> Outcome {
         saved.agent_name, saved.agent_id
     )
     .unwrap_or(());
-    writeln!(out, "  pool:         {} (id {})", saved.pool, saved.pool_id).unwrap_or(());
+    match &saved.group {
+        None => writeln!(out, "  pool:         {} (id {})", saved.pool, saved.pool_id),
+        Some(g) => writeln!(
+            out,
+            "  {:<13} {} (id {}) of project {}{}",
+            format!("{}:", g.kind.noun()),
+            g.name,
+            g.id,
+            g.project,
+            if g.tags.is_empty() {
+                String::new()
+            } else {
+                format!(", tags {}", g.tags.join(", "))
+            }
+        ),
+    }
+    .unwrap_or(());
     writeln!(out, "  organization: {}", saved.url).unwrap_or(());
     writeln!(
         out,
