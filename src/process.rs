@@ -10,10 +10,14 @@
 //! step sets on purpose. Its process group is registered with [`crate::interrupt`], so SIGTERM to
 //! agent-bootstrap stops it too.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use os_pipe::{PipeReader, PipeWriter};
 
 use crate::env::Env;
 use crate::secret::{Masker, Secret};
@@ -242,6 +246,28 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     let _entered = span.enter();
     tracing::debug!(command = %child.display(), "starting");
 
+    let (handle, out_r, err_r) = start(child)?;
+    let tree = adopt_tree(&handle);
+    let _registered = tree.clone().map(crate::interrupt::ChildGroup::register);
+    if let (Some(slot), Some(tree)) = (&child.tree_slot, &tree) {
+        let _ = slot.0.set(tree.clone());
+    }
+    let (mut lines, readers) = read_lines(child, masker, &span, out_r, err_r);
+
+    let ending = wait(&handle, child.timeout, &mut lines);
+    if ending != Ending::Exited {
+        stop(&handle, tree.as_deref());
+    }
+    let code = exit_code(&handle);
+    // Readers end when every holder of the pipes is gone; a stray grandchild could keep them open,
+    // so stop collecting a few seconds after the child ended.
+    lines.collect_until(Instant::now() + Duration::from_secs(5));
+    drop(readers);
+    outcome(child, ending, lines.finished(code))
+}
+
+/// Starts `child` with stdin closed and stdout and stderr into pipes, whose read ends it returns.
+fn start(child: &Child) -> Result<(duct::Handle, PipeReader, PipeReader), ProcessError> {
     let spawn_err = |source| ProcessError::Spawn {
         label: child.label.clone(),
         program: child.program.clone(),
@@ -249,7 +275,16 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     };
     let (out_r, out_w) = os_pipe::pipe().map_err(spawn_err)?;
     let (err_r, err_w) = os_pipe::pipe().map_err(spawn_err)?;
+    let expr = command(child, out_w, err_w);
+    let handle = expr.start().map_err(spawn_err)?;
+    // The expression holds our copies of the pipes' write ends: drop it so the readers see EOF.
+    drop(expr);
+    Ok((handle, out_r, err_r))
+}
 
+/// The command `child` describes: stdin closed, stdout and stderr into `out_w` and `err_w`, its
+/// own environment ([`child_env`]), its own process group, and its account if it runs as another.
+fn command(child: &Child, out_w: PipeWriter, err_w: PipeWriter) -> duct::Expression {
     let mut expr = duct::cmd(&child.program, &child.args)
         .stdin_null()
         .stdout_file(out_w)
@@ -258,10 +293,19 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     if let Some(dir) = &child.cwd {
         expr = expr.dir(dir);
     }
-    // A cleared environment: the allowlist, then what this step sets. Nothing else of root's
-    // environment (cloud-init's or the extension's variables, a stray VSTS_AGENT_INPUT_*) reaches
-    // a child.
-    let mut vars: std::collections::BTreeMap<String, String> = match &child.run_as {
+    expr = expr.full_env(child_env(child));
+    let run_as = child.run_as.as_ref().map(|u| (u.uid, u.gid));
+    expr.before_spawn(move |cmd| {
+        crate::platform::ProcessTree::prepare(cmd, run_as);
+        Ok(())
+    })
+}
+
+/// A cleared environment: the allowlist, then what this step sets. Nothing else of root's
+/// environment (cloud-init's or the extension's variables, a stray VSTS_AGENT_INPUT_*) reaches
+/// a child.
+fn child_env(child: &Child) -> BTreeMap<String, String> {
+    let mut vars: BTreeMap<String, String> = match &child.run_as {
         // Another account (the agent user): no proxy password in what it can read.
         Some(_) => crate::env::without_proxy_passwords(child.base_env.clone())
             .into_iter()
@@ -286,137 +330,197 @@ pub fn run(child: &Child, masker: &Masker) -> Result<Finished, ProcessError> {
     for (k, v) in &child.secret_env {
         vars.insert(k.clone(), v.expose().to_owned());
     }
-    expr = expr.full_env(vars);
-    let run_as = child.run_as.as_ref().map(|u| (u.uid, u.gid));
-    expr = expr.before_spawn(move |cmd| {
-        crate::platform::ProcessTree::prepare(cmd, run_as);
-        Ok(())
-    });
+    vars
+}
 
-    let handle = expr.start().map_err(spawn_err)?;
-    // The expression holds our copies of the pipes' write ends: drop it so the readers see EOF.
-    drop(expr);
-    let tree = handle
+/// The started child's process tree, to stop it whole.
+fn adopt_tree(handle: &duct::Handle) -> Option<Arc<crate::platform::ProcessTree>> {
+    handle
         .pids()
         .first()
         .and_then(|pid| crate::platform::ProcessTree::adopt(*pid).ok())
-        .map(std::sync::Arc::new);
-    let _registered = tree.clone().map(crate::interrupt::ChildGroup::register);
-    if let (Some(slot), Some(tree)) = (&child.tree_slot, &tree) {
-        let _ = slot.0.set(tree.clone());
+        .map(Arc::new)
+}
+
+/// A line of a child's output: `true` when it came from stderr.
+type Line = (bool, String);
+
+/// Reads the child's stdout and stderr on a thread each (inside `span`), every line logged as it
+/// comes ([`log_line`]) and sent to the [`Lines`] returned.
+fn read_lines(
+    child: &Child,
+    masker: &Masker,
+    span: &tracing::Span,
+    out_r: PipeReader,
+    err_r: PipeReader,
+) -> (Lines, [JoinHandle<()>; 2]) {
+    let (tx, rx) = mpsc::channel::<Line>();
+    let streams = [
+        (false, child.quiet_stdout, out_r),
+        (true, child.quiet_stderr, err_r),
+    ];
+    let readers = streams.map(|(is_err, quiet, pipe)| {
+        let tx = tx.clone();
+        let masker = masker.clone();
+        let parent = span.clone();
+        std::thread::spawn(move || {
+            let _e = parent.enter();
+            for line in BufReader::new(pipe).split(b'\n') {
+                let Ok(line) = line else { break };
+                let raw = String::from_utf8_lossy(&line);
+                let text = log_line(raw.trim_end_matches('\r'), is_err, quiet, &masker);
+                if tx.send((is_err, text)).is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    (Lines::new(rx), readers)
+}
+
+/// Logs one line of the child's output and returns it as it is kept: stderr masked and logged as
+/// a warning (at debug when `quiet`); stdout masked and logged as progress, or, when `quiet`, kept
+/// as it is and not logged.
+fn log_line(raw: &str, is_err: bool, quiet: bool, masker: &Masker) -> String {
+    if is_err {
+        let text = masker.mask(raw);
+        if quiet {
+            tracing::debug!(target: "agent_bootstrap::child", "{text}");
+        } else {
+            tracing::warn!(target: "agent_bootstrap::child", "{text}");
+        }
+        return text;
+    }
+    // Data on stdout is kept as it is (the caller parses it) and never logged.
+    if quiet {
+        return raw.to_owned();
+    }
+    let text = masker.mask(raw);
+    tracing::info!(target: "agent_bootstrap::child", "{text}");
+    text
+}
+
+/// The child's output as the readers send it, the newest [`KEPT_LINES`] of each stream kept.
+struct Lines {
+    rx: mpsc::Receiver<Line>,
+    stdout: VecDeque<String>,
+    stderr: VecDeque<String>,
+}
+
+impl Lines {
+    fn new(rx: mpsc::Receiver<Line>) -> Self {
+        Self {
+            rx,
+            stdout: VecDeque::new(),
+            stderr: VecDeque::new(),
+        }
     }
 
-    let (tx, rx) = mpsc::channel::<(bool, String)>();
-    let quiet_stdout = child.quiet_stdout;
-    let quiet_stderr = child.quiet_stderr;
-    let readers =
-        [(false, out_r), (true, err_r)].map(|(is_err, pipe): (bool, os_pipe::PipeReader)| {
-            let tx = tx.clone();
-            let masker = masker.clone();
-            let parent = span.clone();
-            std::thread::spawn(move || {
-                let _e = parent.enter();
-                for line in BufReader::new(pipe).split(b'\n') {
-                    let Ok(line) = line else { break };
-                    let raw = String::from_utf8_lossy(&line);
-                    let raw = raw.trim_end_matches('\r');
-                    if is_err {
-                        let text = masker.mask(raw);
-                        if quiet_stderr {
-                            tracing::debug!(target: "agent_bootstrap::child", "{text}");
-                        } else {
-                            tracing::warn!(target: "agent_bootstrap::child", "{text}");
-                        }
-                        if tx.send((is_err, text)).is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                    // Data on stdout is kept as it is (the caller parses it) and never logged.
-                    let text = if quiet_stdout {
-                        raw.to_owned()
-                    } else {
-                        let text = masker.mask(raw);
-                        tracing::info!(target: "agent_bootstrap::child", "{text}");
-                        text
-                    };
-                    if tx.send((is_err, text)).is_err() {
-                        break;
-                    }
-                }
-            })
-        });
-    drop(tx);
-
-    // Wait in short steps: a stop request must end the child within the grace period.
-    // `Duration::MAX`: no deadline (the agent itself, run in the foreground).
-    let deadline = std::time::Instant::now().checked_add(child.timeout);
-    let mut stdout = std::collections::VecDeque::new();
-    let mut stderr = std::collections::VecDeque::new();
-    let mut keep = |(is_err, line): (bool, String)| {
-        let lines = if is_err { &mut stderr } else { &mut stdout };
+    fn keep(&mut self, (is_err, line): Line) {
+        let lines = if is_err {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        };
         if lines.len() == KEPT_LINES {
             lines.pop_front();
         }
         lines.push_back(line);
-    };
-    let (timed_out, interrupted) = loop {
-        // Collected while it runs: the channel must not grow with a long-running child's output.
-        while let Ok(item) = rx.try_recv() {
-            keep(item);
+    }
+
+    /// Keeps what has arrived so far, without waiting.
+    fn collect_arrived(&mut self) {
+        while let Ok(item) = self.rx.try_recv() {
+            self.keep(item);
         }
+    }
+
+    /// Keeps what arrives until both readers are done or `deadline` passes.
+    fn collect_until(&mut self, deadline: Instant) {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(item) => self.keep(item),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn finished(self, code: i32) -> Finished {
+        Finished {
+            code,
+            stdout: self.stdout.into(),
+            stderr: self.stderr.into(),
+        }
+    }
+}
+
+/// How waiting for a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Exited,
+    /// agent-bootstrap is being stopped.
+    Interrupted,
+    TimedOut,
+}
+
+/// Waits for the child to exit, keeping its output meanwhile, in short steps: a stop request must
+/// end the child within the grace period. `Duration::MAX`: no deadline (the agent itself, run in
+/// the foreground).
+fn wait(handle: &duct::Handle, timeout: Duration, lines: &mut Lines) -> Ending {
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        // Collected while it runs: the channel must not grow with a long-running child's output.
+        lines.collect_arrived();
         match handle.wait_timeout(Duration::from_millis(100)) {
-            Ok(Some(_)) | Err(_) => break (false, false),
+            Ok(Some(_)) | Err(_) => return Ending::Exited,
             Ok(None) => {}
         }
         if crate::interrupt::requested() {
-            break (false, true);
+            return Ending::Interrupted;
         }
-        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            break (true, false);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ending::TimedOut;
         }
-    };
-    if timed_out || interrupted {
-        if let Some(tree) = &tree {
-            kill_tree(tree);
-        }
-        let _ = handle.kill();
     }
-    let code = match handle.wait() {
+}
+
+/// Stops a child still running: its whole tree ([`kill_tree`]), then the child itself.
+fn stop(handle: &duct::Handle, tree: Option<&crate::platform::ProcessTree>) {
+    if let Some(tree) = tree {
+        kill_tree(tree);
+    }
+    let _ = handle.kill();
+}
+
+/// The exit code of a child that has ended; -1 when it has none (killed by a signal) or cannot
+/// be had.
+fn exit_code(handle: &duct::Handle) -> i32 {
+    match handle.wait() {
         Ok(out) => out.status.code().unwrap_or(-1),
         Err(_) => -1,
-    };
-    // Readers end when every holder of the pipes is gone; a stray grandchild could keep them open,
-    // so stop collecting a few seconds after the child ended.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(item) => keep(item),
-            Err(_) => break,
+    }
+}
+
+/// What the caller gets for a child that ended this way with this output.
+fn outcome(child: &Child, ending: Ending, output: Finished) -> Result<Finished, ProcessError> {
+    match ending {
+        Ending::Interrupted => Err(ProcessError::Interrupted {
+            label: child.label.clone(),
+        }),
+        Ending::TimedOut => {
+            tracing::warn!(timeout_s = child.timeout.as_secs(), "timed out; stopped");
+            Err(ProcessError::TimedOut {
+                label: child.label.clone(),
+                timeout: child.timeout,
+                output,
+            })
+        }
+        Ending::Exited => {
+            tracing::debug!(code = output.code, "finished");
+            Ok(output)
         }
     }
-    drop(readers);
-    let output = Finished {
-        code,
-        stdout: stdout.into(),
-        stderr: stderr.into(),
-    };
-    if interrupted {
-        return Err(ProcessError::Interrupted {
-            label: child.label.clone(),
-        });
-    }
-    if timed_out {
-        tracing::warn!(timeout_s = child.timeout.as_secs(), "timed out; stopped");
-        return Err(ProcessError::TimedOut {
-            label: child.label.clone(),
-            timeout: child.timeout,
-            output,
-        });
-    }
-    tracing::debug!(code = output.code, "finished");
-    Ok(output)
 }
 
 /// Stops a child's whole tree: SIGTERM, a moment to exit, then SIGKILL (Windows: the Job Object
