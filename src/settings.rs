@@ -800,123 +800,25 @@ pub fn install_all(
         .collect()
 }
 
+/// `install`'s flags over the environment and the defaults, each value checked; the first bad one
+/// is the error.
 pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings, SettingsError> {
     let os = named_platform(args.pkg.platform.as_deref(), os)?;
     let url = org_url(args.place.org.as_deref(), args.place.url.as_deref(), env)?;
     let pool = pool(args.place.pool.as_deref(), env, &os)?;
-    let (name_what, name_raw) = match (&args.agent_name, env.var("AZP_AGENT_NAME")) {
-        (Some(n), _) => ("--agent-name", n.as_str()),
-        (None, Some(n)) => ("AZP_AGENT_NAME", n),
-        (None, None) => ("the host name (set --agent-name)", env.hostname()),
-    };
-    let agent_name = check_name(name_what, name_raw, 64, AGENT_FORBIDDEN, &os)?;
-
+    let agent_name = agent_name(args.agent_name.as_deref(), env, &os)?;
     let paths = paths(env, &os)?;
     let agent_dir = agent_dir(args.agent_dir.as_deref(), &paths, &os)?;
-    let (work_what, work_raw) = match (&args.work_dir, env.var("AZP_WORK")) {
-        (Some(w), _) => ("--work-dir", w.as_str()),
-        (None, Some(w)) => ("AZP_WORK", w),
-        (None, None) => ("--work-dir", DEFAULT_WORK),
-    };
-    let work_dir = check_text(
-        work_what,
-        work_raw,
-        4096,
-        if os.is_windows() { CMD_CHARS } else { "" },
-    )?;
-
-    let user = if os.is_windows() {
-        if args.user.is_some() {
-            return Err(bad(
-                "--user",
-                "is for Linux; on Windows the service's account is --windows-logon-account",
-            ));
-        }
-        AgentUser::Existing(check_logon_account(
-            args.windows_logon_account
-                .as_deref()
-                .unwrap_or(crate::service::windows::DEFAULT_LOGON_ACCOUNT),
-        )?)
-    } else {
-        if args.windows_logon_account.is_some() {
-            return Err(bad(
-                "--windows-logon-account",
-                "is for Windows; on Linux the agent's account is --user",
-            ));
-        }
-        match &args.user {
-            Some(u) => AgentUser::Existing(check_user(u.trim())?),
-            // Not root (a container running as its own user): the agent runs as this account.
-            None if !env.is_root() => AgentUser::Existing(env.username().to_owned()),
-            None => AgentUser::Dedicated(env.dedicated_user()),
-        }
-    };
-    if !env.is_root() && !args.dry_run {
-        let me = env.username();
-        if !args.no_service {
-            return Err(bad(
-                "--no-service",
-                if os.is_windows() {
-                    "installing the service needs an elevated prompt (Run as Administrator) or \
-                     SYSTEM: `config.cmd --runAsService` would fail only after registering the \
-                     agent; run elevated, or pass --no-service to only configure it"
-                } else {
-                    "installing the service needs root: run as root, or pass --no-service to \
-                     only configure the agent"
-                },
-            ));
-        }
-        if !os.is_windows() && matches!(&user, AgentUser::Existing(u) if u != me) {
-            return Err(bad(
-                "--user",
-                "only root can configure the agent as another user",
-            ));
-        }
-    }
-    // A service wanted where no systemd runs (a container, a chroot, WSL without systemd): the
-    // agent would be registered and left stopped, an offline agent nobody starts. Said before
-    // anything is contacted; a dry run says it too.
-    if env.is_root()
-        && !os.is_windows()
-        && !args.no_service
-        && !crate::service::systemd_available(env)
-    {
-        return Err(bad(
-            "--no-service",
-            format!(
-                "{}; or pass --no-service to only register and configure the agent",
-                crate::host::Facts::no_systemd_hint()
-            ),
-        ));
-    }
+    let work_dir = work_dir(args.work_dir.as_deref(), env, &os)?;
+    let user = agent_user(args, env, &os)?;
+    check_unprivileged(args, env, &os, &user)?;
+    check_service_manager(args, env, &os)?;
     if args.config_timeout == 0 {
         return Err(bad("--config-timeout", "must be at least 1 second"));
     }
     let network = network(&args.network, env)?;
-    if os.is_windows() {
-        // config.cmd hands its arguments to cmd.exe.
-        if let Some(p) = &network.proxy {
-            check_text("--proxy", p.url.as_str(), 2048, CMD_CHARS)?;
-            if let Some(u) = &p.user {
-                check_text("--proxy-user", u, 256, CMD_CHARS)?;
-            }
-        }
-        if let Some(ca) = &network.ca_file {
-            check_text("--ca-file", &ca.display().to_string(), 4096, CMD_CHARS)?;
-        }
-    }
-    if args.scale_in_drain && os.is_windows() {
-        return Err(bad(
-            "--scale-in-drain",
-            "is for Linux scale sets (a systemd service watches the scheduled events)",
-        ));
-    }
-    if args.scale_in_drain && !env.is_root() && !args.dry_run {
-        return Err(bad(
-            "--scale-in-drain",
-            "needs root: the watcher is a system service that unregisters the agent",
-        ));
-    }
+    check_network_for_cmd(&network, &os)?;
+    check_scale_in_drain(args, env, &os)?;
     let logon_password = env
         .var(LOGON_PASSWORD_ENV)
         .filter(|_| os.is_windows())
@@ -956,6 +858,150 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         cache_dir: paths.cache_dir,
         os,
     })
+}
+
+/// The agent's name: `--agent-name`, else `AZP_AGENT_NAME`, else the host name.
+fn agent_name(arg: Option<&str>, env: &Env, os: &Os) -> Result<String, SettingsError> {
+    let (what, raw) = match (arg, env.var("AZP_AGENT_NAME")) {
+        (Some(n), _) => ("--agent-name", n),
+        (None, Some(n)) => ("AZP_AGENT_NAME", n),
+        (None, None) => ("the host name (set --agent-name)", env.hostname()),
+    };
+    check_name(what, raw, 64, AGENT_FORBIDDEN, os)
+}
+
+/// The agent's work directory: `--work-dir`, else `AZP_WORK`, else [`DEFAULT_WORK`].
+fn work_dir(arg: Option<&str>, env: &Env, os: &Os) -> Result<String, SettingsError> {
+    let (what, raw) = match (arg, env.var("AZP_WORK")) {
+        (Some(w), _) => ("--work-dir", w),
+        (None, Some(w)) => ("AZP_WORK", w),
+        (None, None) => ("--work-dir", DEFAULT_WORK),
+    };
+    check_text(
+        what,
+        raw,
+        4096,
+        if os.is_windows() { CMD_CHARS } else { "" },
+    )
+}
+
+/// Who runs the agent. Windows: `--windows-logon-account` (or the default service account);
+/// Linux: `--user`, else this account when it is not root, else the dedicated user. Each
+/// system's flag is refused on the other.
+fn agent_user(args: &InstallArgs, env: &Env, os: &Os) -> Result<AgentUser, SettingsError> {
+    if os.is_windows() {
+        if args.user.is_some() {
+            return Err(bad(
+                "--user",
+                "is for Linux; on Windows the service's account is --windows-logon-account",
+            ));
+        }
+        return Ok(AgentUser::Existing(check_logon_account(
+            args.windows_logon_account
+                .as_deref()
+                .unwrap_or(crate::service::windows::DEFAULT_LOGON_ACCOUNT),
+        )?));
+    }
+    if args.windows_logon_account.is_some() {
+        return Err(bad(
+            "--windows-logon-account",
+            "is for Windows; on Linux the agent's account is --user",
+        ));
+    }
+    Ok(match &args.user {
+        Some(u) => AgentUser::Existing(check_user(u.trim())?),
+        // Not root (a container running as its own user): the agent runs as this account.
+        None if !env.is_root() => AgentUser::Existing(env.username().to_owned()),
+        None => AgentUser::Dedicated(env.dedicated_user()),
+    })
+}
+
+/// Without root (Windows: elevation), for real: no service, and the agent runs as this account.
+fn check_unprivileged(
+    args: &InstallArgs,
+    env: &Env,
+    os: &Os,
+    user: &AgentUser,
+) -> Result<(), SettingsError> {
+    if env.is_root() || args.dry_run {
+        return Ok(());
+    }
+    let me = env.username();
+    if !args.no_service {
+        return Err(bad(
+            "--no-service",
+            if os.is_windows() {
+                "installing the service needs an elevated prompt (Run as Administrator) or \
+                 SYSTEM: `config.cmd --runAsService` would fail only after registering the \
+                 agent; run elevated, or pass --no-service to only configure it"
+            } else {
+                "installing the service needs root: run as root, or pass --no-service to \
+                 only configure the agent"
+            },
+        ));
+    }
+    if !os.is_windows() && matches!(user, AgentUser::Existing(u) if u != me) {
+        return Err(bad(
+            "--user",
+            "only root can configure the agent as another user",
+        ));
+    }
+    Ok(())
+}
+
+/// A service wanted where no systemd runs (a container, a chroot, WSL without systemd): the
+/// agent would be registered and left stopped, an offline agent nobody starts. Said before
+/// anything is contacted; a dry run says it too.
+fn check_service_manager(args: &InstallArgs, env: &Env, os: &Os) -> Result<(), SettingsError> {
+    if env.is_root()
+        && !os.is_windows()
+        && !args.no_service
+        && !crate::service::systemd_available(env)
+    {
+        return Err(bad(
+            "--no-service",
+            format!(
+                "{}; or pass --no-service to only register and configure the agent",
+                crate::host::Facts::no_systemd_hint()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Windows: config.cmd hands its arguments to cmd.exe, so the proxy and CA file it is given must
+/// not read as cmd syntax.
+fn check_network_for_cmd(network: &crate::net::Network, os: &Os) -> Result<(), SettingsError> {
+    if !os.is_windows() {
+        return Ok(());
+    }
+    if let Some(p) = &network.proxy {
+        check_text("--proxy", p.url.as_str(), 2048, CMD_CHARS)?;
+        if let Some(u) = &p.user {
+            check_text("--proxy-user", u, 256, CMD_CHARS)?;
+        }
+    }
+    if let Some(ca) = &network.ca_file {
+        check_text("--ca-file", &ca.display().to_string(), 4096, CMD_CHARS)?;
+    }
+    Ok(())
+}
+
+/// `--scale-in-drain`: a systemd service that unregisters the agent, so Linux and root only.
+fn check_scale_in_drain(args: &InstallArgs, env: &Env, os: &Os) -> Result<(), SettingsError> {
+    if args.scale_in_drain && os.is_windows() {
+        return Err(bad(
+            "--scale-in-drain",
+            "is for Linux scale sets (a systemd service watches the scheduled events)",
+        ));
+    }
+    if args.scale_in_drain && !env.is_root() && !args.dry_run {
+        return Err(bad(
+            "--scale-in-drain",
+            "needs root: the watcher is a system service that unregisters the agent",
+        ));
+    }
+    Ok(())
 }
 
 /// Where agent-bootstrap keeps its state and cache, and the default agent dir, for this account.

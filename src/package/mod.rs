@@ -400,197 +400,255 @@ pub async fn fetch_and_extract(
     let cache_dir = target.cache_dir;
     crate::fsx::create_private_dir_all(cache_dir)
         .map_err(io_err("creating the cache directory", cache_dir))?;
-    let mut staging = Staging::create(staging_parent(cache_dir, parent), target.tag)?;
-
-    // A verified copy in the cache beats the network; it is verified again as it is read.
-    if let Some(sha) = &req.sha256 {
-        let cached = cache_path(cache_dir, sha, req.kind);
-        if cached.is_file() {
-            tracing::info!(path = %cached.display(), "using the cached agent package");
-            let source = Source::File(cached.clone());
-            match fetch_once(req, &source, true, target, &staging, net, progress).await {
-                Ok(f) => return Ok((staging, f)),
-                Err(e) => {
-                    // A damaged cache entry must not fail every later run: drop it, fetch again.
-                    tracing::warn!(
-                        "the cached package is unusable ({}); removing it and fetching again",
-                        crate::report::report(&e)
-                    );
-                    fs_err::remove_file(&cached).map_err(io_err("removing", &cached))?;
-                    staging = staging.reset(target.tag)?;
-                }
-            }
-        }
+    let staging = Staging::create(staging_parent(cache_dir, parent), target.tag)?;
+    let fetch = Fetch {
+        req,
+        target,
+        net,
+        progress,
+    };
+    let (staging, cached) = fetch.try_cache(staging).await?;
+    if let Some(fetched) = cached {
+        return Ok((staging, fetched));
     }
     let room = Room::new(req, false, cache_dir, staging.path());
-    let fetched = fetch_once(req, &req.source, false, target, &staging, net, progress)
+    let fetched = fetch
+        .once(&req.source, false, &staging)
         .await
         .map_err(|e| room.explain(e))?;
-    // Measured once per package: the next run's free-space check knows what extraction takes.
+    record_extracted_size(cache_dir, &fetched);
+    Ok((staging, fetched))
+}
+
+/// Measured once per package: the next run's free-space check knows what extraction takes.
+fn record_extracted_size(cache_dir: &Path, fetched: &Fetched) {
     let record = size_record(cache_dir, &fetched.sha256);
     if let Err(e) = fs_err::write(&record, fetched.stats.bytes.to_string()) {
         tracing::debug!("{e}");
     }
-    Ok((staging, fetched))
 }
 
-async fn fetch_once(
-    req: &Request,
-    source: &Source,
-    from_cache: bool,
-    target: Target<'_>,
-    staging: &Staging,
-    net: &Net,
-    progress: &Progress,
-) -> Result<Fetched, PackageError> {
-    let source_name = source.to_string();
-    let cache_dir = target.cache_dir;
+/// What every attempt at getting the package shares: the request, where it goes, the network and
+/// the progress bar. Each attempt ([`Fetch::once`]) reads one source into one staging directory.
+#[derive(Clone, Copy)]
+struct Fetch<'a> {
+    req: &'a Request,
+    target: Target<'a>,
+    net: &'a Net,
+    progress: &'a Progress,
+}
 
-    // Tee into the cache unless we are reading the cache.
-    let partial = if from_cache {
-        None
-    } else {
-        Some(
-            tempfile::Builder::new()
-                .prefix(&format!("{PARTIAL_PREFIX}{}-", target.tag))
-                .suffix(".partial")
-                .tempfile_in(cache_dir)
-                .map_err(io_err("creating a download file in", cache_dir))?,
-        )
-    };
+/// The extraction of a `.tar.gz`, running on a blocking thread while the bytes arrive.
+type Extractor = tokio::task::JoinHandle<Result<Stats, ExtractError>>;
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let extractor: Option<tokio::task::JoinHandle<Result<Stats, ExtractError>>> = match req.kind {
-        #[cfg(not(unix))]
-        ArchiveKind::TarGz => {
-            return Err(PackageError::Refused {
-                url: source_name,
-                reason: "a .tar.gz package is for Linux and macOS; Windows agents come as .zip"
-                    .into(),
-            });
+impl Fetch<'_> {
+    /// A verified copy in the cache beats the network; it is verified again as it is read. Returns
+    /// the staging directory (emptied again if the cached copy failed half-way) and what was
+    /// fetched from the cache, if it was.
+    async fn try_cache(
+        &self,
+        staging: Staging,
+    ) -> Result<(Staging, Option<Fetched>), PackageError> {
+        let Some(sha) = &self.req.sha256 else {
+            return Ok((staging, None));
+        };
+        let cached = cache_path(self.target.cache_dir, sha, self.req.kind);
+        if !cached.is_file() {
+            return Ok((staging, None));
         }
-        #[cfg(unix)]
-        ArchiveKind::TarGz => {
-            let root = staging
-                .fd
-                .try_clone()
-                .map_err(io_err("opening", staging.path()))?;
-            let root_path = staging.path().to_owned();
-            let (owner, limits) = (target.owner, target.limits);
-            Some(tokio::task::spawn_blocking(move || {
-                let mut reader = ChannelReader::new(rx);
-                let result = extract::untar_gz(&mut reader, &root, &root_path, owner, limits);
-                reader.drain();
-                result
-            }))
-        }
-        // A zip's directory is at its end: it is extracted from the verified file afterwards.
-        ArchiveKind::Zip => {
-            drop(rx);
-            None
-        }
-    };
-
-    let mut sink = Sink {
-        hasher: Sha256::new(),
-        bytes: 0,
-        file: match &partial {
-            Some(p) => Some(tokio::fs::File::from_std(
-                p.reopen()
-                    .map_err(io_err("opening the download file", p.path()))?,
-            )),
-            None => None,
-        },
-        file_path: partial.as_ref().map(|p| p.path().to_owned()),
-        tx: Some(tx),
-        room: Room::new(req, from_cache, cache_dir, staging.path()),
-    };
-
-    // A file is opened once: what is hashed is what is extracted (no second open by path that
-    // another file could have taken the place of).
-    let mut opened: Option<std::fs::File> = None;
-    let fed = match source {
-        Source::File(path) => match open_package(path) {
-            Ok(file) => {
-                let fed = feed_file(&file, path, &mut sink, progress).await;
-                opened = Some(file);
-                fed
+        tracing::info!(path = %cached.display(), "using the cached agent package");
+        let source = Source::File(cached.clone());
+        match self.once(&source, true, &staging).await {
+            Ok(f) => Ok((staging, Some(f))),
+            Err(e) => {
+                // A damaged cache entry must not fail every later run: drop it, fetch again.
+                tracing::warn!(
+                    "the cached package is unusable ({}); removing it and fetching again",
+                    crate::report::report(&e)
+                );
+                fs_err::remove_file(&cached).map_err(io_err("removing", &cached))?;
+                Ok((staging.reset(self.target.tag)?, None))
             }
-            Err(e) => Err(e),
-        },
-        Source::Url(url) => feed_url(url, &mut sink, progress, net).await,
-    };
-    progress.finish();
-    // Close the channel so the extractor sees the end, whatever happened.
-    sink.tx = None;
-    let extracted = match extractor {
-        Some(handle) => Some(handle.await.expect("extractor thread panicked")),
-        None => None,
-    };
-    fed?;
-    if let Some(f) = sink.file.as_mut() {
-        // Flushed, not fsynced: a cache entry is verified again whenever it is read (a torn one
-        // after a power cut is dropped and fetched again), so waiting for the disk buys nothing.
-        f.flush().await.map_err(io_err(
-            "writing",
-            sink.file_path.as_deref().unwrap_or(cache_dir),
-        ))?;
-    }
-    let actual = hex::encode(sink.hasher.finalize());
-    if let Some(expected) = &req.sha256
-        && expected != &actual
-    {
-        return Err(PackageError::HashMismatch {
-            source_name,
-            expected: expected.clone(),
-            actual,
-        });
+        }
     }
 
-    // Verified. Keep it in the cache, then (zip) extract from the same open file.
-    let (cache_file, verified) = match partial {
-        Some(p) => {
-            let dest = cache_path(cache_dir, &actual, req.kind);
-            let file = p.persist(&dest).map_err(|e| PackageError::Io {
-                action: "saving the verified package to",
-                path: dest.clone(),
-                source: e.error,
-            })?;
-            (Some(dest), Some(file))
+    /// Reads `source` once through the pipeline into `staging`, hashing the bytes as they pass
+    /// (`from_cache`: `source` is the cache's own copy, so nothing is written to the cache).
+    async fn once(
+        &self,
+        source: &Source,
+        from_cache: bool,
+        staging: &Staging,
+    ) -> Result<Fetched, PackageError> {
+        let source_name = source.to_string();
+        let cache_dir = self.target.cache_dir;
+        // Tee into the cache unless we are reading the cache.
+        let partial = if from_cache {
+            None
+        } else {
+            Some(self.partial_file()?)
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let extractor = self.start_extractor(&source_name, staging, rx)?;
+        let room = Room::new(self.req, from_cache, cache_dir, staging.path());
+        let mut sink = Sink::new(tx, partial.as_ref(), room)?;
+        let (fed, opened) = self.feed(source, &mut sink).await;
+        self.progress.finish();
+        // Close the channel so the extractor sees the end, whatever happened.
+        sink.tx = None;
+        let extracted = match extractor {
+            Some(handle) => Some(handle.await.expect("extractor thread panicked")),
+            None => None,
+        };
+        fed?;
+        let actual = sink.finish(cache_dir).await?;
+        self.verify(&source_name, &actual)?;
+        // Verified. Keep it in the cache, then (zip) extract from the same open file.
+        let (cache_file, verified) = self.keep(partial, &actual, source, opened)?;
+        let stats = match extracted {
+            Some(result) => result,
+            None => self.unzip(verified, cache_file.clone(), staging).await,
         }
-        None => match source {
-            Source::File(p) => (Some(p.clone()), opened),
-            Source::Url(_) => (None, None),
-        },
-    };
-    let stats = match extracted {
-        Some(r) => r.map_err(|source| PackageError::Extract {
-            source_name: source_name.clone(),
+        .map_err(|source| PackageError::Extract {
+            source_name,
             source,
-        })?,
-        None => {
-            let file = verified.expect("zip packages are always on disk");
-            let shown = cache_file.clone().expect("zip packages are always on disk");
-            let staging = staging.path().to_owned();
-            let limits = target.limits;
-            tokio::task::spawn_blocking(move || extract::unzip(file, &shown, &staging, limits))
-                .await
-                .expect("unzip thread panicked")
-                .map_err(|source| PackageError::Extract {
-                    source_name: source_name.clone(),
-                    source,
-                })?
+        })?;
+        Ok(Fetched {
+            sha256: actual,
+            bytes: sink.bytes,
+            from_cache,
+            stats,
+            cache_file: if from_cache { None } else { cache_file },
+        })
+    }
+
+    /// The cache's copy while it downloads: `.download-<tag>-….partial`, deleted unless kept.
+    fn partial_file(&self) -> Result<tempfile::NamedTempFile, PackageError> {
+        let cache_dir = self.target.cache_dir;
+        tempfile::Builder::new()
+            .prefix(&format!("{PARTIAL_PREFIX}{}-", self.target.tag))
+            .suffix(".partial")
+            .tempfile_in(cache_dir)
+            .map_err(io_err("creating a download file in", cache_dir))
+    }
+
+    /// Starts extracting a `.tar.gz` from the channel as it fills; a zip's directory is at its
+    /// end, so it is extracted from the verified file afterwards ([`Fetch::unzip`]): `None`.
+    fn start_extractor(
+        &self,
+        source_name: &str,
+        staging: &Staging,
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+    ) -> Result<Option<Extractor>, PackageError> {
+        match self.req.kind {
+            #[cfg(not(unix))]
+            ArchiveKind::TarGz => {
+                let _ = staging;
+                Err(PackageError::Refused {
+                    url: source_name.to_owned(),
+                    reason: "a .tar.gz package is for Linux and macOS; Windows agents come as .zip"
+                        .into(),
+                })
+            }
+            #[cfg(unix)]
+            ArchiveKind::TarGz => {
+                let _ = source_name;
+                let root = staging
+                    .fd
+                    .try_clone()
+                    .map_err(io_err("opening", staging.path()))?;
+                let root_path = staging.path().to_owned();
+                let (owner, limits) = (self.target.owner, self.target.limits);
+                Ok(Some(tokio::task::spawn_blocking(move || {
+                    let mut reader = ChannelReader::new(rx);
+                    let result = extract::untar_gz(&mut reader, &root, &root_path, owner, limits);
+                    reader.drain();
+                    result
+                })))
+            }
+            ArchiveKind::Zip => {
+                drop(rx);
+                Ok(None)
+            }
         }
-    };
-    Ok(Fetched {
-        sha256: actual,
-        bytes: sink.bytes,
-        from_cache,
-        stats,
-        cache_file: if from_cache { None } else { cache_file },
-    })
+    }
+
+    /// Feeds the sink from `source`. A file is opened once: what is hashed is what is extracted
+    /// (no second open by path that another file could have taken the place of), so the open
+    /// file is returned too.
+    async fn feed(
+        &self,
+        source: &Source,
+        sink: &mut Sink,
+    ) -> (Result<(), PackageError>, Option<std::fs::File>) {
+        match source {
+            Source::File(path) => match open_package(path) {
+                Ok(file) => {
+                    let fed = feed_file(&file, path, sink, self.progress).await;
+                    (fed, Some(file))
+                }
+                Err(e) => (Err(e), None),
+            },
+            Source::Url(url) => (feed_url(url, sink, self.progress, self.net).await, None),
+        }
+    }
+
+    /// The digest of what was read against the one asked for, if one was.
+    fn verify(&self, source_name: &str, actual: &str) -> Result<(), PackageError> {
+        match &self.req.sha256 {
+            Some(expected) if expected != actual => Err(PackageError::HashMismatch {
+                source_name: source_name.to_owned(),
+                expected: expected.clone(),
+                actual: actual.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps a verified download in the cache as `<sha256>.<ext>`. Returns where the archive is
+    /// on disk and its open file (for a zip to be extracted from), when there is one.
+    fn keep(
+        &self,
+        partial: Option<tempfile::NamedTempFile>,
+        actual: &str,
+        source: &Source,
+        opened: Option<std::fs::File>,
+    ) -> Result<(Option<PathBuf>, Option<std::fs::File>), PackageError> {
+        match partial {
+            Some(p) => {
+                let dest = cache_path(self.target.cache_dir, actual, self.req.kind);
+                let file = p.persist(&dest).map_err(|e| PackageError::Io {
+                    action: "saving the verified package to",
+                    path: dest.clone(),
+                    source: e.error,
+                })?;
+                Ok((Some(dest), Some(file)))
+            }
+            None => Ok(match source {
+                Source::File(p) => (Some(p.clone()), opened),
+                Source::Url(_) => (None, None),
+            }),
+        }
+    }
+
+    /// Extracts a verified zip from its open file (`shown` is its path, for messages).
+    async fn unzip(
+        &self,
+        file: Option<std::fs::File>,
+        shown: Option<PathBuf>,
+        staging: &Staging,
+    ) -> Result<Stats, ExtractError> {
+        let file = file.expect("zip packages are always on disk");
+        let shown = shown.expect("zip packages are always on disk");
+        let staging = staging.path().to_owned();
+        let limits = self.target.limits;
+        tokio::task::spawn_blocking(move || extract::unzip(file, &shown, &staging, limits))
+            .await
+            .expect("unzip thread panicked")
+    }
 }
 
+/// Where the bytes go as they arrive: the hasher, the cache's copy and the extractor's channel.
 struct Sink {
     hasher: Sha256,
     bytes: u64,
@@ -601,6 +659,29 @@ struct Sink {
 }
 
 impl Sink {
+    /// A sink writing to `partial` (when there is one) and sending to `tx`.
+    fn new(
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+        partial: Option<&tempfile::NamedTempFile>,
+        room: Room,
+    ) -> Result<Self, PackageError> {
+        let file = match partial {
+            Some(p) => Some(tokio::fs::File::from_std(
+                p.reopen()
+                    .map_err(io_err("opening the download file", p.path()))?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            hasher: Sha256::new(),
+            bytes: 0,
+            file,
+            file_path: partial.map(|p| p.path().to_owned()),
+            tx: Some(tx),
+            room,
+        })
+    }
+
     async fn push(&mut self, chunk: Bytes) -> Result<(), PackageError> {
         self.hasher.update(&chunk);
         self.bytes += chunk.len() as u64;
@@ -618,6 +699,20 @@ impl Sink {
             self.tx = None;
         }
         Ok(())
+    }
+
+    /// After the last byte: flushes the cache's copy and returns the SHA-256 of all, in hex.
+    async fn finish(&mut self, cache_dir: &Path) -> Result<String, PackageError> {
+        if let Some(f) = self.file.as_mut() {
+            // Flushed, not fsynced: a cache entry is verified again whenever it is read (a torn
+            // one after a power cut is dropped and fetched again), so waiting for the disk buys
+            // nothing.
+            f.flush().await.map_err(io_err(
+                "writing",
+                self.file_path.as_deref().unwrap_or(cache_dir),
+            ))?;
+        }
+        Ok(hex::encode(self.hasher.finalize_reset()))
     }
 }
 
@@ -665,113 +760,18 @@ async fn feed_url(
     net: &Net,
 ) -> Result<(), PackageError> {
     let shown = url.to_string();
-    let mut total: Option<u64> = None;
     let budget = net.clock().budget(DOWNLOAD_STALL_BUDGET);
-    let again = |class, wait_hint, detail, progress| Try::Again {
-        class,
-        wait_hint,
-        detail,
+    let mut download = Download {
+        url,
+        shown: &shown,
+        net,
+        sink,
         progress,
+        total: None,
     };
     let outcome = net
         .retry(&format!("downloading {shown}"), budget, async |_| {
-            let offset = sink.bytes;
-            let mut request = net.client(Service::Download).get(url.clone());
-            if offset > 0 {
-                request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
-            }
-            let response = match request.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    if let Some(blocked) = net.blocked(&e) {
-                        return Try::Stop(blocked);
-                    }
-                    return again(Class::Backoff, None, crate::report::one_line(&e), false);
-                }
-            };
-            let status = response.status().as_u16();
-            match crate::net::retry::classify(Service::Download, status) {
-                Class::Success => {}
-                Class::Fatal => {
-                    return Try::Done(Err(PackageError::Http {
-                        url: shown.clone(),
-                        status,
-                    }));
-                }
-                class => {
-                    let hint = net.wait_hint(status, response.headers());
-                    return again(class, hint, format!("HTTP {status}"), false);
-                }
-            }
-            let mut skip = 0u64;
-            match status {
-                206 if offset > 0 => {
-                    let range = response
-                        .headers()
-                        .get(reqwest::header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    if !range.starts_with(&format!("bytes {offset}-")) {
-                        return Try::Done(Err(PackageError::BadRange {
-                            url: shown.clone(),
-                            detail: format!(
-                                "asked for bytes={offset}-, got Content-Range '{range}'"
-                            ),
-                        }));
-                    }
-                }
-                206 => {
-                    return Try::Done(Err(PackageError::BadRange {
-                        url: shown.clone(),
-                        detail: "a partial answer to a request for the whole file".into(),
-                    }));
-                }
-                _ => {
-                    total = response.content_length();
-                    // The server ignored Range: read past what we already have.
-                    skip = offset;
-                    if offset == 0 {
-                        if let Some(n) = total
-                            && let Err(e) = sink.room.check(n)
-                        {
-                            return Try::Done(Err(e));
-                        }
-                        progress.start(total);
-                    }
-                }
-            }
-            let mut stream = response.bytes_stream();
-            while let Some(chunk) = stream.next().await {
-                let mut chunk = match chunk {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let moved = sink.bytes > offset;
-                        return again(Class::Backoff, None, crate::report::one_line(&e), moved);
-                    }
-                };
-                if skip > 0 {
-                    let drop_n = skip.min(chunk.len() as u64) as usize;
-                    skip -= drop_n as u64;
-                    chunk = chunk.slice(drop_n..);
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                }
-                let n = chunk.len() as u64;
-                if let Err(e) = sink.push(chunk).await {
-                    return Try::Done(Err(e));
-                }
-                progress.advance(n);
-            }
-            match total {
-                Some(t) if sink.bytes < t => again(
-                    Class::Backoff,
-                    None,
-                    format!("connection closed after {} of {t} bytes", sink.bytes),
-                    sink.bytes > offset,
-                ),
-                _ => Try::Done(Ok(())),
-            }
+            download.attempt().await
         })
         .await;
     match outcome {
@@ -788,6 +788,177 @@ async fn feed_url(
             attempts: g.attempts,
             detail: g.last,
         }),
+    }
+}
+
+/// What one attempt at a download comes to ([`Download::attempt`]); as the error of a step, the
+/// attempt ends there with it.
+type Attempt = Try<Result<(), PackageError>>;
+
+/// Worth another attempt (`moved`: this one got bytes, so the stall budget starts over).
+fn again(class: Class, wait_hint: Option<Duration>, detail: String, moved: bool) -> Attempt {
+    Try::Again {
+        class,
+        wait_hint,
+        detail,
+        progress: moved,
+    }
+}
+
+/// One download across its attempts: each asks for what the sink does not have yet.
+struct Download<'a> {
+    url: &'a Url,
+    shown: &'a str,
+    net: &'a Net,
+    sink: &'a mut Sink,
+    progress: &'a Progress,
+    /// The whole length, as the last answer that sent the whole file gave it.
+    total: Option<u64>,
+}
+
+impl Download<'_> {
+    /// One request from where the sink stands, its body into the sink.
+    async fn attempt(&mut self) -> Attempt {
+        let offset = self.sink.bytes;
+        match self.transfer(offset).await {
+            Ok(()) => self.complete(offset),
+            Err(ended) => ended,
+        }
+    }
+
+    /// Sends the request, takes the answer and reads its body; an error is how the attempt ended.
+    async fn transfer(&mut self, offset: u64) -> Result<(), Attempt> {
+        let response = self.send(offset).await?;
+        let skip = self.accept(&response, offset)?;
+        self.read_body(response, offset, skip).await
+    }
+
+    /// Sends the request (with `Range` when `offset` bytes are in already) and takes a success;
+    /// a blocked connection stops, a failure is retried or fatal per the table.
+    async fn send(&self, offset: u64) -> Result<reqwest::Response, Attempt> {
+        let mut request = self.net.client(Service::Download).get(self.url.clone());
+        if offset > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(blocked) = self.net.blocked(&e) {
+                    return Err(Try::Stop(blocked));
+                }
+                return Err(again(
+                    Class::Backoff,
+                    None,
+                    crate::report::one_line(&e),
+                    false,
+                ));
+            }
+        };
+        let status = response.status().as_u16();
+        match crate::net::retry::classify(Service::Download, status) {
+            Class::Success => Ok(response),
+            Class::Fatal => Err(Try::Done(Err(PackageError::Http {
+                url: self.shown.to_owned(),
+                status,
+            }))),
+            class => {
+                let hint = self.net.wait_hint(status, response.headers());
+                Err(again(class, hint, format!("HTTP {status}"), false))
+            }
+        }
+    }
+
+    /// Where the answer's body stands against the sink. A `206` must continue at `offset`; any
+    /// other success is the whole file: its length is noted and, on the first request, checked
+    /// against the free space and shown by the progress bar. Returns how many leading bytes to
+    /// skip (those the sink has already).
+    fn accept(&mut self, response: &reqwest::Response, offset: u64) -> Result<u64, Attempt> {
+        let bad_range = |detail: String| {
+            Try::Done(Err(PackageError::BadRange {
+                url: self.shown.to_owned(),
+                detail,
+            }))
+        };
+        match response.status().as_u16() {
+            206 if offset > 0 => {
+                let range = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !range.starts_with(&format!("bytes {offset}-")) {
+                    return Err(bad_range(format!(
+                        "asked for bytes={offset}-, got Content-Range '{range}'"
+                    )));
+                }
+                Ok(0)
+            }
+            206 => Err(bad_range(
+                "a partial answer to a request for the whole file".into(),
+            )),
+            _ => {
+                self.total = response.content_length();
+                if offset == 0 {
+                    if let Some(n) = self.total
+                        && let Err(e) = self.sink.room.check(n)
+                    {
+                        return Err(Try::Done(Err(e)));
+                    }
+                    self.progress.start(self.total);
+                }
+                // The server ignored Range: read past what we already have.
+                Ok(offset)
+            }
+        }
+    }
+
+    /// Streams the body into the sink, past its first `skip` bytes; a broken stream is retried.
+    async fn read_body(
+        &mut self,
+        response: reqwest::Response,
+        offset: u64,
+        mut skip: u64,
+    ) -> Result<(), Attempt> {
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let mut chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let moved = self.sink.bytes > offset;
+                    return Err(again(
+                        Class::Backoff,
+                        None,
+                        crate::report::one_line(&e),
+                        moved,
+                    ));
+                }
+            };
+            if skip > 0 {
+                let drop_n = skip.min(chunk.len() as u64) as usize;
+                skip -= drop_n as u64;
+                chunk = chunk.slice(drop_n..);
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
+            let n = chunk.len() as u64;
+            self.sink.push(chunk).await.map_err(|e| Try::Done(Err(e)))?;
+            self.progress.advance(n);
+        }
+        Ok(())
+    }
+
+    /// After the body: fewer bytes than the whole length means the connection was cut.
+    fn complete(&self, offset: u64) -> Attempt {
+        match self.total {
+            Some(t) if self.sink.bytes < t => again(
+                Class::Backoff,
+                None,
+                format!("connection closed after {} of {t} bytes", self.sink.bytes),
+                self.sink.bytes > offset,
+            ),
+            _ => Try::Done(Ok(())),
+        }
     }
 }
 
