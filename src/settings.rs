@@ -644,7 +644,6 @@ pub fn run(args: &RunArgs, env: &Env, os: Os) -> Result<RunSettings, SettingsErr
     })
 }
 
-/// `7d`, `12h`, `90m`, `30s`, or several (`1d12h`); at least a minute.
 /// `--capability KEY=VALUE`, each: a name the agent's `.capabilities` and a pipeline's demands
 /// read the same way (letters, digits, `.`, `_`, `-`; at most 256), a value on one line (no
 /// control character; at most 1024), each name once.
@@ -683,6 +682,7 @@ pub fn capabilities(args: &[String]) -> Result<BTreeMap<String, String>, Setting
     Ok(out)
 }
 
+/// `7d`, `12h`, `90m`, `30s`, or several (`1d12h`); at least a minute.
 pub fn duration(what: &str, text: &str) -> Result<std::time::Duration, SettingsError> {
     let invalid = || {
         bad(
