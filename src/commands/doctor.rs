@@ -12,11 +12,13 @@
 //! install would exit with (3 identity, 4 Azure DevOps, 5 no package).
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::devops::DevOpsClient;
+use crate::clock::Budget;
+use crate::devops::{DevOpsClient, PackageMetadata};
 use crate::env::Env;
 use crate::error::Error;
 use crate::identity::claims::{self, Claims};
@@ -101,6 +103,17 @@ struct Doctor {
     ok: bool,
 }
 
+impl Doctor {
+    /// Records the failed check `name` and hands its error on.
+    fn fail<E>(&mut self, name: &'static str, e: E) -> Error
+    where
+        E: std::error::Error + Into<Error> + 'static,
+    {
+        self.checks.push(Check::failed(name, &e));
+        e.into()
+    }
+}
+
 pub async fn run(
     target: &DoctorSettings,
     request: &Request,
@@ -134,7 +147,9 @@ pub async fn run(
         ok: false,
     };
     let (before, after) = machine(target, env, &os, &mut report.machine);
-    let failure = check(target, source, &budget, os, net, &mut report).await;
+    let failure = check(target, source, &budget, os, net, &mut report)
+        .await
+        .err();
     // The exit code install would have: it checks the file systems before anything is
     // contacted, and meets the agent's tools and account after the network checks.
     let failure = before.or(failure).or(after);
@@ -221,34 +236,58 @@ fn machine(
 async fn check(
     target: &DoctorSettings,
     source: Result<crate::identity::Source, crate::identity::IdentityError>,
-    budget: &crate::clock::Budget,
+    budget: &Budget,
     os: Os,
     net: &Net,
     report: &mut Doctor,
-) -> Option<Error> {
+) -> Result<(), Error> {
     // The hops first: the proxy, then TLS to the organization through it.
     if let Some(e) = hops(target, net, report).await {
-        return Some(e);
+        return Err(e);
     }
-    let source = match source {
-        Ok(s) => s,
-        Err(e) => {
-            report.checks.push(Check::failed("identity", &e));
-            return Some(e.into());
-        }
-    };
+    let tokens = token(source, budget, net, report).await?;
+    let devops = DevOpsClient::new(&target.url, tokens, net);
+    let who = organization(&devops, target, budget, report).await?;
+    pool(&devops, target, &who, budget, report).await?;
+    let package = package(&devops, &os, budget, report).await?;
+    download(&package.download_url, net, report).await
+}
+
+/// The identity the chain chose, a token from it, and the token's claims: whose it is, and that
+/// it is for Azure DevOps.
+async fn token(
+    source: Result<crate::identity::Source, crate::identity::IdentityError>,
+    budget: &Budget,
+    net: &Net,
+    report: &mut Doctor,
+) -> Result<Arc<Tokens>, Error> {
+    let source = source.map_err(|e| report.fail("identity", e))?;
     report.source = Some(source.describe());
-    let tokens = std::sync::Arc::new(Tokens::new(source));
-    let token = match tokens.get(budget).await {
-        Ok(t) => t,
-        Err(e) => {
-            report.checks.push(Check::failed("token", &e));
-            return Some(e.into());
-        }
-    };
-    let claims = claims::decode(&token);
+    let tokens = Arc::new(Tokens::new(source));
+    let secret = tokens
+        .get(budget)
+        .await
+        .map_err(|e| report.fail("token", e))?;
+    let claims = claims::decode(&secret);
     let now = net.clock().unix_now();
-    let about = match &claims {
+    report
+        .checks
+        .push(Check::ok("token", about_token(claims.as_ref(), now)));
+    let wrong_audience = claims.as_ref().filter(|c| !c.for_azure_devops()).map(|c| {
+        crate::identity::IdentityError::WrongAudience {
+            audience: c.aud.clone().unwrap_or_default(),
+        }
+    });
+    report.claims = claims;
+    match wrong_audience {
+        Some(e) => Err(report.fail("audience", e)),
+        None => Ok(tokens),
+    }
+}
+
+/// Whose token it is and when it expires, as far as its claims tell.
+fn about_token(claims: Option<&Claims>, now: u64) -> String {
+    match claims {
         Some(c) => {
             let expires = c
                 .exp
@@ -260,27 +299,19 @@ async fn check(
             )
         }
         None => "a token that is not a JWT (a personal access token)".to_owned(),
-    };
-    report.checks.push(Check::ok("token", about));
-    if let Some(c) = &claims
-        && !c.for_azure_devops()
-    {
-        let e = crate::identity::IdentityError::WrongAudience {
-            audience: c.aud.clone().unwrap_or_default(),
-        };
-        report.checks.push(Check::failed("audience", &e));
-        report.claims = claims;
-        return Some(e.into());
     }
-    report.claims = claims;
+}
 
-    let devops = DevOpsClient::new(&target.url, tokens.clone(), net);
+/// The organization accepts the token; returns who it takes the token for.
+async fn organization(
+    devops: &DevOpsClient,
+    target: &DoctorSettings,
+    budget: &Budget,
+    report: &mut Doctor,
+) -> Result<String, Error> {
     let me = match devops.connection_data(budget).await {
         Ok(c) => c.authenticated_user,
-        Err(e) => {
-            report.checks.push(Check::failed("organization", &e));
-            return Some(e.into());
-        }
+        Err(e) => return Err(report.fail("organization", e)),
     };
     let who = me
         .provider_display_name
@@ -290,43 +321,62 @@ async fn check(
         "organization",
         format!("{} accepts the token as {who} (id {})", target.url, me.id),
     ));
+    Ok(who)
+}
+
+/// The pool exists and `who` may register agents in it.
+async fn pool(
+    devops: &DevOpsClient,
+    target: &DoctorSettings,
+    who: &str,
+    budget: &Budget,
+    report: &mut Doctor,
+) -> Result<(), Error> {
     match devops.pool_if_manageable(&target.pool, budget).await {
-        Ok(Some(pool)) => report.checks.push(Check::ok(
-            "pool",
-            format!(
-                "'{}' (id {}): this identity may register agents in it",
-                pool.name, pool.id
-            ),
-        )),
-        Ok(None) => {
-            let e = devops
-                .explain_unmanageable(&target.pool, &who, budget)
-                .await;
-            report.checks.push(Check::failed("pool", &e));
-            return Some(e.into());
-        }
-        Err(e) => {
-            report.checks.push(Check::failed("pool", &e));
-            return Some(e.into());
-        }
-    }
-    let rid = os.rid();
-    let package = match devops.agent_package(&rid, None, budget).await {
-        Ok(p) => {
+        Ok(Some(pool)) => {
             report.checks.push(Check::ok(
-                "package",
-                format!("the organization offers agent {} for {rid}", p.version),
+                "pool",
+                format!(
+                    "'{}' (id {}): this identity may register agents in it",
+                    pool.name, pool.id
+                ),
             ));
-            p
+            Ok(())
         }
-        Err(e) => {
-            report.checks.push(Check::failed("package", &e));
-            return Some(e.into());
+        Ok(None) => {
+            let e = devops.explain_unmanageable(&target.pool, who, budget).await;
+            Err(report.fail("pool", e))
         }
-    };
-    // The download host: the first byte of the package, through the same proxy and trust.
-    let Ok(url) = url::Url::parse(&package.download_url) else {
-        return None;
+        Err(e) => Err(report.fail("pool", e)),
+    }
+}
+
+/// The packages API offers an agent for this platform.
+async fn package(
+    devops: &DevOpsClient,
+    os: &Os,
+    budget: &Budget,
+    report: &mut Doctor,
+) -> Result<PackageMetadata, Error> {
+    let rid = os.rid();
+    let package = devops
+        .agent_package(&rid, None, budget)
+        .await
+        .map_err(|e| report.fail("package", e))?;
+    report.checks.push(Check::ok(
+        "package",
+        format!(
+            "the organization offers agent {} for {rid}",
+            package.version
+        ),
+    ));
+    Ok(package)
+}
+
+/// The download host: the first byte of the package, through the same proxy and trust.
+async fn download(download_url: &str, net: &Net, report: &mut Doctor) -> Result<(), Error> {
+    let Ok(url) = url::Url::parse(download_url) else {
+        return Ok(());
     };
     let request = net
         .client(Service::Download)
@@ -334,17 +384,19 @@ async fn check(
         .header("Range", "bytes=0-0")
         .timeout(Duration::from_secs(30));
     match request.send().await {
-        Ok(r) if r.status().is_success() => report.checks.push(Check::ok(
-            "download",
-            format!("{} answers {}", host_of(&url), route(net, &url)),
-        )),
+        Ok(r) if r.status().is_success() => {
+            report.checks.push(Check::ok(
+                "download",
+                format!("{} answers {}", host_of(&url), route(net, &url)),
+            ));
+            Ok(())
+        }
         Ok(r) => {
             let e = crate::package::PackageError::Http {
                 url: url.to_string(),
                 status: r.status().as_u16(),
             };
-            report.checks.push(Check::failed("download", &e));
-            return Some(e.into());
+            Err(report.fail("download", e))
         }
         Err(e) => {
             let e = match net.blocked(&e) {
@@ -358,11 +410,9 @@ async fn check(
                     detail: crate::report::one_line(&e),
                 },
             };
-            report.checks.push(Check::failed("download", &e));
-            return Some(e.into());
+            Err(report.fail("download", e))
         }
     }
-    None
 }
 
 fn host_of(url: &url::Url) -> String {

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::agent::AgentDir;
+use crate::agent::{AgentDir, AgentSettings};
 use crate::commands::Target;
-use crate::devops::DevOpsClient;
+use crate::devops::{DevOpsClient, ServerAgent};
 use crate::env::Env;
 use crate::error::Error;
 use crate::net::Net;
@@ -22,7 +22,7 @@ use crate::os::Os;
 use crate::output::{AgentRef, Out};
 use crate::service::{AgentUnit, Systemctl, UnitState};
 use crate::settings;
-use crate::state;
+use crate::state::{self, Saved};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -88,109 +88,27 @@ pub async fn run(
     net: &Net,
     out: &Out,
 ) -> Result<(), Error> {
+    let saved = state::load(&t.paths.state_dir, &t.agent_dir)?;
+    let status = gather(t, saved.as_ref(), env, &os, net).await;
+    emit(&status, saved.as_ref(), json, out);
+    Ok(())
+}
+
+/// Everything status reports, found out in this order: the agent's own files, its units, the
+/// network settings, then the server's view.
+async fn gather(t: &Target, saved: Option<&Saved>, env: &Env, os: &Os, net: &Net) -> Status {
     let agent_dir = t.agent_dir.as_path();
-    let state_dir = &t.paths.state_dir;
-    let saved = state::load(state_dir, agent_dir)?;
-    let agent = AgentDir::new(agent_dir, &os);
+    let agent = AgentDir::new(agent_dir, os);
     let (local, agent_file_error) = match agent.settings() {
         Ok(l) => (l, None),
         Err(e) => (None, Some(crate::report::one_line(&e))),
     };
-    let windows = os.is_windows();
-    let systemctl = Systemctl::find(env).filter(|_| !windows);
-    let service_unit = match &saved {
-        Some(s) if s.service && windows => Some(crate::service::windows::service_name(
-            &s.url,
-            &s.pool,
-            &s.agent_name,
-        )),
-        Some(s) if s.service => Some(AgentUnit::new(&s.url, &s.pool, &s.agent_name).name),
-        Some(_) => None,
-        None => agent.service_file_hint(),
-    };
-    let service = match (&systemctl, &service_unit) {
-        (Some(sc), Some(u)) => sc.state(u).await.ok(),
-        // The Service Control Manager's view.
-        (None, Some(u)) if windows => crate::service::windows::query(env, u)
-            .await
-            .ok()
-            .map(UnitState::from),
-        _ => None,
-    };
-    let boot_unit = saved.as_ref().and_then(|s| s.boot_unit.clone());
-    let boot = match (&systemctl, &boot_unit) {
-        (Some(sc), Some(u)) => sc.state(u).await.ok(),
-        // A registered task is a file in %SystemRoot%\System32\Tasks.
-        (None, Some(u)) if windows => {
-            let exists = crate::service::windows::task_file(env, u).is_file();
-            Some(UnitState {
-                exists,
-                enabled: exists,
-                active: false,
-            })
-        }
-        _ => None,
-    };
-    let watch_unit = saved.as_ref().and_then(|s| s.watch_unit.clone());
-    let watch = match (&systemctl, &watch_unit) {
-        (Some(sc), Some(u)) => sc.state(u).await.ok(),
-        _ => None,
-    };
+    let units = Units::query(saved, &agent, env, os).await;
     let network = net.network();
     let agent_network_matches = (saved.is_some() && agent.is_configured())
         .then(|| super::install::network_matches(&agent, &network));
-    // Root's record; replaced below by what the agent reports to the server, when asked. Never
-    // the agent's own binary: root runs nothing from the agent dir.
-    let mut agent_version = saved.as_ref().and_then(|s| s.agent_version.clone());
-
-    let mut server = ServerStatus {
-        checked: false,
-        exists: None,
-        same_id: None,
-        status: None,
-        enabled: None,
-        error: None,
-    };
-    match (&saved, &local) {
-        (Some(saved), Some(cfg)) => {
-            let result: Result<_, Error> = async {
-                let clock = net.clock();
-                let budget = clock.budget(Duration::from_secs(10));
-                let tokens = super::saved_tokens(saved, env, &os, net, false).await?;
-                let url = settings::check_url("the saved url", &saved.url)?;
-                let client = DevOpsClient::new(&url, tokens, net);
-                Ok(client
-                    .find_agent(&saved.pool(), &saved.agent_name, &budget)
-                    .await?)
-            }
-            .await;
-            match result {
-                Ok(found) => {
-                    server.checked = true;
-                    server.exists = Some(found.is_some());
-                    if let Some(a) = found {
-                        server.same_id = Some(a.id == cfg.agent_id);
-                        if a.id == cfg.agent_id && a.version.is_some() {
-                            agent_version = a.version.clone();
-                        }
-                        server.status = a.status;
-                        server.enabled = a.enabled;
-                    }
-                }
-                Err(e) => server.error = Some(crate::report::report(&e)),
-            }
-        }
-        (None, Some(_)) => {
-            server.error = Some(
-                "not asked: no saved settings (agent-bootstrap did not install this agent), and \
-                 the agent dir's own settings are not trusted with a token"
-                    .into(),
-            );
-        }
-        _ => {}
-    }
-
-    let status = Status {
+    let (server, reported_version) = ask_server(saved, local.as_ref(), env, os, net).await;
+    Status {
         agent_dir: agent_dir.display().to_string(),
         installed: agent.package_present() || agent.self_updated(),
         configured: local.is_some(),
@@ -200,51 +118,200 @@ pub async fn run(
         pool: local
             .as_ref()
             .and_then(|l| l.pool_name.clone())
-            .or_else(|| saved.as_ref().map(|s| s.pool.clone())),
+            .or_else(|| saved.map(|s| s.pool.clone())),
         pool_id: local.as_ref().map(|l| l.pool_id),
         url: local.as_ref().map(|l| l.server_url.clone()),
-        agent_version,
+        // What the agent reports to the server, else root's record. Never the agent's own
+        // binary: root runs nothing from the agent dir.
+        agent_version: reported_version.or_else(|| saved.and_then(|s| s.agent_version.clone())),
         self_updated: agent.self_updated(),
-        service_unit,
-        service,
-        boot_unit,
-        boot,
-        watch_unit,
-        watch,
+        service_unit: units.service_unit,
+        service: units.service,
+        boot_unit: units.boot_unit,
+        boot: units.boot,
+        watch_unit: units.watch_unit,
+        watch: units.watch,
         proxy: network.proxy.as_ref().map(|p| p.url.to_string()),
         ca_file: network.ca_file.as_ref().map(|p| p.display().to_string()),
-        trusted_cas: saved
-            .iter()
-            .flat_map(|s| s.trusted_cas.iter())
-            .map(|c| TrustedCaStatus {
-                subject: c.subject.clone(),
-                sha256: c.sha256.clone(),
-                file: c.file.as_ref().map(|f| f.display().to_string()),
-                thumbprint: c.thumbprint.clone(),
-                present: c.file.as_ref().map(|f| crate::fsx::is_regular(f)),
-            })
-            .collect(),
+        trusted_cas: trusted_cas(saved),
         agent_network_matches,
-        saved_settings: saved
-            .as_ref()
-            .map(|_| state::file_for(state_dir, agent_dir).display().to_string()),
+        saved_settings: saved.map(|_| {
+            state::file_for(&t.paths.state_dir, agent_dir)
+                .display()
+                .to_string()
+        }),
         server,
-        host: crate::host::Report::for_os(&os),
+        host: crate::host::Report::for_os(os),
+    }
+}
+
+/// The agent's units by name (service, boot unit, scale-in watcher), each with what systemd says
+/// of it; on Windows, what the Service Control Manager and the scheduled tasks' files say.
+struct Units {
+    service_unit: Option<String>,
+    service: Option<UnitState>,
+    boot_unit: Option<String>,
+    boot: Option<UnitState>,
+    watch_unit: Option<String>,
+    watch: Option<UnitState>,
+}
+
+impl Units {
+    async fn query(saved: Option<&Saved>, agent: &AgentDir, env: &Env, os: &Os) -> Self {
+        let windows = os.is_windows();
+        let systemctl = Systemctl::find(env).filter(|_| !windows);
+        let service_unit = service_unit(saved, agent, windows);
+        let service = match (&systemctl, &service_unit) {
+            (Some(sc), Some(u)) => sc.state(u).await.ok(),
+            // The Service Control Manager's view.
+            (None, Some(u)) if windows => crate::service::windows::query(env, u)
+                .await
+                .ok()
+                .map(UnitState::from),
+            _ => None,
+        };
+        let boot_unit = saved.and_then(|s| s.boot_unit.clone());
+        let boot = match (&systemctl, &boot_unit) {
+            (Some(sc), Some(u)) => sc.state(u).await.ok(),
+            (None, Some(u)) if windows => Some(task_state(env, u)),
+            _ => None,
+        };
+        let watch_unit = saved.and_then(|s| s.watch_unit.clone());
+        let watch = match (&systemctl, &watch_unit) {
+            (Some(sc), Some(u)) => sc.state(u).await.ok(),
+            _ => None,
+        };
+        Self {
+            service_unit,
+            service,
+            boot_unit,
+            boot,
+            watch_unit,
+            watch,
+        }
+    }
+}
+
+/// The service's name: the one install made from its saved settings, none when it made none, and
+/// for an agent it did not install, the name the agent's own `.service` file holds.
+fn service_unit(saved: Option<&Saved>, agent: &AgentDir, windows: bool) -> Option<String> {
+    match saved {
+        Some(s) if s.service && windows => Some(crate::service::windows::service_name(
+            &s.url,
+            &s.pool,
+            &s.agent_name,
+        )),
+        Some(s) if s.service => Some(AgentUnit::new(&s.url, &s.pool, &s.agent_name).name),
+        Some(_) => None,
+        None => agent.service_file_hint(),
+    }
+}
+
+/// A registered task is a file in %SystemRoot%\System32\Tasks.
+fn task_state(env: &Env, task: &str) -> UnitState {
+    let exists = crate::service::windows::task_file(env, task).is_file();
+    UnitState {
+        exists,
+        enabled: exists,
+        active: false,
+    }
+}
+
+/// The server's view of the agent, and the version the agent reports to it when the server's
+/// agent of that name is this one. Asked only with root's saved settings.
+async fn ask_server(
+    saved: Option<&Saved>,
+    local: Option<&AgentSettings>,
+    env: &Env,
+    os: &Os,
+    net: &Net,
+) -> (ServerStatus, Option<String>) {
+    let mut server = ServerStatus {
+        checked: false,
+        exists: None,
+        same_id: None,
+        status: None,
+        enabled: None,
+        error: None,
     };
+    let mut reported_version = None;
+    match (saved, local) {
+        (Some(saved), Some(cfg)) => match find_agent(saved, env, os, net).await {
+            Ok(found) => {
+                server.checked = true;
+                server.exists = Some(found.is_some());
+                if let Some(a) = found {
+                    server.same_id = Some(a.id == cfg.agent_id);
+                    if a.id == cfg.agent_id {
+                        reported_version = a.version;
+                    }
+                    server.status = a.status;
+                    server.enabled = a.enabled;
+                }
+            }
+            Err(e) => server.error = Some(crate::report::report(&e)),
+        },
+        (None, Some(_)) => {
+            server.error = Some(
+                "not asked: no saved settings (agent-bootstrap did not install this agent), and \
+                 the agent dir's own settings are not trusted with a token"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    (server, reported_version)
+}
+
+/// The agent of root's saved settings as its organization lists it, given up after 10 s (status
+/// must not hang a terminal).
+async fn find_agent(
+    saved: &Saved,
+    env: &Env,
+    os: &Os,
+    net: &Net,
+) -> Result<Option<ServerAgent>, Error> {
+    let clock = net.clock();
+    let budget = clock.budget(Duration::from_secs(10));
+    let tokens = super::saved_tokens(saved, env, os, net, false).await?;
+    let url = settings::check_url("the saved url", &saved.url)?;
+    let client = DevOpsClient::new(&url, tokens, net);
+    Ok(client
+        .find_agent(&saved.pool(), &saved.agent_name, &budget)
+        .await?)
+}
+
+/// The CA certificates install added to the system trust store, and whether each file is still
+/// in place.
+fn trusted_cas(saved: Option<&Saved>) -> Vec<TrustedCaStatus> {
+    saved
+        .into_iter()
+        .flat_map(|s| &s.trusted_cas)
+        .map(|c| TrustedCaStatus {
+            subject: c.subject.clone(),
+            sha256: c.sha256.clone(),
+            file: c.file.as_ref().map(|f| f.display().to_string()),
+            thumbprint: c.thumbprint.clone(),
+            present: c.file.as_ref().map(|f| crate::fsx::is_regular(f)),
+        })
+        .collect()
+}
+
+/// The report: in the `--output json` document, as `--json`, or as text.
+fn emit(status: &Status, saved: Option<&Saved>, json: bool, out: &Out) {
     if out.is_json() {
-        if let Some(saved) = &saved {
+        if let Some(saved) = saved {
             out.agent(AgentRef::from(saved));
         }
-        out.report(serde_json::to_value(&status).expect("status serializes"));
+        out.report(serde_json::to_value(status).expect("status serializes"));
     } else if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
+            serde_json::to_string_pretty(status).expect("status serializes")
         );
     } else {
-        print!("{}", human(&status));
+        print!("{}", human(status));
     }
-    Ok(())
 }
 
 fn unit_text(name: &Option<String>, state: &Option<UnitState>) -> String {
@@ -264,77 +331,18 @@ fn human(s: &Status) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<15} {v}\n"));
     line("agent dir:", s.agent_dir.clone());
-    line(
-        "package:",
-        match (s.installed, s.self_updated, &s.agent_version) {
-            (false, _, _) => "not installed".into(),
-            (true, true, v) => format!(
-                "{} (updated itself)",
-                v.as_deref().unwrap_or("version unknown")
-            ),
-            (true, false, v) => v.clone().unwrap_or_else(|| "version unknown".into()),
-        },
-    );
-    line(
-        "configured:",
-        if let Some(e) = &s.agent_file_error {
-            format!("unreadable .agent: {e}")
-        } else if s.configured {
-            format!(
-                "yes: agent '{}' (id {}) in pool '{}' at {}",
-                s.agent_name.as_deref().unwrap_or("?").escape_debug(),
-                s.agent_id.unwrap_or(0),
-                s.pool.as_deref().unwrap_or("?").escape_debug(),
-                s.url.as_deref().unwrap_or("?").escape_debug()
-            )
-        } else {
-            "no".into()
-        },
-    );
+    line("package:", package_text(s));
+    line("configured:", configured_text(s));
     line("service:", unit_text(&s.service_unit, &s.service));
     line("boot unit:", unit_text(&s.boot_unit, &s.boot));
     if s.watch_unit.is_some() {
         line("scale-in watcher:", unit_text(&s.watch_unit, &s.watch));
     }
     for c in &s.trusted_cas {
-        let place = c
-            .file
-            .clone()
-            .or_else(|| {
-                c.thumbprint
-                    .as_ref()
-                    .map(|t| format!("LocalMachine\\Root {t}"))
-            })
-            .unwrap_or_default();
-        line(
-            "trusted CA:",
-            format!(
-                "{} (added to the system trust store: {place}{})",
-                c.subject,
-                if c.present == Some(false) {
-                    "; the file is gone: the agent will not trust its server (`agent-bootstrap \
-                     install` again puts it back)"
-                } else {
-                    ""
-                }
-            ),
-        );
+        line("trusted CA:", trusted_ca_text(c));
     }
     if s.proxy.is_some() || s.ca_file.is_some() {
-        line(
-            "network:",
-            format!(
-                "proxy {}, CA file {}{}",
-                s.proxy.as_deref().unwrap_or("none"),
-                s.ca_file.as_deref().unwrap_or("none"),
-                match s.agent_network_matches {
-                    Some(false) => {
-                        "; the agent's own settings differ (`agent-bootstrap reconcile` configures it again)"
-                    }
-                    _ => "",
-                }
-            ),
-        );
+        line("network:", network_text(s));
     }
     line(
         "saved:",
@@ -342,49 +350,120 @@ fn human(s: &Status) -> String {
             .clone()
             .unwrap_or_else(|| "none (not installed by agent-bootstrap)".into()),
     );
-    let server = &s.server;
-    line(
-        "server:",
-        if !s.configured {
-            "not asked (not configured)".into()
-        } else if let Some(e) = &server.error {
-            format!("unknown ({})", e.lines().next().unwrap_or(""))
-        } else if server.exists == Some(false) {
-            "the agent does not exist on the server (deleted): `agent-bootstrap reconcile` registers it again".into()
-        } else if server.same_id == Some(false) {
-            "another agent has this name on the server".into()
-        } else {
-            let mut text = format!(
-                "registered, {}, {}",
-                server.status.as_deref().unwrap_or("status unknown"),
-                if server.enabled == Some(false) {
-                    "disabled"
-                } else {
-                    "enabled"
-                }
-            );
-            // The agent's service host (runsvc.sh → AgentService.js) keeps the unit active while
-            // it starts the listener again, 5 s after any exit but 0 and 1: not a dead agent.
-            let unit = s
-                .service_unit
-                .as_deref()
-                .filter(|u| u.ends_with(".service"));
-            if let Some(unit) = unit
-                && server.status.as_deref() == Some("offline")
-                && s.service.as_ref().is_some_and(|u| u.exists && u.active)
-            {
-                text.push_str(&format!(
-                    " while its service runs: the listener is starting, restarting (its service \
-                     host starts it again 5 s after an update or an error) or cannot reach Azure \
-                     DevOps; see `journalctl -u {unit}`"
-                ));
-            }
-            text
-        },
-    );
+    line("server:", server_text(s));
     line(
         "platform:",
         s.host.lines().join("; ").replacen("platform: ", "", 1),
     );
     out
+}
+
+fn package_text(s: &Status) -> String {
+    match (s.installed, s.self_updated, &s.agent_version) {
+        (false, _, _) => "not installed".into(),
+        (true, true, v) => format!(
+            "{} (updated itself)",
+            v.as_deref().unwrap_or("version unknown")
+        ),
+        (true, false, v) => v.clone().unwrap_or_else(|| "version unknown".into()),
+    }
+}
+
+fn configured_text(s: &Status) -> String {
+    if let Some(e) = &s.agent_file_error {
+        format!("unreadable .agent: {e}")
+    } else if s.configured {
+        format!(
+            "yes: agent '{}' (id {}) in pool '{}' at {}",
+            s.agent_name.as_deref().unwrap_or("?").escape_debug(),
+            s.agent_id.unwrap_or(0),
+            s.pool.as_deref().unwrap_or("?").escape_debug(),
+            s.url.as_deref().unwrap_or("?").escape_debug()
+        )
+    } else {
+        "no".into()
+    }
+}
+
+fn trusted_ca_text(c: &TrustedCaStatus) -> String {
+    let place = c
+        .file
+        .clone()
+        .or_else(|| {
+            c.thumbprint
+                .as_ref()
+                .map(|t| format!("LocalMachine\\Root {t}"))
+        })
+        .unwrap_or_default();
+    format!(
+        "{} (added to the system trust store: {place}{})",
+        c.subject,
+        if c.present == Some(false) {
+            "; the file is gone: the agent will not trust its server (`agent-bootstrap \
+             install` again puts it back)"
+        } else {
+            ""
+        }
+    )
+}
+
+fn network_text(s: &Status) -> String {
+    format!(
+        "proxy {}, CA file {}{}",
+        s.proxy.as_deref().unwrap_or("none"),
+        s.ca_file.as_deref().unwrap_or("none"),
+        match s.agent_network_matches {
+            Some(false) => {
+                "; the agent's own settings differ (`agent-bootstrap reconcile` configures it again)"
+            }
+            _ => "",
+        }
+    )
+}
+
+fn server_text(s: &Status) -> String {
+    let server = &s.server;
+    if !s.configured {
+        "not asked (not configured)".into()
+    } else if let Some(e) = &server.error {
+        format!("unknown ({})", e.lines().next().unwrap_or(""))
+    } else if server.exists == Some(false) {
+        "the agent does not exist on the server (deleted): `agent-bootstrap reconcile` registers it again".into()
+    } else if server.same_id == Some(false) {
+        "another agent has this name on the server".into()
+    } else {
+        registered_text(s)
+    }
+}
+
+/// The agent as the server has it registered: its status, whether enabled, and why an offline
+/// agent's service may still be running.
+fn registered_text(s: &Status) -> String {
+    let server = &s.server;
+    let mut text = format!(
+        "registered, {}, {}",
+        server.status.as_deref().unwrap_or("status unknown"),
+        if server.enabled == Some(false) {
+            "disabled"
+        } else {
+            "enabled"
+        }
+    );
+    // The agent's service host (runsvc.sh → AgentService.js) keeps the unit active while
+    // it starts the listener again, 5 s after any exit but 0 and 1: not a dead agent.
+    let unit = s
+        .service_unit
+        .as_deref()
+        .filter(|u| u.ends_with(".service"));
+    if let Some(unit) = unit
+        && server.status.as_deref() == Some("offline")
+        && s.service.as_ref().is_some_and(|u| u.exists && u.active)
+    {
+        text.push_str(&format!(
+            " while its service runs: the listener is starting, restarting (its service \
+             host starts it again 5 s after an update or an error) or cannot reach Azure \
+             DevOps; see `journalctl -u {unit}`"
+        ));
+    }
+    text
 }
