@@ -428,3 +428,480 @@ fn an_interactive_agent_restarts_itself_outside_its_script_after_an_update() {
     assert!(log.ends_with(".log.succeed"), "{log}");
     // The World's end ends every process of the agent user, the stray listener too.
 }
+
+/// An Azure DevOps GET with the token as HTTP Basic password, as the agent sends it: the JSON body.
+fn ado_get(w: &World, token: &str, path: &str) -> serde_json::Value {
+    azure_sim::install_crypto_provider();
+    let url = format!("{}/{path}", w.org_url());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let r = reqwest::Client::new()
+                .get(&url)
+                .basic_auth("test", Some(token))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "GET {url}: {}", r.status());
+            r.json().await.unwrap()
+        })
+}
+
+/// `config.sh ARGS` from the agent root as root (allowed), the token from the environment.
+fn config_as_root(dir: &Path, token: &str, args: &[&str]) -> (i32, String, String) {
+    let o = config(
+        dir,
+        dir,
+        args,
+        &[
+            ("AGENT_ALLOW_RUNASROOT", "1"),
+            ("VSTS_AGENT_INPUT_TOKEN", token),
+        ],
+    );
+    let (out, err) = text(&o);
+    (o.status.code().unwrap_or(-1), out, err)
+}
+
+/// The unit name the generated svc.sh computes (its first lines, run by bash).
+fn svc_sh_name(dir: &Path) -> String {
+    let head: String = std::fs::read_to_string(dir.join("svc.sh"))
+        .unwrap()
+        .lines()
+        .take(8)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!("{head}\necho \"$SVC_NAME\""))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// `--deploymentgroup` (DeploymentGroupAgentConfigProvider): the group found by name in the project
+/// named, a target added to it (its agent in the group's deployment pool, `--pool` ignored), the
+/// tags patched after it, `.agent` with the deployment pool, group and project ids and no project
+/// name, svc.sh named after the deployment pool; `remove` deletes the target and its agent.
+#[test]
+fn a_deployment_group_agent_is_a_target_of_the_group_as_the_real_agent_registers_it() {
+    let w = World::new();
+    let dir = extract(&w);
+    let t = token(&w);
+    let url = w.org_url();
+    let (code, out, err) = config_as_root(
+        &dir,
+        &t,
+        &[
+            "--unattended",
+            "--url",
+            &url,
+            "--auth",
+            "pat",
+            "--deploymentGroup",
+            "--deploymentGroupName",
+            "webservers",
+            "--projectName",
+            "myproject",
+            "--agent",
+            "dg-agent",
+            "--pool",
+            "Restricted",
+            "--addDeploymentGroupTags",
+            "--deploymentGroupTags",
+            " web, DB,,Web ,db",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("Unrecognized"), "{err}");
+    assert!(out.contains("Successfully added the agent"), "{out}");
+    assert!(out.contains("Tags added successfully"), "{out}");
+    let agent = read_agent_json(&dir.join(".agent"));
+    assert_eq!(agent["deploymentGroupId"], 1);
+    assert_eq!(agent["projectId"], azure_sim::ids::PROJECT_ID);
+    assert_eq!(agent["poolId"], 101);
+    assert_eq!(agent["poolName"], "myproject-WebServers");
+    assert_eq!(agent["agentName"], "dg-agent");
+    for absent in ["projectName", "environmentId", "environmentName"] {
+        assert!(agent.get(absent).is_none(), "{absent} in {agent}");
+    }
+    let targets = w.sim.state().targets(1, 101);
+    assert_eq!(targets.len(), 1);
+    let (server_agent, tags) = &targets[0];
+    assert_eq!(agent["agentId"], server_agent.id);
+    assert_eq!(tags, &["web", "DB"]);
+    assert!(w.server_agents(1).is_empty() && w.server_agents(2).is_empty());
+    // The REST view the tool reconciles against: the target by name, its agent offline.
+    let listed = ado_get(
+        &w,
+        &t,
+        "myproject/_apis/distributedtask/deploymentgroups/1/targets?name=DG-AGENT&api-version=7.1",
+    );
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["value"][0]["id"], server_agent.id);
+    assert_eq!(listed["value"][0]["agent"]["status"], "offline");
+    let requests: Vec<String> = w
+        .requests()
+        .iter()
+        .filter(|r| r.caller != "none" && r.path.contains("deploymentgroups"))
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect();
+    let project = azure_sim::ids::PROJECT_ID;
+    let expected = [
+        "GET /myorg/myproject/_apis/distributedtask/deploymentgroups?name=webservers".to_owned(),
+        format!(
+            "GET /myorg/{project}/_apis/distributedtask/deploymentgroups/1/targets?name=dg-agent"
+        ),
+        format!("POST /myorg/{project}/_apis/distributedtask/deploymentgroups/1/targets?"),
+        format!("PATCH /myorg/{project}/_apis/distributedtask/deploymentgroups/1/targets?"),
+    ];
+    assert_eq!(requests[..4], expected, "{requests:#?}");
+    let unit = svc_sh_name(&dir);
+    assert_eq!(
+        unit,
+        "vsts.agent.127.myproject\\x2dWebServers.dg\\x2dagent.service"
+    );
+
+    let (code, out, err) = config_as_root(&dir, &t, &["remove", "--unattended"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("Succeeded: Removing agent from the server"),
+        "{out}"
+    );
+    assert!(w.sim.state().targets(1, 101).is_empty());
+    assert!(
+        w.server_agents(101).is_empty(),
+        "the target's agent left the pool"
+    );
+    assert!(!dir.join(".agent").exists());
+}
+
+/// `--environment` (EnvironmentVMResourceConfigProvider): the environment found by name, a VM
+/// resource added with its tags, the linked pool asked for; `.agent` with the environment's ids,
+/// its name as typed, the project's name and id, the pool id and no pool name; svc.sh named after
+/// the environment. A taken name stops configure with the environment's message; `--replace`
+/// replaces the resource's agent and, without the tags flag, clears its tags; `remove` deletes the
+/// resource `.agent` names.
+#[test]
+fn an_environment_agent_is_a_vm_resource_as_the_real_agent_registers_it() {
+    let w = World::new();
+    let dir = extract(&w);
+    let t = token(&w);
+    let url = w.org_url();
+    let base = [
+        "--unattended",
+        "--url",
+        url.as_str(),
+        "--auth",
+        "pat",
+        "--environment",
+        "--environmentname",
+        "production",
+        "--projectname",
+        "MyProject",
+        "--agent",
+        "vm-agent",
+    ];
+    let args = |extra: &[&'static str]| [base.as_slice(), extra].concat();
+    let first = args(&[
+        "--addvirtualmachineresourcetags",
+        "--virtualmachineresourcetags",
+        "linux,web",
+    ]);
+    let (code, out, err) = config_as_root(&dir, &t, &first);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let agent = read_agent_json(&dir.join(".agent"));
+    assert_eq!(agent["environmentId"], 1);
+    assert_eq!(agent["environmentName"], "production", "as typed");
+    assert_eq!(agent["environmentVMResourceId"], 1);
+    assert_eq!(agent["projectName"], "myproject");
+    assert_eq!(agent["projectId"], azure_sim::ids::PROJECT_ID);
+    assert_eq!(agent["poolId"], 201);
+    assert_eq!(agent["agentName"], "vm-agent");
+    for absent in ["poolName", "deploymentGroupId"] {
+        assert!(agent.get(absent).is_none(), "{absent} in {agent}");
+    }
+    let vms = w.sim.state().environment_vms(1, 201);
+    assert_eq!(vms.len(), 1);
+    assert_eq!(vms[0].0.tags, ["linux", "web"]);
+    assert_eq!(
+        vms[0].1.as_ref().map(|a| a.id),
+        agent["agentId"].as_u64(),
+        "the resource holds the agent"
+    );
+    assert_eq!(
+        svc_sh_name(&dir),
+        "vsts.agent.127.production.vm\\x2dagent.service"
+    );
+    let listed = ado_get(
+        &w,
+        &t,
+        "myproject/_apis/pipelines/environments/1/providers/virtualmachines?name=vm-agent",
+    );
+    assert_eq!(listed["value"][0]["agent"]["status"], "offline", "{listed}");
+    assert_eq!(
+        listed["value"][0]["tags"],
+        serde_json::json!(["linux", "web"])
+    );
+
+    // The same name from another machine.
+    let other = w.dir.path().join("second");
+    w.extract_package_into(&other);
+    let plain = args(&[]);
+    let (code, out, err) = config_as_root(&other, &t, &plain);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("Pool  already contains an agent with name vm-agent."),
+        "no pool name in an environment's settings: {out}"
+    );
+    assert!(
+        err.contains(
+            "Environment with id '1' already contains a virtual machine resource with name 'vm-agent'."
+        ),
+        "{err}"
+    );
+    let replace = args(&["--replace"]);
+    let (code, out, err) = config_as_root(&other, &t, &replace);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Successfully replaced the agent"), "{out}");
+    let second = read_agent_json(&other.join(".agent"));
+    assert_eq!(second["agentId"], agent["agentId"]);
+    assert_eq!(second["environmentVMResourceId"], 1);
+    let vms = w.sim.state().environment_vms(1, 201);
+    assert_eq!(vms.len(), 1);
+    assert!(
+        vms[0].0.tags.is_empty(),
+        "a replace sends the tags it was given: none"
+    );
+
+    let (code, out, err) = config_as_root(&other, &t, &["remove", "--unattended"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("Succeeded: Removing agent from the server"),
+        "{out}"
+    );
+    assert!(w.sim.state().environment_vms(1, 201).is_empty());
+    assert!(w.server_agents(201).is_empty());
+    // The first copy finds nothing left to remove.
+    let (code, out, _) = config_as_root(&dir, &t, &["remove", "--unattended"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Does not exist. Skipping Removing agent from the server"),
+        "{out}"
+    );
+}
+
+/// What the real agent refuses: a missing project or group name (unattended), an unknown group or
+/// environment, tags asked for without a value — for a deployment group only after the target was
+/// created, as the real one patches tags after adding — and an identity that is not Administrator
+/// of the group or environment (the server's 403). Tags given without their flag are ignored.
+#[test]
+fn deployment_group_and_environment_configure_fails_where_the_real_agent_does() {
+    let w = World::new();
+    let dir = extract(&w);
+    let t = token(&w);
+    let url = w.org_url();
+    let dg = |extra: &[&str]| -> (i32, String, String) {
+        let mut a = vec![
+            "--unattended",
+            "--url",
+            &url,
+            "--auth",
+            "pat",
+            "--deploymentgroup",
+            "--agent",
+            "dg-agent",
+        ];
+        a.extend(extra);
+        config_as_root(&dir, &t, &a)
+    };
+    let (code, _, err) = dg(&["--deploymentgroupname", "WebServers"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "Invalid configuration provided for projectname. Terminating unattended configuration."
+        ),
+        "{err}"
+    );
+    let (code, _, err) = dg(&["--projectname", "myproject"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Invalid configuration provided for deploymentgroupname"),
+        "{err}"
+    );
+    let (code, _, err) = dg(&[
+        "--projectname",
+        "myproject",
+        "--deploymentgroupname",
+        "Nope",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Deployment Group not found: 'Nope'"), "{err}");
+    assert!(!dir.join(".agent").exists());
+
+    // The flag without tags: the target exists, configure fails, no .agent.
+    let (code, out, err) = dg(&[
+        "--projectname",
+        "myproject",
+        "--deploymentgroupname",
+        "WebServers",
+        "--adddeploymentgrouptags",
+    ]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("Invalid configuration provided for deploymentgrouptags"),
+        "{err}"
+    );
+    assert_eq!(
+        w.sim.state().targets(1, 101).len(),
+        1,
+        "added before the tags"
+    );
+    assert!(!dir.join(".agent").exists());
+    let id = w.sim.state().targets(1, 101)[0].0.id;
+    w.sim.state().deployment_targets.clear();
+    w.sim.state().agents.remove(&101);
+
+    // Tags without the flag are ignored.
+    let (code, out, err) = dg(&[
+        "--projectname",
+        "myproject",
+        "--deploymentgroupname",
+        "WebServers",
+        "--deploymentgrouptags",
+        "web",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.contains("Tags added"), "{out}");
+    let targets = w.sim.state().targets(1, 101);
+    assert!(targets[0].1.is_empty(), "{targets:?}");
+    assert_ne!(targets[0].0.id, id);
+    std::fs::remove_file(dir.join(".agent")).unwrap();
+
+    // The environment's own: unknown, and the tags flag without tags fails before any resource.
+    let env = |extra: &[&str]| -> (i32, String, String) {
+        let mut a = vec![
+            "--unattended",
+            "--url",
+            &url,
+            "--auth",
+            "pat",
+            "--environment",
+            "--projectname",
+            "myproject",
+            "--agent",
+            "vm-agent",
+        ];
+        a.extend(extra);
+        config_as_root(&dir, &t, &a)
+    };
+    let (code, _, err) = env(&["--environmentname", "Staging"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Environment not found: 'Staging'"), "{err}");
+    let (code, _, err) = env(&[
+        "--environmentname",
+        "Production",
+        "--addvirtualmachineresourcetags",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Invalid configuration provided for virtualmachineresourcetags"),
+        "{err}"
+    );
+    assert!(w.sim.state().environment_vms(1, 201).is_empty());
+
+    // The user-assigned identity administers neither Restricted… one.
+    let uami = w.run(&["token", "--client-id", azure_sim::ids::UAMI_CLIENT]);
+    uami.assert_code(0);
+    let uami = uami.stdout.trim().to_owned();
+    for (mode, name_flag, name) in [
+        (
+            "--deploymentgroup",
+            "--deploymentgroupname",
+            "RestrictedServers",
+        ),
+        ("--environment", "--environmentname", "Restricted"),
+    ] {
+        let (code, out, err) = config_as_root(
+            &dir,
+            &uami,
+            &[
+                "--unattended",
+                "--url",
+                &url,
+                "--auth",
+                "pat",
+                mode,
+                name_flag,
+                name,
+                "--projectname",
+                "myproject",
+                "--agent",
+                "uami-agent",
+            ],
+        );
+        assert_eq!(code, 1, "{out}\n{err}");
+        assert!(
+            err.contains(
+                "Access denied. agents-mi needs Manage permissions to perform the action."
+            ),
+            "{err}"
+        );
+    }
+    assert!(w.sim.state().targets(2, 102).is_empty());
+    assert!(w.sim.state().environment_vms(2, 202).is_empty());
+}
+
+/// A deployment group agent runs like any other: online in its deployment pool, which its target
+/// shows (what a reconcile reads), offline when it stops.
+#[test]
+fn a_deployment_target_shows_its_agent_online_while_the_listener_runs() {
+    let w = World::new();
+    let dir = extract(&w);
+    let t = token(&w);
+    let url = w.org_url();
+    let (code, out, err) = config_as_root(
+        &dir,
+        &t,
+        &[
+            "--unattended",
+            "--url",
+            &url,
+            "--auth",
+            "pat",
+            "--deploymentgroup",
+            "--deploymentgroupname",
+            "WebServers",
+            "--projectname",
+            "myproject",
+            "--agent",
+            "dg-agent",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut listener = Command::new(dir.join("bin/Agent.Listener"))
+        .arg("run")
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = |w: &World| {
+        ado_get(
+            w,
+            &t,
+            "myproject/_apis/distributedtask/deploymentgroups/1/targets?agentStatus=online",
+        )["count"]
+            .as_u64()
+    };
+    wait_for_secs("the target online", 30, || status(&w) == Some(1));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(listener.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    listener.wait().unwrap();
+    assert_eq!(status(&w), Some(0));
+    assert_eq!(w.sim.state().targets(1, 101)[0].0.status, "offline");
+}

@@ -9,7 +9,8 @@ fn usage() -> ! {
     eprintln!(
         "usage:\n  azure-sim serve [--port N] [--work-dir DIR] [--package-mb N] [--package-files N] [--throttle-mbps N]\n    \
          [--listen ADDR:PORT]... [--tls-listen ADDR:PORT]... [--tls-dir DIR] [--tls-name NAME]...\n    \
-         [--download-base URL] [--files DIR] [--state-file FILE]\n  \
+         [--download-base URL] [--files DIR] [--state-file FILE]\n    \
+         [--deployment-group PROJECT/NAME]... [--environment PROJECT/NAME]...\n  \
          azure-sim make-tls --dir DIR [--tls-name NAME]...\n  \
          azure-sim fake-listener --root DIR --agent-version V -- ARGS"
     );
@@ -82,6 +83,8 @@ fn serve(args: &[String]) {
     let mut download_base = None;
     let mut files_dir = None;
     let mut state_file = None;
+    let mut groups = vec![];
+    let mut environments = vec![];
     let mut work_dir = std::env::temp_dir().join("azure-sim");
     let mut package_mb = None;
     let mut package_files = None;
@@ -106,6 +109,8 @@ fn serve(args: &[String]) {
             "--download-base" => download_base = Some(value()),
             "--files" => files_dir = Some(PathBuf::from(value())),
             "--state-file" => state_file = Some(PathBuf::from(value())),
+            "--deployment-group" => groups.push(project_and_name(&value())),
+            "--environment" => environments.push(project_and_name(&value())),
             _ => usage(),
         }
     }
@@ -124,6 +129,12 @@ fn serve(args: &[String]) {
     config.download_base = download_base;
     config.files_dir = files_dir;
     config.state_file = state_file.clone();
+    for (project, name) in groups {
+        add_deployment_group(&mut config, &project, &name);
+    }
+    for (project, name) in environments {
+        add_environment(&mut config, &project, &name);
+    }
     if listen.is_empty() {
         listen.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     }
@@ -156,6 +167,80 @@ fn serve(args: &[String]) {
         }
     }
     std::process::exit(0);
+}
+
+/// `PROJECT/NAME` (`--deployment-group`, `--environment`).
+fn project_and_name(v: &str) -> (String, String) {
+    match v.split_once('/') {
+        Some((p, n)) if !p.is_empty() && !n.is_empty() => (p.to_owned(), n.to_owned()),
+        _ => usage(),
+    }
+}
+
+/// The project of this name, added (with a made-up GUID) if the world has none.
+fn ensure_project(config: &mut SimConfig, name: &str) -> crate::ProjectSpec {
+    if let Some(p) = config
+        .projects
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+    {
+        return p.clone();
+    }
+    let p = crate::ProjectSpec {
+        id: format!(
+            "7a1b2c3d-0000-4000-8000-{:012x}",
+            config.projects.len() + 0xa1
+        ),
+        name: name.to_owned(),
+    };
+    config.projects.push(p.clone());
+    p
+}
+
+/// A pool id no pool, deployment group or environment uses yet.
+fn free_pool_id(config: &SimConfig) -> u64 {
+    let used = config
+        .pools
+        .iter()
+        .map(|p| p.id)
+        .chain(config.deployment_groups.iter().map(|g| g.pool_id))
+        .chain(config.environments.iter().map(|e| e.pool_id));
+    used.max().unwrap_or(100).max(100) + 1
+}
+
+/// `--deployment-group PROJECT/NAME`: a group whose Administrators are the VM's identities that
+/// administer `Default`.
+fn add_deployment_group(config: &mut SimConfig, project: &str, name: &str) {
+    let project = ensure_project(config, project);
+    let id = config
+        .deployment_groups
+        .iter()
+        .map(|g| g.id)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let pool_id = free_pool_id(config);
+    let admins = [crate::ids::SYSTEM_OBJECT, crate::ids::UAMI_OBJECT];
+    config
+        .deployment_groups
+        .push(crate::DeploymentGroupSpec::new(
+            id,
+            &project.name,
+            name,
+            pool_id,
+            &admins,
+        ));
+}
+
+/// `--environment PROJECT/NAME`, like [`add_deployment_group`].
+fn add_environment(config: &mut SimConfig, project: &str, name: &str) {
+    let project = ensure_project(config, project);
+    let id = config.environments.iter().map(|e| e.id).max().unwrap_or(0) + 1;
+    let pool_id = free_pool_id(config);
+    let admins = [crate::ids::SYSTEM_OBJECT, crate::ids::UAMI_OBJECT];
+    config.environments.push(crate::EnvironmentSpec::new(
+        id, &project, name, pool_id, &admins,
+    ));
 }
 
 /// Until SIGTERM or SIGINT (Ctrl-C).

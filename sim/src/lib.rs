@@ -5,7 +5,8 @@
 //!
 //! One HTTP server on loopback plays three parts: IMDS (managed-identity tokens, with scripted
 //! faults), the Azure DevOps REST endpoints agent-bootstrap and the agent use (organization
-//! membership, pools with Manage permission, agents, the packages API), and the package download
+//! membership, pools with Manage permission, agents, deployment groups and their targets,
+//! environments and their VM resources, the packages API), and the package download
 //! server (Range, throttling, a connection cut mid-body, a corrupted body). The fake agent package
 //! ([`package`]) runs the fake listener ([`listener`]), which talks to this server the way the real
 //! agent talks to Azure DevOps (Basic auth with the token as password) and reports what it saw —
@@ -102,11 +103,83 @@ pub struct PoolSpec {
     pub admins: Vec<String>,
 }
 
+/// A project of the organization (deployment groups and environments live in one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectSpec {
+    /// A GUID: the agent stores it (`projectId`) and addresses the project by it after looking a
+    /// deployment group or environment up by the project's name.
+    pub id: String,
+    pub name: String,
+}
+
+/// A deployment group of a project. Its targets' agents live in its deployment pool (`pool_id`,
+/// `pool_name`: `<Project>-<Group>` in Azure DevOps' recorded example), which is what `.agent`'s
+/// `poolId`/`poolName` name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentGroupSpec {
+    pub id: u64,
+    pub name: String,
+    /// The project's name.
+    pub project: String,
+    pub pool_id: u64,
+    pub pool_name: String,
+    /// Object ids of identities that are Administrators of the group (Manage: register, replace,
+    /// tag and delete targets).
+    pub admins: Vec<String>,
+}
+
+impl DeploymentGroupSpec {
+    /// A group whose deployment pool is named `<project>-<name>`, as Azure DevOps names it.
+    pub fn new(id: u64, project: &str, name: &str, pool_id: u64, admins: &[&str]) -> Self {
+        Self {
+            id,
+            name: name.to_owned(),
+            project: project.to_owned(),
+            pool_id,
+            pool_name: format!("{project}-{name}"),
+            admins: admins.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+}
+
+/// An environment of a project. Its VM resources' agents live in its linked pool (`pool_id`; the
+/// agent writes only the id). The real pool's name has the form `environment-…-<guid>`
+/// (azure-pipelines-agent#5174, #5299); the exact form is not documented.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvironmentSpec {
+    pub id: u64,
+    pub name: String,
+    /// The project's name.
+    pub project: String,
+    pub pool_id: u64,
+    pub pool_name: String,
+    /// Object ids of identities that are Administrators of the environment (add, replace, tag and
+    /// delete VM resources).
+    pub admins: Vec<String>,
+}
+
+impl EnvironmentSpec {
+    /// An environment whose linked pool is named `environment-<name>-<project id>`.
+    pub fn new(id: u64, project: &ProjectSpec, name: &str, pool_id: u64, admins: &[&str]) -> Self {
+        Self {
+            id,
+            name: name.to_owned(),
+            project: project.name.clone(),
+            pool_id,
+            pool_name: format!("environment-{name}-{}", project.id),
+            admins: admins.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub org: String,
     pub identities: Vec<IdentitySpec>,
     pub pools: Vec<PoolSpec>,
+    pub projects: Vec<ProjectSpec>,
+    pub deployment_groups: Vec<DeploymentGroupSpec>,
+    pub environments: Vec<EnvironmentSpec>,
     pub package: PackageSpec,
     /// The simulator binary that `bin/Agent.Listener` runs as the fake listener.
     pub listener_exe: PathBuf,
@@ -155,12 +228,18 @@ pub mod ids {
     pub const NO_MANAGE_OBJECT: &str = "44444444-4444-4444-4444-444444444444";
     pub const NO_MANAGE_CLIENT: &str = "44444444-aaaa-aaaa-aaaa-444444444444";
     pub const UNASSIGNED_CLIENT: &str = "55555555-aaaa-aaaa-aaaa-555555555555";
+    /// The standard world's project `myproject`.
+    pub const PROJECT_ID: &str = "7a1b2c3d-0000-4000-8000-0000000000a1";
 }
 
 impl SimConfig {
-    /// Organization `myorg`, pools `Default` (id 1) and `Restricted` (id 2); the VM has a
-    /// system-assigned identity (member, Administrator of both pools) and three user-assigned ones:
-    /// one like it, one not added to the organization, one without Manage permission.
+    /// Organization `myorg`, pools `Default` (id 1) and `Restricted` (id 2); project `myproject`
+    /// ([`ids::PROJECT_ID`]) with deployment groups `WebServers` (id 1, deployment pool 101
+    /// `myproject-WebServers`) and `RestrictedServers` (id 2, pool 102), and environments
+    /// `Production` (id 1, linked pool 201) and `Restricted` (id 2, pool 202); the VM has a
+    /// system-assigned identity (member, Administrator of all of them) and three user-assigned ones:
+    /// one like it but Administrator of neither `Restricted…` one, one not added to the
+    /// organization, one without Manage permission anywhere.
     pub fn standard(listener_exe: &Path, work_dir: &Path) -> Self {
         use ids::*;
         let id = |name: &str, oid: &str, cid: &str, sys: bool, member: bool| IdentitySpec {
@@ -180,6 +259,10 @@ impl SimConfig {
         };
         let mut uami = id("agents-mi", UAMI_OBJECT, UAMI_CLIENT, false, true);
         uami.resource_id = UAMI_RESOURCE.to_owned();
+        let project = ProjectSpec {
+            id: PROJECT_ID.to_owned(),
+            name: "myproject".to_owned(),
+        };
         Self {
             org: "myorg".to_owned(),
             identities: vec![
@@ -211,6 +294,33 @@ impl SimConfig {
                     name: "Restricted".to_owned(),
                     admins: vec![SYSTEM_OBJECT.to_owned()],
                 },
+            ],
+            projects: vec![project.clone()],
+            deployment_groups: vec![
+                DeploymentGroupSpec::new(
+                    1,
+                    &project.name,
+                    "WebServers",
+                    101,
+                    &[SYSTEM_OBJECT, UAMI_OBJECT],
+                ),
+                DeploymentGroupSpec::new(
+                    2,
+                    &project.name,
+                    "RestrictedServers",
+                    102,
+                    &[SYSTEM_OBJECT],
+                ),
+            ],
+            environments: vec![
+                EnvironmentSpec::new(
+                    1,
+                    &project,
+                    "Production",
+                    201,
+                    &[SYSTEM_OBJECT, UAMI_OBJECT],
+                ),
+                EnvironmentSpec::new(2, &project, "Restricted", 202, &[SYSTEM_OBJECT]),
             ],
             package: PackageSpec::small("4.264.2"),
             listener_exe: listener_exe.to_owned(),
@@ -319,6 +429,69 @@ pub struct ServerAgent {
     pub system_capabilities: BTreeMap<String, String>,
 }
 
+/// A deployment target: an agent of the group's deployment pool, with the group's tags for it. Its
+/// id is its agent's id, as in every example Azure DevOps documents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentTarget {
+    pub agent_id: u64,
+    pub tags: Vec<String>,
+}
+
+/// An environment's virtual machine resource: its own id and name, its tags, and its agent (in the
+/// environment's pool).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmResource {
+    pub id: u64,
+    pub name: String,
+    pub agent_id: u64,
+    pub tags: Vec<String>,
+    /// Unix seconds.
+    pub created_on: u64,
+}
+
+impl State {
+    /// The agents of a pool (a deployment group's or an environment's too).
+    pub fn pool_agents(&self, pool_id: u64) -> Vec<ServerAgent> {
+        self.agents.get(&pool_id).cloned().unwrap_or_default()
+    }
+
+    /// A deployment group's targets: each one's agent and tags.
+    pub fn targets(&self, group_id: u64, pool_id: u64) -> Vec<(ServerAgent, Vec<String>)> {
+        let agents = self.pool_agents(pool_id);
+        self.deployment_targets
+            .get(&group_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                agents
+                    .iter()
+                    .find(|a| a.id == t.agent_id)
+                    .map(|a| (a.clone(), t.tags.clone()))
+            })
+            .collect()
+    }
+
+    /// An environment's VM resources, each with its agent (`None` if the agent is gone).
+    pub fn environment_vms(
+        &self,
+        environment_id: u64,
+        pool_id: u64,
+    ) -> Vec<(VmResource, Option<ServerAgent>)> {
+        let agents = self.pool_agents(pool_id);
+        self.vm_resources
+            .get(&environment_id)
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r.clone(),
+                    agents.iter().find(|a| a.id == r.agent_id).cloned(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Unix seconds as RFC 3339 (`2026-11-30T10:00:00.000Z`), the way Azure DevOps writes dates.
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -383,6 +556,12 @@ pub struct State {
     pub tokens: BTreeMap<String, String>,
     pub agents: BTreeMap<u64, Vec<ServerAgent>>,
     pub next_agent_id: u64,
+    /// Deployment group id → its targets (each one's agent is in the group's deployment pool,
+    /// under `agents`).
+    pub deployment_targets: BTreeMap<u64, Vec<DeploymentTarget>>,
+    /// Environment id → its VM resources (each one's agent is in the environment's pool).
+    pub vm_resources: BTreeMap<u64, Vec<VmResource>>,
+    pub next_vm_resource_id: u64,
     /// Make agent updates (configure --replace) fail with 500: the real listener then loops forever.
     pub fail_agent_update: bool,
     /// Make agent registration fail with 403 (permission revoked after the preflight).
@@ -451,6 +630,12 @@ pub struct Persisted {
     pub listener_reports: Vec<ListenerReport>,
     pub package_downloads: u32,
     pub next_request_id: u64,
+    #[serde(default)]
+    pub deployment_targets: BTreeMap<u64, Vec<DeploymentTarget>>,
+    #[serde(default)]
+    pub vm_resources: BTreeMap<u64, Vec<VmResource>>,
+    #[serde(default)]
+    pub next_vm_resource_id: u64,
 }
 
 impl Persisted {
@@ -464,6 +649,9 @@ impl Persisted {
             listener_reports: st.listener_reports.clone(),
             package_downloads: st.package_downloads,
             next_request_id: st.next_request_id,
+            deployment_targets: st.deployment_targets.clone(),
+            vm_resources: st.vm_resources.clone(),
+            next_vm_resource_id: st.next_vm_resource_id,
         }
     }
 
@@ -476,6 +664,9 @@ impl Persisted {
         st.listener_reports = self.listener_reports;
         st.package_downloads = self.package_downloads;
         st.next_request_id = self.next_request_id.max(5000);
+        st.deployment_targets = self.deployment_targets;
+        st.vm_resources = self.vm_resources;
+        st.next_vm_resource_id = self.next_vm_resource_id.max(1);
     }
 
     /// Writes `self` to `path` atomically (temporary file, fsync, rename).
@@ -579,6 +770,7 @@ impl Simulator {
         }
         let mut initial = State {
             next_agent_id: 1,
+            next_vm_resource_id: 1,
             token_lifetime: 86399,
             vm_id: config.vm_id.clone(),
             vm_name: "sim-vm-000001".to_owned(),
@@ -607,6 +799,7 @@ impl Simulator {
             state: state.clone(),
             package: package.clone(),
             scheme: "http",
+            deployment_pools: Arc::new(server::deployment_pools(&config)),
         };
         let app = server::router(shared.clone());
         let secure = https

@@ -8,8 +8,10 @@
 //! real message; with `--replace` an update that fails loops forever, like the real listener; the RSA
 //! key file is written before registration; `.agent`, `.credentials` and `.credentials_rsaparams`
 //! carry a UTF-8 BOM (the key file mode 600); `svc.sh` is generated from the template; the token is
-//! sent as HTTP Basic with user `VstsAgent`. Each run reports to the simulator what it was given and
-//! any process whose argv contained the token.
+//! sent as HTTP Basic with user `VstsAgent`. `--deploymentgroup` and `--environment` register a
+//! deployment target or an environment VM resource instead of a pool agent, and `remove`/`reauth`
+//! follow what `.agent` says it is ([`registration`]). Each run reports to the simulator what it was
+//! given and any process whose argv contained the token.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+
+mod registration;
 
 const VALUE_OPTIONS: &[&str] = &[
     "url",
@@ -91,6 +95,9 @@ struct Parsed {
     verb: String,
     values: BTreeMap<String, String>,
     flags: BTreeMap<String, bool>,
+    /// Flags set by `VSTS_AGENT_INPUT_<NAME>` rather than argv (`--machinegroup` counts on argv
+    /// only: `CommandSettings.GetDeploymentOrMachineGroup`).
+    env_flags: std::collections::BTreeSet<String>,
     unrecognized: Vec<String>,
     token_from_env: bool,
 }
@@ -138,6 +145,7 @@ fn parse(args: &[String]) -> Parsed {
     }
     // VSTS_AGENT_INPUT_<NAME>: used only where argv has no value (CommandSettings.GetArg).
     let mut token_from_env = false;
+    let mut env_flags = std::collections::BTreeSet::new();
     for (k, v) in std::env::vars() {
         let upper = k.to_ascii_uppercase();
         let Some(name) = upper.strip_prefix("VSTS_AGENT_INPUT_") else {
@@ -156,6 +164,7 @@ fn parse(args: &[String]) -> Parsed {
         } else if FLAGS.contains(&name.as_str()) && !flags.contains_key(&name) {
             // bool.TryParse: only true/false.
             if v.eq_ignore_ascii_case("true") {
+                env_flags.insert(name.clone());
                 flags.insert(name, true);
             }
         }
@@ -166,6 +175,7 @@ fn parse(args: &[String]) -> Parsed {
         verb,
         values,
         flags,
+        env_flags,
         unrecognized,
         token_from_env,
     }
@@ -782,6 +792,13 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         ctx.err("license.html is missing from the agent root");
         return 1;
     }
+    let mode = match registration::Mode::of_options(parsed) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.err(&e);
+            return 1;
+        }
+    };
     ctx.out(">> Connect:");
     let Some(url) = required(ctx, parsed, "url") else {
         return 1;
@@ -800,11 +817,6 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     let Some(token) = required(ctx, parsed, "token") else {
         return 1;
     };
-    let pool_name = parsed
-        .values
-        .get("pool")
-        .cloned()
-        .unwrap_or_else(|| "default".into());
     let agent_name = parsed
         .values
         .get("agent")
@@ -832,29 +844,10 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         }
     };
     ctx.out(">> Register Agent:");
-    let pool = match api
-        .get(&format!(
-            "_apis/distributedtask/pools?poolName={}",
-            urlencode(&pool_name)
-        ))
-        .await
-    {
-        Ok((200, v)) => v["value"].as_array().and_then(|a| a.first().cloned()),
-        Ok((_, v)) => {
-            ctx.err(&message(&v));
-            return 1;
-        }
-        Err(e) => {
-            ctx.err(&e);
-            return 1;
-        }
+    let mut target = match registration::resolve(ctx, parsed, &api, mode).await {
+        Some(t) => t,
+        None => return 1,
     };
-    let Some(pool) = pool else {
-        ctx.err(&format!("Agent pool not found: '{pool_name}'"));
-        return 1;
-    };
-    let pool_id = pool["id"].as_u64().unwrap_or(0);
-    let real_pool_name = pool["name"].as_str().unwrap_or(&pool_name).to_owned();
     ctx.out("Scanning for tool capabilities.");
     let capabilities = user_capabilities(&ctx.root);
     ctx.out("Connecting to the server.");
@@ -862,7 +855,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
                       "systemCapabilities": capabilities,
                       "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
     let agent = loop {
-        let existing = match api.agent_by_name(pool_id, &agent_name).await {
+        let existing = match registration::find(&api, &target, &agent_name).await {
             Ok(found) => found,
             Err(e) => {
                 ctx.err(&e);
@@ -871,13 +864,15 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         };
         match existing {
             Some(found) if replace => {
-                let id = found["id"].as_u64().unwrap_or(0);
-                match api
-                    .call(
-                        reqwest::Method::PUT,
-                        &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"),
-                        Some(body.clone()),
-                    )
+                // The real agent says so before replacing too (ConfigurationManager.cs:260); the
+                // pool flow has always printed it only when it stops.
+                if mode != registration::Mode::Pool {
+                    ctx.out(&format!(
+                        "Pool {} already contains an agent with name {agent_name}.",
+                        target.pool_name().unwrap_or_default()
+                    ));
+                }
+                match registration::replace(ctx, parsed, &api, &mut target, &found, body.clone())
                     .await
                 {
                     Ok((200, v)) => {
@@ -886,6 +881,13 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
                     }
                     Ok((403, v)) => {
                         ctx.err(&message(&v));
+                        return 1;
+                    }
+                    Err(e) if mode != registration::Mode::Pool => {
+                        // Tags, or the environment's pool, after the replace: unattended, fatal.
+                        if !e.is_empty() {
+                            ctx.err(&e);
+                        }
                         return 1;
                     }
                     _ => {
@@ -898,21 +900,13 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             }
             Some(_) => {
                 ctx.out(&format!(
-                    "Pool {real_pool_name} already contains an agent with name {agent_name}."
+                    "Pool {} already contains an agent with name {agent_name}.",
+                    target.pool_name().unwrap_or_default()
                 ));
-                ctx.err(&format!(
-                    "Pool {pool_id} already contains an agent with name {agent_name}."
-                ));
+                ctx.err(&registration::exists_error(&target, &agent_name));
                 return 1;
             }
-            None => match api
-                .call(
-                    reqwest::Method::POST,
-                    &format!("_apis/distributedtask/pools/{pool_id}/agents"),
-                    Some(body.clone()),
-                )
-                .await
-            {
+            None => match registration::add(ctx, parsed, &api, &mut target, body.clone()).await {
                 Ok((200, v)) => {
                     ctx.out("Successfully added the agent");
                     break v;
@@ -922,12 +916,16 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
                     return 1;
                 }
                 Err(e) => {
-                    ctx.err(&e);
+                    if !e.is_empty() {
+                        ctx.err(&e);
+                    }
                     return 1;
                 }
             },
         }
     };
+    // An environment's agent is named as its VM resource came back.
+    let agent_name = target.agent_name.clone().unwrap_or(agent_name);
     let agent_id = agent["id"].as_u64().unwrap_or(0);
     let client_id = agent["authorization"]["clientId"]
         .as_str()
@@ -945,9 +943,14 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     }
     ctx.out("Testing agent connection.");
     let mut settings = json!({
-        "agentId": agent_id, "agentName": agent_name, "poolId": pool_id, "poolName": real_pool_name,
+        "agentId": agent_id, "agentName": agent_name,
         "serverUrl": format!("{}/", url.trim_end_matches('/')), "workFolder": work,
     });
+    for (k, v) in &target.fields {
+        settings[k] = v.clone();
+    }
+    // The service is named after the pool, else the environment.
+    let collection = target.service_collection();
     if parsed.flags.contains_key("acceptteeeula") {
         settings["acceptTeeEula"] = json!(true);
     }
@@ -969,7 +972,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
     if cfg!(windows) {
         if parsed.flags.contains_key("runasservice") {
             let (name, display) =
-                crate::naming::windows_service_name(&url, &real_pool_name, &agent_name);
+                crate::naming::windows_service_name(&url, &collection, &agent_name);
             if let Err(e) = windows_service(&ctx.root, &name, &display) {
                 ctx.err(&format!("Failed to install the service: {e}"));
                 return 1;
@@ -990,7 +993,7 @@ async fn configure(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         Err(_) => None,
     }
     .unwrap_or_else(|| "/tmp/azure-sim-systemd".into());
-    let (svc_name, svc_desc) = crate::naming::service_name(&url, &real_pool_name, &agent_name);
+    let (svc_name, svc_desc) = crate::naming::service_name(&url, &collection, &agent_name);
     if let Ok(template) = fs_err::read_to_string(ctx.root.join("bin/systemd.svc.sh.template")) {
         let script = template
             .replace("{{SvcNameVar}}", &svc_name)
@@ -1350,9 +1353,9 @@ async fn remove(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             ctx.err("Failed: Removing agent from the server");
             return 1;
         }
-        let pool_id = settings["poolId"].as_u64().unwrap_or(0);
+        let target = registration::Target::of_settings(settings);
         let name = settings["agentName"].as_str().unwrap_or("").to_owned();
-        let found = match api.agent_by_name(pool_id, &name).await {
+        let found = match registration::find(&api, &target, &name).await {
             Ok(found) => found,
             Err(e) => {
                 ctx.err(&e);
@@ -1361,28 +1364,18 @@ async fn remove(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         };
         match found {
             None => ctx.out("Does not exist. Skipping Removing agent from the server"),
-            Some(a) => {
-                let id = a["id"].as_u64().unwrap_or(0);
-                match api
-                    .call(
-                        reqwest::Method::DELETE,
-                        &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"),
-                        None,
-                    )
-                    .await
-                {
-                    Ok((204 | 200, _)) => ctx.out("Succeeded: Removing agent from the server"),
-                    Ok((_, v)) => {
-                        ctx.err(&message(&v));
-                        ctx.err("Failed: Removing agent from the server");
-                        return 1;
-                    }
-                    Err(e) => {
-                        ctx.err(&e);
-                        return 1;
-                    }
+            Some(found) => match registration::delete(&api, &target, &found).await {
+                Ok((204 | 200, _)) => ctx.out("Succeeded: Removing agent from the server"),
+                Ok((_, v)) => {
+                    ctx.err(&message(&v));
+                    ctx.err("Failed: Removing agent from the server");
+                    return 1;
                 }
-            }
+                Err(e) => {
+                    ctx.err(&e);
+                    return 1;
+                }
+            },
         }
     } else {
         ctx.out("Cannot connect to server, because config files are missing. Skipping removing agent from the server.");
@@ -1419,11 +1412,11 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             return 1;
         }
     };
-    let pool_id = settings["poolId"].as_u64().unwrap_or(0);
+    let mut target = registration::Target::of_settings(&settings);
     let name = settings["agentName"].as_str().unwrap_or("").to_owned();
     let body = json!({"name": name, "version": ctx.version,
                       "authorization": {"publicKey": {"exponent": "AQAB", "modulus": modulus}}});
-    let found = match api.agent_by_name(pool_id, &name).await {
+    let found = match registration::find(&api, &target, &name).await {
         Ok(found) => found,
         Err(e) => {
             ctx.err(&e);
@@ -1431,23 +1424,8 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
         }
     };
     let result = match found {
-        Some(a) => {
-            let id = a["id"].as_u64().unwrap_or(0);
-            api.call(
-                reqwest::Method::PUT,
-                &format!("_apis/distributedtask/pools/{pool_id}/agents/{id}"),
-                Some(body),
-            )
-            .await
-        }
-        None => {
-            api.call(
-                reqwest::Method::POST,
-                &format!("_apis/distributedtask/pools/{pool_id}/agents"),
-                Some(body),
-            )
-            .await
-        }
+        Some(found) => registration::replace(ctx, parsed, &api, &mut target, &found, body).await,
+        None => registration::add(ctx, parsed, &api, &mut target, body).await,
     };
     let agent = match result {
         Ok((200, v)) => v,
@@ -1456,10 +1434,13 @@ async fn reauth(ctx: &mut Ctx, parsed: &Parsed) -> i32 {
             return 1;
         }
         Err(e) => {
-            ctx.err(&e);
+            if !e.is_empty() {
+                ctx.err(&e);
+            }
             return 1;
         }
     };
+    target.apply(&mut settings);
     settings["agentId"] = agent["id"].clone();
     let client_id = agent["authorization"]["clientId"]
         .as_str()

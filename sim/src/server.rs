@@ -1,5 +1,6 @@
 //! The simulator's HTTP routes: IMDS, Azure DevOps, package downloads, and the simulator's own
-//! report endpoint for the fake listener.
+//! report endpoint for the fake listener. The project-scoped deployment group and environment
+//! routes are in [`deployment`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,36 @@ pub struct Shared {
     pub package: super::package::BuiltPackage,
     /// `http`, or `https` on the TLS listener (download URLs use it).
     pub scheme: &'static str,
+    /// The deployment pools of the deployment groups and environments ([`deployment_pools`]): the
+    /// pool routes serve their agents too.
+    pub deployment_pools: Arc<Vec<super::PoolSpec>>,
+}
+
+/// A pool for each deployment group's deployment pool and each environment's linked pool (one per
+/// id; its Administrators are those of every group or environment using it).
+pub fn deployment_pools(config: &SimConfig) -> Vec<super::PoolSpec> {
+    let mut pools: Vec<super::PoolSpec> = vec![];
+    let owners = config
+        .deployment_groups
+        .iter()
+        .map(|g| (g.pool_id, &g.pool_name, &g.admins))
+        .chain(
+            config
+                .environments
+                .iter()
+                .map(|e| (e.pool_id, &e.pool_name, &e.admins)),
+        );
+    for (id, name, admins) in owners {
+        match pools.iter_mut().find(|p| p.id == id) {
+            Some(p) => p.admins.extend(admins.iter().cloned()),
+            None => pools.push(super::PoolSpec {
+                id,
+                name: name.clone(),
+                admins: admins.clone(),
+            }),
+        }
+    }
+    pools
 }
 
 type Q = Query<HashMap<String, String>>;
@@ -53,6 +84,57 @@ pub fn router(shared: Shared) -> Router {
                 .get(get_agent),
         )
         .route("/{org}/_apis/distributedtask/packages/agent", get(packages))
+        .route(
+            "/{org}/{project}/_apis/distributedtask/deploymentgroups",
+            get(deployment::list_groups),
+        )
+        .route(
+            "/{org}/{project}/_apis/distributedtask/deploymentgroups/{group}",
+            get(deployment::get_group),
+        )
+        .route(
+            "/{org}/{project}/_apis/distributedtask/deploymentgroups/{group}/targets",
+            get(deployment::list_targets)
+                .post(deployment::add_target)
+                .patch(deployment::update_targets),
+        )
+        .route(
+            "/{org}/{project}/_apis/distributedtask/deploymentgroups/{group}/targets/{target}",
+            get(deployment::get_target)
+                .put(deployment::replace_target)
+                .delete(deployment::delete_target),
+        )
+        .route(
+            "/{org}/{project}/_apis/pipelines/environments",
+            get(deployment::list_environments),
+        )
+        .route(
+            "/{org}/{project}/_apis/distributedtask/environments",
+            get(deployment::list_environments),
+        )
+        .route(
+            "/{org}/{project}/_apis/pipelines/environments/{environment}",
+            get(deployment::get_environment),
+        )
+        .route(
+            "/{org}/{project}/_apis/distributedtask/environments/{environment}",
+            get(deployment::get_environment),
+        )
+        .route(
+            "/{org}/{project}/_apis/pipelines/environments/{environment}/providers/virtualmachines",
+            get(deployment::list_vms)
+                .post(deployment::add_vm)
+                .put(deployment::replace_vm)
+                .patch(deployment::update_vm),
+        )
+        .route(
+            "/{org}/{project}/_apis/pipelines/environments/{environment}/providers/virtualmachines/pool",
+            get(deployment::vm_pool),
+        )
+        .route(
+            "/{org}/{project}/_apis/pipelines/environments/{environment}/providers/virtualmachines/{resource}",
+            axum::routing::delete(deployment::delete_vm),
+        )
         .route("/_download/agent/{version}/{file}", get(download))
         .route("/agent/{version}/{file}", get(download))
         .route("/tools/{file}", get(tool_file))
@@ -808,6 +890,8 @@ macro_rules! caller {
     }};
 }
 
+mod deployment;
+
 async fn connection_data(
     AxState(s): AxState<Shared>,
     Path(org): Path<String>,
@@ -905,7 +989,11 @@ fn wants_assigned(q: &HashMap<String, String>) -> bool {
 
 fn find_pool<'a>(s: &'a Shared, pool: &str) -> Option<&'a super::PoolSpec> {
     let id: u64 = pool.parse().ok()?;
-    s.config.pools.iter().find(|p| p.id == id)
+    s.config
+        .pools
+        .iter()
+        .chain(s.deployment_pools.iter())
+        .find(|p| p.id == id)
 }
 
 async fn list_agents(
@@ -1013,13 +1101,31 @@ struct AgentBody {
     system_capabilities: std::collections::BTreeMap<String, String>,
 }
 
-fn public_key(body: &AgentBody) -> String {
-    body.authorization
-        .as_ref()
-        .and_then(|a| a.pointer("/publicKey/modulus"))
-        .and_then(|m| m.as_str())
-        .unwrap_or("")
-        .to_owned()
+impl AgentBody {
+    fn public_key(&self) -> String {
+        self.authorization
+            .as_ref()
+            .and_then(|a| a.pointer("/publicKey/modulus"))
+            .and_then(|m| m.as_str())
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// The agent the server creates for this body: offline and enabled until its listener runs.
+    fn into_agent(self, id: u64) -> ServerAgent {
+        ServerAgent {
+            id,
+            public_key: self.public_key(),
+            name: self.name,
+            version: self.version.unwrap_or_default(),
+            status: "offline".into(),
+            enabled: true,
+            created_on: now_secs(),
+            status_changed_on: now_secs(),
+            assigned_request: None,
+            system_capabilities: self.system_capabilities,
+        }
+    }
 }
 
 async fn add_agent(
@@ -1054,18 +1160,7 @@ async fn add_agent(
             ),
         );
     }
-    let agent = ServerAgent {
-        id,
-        name: body.name.clone(),
-        version: body.version.clone().unwrap_or_default(),
-        status: "offline".into(),
-        enabled: true,
-        public_key: public_key(&body),
-        created_on: now_secs(),
-        status_changed_on: now_secs(),
-        assigned_request: None,
-        system_capabilities: body.system_capabilities.clone(),
-    };
+    let agent = body.into_agent(id);
     list.push(agent.clone());
     state.next_agent_id += 1;
     json_response(200, agent_json(&agent, false))
@@ -1099,7 +1194,7 @@ async fn update_agent(
         Ok(a) => a,
         Err(response) => return response,
     };
-    a.public_key = public_key(&body);
+    a.public_key = body.public_key();
     a.system_capabilities = body.system_capabilities.clone();
     if let Some(v) = body.version {
         a.version = v;
