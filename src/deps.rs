@@ -298,38 +298,49 @@ pub fn check_tools(facts: &Facts, env: &Env) -> Result<(), DepsError> {
 /// Runs `config.sh`'s checks against the package extracted at `package_root` (the verified
 /// staging tree): `Err(DepsError::Missing)` names what is missing and the command that installs
 /// it. Blocking (call from `spawn_blocking`).
-pub fn check(package_root: &Path, facts: &Facts, env: &Env) -> Result<(), DepsError> {
+///
+/// `listed`: the library listing, when the caller had it made already (it does not depend on
+/// the package: install makes it while the package downloads, [`list_libraries`]).
+pub fn check(
+    package_root: &Path,
+    facts: &Facts,
+    env: &Env,
+    listed: Option<Listing>,
+) -> Result<(), DepsError> {
     check_tools(facts, env)?;
+    let alpine = is_alpine(facts);
+    // The three `ldd` runs and the library listing are independent: at once, not in turn (they
+    // sit between the extraction and configure, on every install's path).
+    let (ldd_outputs, listing) = std::thread::scope(|scope| {
+        let ldds: Vec<_> = LDD_CHECKED
+            .iter()
+            .map(|lib| package_root.join(lib))
+            .filter(|path| path.is_file())
+            .map(|path| {
+                let ldd = Child::new("ldd", program("ldd", env), env)
+                    .args([path.display().to_string()])
+                    .probe()
+                    .timeout(CHECK_TIMEOUT);
+                scope.spawn(move || blocking_run(&ldd))
+            })
+            .collect();
+        let listing = listed.map_or_else(|| library_listing(alpine, env), |l| l.0);
+        let ldds: Vec<_> = ldds
+            .into_iter()
+            .map(|h| h.join().expect("an ldd thread does not panic"))
+            .collect();
+        (ldds, listing)
+    });
     let mut missing = Missing::default();
-    for lib in LDD_CHECKED {
-        let path = package_root.join(lib);
-        if !path.is_file() {
-            continue;
-        }
-        let ldd = Child::new("ldd", program("ldd", env), env)
-            .args([path.display().to_string()])
-            .probe()
-            .timeout(CHECK_TIMEOUT);
-        let out = blocking_run(&ldd).map_err(DepsError::Check)?;
+    for out in ldd_outputs {
+        let out = out.map_err(DepsError::Check)?;
         for l in ldd_missing(&out.stdout.join("\n")) {
             if !missing.libraries.contains(&l) {
                 missing.libraries.push(l);
             }
         }
     }
-    let alpine = facts
-        .os_release
-        .as_ref()
-        .is_some_and(|r| r.is_like(&["alpine"]));
-    let listing = if alpine {
-        Child::new("apk info", program("apk", env), env).args(["info"])
-    } else {
-        // config.sh: `ldconfig` on PATH, else /sbin/ldconfig.
-        Child::new("ldconfig", program("ldconfig", env), env).args(["-NXv"])
-    }
-    .probe()
-    .timeout(CHECK_TIMEOUT);
-    let out = blocking_run(&listing).map_err(DepsError::Check)?;
+    let out = listing.map_err(DepsError::Check)?;
     let text = format!("{}\n{}", out.stdout.join("\n"), out.stderr.join("\n"));
     missing.icu = !icu_listed(&text, alpine);
     if missing.is_empty() {
@@ -345,6 +356,32 @@ pub fn check(package_root: &Path, facts: &Facts, env: &Env) -> Result<(), DepsEr
         )
     });
     Err(DepsError::Missing { missing, command })
+}
+
+/// What [`list_libraries`] found, for [`check`].
+pub struct Listing(Result<crate::process::Finished, ProcessError>);
+
+/// The library listing [`check`] reads, made ahead (blocking): it does not depend on the package.
+pub fn list_libraries(facts: &Facts, env: &Env) -> Listing {
+    Listing(library_listing(is_alpine(facts), env))
+}
+
+fn is_alpine(facts: &Facts) -> bool {
+    facts
+        .os_release
+        .as_ref()
+        .is_some_and(|r| r.is_like(&["alpine"]))
+}
+
+/// The libraries the dynamic linker knows (`ldconfig -NXv`; config.sh: `ldconfig` on PATH, else
+/// /sbin/ldconfig), or Alpine's installed packages (`apk info`).
+fn library_listing(alpine: bool, env: &Env) -> Result<crate::process::Finished, ProcessError> {
+    let listing = if alpine {
+        Child::new("apk info", program("apk", env), env).args(["info"])
+    } else {
+        Child::new("ldconfig", program("ldconfig", env), env).args(["-NXv"])
+    };
+    blocking_run(&listing.probe().timeout(CHECK_TIMEOUT))
 }
 
 /// Runs the package's own `bin/installdependencies.sh` as root from `staging` (the verified
@@ -582,7 +619,7 @@ mod tests {
         };
         let has_icu = String::from_utf8_lossy(&listed.stdout).contains("libicu")
             || String::from_utf8_lossy(&listed.stderr).contains("libicu");
-        match check(root.path(), &facts, &env) {
+        match check(root.path(), &facts, &env, None) {
             Ok(()) => assert!(has_icu),
             Err(DepsError::Missing { missing, command }) => {
                 assert!(!has_icu);
@@ -594,5 +631,13 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         }
+        // The listing made ahead (while the package downloads) gives the same verdict.
+        let ahead = check(
+            root.path(),
+            &facts,
+            &env,
+            Some(list_libraries(&facts, &env)),
+        );
+        assert_eq!(ahead.is_ok(), has_icu, "{ahead:?}");
     }
 }

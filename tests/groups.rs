@@ -56,7 +56,8 @@ fn a_deployment_group_agent_is_a_tagged_target_that_reconcile_restores_and_remov
     run.assert_code(0);
     w.assert_no_token_leak(&run);
     assert!(
-        run.stdout.contains("deployment group: WebServers (id 1) of project myproject"),
+        run.stdout
+            .contains("deployment group: WebServers (id 1) of project myproject"),
         "{}",
         run.stdout
     );
@@ -101,7 +102,11 @@ fn a_deployment_group_agent_is_a_tagged_target_that_reconcile_restores_and_remov
     // status asks the group, not a pool.
     let run = w.status(&["--output", "json"]);
     run.assert_code(0);
-    assert!(run.stdout.contains("\"deployment_group\""), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("\"deployment_group\""),
+        "{}",
+        run.stdout
+    );
 
     // remove deletes the target, and with it the agent, and everything local.
     let dir = w.agent_dir();
@@ -112,7 +117,17 @@ fn a_deployment_group_agent_is_a_tagged_target_that_reconcile_restores_and_remov
     assert!(w.server_agents(101).is_empty());
     assert!(w.saved_settings_files().is_empty());
     assert!(w.count("DELETE", "/deploymentgroups/1/targets/") >= 1);
-    assert_eq!(w.count("DELETE", "/pools/"), 0, "nothing deleted through a pool");
+    // Never through the deployment pool, which the identity need not administer.
+    assert_eq!(
+        w.count("GET", "/pools/101/"),
+        0,
+        "nothing asked of the pool"
+    );
+    assert_eq!(
+        w.count("DELETE", "/pools/"),
+        0,
+        "nothing deleted through a pool"
+    );
 }
 
 #[test]
@@ -151,6 +166,7 @@ fn an_environment_agent_is_a_tagged_vm_resource_that_reconcile_restores_and_remo
         .assert_code(0);
     assert!(vms(&w, 1, 201).is_empty());
     assert!(w.count("DELETE", "/providers/virtualmachines/") >= 1);
+    assert_eq!(w.count("GET", "/pools/"), 0, "nothing asked of a pool");
     assert!(w.saved_settings_files().is_empty());
 }
 
@@ -210,17 +226,38 @@ fn group_flags_that_do_not_fit_are_refused_naming_the_flag() {
     let cases: [(&[&str], &str); 6] = [
         (&["--environment", "Production"], "--project"),
         (
-            &["--deployment-group", "WebServers", "--project", "myproject", "--pool", "Default"],
+            &[
+                "--deployment-group",
+                "WebServers",
+                "--project",
+                "myproject",
+                "--pool",
+                "Default",
+            ],
             "--pool",
         ),
         (
-            &["--deployment-group", "WebServers", "--environment", "Production", "--project", "p"],
+            &[
+                "--deployment-group",
+                "WebServers",
+                "--environment",
+                "Production",
+                "--project",
+                "p",
+            ],
             "--environment",
         ),
         (&["--project", "myproject"], "--project"),
         (&["--tag", "web"], "--tag"),
         (
-            &["--deployment-group", "WebServers", "--project", "myproject", "--tag", "a;b"],
+            &[
+                "--deployment-group",
+                "WebServers",
+                "--project",
+                "myproject",
+                "--tag",
+                "a;b",
+            ],
             "--tag",
         ),
     ];

@@ -174,9 +174,21 @@ pub(super) async fn fetch_into_place(
         owner,
         limits: Limits::default(),
     };
-    let (staging, fetched) =
-        package::fetch_and_extract(request, parent, target, net, progress).await?;
-    agent_dependencies(s, env, staging.path()).await?;
+    // The dependency check's library listing does not depend on the package: made while it
+    // downloads (not with --install-dependencies, which may add libraries first).
+    let listing = (checks_dependencies(s) && !s.install_dependencies).then(|| {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::deps::list_libraries(&crate::host::Facts::current(), &env)
+        })
+    });
+    let fetched = package::fetch_and_extract(request, parent, target, net, progress).await;
+    let listing = match listing {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
+    let (staging, fetched) = fetched?;
+    agent_dependencies(s, env, staging.path(), listing).await?;
     if request.sha256.is_none() {
         tracing::warn!(
             sha256 = %fetched.sha256,
@@ -202,8 +214,9 @@ pub(super) async fn agent_dependencies(
     s: &InstallSettings,
     env: &Env,
     staging: &Path,
+    listing: Option<crate::deps::Listing>,
 ) -> Result<(), Error> {
-    if s.os.is_windows() || !cfg!(target_os = "linux") {
+    if !checks_dependencies(s) {
         return Ok(());
     }
     let (env, staging) = (env.clone(), staging.to_owned());
@@ -215,13 +228,18 @@ pub(super) async fn agent_dependencies(
                 tracing::info!("installdependencies.sh: {line}");
             }
         }
-        crate::deps::check(&staging, &crate::host::Facts::current(), &env)?;
+        crate::deps::check(&staging, &crate::host::Facts::current(), &env, listing)?;
         Ok(())
     })
     .await
     .map_err(|e| Error::Configure {
         message: format!("the dependency check did not finish: {e}"),
     })?
+}
+
+/// Linux only (the agent's `config.sh` checks the same).
+fn checks_dependencies(s: &InstallSettings) -> bool {
+    !s.os.is_windows() && cfg!(target_os = "linux")
 }
 
 #[cfg(test)]
