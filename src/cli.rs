@@ -372,6 +372,8 @@ pub struct WatchArgs {
 pub struct DoctorArgs {
     #[command(flatten)]
     pub place: OrgArgs,
+    #[command(flatten)]
+    pub group: GroupArgs,
     /// The agent dir an install would use, checked for a writable file system mounted with exec
     /// [default: install's].
     #[arg(long, value_name = "DIR")]

@@ -440,9 +440,12 @@ fn pool(arg: Option<&str>, env: &Env, os: &Os) -> Result<String, SettingsError> 
 
 /// `--deployment-group` or `--environment` with `--project` and `--tag` (clap has refused them with
 /// `--pool`, and without `--project`); refused where the agent could not follow.
-fn group(args: &InstallArgs, os: &Os) -> Result<Option<crate::scope::Group>, SettingsError> {
+fn group(
+    g: &crate::cli::GroupArgs,
+    scale_in_drain: bool,
+    os: &Os,
+) -> Result<Option<crate::scope::Group>, SettingsError> {
     use crate::scope::{Group, GroupKind};
-    let g = &args.group;
     let (kind, what, raw) = match (&g.deployment_group, &g.environment) {
         (Some(n), _) => (GroupKind::DeploymentGroup, "--deployment-group", n),
         (None, Some(n)) => (GroupKind::Environment, "--environment", n),
@@ -461,7 +464,7 @@ fn group(args: &InstallArgs, os: &Os) -> Result<Option<crate::scope::Group>, Set
             return Ok(None);
         }
     };
-    if args.scale_in_drain {
+    if scale_in_drain {
         return Err(bad(
             "--scale-in-drain",
             format!(
@@ -495,6 +498,8 @@ fn group(args: &InstallArgs, os: &Os) -> Result<Option<crate::scope::Group>, Set
 pub struct DoctorSettings {
     pub url: Url,
     pub pool: String,
+    /// `--deployment-group` / `--environment`: checked instead of the pool.
+    pub group: Option<crate::scope::Group>,
     /// Where an install would put the agent, its state and its cache (checked for read-only and
     /// noexec file systems).
     pub agent_dir: PathBuf,
@@ -508,6 +513,7 @@ pub fn doctor(args: &DoctorArgs, env: &Env, os: &Os) -> Result<DoctorSettings, S
     Ok(DoctorSettings {
         url: org_url(args.place.org.as_deref(), args.place.url.as_deref(), env)?,
         pool: pool(args.place.pool.as_deref(), env, os)?,
+        group: group(&args.group, false, os)?,
         agent_dir: agent_dir(args.agent_dir.as_deref(), &paths, os)?,
         paths,
         user: if env.is_root() {
@@ -831,7 +837,7 @@ pub fn install(args: &InstallArgs, env: &Env, os: Os) -> Result<InstallSettings,
         named_platform: args.pkg.platform.as_ref().map(|_| os.rid()),
         url,
         pool,
-        group: group(args, &os)?,
+        group: group(&args.group, args.scale_in_drain, &os)?,
         agent_name,
         agent_dir,
         work_dir,

@@ -292,3 +292,40 @@ fn the_dry_run_of_a_deployment_group_install_shows_the_agents_own_options() {
     assert!(!run.stdout.contains("--pool"), "{}", run.stdout);
     assert!(targets(&w, 1, 101).is_empty());
 }
+
+#[test]
+fn doctor_checks_the_group_instead_of_the_pool() {
+    let w = World::new();
+    let url = w.org_url();
+    let doctor = |extra: &[&str]| {
+        let mut args = vec!["doctor", "--url", url.as_str()];
+        args.extend(extra);
+        w.run(&args)
+    };
+    let run = doctor(DG);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("'WebServers' (id 1) of project myproject: this identity may register"),
+        "{}",
+        run.stdout
+    );
+    let run = doctor(ENV);
+    run.assert_code(0);
+    assert!(run.stdout.contains("'Production' (id 1)"), "{}", run.stdout);
+    let run = doctor(&[
+        "--deployment-group",
+        "RestrictedServers",
+        "--project",
+        "myproject",
+        "--client-id",
+        ids::UAMI_CLIENT,
+    ]);
+    run.assert_code(4);
+    assert!(
+        run.stdout.contains("Role: Administrator"),
+        "the fix is named\n{}",
+        run.stdout
+    );
+    assert_eq!(w.count("GET", "/pools"), 0, "no pool was asked about");
+}

@@ -332,6 +332,9 @@ async fn pool(
     budget: &Budget,
     report: &mut Doctor,
 ) -> Result<(), Error> {
+    if let Some(g) = &target.group {
+        return group(devops, g, who, budget, report).await;
+    }
     match devops.pool_if_manageable(&target.pool, budget).await {
         Ok(Some(pool)) => {
             report.checks.push(Check::ok(
@@ -349,6 +352,38 @@ async fn pool(
         }
         Err(e) => Err(report.fail("pool", e)),
     }
+}
+
+/// `--deployment-group` / `--environment`: the group is there, and (a deployment group) this
+/// identity may register agents in it; an environment's role shows only at registration.
+async fn group(
+    devops: &DevOpsClient,
+    g: &crate::scope::Group,
+    who: &str,
+    budget: &Budget,
+    report: &mut Doctor,
+) -> Result<(), Error> {
+    use crate::scope::GroupKind;
+    let noun = g.kind.noun();
+    let found = devops
+        .group_access(g, who, budget)
+        .await
+        .map_err(|e| report.fail(noun, e))?;
+    let group = found.group.as_ref().expect("a group's access names it");
+    let detail = match g.kind {
+        GroupKind::DeploymentGroup => format!(
+            "'{}' (id {}) of project {}: this identity may register agents in it (deployment \
+             pool '{}')",
+            group.name, group.id, g.project, found.name
+        ),
+        GroupKind::Environment => format!(
+            "'{}' (id {}) of project {}: found; the identity's Administrator role on it is \
+             checked only when the agent registers",
+            group.name, group.id, g.project
+        ),
+    };
+    report.checks.push(Check::ok(noun, detail));
+    Ok(())
 }
 
 /// The packages API offers an agent for this platform.
