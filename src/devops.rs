@@ -7,7 +7,8 @@
 //! in it), the agent by name (is an existing registration still known, is it online or busy), and
 //! the packages API (which agent package, and its SHA-256). After, they act on agents the way
 //! `config.sh remove` and the web UI do, for `remove`, `run`, `watch` and `prune`: list, disable
-//! (`enabled: false` while a job drains) and delete.
+//! (`enabled: false` while a job drains) and delete. A deployment group's or environment's agent
+//! ([`crate::scope`]) is found and deleted through the group's own routes instead of a pool's.
 //! The token is sent as `Authorization: Bearer` (a PAT as HTTP Basic), never logged, and never sent anywhere but the
 //! organization URL the user gave (or root's saved settings hold). Requests go through
 //! [`crate::net`]: one retry table, one budget per operation, `Retry-After` honoured, and a token
@@ -22,6 +23,7 @@ use url::Url;
 use crate::clock::Budget;
 use crate::identity::{IdentityError, Scheme, Tokens};
 use crate::net::{Answer, Net, Service, Try};
+use crate::scope::{self, Group, GroupKind, GroupRef};
 
 const API_VERSION: &str = "7.1";
 
@@ -185,7 +187,7 @@ pub struct Pool {
     /// then `id` and `name` are its deployment pool's (an environment's name and 0), and its
     /// agents are found and deleted through the group's routes.
     #[serde(skip)]
-    pub group: Option<crate::scope::GroupRef>,
+    pub group: Option<GroupRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -424,7 +426,7 @@ impl DevOpsClient {
     pub async fn access(
         &self,
         pool: &str,
-        group: Option<&crate::scope::Group>,
+        group: Option<&Group>,
         budget: &Budget,
     ) -> Result<Access, DevOpsError> {
         let me = self.connection_data(budget).await?.authenticated_user;
@@ -729,6 +731,162 @@ fn server_message(body: &str) -> String {
         }
         m if m.is_empty() => "empty body".to_owned(),
         m => m,
+    }
+}
+
+// Deployment groups and environments ([`crate::scope`]): their own routes, as the agent's
+// configuration providers call them.
+
+#[derive(Deserialize)]
+struct ProjectRef {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct PoolRef {
+    id: u64,
+    name: String,
+}
+
+/// A deployment group or an environment, as the list routes return them.
+#[derive(Deserialize)]
+struct GroupFound {
+    id: u64,
+    name: String,
+    project: ProjectRef,
+    /// A deployment group's deployment pool (an environment's list entry has none).
+    #[serde(default)]
+    pool: Option<PoolRef>,
+}
+
+/// A deployment target or a virtual-machine resource: its own id and the agent in it.
+#[derive(Deserialize)]
+struct Member {
+    id: u64,
+    #[serde(default)]
+    agent: Option<ServerAgent>,
+}
+
+impl DevOpsClient {
+    /// The group if this identity may register agents in it: a deployment group is asked for with
+    /// `actionFilter=manage` (as pools are); an environment's list has no such filter, so only
+    /// its existence is checked here and a missing role shows at registration.
+    ///
+    /// The [`Pool`] returned is what the service's name and the saved settings use: the
+    /// deployment pool (`group.pool`) of a deployment group; the environment's name, as the
+    /// agent's service name has it (`ServiceControlManager.CalculateServiceName`: `PoolName ??
+    /// EnvironmentName`), for an environment.
+    pub async fn group_access(
+        &self,
+        g: &Group,
+        identity: &str,
+        budget: &Budget,
+    ) -> Result<Pool, DevOpsError> {
+        let manage = g.kind == GroupKind::DeploymentGroup;
+        if let Some(found) = self.find_group(g, manage, budget).await? {
+            return Ok(pool_of(g, found));
+        }
+        let exists = manage && self.find_group(g, false, budget).await?.is_some();
+        Err(if exists {
+            DevOpsError::NoGroupPermission {
+                group: g.name.clone(),
+                project: g.project.clone(),
+                identity: identity.to_owned(),
+            }
+        } else {
+            DevOpsError::GroupNotFound {
+                what: g.kind.noun(),
+                flag: g.kind.flag(),
+                group: g.name.clone(),
+                project: g.project.clone(),
+                org: self.org_url().to_string(),
+            }
+        })
+    }
+
+    async fn find_group(
+        &self,
+        g: &Group,
+        manage: bool,
+        budget: &Budget,
+    ) -> Result<Option<GroupFound>, DevOpsError> {
+        let path = match g.kind {
+            GroupKind::DeploymentGroup => "_apis/distributedtask/deploymentgroups",
+            GroupKind::Environment => "_apis/pipelines/environments",
+        };
+        let mut query = vec![("name", g.name.as_str())];
+        if manage {
+            query.push(("actionFilter", "manage"));
+        }
+        query.push(("api-version", scope::api_version(g.kind)));
+        let url = self.api(&format!("{}/{path}", g.project), &query);
+        match self.get::<List<GroupFound>>(url, budget).await {
+            Ok(list) => Ok((list.value.into_iter()).find(|f| f.name.eq_ignore_ascii_case(&g.name))),
+            // An unknown project is a 404 (`ProjectDoesNotExistWithNameException`).
+            Err(DevOpsError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The group's agent of this name (a deployment target's or a VM resource's agent), with
+    /// the member's own id, which deleting it takes.
+    pub async fn find_group_agent(
+        &self,
+        g: &GroupRef,
+        name: &str,
+        budget: &Budget,
+    ) -> Result<Option<ServerAgent>, DevOpsError> {
+        let mut query = vec![("name", name)];
+        if g.kind == GroupKind::DeploymentGroup {
+            query.push(("$expand", "capabilities"));
+        }
+        query.push(("api-version", scope::api_version(g.kind)));
+        let url = self.api(&g.members(), &query);
+        let list: List<Member> = self.get(url, budget).await?;
+        Ok(list.value.into_iter().find_map(|m| {
+            let mut agent = m.agent?;
+            agent.name.eq_ignore_ascii_case(name).then(|| {
+                agent.member_id = Some(m.id);
+                agent
+            })
+        }))
+    }
+
+    /// Deletes the agent's deployment target (which deletes the agent from the deployment pool
+    /// too) or VM resource, as `config.sh remove` does. Already gone: what was wanted.
+    pub async fn delete_group_agent(
+        &self,
+        g: &GroupRef,
+        agent: &ServerAgent,
+        budget: &Budget,
+    ) -> Result<(), DevOpsError> {
+        let member = agent.member_id.unwrap_or(agent.id);
+        let path = format!("{}/{member}", g.members());
+        let url = self.api(&path, &[("api-version", scope::api_version(g.kind))]);
+        match self.call(reqwest::Method::DELETE, url, budget).await {
+            Ok(_) | Err(DevOpsError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn pool_of(g: &Group, found: GroupFound) -> Pool {
+    let (id, name) = match (g.kind, found.pool) {
+        (GroupKind::DeploymentGroup, Some(p)) => (p.id, p.name),
+        // An environment's agents are named after it (`PoolName ?? EnvironmentName`).
+        _ => (0, found.name.clone()),
+    };
+    Pool {
+        id,
+        name,
+        group: Some(GroupRef {
+            kind: g.kind,
+            project: g.project.clone(),
+            project_id: found.project.id,
+            name: found.name,
+            id: found.id,
+            tags: g.tags.clone(),
+        }),
     }
 }
 
