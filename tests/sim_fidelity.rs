@@ -464,6 +464,14 @@ fn config_as_root(dir: &Path, token: &str, args: &[&str]) -> (i32, String, Strin
     (o.status.code().unwrap_or(-1), out, err)
 }
 
+/// [`config_as_root`] registering unattended with a PAT at the simulator's organization: `args`
+/// after `--unattended --url <org> --auth pat`.
+fn register_as_root(w: &World, dir: &Path, token: &str, args: &[&str]) -> (i32, String, String) {
+    let url = w.org_url();
+    let unattended = ["--unattended", "--url", url.as_str(), "--auth", "pat"];
+    config_as_root(dir, token, &[unattended.as_slice(), args].concat())
+}
+
 /// The unit name the generated svc.sh computes (its first lines, run by bash).
 fn svc_sh_name(dir: &Path) -> String {
     let head: String = std::fs::read_to_string(dir.join("svc.sh"))
@@ -489,16 +497,11 @@ fn a_deployment_group_agent_is_a_target_of_the_group_as_the_real_agent_registers
     let w = World::new();
     let dir = extract(&w);
     let t = token(&w);
-    let url = w.org_url();
-    let (code, out, err) = config_as_root(
+    let (code, out, err) = register_as_root(
+        &w,
         &dir,
         &t,
         &[
-            "--unattended",
-            "--url",
-            &url,
-            "--auth",
-            "pat",
             "--deploymentGroup",
             "--deploymentGroupName",
             "webservers",
@@ -588,13 +591,7 @@ fn an_environment_agent_is_a_vm_resource_as_the_real_agent_registers_it() {
     let w = World::new();
     let dir = extract(&w);
     let t = token(&w);
-    let url = w.org_url();
     let base = [
-        "--unattended",
-        "--url",
-        url.as_str(),
-        "--auth",
-        "pat",
         "--environment",
         "--environmentname",
         "production",
@@ -609,7 +606,7 @@ fn an_environment_agent_is_a_vm_resource_as_the_real_agent_registers_it() {
         "--virtualmachineresourcetags",
         "linux,web",
     ]);
-    let (code, out, err) = config_as_root(&dir, &t, &first);
+    let (code, out, err) = register_as_root(&w, &dir, &t, &first);
     assert_eq!(code, 0, "{out}\n{err}");
     let agent = read_agent_json(&dir.join(".agent"));
     assert_eq!(agent["environmentId"], 1);
@@ -649,7 +646,7 @@ fn an_environment_agent_is_a_vm_resource_as_the_real_agent_registers_it() {
     let other = w.dir.path().join("second");
     w.extract_package_into(&other);
     let plain = args(&[]);
-    let (code, out, err) = config_as_root(&other, &t, &plain);
+    let (code, out, err) = register_as_root(&w, &other, &t, &plain);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
         out.contains("Pool  already contains an agent with name vm-agent."),
@@ -662,7 +659,7 @@ fn an_environment_agent_is_a_vm_resource_as_the_real_agent_registers_it() {
         "{err}"
     );
     let replace = args(&["--replace"]);
-    let (code, out, err) = config_as_root(&other, &t, &replace);
+    let (code, out, err) = register_as_root(&w, &other, &t, &replace);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("Successfully replaced the agent"), "{out}");
     let second = read_agent_json(&other.join(".agent"));
@@ -701,20 +698,10 @@ fn deployment_group_and_environment_configure_fails_where_the_real_agent_does() 
     let w = World::new();
     let dir = extract(&w);
     let t = token(&w);
-    let url = w.org_url();
     let dg = |extra: &[&str]| -> (i32, String, String) {
-        let mut a = vec![
-            "--unattended",
-            "--url",
-            &url,
-            "--auth",
-            "pat",
-            "--deploymentgroup",
-            "--agent",
-            "dg-agent",
-        ];
+        let mut a = vec!["--deploymentgroup", "--agent", "dg-agent"];
         a.extend(extra);
-        config_as_root(&dir, &t, &a)
+        register_as_root(&w, &dir, &t, &a)
     };
     let (code, _, err) = dg(&["--deploymentgroupname", "WebServers"]);
     assert_eq!(code, 1);
@@ -782,11 +769,6 @@ fn deployment_group_and_environment_configure_fails_where_the_real_agent_does() 
     // The environment's own: unknown, and the tags flag without tags fails before any resource.
     let env = |extra: &[&str]| -> (i32, String, String) {
         let mut a = vec![
-            "--unattended",
-            "--url",
-            &url,
-            "--auth",
-            "pat",
             "--environment",
             "--projectname",
             "myproject",
@@ -794,7 +776,7 @@ fn deployment_group_and_environment_configure_fails_where_the_real_agent_does() 
             "vm-agent",
         ];
         a.extend(extra);
-        config_as_root(&dir, &t, &a)
+        register_as_root(&w, &dir, &t, &a)
     };
     let (code, _, err) = env(&["--environmentname", "Staging"]);
     assert_eq!(code, 1);
@@ -823,15 +805,11 @@ fn deployment_group_and_environment_configure_fails_where_the_real_agent_does() 
         ),
         ("--environment", "--environmentname", "Restricted"),
     ] {
-        let (code, out, err) = config_as_root(
+        let (code, out, err) = register_as_root(
+            &w,
             &dir,
             &uami,
             &[
-                "--unattended",
-                "--url",
-                &url,
-                "--auth",
-                "pat",
                 mode,
                 name_flag,
                 name,
@@ -860,16 +838,11 @@ fn a_deployment_target_shows_its_agent_online_while_the_listener_runs() {
     let w = World::new();
     let dir = extract(&w);
     let t = token(&w);
-    let url = w.org_url();
-    let (code, out, err) = config_as_root(
+    let (code, out, err) = register_as_root(
+        &w,
         &dir,
         &t,
         &[
-            "--unattended",
-            "--url",
-            &url,
-            "--auth",
-            "pat",
             "--deploymentgroup",
             "--deploymentgroupname",
             "WebServers",

@@ -112,63 +112,75 @@ pub struct ProjectSpec {
     pub name: String,
 }
 
-/// A deployment group of a project. Its targets' agents live in its deployment pool (`pool_id`,
-/// `pool_name`: `<Project>-<Group>` in Azure DevOps' recorded example), which is what `.agent`'s
-/// `poolId`/`poolName` name.
+/// What a deployment group and an environment of a project are alike in: a name in the project and a
+/// pool their agents live in. A group's pool is its deployment pool (`pool_id`, `pool_name`:
+/// `<Project>-<Group>` in Azure DevOps' recorded example), which is what `.agent`'s
+/// `poolId`/`poolName` name. An environment's is its linked pool (the agent writes only the id); the
+/// real pool's name has the form `environment-…-<guid>` (azure-pipelines-agent#5174, #5299), the
+/// exact form not documented. `K` tells the two apart ([`DeploymentGroupSpec`], [`EnvironmentSpec`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeploymentGroupSpec {
+#[serde(bound = "")]
+pub struct ProjectPoolSpec<K> {
     pub id: u64,
     pub name: String,
     /// The project's name.
     pub project: String,
     pub pool_id: u64,
     pub pool_name: String,
-    /// Object ids of identities that are Administrators of the group (Manage: register, replace,
-    /// tag and delete targets).
+    /// Object ids of identities that are Administrators of the group or environment (Manage:
+    /// register, replace, tag and delete its targets or VM resources).
     pub admins: Vec<String>,
+    #[serde(skip)]
+    kind: std::marker::PhantomData<K>,
 }
 
-impl DeploymentGroupSpec {
-    /// A group whose deployment pool is named `<project>-<name>`, as Azure DevOps names it.
-    pub fn new(id: u64, project: &str, name: &str, pool_id: u64, admins: &[&str]) -> Self {
+/// The kind of [`DeploymentGroupSpec`].
+#[derive(Debug, Clone)]
+pub enum DeploymentGroupKind {}
+
+/// The kind of [`EnvironmentSpec`].
+#[derive(Debug, Clone)]
+pub enum EnvironmentKind {}
+
+/// A deployment group of a project; its targets' agents live in its deployment pool.
+pub type DeploymentGroupSpec = ProjectPoolSpec<DeploymentGroupKind>;
+
+/// An environment of a project; its VM resources' agents live in its linked pool.
+pub type EnvironmentSpec = ProjectPoolSpec<EnvironmentKind>;
+
+impl<K> ProjectPoolSpec<K> {
+    fn with_pool(
+        id: u64,
+        project: &str,
+        name: &str,
+        (pool_id, pool_name): (u64, String),
+        admins: &[&str],
+    ) -> Self {
         Self {
             id,
             name: name.to_owned(),
             project: project.to_owned(),
             pool_id,
-            pool_name: format!("{project}-{name}"),
+            pool_name,
             admins: admins.iter().map(|a| (*a).to_owned()).collect(),
+            kind: std::marker::PhantomData,
         }
     }
 }
 
-/// An environment of a project. Its VM resources' agents live in its linked pool (`pool_id`; the
-/// agent writes only the id). The real pool's name has the form `environment-…-<guid>`
-/// (azure-pipelines-agent#5174, #5299); the exact form is not documented.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EnvironmentSpec {
-    pub id: u64,
-    pub name: String,
-    /// The project's name.
-    pub project: String,
-    pub pool_id: u64,
-    pub pool_name: String,
-    /// Object ids of identities that are Administrators of the environment (add, replace, tag and
-    /// delete VM resources).
-    pub admins: Vec<String>,
+impl DeploymentGroupSpec {
+    /// A group whose deployment pool is named `<project>-<name>`, as Azure DevOps names it.
+    pub fn new(id: u64, project: &str, name: &str, pool_id: u64, admins: &[&str]) -> Self {
+        let pool_name = format!("{project}-{name}");
+        Self::with_pool(id, project, name, (pool_id, pool_name), admins)
+    }
 }
 
 impl EnvironmentSpec {
     /// An environment whose linked pool is named `environment-<name>-<project id>`.
     pub fn new(id: u64, project: &ProjectSpec, name: &str, pool_id: u64, admins: &[&str]) -> Self {
-        Self {
-            id,
-            name: name.to_owned(),
-            project: project.name.clone(),
-            pool_id,
-            pool_name: format!("environment-{name}-{}", project.id),
-            admins: admins.iter().map(|a| (*a).to_owned()).collect(),
-        }
+        let pool_name = format!("environment-{name}-{}", project.id);
+        Self::with_pool(id, &project.name, name, (pool_id, pool_name), admins)
     }
 }
 

@@ -852,42 +852,58 @@ fn decode_basic(b64: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Authenticates and records; on failure returns the error response.
+/// Authenticates and records the caller of an Azure DevOps route; else the response the route
+/// answers with (an outage, a scripted response, an unknown organization, a failed sign-in).
+#[allow(clippy::result_large_err)]
+fn identify(
+    s: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    org: &str,
+) -> Result<IdentitySpec, Response> {
+    if s.state.lock().unwrap().ado_down {
+        record(s, method, uri, headers, "outage");
+        return Err(ado_error(
+            503,
+            "ServiceUnavailableException",
+            "TF400893: simulated outage",
+        ));
+    }
+    let scripted = s.state.lock().unwrap().ado_script.pop_front();
+    if let Some(scripted) = scripted {
+        record(s, method, uri, headers, "scripted");
+        return Err(scripted_response(scripted));
+    }
+    if !org.eq_ignore_ascii_case(&s.config.org) {
+        record(s, method, uri, headers, "unknown-org");
+        return Err(ado_error(
+            404,
+            "OrganizationNotFoundException",
+            &format!("TF400898: organization '{org}' was not found"),
+        ));
+    }
+    match authenticate(s, headers, uri) {
+        Ok(id) => {
+            record(s, method, uri, headers, &id.object_id);
+            Ok(id)
+        }
+        Err(boxed) => {
+            let (who, response) = *boxed;
+            record(s, method, uri, headers, &who);
+            Err(response)
+        }
+    }
+}
+
+/// [`identify`], returning its error response from the route.
 macro_rules! caller {
-    ($s:expr, $method:expr, $uri:expr, $headers:expr, $org:expr) => {{
-        if $s.state.lock().unwrap().ado_down {
-            record(&$s, &$method, &$uri, &$headers, "outage");
-            return ado_error(
-                503,
-                "ServiceUnavailableException",
-                "TF400893: simulated outage",
-            );
+    ($s:expr, $method:expr, $uri:expr, $headers:expr, $org:expr) => {
+        match $crate::server::identify(&$s, &$method, &$uri, &$headers, &$org) {
+            Ok(me) => me,
+            Err(response) => return response,
         }
-        let scripted = $s.state.lock().unwrap().ado_script.pop_front();
-        if let Some(scripted) = scripted {
-            record(&$s, &$method, &$uri, &$headers, "scripted");
-            return scripted_response(scripted);
-        }
-        if !$org.eq_ignore_ascii_case(&$s.config.org) {
-            record(&$s, &$method, &$uri, &$headers, "unknown-org");
-            return ado_error(
-                404,
-                "OrganizationNotFoundException",
-                &format!("TF400898: organization '{}' was not found", $org),
-            );
-        }
-        match authenticate(&$s, &$headers, &$uri) {
-            Ok(id) => {
-                record(&$s, &$method, &$uri, &$headers, &id.object_id);
-                id
-            }
-            Err(boxed) => {
-                let (who, response) = *boxed;
-                record(&$s, &$method, &$uri, &$headers, &who);
-                return response;
-            }
-        }
-    }};
+    };
 }
 
 mod deployment;
@@ -1111,6 +1127,16 @@ impl AgentBody {
             .to_owned()
     }
 
+    /// A replace: the agent's new key, capabilities and version
+    /// (`ConfigurationManager.UpdateExistingAgent`).
+    fn replace(&self, a: &mut ServerAgent) {
+        a.public_key = self.public_key();
+        a.system_capabilities = self.system_capabilities.clone();
+        if let Some(v) = &self.version {
+            a.version = v.clone();
+        }
+    }
+
     /// The agent the server creates for this body: offline and enabled until its listener runs.
     fn into_agent(self, id: u64) -> ServerAgent {
         ServerAgent {
@@ -1184,23 +1210,45 @@ async fn update_agent(
     };
     let mut state = s.state.lock().unwrap();
     if state.fail_agent_update {
-        return ado_error(
-            500,
-            "InternalServerErrorException",
-            "Simulated failure updating the agent.",
-        );
+        return update_failed();
     }
     let a = match agent_mut(&mut state, p.id, &pool, agent) {
         Ok(a) => a,
         Err(response) => return response,
     };
-    a.public_key = body.public_key();
-    a.system_capabilities = body.system_capabilities.clone();
-    if let Some(v) = body.version {
-        a.version = v;
-    }
+    body.replace(a);
     let a = a.clone();
     json_response(200, agent_json(&a, false))
+}
+
+/// `State::fail_agent_update`'s answer to a replace.
+fn update_failed() -> Response {
+    ado_error(
+        500,
+        "InternalServerErrorException",
+        "Simulated failure updating the agent.",
+    )
+}
+
+/// Deleting an agent: `State::agent_busy` counts down, else refused while it runs a job.
+fn refuse_busy(state: &mut State, pool_id: u64, agent: u64) -> Option<Response> {
+    let busy = || {
+        ado_error(
+            400,
+            "TaskAgentBusyException",
+            &format!("The agent {agent} is running a job and cannot be deleted."),
+        )
+    };
+    if state.agent_busy > 0 {
+        state.agent_busy -= 1;
+        return Some(busy());
+    }
+    state
+        .agents
+        .get(&pool_id)
+        .and_then(|l| l.iter().find(|a| a.id == agent))
+        .filter(|a| a.assigned_request.is_some())
+        .map(|_| busy())
 }
 
 /// One agent of a pool, or Azure DevOps' 404 for it.
@@ -1266,25 +1314,8 @@ async fn delete_agent(
         Err(response) => return response,
     };
     let mut state = s.state.lock().unwrap();
-    if state.agent_busy > 0 {
-        state.agent_busy -= 1;
-        return ado_error(
-            400,
-            "TaskAgentBusyException",
-            &format!("The agent {agent} is running a job and cannot be deleted."),
-        );
-    }
-    let busy = state
-        .agents
-        .get(&p.id)
-        .and_then(|l| l.iter().find(|a| a.id == agent))
-        .is_some_and(|a| a.assigned_request.is_some());
-    if busy {
-        return ado_error(
-            400,
-            "TaskAgentBusyException",
-            &format!("The agent {agent} is running a job and cannot be deleted."),
-        );
+    if let Some(refused) = refuse_busy(&mut state, p.id, agent) {
+        return refused;
     }
     if let Some(l) = state.agents.get_mut(&p.id) {
         l.retain(|a| a.id != agent);

@@ -178,6 +178,27 @@ fn given(ctx: &mut Ctx, parsed: &Parsed, names: &[&str], reported: &str) -> Opti
     v
 }
 
+/// The first of the list a `GET` returns (a pool, deployment group or environment looked up by
+/// name); else `not_found`, or the server's or transport's error, printed.
+async fn first_found(ctx: &mut Ctx, api: &Api<'_>, path: String, not_found: &str) -> Option<Value> {
+    let found = match api.get(&path).await {
+        Ok((200, v)) => Ok(v["value"].as_array().and_then(|a| a.first().cloned())),
+        Ok((_, v)) => Err(message(&v)),
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(Some(v)) => Some(v),
+        Ok(None) => {
+            ctx.err(not_found);
+            None
+        }
+        Err(e) => {
+            ctx.err(&e);
+            None
+        }
+    }
+}
+
 /// `GetPoolIdAndName`: the pool, deployment group or environment configure names. On failure the
 /// error is printed.
 pub(super) async fn resolve(
@@ -187,13 +208,6 @@ pub(super) async fn resolve(
     mode: Mode,
 ) -> Option<Target> {
     let mut fields = Map::new();
-    let lookup = |path: String| async move {
-        match api.get(&path).await {
-            Ok((200, v)) => Ok(v["value"].as_array().and_then(|a| a.first().cloned())),
-            Ok((_, v)) => Err(message(&v)),
-            Err(e) => Err(e),
-        }
-    };
     match mode {
         Mode::Pool => {
             let pool_name = parsed
@@ -201,22 +215,16 @@ pub(super) async fn resolve(
                 .get("pool")
                 .cloned()
                 .unwrap_or_else(|| "default".into());
-            let found = lookup(format!(
-                "_apis/distributedtask/pools?poolName={}",
-                urlencode(&pool_name)
-            ))
-            .await;
-            let pool = match found {
-                Ok(Some(p)) => p,
-                Ok(None) => {
-                    ctx.err(&format!("Agent pool not found: '{pool_name}'"));
-                    return None;
-                }
-                Err(e) => {
-                    ctx.err(&e);
-                    return None;
-                }
-            };
+            let pool = first_found(
+                ctx,
+                api,
+                format!(
+                    "_apis/distributedtask/pools?poolName={}",
+                    urlencode(&pool_name)
+                ),
+                &format!("Agent pool not found: '{pool_name}'"),
+            )
+            .await?;
             fields.insert("poolId".into(), json!(pool["id"].as_u64().unwrap_or(0)));
             fields.insert(
                 "poolName".into(),
@@ -231,23 +239,17 @@ pub(super) async fn resolve(
                 &["machinegroupname", "deploymentgroupname"],
                 "deploymentgroupname",
             )?;
-            let found = lookup(format!(
-                "{}/_apis/distributedtask/deploymentgroups?name={}",
-                segment(&project),
-                urlencode(&name)
-            ))
-            .await;
-            let group = match found {
-                Ok(Some(g)) => g,
-                Ok(None) => {
-                    ctx.err(&format!("Deployment Group not found: '{name}'"));
-                    return None;
-                }
-                Err(e) => {
-                    ctx.err(&e);
-                    return None;
-                }
-            };
+            let group = first_found(
+                ctx,
+                api,
+                format!(
+                    "{}/_apis/distributedtask/deploymentgroups?name={}",
+                    segment(&project),
+                    urlencode(&name)
+                ),
+                &format!("Deployment Group not found: '{name}'"),
+            )
+            .await?;
             fields.insert("poolId".into(), group["pool"]["id"].clone());
             fields.insert("poolName".into(), group["pool"]["name"].clone());
             fields.insert("deploymentGroupId".into(), group["id"].clone());
@@ -256,23 +258,17 @@ pub(super) async fn resolve(
         Mode::Environment => {
             let project = given(ctx, parsed, &["projectname"], "projectname")?;
             let name = given(ctx, parsed, &["environmentname"], "environmentname")?;
-            let found = lookup(format!(
-                "{}/_apis/pipelines/environments?name={}",
-                segment(&project),
-                urlencode(&name)
-            ))
-            .await;
-            let env = match found {
-                Ok(Some(e)) => e,
-                Ok(None) => {
-                    ctx.err(&format!("Environment not found: '{name}'"));
-                    return None;
-                }
-                Err(e) => {
-                    ctx.err(&e);
-                    return None;
-                }
-            };
+            let env = first_found(
+                ctx,
+                api,
+                format!(
+                    "{}/_apis/pipelines/environments?name={}",
+                    segment(&project),
+                    urlencode(&name)
+                ),
+                &format!("Environment not found: '{name}'"),
+            )
+            .await?;
             // The name as typed, not as the server spells it (`GetPoolIdAndName`).
             fields.insert("environmentName".into(), json!(name));
             fields.insert("environmentId".into(), env["id"].clone());

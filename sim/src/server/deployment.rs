@@ -9,104 +9,166 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{
-    AgentBody, Q, Shared, ado_error, agent_json, authenticate, json_response, manage_pending,
-    record, scripted_response,
+    AgentBody, Q, Shared, ado_error, agent_json, identify, json_response, manage_pending,
+    refuse_busy, update_failed,
 };
 use crate::{
-    DeploymentGroupSpec, DeploymentTarget, EnvironmentSpec, IdentitySpec, ProjectSpec, ServerAgent,
-    State, VmResource, now_secs, rfc3339,
+    DeploymentGroupKind, DeploymentGroupSpec, DeploymentTarget, EnvironmentKind, EnvironmentSpec,
+    IdentitySpec, ProjectPoolSpec, ProjectSpec, ServerAgent, SimConfig, State, VmResource,
+    now_secs, rfc3339,
 };
 
-/// The project a path names, by id or (case-insensitively) by name; else TF200016.
+/// A request to one of these routes: what [`identify`] records and authenticates, and the path's
+/// segments (organization, project, group or environment id, target or resource id, as far as the
+/// route has them).
+pub struct Call {
+    s: Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    path: Vec<String>,
+}
+
+impl FromRequestParts<Shared> for Call {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Self, Response> {
+        let Path(path) = Path::<Vec<String>>::from_request_parts(parts, s)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            s: s.clone(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            path,
+        })
+    }
+}
+
+/// Deployment groups and environments: where a kind's specs are, and its 404.
+trait Kind: Sized + 'static {
+    fn all(config: &SimConfig) -> &[ProjectPoolSpec<Self>];
+    fn not_found(id: &str) -> Response;
+}
+
+impl Kind for DeploymentGroupKind {
+    fn all(config: &SimConfig) -> &[DeploymentGroupSpec] {
+        &config.deployment_groups
+    }
+
+    fn not_found(id: &str) -> Response {
+        ado_error(
+            404,
+            "DeploymentGroupNotFoundException",
+            &format!("Deployment group {id} not found."),
+        )
+    }
+}
+
+impl Kind for EnvironmentKind {
+    fn all(config: &SimConfig) -> &[EnvironmentSpec] {
+        &config.environments
+    }
+
+    fn not_found(id: &str) -> Response {
+        ado_error(
+            404,
+            "EnvironmentNotFoundException",
+            &format!("Environment {id} not found."),
+        )
+    }
+}
+
 #[allow(clippy::result_large_err)]
-fn project<'a>(s: &'a Shared, p: &str) -> Result<&'a ProjectSpec, Response> {
-    s.config
-        .projects
+impl Call {
+    fn segment(&self, i: usize) -> &str {
+        self.path.get(i).map_or("", String::as_str)
+    }
+
+    /// The target or resource id a `…/{id}` route names.
+    fn item(&self) -> &str {
+        self.segment(3)
+    }
+
+    /// The authenticated caller, and the project the path names, by id or (case-insensitively) by
+    /// name; else TF200016.
+    fn project(&self) -> Result<(IdentitySpec, &ProjectSpec), Response> {
+        let me = identify(
+            &self.s,
+            &self.method,
+            &self.uri,
+            &self.headers,
+            self.segment(0),
+        )?;
+        let p = self.segment(1);
+        let project = self
+            .s
+            .config
+            .projects
+            .iter()
+            .find(|x| x.id.eq_ignore_ascii_case(p) || x.name.eq_ignore_ascii_case(p))
+            .ok_or_else(|| {
+                ado_error(
+                    404,
+                    "ProjectDoesNotExistWithNameException",
+                    &format!(
+                        "TF200016: The following project does not exist: {p}. Verify that the name of the project is correct and that the project exists on the specified Azure DevOps Server."
+                    ),
+                )
+            })?;
+        Ok((me, project))
+    }
+
+    /// [`Call::project`], and the deployment group or environment of the project the path names.
+    fn scope<K: Kind>(
+        &self,
+    ) -> Result<(IdentitySpec, &ProjectSpec, &ProjectPoolSpec<K>), Response> {
+        let (me, p) = self.project()?;
+        let id = self.segment(2);
+        let found = id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| {
+                K::all(&self.s.config)
+                    .iter()
+                    .find(|g| g.id == id && g.project.eq_ignore_ascii_case(&p.name))
+            })
+            .ok_or_else(|| K::not_found(id))?;
+        Ok((me, p, found))
+    }
+
+    /// [`Call::scope`] for a change: the caller must be an Administrator of the group or
+    /// environment.
+    fn managed<K: Kind>(&self) -> Result<(IdentitySpec, &ProjectPoolSpec<K>), Response> {
+        let (me, _, found) = self.scope::<K>()?;
+        if !may_manage(&self.s, &found.admins, &me) {
+            return Err(access_denied(&me));
+        }
+        Ok((me, found))
+    }
+}
+
+/// The groups or environments of a project, with `name=` as an exact, case-insensitive match.
+fn in_project<'a, K: Kind>(
+    config: &'a SimConfig,
+    p: &'a ProjectSpec,
+    q: &'a HashMap<String, String>,
+) -> impl Iterator<Item = &'a ProjectPoolSpec<K>> {
+    K::all(config)
         .iter()
-        .find(|x| x.id.eq_ignore_ascii_case(p) || x.name.eq_ignore_ascii_case(p))
-        .ok_or_else(|| {
-            ado_error(
-                404,
-                "ProjectDoesNotExistWithNameException",
-                &format!(
-                    "TF200016: The following project does not exist: {p}. Verify that the name of the project is correct and that the project exists on the specified Azure DevOps Server."
-                ),
-            )
+        .filter(|g| g.project.eq_ignore_ascii_case(&p.name))
+        .filter(|g| {
+            q.get("name")
+                .is_none_or(|n| n.eq_ignore_ascii_case(&g.name))
         })
-}
-
-#[allow(clippy::result_large_err)]
-fn group<'a>(
-    s: &'a Shared,
-    project: &ProjectSpec,
-    id: &str,
-) -> Result<&'a DeploymentGroupSpec, Response> {
-    id.parse::<u64>()
-        .ok()
-        .and_then(|id| {
-            s.config
-                .deployment_groups
-                .iter()
-                .find(|g| g.id == id && g.project.eq_ignore_ascii_case(&project.name))
-        })
-        .ok_or_else(|| {
-            ado_error(
-                404,
-                "DeploymentGroupNotFoundException",
-                &format!("Deployment group {id} not found."),
-            )
-        })
-}
-
-#[allow(clippy::result_large_err)]
-fn environment<'a>(
-    s: &'a Shared,
-    project: &ProjectSpec,
-    id: &str,
-) -> Result<&'a EnvironmentSpec, Response> {
-    id.parse::<u64>()
-        .ok()
-        .and_then(|id| {
-            s.config
-                .environments
-                .iter()
-                .find(|e| e.id == id && e.project.eq_ignore_ascii_case(&project.name))
-        })
-        .ok_or_else(|| {
-            ado_error(
-                404,
-                "EnvironmentNotFoundException",
-                &format!("Environment {id} not found."),
-            )
-        })
-}
-
-/// The project and deployment group a path names.
-#[allow(clippy::result_large_err)]
-fn project_group<'a>(
-    s: &'a Shared,
-    project_name: &str,
-    group_id: &str,
-) -> Result<(&'a ProjectSpec, &'a DeploymentGroupSpec), Response> {
-    let p = project(s, project_name)?;
-    Ok((p, group(s, p, group_id)?))
-}
-
-/// The project and environment a path names.
-#[allow(clippy::result_large_err)]
-fn project_environment<'a>(
-    s: &'a Shared,
-    project_name: &str,
-    env_id: &str,
-) -> Result<(&'a ProjectSpec, &'a EnvironmentSpec), Response> {
-    let p = project(s, project_name)?;
-    Ok((p, environment(s, p, env_id)?))
 }
 
 /// Whether the caller is an Administrator (`admins`), counting one propagation delay
@@ -135,30 +197,8 @@ fn agent_exists(pool_name: &str, name: &str) -> Response {
     )
 }
 
-fn busy(agent: u64) -> Response {
-    ado_error(
-        400,
-        "TaskAgentBusyException",
-        &format!("The agent {agent} is running a job and cannot be deleted."),
-    )
-}
-
 fn bad_request(what: &str) -> Response {
     ado_error(400, "ArgumentException", what)
-}
-
-/// `State::agent_busy` counts down, else an agent running a job.
-fn refuse_busy(state: &mut State, pool_id: u64, agent: u64) -> Option<Response> {
-    if state.agent_busy > 0 {
-        state.agent_busy -= 1;
-        return Some(busy(agent));
-    }
-    state
-        .agents
-        .get(&pool_id)
-        .and_then(|l| l.iter().find(|a| a.id == agent))
-        .filter(|a| a.assigned_request.is_some())
-        .map(|_| busy(agent))
 }
 
 /// Strings of a JSON array (`tags`).
@@ -247,8 +287,9 @@ fn expanded_agent(a: &ServerAgent, expand: &[String]) -> Value {
     v
 }
 
-fn machine_json(t: &DeploymentTarget, a: &ServerAgent, expand: &[String]) -> Value {
-    json!({"id": t.agent_id, "tags": t.tags, "agent": expanded_agent(a, expand)})
+/// A deployment target (`DeploymentMachine`): its id is its agent's.
+fn machine_json(a: &ServerAgent, tags: &[String], expand: &[String]) -> Value {
+    json!({"id": a.id, "tags": tags, "agent": expanded_agent(a, expand)})
 }
 
 fn pool_ref(id: u64, name: &str, size: usize) -> Value {
@@ -275,16 +316,7 @@ fn group_json(
         Some("machines") => {
             v["machines"] = targets
                 .iter()
-                .map(|(a, tags)| {
-                    machine_json(
-                        &DeploymentTarget {
-                            agent_id: a.id,
-                            tags: tags.clone(),
-                        },
-                        a,
-                        &[],
-                    )
-                })
+                .map(|(a, tags)| machine_json(a, tags, &[]))
                 .collect();
         }
         Some("tags") => {
@@ -327,28 +359,6 @@ fn list_json(value: Vec<Value>) -> Response {
     json_response(200, json!({"count": value.len(), "value": value}))
 }
 
-/// The agent a registration body describes (`DeploymentMachine.agent`,
-/// `VirtualMachineResource.agent`).
-fn agent_body(v: &Value) -> Option<AgentBody> {
-    serde_json::from_value(v.get("agent")?.clone()).ok()
-}
-
-/// A replace: the agent's new key, capabilities and version (`ConfigurationManager.UpdateExistingAgent`).
-fn replace_agent(a: &mut ServerAgent, body: &AgentBody) {
-    a.public_key = body.public_key();
-    a.system_capabilities = body.system_capabilities.clone();
-    if let Some(v) = &body.version {
-        a.version = v.clone();
-    }
-}
-
-fn pool_agent_mut(state: &mut State, pool_id: u64, agent: u64) -> Option<&mut ServerAgent> {
-    state
-        .agents
-        .get_mut(&pool_id)
-        .and_then(|l| l.iter_mut().find(|a| a.id == agent))
-}
-
 fn target_not_found(group: u64, target: &str) -> Response {
     ado_error(
         404,
@@ -368,183 +378,97 @@ fn resource_not_found(environment: u64, resource: impl std::fmt::Display) -> Res
 // ---- Deployment groups ----
 
 /// `GET {project}/_apis/distributedtask/deploymentgroups?name=&actionFilter=&$expand=`.
-pub async fn list_groups(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Q,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let p = match project(&s, &project_name) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let manage = q
-        .get("actionFilter")
-        .is_some_and(|a| a.eq_ignore_ascii_case("manage"));
-    let groups: Vec<&DeploymentGroupSpec> = s
-        .config
-        .deployment_groups
-        .iter()
-        .filter(|g| g.project.eq_ignore_ascii_case(&p.name))
-        .filter(|g| {
-            q.get("name")
-                .is_none_or(|n| n.eq_ignore_ascii_case(&g.name))
-        })
-        .collect();
+pub async fn list_groups(call: Call, Query(q): Q) -> Result<Response, Response> {
+    let (me, p) = call.project()?;
+    let s = &call.s;
+    let groups: Vec<&DeploymentGroupSpec> = in_project(&s.config, p, &q).collect();
     let groups: Vec<&DeploymentGroupSpec> = groups
         .into_iter()
-        .filter(|g| !manage || may_manage(&s, &g.admins, &me))
+        .filter(|g| !wants_manage(&q) || may_manage(s, &g.admins, &me))
         .collect();
     let state = s.state.lock().unwrap();
-    list_json(
+    Ok(list_json(
         groups
             .into_iter()
             .map(|g| group_json(g, p, &state, q.get("$expand")))
             .collect(),
-    )
+    ))
+}
+
+/// `actionFilter=manage`: only what the caller may manage.
+fn wants_manage(q: &HashMap<String, String>) -> bool {
+    q.get("actionFilter")
+        .is_some_and(|a| a.eq_ignore_ascii_case("manage"))
 }
 
 /// `GET {project}/_apis/distributedtask/deploymentgroups/{id}`.
-pub async fn get_group(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, group_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Q,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let (p, g) = match project_group(&s, &project_name, &group_id) {
-        Ok(found) => found,
-        Err(r) => return r,
-    };
-    if q.get("actionFilter")
-        .is_some_and(|a| a.eq_ignore_ascii_case("manage"))
-        && !may_manage(&s, &g.admins, &me)
-    {
-        return access_denied(&me);
+pub async fn get_group(call: Call, Query(q): Q) -> Result<Response, Response> {
+    let (me, p, g) = call.scope::<DeploymentGroupKind>()?;
+    if wants_manage(&q) && !may_manage(&call.s, &g.admins, &me) {
+        return Err(access_denied(&me));
     }
-    let state = s.state.lock().unwrap();
-    json_response(200, group_json(g, p, &state, q.get("$expand")))
+    let state = call.s.state.lock().unwrap();
+    Ok(json_response(
+        200,
+        group_json(g, p, &state, q.get("$expand")),
+    ))
 }
 
 /// `GET …/deploymentgroups/{id}/targets?name=&partialNameMatch=&tags=&agentStatus=&enabled=&$expand=`.
-pub async fn list_targets(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, group_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Q,
-) -> Response {
-    let _me = caller!(s, method, uri, headers, org);
-    let g = match project_group(&s, &project_name, &group_id).map(|(_, g)| g) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
+pub async fn list_targets(call: Call, Query(q): Q) -> Result<Response, Response> {
+    let (_, _, g) = call.scope::<DeploymentGroupKind>()?;
     let want_tags = list(&q, "tags");
     let expand = list(&q, "$expand");
-    let state = s.state.lock().unwrap();
-    list_json(
+    let state = call.s.state.lock().unwrap();
+    Ok(list_json(
         state
             .targets(g.id, g.pool_id)
             .iter()
             .filter(|(a, tags)| {
                 name_matches(&q, &a.name) && status_matches(&q, a) && has_all(tags, &want_tags)
             })
-            .map(|(a, tags)| {
-                machine_json(
-                    &DeploymentTarget {
-                        agent_id: a.id,
-                        tags: tags.clone(),
-                    },
-                    a,
-                    &expand,
-                )
-            })
+            .map(|(a, tags)| machine_json(a, tags, &expand))
             .collect(),
-    )
+    ))
 }
 
 /// `GET …/deploymentgroups/{id}/targets/{targetId}?$expand=`.
-pub async fn get_target(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, group_id, target)): Path<(String, String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Q,
-) -> Response {
-    let _me = caller!(s, method, uri, headers, org);
-    let g = match project_group(&s, &project_name, &group_id).map(|(_, g)| g) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let state = s.state.lock().unwrap();
+pub async fn get_target(call: Call, Query(q): Q) -> Result<Response, Response> {
+    let (_, _, g) = call.scope::<DeploymentGroupKind>()?;
+    let target = call.item();
+    let state = call.s.state.lock().unwrap();
     let found = state
         .targets(g.id, g.pool_id)
         .into_iter()
         .find(|(a, _)| target.parse() == Ok(a.id));
     match found {
-        Some((a, tags)) => json_response(
+        Some((a, tags)) => Ok(json_response(
             200,
-            machine_json(
-                &DeploymentTarget {
-                    agent_id: a.id,
-                    tags,
-                },
-                &a,
-                &list(&q, "$expand"),
-            ),
-        ),
-        None => target_not_found(g.id, &target),
+            machine_json(&a, &tags, &list(&q, "$expand")),
+        )),
+        None => Err(target_not_found(g.id, target)),
     }
 }
 
 /// `POST …/deploymentgroups/{id}/targets` with a `DeploymentMachine` (`{"agent": {…}, "tags"?}`):
 /// a new agent in the group's deployment pool; the target's id is the agent's.
-pub async fn add_target(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, group_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let g = match project_group(&s, &project_name, &group_id).map(|(_, g)| g) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    if !may_manage(&s, &g.admins, &me) {
-        return access_denied(&me);
-    }
-    let Ok(v) = serde_json::from_str::<Value>(&body) else {
-        return bad_request("Invalid deployment target");
-    };
-    let Some(agent) = agent_body(&v) else {
-        return bad_request("Invalid deployment target");
-    };
-    let mut state = s.state.lock().unwrap();
+pub async fn add_target(call: Call, body: String) -> Result<Response, Response> {
+    let (me, g) = call.managed::<DeploymentGroupKind>()?;
+    let (v, agent) = parse_agent(&body, None, "Invalid deployment target")?;
+    let mut state = call.s.state.lock().unwrap();
     if state.fail_agent_add {
-        return access_denied(&me);
+        return Err(access_denied(&me));
     }
     if state
         .pool_agents(g.pool_id)
         .iter()
         .any(|a| a.name.eq_ignore_ascii_case(&agent.name))
     {
-        return agent_exists(&g.pool_name, &agent.name);
+        return Err(agent_exists(&g.pool_name, &agent.name));
     }
-    let id = state.next_agent_id;
-    state.next_agent_id += 1;
-    let a = agent.into_agent(id);
-    state.agents.entry(g.pool_id).or_default().push(a.clone());
+    let a = new_agent(&mut state, g.pool_id, agent);
     let t = DeploymentTarget {
-        agent_id: id,
+        agent_id: a.id,
         tags: strings(&v["tags"]),
     };
     state
@@ -552,89 +476,91 @@ pub async fn add_target(
         .entry(g.id)
         .or_default()
         .push(t.clone());
-    json_response(200, machine_json(&t, &a, &[]))
+    Ok(json_response(200, machine_json(&a, &t.tags, &[])))
+}
+
+/// A registration body: the JSON, and the agent it describes at `at` (`None`: the body itself)
+/// (`DeploymentMachine.agent`, `VirtualMachineResource.agent`); else a 400 saying `invalid`.
+#[allow(clippy::result_large_err)]
+fn parse_agent(
+    body: &str,
+    at: Option<&str>,
+    invalid: &str,
+) -> Result<(Value, AgentBody), Response> {
+    let v = serde_json::from_str::<Value>(body).map_err(|_| bad_request(invalid))?;
+    let holder = at.map_or(&v, |at| &v[at]);
+    let agent = holder
+        .get("agent")
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .ok_or_else(|| bad_request(invalid))?;
+    Ok((v, agent))
+}
+
+/// A new agent (the next id) in a pool, as the pool's `POST` adds it.
+fn new_agent(state: &mut State, pool_id: u64, agent: AgentBody) -> ServerAgent {
+    let id = state.next_agent_id;
+    state.next_agent_id += 1;
+    let a = agent.into_agent(id);
+    state.agents.entry(pool_id).or_default().push(a.clone());
+    a
+}
+
+/// A replace's agent: its new key, version and capabilities (`None`: it is gone).
+fn replace_pool_agent(
+    state: &mut State,
+    pool_id: u64,
+    id: u64,
+    agent: &AgentBody,
+) -> Option<ServerAgent> {
+    let a = state
+        .agents
+        .get_mut(&pool_id)
+        .and_then(|l| l.iter_mut().find(|a| a.id == id))?;
+    agent.replace(a);
+    Some(a.clone())
 }
 
 /// `PUT …/deploymentgroups/{id}/targets/{targetId}` with the whole `DeploymentMachine`: the agent's
 /// new key, version and capabilities, and the tags the body carries.
-pub async fn replace_target(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, group_id, target)): Path<(String, String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let g = match project_group(&s, &project_name, &group_id).map(|(_, g)| g) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    if !may_manage(&s, &g.admins, &me) {
-        return access_denied(&me);
-    }
-    let Ok(v) = serde_json::from_str::<Value>(&body) else {
-        return bad_request("Invalid deployment target");
-    };
-    let Some(agent) = agent_body(&v) else {
-        return bad_request("Invalid deployment target");
-    };
-    let mut state = s.state.lock().unwrap();
+pub async fn replace_target(call: Call, body: String) -> Result<Response, Response> {
+    let (_, g) = call.managed::<DeploymentGroupKind>()?;
+    let target = call.item();
+    let (v, agent) = parse_agent(&body, None, "Invalid deployment target")?;
+    let mut state = call.s.state.lock().unwrap();
     if state.fail_agent_update {
-        return ado_error(
-            500,
-            "InternalServerErrorException",
-            "Simulated failure updating the agent.",
-        );
+        return Err(update_failed());
     }
     let Ok(id) = target.parse::<u64>() else {
-        return target_not_found(g.id, &target);
+        return Err(target_not_found(g.id, target));
     };
     let Some(t) = state
         .deployment_targets
         .get_mut(&g.id)
         .and_then(|l| l.iter_mut().find(|t| t.agent_id == id))
     else {
-        return target_not_found(g.id, &target);
+        return Err(target_not_found(g.id, target));
     };
     if v.get("tags").is_some() {
         t.tags = strings(&v["tags"]);
     }
-    let t = t.clone();
-    let Some(a) = pool_agent_mut(&mut state, g.pool_id, id) else {
-        return target_not_found(g.id, &target);
-    };
-    replace_agent(a, &agent);
-    let a = a.clone();
-    json_response(200, machine_json(&t, &a, &[]))
+    let tags = t.tags.clone();
+    let a = replace_pool_agent(&mut state, g.pool_id, id, &agent)
+        .ok_or_else(|| target_not_found(g.id, target))?;
+    Ok(json_response(200, machine_json(&a, &tags, &[])))
 }
 
 /// `PATCH …/deploymentgroups/{id}/targets` with `[{"id", "tags"}]`: each target's tags.
-pub async fn update_targets(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, group_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let g = match project_group(&s, &project_name, &group_id).map(|(_, g)| g) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    if !may_manage(&s, &g.admins, &me) {
-        return access_denied(&me);
-    }
+pub async fn update_targets(call: Call, body: String) -> Result<Response, Response> {
+    let (_, g) = call.managed::<DeploymentGroupKind>()?;
     let Ok(Value::Array(updates)) = serde_json::from_str::<Value>(&body) else {
-        return bad_request("Invalid deployment target update");
+        return Err(bad_request("Invalid deployment target update"));
     };
-    let mut state = s.state.lock().unwrap();
+    let mut state = call.s.state.lock().unwrap();
     let targets = state.deployment_targets.entry(g.id).or_default();
     for u in &updates {
         let id = u["id"].as_u64().unwrap_or(0);
         if !targets.iter().any(|t| t.agent_id == id) {
-            return target_not_found(g.id, &id.to_string());
+            return Err(target_not_found(g.id, &id.to_string()));
         }
     }
     let mut changed = vec![];
@@ -646,122 +572,85 @@ pub async fn update_targets(
         }
     }
     let agents = state.pool_agents(g.pool_id);
-    list_json(
+    Ok(list_json(
         changed
             .iter()
             .filter_map(|t| {
                 agents
                     .iter()
                     .find(|a| a.id == t.agent_id)
-                    .map(|a| machine_json(t, a, &[]))
+                    .map(|a| machine_json(a, &t.tags, &[]))
             })
             .collect(),
-    )
+    ))
 }
 
 /// `DELETE …/deploymentgroups/{id}/targets/{targetId}`: the target, and its agent from the
 /// deployment pool ("This deletes the agent from associated deployment pool too").
-pub async fn delete_target(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, group_id, target)): Path<(String, String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let g = match project_group(&s, &project_name, &group_id).map(|(_, g)| g) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    if !may_manage(&s, &g.admins, &me) {
-        return access_denied(&me);
-    }
-    let mut state = s.state.lock().unwrap();
+pub async fn delete_target(call: Call) -> Result<Response, Response> {
+    let (_, g) = call.managed::<DeploymentGroupKind>()?;
+    let target = call.item();
+    let mut state = call.s.state.lock().unwrap();
     let Ok(id) = target.parse::<u64>() else {
-        return target_not_found(g.id, &target);
+        return Err(target_not_found(g.id, target));
     };
     if !state
         .deployment_targets
         .get(&g.id)
         .is_some_and(|l| l.iter().any(|t| t.agent_id == id))
     {
-        return target_not_found(g.id, &target);
+        return Err(target_not_found(g.id, target));
     }
-    if let Some(refused) = refuse_busy(&mut state, g.pool_id, id) {
-        return refused;
+    delete_held_agent(&mut state, g.pool_id, id, |state| {
+        if let Some(l) = state.deployment_targets.get_mut(&g.id) {
+            l.retain(|t| t.agent_id != id);
+        }
+    })
+}
+
+/// Deleting a target or resource (`remove`) and its agent, unless the agent is busy.
+#[allow(clippy::result_large_err)]
+fn delete_held_agent(
+    state: &mut State,
+    pool_id: u64,
+    agent: u64,
+    remove: impl FnOnce(&mut State),
+) -> Result<Response, Response> {
+    if let Some(refused) = refuse_busy(state, pool_id, agent) {
+        return Err(refused);
     }
-    if let Some(l) = state.deployment_targets.get_mut(&g.id) {
-        l.retain(|t| t.agent_id != id);
+    remove(state);
+    if let Some(l) = state.agents.get_mut(&pool_id) {
+        l.retain(|a| a.id != agent);
     }
-    if let Some(l) = state.agents.get_mut(&g.pool_id) {
-        l.retain(|a| a.id != id);
-    }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---- Environments ----
 
 /// `GET {project}/_apis/pipelines/environments?name=` (also served at the taskAgent area's
 /// `_apis/distributedtask/environments`).
-pub async fn list_environments(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Q,
-) -> Response {
-    let _me = caller!(s, method, uri, headers, org);
-    let p = match project(&s, &project_name) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    list_json(
-        s.config
-            .environments
-            .iter()
-            .filter(|e| e.project.eq_ignore_ascii_case(&p.name))
-            .filter(|e| {
-                q.get("name")
-                    .is_none_or(|n| n.eq_ignore_ascii_case(&e.name))
-            })
+pub async fn list_environments(call: Call, Query(q): Q) -> Result<Response, Response> {
+    let (_, p) = call.project()?;
+    Ok(list_json(
+        in_project::<EnvironmentKind>(&call.s.config, p, &q)
             .map(|e| environment_json(e, p))
             .collect(),
-    )
+    ))
 }
 
 /// `GET {project}/_apis/pipelines/environments/{id}`.
-pub async fn get_environment(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, env_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let _me = caller!(s, method, uri, headers, org);
-    match project_environment(&s, &project_name, &env_id) {
-        Ok((p, e)) => json_response(200, environment_json(e, p)),
-        Err(r) => r,
-    }
+pub async fn get_environment(call: Call) -> Result<Response, Response> {
+    let (_, p, e) = call.scope::<EnvironmentKind>()?;
+    Ok(json_response(200, environment_json(e, p)))
 }
 
 /// `GET …/environments/{id}/providers/virtualmachines?name=&tags=`.
-pub async fn list_vms(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, env_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Q,
-) -> Response {
-    let _me = caller!(s, method, uri, headers, org);
-    let e = match project_environment(&s, &project_name, &env_id).map(|(_, e)| e) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
+pub async fn list_vms(call: Call, Query(q): Q) -> Result<Response, Response> {
+    let (_, _, e) = call.scope::<EnvironmentKind>()?;
     let want_tags = list(&q, "tags");
-    let state = s.state.lock().unwrap();
-    list_json(
+    let state = call.s.state.lock().unwrap();
+    Ok(list_json(
         state
             .environment_vms(e.id, e.pool_id)
             .iter()
@@ -772,39 +661,22 @@ pub async fn list_vms(
             })
             .map(|(r, a)| vm_json(r, e, a.as_ref()))
             .collect(),
-    )
+    ))
 }
+
+const INVALID_VM: &str = "Invalid virtual machine resource";
 
 /// `POST …/environments/{id}/providers/virtualmachines` with
 /// `{"virtualMachineResource": {"name", "agent", "tags"}}`: a new agent in the environment's pool
 /// and a resource holding it.
-pub async fn add_vm(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, env_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let e = match project_environment(&s, &project_name, &env_id).map(|(_, e)| e) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    if !may_manage(&s, &e.admins, &me) {
-        return access_denied(&me);
-    }
-    let Ok(v) = serde_json::from_str::<Value>(&body) else {
-        return bad_request("Invalid virtual machine resource");
-    };
+pub async fn add_vm(call: Call, body: String) -> Result<Response, Response> {
+    let (me, e) = call.managed::<EnvironmentKind>()?;
+    let (v, agent) = parse_agent(&body, Some("virtualMachineResource"), INVALID_VM)?;
     let resource = &v["virtualMachineResource"];
-    let Some(agent) = agent_body(resource) else {
-        return bad_request("Invalid virtual machine resource");
-    };
     let name = resource["name"].as_str().unwrap_or(&agent.name).to_owned();
-    let mut state = s.state.lock().unwrap();
+    let mut state = call.s.state.lock().unwrap();
     if state.fail_agent_add {
-        return access_denied(&me);
+        return Err(access_denied(&me));
     }
     let taken = state
         .pool_agents(e.pool_id)
@@ -815,22 +687,19 @@ pub async fn add_vm(
             .get(&e.id)
             .is_some_and(|l| l.iter().any(|r| r.name.eq_ignore_ascii_case(&name)));
     if taken {
-        return agent_exists(&e.pool_name, &agent.name);
+        return Err(agent_exists(&e.pool_name, &agent.name));
     }
-    let agent_id = state.next_agent_id;
-    state.next_agent_id += 1;
-    let a = agent.into_agent(agent_id);
-    state.agents.entry(e.pool_id).or_default().push(a.clone());
+    let a = new_agent(&mut state, e.pool_id, agent);
     let r = VmResource {
         id: state.next_vm_resource_id,
         name,
-        agent_id,
+        agent_id: a.id,
         tags: strings(&resource["tags"]),
         created_on: now_secs(),
     };
     state.next_vm_resource_id += 1;
     state.vm_resources.entry(e.id).or_default().push(r.clone());
-    json_response(200, vm_json(&r, e, Some(&a)))
+    Ok(json_response(200, vm_json(&r, e, Some(&a))))
 }
 
 /// The resource a `PUT`/`PATCH` body names (`id`), as a mutable reference.
@@ -844,72 +713,32 @@ fn vm_mut<'a>(state: &'a mut State, env: u64, v: &Value) -> Option<&'a mut VmRes
 
 /// `PUT …/environments/{id}/providers/virtualmachines` with a whole `VirtualMachineResource` (its id
 /// inside): the agent's new key, version and capabilities, and the body's tags (none: no tags).
-pub async fn replace_vm(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, env_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let e = match project_environment(&s, &project_name, &env_id).map(|(_, e)| e) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    if !may_manage(&s, &e.admins, &me) {
-        return access_denied(&me);
-    }
-    let Ok(v) = serde_json::from_str::<Value>(&body) else {
-        return bad_request("Invalid virtual machine resource");
-    };
-    let Some(agent) = agent_body(&v) else {
-        return bad_request("Invalid virtual machine resource");
-    };
-    let mut state = s.state.lock().unwrap();
+pub async fn replace_vm(call: Call, body: String) -> Result<Response, Response> {
+    let (_, e) = call.managed::<EnvironmentKind>()?;
+    let (v, agent) = parse_agent(&body, None, INVALID_VM)?;
+    let mut state = call.s.state.lock().unwrap();
     if state.fail_agent_update {
-        return ado_error(
-            500,
-            "InternalServerErrorException",
-            "Simulated failure updating the agent.",
-        );
+        return Err(update_failed());
     }
     let Some(r) = vm_mut(&mut state, e.id, &v) else {
-        return resource_not_found(e.id, &v["id"]);
+        return Err(resource_not_found(e.id, &v["id"]));
     };
     r.tags = strings(&v["tags"]);
     let r = r.clone();
-    let Some(a) = pool_agent_mut(&mut state, e.pool_id, r.agent_id) else {
-        return resource_not_found(e.id, r.id);
-    };
-    replace_agent(a, &agent);
-    let a = a.clone();
-    json_response(200, vm_json(&r, e, Some(&a)))
+    let a = replace_pool_agent(&mut state, e.pool_id, r.agent_id, &agent)
+        .ok_or_else(|| resource_not_found(e.id, r.id))?;
+    Ok(json_response(200, vm_json(&r, e, Some(&a))))
 }
 
 /// `PATCH …/environments/{id}/providers/virtualmachines` with `{"id", "tags"}`: the resource's tags.
-pub async fn update_vm(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, env_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let e = match project_environment(&s, &project_name, &env_id).map(|(_, e)| e) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    if !may_manage(&s, &e.admins, &me) {
-        return access_denied(&me);
-    }
+pub async fn update_vm(call: Call, body: String) -> Result<Response, Response> {
+    let (_, e) = call.managed::<EnvironmentKind>()?;
     let Ok(v) = serde_json::from_str::<Value>(&body) else {
-        return bad_request("Invalid virtual machine resource");
+        return Err(bad_request(INVALID_VM));
     };
-    let mut state = s.state.lock().unwrap();
+    let mut state = call.s.state.lock().unwrap();
     let Some(r) = vm_mut(&mut state, e.id, &v) else {
-        return resource_not_found(e.id, &v["id"]);
+        return Err(resource_not_found(e.id, &v["id"]));
     };
     if v.get("tags").is_some() {
         r.tags = strings(&v["tags"]);
@@ -919,26 +748,14 @@ pub async fn update_vm(
         .pool_agents(e.pool_id)
         .into_iter()
         .find(|a| a.id == r.agent_id);
-    json_response(200, vm_json(&r, e, a.as_ref()))
+    Ok(json_response(200, vm_json(&r, e, a.as_ref())))
 }
 
 /// `DELETE …/environments/{id}/providers/virtualmachines/{resourceId}`: the resource and its agent.
-pub async fn delete_vm(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, env_id, resource)): Path<(String, String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let me = caller!(s, method, uri, headers, org);
-    let e = match project_environment(&s, &project_name, &env_id).map(|(_, e)| e) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    if !may_manage(&s, &e.admins, &me) {
-        return access_denied(&me);
-    }
-    let mut state = s.state.lock().unwrap();
+pub async fn delete_vm(call: Call) -> Result<Response, Response> {
+    let (_, e) = call.managed::<EnvironmentKind>()?;
+    let resource = call.item();
+    let mut state = call.s.state.lock().unwrap();
     let found = resource.parse::<u64>().ok().and_then(|id| {
         state
             .vm_resources
@@ -947,35 +764,20 @@ pub async fn delete_vm(
             .cloned()
     });
     let Some(r) = found else {
-        return resource_not_found(e.id, &resource);
+        return Err(resource_not_found(e.id, resource));
     };
-    if let Some(refused) = refuse_busy(&mut state, e.pool_id, r.agent_id) {
-        return refused;
-    }
-    if let Some(l) = state.vm_resources.get_mut(&e.id) {
-        l.retain(|x| x.id != r.id);
-    }
-    if let Some(l) = state.agents.get_mut(&e.pool_id) {
-        l.retain(|a| a.id != r.agent_id);
-    }
-    StatusCode::NO_CONTENT.into_response()
+    delete_held_agent(&mut state, e.pool_id, r.agent_id, |state| {
+        if let Some(l) = state.vm_resources.get_mut(&e.id) {
+            l.retain(|x| x.id != r.id);
+        }
+    })
 }
 
 /// `GET …/environments/{id}/providers/virtualmachines/pool`: the linked pool (`GetLinkedPoolAsync`).
-pub async fn vm_pool(
-    AxState(s): AxState<Shared>,
-    Path((org, project_name, env_id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let _me = caller!(s, method, uri, headers, org);
-    let e = match project_environment(&s, &project_name, &env_id).map(|(_, e)| e) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    let size = s.state.lock().unwrap().pool_agents(e.pool_id).len();
-    json_response(200, pool_ref(e.pool_id, &e.pool_name, size))
+pub async fn vm_pool(call: Call) -> Result<Response, Response> {
+    let (_, _, e) = call.scope::<EnvironmentKind>()?;
+    let size = call.s.state.lock().unwrap().pool_agents(e.pool_id).len();
+    Ok(json_response(200, pool_ref(e.pool_id, &e.pool_name, size)))
 }
 
 #[cfg(test)]
