@@ -437,41 +437,70 @@ pub(super) async fn add(
             .await
         }
         Mode::DeploymentGroup => {
-            let machine = match api
-                .call(
-                    reqwest::Method::POST,
-                    &target.targets_path(),
-                    Some(json!({"agent": body})),
-                )
-                .await?
-            {
-                (200, v) => v,
-                other => return Ok(other),
-            };
-            add_group_tags(ctx, parsed, api, target, &machine).await?;
-            Ok((200, machine["agent"].clone()))
+            let path = target.targets_path();
+            let sent = accepted(api, reqwest::Method::POST, &path, json!({"agent": body})).await?;
+            group_target_sent(ctx, parsed, api, target, sent).await
         }
         Mode::Environment => {
-            let tags = match tags(ctx, parsed, Mode::Environment) {
-                None => vec![],
-                Some(Ok(t)) => t,
-                Some(Err(())) => return Err(String::new()),
-            };
+            let tags = vm_tags(ctx, parsed)?;
             let vm = json!({"name": body["name"], "agent": body, "tags": tags});
-            let vm = match api
-                .call(
-                    reqwest::Method::POST,
-                    &target.vms_path(),
-                    Some(json!({"virtualMachineResource": vm})),
-                )
-                .await?
-            {
-                (200, v) => v,
-                other => return Ok(other),
-            };
-            take_resource(api, target, &vm).await?;
-            Ok((200, vm["agent"].clone()))
+            let body = json!({"virtualMachineResource": vm});
+            let sent = accepted(api, reqwest::Method::POST, &target.vms_path(), body).await?;
+            vm_resource_sent(api, target, sent).await
         }
+    }
+}
+
+/// The answer's JSON when the server said 200; any other answer as it came.
+async fn accepted(
+    api: &Api<'_>,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> Result<Result<Value, (u16, Value)>, String> {
+    Ok(match api.call(method, path, Some(body)).await? {
+        (200, v) => Ok(v),
+        other => Err(other),
+    })
+}
+
+/// After a deployment target was added or replaced: its tags (`GetAndAddTags`), and its agent.
+async fn group_target_sent(
+    ctx: &mut Ctx,
+    parsed: &Parsed,
+    api: &Api<'_>,
+    target: &mut Target,
+    sent: Result<Value, (u16, Value)>,
+) -> Answer {
+    let machine = match sent {
+        Ok(v) => v,
+        Err(refused) => return Ok(refused),
+    };
+    add_group_tags(ctx, parsed, api, target, &machine).await?;
+    Ok((200, machine["agent"].clone()))
+}
+
+/// After a VM resource was added or replaced: its id and linked pool, and its agent.
+async fn vm_resource_sent(
+    api: &Api<'_>,
+    target: &mut Target,
+    sent: Result<Value, (u16, Value)>,
+) -> Answer {
+    let vm = match sent {
+        Ok(v) => v,
+        Err(refused) => return Ok(refused),
+    };
+    take_resource(api, target, &vm).await?;
+    Ok((200, vm["agent"].clone()))
+}
+
+/// An environment's VM resource tags from the options (none: no tags); a missing value has been
+/// reported and ends the configuration.
+fn vm_tags(ctx: &mut Ctx, parsed: &Parsed) -> Result<Vec<String>, String> {
+    match tags(ctx, parsed, Mode::Environment) {
+        None => Ok(vec![]),
+        Some(Ok(t)) => Ok(t),
+        Some(Err(())) => Err(String::new()),
     }
 }
 
@@ -508,31 +537,16 @@ pub(super) async fn replace(
             let mut machine = found.holder.clone();
             machine["agent"] = agent;
             let path = format!("{}/{}", target.targets_path(), machine["id"]);
-            let machine = match api.call(reqwest::Method::PUT, &path, Some(machine)).await? {
-                (200, v) => v,
-                other => return Ok(other),
-            };
-            add_group_tags(ctx, parsed, api, target, &machine).await?;
-            Ok((200, machine["agent"].clone()))
+            let sent = accepted(api, reqwest::Method::PUT, &path, machine).await?;
+            group_target_sent(ctx, parsed, api, target, sent).await
         }
         Mode::Environment => {
-            let tags = match tags(ctx, parsed, Mode::Environment) {
-                None => vec![],
-                Some(Ok(t)) => t,
-                Some(Err(())) => return Err(String::new()),
-            };
+            let tags = vm_tags(ctx, parsed)?;
             let mut vm = found.holder.clone();
             vm["agent"] = agent;
             vm["tags"] = json!(tags);
-            let vm = match api
-                .call(reqwest::Method::PUT, &target.vms_path(), Some(vm))
-                .await?
-            {
-                (200, v) => v,
-                other => return Ok(other),
-            };
-            take_resource(api, target, &vm).await?;
-            Ok((200, vm["agent"].clone()))
+            let sent = accepted(api, reqwest::Method::PUT, &target.vms_path(), vm).await?;
+            vm_resource_sent(api, target, sent).await
         }
     }
 }
