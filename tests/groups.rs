@@ -148,6 +148,15 @@ fn an_environment_agent_is_a_tagged_vm_resource_that_reconcile_restores_and_remo
     let s = saved(&w);
     assert_eq!(s["group"]["kind"], "environment", "{s}");
     assert_eq!(s["agent_id"], v[0].1.unwrap());
+    // status names the environment, not a pool.
+    let run = w.status(&[]);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("in environment 'Production' of project 'myproject'"),
+        "{}",
+        run.stdout
+    );
     // The service is named after the environment (`PoolName ?? EnvironmentName`).
     let unit = s["service_unit"].as_str().unwrap().to_owned();
     assert!(unit.contains("Production"), "{unit}");

@@ -35,6 +35,9 @@ pub struct Status {
     pub agent_id: Option<u64>,
     pub pool: Option<String>,
     pub pool_id: Option<u64>,
+    /// The deployment group or environment the agent is registered in (root's saved settings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::scope::GroupRef>,
     pub url: Option<String>,
     pub agent_version: Option<String>,
     pub self_updated: bool,
@@ -120,6 +123,7 @@ async fn gather(t: &Target, saved: Option<&Saved>, env: &Env, os: &Os, net: &Net
             .and_then(|l| l.pool_name.clone())
             .or_else(|| saved.map(|s| s.pool.clone())),
         pool_id: local.as_ref().map(|l| l.pool_id),
+        group: saved.and_then(|s| s.group.clone()),
         url: local.as_ref().map(|l| l.server_url.clone()),
         // What the agent reports to the server, else root's record. Never the agent's own
         // binary: root runs nothing from the agent dir.
@@ -373,11 +377,19 @@ fn configured_text(s: &Status) -> String {
     if let Some(e) = &s.agent_file_error {
         format!("unreadable .agent: {e}")
     } else if s.configured {
+        let place = match &s.group {
+            Some(g) => format!(
+                "{} '{}' of project '{}'",
+                g.kind.noun(),
+                g.name.escape_debug(),
+                g.project.escape_debug()
+            ),
+            None => format!("pool '{}'", s.pool.as_deref().unwrap_or("?").escape_debug()),
+        };
         format!(
-            "yes: agent '{}' (id {}) in pool '{}' at {}",
+            "yes: agent '{}' (id {}) in {place} at {}",
             s.agent_name.as_deref().unwrap_or("?").escape_debug(),
             s.agent_id.unwrap_or(0),
-            s.pool.as_deref().unwrap_or("?").escape_debug(),
             s.url.as_deref().unwrap_or("?").escape_debug()
         )
     } else {
