@@ -345,6 +345,43 @@ fn install_rerun_reconcile_status_and_remove_on_windows() {
     assert!(run.stdout.contains("nothing to remove"), "{}", run.stdout);
 }
 
+/// A deployment group on Windows: `config.cmd --deploymentgroup …` as SYSTEM, the service named
+/// after the deployment pool, the target tagged; remove deletes the target.
+#[test]
+fn a_deployment_group_agent_on_windows() {
+    let Some(w) = WinWorld::new() else { return };
+    let group = [
+        "--deployment-group",
+        "WebServers",
+        "--project",
+        "myproject",
+        "--tag",
+        "windows",
+    ];
+    let run = w.install(&group);
+    expect(&run, 0);
+    let service = format!("vstsagent.127.myproject-WebServers.{}", w.agent_name);
+    assert!(run.stdout.contains(&service), "{}", run.stdout);
+    let report = w.sim.state().listener_reports[0].clone();
+    let argv = report.argv.join(" ").to_ascii_lowercase();
+    assert!(
+        argv.contains("--deploymentgroup --deploymentgroupname webservers --projectname myproject"),
+        "{argv}"
+    );
+    assert!(!argv.contains("--pool"), "{argv}");
+    let agent = read_bom_json(&w.agent_dir().join(".agent"));
+    assert_eq!(agent["deploymentGroupId"], 1, "{agent}");
+    let targets = w.sim.state().targets(1, 101);
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    assert_eq!(targets[0].1, ["windows"]);
+    w.assert_no_token_leak(&run);
+
+    let run = w.with_dir("remove", &[]);
+    expect(&run, 0);
+    assert!(w.sim.state().targets(1, 101).is_empty());
+    assert!(w.sim.state().pool_agents(101).is_empty());
+}
+
 #[test]
 fn bad_input_and_a_hostile_zip_are_refused_on_windows() {
     let Some(w) = WinWorld::new() else { return };
