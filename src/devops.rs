@@ -55,11 +55,12 @@ pub enum DevOpsError {
     #[error(
         "{what} '{group}' was not found in project '{project}' of {org}\n\
          hint: create it (Pipelines → {what}s in project '{project}') or pass the right {flag} and \
-         --project"
+         --project",
+        what = .kind.noun(),
+        flag = .kind.flag()
     )]
     GroupNotFound {
-        what: &'static str,
-        flag: &'static str,
+        kind: GroupKind,
         group: String,
         project: String,
         org: String,
@@ -795,8 +796,7 @@ impl DevOpsClient {
             }
         } else {
             DevOpsError::GroupNotFound {
-                what: g.kind.noun(),
-                flag: g.kind.flag(),
+                kind: g.kind,
                 group: g.name.clone(),
                 project: g.project.clone(),
                 org: self.org_url().to_string(),

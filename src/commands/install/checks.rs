@@ -154,9 +154,13 @@ pub(super) fn not_yet_allowed(e: &Error) -> Option<&'static str> {
             Some("the identity may not manage the deployment group yet")
         }
         // A group's list shows only what the identity may see: a role not yet propagated.
-        Error::DevOps(D::GroupNotFound { what, .. }) => Some(match *what {
-            "environment" => "the environment is not visible to the identity yet",
-            _ => "the deployment group is not visible to the identity yet",
+        Error::DevOps(D::GroupNotFound { kind, .. }) => Some(match kind {
+            crate::scope::GroupKind::Environment => {
+                "the environment is not visible to the identity yet"
+            }
+            crate::scope::GroupKind::DeploymentGroup => {
+                "the deployment group is not visible to the identity yet"
+            }
         }),
         _ => None,
     }
