@@ -44,6 +44,19 @@ fn vms(w: &World, env: u64, pool: u64) -> Vec<(String, Option<u64>, Vec<String>)
         .collect()
 }
 
+/// The group's members (`forget`) and every agent deleted on the server, then the boot's
+/// reconcile, which must succeed.
+fn deleted_on_server_then_reconciled(w: &World, forget: impl FnOnce(&mut azure_sim::State)) -> Run {
+    {
+        let mut state = w.sim.state();
+        forget(&mut state);
+        state.agents.clear();
+    }
+    let run = w.reconcile();
+    run.assert_code(0);
+    run
+}
+
 const DG: &[&str] = &["--deployment-group", "WebServers", "--project", "myproject"];
 const ENV: &[&str] = &["--environment", "Production", "--project", "myproject"];
 
@@ -90,10 +103,7 @@ fn a_deployment_group_agent_is_a_tagged_target_that_reconcile_restores_and_remov
 
     // Deleted on the server (the target and its agent): the boot's reconcile registers it again,
     // with the same tags.
-    w.sim.state().deployment_targets.clear();
-    w.sim.state().agents.clear();
-    let run = w.reconcile();
-    run.assert_code(0);
+    let run = deleted_on_server_then_reconciled(&w, |s| s.deployment_targets.clear());
     let t = targets(&w, 1, 101);
     assert_eq!(t.len(), 1, "{t:?}\n{}", run.stderr);
     assert_eq!(t[0].2, ["web", "db", "linux"]);
@@ -162,10 +172,7 @@ fn an_environment_agent_is_a_tagged_vm_resource_that_reconcile_restores_and_remo
     assert!(unit.contains("Production"), "{unit}");
     assert!(w.unit_active(&unit), "{unit}");
 
-    w.sim.state().vm_resources.clear();
-    w.sim.state().agents.clear();
-    let run = w.reconcile();
-    run.assert_code(0);
+    let run = deleted_on_server_then_reconciled(&w, |s| s.vm_resources.clear());
     let v = vms(&w, 1, 201);
     assert_eq!(v.len(), 1, "{v:?}\n{}", run.stderr);
     assert_eq!(v[0].2, ["linux"]);
